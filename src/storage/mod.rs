@@ -1,0 +1,399 @@
+//! Where messages, confirmations and dedup records live: the [`Storage`] trait.
+//!
+//! Every piece of state a request needs is in storage, which is what lets any request land on any
+//! node. The trait is shaped for a networked store: each method is one round trip, reads are
+//! batches by cursor, appends are atomic and publish their wakeups in the same step.
+//!
+//! # The model
+//!
+//! * Each **user** has an ordered **log**. [`Storage::append`] gives each new message a
+//!   [`Position`] greater than any before it in its user's log. A message may be addressed to one
+//!   client of the user; other clients never read it.
+//! * Each **client** of a user has a **cursor**, the last position it confirmed. The user's
+//!   **watermark** is the highest cursor of any of its clients. A message addressed to the user is
+//!   delivered once the watermark reaches it; one addressed to a client, once that client's cursor
+//!   does. A client seen for the first time starts at the watermark, so a returning user receives
+//!   exactly what no client of theirs has confirmed yet.
+//! * A message stays readable until it **expires** (its `expires_at`), confirmed or not, so every
+//!   tab can catch up. Past it, readers skip it and it is removed. A message that expired
+//!   unconfirmed is reported as [`DeliveryState::Expired`].
+//! * **Dedup records** remember each client message id for a while ([`Storage::claim`],
+//!   [`Storage::complete`]), so a retried POST is not handled twice.
+//! * **Signals** wake waiters on every node: appends, confirmations, completed dedup records,
+//!   volatile messages and poll take-overs are published with [`Storage::publish`] or as part of
+//!   the operation that caused them, and every node receives them from [`Storage::subscribe`].
+//! * The **epoch** names one generation of the data. A store that lost its data must come back
+//!   with a new epoch; clients then resync and senders of unconfirmed messages get errors.
+//!
+//! # Implementing it
+//!
+//! Run the conformance suite ([`conformance`], feature `conformance`) against your type; it
+//! checks every rule above. [`MemoryStorage`] is the reference implementation.
+
+mod memory;
+pub use memory::MemoryStorage;
+
+#[cfg(any(test, feature = "conformance"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::broadcast;
+
+use crate::id::{ClientId, MessageId, UserId};
+
+/// A position in a user's log: increasing with each message of the user, never reused within an
+/// [`Epoch`], not contiguous, below 2<sup>53</sup> (so JavaScript reads it exactly). 0 means "before
+/// everything".
+///
+/// Implementations derive positions from the clock (milliseconds × 1000, plus one past the last
+/// position when that is not greater), so a user whose log was emptied and removed never sees
+/// positions start over below a cursor a client still holds.
+pub type Position = u64;
+
+/// Milliseconds since the Unix epoch: how storage records time, so that nodes agree on it.
+pub type Millis = u64;
+
+/// The current wall-clock time in [`Millis`].
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// `now + d`, in [`Millis`].
+pub fn millis_after(d: Duration) -> Millis {
+    now_millis().saturating_add(d.as_millis() as Millis)
+}
+
+/// One generation of a storage's data; changes only when the data was lost.
+///
+/// ```
+/// use simpleio::storage::Epoch;
+/// let a = Epoch::random();
+/// assert_ne!(a, Epoch::random());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    /// A new, unguessable-enough epoch (12 random characters).
+    pub fn random() -> Self {
+        Epoch(crate::id::random_token(12).into())
+    }
+
+    /// An epoch with the given text (as stored by a networked storage).
+    pub fn new(s: impl Into<Arc<str>>) -> Self {
+        Epoch(s.into())
+    }
+
+    /// The epoch as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message to append to a user's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// Whose log it goes to.
+    pub user: UserId,
+    /// If set, only this client of the user reads it, and only its cursor confirms it.
+    pub client: Option<ClientId>,
+    /// The event name.
+    pub event: Arc<str>,
+    /// The payload, as JSON text.
+    pub data: Arc<RawValue>,
+    /// When the message stops being readable if nobody confirmed it, in [`Millis`].
+    pub expires_at: Millis,
+}
+
+/// A message as read back from a log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Its position in the user's log.
+    pub pos: Position,
+    /// The event name.
+    pub event: Arc<str>,
+    /// The payload, as JSON text.
+    pub data: Arc<RawValue>,
+}
+
+/// What [`Storage::append`] did with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendOutcome {
+    /// Stored at this position of its user's log.
+    Stored(Position),
+    /// Not stored: the user's log holds the maximum number of unexpired, unconfirmed messages.
+    QueueFull,
+}
+
+/// The result of [`Storage::append`].
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The epoch the messages were stored in.
+    pub epoch: Epoch,
+    /// One outcome per message, in the order given.
+    pub outcomes: Vec<AppendOutcome>,
+}
+
+/// A client's request to read its user's log.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    /// The user whose log is read.
+    pub user: UserId,
+    /// The reading client.
+    pub client: ClientId,
+    /// The client's cursor and the epoch it came from, if it has one. If the epoch is the current
+    /// one, the cursor is first recorded as confirmed (never beyond the log's last position; a
+    /// client's recorded cursor never moves back) and reading starts after it. Otherwise reading
+    /// starts at the client's recorded cursor, or for a client seen for the first time at the
+    /// user's watermark — or just before the earliest unexpired message addressed to that client,
+    /// if one lies at or below the watermark — and that start is recorded as the client's cursor.
+    pub cursor: Option<(Epoch, Position)>,
+    /// Read at most this many messages.
+    pub limit: usize,
+    /// Record the client as seen, for this long ([`Storage::live_users`]).
+    pub presence_ttl: Duration,
+}
+
+/// What [`Storage::fetch`] read.
+#[derive(Debug, Clone)]
+pub struct FetchBatch {
+    /// The current epoch.
+    pub epoch: Epoch,
+    /// The cursor the client should hold after these messages: the position up to which the log
+    /// was read (the last message's, if `limit` stopped the read; else the log's last position,
+    /// past messages that were skipped as expired or addressed to other clients), or where
+    /// reading started if the log holds nothing after it.
+    pub cursor: Position,
+    /// Unexpired messages for this client after the starting cursor, in order, at most `limit`.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Whether a message reached its recipient (see [`Storage::delivery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryState {
+    /// A cursor that covers it was confirmed.
+    Delivered,
+    /// Not yet confirmed, not yet expired.
+    Pending,
+    /// It expired (or was evicted) before anyone confirmed it.
+    Expired,
+    /// The storage's epoch changed: the message is gone with the old data.
+    Lost,
+}
+
+/// One message whose delivery a sender is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryTarget {
+    /// The recipient user.
+    pub user: UserId,
+    /// The recipient client, if the message was addressed to one.
+    pub client: Option<ClientId>,
+    /// The message's position in the user's log.
+    pub pos: Position,
+}
+
+/// The key of a dedup record: one message id of one client of one user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DedupKey {
+    /// The sending user (from the identity function).
+    pub user: UserId,
+    /// The sending client.
+    pub client: ClientId,
+    /// The client's message id.
+    pub id: MessageId,
+}
+
+/// The state of a dedup record, as [`Storage::claim`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No record existed; the caller now holds a lease and must handle the message, then call
+    /// [`Storage::complete`].
+    Acquired,
+    /// Another request holds the lease and is handling the message now.
+    InProgress,
+    /// The message was handled; here is the stored outcome (opaque JSON text).
+    Done(String),
+}
+
+/// A notification from one node to every node (see [`Storage::subscribe`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Signal {
+    /// New messages were appended to this user's log.
+    Appended {
+        /// The user.
+        user: UserId,
+    },
+    /// A client of this user confirmed a cursor.
+    Confirmed {
+        /// The user.
+        user: UserId,
+    },
+    /// A dedup record of this user was completed.
+    Completed {
+        /// The user.
+        user: UserId,
+    },
+    /// A message for clients waiting right now; never stored.
+    Volatile {
+        /// The recipient user.
+        user: UserId,
+        /// Only this client, if set.
+        client: Option<ClientId>,
+        /// The event name.
+        event: Arc<str>,
+        /// The payload, as JSON text.
+        data: Arc<RawValue>,
+    },
+    /// A client started a new poll; its older polls, on any node, end.
+    PollStarted {
+        /// The user.
+        user: UserId,
+        /// The client.
+        client: ClientId,
+        /// The new poll's random id.
+        poll: u64,
+    },
+    /// Signals may have been lost (a subscription reconnected, or a receiver lagged): every
+    /// waiter should look at storage again.
+    Resync,
+}
+
+/// A storage operation failed. Requests that hit it answer `503` and can be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The store could not be reached or did not answer in time.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with something this implementation cannot read.
+    #[error("storage returned corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// Where simpleio keeps its state. See the [module docs](self) for the model it implements.
+///
+/// Methods take `&self` and are called concurrently from many requests; an implementation is a
+/// cheap handle to shared state. Each method should be one round trip to a networked store and
+/// atomic: a concurrent reader sees all of an operation's effect or none of it.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug + 'static {
+    /// The current epoch. A store that finds its data gone creates a new one.
+    async fn epoch(&self) -> Result<Epoch, StorageError>;
+
+    /// Appends each message to its user's log, atomically per user, and publishes
+    /// [`Signal::Appended`] for each user in the same step.
+    ///
+    /// Positions of one user increase by one with each stored message, in the order given, and
+    /// concurrent appends never interleave within one call's messages of a user. A user's log
+    /// holding `max_queue` messages that are neither expired nor delivered refuses more with
+    /// [`AppendOutcome::QueueFull`]; delivered messages are evicted first to make room.
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        max_queue: usize,
+    ) -> Result<Appended, StorageError>;
+
+    /// Confirms the client's cursor (see [`FetchRequest::cursor`]), publishing
+    /// [`Signal::Confirmed`] if it advanced, records the client as seen, and reads on.
+    async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError>;
+
+    /// Whether each target's message was delivered, in the order given. `epoch` is the one the
+    /// messages were appended in; if it is no longer current, every answer is
+    /// [`DeliveryState::Lost`].
+    async fn delivery(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<DeliveryState>, StorageError>;
+
+    /// Claims the dedup record `key`. If none exists, creates it in progress for `lease` (after
+    /// which, if never completed, it vanishes so a retry can handle the message) and returns
+    /// [`Claim::Acquired`].
+    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError>;
+
+    /// Completes the dedup record `key` with `outcome`, keeps it for `ttl`, and publishes
+    /// [`Signal::Completed`].
+    async fn complete(
+        &self,
+        key: &DedupKey,
+        outcome: &str,
+        ttl: Duration,
+    ) -> Result<(), StorageError>;
+
+    /// Users with a client seen within its presence TTL.
+    async fn live_users(&self) -> Result<Vec<UserId>, StorageError>;
+
+    /// Publishes a signal to every node, this one included.
+    async fn publish(&self, signal: Signal) -> Result<(), StorageError>;
+
+    /// Signals from every node. Called once per process; the receiver may lag (the caller then
+    /// treats it as [`Signal::Resync`]).
+    fn subscribe(&self) -> broadcast::Receiver<Signal>;
+}
+
+#[async_trait]
+impl<T: Storage + ?Sized> Storage for Arc<T> {
+    async fn epoch(&self) -> Result<Epoch, StorageError> {
+        (**self).epoch().await
+    }
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        max_queue: usize,
+    ) -> Result<Appended, StorageError> {
+        (**self).append(messages, max_queue).await
+    }
+    async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
+        (**self).fetch(request).await
+    }
+    async fn delivery(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<DeliveryState>, StorageError> {
+        (**self).delivery(epoch, targets).await
+    }
+    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError> {
+        (**self).claim(key, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &DedupKey,
+        outcome: &str,
+        ttl: Duration,
+    ) -> Result<(), StorageError> {
+        (**self).complete(key, outcome, ttl).await
+    }
+    async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
+        (**self).live_users().await
+    }
+    async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
+        (**self).publish(signal).await
+    }
+    fn subscribe(&self) -> broadcast::Receiver<Signal> {
+        (**self).subscribe()
+    }
+}
