@@ -3,8 +3,30 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
+mod config;
+mod delivery;
+mod handler;
+mod hub;
 mod id;
+mod identity;
+mod inbound;
+mod io;
+mod layer;
+mod poll;
+mod protocol;
+mod shared;
 pub mod storage;
 
-pub use id::{ClientId, InvalidId, MessageId, UserId, MAX_ID_LEN};
+pub use builder::Builder;
+pub use config::BuildError;
+pub use delivery::{Delivered, Failure, SendError, Undelivered};
+pub use handler::{HandlerError, Incoming, Reply};
+pub use id::{ClientId, InvalidId, MAX_ID_LEN, MessageId, UserId};
+pub use identity::{Identify, IdentityFuture, Rejection};
+pub use io::{Emitter, Sending, SimpleIo, VolatileEmitter};
+pub use layer::{ResponseFuture, SimpleIoBody, SimpleIoLayer, SimpleIoService};
+pub use protocol::ErrorBody;
+#[cfg(feature = "redis")]
+pub use storage::RedisStorage;
 pub use storage::{MemoryStorage, Storage};

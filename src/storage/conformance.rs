@@ -135,7 +135,13 @@ fn events(batch: &FetchBatch) -> Vec<&str> {
     batch.messages.iter().map(|m| &*m.event).collect()
 }
 
-async fn delivery(s: &impl Storage, epoch: &Epoch, u: &str, c: Option<&str>, pos: Position) -> DeliveryState {
+async fn delivery(
+    s: &impl Storage,
+    epoch: &Epoch,
+    u: &str,
+    c: Option<&str>,
+    pos: Position,
+) -> DeliveryState {
     s.delivery(
         epoch,
         &[DeliveryTarget {
@@ -149,7 +155,11 @@ async fn delivery(s: &impl Storage, epoch: &Epoch, u: &str, c: Option<&str>, pos
 }
 
 /// Waits up to two seconds for a signal matching `want`, skipping others.
-async fn expect_signal(rx: &mut broadcast::Receiver<Signal>, what: &str, want: impl Fn(&Signal) -> bool) {
+async fn expect_signal(
+    rx: &mut broadcast::Receiver<Signal>,
+    what: &str,
+    want: impl Fn(&Signal) -> bool,
+) {
     let found = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             match rx.recv().await {
@@ -167,17 +177,28 @@ async fn expect_signal(rx: &mut broadcast::Receiver<Signal>, what: &str, want: i
 pub async fn epoch_is_stable(s: &impl Storage) {
     let a = s.epoch().await.expect("epoch");
     append(s, vec![message("ann", "x", LONG)]).await;
-    assert_eq!(a, s.epoch().await.expect("epoch"), "the epoch changed with no data loss");
+    assert_eq!(
+        a,
+        s.epoch().await.expect("epoch"),
+        "the epoch changed with no data loss"
+    );
 }
 
 /// Messages come back in append order, with increasing positions, with their event and data.
 pub async fn appended_messages_are_read_in_order(s: &impl Storage) {
     let (epoch, pos) = append(
         s,
-        vec![message("ann", "a", LONG), message("ann", "b", LONG), message("ann", "c", LONG)],
+        vec![
+            message("ann", "a", LONG),
+            message("ann", "b", LONG),
+            message("ann", "c", LONG),
+        ],
     )
     .await;
-    assert!(pos[0] > 0 && pos[0] < pos[1] && pos[1] < pos[2], "positions must increase: {pos:?}");
+    assert!(
+        pos[0] > 0 && pos[0] < pos[1] && pos[1] < pos[2],
+        "positions must increase: {pos:?}"
+    );
     assert!(pos[2] < (1 << 53), "positions must stay below 2^53");
     let b = fetch(s, "ann", "tab1", None).await;
     assert_eq!(b.epoch, epoch);
@@ -192,12 +213,19 @@ pub async fn positions_keep_increasing_across_appends(s: &impl Storage) {
     let (_, first) = append(s, vec![message("ann", "a", Duration::from_millis(200))]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (_, second) = append(s, vec![message("ann", "b", LONG)]).await;
-    assert!(second[0] > first[0], "a position was reused or went back: {first:?} then {second:?}");
+    assert!(
+        second[0] > first[0],
+        "a position was reused or went back: {first:?} then {second:?}"
+    );
 }
 
 /// A user with no client receives, on first fetch, every message nobody confirmed.
 pub async fn an_offline_user_reads_everything_unconfirmed(s: &impl Storage) {
-    append(s, vec![message("bob", "m1", LONG), message("bob", "m2", LONG)]).await;
+    append(
+        s,
+        vec![message("bob", "m1", LONG), message("bob", "m2", LONG)],
+    )
+    .await;
     let b = fetch(s, "bob", "phone", None).await;
     assert_eq!(events(&b), ["m1", "m2"]);
 }
@@ -205,13 +233,32 @@ pub async fn an_offline_user_reads_everything_unconfirmed(s: &impl Storage) {
 /// A confirmed cursor makes messages up to it delivered, and publishes `Confirmed`.
 pub async fn confirming_a_cursor_delivers_and_signals(s: &impl Storage) {
     let mut rx = s.subscribe();
-    let (epoch, pos) = append(s, vec![message("ann", "a", LONG), message("ann", "b", LONG)]).await;
+    let (epoch, pos) = append(
+        s,
+        vec![message("ann", "a", LONG), message("ann", "b", LONG)],
+    )
+    .await;
     let b = fetch(s, "ann", "tab1", None).await;
-    assert_eq!(delivery(s, &epoch, "ann", None, pos[0]).await, DeliveryState::Pending, "reading is not confirming");
+    assert_eq!(
+        delivery(s, &epoch, "ann", None, pos[0]).await,
+        DeliveryState::Pending,
+        "reading is not confirming"
+    );
     fetch(s, "ann", "tab1", Some((&b.epoch, pos[0]))).await;
-    assert_eq!(delivery(s, &epoch, "ann", None, pos[0]).await, DeliveryState::Delivered);
-    assert_eq!(delivery(s, &epoch, "ann", None, pos[1]).await, DeliveryState::Pending);
-    expect_signal(&mut rx, "Confirmed", |s| matches!(s, Signal::Confirmed { user } if user.as_str() == "ann")).await;
+    assert_eq!(
+        delivery(s, &epoch, "ann", None, pos[0]).await,
+        DeliveryState::Delivered
+    );
+    assert_eq!(
+        delivery(s, &epoch, "ann", None, pos[1]).await,
+        DeliveryState::Pending
+    );
+    expect_signal(
+        &mut rx,
+        "Confirmed",
+        |s| matches!(s, Signal::Confirmed { user } if user.as_str() == "ann"),
+    )
+    .await;
 }
 
 /// A cursor past the end of the log cannot confirm messages appended later.
@@ -228,23 +275,39 @@ pub async fn a_cursor_beyond_the_log_confirms_nothing_later(s: &impl Storage) {
 
 /// A client seen for the first time skips what another client of the user already confirmed.
 pub async fn a_new_client_starts_at_the_watermark(s: &impl Storage) {
-    let (epoch, pos) = append(s, vec![message("ann", "a", LONG), message("ann", "b", LONG)]).await;
+    let (epoch, pos) = append(
+        s,
+        vec![message("ann", "a", LONG), message("ann", "b", LONG)],
+    )
+    .await;
     fetch(s, "ann", "tab1", None).await;
     fetch(s, "ann", "tab1", Some((&epoch, pos[0]))).await;
     let b = fetch(s, "ann", "tab2", None).await;
-    assert_eq!(events(&b), ["b"], "a new client must start after the user's watermark");
+    assert_eq!(
+        events(&b),
+        ["b"],
+        "a new client must start after the user's watermark"
+    );
 }
 
 /// Two clients of one user both read every message, each by its own cursor.
 pub async fn every_client_of_a_user_reads_every_message(s: &impl Storage) {
     fetch(s, "ann", "tab1", None).await;
     let start2 = fetch(s, "ann", "tab2", None).await;
-    let (epoch, pos) = append(s, vec![message("ann", "a", LONG), message("ann", "b", LONG)]).await;
+    let (epoch, pos) = append(
+        s,
+        vec![message("ann", "a", LONG), message("ann", "b", LONG)],
+    )
+    .await;
     let b1 = fetch(s, "ann", "tab1", None).await;
     assert_eq!(events(&b1), ["a", "b"]);
     fetch(s, "ann", "tab1", Some((&epoch, pos[1]))).await;
     let b2 = fetch(s, "ann", "tab2", Some((&epoch, start2.cursor))).await;
-    assert_eq!(events(&b2), ["a", "b"], "another client's confirmation hid messages from this one");
+    assert_eq!(
+        events(&b2),
+        ["a", "b"],
+        "another client's confirmation hid messages from this one"
+    );
 }
 
 /// A message addressed to one client is read only by that client and confirmed only by it.
@@ -266,7 +329,10 @@ pub async fn a_message_for_one_client_is_read_and_confirmed_by_it_alone(s: &impl
     let b1 = fetch(s, "ann", "tab1", Some((&epoch, c1.cursor))).await;
     assert_eq!(events(&b1), ["private", "all"]);
     fetch(s, "ann", "tab1", Some((&epoch, pos[0]))).await;
-    assert_eq!(delivery(s, &epoch, "ann", Some("tab1"), pos[0]).await, DeliveryState::Delivered);
+    assert_eq!(
+        delivery(s, &epoch, "ann", Some("tab1"), pos[0]).await,
+        DeliveryState::Delivered
+    );
 }
 
 /// A message addressed to a client that has not polled yet still reaches it on its first fetch,
@@ -283,7 +349,9 @@ pub async fn a_new_client_still_gets_messages_addressed_to_it(s: &impl Storage) 
 
 /// A fetch returns at most `limit` messages, and the cursor picks up where it stopped.
 pub async fn the_read_limit_holds_and_the_cursor_continues(s: &impl Storage) {
-    let msgs = (0..5).map(|i| message("ann", &format!("m{i}"), LONG)).collect();
+    let msgs = (0..5)
+        .map(|i| message("ann", &format!("m{i}"), LONG))
+        .collect();
     let (epoch, pos) = append(s, msgs).await;
     let b = fetch_limit(s, "ann", "tab1", None, 2).await;
     assert_eq!(events(&b), ["m0", "m1"]);
@@ -302,12 +370,19 @@ pub async fn a_stale_epoch_cursor_confirms_nothing(s: &impl Storage) {
     let b = fetch(s, "ann", "tab1", Some((&stale, pos[0]))).await;
     assert_eq!(b.epoch, epoch, "the fetch must report the current epoch");
     assert_eq!(events(&b), ["a"], "a stale cursor must not skip messages");
-    assert_eq!(delivery(s, &epoch, "ann", None, pos[0]).await, DeliveryState::Pending);
+    assert_eq!(
+        delivery(s, &epoch, "ann", None, pos[0]).await,
+        DeliveryState::Pending
+    );
 }
 
 /// A known client that sends no cursor resumes from its recorded one.
 pub async fn a_cursor_is_resumed_when_the_client_sends_none(s: &impl Storage) {
-    let (epoch, pos) = append(s, vec![message("ann", "a", LONG), message("ann", "b", LONG)]).await;
+    let (epoch, pos) = append(
+        s,
+        vec![message("ann", "a", LONG), message("ann", "b", LONG)],
+    )
+    .await;
     fetch(s, "ann", "tab1", None).await;
     fetch(s, "ann", "tab1", Some((&epoch, pos[0]))).await;
     let b = fetch(s, "ann", "tab1", None).await;
@@ -318,20 +393,36 @@ pub async fn a_cursor_is_resumed_when_the_client_sends_none(s: &impl Storage) {
 pub async fn expired_messages_are_skipped_and_reported_expired(s: &impl Storage) {
     let (epoch, pos) = append(
         s,
-        vec![message("ann", "short", Duration::from_millis(200)), message("ann", "long", LONG)],
+        vec![
+            message("ann", "short", Duration::from_millis(200)),
+            message("ann", "long", LONG),
+        ],
     )
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let b = fetch(s, "ann", "tab1", None).await;
     assert_eq!(events(&b), ["long"]);
-    assert_eq!(delivery(s, &epoch, "ann", None, pos[0]).await, DeliveryState::Expired);
-    assert_eq!(delivery(s, &epoch, "nobody", None, 12345).await, DeliveryState::Expired);
+    assert_eq!(
+        delivery(s, &epoch, "ann", None, pos[0]).await,
+        DeliveryState::Expired
+    );
+    assert_eq!(
+        delivery(s, &epoch, "nobody", None, 12345).await,
+        DeliveryState::Expired
+    );
 }
 
 /// A log full of undelivered messages refuses more; delivered ones make room first.
 pub async fn a_full_queue_refuses_then_evicts_delivered_first(s: &impl Storage) {
     let a = s
-        .append(vec![message("ann", "a", LONG), message("ann", "b", LONG), message("ann", "c", LONG)], 2)
+        .append(
+            vec![
+                message("ann", "a", LONG),
+                message("ann", "b", LONG),
+                message("ann", "c", LONG),
+            ],
+            2,
+        )
         .await
         .expect("append");
     assert!(matches!(a.outcomes[0], AppendOutcome::Stored(_)));
@@ -340,8 +431,14 @@ pub async fn a_full_queue_refuses_then_evicts_delivered_first(s: &impl Storage) 
     let pos = positions(&a.outcomes[..2]);
     fetch(s, "ann", "tab1", None).await;
     fetch(s, "ann", "tab1", Some((&a.epoch, pos[0]))).await;
-    let again = s.append(vec![message("ann", "d", LONG)], 2).await.expect("append");
-    assert!(matches!(again.outcomes[0], AppendOutcome::Stored(_)), "a delivered message was not evicted to make room");
+    let again = s
+        .append(vec![message("ann", "d", LONG)], 2)
+        .await
+        .expect("append");
+    assert!(
+        matches!(again.outcomes[0], AppendOutcome::Stored(_)),
+        "a delivered message was not evicted to make room"
+    );
     let b = fetch(s, "ann", "fresh", None).await;
     assert_eq!(events(&b), ["b", "d"]);
 }
@@ -350,7 +447,10 @@ pub async fn a_full_queue_refuses_then_evicts_delivered_first(s: &impl Storage) 
 pub async fn delivery_under_another_epoch_is_lost(s: &impl Storage) {
     let (_, pos) = append(s, vec![message("ann", "a", LONG)]).await;
     let other = Epoch::new("some-older-epoch");
-    assert_eq!(delivery(s, &other, "ann", None, pos[0]).await, DeliveryState::Lost);
+    assert_eq!(
+        delivery(s, &other, "ann", None, pos[0]).await,
+        DeliveryState::Lost
+    );
 }
 
 /// One user's fetch never reads, nor confirms, another user's log, whatever client id it uses.
@@ -359,32 +459,74 @@ pub async fn users_are_isolated(s: &impl Storage) {
     fetch(s, "ann", "tab1", None).await;
     let b = fetch(s, "eve", "tab1", Some((&epoch, pos[0]))).await;
     assert!(b.messages.is_empty(), "eve read ann's messages");
-    assert_eq!(delivery(s, &epoch, "ann", None, pos[0]).await, DeliveryState::Pending, "eve confirmed ann's message");
-    assert_eq!(delivery(s, &epoch, "ann", Some("tab1"), pos[0]).await, DeliveryState::Pending);
+    assert_eq!(
+        delivery(s, &epoch, "ann", None, pos[0]).await,
+        DeliveryState::Pending,
+        "eve confirmed ann's message"
+    );
+    assert_eq!(
+        delivery(s, &epoch, "ann", Some("tab1"), pos[0]).await,
+        DeliveryState::Pending
+    );
 }
 
 /// Claim, complete, claim again: the outcome comes back; a lease held blocks; a lapsed lease frees.
 pub async fn dedup_claims_complete_and_expire(s: &impl Storage) {
-    let key = DedupKey { user: user("ann"), client: client("tab1"), id: MessageId::new("m1").expect("id") };
+    let key = DedupKey {
+        user: user("ann"),
+        client: client("tab1"),
+        id: MessageId::new("m1").expect("id"),
+    };
     assert_eq!(s.claim(&key, LONG).await.expect("claim"), Claim::Acquired);
     assert_eq!(s.claim(&key, LONG).await.expect("claim"), Claim::InProgress);
-    s.complete(&key, r#"{"reply":1}"#, Duration::from_millis(300)).await.expect("complete");
-    assert_eq!(s.claim(&key, LONG).await.expect("claim"), Claim::Done(r#"{"reply":1}"#.into()));
+    s.complete(&key, r#"{"reply":1}"#, Duration::from_millis(300))
+        .await
+        .expect("complete");
+    assert_eq!(
+        s.claim(&key, LONG).await.expect("claim"),
+        Claim::Done(r#"{"reply":1}"#.into())
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(s.claim(&key, Duration::from_millis(200)).await.expect("claim"), Claim::Acquired, "a dedup record outlived its ttl");
+    assert_eq!(
+        s.claim(&key, Duration::from_millis(200))
+            .await
+            .expect("claim"),
+        Claim::Acquired,
+        "a dedup record outlived its ttl"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(s.claim(&key, LONG).await.expect("claim"), Claim::Acquired, "a lapsed lease still blocked the message");
+    assert_eq!(
+        s.claim(&key, LONG).await.expect("claim"),
+        Claim::Acquired,
+        "a lapsed lease still blocked the message"
+    );
 }
 
 /// The same message id under another user or client is another record.
 pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
     let id = MessageId::new("m1").expect("id");
-    let ann = DedupKey { user: user("ann"), client: client("tab1"), id: id.clone() };
+    let ann = DedupKey {
+        user: user("ann"),
+        client: client("tab1"),
+        id: id.clone(),
+    };
     s.claim(&ann, LONG).await.expect("claim");
     s.complete(&ann, "\"done\"", LONG).await.expect("complete");
-    let eve = DedupKey { user: user("eve"), client: client("tab1"), id: id.clone() };
-    assert_eq!(s.claim(&eve, LONG).await.expect("claim"), Claim::Acquired, "eve saw ann's dedup record");
-    let tab2 = DedupKey { user: user("ann"), client: client("tab2"), id };
+    let eve = DedupKey {
+        user: user("eve"),
+        client: client("tab1"),
+        id: id.clone(),
+    };
+    assert_eq!(
+        s.claim(&eve, LONG).await.expect("claim"),
+        Claim::Acquired,
+        "eve saw ann's dedup record"
+    );
+    let tab2 = DedupKey {
+        user: user("ann"),
+        client: client("tab2"),
+        id,
+    };
     assert_eq!(s.claim(&tab2, LONG).await.expect("claim"), Claim::Acquired);
 }
 
@@ -392,11 +534,25 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
 pub async fn appends_and_completions_are_signalled(s: &impl Storage) {
     let mut rx = s.subscribe();
     append(s, vec![message("ann", "a", LONG)]).await;
-    expect_signal(&mut rx, "Appended", |s| matches!(s, Signal::Appended { user } if user.as_str() == "ann")).await;
-    let key = DedupKey { user: user("bob"), client: client("tab1"), id: MessageId::new("m1").expect("id") };
+    expect_signal(
+        &mut rx,
+        "Appended",
+        |s| matches!(s, Signal::Appended { user } if user.as_str() == "ann"),
+    )
+    .await;
+    let key = DedupKey {
+        user: user("bob"),
+        client: client("tab1"),
+        id: MessageId::new("m1").expect("id"),
+    };
     s.claim(&key, LONG).await.expect("claim");
     s.complete(&key, "null", LONG).await.expect("complete");
-    expect_signal(&mut rx, "Completed", |s| matches!(s, Signal::Completed { user } if user.as_str() == "bob")).await;
+    expect_signal(
+        &mut rx,
+        "Completed",
+        |s| matches!(s, Signal::Completed { user } if user.as_str() == "bob"),
+    )
+    .await;
 }
 
 /// Published signals, with their payloads, reach subscribers.
@@ -415,8 +571,17 @@ pub async fn published_signals_reach_subscribers(s: &impl Storage) {
             if user.as_str() == "ann" && c.as_str() == "tab1" && &**event == "typing" && data.get() == r#"{"x":1}"#)
     })
     .await;
-    s.publish(Signal::PollStarted { user: user("ann"), client: client("tab1"), poll: 7 }).await.expect("publish");
-    expect_signal(&mut rx, "PollStarted", |s| matches!(s, Signal::PollStarted { poll: 7, .. })).await;
+    s.publish(Signal::PollStarted {
+        user: user("ann"),
+        client: client("tab1"),
+        poll: 7,
+    })
+    .await
+    .expect("publish");
+    expect_signal(&mut rx, "PollStarted", |s| {
+        matches!(s, Signal::PollStarted { poll: 7, .. })
+    })
+    .await;
 }
 
 /// A fetch marks its user live for the presence TTL, and only for it.
@@ -435,19 +600,28 @@ pub async fn live_users_follow_presence(s: &impl Storage) {
     live.sort();
     assert_eq!(live, [user("ann"), user("bob")]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(s.live_users().await.expect("live users"), [user("bob")], "presence outlived its ttl");
+    assert_eq!(
+        s.live_users().await.expect("live users"),
+        [user("bob")],
+        "presence outlived its ttl"
+    );
 }
 
 /// Concurrent appends to one user get unique positions, and each call's messages stay in order.
 pub async fn concurrent_appends_keep_positions_unique_and_ordered(s: &impl Storage) {
     let sends = (0..8).map(|w| async move {
-        let msgs = (0..10).map(|i| message("ann", &format!("w{w}-{i}"), LONG)).collect();
+        let msgs = (0..10)
+            .map(|i| message("ann", &format!("w{w}-{i}"), LONG))
+            .collect();
         append(s, msgs).await.1
     });
     let all: Vec<Vec<Position>> = futures_util::future::join_all(sends).await;
     let mut flat: Vec<Position> = all.iter().flatten().copied().collect();
     for run in &all {
-        assert!(run.windows(2).all(|w| w[0] < w[1]), "one append's positions are out of order");
+        assert!(
+            run.windows(2).all(|w| w[0] < w[1]),
+            "one append's positions are out of order"
+        );
     }
     flat.sort_unstable();
     flat.dedup();
@@ -455,7 +629,12 @@ pub async fn concurrent_appends_keep_positions_unique_and_ordered(s: &impl Stora
     let b = fetch_limit(s, "ann", "tab1", None, 1000).await;
     assert_eq!(b.messages.len(), 80);
     for w in 0..8 {
-        let mine: Vec<&str> = b.messages.iter().map(|m| &*m.event).filter(|e| e.starts_with(&format!("w{w}-"))).collect();
+        let mine: Vec<&str> = b
+            .messages
+            .iter()
+            .map(|m| &*m.event)
+            .filter(|e| e.starts_with(&format!("w{w}-")))
+            .collect();
         let expected: Vec<String> = (0..10).map(|i| format!("w{w}-{i}")).collect();
         assert_eq!(mine, expected, "a sender's messages were read out of order");
     }

@@ -280,10 +280,13 @@ impl Storage for MemoryStorage {
         let start = match req.cursor {
             Some((e, cursor)) if e == epoch => {
                 let confirmed = cursor.min(head);
-                let record = log.clients.entry(req.client.clone()).or_insert(ClientRecord {
-                    cursor: 0,
-                    seen_until,
-                });
+                let record = log
+                    .clients
+                    .entry(req.client.clone())
+                    .or_insert(ClientRecord {
+                        cursor: 0,
+                        seen_until,
+                    });
                 record.cursor = record.cursor.max(confirmed);
                 if confirmed > log.watermark {
                     log.watermark = confirmed;

@@ -1,0 +1,362 @@
+// simpleio browser client: reliable realtime messaging over HTTP long-polling.
+//
+// This file implements docs/spec.md (client protocol v1) and nothing else; read the two side by
+// side. It has no dependencies: `fetch`, `AbortController`, `URL` and `crypto.getRandomValues`
+// are in every current browser and in Node 20+. The readable source is what people audit; the
+// minifier does the squeezing, so prefer clarity over clever short code here.
+//
+// Shape of the client (spec §8):
+// - a receive loop: one long-poll GET at a time, cursor + epoch, dedup by `pos`;
+// - a send loop: one POST at a time, draining an outbox of messages that keep their ids across
+//   retries, so a retried POST is never handled twice by the server (spec §4);
+// - both loops retry failures with exponential backoff and jitter (spec §5), and are woken early
+//   when the browser says the network is back or the tab became visible.
+
+const g = globalThis;
+
+// An Error carrying the protocol's machine-readable `code` (and the HTTP `status` when there is
+// one), so applications can branch on `err.code` as the spec intends.
+const fail = (code, message, status) => Object.assign(new Error(message), { code, status });
+
+// 4xx statuses that mean "this request, as it is, will never succeed" (spec §5). 408 and 429 are
+// the server asking us to come back later, so they are retried like a 5xx.
+const refused = (status) => status > 399 && status < 500 && status != 408 && status != 429;
+
+// 401/403 belong to the application's identity function: report them, and keep retrying at the
+// longest backoff so the client resumes by itself once the user signs in again (spec §5).
+const unauthorized = (status) => status == 401 || status == 403;
+
+const DEFAULTS = {
+  // GET timeout: a little above the server's hold time (25 s by default, spec §5). POSTs use it
+  // too: a handler slower than this is treated like a lost response and retried (same ids).
+  timeout: 35e3,
+  // Backoff: min(max, base * 2^attempts) * random(0.5, 1.0) (spec §5).
+  backoffBase: 500,
+  backoffMax: 30e3,
+  // The server remembers a message id this long (spec §4, §6). A message sent but never
+  // answered within it is reported as failed instead of being resent, since a resend after the
+  // window could be handled a second time.
+  dedupWindow: 6e5,
+};
+
+// Messages per POST (spec §6); lowered by itself if the server answers 413 too_many_messages.
+const MAX_BATCH = 100;
+
+// How long to wait before asking again about a message the server reports as `pending`.
+const PENDING_DELAY = 250;
+
+// The reason given to emits pending at close() and to the `disconnect` it raises.
+const CLOSED = () => fail("closed", "the client is closed");
+
+/** A simpleio client: one per tab (or process). See client/dist/simpleio.d.ts for the API. */
+export class SimpleIO {
+  // The options, merged over DEFAULTS.
+  #o;
+  // Where the route is; query parameters are added per request.
+  #url;
+  // The latest `cursor` and `epoch` the server gave us; null until the first answer (spec §3).
+  #cursor = null;
+  #epoch = null;
+  // Listeners by event name.
+  #on = {};
+  // Messages not yet acknowledged, in emit order: {id, json, t (first sent), resolve, reject}.
+  #out = [];
+  // The counter behind message ids `clientId-n`.
+  #n = 0;
+  // Messages per POST; halved for good if the server says `too_many_messages`.
+  #max = MAX_BATCH;
+  // True while the send loop runs, so there is only ever one POST in flight (spec §4).
+  #sending = false;
+  #closed = false;
+  // The AbortControllers of the GET and the POST in flight, so close() and wake-ups can end them.
+  #get = null;
+  #post = null;
+  // Set when we aborted the waiting GET on purpose, so its rejection is not taken for a failure.
+  #woken = false;
+  // Resolvers of the backoff sleeps in progress; calling them ends the sleep early.
+  #sleepers = new Set();
+  // Removes the window/document listeners added by the constructor.
+  #unlisten;
+
+  /**
+   * @param {string | URL} [url] the route; default: the page's origin + "/simpleio"
+   * @param {object} [options] see DEFAULTS above and simpleio.d.ts
+   */
+  constructor(url, options) {
+    // connect(options) with the default URL.
+    if (url && typeof url == "object" && !(url instanceof URL)) [url, options] = [0, url];
+    this.#o = { ...DEFAULTS, ...options };
+    // Relative URLs resolve against the page; outside a browser (Node) the URL must be absolute.
+    this.#url = new URL(url || "/simpleio", g.location?.href);
+    // The client id (spec §2): 24 hex characters = 96 random bits, kept for this object's life.
+    // getRandomValues, unlike randomUUID, also works on plain-http pages.
+    this.id = Array.from(g.crypto.getRandomValues(new Uint8Array(12)), (b) =>
+      (b + 256).toString(16).slice(1),
+    ).join("");
+    /** True between a `connect` and the next `disconnect`: the last poll got an answer. */
+    this.connected = false;
+
+    // A laptop waking up or a phone switching networks leaves a poll hanging on a dead
+    // connection until its timeout; a tab in the background may have had its timers throttled.
+    // So when the network comes back or the tab is shown again, drop the waiting poll and ask
+    // again now (cheap: the cursor only moves on an answer, so nothing is lost), and cut any
+    // backoff short. `window`/`document` are absent in Node and workers: hence the `?.`.
+    const wake = () => {
+      if (this.#get) {
+        this.#woken = true;
+        this.#get.abort();
+      }
+      this.#wake();
+    };
+    const visible = () => g.document.visibilityState == "visible" && wake();
+    g.addEventListener?.("online", wake);
+    g.document?.addEventListener("visibilitychange", visible);
+    this.#unlisten = () => {
+      g.removeEventListener?.("online", wake);
+      g.document?.removeEventListener("visibilitychange", visible);
+    };
+
+    this.#receive();
+  }
+
+  /** Calls `fn(data)` for each message `event`; also "connect", "disconnect" and "error". */
+  on(event, fn) {
+    (this.#on[event] ||= []).push(fn);
+    return this;
+  }
+
+  /** Removes `fn` from `event`, or every listener of `event` if `fn` is omitted. */
+  off(event, fn) {
+    this.#on[event] = fn ? (this.#on[event] || []).filter((f) => f != fn) : [];
+    return this;
+  }
+
+  /**
+   * Sends `event` with `data` to the server's handler. Resolves with the handler's reply, or
+   * rejects with its error (`err.code`), or if the message cannot be delivered (`closed`,
+   * `expired`, or a 4xx refusing this very message). Never rejects on a transient failure:
+   * the message waits in the outbox and is retried, with the same id, until it gets an answer.
+   */
+  emit(event, data) {
+    return new Promise((resolve, reject) => {
+      if (this.#closed) throw CLOSED();
+      const id = `${this.id}-${++this.#n}`;
+      // Serialized now, so a later change to `data` by the application does not change what a
+      // retry sends (the server dedups by id, the content must not drift), and so an
+      // unserializable value (a cycle, a BigInt) rejects here rather than jamming the outbox.
+      this.#out.push({ id, json: JSON.stringify({ id, event, data }), resolve, reject });
+      // Wait a microtask so emits made in the same tick share one POST.
+      queueMicrotask(() => this.#send());
+    });
+  }
+
+  /** Stops the client: aborts the requests in flight, sends no more, rejects pending emits. */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#unlisten();
+    this.#get?.abort();
+    this.#post?.abort();
+    this.#wake();
+    const closed = CLOSED();
+    for (const m of [...this.#out]) this.#settle(m, closed);
+    if (this.connected) {
+      this.connected = false;
+      this.#emit("disconnect", closed);
+    }
+  }
+
+  // The receive loop (spec §3).
+  async #receive() {
+    let attempts = 0;
+    while (!this.#closed) {
+      this.#woken = false;
+      let res;
+      try {
+        res = await this.#request();
+      } catch (err) {
+        if (this.#closed) return;
+        if (this.#woken) continue; // we aborted it to re-poll at once
+        if (this.connected) {
+          this.connected = false;
+          this.#emit("disconnect", err);
+        }
+        if (refused(err.status)) this.#emit("error", err);
+        await this.#sleep(this.#backoff(attempts++, err.status));
+        continue;
+      }
+      attempts = 0;
+      if (!this.connected) {
+        this.connected = true;
+        this.#emit("connect");
+        // The server is back: the send loop need not finish its backoff.
+        this.#wake();
+      }
+      // Step 1: a new epoch means the server's storage was reset; positions start again.
+      if (this.#epoch != null && res.epoch !== this.#epoch) this.#cursor = null;
+      // Step 2: deliver in order what is past the cursor; the rest are duplicates. The local
+      // cursor also moves per message, so even a repeat inside one answer is dropped.
+      let cursor = this.#cursor;
+      for (const m of res.messages || []) {
+        if (cursor == null || m.pos > cursor) {
+          cursor = m.pos;
+          this.#emit(m.event, m.data);
+        }
+      }
+      // Step 3: volatile messages have no position; each comes once.
+      for (const m of res.volatile || []) this.#emit(m.event, m.data);
+      // Step 4: the next GET carries these, and so confirms what we just delivered.
+      this.#epoch = res.epoch;
+      this.#cursor = res.cursor;
+    }
+  }
+
+  // The send loop (spec §4): one POST at a time, the first `limit` messages of the outbox.
+  async #send() {
+    if (this.#sending) return;
+    this.#sending = true;
+    let attempts = 0;
+    let limit = this.#max;
+    while (!this.#closed && this.#out.length) {
+      const now = Date.now();
+      for (const m of [...this.#out]) {
+        if (now - m.t > this.#o.dedupWindow) {
+          this.#settle(m, fail("expired", "no answer within the dedup window"));
+        }
+      }
+      const batch = this.#out.slice(0, limit);
+      if (!batch.length) break;
+      for (const m of batch) m.t ??= now;
+      let wait = 0;
+      try {
+        // The messages are already JSON; an array's toString joins them with commas.
+        const body = `{"client":"${this.id}","messages":[${batch.map((m) => m.json)}]}`;
+        const { acks } = await this.#request(body);
+        attempts = 0;
+        limit = this.#max;
+        for (const ack of acks) {
+          const m = batch.find((m) => m.id == ack.id);
+          if (!m) continue;
+          // `pending`: an earlier POST with this id is still being handled. Keep the message
+          // (same id) and ask again shortly to learn its outcome.
+          if (ack.pending) wait = PENDING_DELAY;
+          else if (ack.error) this.#settle(m, fail(ack.error.code, ack.error.message));
+          else this.#settle(m, null, ack.reply);
+        }
+      } catch (err) {
+        if (this.#closed) break;
+        const status = err.status;
+        if (refused(status) && !unauthorized(status)) {
+          // This request will never succeed as it is (spec §5: 400, 405, 413, 415). Split the
+          // batch until the culprit is alone, then fail that one message: the others must not
+          // be dropped with it.
+          if (batch.length > 1) {
+            limit = batch.length >> 1;
+            if (err.code == "too_many_messages") this.#max = limit;
+          } else {
+            this.#settle(batch[0], err);
+          }
+          continue;
+        }
+        if (unauthorized(status)) this.#emit("error", err);
+        wait = this.#backoff(attempts++, status);
+      }
+      if (wait) await this.#sleep(wait);
+    }
+    this.#sending = false;
+  }
+
+  // One HTTP request to the route: a GET (no body) or a POST. Resolves with the parsed JSON of
+  // a 2xx; rejects with a network error, a timeout, or a `fail()` built from the error body.
+  async #request(body) {
+    const { timeout, fetch = g.fetch, headers, credentials } = this.#o;
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), timeout);
+    const url = new URL(this.#url);
+    if (body) {
+      this.#post = ctl;
+    } else {
+      this.#get = ctl;
+      url.searchParams.set("client", this.id);
+      // Sending the cursor confirms everything up to it (spec §3): only once delivered.
+      if (this.#cursor != null) {
+        url.searchParams.set("cursor", this.#cursor);
+        url.searchParams.set("epoch", this.#epoch);
+      }
+    }
+    try {
+      const res = await fetch(url, {
+        method: body ? "POST" : "GET",
+        body,
+        // `headers` may be a function, so a token can be refreshed before each request.
+        headers: {
+          ...(body && { "content-type": "application/json" }),
+          ...(typeof headers == "function" ? await headers() : headers),
+        },
+        credentials,
+        cache: "no-store",
+        signal: ctl.signal,
+      });
+      if (!res.ok) {
+        // Every error on the route has a {"error": {code, message}} body (spec §5), except
+        // perhaps one from a proxy in between, or the application's own 401/403.
+        const { error = {} } = (await res.json().catch(() => 0)) || {};
+        throw fail(error.code, error.message || `HTTP ${res.status}`, res.status);
+      }
+      return await res.json();
+    } finally {
+      clearTimeout(timer);
+      if (body) this.#post = null;
+      else this.#get = null;
+    }
+  }
+
+  // Calls the listeners of `event`. A listener that throws must not break the loops (the
+  // cursor would not move and already-delivered messages would come again), so its error is
+  // rethrown on its own, where the page's console or error handler reports it.
+  #emit(event, ...args) {
+    for (const fn of [...(this.#on[event] || [])]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        setTimeout(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  // Removes a message from the outbox and settles its emit() promise.
+  #settle(m, err, reply) {
+    this.#out.splice(this.#out.indexOf(m), 1);
+    err ? m.reject(err) : m.resolve(reply);
+  }
+
+  // Spec §5: min(max, base * 2^attempts) * random(0.5, 1.0); the longest wait for a request
+  // the server refuses (a bug or a signed-out user), so a client never hammers the server.
+  #backoff(attempts, status) {
+    const { backoffBase, backoffMax } = this.#o;
+    const wait = refused(status) ? backoffMax : Math.min(backoffMax, backoffBase * 2 ** attempts);
+    return wait * (0.5 + Math.random() / 2);
+  }
+
+  // A sleep that #wake() can cut short.
+  #sleep(ms) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#sleepers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#sleepers.add(done);
+    });
+  }
+
+  #wake() {
+    for (const done of this.#sleepers) done();
+  }
+}
+
+/** Creates a client and starts receiving at once; see SimpleIO. */
+export const connect = (url, options) => new SimpleIO(url, options);

@@ -1,0 +1,197 @@
+// The client against a real simpleio server (SIMPLEIO_URL; see helpers.mjs for the contract).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { client, collect, control, once, serverUrl, sleep, uniqueUser, until } from "./helpers.mjs";
+
+// Fail loudly, once, before anything else, rather than with a connection error per test.
+serverUrl();
+
+// Each test closes its clients, even when it fails, so the run ends promptly.
+function clients(t) {
+  const all = [];
+  t.after(() => all.forEach((io) => io.close()));
+  return (...args) => {
+    const io = client(...args);
+    all.push(io);
+    return io;
+  };
+}
+
+test("emit resolves with the handler's reply", async (t) => {
+  const io = clients(t)(uniqueUser());
+  assert.deepEqual(await io.emit("echo", { n: 1, s: "é✓" }), { n: 1, s: "é✓" });
+  assert.equal(await io.emit("echo"), null);
+});
+
+test("emit rejects with the handler's error and its code", async (t) => {
+  const io = clients(t)(uniqueUser());
+  await assert.rejects(io.emit("fail"), (err) => err.code == "handler_error" && !!err.message);
+});
+
+test("messages to the user arrive once each, in order, with their data", async (t) => {
+  const io = clients(t)(uniqueUser());
+  const got = collect(io, "n");
+  const sends = [];
+  for (let i = 0; i < 30; i++) sends.push(io.emit("send", { event: "n", data: i }));
+  await Promise.all(sends);
+  await until("30 messages", () => got.length >= 30);
+  await sleep(200); // room for a duplicate to show up
+  assert.deepEqual(got, [...Array(30).keys()]);
+  assert.ok(io.connected);
+});
+
+test("every client of a user gets every message", async (t) => {
+  const make = clients(t);
+  const user = uniqueUser();
+  const [a, b] = [make(user), make(user)];
+  assert.notEqual(a.id, b.id);
+  const [gotA, gotB] = [collect(a, "news"), collect(b, "news")];
+  await a.emit("send", { event: "news", data: "one" });
+  await b.emit("send", { event: "news", data: "two" });
+  await until("both clients get both", () => gotA.length == 2 && gotB.length == 2);
+  assert.deepEqual(gotA, ["one", "two"]);
+  assert.deepEqual(gotB, ["one", "two"]);
+});
+
+test("a message to another user reaches only that user", async (t) => {
+  const make = clients(t);
+  const [ann, bob] = [uniqueUser("ann"), uniqueUser("bob")];
+  const [a, b] = [make(ann), make(bob)];
+  const [gotA, gotB] = [collect(a, "dm"), collect(b, "dm")];
+  await a.emit("send", { to: bob, event: "dm", data: "hi bob" });
+  await until("bob's message", () => gotB.length == 1);
+  await sleep(100);
+  assert.deepEqual(gotB, ["hi bob"]);
+  assert.deepEqual(gotA, []);
+});
+
+test("volatile messages reach a waiting client", async (t) => {
+  const io = clients(t)(uniqueUser());
+  const got = collect(io, "typing");
+  // Volatile messages go only to clients waiting at that moment (spec §3), so first make sure
+  // the client is in a poll, then keep sending until one lands.
+  await io.emit("send", { event: "ready" });
+  await until("a first answer", () => io.connected);
+  await until("a volatile message", async () => {
+    await io.emit("send", { event: "typing", data: { from: "x" }, volatile: true });
+    await sleep(50);
+    return got.length > 0;
+  });
+  assert.deepEqual(got[0], { from: "x" });
+});
+
+test("a POST whose response was lost is retried and reaches the handler once", async (t) => {
+  let dropped = 0;
+  // Performs each POST for real, but throws the first response away, as a dropped connection
+  // would: the client cannot know the handler ran, so it must resend with the same ids.
+  const lossy = async (url, init) => {
+    const res = await fetch(url, init);
+    if (init.method == "POST" && dropped++ == 0) throw new TypeError("network error (simulated)");
+    return res;
+  };
+  const io = clients(t)(uniqueUser(), { fetch: lossy });
+  assert.equal(await io.emit("count", { key: "k" }), 1);
+  assert.equal(dropped, 2, "the first response was dropped, the retry went through");
+  assert.equal(await io.emit("count", { key: "k" }), 2, "the handler ran once for the first");
+});
+
+test("messages emitted while the network is down wait and go out in order afterwards", async (t) => {
+  let offline = false;
+  const flaky = (url, init) =>
+    offline ? Promise.reject(new TypeError("offline (simulated)")) : fetch(url, init);
+  const io = clients(t)(uniqueUser(), { fetch: flaky });
+  const got = collect(io, "n");
+  await io.emit("send", { event: "n", data: 0 });
+  await until("connected", () => io.connected);
+
+  // The waiting poll is left alone; every new request fails, as on a dead network.
+  offline = true;
+  const sends = [1, 2, 3].map((n) => io.emit("send", { event: "n", data: n }));
+  await sleep(300); // several failed attempts, with backoff
+  const state = await Promise.race([
+    Promise.allSettled(sends).then(() => "settled"),
+    sleep(10).then(() => "waiting"),
+  ]);
+  assert.equal(state, "waiting", "nothing is dropped or failed while offline");
+
+  offline = false;
+  assert.deepEqual(await Promise.all(sends), [null, null, null]);
+  await until("all four", () => got.length == 4);
+  assert.deepEqual(got, [0, 1, 2, 3]);
+});
+
+test("a 401 is reported as an error and the client resumes once signed in", async (t) => {
+  let user = null;
+  const io = clients(t)(null, { headers: () => (user ? { "x-user": user } : {}) });
+  const err = await once(io, "error");
+  assert.equal(err.status, 401);
+  const reply = io.emit("echo", "after sign-in");
+  user = uniqueUser();
+  // Signing in does not shorten the longest backoff by itself; the `online` event would.
+  assert.equal(await reply, "after sign-in");
+});
+
+test("a message the server refuses (400) fails alone; the rest of the batch is delivered", async (t) => {
+  const io = clients(t)(uniqueUser());
+  // Emitted in one tick: one POST, which the server refuses as a whole for the empty event
+  // name. The client splits the batch until the bad message is alone.
+  const results = await Promise.allSettled([
+    io.emit("echo", 1),
+    io.emit("", "bad"),
+    io.emit("echo", 3),
+    io.emit("echo", 4),
+  ]);
+  assert.deepEqual(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled", "fulfilled"]);
+  assert.equal(results[1].reason.status, 400);
+  assert.equal(results[1].reason.code, "invalid_field");
+  assert.deepEqual([0, 2, 3].map((i) => results[i].value), [1, 3, 4]);
+});
+
+test("a message still being handled is reported pending and asked for again", async (t) => {
+  let posts = 0;
+  const counting = (url, init) => (init.method == "POST" && posts++, fetch(url, init));
+  // A timeout shorter than the handler: the first POST is aborted while the handler runs, the
+  // retries get `pending` until it finishes, then its reply.
+  const io = clients(t)(uniqueUser(), { fetch: counting, timeout: 400 });
+  assert.equal(await io.emit("slow", { ms: 1500 }), "slept");
+  assert.ok(posts >= 2, `retried (${posts} POSTs)`);
+});
+
+test("close() aborts the waiting poll, rejects pending emits and stops all requests", async (t) => {
+  let requests = 0;
+  const counting = (url, init) => (requests++, fetch(url, init));
+  const io = clients(t)(uniqueUser(), { fetch: counting });
+  await io.emit("send", { event: "x" });
+  await until("connected", () => io.connected);
+  const disconnect = once(io, "disconnect");
+  const pending = io.emit("echo", "never answered");
+  io.close();
+  assert.equal((await disconnect).code, "closed");
+  await assert.rejects(pending, (e) => e.code == "closed");
+  await assert.rejects(io.emit("echo"), (e) => e.code == "closed");
+  const seen = requests;
+  await sleep(300);
+  assert.equal(requests, seen, "no request after close()");
+  assert.equal(io.connected, false);
+});
+
+test("across a server restart nothing is lost or delivered twice", { skip: !process.env.SIMPLEIO_CONTROL && "SIMPLEIO_CONTROL is not set" }, async (t) => {
+  const make = clients(t);
+  const [ann, bob] = [uniqueUser("ann"), uniqueUser("bob")];
+  const [a, b] = [make(ann), make(bob)];
+  const gotB = collect(b, "dm");
+  await a.emit("send", { to: bob, event: "dm", data: 0 });
+  await until("the first message", () => gotB.length == 1);
+
+  const down = once(b, "disconnect");
+  await control("stop");
+  await down;
+  // Sent while the server is down: they wait in ann's outbox.
+  const sends = [1, 2, 3].map((n) => a.emit("send", { to: bob, event: "dm", data: n }));
+  await sleep(300);
+  await control("start");
+  await Promise.all(sends);
+  await until("all messages", () => gotB.length >= 4, 10000);
+  await sleep(300);
+  assert.deepEqual(gotB, [0, 1, 2, 3]);
+});

@@ -1,0 +1,128 @@
+//! Limits and timings, with their defaults and the reasons for them.
+
+use std::time::Duration;
+
+/// Every tunable of a layer. Set through [`Builder`](crate::Builder); each default is documented
+/// on the builder method that changes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) path: String,
+    pub(crate) hold: Duration,
+    pub(crate) batch_limit: usize,
+    pub(crate) max_body: usize,
+    pub(crate) max_messages: usize,
+    pub(crate) max_event_len: usize,
+    pub(crate) dedup_window: Duration,
+    pub(crate) handler_lease: Duration,
+    pub(crate) pending_wait: Duration,
+    pub(crate) message_ttl: Duration,
+    pub(crate) max_queue: usize,
+    pub(crate) presence_ttl: Duration,
+    pub(crate) recheck: Duration,
+}
+
+/// The longest hold the builder accepts: common proxies and PaaS routers cut idle requests at
+/// 30 s (Heroku's router does), and a cut poll looks like a network failure to the client.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(29);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            path: "/simpleio".to_owned(),
+            hold: Duration::from_secs(25),
+            batch_limit: 100,
+            max_body: 1024 * 1024,
+            max_messages: 100,
+            max_event_len: 128,
+            dedup_window: Duration::from_secs(10 * 60),
+            handler_lease: Duration::from_secs(60),
+            pending_wait: Duration::from_secs(5),
+            message_ttl: Duration::from_secs(5 * 60),
+            max_queue: 10_000,
+            presence_ttl: Duration::from_secs(60),
+            recheck: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration the builder refuses, with the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The path does not start with `/`, or ends with one.
+    #[error("the path must start with '/' and not end with one (got {0:?})")]
+    Path(String),
+    /// The hold time is zero or not below 30 s.
+    #[error(
+        "the hold time must be between 1 ms and 29 s, below the 30 s at which proxies cut requests (got {0:?})"
+    )]
+    Hold(Duration),
+    /// A limit is zero.
+    #[error("the limit `{0}` must be at least 1")]
+    ZeroLimit(&'static str),
+    /// The presence TTL is not longer than the hold time, so waiting clients would look gone.
+    #[error("the presence ttl ({presence:?}) must be longer than the hold time ({hold:?})")]
+    PresenceTtl {
+        /// The presence TTL given.
+        presence: Duration,
+        /// The hold time given.
+        hold: Duration,
+    },
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), BuildError> {
+        if !self.path.starts_with('/') || (self.path.len() > 1 && self.path.ends_with('/')) {
+            return Err(BuildError::Path(self.path.clone()));
+        }
+        if self.hold.is_zero() || self.hold > MAX_HOLD {
+            return Err(BuildError::Hold(self.hold));
+        }
+        for (name, value) in [
+            ("batch_limit", self.batch_limit),
+            ("max_body", self.max_body),
+            ("max_messages", self.max_messages),
+            ("max_event_len", self.max_event_len),
+            ("max_queue", self.max_queue),
+        ] {
+            if value == 0 {
+                return Err(BuildError::ZeroLimit(name));
+            }
+        }
+        if self.presence_ttl <= self.hold {
+            return Err(BuildError::PresenceTtl {
+                presence: self.presence_ttl,
+                hold: self.hold,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_hold_of_thirty_seconds_is_refused() {
+        let c = Config {
+            hold: Duration::from_secs(30),
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(BuildError::Hold(_))));
+    }
+
+    #[test]
+    fn a_path_must_be_absolute() {
+        let c = Config {
+            path: "simpleio".into(),
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(BuildError::Path(_))));
+    }
+}

@@ -1,0 +1,253 @@
+//! The sending `POST`: read and check the body, then hand each message to the handler exactly
+//! once, however often the client retries.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Response, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::error::Category;
+use tokio::time::{Instant, sleep, timeout_at};
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::handler::{HandlerError, Incoming, null};
+use crate::id::{ClientId, UserId};
+use crate::io::SimpleIo;
+use crate::protocol::{
+    Ack, AckOutcome, ClientMessage, ErrorBody, ProtocolError, SendRequest, SendResponse,
+    json_response,
+};
+use crate::shared::Shared;
+use crate::storage::{Claim, DedupKey, StorageError};
+
+pub(crate) async fn respond<B>(
+    shared: &Shared,
+    io: SimpleIo,
+    user: UserId,
+    parts: &Parts,
+    body: B,
+) -> Result<Response<Full<Bytes>>, ProtocolError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let config = &shared.config;
+    if !is_json(parts) {
+        return Err(ProtocolError::UnsupportedMediaType);
+    }
+    let request = parse(read_body(body, config.max_body).await?)?;
+    if request.messages.is_empty() {
+        return Err(ProtocolError::InvalidField(
+            "`messages` must hold at least one message".to_owned(),
+        ));
+    }
+    if request.messages.len() > config.max_messages {
+        return Err(ProtocolError::TooManyMessages {
+            limit: config.max_messages,
+            got: request.messages.len(),
+        });
+    }
+    for m in &request.messages {
+        if m.event.is_empty() || m.event.len() > config.max_event_len {
+            return Err(ProtocolError::InvalidField(format!(
+                "`event` must be 1 to {} bytes (message {:?})",
+                config.max_event_len,
+                m.id.as_str()
+            )));
+        }
+    }
+
+    let mut acks = Vec::with_capacity(request.messages.len());
+    // One after another: the handler sees a client's messages in the order it sent them.
+    for message in request.messages {
+        let id = message.id.clone();
+        let outcome = handle_once(shared, &io, &user, &request.client, message).await?;
+        acks.push(Ack { id, outcome });
+    }
+    Ok(json_response(&SendResponse { acks }))
+}
+
+/// `application/json`, with or without parameters. Requiring it makes a cross-site form or a
+/// "simple" `fetch` unable to post as a signed-in user: browsers preflight this content type.
+fn is_json(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProtocolError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProtocolError::BodyTooLarge(limit))
+        }
+        Err(e) => Err(ProtocolError::BodyRead(e.to_string())),
+    }
+}
+
+fn parse(body: Bytes) -> Result<SendRequest, ProtocolError> {
+    serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        Category::Data => ProtocolError::InvalidField(format!(
+            "the request body is not a valid message batch: {e}"
+        )),
+        Category::Io | Category::Syntax | Category::Eof => {
+            ProtocolError::MalformedJson(e.to_string())
+        }
+    })
+}
+
+/// Handles `message` unless its id was handled already, and returns its outcome.
+async fn handle_once(
+    shared: &Shared,
+    io: &SimpleIo,
+    user: &UserId,
+    client: &ClientId,
+    message: ClientMessage,
+) -> Result<AckOutcome, ProtocolError> {
+    let config = &shared.config;
+    let key = DedupKey {
+        user: user.clone(),
+        client: client.clone(),
+        id: message.id.clone(),
+    };
+    // Watch before claiming, so a completion racing with our claim still wakes us.
+    let mut watch = shared.hub.watch(user);
+    let give_up = Instant::now() + config.pending_wait;
+    loop {
+        match shared.storage.claim(&key, config.handler_lease).await? {
+            Claim::Acquired => break,
+            Claim::Done(stored) => return Ok(decode_stored(&stored)),
+            Claim::InProgress => {
+                // Another request is handling this id now (a retry raced the original). Wait for
+                // it to complete, briefly; then tell the client to ask again later.
+                if timeout_at(give_up, watch.recv()).await.is_err() {
+                    return Ok(AckOutcome::Pending(true));
+                }
+            }
+        }
+    }
+    drop(watch);
+
+    let outcome = call_handler(shared, io, user, client, message).await;
+    let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
+    complete(shared, &key, &stored).await?;
+    Ok(outcome)
+}
+
+async fn call_handler(
+    shared: &Shared,
+    io: &SimpleIo,
+    user: &UserId,
+    client: &ClientId,
+    message: ClientMessage,
+) -> AckOutcome {
+    let incoming = Incoming {
+        user: user.clone(),
+        client: client.clone(),
+        id: message.id,
+        event: message.event,
+        data: message.data.unwrap_or_else(null),
+        io: io.clone(),
+    };
+    let event = incoming.event.clone();
+    let mut handler = shared.handler.clone();
+    let result = match handler.ready().await {
+        Ok(ready) => ready.call(incoming).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(reply) => AckOutcome::Reply(reply.into_raw()),
+        Err(e) => {
+            if let Some(chosen) = e.downcast_ref::<HandlerError>() {
+                tracing::debug!(%user, %client, %event, error = %chosen, "the handler refused a message");
+                AckOutcome::Error(ErrorBody {
+                    code: chosen.code.clone(),
+                    message: chosen.message.clone(),
+                })
+            } else {
+                tracing::error!(%user, %client, %event, error = %e, "the handler failed");
+                AckOutcome::Error(ErrorBody {
+                    code: "handler_error".to_owned(),
+                    message: "the server failed to handle this message".to_owned(),
+                })
+            }
+        }
+    }
+}
+
+/// Records the outcome. The handler already ran, so this is worth a few tries: if the record
+/// stays in progress, a retry after the lease runs the handler a second time.
+async fn complete(shared: &Shared, key: &DedupKey, stored: &str) -> Result<(), StorageError> {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1.. {
+        match shared
+            .storage
+            .complete(key, stored, shared.config.dedup_window)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 4 => {
+                tracing::warn!(error = %e, attempt, "could not record a handled message; retrying");
+                sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, user = %key.user, client = %key.client, id = %key.id,
+                    "could not record a handled message; a retry after the lease may handle it again");
+                return Err(e);
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn decode_stored(stored: &str) -> AckOutcome {
+    serde_json::from_str(stored).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a stored acknowledgement could not be read");
+        AckOutcome::Error(ErrorBody {
+            code: "storage_corrupt".to_owned(),
+            message: "the outcome of this message was recorded but cannot be read".to_owned(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_and_shape_errors_are_told_apart() {
+        assert!(matches!(
+            parse(Bytes::from_static(b"{\"client\":")),
+            Err(ProtocolError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse(Bytes::from_static(b"{\"client\":\"c\",\"messages\":3}")),
+            Err(ProtocolError::InvalidField(_))
+        ));
+        assert!(matches!(
+            parse(Bytes::from_static(
+                b"{\"client\":\"bad id\",\"messages\":[]}"
+            )),
+            Err(ProtocolError::InvalidField(_))
+        ));
+    }
+
+    #[test]
+    fn stored_outcomes_round_trip() {
+        let outcome = AckOutcome::Reply(serde_json::value::to_raw_value(&[1, 2]).expect("json"));
+        let stored = serde_json::to_string(&outcome).expect("json");
+        assert!(matches!(decode_stored(&stored), AckOutcome::Reply(r) if r.get() == "[1,2]"));
+    }
+}

@@ -1,0 +1,293 @@
+//! [`SimpleIoLayer`] and [`SimpleIoService`]: answer the simpleio route, pass everything else to
+//! the inner service untouched.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower::{BoxError, Service};
+use tower_layer::Layer;
+use tracing::Instrument;
+
+use crate::builder::Builder;
+use crate::io::SimpleIo;
+use crate::protocol::ProtocolError;
+use crate::shared::Shared;
+use crate::{inbound, poll};
+
+/// The Tower layer: wraps any HTTP service and answers simpleio's route in front of it.
+///
+/// Made by [`SimpleIoLayer::builder`], together with the [`SimpleIo`] handle for sending.
+/// Cloning is cheap: all clones share one configuration and storage.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use simpleio::SimpleIoLayer;
+///
+/// let (layer, io) = SimpleIoLayer::builder()
+///     .identity(|_: &http::request::Parts| async { Ok(simpleio::UserId::from("demo")) })
+///     .build();
+/// let app: Router = Router::new().route("/", get(|| async { "hello" })).layer(layer);
+/// # let _ = (app, io);
+/// ```
+#[derive(Clone)]
+pub struct SimpleIoLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl SimpleIoLayer {
+    /// A [`Builder`] with every setting at its default.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A handle for sending through this layer (the same one `build` returned).
+    pub fn io(&self) -> SimpleIo {
+        SimpleIo {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for SimpleIoLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimpleIoLayer")
+            .field("path", &self.shared.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for SimpleIoLayer {
+    type Service = SimpleIoService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SimpleIoService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`SimpleIoLayer`]. Requests to the configured path are answered here;
+/// all others go to `S` unchanged, and `S`'s error type is kept.
+#[derive(Clone)]
+pub struct SimpleIoService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for SimpleIoService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimpleIoService")
+            .field("inner", &self.inner)
+            .field("path", &self.shared.config.path)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SimpleIoService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<SimpleIoBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if req.uri().path() != self.shared.config.path {
+            return ResponseFuture {
+                kind: Kind::Inner {
+                    future: self.inner.call(req),
+                },
+            };
+        }
+        let shared = self.shared.clone();
+        let span = tracing::debug_span!("simpleio", method = %req.method());
+        ResponseFuture {
+            kind: Kind::Route {
+                future: Box::pin(route(shared, req).instrument(span)),
+            },
+        }
+    }
+}
+
+/// Answers one request on the route: method, identity, then receive or send.
+async fn route<B>(shared: Arc<Shared>, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    if parts.method != Method::GET && parts.method != Method::POST {
+        return ProtocolError::MethodNotAllowed.into_response();
+    }
+    let user = match shared.identity.identify(&parts).await {
+        Ok(user) => user,
+        Err(rejection) => {
+            tracing::debug!(status = %rejection.status(), "the identity function rejected a request");
+            return rejection.into_response();
+        }
+    };
+    let result = if parts.method == Method::GET {
+        poll::respond(&shared, user, parts.uri.query()).await
+    } else {
+        let io = SimpleIo {
+            shared: shared.clone(),
+        };
+        inbound::respond(&shared, io, user, &parts, body).await
+    };
+    result.unwrap_or_else(|e| {
+        match &e {
+            ProtocolError::Storage(cause) => {
+                tracing::warn!(%cause, "storage failed; answering 503")
+            }
+            other => tracing::debug!(error = %other, "refused a bad request"),
+        }
+        e.into_response()
+    })
+}
+
+pin_project! {
+    /// The future of [`SimpleIoService`]: the inner service's, or the route's own.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Inner { #[pin] future: F },
+        Route { future: Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> },
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<SimpleIoBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(SimpleIoBody::inner))),
+            KindProj::Route { future } => future
+                .as_mut()
+                .poll(cx)
+                .map(|res| Ok(res.map(SimpleIoBody::route))),
+        }
+    }
+}
+
+pin_project! {
+    /// The response body of [`SimpleIoService`]: the inner service's body untouched, or the
+    /// route's own JSON.
+    pub struct SimpleIoBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyProj]
+    enum BodyKind<B> {
+        Inner { #[pin] body: B },
+        Route { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl<B> SimpleIoBody<B> {
+    fn inner(body: B) -> Self {
+        SimpleIoBody {
+            kind: BodyKind::Inner { body },
+        }
+    }
+
+    fn route(body: Full<Bytes>) -> Self {
+        SimpleIoBody {
+            kind: BodyKind::Route { body },
+        }
+    }
+}
+
+impl<B> fmt::Debug for SimpleIoBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BodyKind::Inner { .. } => f.write_str("SimpleIoBody::Inner"),
+            BodyKind::Route { .. } => f.write_str("SimpleIoBody::Route"),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for SimpleIoBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            BodyProj::Inner { body } => body.poll_frame(cx),
+            BodyProj::Route { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Route { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Route { body } => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_and_its_future_are_send() {
+        fn assert_send<T: Send>() {}
+        type Inner = tower::util::BoxCloneSyncService<
+            Request<Full<Bytes>>,
+            Response<Full<Bytes>>,
+            std::convert::Infallible,
+        >;
+        assert_send::<SimpleIoService<Inner>>();
+        assert_send::<ResponseFuture<<Inner as Service<Request<Full<Bytes>>>>::Future>>();
+    }
+}

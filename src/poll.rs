@@ -1,0 +1,123 @@
+//! The receiving `GET`: confirm the client's cursor, then answer with what is new, waiting for it
+//! up to the hold time.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::hub::UserSignal;
+use crate::id::{ClientId, UserId};
+use crate::protocol::{PollQuery, PollResponse, ProtocolError, WireVolatile, json_response};
+use crate::shared::Shared;
+use crate::storage::{FetchBatch, FetchRequest, Signal};
+
+/// Counts this poll as waiting for as long as it lives, however it ends (answered, or dropped
+/// because the client went away).
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn respond(
+    shared: &Shared,
+    user: UserId,
+    query: Option<&str>,
+) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    let poll = PollQuery::parse(query)?;
+    let client = poll.client;
+    let config = &shared.config;
+    let deadline = Instant::now() + config.hold;
+
+    // Watch before the first read, so a message appended in between still wakes us.
+    let mut watch = shared.hub.watch(&user);
+    let _waiting = Waiting::enter(shared);
+    let poll_id = fastrand::u64(..);
+    shared
+        .storage
+        .publish(Signal::PollStarted {
+            user: user.clone(),
+            client: client.clone(),
+            poll: poll_id,
+        })
+        .await?;
+
+    let mut cursor = poll.cursor;
+    let mut volatile: Vec<WireVolatile> = Vec::new();
+    loop {
+        let batch = shared
+            .storage
+            .fetch(FetchRequest {
+                user: user.clone(),
+                client: client.clone(),
+                cursor: cursor.clone(),
+                limit: config.batch_limit,
+                presence_ttl: config.presence_ttl,
+            })
+            .await?;
+        // Volatile messages that arrived during the read go out with it.
+        while let Some(signal) = watch.try_recv() {
+            take_volatile(signal, &client, &mut volatile);
+        }
+        if !batch.messages.is_empty() || !volatile.is_empty() {
+            return Ok(answer(batch, &volatile));
+        }
+        // From here on the cursor the client holds is the batch's (the epoch may have changed).
+        cursor = Some((batch.epoch.clone(), batch.cursor));
+
+        let recheck = sleep(config.recheck);
+        tokio::pin!(recheck);
+        loop {
+            tokio::select! {
+                signal = watch.recv() => match signal {
+                    UserSignal::Appended | UserSignal::Resync => break,
+                    UserSignal::PollStarted { client: c, poll } if c == client && poll != poll_id => {
+                        tracing::debug!(%user, %client, "a newer poll of this client took over");
+                        return Ok(answer(batch, &volatile));
+                    }
+                    other => {
+                        take_volatile(other, &client, &mut volatile);
+                        if !volatile.is_empty() {
+                            return Ok(answer(batch, &volatile));
+                        }
+                    }
+                },
+                () = sleep_until(deadline) => return Ok(answer(batch, &volatile)),
+                // A safety net for a lost wakeup; never the way messages normally arrive.
+                () = &mut recheck => break,
+            }
+        }
+    }
+}
+
+fn take_volatile(signal: UserSignal, client: &ClientId, into: &mut Vec<WireVolatile>) {
+    if let UserSignal::Volatile {
+        client: to,
+        message,
+    } = signal
+        && to.as_ref().is_none_or(|to| to == client)
+    {
+        into.push(message);
+    }
+}
+
+fn answer(batch: FetchBatch, volatile: &[WireVolatile]) -> Response<Full<Bytes>> {
+    json_response(&PollResponse {
+        epoch: &batch.epoch,
+        cursor: batch.cursor,
+        messages: &batch.messages,
+        volatile,
+    })
+}

@@ -1,0 +1,276 @@
+//! The wire format of `docs/spec.md`: request and response bodies, and protocol errors as HTTP
+//! responses.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::id::{ClientId, MessageId};
+use crate::storage::{Epoch, Position, StorageError, StoredMessage};
+
+/// The query of a receiving `GET`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PollQuery {
+    pub(crate) client: String,
+    pub(crate) cursor: Option<String>,
+    pub(crate) epoch: Option<String>,
+}
+
+/// A validated [`PollQuery`].
+#[derive(Debug)]
+pub(crate) struct Poll {
+    pub(crate) client: ClientId,
+    pub(crate) cursor: Option<(Epoch, Position)>,
+}
+
+impl PollQuery {
+    pub(crate) fn parse(query: Option<&str>) -> Result<Poll, ProtocolError> {
+        let q: PollQuery = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| ProtocolError::InvalidQuery(e.to_string()))?;
+        let client = ClientId::new(&q.client)
+            .map_err(|e| ProtocolError::InvalidQuery(format!("`client` {e}")))?;
+        let cursor = match (q.cursor, q.epoch) {
+            (None, None) => None,
+            (Some(c), Some(e)) => {
+                let pos = c.parse::<Position>().map_err(|_| {
+                    ProtocolError::InvalidQuery(
+                        "`cursor` must be a non-negative integer".to_owned(),
+                    )
+                })?;
+                if e.is_empty() || e.len() > 64 {
+                    return Err(ProtocolError::InvalidQuery(
+                        "`epoch` must be 1 to 64 characters".to_owned(),
+                    ));
+                }
+                Some((Epoch::new(e), pos))
+            }
+            _ => {
+                return Err(ProtocolError::InvalidQuery(
+                    "send `cursor` and `epoch` together, or neither".to_owned(),
+                ));
+            }
+        };
+        Ok(Poll { client, cursor })
+    }
+}
+
+/// The body of a `GET` response.
+#[derive(Debug, Serialize)]
+pub(crate) struct PollResponse<'a> {
+    pub(crate) epoch: &'a Epoch,
+    pub(crate) cursor: Position,
+    /// Stored messages serialize as the spec's `{pos, event, data}`.
+    pub(crate) messages: &'a [StoredMessage],
+    pub(crate) volatile: &'a [WireVolatile],
+}
+
+/// A volatile message as a client receives it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WireVolatile {
+    pub(crate) event: Arc<str>,
+    pub(crate) data: Arc<RawValue>,
+}
+
+/// The body of a sending `POST`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SendRequest {
+    pub(crate) client: ClientId,
+    pub(crate) messages: Vec<ClientMessage>,
+}
+
+/// One message of a [`SendRequest`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientMessage {
+    pub(crate) id: MessageId,
+    pub(crate) event: String,
+    #[serde(default)]
+    pub(crate) data: Option<Box<RawValue>>,
+}
+
+/// The body of a `POST` response.
+#[derive(Debug, Serialize)]
+pub(crate) struct SendResponse {
+    pub(crate) acks: Vec<Ack>,
+}
+
+/// The acknowledgement of one client message.
+#[derive(Debug, Serialize)]
+pub(crate) struct Ack {
+    pub(crate) id: MessageId,
+    #[serde(flatten)]
+    pub(crate) outcome: AckOutcome,
+}
+
+/// How a client message ended; stored verbatim in its dedup record so a retry gets it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AckOutcome {
+    Reply(Box<RawValue>),
+    Error(ErrorBody),
+    Pending(bool),
+}
+
+/// `{"code": …, "message": …}`, the error object of the protocol.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable, for programs.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: &'a ErrorBody,
+}
+
+/// Everything a request on the route can do wrong, or meet, that becomes an error response.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    #[error("the query is invalid: {0}")]
+    InvalidQuery(String),
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidField(String),
+    #[error("the request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("a request may carry at most {limit} messages; this one has {got}")]
+    TooManyMessages { limit: usize, got: usize },
+    #[error("send the body as `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error("use GET to receive and POST to send")]
+    MethodNotAllowed,
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+}
+
+impl ProtocolError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProtocolError::InvalidQuery(_)
+            | ProtocolError::MalformedJson(_)
+            | ProtocolError::InvalidField(_)
+            | ProtocolError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ProtocolError::BodyTooLarge(_) | ProtocolError::TooManyMessages { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ProtocolError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProtocolError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProtocolError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::InvalidQuery(_) => "invalid_query",
+            ProtocolError::MalformedJson(_) => "malformed_json",
+            ProtocolError::InvalidField(_) => "invalid_field",
+            ProtocolError::BodyRead(_) => "body_unreadable",
+            ProtocolError::BodyTooLarge(_) => "body_too_large",
+            ProtocolError::TooManyMessages { .. } => "too_many_messages",
+            ProtocolError::UnsupportedMediaType => "unsupported_media_type",
+            ProtocolError::MethodNotAllowed => "method_not_allowed",
+            ProtocolError::Storage(_) => "storage_unavailable",
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = ErrorBody {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+        };
+        let mut response = error_response(status, &body);
+        if let ProtocolError::MethodNotAllowed = self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        }
+        if let ProtocolError::Storage(_) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A response with status `status` and the JSON error body `body`.
+pub(crate) fn error_response(status: StatusCode, body: &ErrorBody) -> Response<Full<Bytes>> {
+    let mut response = json_response(&ErrorEnvelope { error: body });
+    *response.status_mut() = status;
+    response
+}
+
+/// A `200` response with `value` as its JSON body.
+pub(crate) fn json_response<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    // Our wire types hold only strings, numbers and already-valid JSON, which always serialize.
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Polls must never be answered from a cache: each one is a fresh read.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_query_needs_a_valid_client() {
+        assert!(PollQuery::parse(None).is_err());
+        assert!(PollQuery::parse(Some("client=bad%20id")).is_err());
+        let p = PollQuery::parse(Some("client=tab1")).expect("valid");
+        assert!(p.cursor.is_none());
+    }
+
+    #[test]
+    fn poll_query_takes_cursor_and_epoch_together() {
+        let p = PollQuery::parse(Some("client=tab1&cursor=42&epoch=e1")).expect("valid");
+        assert_eq!(p.cursor, Some((Epoch::new("e1"), 42)));
+        assert!(PollQuery::parse(Some("client=tab1&cursor=42")).is_err());
+        assert!(PollQuery::parse(Some("client=tab1&cursor=-1&epoch=e1")).is_err());
+    }
+
+    #[test]
+    fn ack_outcomes_serialize_as_the_spec_says() {
+        let reply = Ack {
+            id: MessageId::new("m1").expect("id"),
+            outcome: AckOutcome::Reply(RawValue::from_string("3".into()).expect("json")),
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).expect("json"),
+            r#"{"id":"m1","reply":3}"#
+        );
+        let pending = Ack {
+            id: MessageId::new("m2").expect("id"),
+            outcome: AckOutcome::Pending(true),
+        };
+        assert_eq!(
+            serde_json::to_string(&pending).expect("json"),
+            r#"{"id":"m2","pending":true}"#
+        );
+    }
+
+    #[test]
+    fn errors_carry_status_code_and_allow() {
+        let r = ProtocolError::MethodNotAllowed.into_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, POST");
+    }
+}
