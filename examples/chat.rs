@@ -1,1 +1,269 @@
-fn main() {}
+//! A chat server: an axum app with simpleio, on the in-memory storage or on Redis.
+//!
+//! ```text
+//! cargo run --example chat
+//! ```
+//!
+//! Then open <http://127.0.0.1:3000/?user=ann> and <http://127.0.0.1:3000/?user=bob> in two
+//! windows, or chat from a terminal with the Rust client:
+//!
+//! ```text
+//! cargo run --features client --example chat_client -- --url http://127.0.0.1:3000 --name carol
+//! ```
+//!
+//! **Several processes on one Redis** (see `examples/cluster/` for three of them behind
+//! HAProxy): build with the `redis` feature and set `REDIS_URL`; every process then serves every
+//! user, whichever process a request lands on.
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379/ PORT=3001 cargo run --features redis --example chat
+//! ```
+//!
+//! # Events
+//!
+//! | client → server | what happens | reply |
+//! |---|---|---|
+//! | `chat` `{"text": "hi"}` | every user online and the sender get `chat` `{from, text, at}` | `{"ok": true}` |
+//! | `chat` `{"text": "hi", "to": "bob"}` | only `bob` and the sender get `chat` `{from, to, text, at}` | `{"ok": true}` |
+//! | `echo` any JSON | nothing is sent | the same JSON (for health checks and tests) |
+//!
+//! A `chat` is acknowledged once it is stored for its recipients, so a process that crashes
+//! after the acknowledgement has lost nothing; delivery failures (a recipient that never
+//! confirmed it within the message TTL) are logged.
+//!
+//! # Settings (environment variables)
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `PORT` | `3000` | the port on 127.0.0.1; `0` picks a free one (the log names it) |
+//! | `REDIS_URL` | unset: in-memory storage | use `RedisStorage` at this URL (feature `redis`) |
+//! | `SIMPLEIO_NODE` | `chat-PORT` | this process's name, sent in an `x-simpleio-node` header on every response, so you can see which process answered |
+//! | `SIMPLEIO_HOLD_MS` | 25000 | how long a poll waits for a message |
+//! | `SIMPLEIO_RECHECK_MS` | 10000 | how often a waiting poll looks at storage without a wakeup |
+//! | `SIMPLEIO_LEASE_MS` | 60000 | how long a crashed request's claim on a message blocks its retries |
+//! | `RUST_LOG` | `info` | log filter (tracing's `EnvFilter`) |
+//!
+//! **Identity here is demo-only**: the user is whatever the `user` query parameter or cookie
+//! says, so anyone can be anyone. A real application names the user from its session or a
+//! verified token in the identity function; simpleio never takes a user from the request itself.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::response::{Html, Response};
+use axum::routing::get;
+use http::HeaderValue;
+use http::request::Parts;
+use serde::Deserialize;
+use serde_json::json;
+use simpleio::{
+    Builder, HandlerError, Incoming, MemoryStorage, Rejection, Reply, SendError, SimpleIoLayer,
+    UserId,
+};
+use tower::{BoxError, service_fn};
+use tracing_subscriber::EnvFilter;
+
+/// The longest chat line accepted.
+const MAX_TEXT: usize = 2000;
+
+/// The longest user name accepted (as the demo identity).
+const MAX_NAME: usize = 32;
+
+/// The header naming the process that answered.
+const NODE_HEADER: &str = "x-simpleio-node";
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        // Plain text when the log goes to a file (as in examples/cluster/run.sh).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,simpleio=info".into()),
+        )
+        .init();
+
+    let port: u16 = env_parse("PORT")?.unwrap_or(3000);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let addr = listener.local_addr()?;
+    let node = std::env::var("SIMPLEIO_NODE").unwrap_or_else(|_| format!("chat-{}", addr.port()));
+
+    let mut builder = storage(SimpleIoLayer::builder()).await?;
+    if let Some(ms) = env_parse("SIMPLEIO_HOLD_MS")? {
+        builder = builder.hold_time(Duration::from_millis(ms));
+    }
+    if let Some(ms) = env_parse("SIMPLEIO_RECHECK_MS")? {
+        builder = builder.recheck_interval(Duration::from_millis(ms));
+    }
+    if let Some(ms) = env_parse("SIMPLEIO_LEASE_MS")? {
+        builder = builder.handler_lease(Duration::from_millis(ms));
+    }
+    let (layer, _io) = builder
+        .identity(demo_identity)
+        .handler(service_fn(handle))
+        .try_build()?;
+
+    let node_value = HeaderValue::try_from(node.as_str())?;
+    let app = Router::new()
+        .route("/", get(|| async { Html(include_str!("chat.html")) }))
+        .layer(layer)
+        // Outside the simpleio layer, so its answers carry the header too.
+        .layer(axum::middleware::map_response(move |mut res: Response| {
+            let node_value = node_value.clone();
+            async move {
+                res.headers_mut().insert(NODE_HEADER, node_value);
+                res
+            }
+        }));
+
+    tracing::info!(%node, "chat listening on http://{addr}/ (open http://{addr}/?user=ann and http://{addr}/?user=bob)");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Reads an optional numeric setting; a value that does not parse is an error, not a default.
+fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, BoxError> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={v:?} is not a valid number").into()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Redis if `REDIS_URL` is set (and this build has the `redis` feature), else memory.
+async fn storage(builder: Builder) -> Result<Builder, BoxError> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        tracing::info!("storage: in memory (set REDIS_URL to share one Redis between processes)");
+        return Ok(builder.storage(MemoryStorage::new()));
+    };
+    #[cfg(feature = "redis")]
+    {
+        // Redis may still be starting (a cluster's start script, a container): retry a while.
+        let mut attempt = 0;
+        let redis = loop {
+            match simpleio::RedisStorage::connect(url.clone()).await {
+                Ok(redis) => break redis,
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "cannot reach Redis yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        tracing::info!("storage: Redis");
+        Ok(builder.storage(redis))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        // Silently serving from memory would give each process its own users: refuse instead.
+        let _ = (builder, url);
+        Err("REDIS_URL is set, but this build has no Redis support: \
+             run with `--features redis`"
+            .into())
+    }
+}
+
+/// Demo only: trusts the `user` query parameter, then the `user` cookie.
+fn demo_identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
+    let from_query = parts.uri.query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v)
+    });
+    let from_cookie = || {
+        parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == "user")
+            .map(|(_, v)| v.to_owned())
+    };
+    let user = from_query.or_else(from_cookie).filter(|u| valid_name(u));
+    std::future::ready(
+        user.map(UserId::from)
+            .ok_or_else(|| Rejection::unauthorized("pick a name: add ?user=NAME to the URL")),
+    )
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME
+}
+
+#[derive(Deserialize)]
+struct ChatLine {
+    text: String,
+    /// A direct message's recipient; none for everyone online.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+async fn handle(msg: Incoming) -> Result<Reply, BoxError> {
+    match msg.event.as_str() {
+        "chat" => chat(msg).await,
+        "echo" => Ok(Reply::from(msg.data)),
+        other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
+    }
+}
+
+/// `chat {text, to?}`: to `to` only, or to every user online; the sender always gets it too, so
+/// every window of theirs shows it in the server's order.
+async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
+    let line: ChatLine = msg.json().map_err(|e| {
+        HandlerError::new(
+            "bad_chat",
+            format!("expected {{\"text\": ..., \"to\"?: ...}}: {e}"),
+        )
+    })?;
+    let text = line.text.trim();
+    if text.is_empty() || text.chars().count() > MAX_TEXT {
+        return Err(
+            HandlerError::new("bad_chat", format!("a line is 1 to {MAX_TEXT} characters")).into(),
+        );
+    }
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let sending = match &line.to {
+        Some(to) if !valid_name(to) => {
+            return Err(HandlerError::new(
+                "bad_chat",
+                format!("`to` is a user name of 1 to {MAX_NAME} bytes"),
+            )
+            .into());
+        }
+        Some(to) => msg.io.to(to.as_str()).to(msg.user.clone()).emit(
+            "chat",
+            &json!({ "from": msg.user, "to": to, "text": text, "at": at }),
+        ),
+        None => msg
+            .io
+            .everyone()
+            .to(msg.user.clone())
+            .emit("chat", &json!({ "from": msg.user, "text": text, "at": at })),
+    };
+    // Acknowledge once the line is stored: from then on it is delivered or its failure logged,
+    // even if this process dies. Waiting for every reader to confirm would hold up the POST.
+    let confirmation = sending.stored().await.map_err(|e| match e {
+        SendError::Storage(cause) => {
+            tracing::warn!(%cause, "a chat line could not be stored");
+            HandlerError::new("unavailable", "the chat is unavailable; try again")
+        }
+        other => HandlerError::new("bad_chat", other.to_string()),
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = confirmation.await {
+            tracing::info!(error = %e, "a chat line was not delivered to everyone");
+        }
+    });
+    Ok(Reply::json(&json!({ "ok": true }))?)
+}

@@ -139,10 +139,33 @@ async fn handle_once(
     }
     drop(watch);
 
-    let outcome = call_handler(shared, io, user, client, message).await;
-    let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
-    complete(shared, &key, &stored).await?;
-    Ok(outcome)
+    // The call and the record of its outcome run in a task of their own. If the client goes
+    // away mid-call, hyper drops this request's future; the call must still run to its end and
+    // be recorded, or its retry would be told `pending` until the lease ends and then run the
+    // handler a second time, after a first call that may have done its work.
+    let task = tokio::spawn({
+        let io = io.clone();
+        let (user, client) = (user.clone(), client.clone());
+        async move {
+            let shared = &io.shared;
+            let outcome = call_handler(shared, &io, &user, &client, message).await;
+            let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
+            complete(shared, &key, &stored).await?;
+            Ok::<_, StorageError>(outcome)
+        }
+    });
+    match task.await {
+        Ok(result) => Ok(result?),
+        Err(e) => {
+            // The handler panicked. Its record stays in progress until the lease ends, as if
+            // this request had died with it.
+            tracing::error!(%user, %client, error = %e, "the handler panicked");
+            Ok(AckOutcome::Error(ErrorBody {
+                code: "handler_error".to_owned(),
+                message: "the server failed to handle this message".to_owned(),
+            }))
+        }
+    }
 }
 
 async fn call_handler(

@@ -1,9 +1,11 @@
-//! simpleio (crate docs to come)
+#![doc = include_str!("../docs/guide.md")]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+#[cfg(feature = "client")]
+pub mod client;
 mod config;
 mod delivery;
 mod handler;
@@ -17,6 +19,11 @@ mod poll;
 mod protocol;
 mod shared;
 pub mod storage;
+
+/// The client protocol, version 1 (`docs/spec.md`): everything needed to write a client.
+pub mod spec {
+    #![doc = include_str!("../docs/spec.md")]
+}
 
 pub use builder::Builder;
 pub use config::BuildError;

@@ -54,6 +54,9 @@ pub(crate) async fn respond(
         })
         .await?;
 
+    // A client without a cursor is new (or lost its state): answer at once, so it learns its
+    // epoch and cursor — and that it is connected — without waiting out a hold.
+    let handshake = poll.cursor.is_none();
     let mut cursor = poll.cursor;
     let mut volatile: Vec<WireVolatile> = Vec::new();
     loop {
@@ -67,15 +70,32 @@ pub(crate) async fn respond(
                 presence_ttl: config.presence_ttl,
             })
             .await?;
-        // Volatile messages that arrived during the read go out with it.
+        // Signals that came during the read. Volatile messages go out with it. An append may
+        // have landed after the read (a networked store's answer takes a while to come back),
+        // so it means read again, not wait: its wakeup is used up. A newer poll of this client
+        // ends this one, as it would while waiting.
+        let mut read_again = false;
+        let mut taken_over = false;
         while let Some(signal) = watch.try_recv() {
-            take_volatile(signal, &client, &mut volatile);
+            match signal {
+                UserSignal::Appended | UserSignal::Resync => read_again = true,
+                UserSignal::PollStarted { client: c, poll } if c == client && poll != poll_id => {
+                    taken_over = true;
+                }
+                other => take_volatile(other, &client, &mut volatile),
+            }
         }
-        if !batch.messages.is_empty() || !volatile.is_empty() {
+        if handshake || !batch.messages.is_empty() || !volatile.is_empty() || taken_over {
+            if taken_over {
+                tracing::debug!(%user, %client, "a newer poll of this client took over");
+            }
             return Ok(answer(batch, &volatile));
         }
         // From here on the cursor the client holds is the batch's (the epoch may have changed).
         cursor = Some((batch.epoch.clone(), batch.cursor));
+        if read_again {
+            continue;
+        }
 
         let recheck = sleep(config.recheck);
         tokio::pin!(recheck);

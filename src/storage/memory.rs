@@ -287,7 +287,13 @@ impl Storage for MemoryStorage {
                         cursor: 0,
                         seen_until,
                     });
-                record.cursor = record.cursor.max(confirmed);
+                // A client's own cursor confirms messages addressed to it even when another
+                // client already moved the watermark past them, so its advance is a
+                // confirmation too: its senders must be woken.
+                if confirmed > record.cursor {
+                    record.cursor = confirmed;
+                    advanced = true;
+                }
                 if confirmed > log.watermark {
                     log.watermark = confirmed;
                     advanced = true;

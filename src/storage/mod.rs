@@ -27,8 +27,8 @@
 //!
 //! # Implementing it
 //!
-//! Run the conformance suite ([`conformance`], feature `conformance`) against your type; it
-//! checks every rule above. [`MemoryStorage`] is the reference implementation.
+//! Run the conformance suite (`simpleio::storage::conformance`, feature `conformance`) against
+//! your type; it checks every rule above. [`MemoryStorage`] is the reference implementation.
 
 mod memory;
 pub use memory::MemoryStorage;
@@ -245,8 +245,11 @@ pub enum Claim {
 }
 
 /// A notification from one node to every node (see [`Storage::subscribe`]).
+///
+/// Its serde form (externally tagged, so that the `RawValue` payload of `Volatile` round-trips)
+/// is what networked storages put on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Signal {
     /// New messages were appended to this user's log.
     Appended {
@@ -401,5 +404,40 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     }
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         (**self).subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_round_trips_through_json() {
+        let user = UserId::from("ann");
+        let client = ClientId::new("tab1").expect("id");
+        let data: Arc<RawValue> =
+            Arc::from(RawValue::from_string("{\"x\":[1]}".into()).expect("json"));
+        let signals = [
+            Signal::Appended { user: user.clone() },
+            Signal::Confirmed { user: user.clone() },
+            Signal::Completed { user: user.clone() },
+            Signal::Volatile {
+                user: user.clone(),
+                client: Some(client.clone()),
+                event: "typing".into(),
+                data,
+            },
+            Signal::PollStarted {
+                user,
+                client,
+                poll: 7,
+            },
+            Signal::Resync,
+        ];
+        for signal in signals {
+            let json = serde_json::to_string(&signal).expect("encode");
+            let back: Signal = serde_json::from_str(&json).expect("decode");
+            assert_eq!(serde_json::to_string(&back).expect("encode"), json);
+        }
     }
 }

@@ -4,28 +4,29 @@
 //!
 //! Every operation is one Lua script, so it is atomic and one round trip: an append assigns
 //! positions and publishes its wakeup in the same script, a fetch confirms, records presence,
-//! reads and publishes in the same script. All keys start with the configured prefix `P`
-//! (default `simpleio:`):
+//! reads and publishes in the same script. All keys start with the configured prefix `{P}`
+//! (default `simpleio:`, so the epoch is at `simpleio:epoch`):
 //!
-//! | key                 | type   | holds                                                        |
-//! |---------------------|--------|--------------------------------------------------------------|
-//! | `P epoch`           | string | the current [`Epoch`]; no TTL                                |
-//! | `P live`            | zset   | user → until when a client of theirs counts as seen          |
-//! | `P signals`         | channel| [`Signal`]s as JSON (pub/sub is not scoped by database)      |
-//! | `P u:USER:log`      | zset   | the user's messages: score = position, member = the entry    |
-//! | `P u:USER:exp`      | zset   | position → `expires_at`, to drop expired entries in O(log n) |
-//! | `P u:USER:meta`     | hash   | `last` position handed out, `wm` watermark, `until` below    |
-//! | `P u:USER:cur`      | hash   | client → its recorded cursor                                 |
-//! | `P u:USER:keep`     | zset   | client → until when its cursor record is kept                |
-//! | `P d:CLIENT:ID:USER`| string | a dedup record: `p` (in progress) or `d` + the outcome       |
+//! | key                   | type    | holds                                                  |
+//! |-----------------------|---------|--------------------------------------------------------|
+//! | `{P}epoch`            | string  | the current [`Epoch`]; the only key without a TTL      |
+//! | `{P}live`             | zset    | user → until when a client of theirs counts as seen    |
+//! | `{P}signals`          | channel | [`Signal`]s as JSON (not scoped by database number)    |
+//! | `{P}u:USER:log`       | zset    | the user's messages: score = position, member = entry  |
+//! | `{P}u:USER:exp`       | zset    | position → `expires_at`, to find expired entries fast  |
+//! | `{P}u:USER:meta`      | hash    | `last` position given, `wm` watermark, `until` (below) |
+//! | `{P}u:USER:cur`       | hash    | client → its recorded cursor                           |
+//! | `{P}u:USER:keep`      | zset    | client → until when its cursor record is kept          |
+//! | `{P}d:CLIENT:ID:USER` | string  | dedup record: `p` (in progress) or `d` + the outcome   |
 //!
 //! A log entry is `pos:expires_at:client:` followed by the event's byte length, `:`, the event
 //! and the JSON payload, so the scripts can filter and expire without touching the payload.
 //!
 //! Memory stays bounded: a log never holds more than `max_queue` entries, expired entries go on
-//! the next write to their user, and every user key carries an absolute expiry (`meta.until`
-//! plus [`IDLE_GRACE`]: past the last message's expiry and the last client's presence), so idle
-//! users vanish by themselves. Dedup records are plain keys with a TTL.
+//! the next append or fetch of their user, and every user key carries an absolute expiry
+//! (`meta.until` plus [`IDLE_GRACE`]: past the last message's expiry and the last client's
+//! presence), so idle users vanish by themselves. `live` is trimmed by every fetch and expires
+//! with the newest presence in it; dedup records are plain keys with a TTL.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -42,7 +43,7 @@ use tracing::{debug, warn};
 
 use super::{
     AppendOutcome, Appended, Claim, DedupKey, DeliveryState, DeliveryTarget, Epoch, FetchBatch,
-    FetchRequest, Millis, NewMessage, Position, Signal, Storage, StorageError, StoredMessage,
+    FetchRequest, NewMessage, Signal, Storage, StorageError, StoredMessage,
 };
 use crate::id::UserId;
 
@@ -85,10 +86,10 @@ const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 ///   themselves when Redis does; the pub/sub one then sends [`Signal::Resync`], since signals may
 ///   have been missed meanwhile.
 ///
-/// Needs Redis 6.2 or later, as one server or a primary (not Redis Cluster: scripts touch keys
-/// of several users). Use the `noeviction` or a `volatile-*` eviction policy: the epoch key has
-/// no TTL so that it is never evicted, while an `allkeys-*` policy could evict it and change the
-/// epoch.
+/// Needs Redis 5 or later (tested with 7), as one server or a primary; not Redis Cluster, since
+/// one script may touch the keys of several users. Use the `noeviction` or a `volatile-*`
+/// eviction policy: the epoch key has no TTL so that it is never evicted, while an `allkeys-*`
+/// policy could evict it and change the epoch.
 ///
 /// ```no_run
 /// use simpleio::{RedisStorage, SimpleIoLayer};
@@ -147,12 +148,23 @@ impl fmt::Debug for RedisStorage {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisStorageBuilder {
     url: String,
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStorageBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the URL: it may carry a password, and builders end up in logs.
+        f.debug_struct("RedisStorageBuilder")
+            .field("key_prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -319,9 +331,13 @@ fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("unexpected reply from Redis: {what}"))
 }
 
-fn signal_json(signal: &Signal) -> Result<String, StorageError> {
-    serde_json::to_string(signal)
+fn signal_json(signal: Signal) -> Result<String, StorageError> {
+    serde_json::to_string(&signal)
         .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
+}
+
+fn decode_signal(payload: &[u8]) -> Result<Signal, serde_json::Error> {
+    serde_json::from_slice::<Signal>(payload)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -410,13 +426,15 @@ async fn pump(pubsub: PubSub, signals: &broadcast::Sender<Signal>, timeout: Dura
     let (mut sink, mut stream) = pubsub.split();
     let start = tokio::time::Instant::now() + PING_EVERY;
     let mut ping = tokio::time::interval_at(start, PING_EVERY);
+    // After a stall, one ping is enough; a burst of them would only add load.
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = stream.next() => {
                 let Some(msg) = msg else {
                     return "the connection closed".to_owned();
                 };
-                match serde_json::from_slice::<Signal>(msg.get_payload_bytes()) {
+                match decode_signal(msg.get_payload_bytes()) {
                     Ok(signal) => {
                         let _ = signals.send(signal);
                     }
@@ -436,7 +454,7 @@ async fn pump(pubsub: PubSub, signals: &broadcast::Sender<Signal>, timeout: Dura
 }
 
 static RESYNC_JSON: LazyLock<String> =
-    LazyLock::new(|| serde_json::to_string(&Signal::Resync).unwrap_or_default());
+    LazyLock::new(|| signal_json(Signal::Resync).unwrap_or_default());
 
 /// Shared by every script. `ARGV[1]` is the key prefix, `ARGV[2]` a fresh random epoch to take
 /// if none is stored, `ARGV[3]` the `Resync` signal to publish then. Lua numbers are doubles:
@@ -489,8 +507,11 @@ end
 "#;
 
 fn script(body: &str) -> Script {
-    let prelude = PRELUDE.replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string());
-    Script::new(&format!("{prelude}{body}"))
+    Script::new(&source(body))
+}
+
+fn source(body: &str) -> String {
+    format!("{PRELUDE}{body}").replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string())
 }
 
 /// `ARGV[4]`: nothing. Returns the epoch.
@@ -588,7 +609,12 @@ if ARGV[6] == '1' and ARGV[7] == epoch then
   -- Never confirm beyond the log: that would confirm messages appended later.
   local confirmed = math.min(cursor, head)
   local recorded = num(redis.call('HGET', ck, c))
-  redis.call('HSET', ck, c, str(math.max(recorded, confirmed)))
+  -- The client's own cursor confirms messages addressed to it even when the watermark is
+  -- already past them, so its advance is a confirmation too.
+  if confirmed > recorded then
+    redis.call('HSET', ck, c, str(confirmed))
+    advanced = true
+  end
   if confirmed > wm then
     wm = confirmed
     redis.call('HSET', mk, 'wm', str(wm))
@@ -647,6 +673,10 @@ if not live or tonumber(live) < seen_until then
   redis.call('ZADD', P .. 'live', str(seen_until), u)
 end
 redis.call('ZREMRANGEBYSCORE', P .. 'live', '-inf', str(now))
+local newest = redis.call('ZRANGE', P .. 'live', -1, -1, 'WITHSCORES')
+if #newest > 0 then
+  redis.call('PEXPIREAT', P .. 'live', str(tonumber(newest[2]) + GRACE_MS))
+end
 -- Forget clients gone quiet, a few per fetch, unless a message is still addressed to them:
 -- those keep their cursor until that message expires.
 local stale = redis.call('ZRANGEBYSCORE', kk, '-inf', str(now), 'LIMIT', 0, 16)
@@ -759,7 +789,7 @@ impl Storage for RedisStorage {
         let count = messages.len();
         let mut encoded = Vec::with_capacity(count);
         for m in &messages {
-            let signal = signal_json(&Signal::Appended {
+            let signal = signal_json(Signal::Appended {
                 user: m.user.clone(),
             })?;
             let body = format!("{}:{}{}", m.event.len(), m.event, m.data.get());
@@ -792,7 +822,7 @@ impl Storage for RedisStorage {
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        let confirmed = signal_json(&Signal::Confirmed {
+        let confirmed = signal_json(Signal::Confirmed {
             user: request.user.clone(),
         })?;
         let (has_cursor, cursor_epoch, cursor_pos) = match &request.cursor {
@@ -882,7 +912,7 @@ impl Storage for RedisStorage {
         ttl: Duration,
     ) -> Result<(), StorageError> {
         let redis_key = self.dedup_key(key);
-        let signal = signal_json(&Signal::Completed {
+        let signal = signal_json(Signal::Completed {
             user: key.user.clone(),
         })?;
         let _: i64 = self
@@ -902,13 +932,11 @@ impl Storage for RedisStorage {
     }
 
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
-        let json = signal_json(&signal)?;
+        let json = signal_json(signal)?;
         let mut conn = self.inner.conn.clone();
-        let publish = redis::cmd("PUBLISH")
-            .arg(&self.inner.channel)
-            .arg(json)
-            .query_async::<i64>(&mut conn);
-        within(self.inner.deadline, publish).await?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.inner.channel).arg(json);
+        within(self.inner.deadline, publish.query_async::<i64>(&mut conn)).await?;
         Ok(())
     }
 
@@ -951,11 +979,22 @@ mod tests {
     fn scripts_print_large_numbers_exactly() {
         // The prelude's `str` must not be `tostring`, which prints 1.7e+15.
         assert!(PRELUDE.contains("string.format('%.0f', n)"));
-        assert!(!EPOCH.get_hash().is_empty());
+        let full = source("return GRACE_MS");
+        assert!(
+            !full.contains("GRACE_MS"),
+            "a placeholder was left in a script"
+        );
+        assert!(full.ends_with("return 60000"));
+    }
+
+    #[test]
+    fn a_builder_does_not_print_its_password() {
+        let builder = RedisStorage::builder("redis://:hunter2@127.0.0.1/");
+        assert!(!format!("{builder:?}").contains("hunter2"));
     }
 
     #[test]
     fn the_resync_signal_is_encoded_once() {
-        assert_eq!(*RESYNC_JSON, r#"{"t":"resync"}"#);
+        assert_eq!(*RESYNC_JSON, r#""resync""#);
     }
 }

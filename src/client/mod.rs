@@ -1,0 +1,315 @@
+//! The Rust client: receive a user's messages and send your own, over the protocol of
+//! `docs/spec.md`, with reconnection, deduplication and retries done for you.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use serde_json::json;
+//! use simpleio::client::{Client, Event};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut events) = Client::builder("http://127.0.0.1:3000/simpleio")
+//!     .header("cookie", "user=ann") // the credentials the server's identity function reads
+//!     .connect()?;                  // spawns the receiving and sending tasks
+//!
+//! // Resolves with the handler's reply; fails on an error acknowledgement.
+//! let reply = client.emit("chat", &json!({"text": "hi"})).await?;
+//! println!("the server replied {reply}");
+//!
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::Message(m) => println!("{}: {}", m.event, m.data),
+//!         Event::Disconnected(why) => eprintln!("reconnecting: {why}"),
+//!         _ => {}
+//!     }
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # What it does for you
+//!
+//! - **Receiving** is one long poll after another. Each message is handed to [`Events`] once,
+//!   in order, and confirmed to the server only after that (so the server's `emit` resolves
+//!   only once your application has it). Duplicates after a reconnect are dropped by their
+//!   position. If the server's storage lost its data, the client starts over with the new
+//!   positions and tells you ([`Event::Resynced`]).
+//! - **Sending**: [`Client::emit`] puts the message in an outbox; one `POST` at a time carries
+//!   everything queued, up to the batch limit, so messages reach the server's handler in the
+//!   order you emitted them. A failed `POST` is resent with the same message ids, so the
+//!   handler sees each message once.
+//! - **Failures** (the server down or restarting, `5xx`, timeouts) are retried with exponential
+//!   backoff and jitter; a refused sign-in (`401`, `403`) at the longest backoff, so the client
+//!   resumes once the credentials are valid again. Requests the server refuses as malformed
+//!   fail the messages concerned ([`EmitError::Rejected`]).
+//! - **Logs** go through `tracing`, in a `simpleio_client` span naming the client id.
+//!
+//! Everything is bounded: the events buffer (a slow reader pauses polling), the outbox (a full
+//! one makes `emit` wait), the response size.
+//!
+//! # Layout
+//!
+//! `builder` the settings and `connect`; `receive` the polling loop; `send` the outbox and its
+//! `POST` loop; `backoff` the delays between retries; `event` what the application receives;
+//! `wire` the protocol's bodies; `error` what can go wrong.
+
+#![cfg_attr(docsrs, doc(cfg(feature = "client")))]
+
+mod backoff;
+mod builder;
+mod error;
+mod event;
+mod receive;
+mod send;
+mod wire;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use http::HeaderMap;
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use builder::ClientBuilder;
+pub use error::{ConnectError, ConnectionError, EmitError};
+pub use event::{Event, Events, Message, MessageKind};
+
+use builder::Config;
+use send::Outgoing;
+
+/// A running client: a cheap handle to send with ([`emit`](Self::emit)) and to stop it
+/// ([`close`](Self::close)). Clones share one client (one client id, one outbox).
+///
+/// Dropping every clone stops the client as [`close`](Self::close) does.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (client, _events) = simpleio::client::Client::builder("http://127.0.0.1:3000/simpleio")
+///     .header("cookie", "user=ann")
+///     .connect()?;
+/// let reply = client.emit("add", &[1, 2]).await?;
+/// assert_eq!(reply, 3);
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    /// The last message id's number; ids are `{client_id}-{counter}`, unique for the client.
+    counter: AtomicU64,
+    max_event_len: usize,
+    outbox: mpsc::Sender<Outgoing>,
+    /// `true` tells both loops to stop. Dropping it (the last handle went away) does too.
+    stop: watch::Sender<bool>,
+    /// The two loops, awaited by `close` so that it returns once they stopped.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Puts a message in the outbox and waits for its outcome.
+    async fn enqueue(&self, event: String, data: Box<RawValue>) -> Result<Value, EmitError> {
+        if *self.stop.borrow() {
+            return Err(EmitError::Closed);
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let (reply, replied) = oneshot::channel();
+        let message = Outgoing {
+            id: format!("{}-{n}", self.config.client_id),
+            event,
+            data,
+            reply,
+            first_try: None,
+        };
+        self.outbox
+            .send(message)
+            .await
+            .map_err(|_| EmitError::Closed)?;
+        replied.await.unwrap_or(Err(EmitError::Closed))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.inner.config.url.as_str())
+            .field("id", &self.inner.config.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client of the simpleio route at `url` (the full URL of the route,
+    /// such as `http://127.0.0.1:3000/simpleio`).
+    ///
+    /// ```
+    /// let builder = simpleio::client::Client::builder("http://127.0.0.1:3000/simpleio");
+    /// # let _ = builder;
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url)
+    }
+
+    /// This client's id: random, fixed for its lifetime, sent with every request.
+    ///
+    /// ```no_run
+    /// # fn demo(client: simpleio::client::Client) {
+    /// println!("I am client {}", client.id());
+    /// # }
+    /// ```
+    pub fn id(&self) -> &str {
+        &self.inner.config.client_id
+    }
+
+    /// Sends `event` with `data` to the server's handler; the returned future resolves with its
+    /// reply (the acknowledgement's `reply`, `null` if none).
+    ///
+    /// `data` is serialized at once; the future owns everything it needs, so it can be spawned.
+    /// Once polled, the message is in the outbox and is sent, and resent after failures with the
+    /// same id, until the server acknowledges it or the retry window passes; dropping the future
+    /// after that does not unsend it. Messages reach the handler in the order their futures were
+    /// first polled (for `emit(..).await` one after another, the order of the calls).
+    ///
+    /// # Errors
+    ///
+    /// [`EmitError::Ack`] if the handler failed (final); [`EmitError::Rejected`] if the server
+    /// refused the message as invalid or too large; [`EmitError::Unacknowledged`] if the server
+    /// could not be reached within the retry window; [`EmitError::Closed`] if the client was
+    /// closed first; [`EmitError::InvalidEvent`] or [`EmitError::Serialize`] before sending.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: simpleio::client::Client) -> Result<(), simpleio::client::EmitError> {
+    /// #[derive(serde::Serialize)]
+    /// struct Chat<'a> { text: &'a str }
+    ///
+    /// let reply = client.emit("chat", &Chat { text: "hello" }).await?;
+    /// println!("acknowledged with {reply}");
+    ///
+    /// // In the background:
+    /// let pending = tokio::spawn(client.emit("chat", &Chat { text: "bye" }));
+    /// # let _ = pending; Ok(()) }
+    /// ```
+    pub fn emit<T: Serialize + ?Sized>(&self, event: impl Into<String>, data: &T) -> Emitting {
+        let event = event.into();
+        let max = self.inner.max_event_len;
+        let prepared = if event.is_empty() || event.len() > max {
+            Err(EmitError::InvalidEvent { max })
+        } else {
+            serde_json::value::to_raw_value(data)
+                .map(|data| (event, data))
+                .map_err(EmitError::Serialize)
+        };
+        let inner = self.inner.clone();
+        Emitting {
+            future: Box::pin(async move {
+                let (event, data) = prepared?;
+                inner.enqueue(event, data).await
+            }),
+        }
+    }
+
+    /// Stops the client and returns once both of its loops stopped: the waiting poll is
+    /// abandoned (nothing more is confirmed), and every message not yet acknowledged fails
+    /// with [`EmitError::Closed`]. [`Events`] ends after the events already in it.
+    ///
+    /// Calling it again, or from another clone, returns at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: simpleio::client::Client) {
+    /// client.close().await;
+    /// assert!(client.is_closed());
+    /// # }
+    /// ```
+    pub async fn close(&self) {
+        self.inner.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().await);
+        for task in tasks {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(client = %self.id(), "a client task panicked: {e}");
+            }
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    ///
+    /// ```no_run
+    /// # fn demo(client: simpleio::client::Client) {
+    /// if client.is_closed() { return; }
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        *self.inner.stop.borrow()
+    }
+}
+
+/// The future of [`Client::emit`]: resolves with the reply to the message, or why there is
+/// none. Owns what it needs (`'static`, `Send`), so it can be spawned.
+///
+/// ```no_run
+/// # async fn demo(client: simpleio::client::Client) {
+/// let emitting: simpleio::client::Emitting = client.emit("ping", &());
+/// let handle = tokio::spawn(emitting);
+/// println!("{:?}", handle.await);
+/// # }
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+#[must_use = "the message is not sent unless the future is awaited or spawned"]
+pub struct Emitting {
+    future: Pin<Box<dyn Future<Output = Result<Value, EmitError>> + Send>>,
+}
+
+impl fmt::Debug for Emitting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emitting").finish_non_exhaustive()
+    }
+}
+
+impl Future for Emitting {
+    type Output = Result<Value, EmitError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+/// What both loops need to make requests: the HTTP client, the credentials, the settings.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    headers: HeaderMap,
+    config: Arc<Config>,
+}
+
+/// Resolves once the client is told to stop, or every handle to it is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender was dropped: no handle is left, which is a stop too.
+    let _ = stop.wait_for(|&stop| stop).await;
+}
+
+// Handles are shared across tasks, and `tokio::spawn(client.emit(..))` must work.
+const _: fn() = || {
+    fn assert_send<T: Send + Sync + 'static>() {}
+    assert_send::<Client>();
+    assert_send::<Events>();
+    fn assert_spawnable<T: Send + 'static>() {}
+    assert_spawnable::<Emitting>();
+};

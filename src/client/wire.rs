@@ -1,0 +1,195 @@
+//! The wire format of `docs/spec.md` as the client sees it, and one request/response exchange.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::error::ConnectionError;
+
+/// The body of a `GET` response (§3).
+#[derive(Debug, Deserialize)]
+pub(crate) struct PollBody {
+    pub(crate) epoch: String,
+    pub(crate) cursor: u64,
+    #[serde(default)]
+    pub(crate) messages: Vec<WireMessage>,
+    #[serde(default)]
+    pub(crate) volatile: Vec<WireVolatile>,
+}
+
+/// A stored message in a [`PollBody`].
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireMessage {
+    pub(crate) pos: u64,
+    pub(crate) event: String,
+    #[serde(default)]
+    pub(crate) data: Value,
+}
+
+/// A volatile message in a [`PollBody`].
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireVolatile {
+    pub(crate) event: String,
+    #[serde(default)]
+    pub(crate) data: Value,
+}
+
+/// The body of a `POST` (§4).
+#[derive(Debug, Serialize)]
+pub(crate) struct SendBody<'a> {
+    pub(crate) client: &'a str,
+    pub(crate) messages: Vec<OutMessage<'a>>,
+}
+
+/// One message of a [`SendBody`].
+#[derive(Debug, Serialize)]
+pub(crate) struct OutMessage<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) event: &'a str,
+    pub(crate) data: &'a RawValue,
+}
+
+/// The body of a `POST` response.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AcksBody {
+    pub(crate) acks: Vec<WireAck>,
+}
+
+/// One acknowledgement: exactly one of `reply`, `error`, `pending` is present.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireAck {
+    pub(crate) id: String,
+    /// `Some(Value::Null)` for `"reply": null`, `None` if there is no `reply` field.
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) reply: Option<Value>,
+    #[serde(default)]
+    pub(crate) error: Option<WireError>,
+    #[serde(default)]
+    pub(crate) pending: bool,
+}
+
+/// `{"code": …, "message": …}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireError {
+    #[serde(default)]
+    pub(crate) code: String,
+    #[serde(default)]
+    pub(crate) message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorEnvelope {
+    error: WireError,
+}
+
+/// A field that is present, even as `null`, deserializes to `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Sends `request` and reads a `200` body as `T`, or turns the outcome into a
+/// [`ConnectionError`]. Bodies past `limit` bytes are refused rather than buffered.
+pub(crate) async fn exchange<T: DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    limit: usize,
+) -> Result<T, ConnectionError> {
+    let mut response = request.send().await?;
+    let status = response.status();
+    // An error body is for people; a few KiB of it is plenty.
+    let body_limit = if status.is_success() {
+        limit
+    } else {
+        limit.min(64 * 1024)
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > body_limit {
+            return Err(ConnectionError::InvalidResponse(format!(
+                "the body of a {status} response is larger than {body_limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let status = status.as_u16();
+    match status {
+        200 => serde_json::from_slice(&body).map_err(|e| {
+            ConnectionError::InvalidResponse(format!("the body of a 200 response: {e}"))
+        }),
+        400..=499 => {
+            let (code, message) = error_of(status, &body);
+            Err(ConnectionError::Rejected {
+                status,
+                code,
+                message,
+            })
+        }
+        500..=599 => {
+            let (code, message) = error_of(status, &body);
+            Err(ConnectionError::Server {
+                status,
+                code,
+                message,
+            })
+        }
+        other => Err(ConnectionError::InvalidResponse(format!(
+            "unexpected status {other}"
+        ))),
+    }
+}
+
+/// The code and message of an error body; if it is not the protocol's (a proxy's page, an
+/// application's own rejection), `http_<status>` and the start of the body as text.
+fn error_of(status: u16, body: &[u8]) -> (String, String) {
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(ErrorEnvelope { error }) if !error.code.is_empty() => (error.code, error.message),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.trim().chars().take(200).collect();
+            (format!("http_{status}"), text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_null_reply_is_told_apart_from_no_reply() {
+        let acks: AcksBody = serde_json::from_str(
+            r#"{"acks":[{"id":"a","reply":null},{"id":"b","pending":true},{"id":"c","error":{"code":"x","message":"y"}}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(acks.acks[0].reply, Some(Value::Null));
+        assert!(acks.acks[1].reply.is_none() && acks.acks[1].pending);
+        assert!(acks.acks[2].reply.is_none());
+        assert_eq!(
+            acks.acks[2].error.as_ref().map(|e| e.code.as_str()),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn a_poll_body_parses_as_in_the_spec() {
+        let body: PollBody = serde_json::from_str(
+            r#"{"epoch":"q7c1f0a9","cursor":42,"messages":[{"pos":41,"event":"chat","data":{"from":"ann","text":"hi"}},{"pos":42,"event":"news"}],"volatile":[{"event":"typing","data":{"from":"bob"}}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(body.cursor, 42);
+        assert_eq!(body.messages[1].data, Value::Null);
+        assert_eq!(body.volatile[0].event, "typing");
+    }
+
+    #[test]
+    fn error_bodies_of_other_shapes_still_explain_themselves() {
+        let (code, message) = error_of(
+            400,
+            br#"{"error":{"code":"invalid_field","message":"bad"}}"#,
+        );
+        assert_eq!((code.as_str(), message.as_str()), ("invalid_field", "bad"));
+        let (code, message) = error_of(502, b"<html>Bad Gateway</html>");
+        assert_eq!(code, "http_502");
+        assert_eq!(message, "<html>Bad Gateway</html>");
+    }
+}

@@ -1,0 +1,493 @@
+//! `RedisStorage` against a real `redis-server` that the tests start themselves: the whole
+//! storage conformance suite, then what only a networked store can get wrong — outages,
+//! restarts with and without persistence, several nodes, bounded memory.
+#![cfg(all(feature = "redis", feature = "conformance"))]
+
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
+use serde_json::value::RawValue;
+use simpleio::storage::{
+    AppendOutcome, DedupKey, DeliveryState, DeliveryTarget, Epoch, FetchRequest, NewMessage,
+    Signal, StorageError, millis_after,
+};
+use simpleio::{ClientId, MessageId, RedisStorage, Storage, UserId};
+use tokio::sync::broadcast;
+
+/// A storage on a fresh key prefix of the binary's shared server.
+/// A storage on a fresh key prefix of the shared test Redis; `None` (after a loud warning) when
+/// `redis-server` is not installed outside CI.
+async fn fresh() -> Option<RedisStorage> {
+    Some(connect(RedisServer::shared()?).await)
+}
+
+fn fresh_prefix() -> String {
+    format!("test-{}:", ClientId::random())
+}
+
+async fn connect(server: &RedisServer) -> RedisStorage {
+    RedisStorage::builder(server.url())
+        .key_prefix(fresh_prefix())
+        .connect()
+        .await
+        .expect("connect to the test Redis")
+}
+
+simpleio::storage_conformance_tests!(optional fresh);
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
+    NewMessage {
+        user: UserId::from(to),
+        client: None,
+        event: event.into(),
+        data: Arc::from(RawValue::from_string(format!("\"{event}\"")).expect("JSON")),
+        expires_at: millis_after(ttl),
+    }
+}
+
+fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequest {
+    FetchRequest {
+        user: UserId::from(user),
+        client: ClientId::new(client).expect("client id"),
+        cursor: cursor.map(|(e, p)| (e.clone(), p)),
+        limit: 100,
+        presence_ttl: Duration::from_secs(60),
+    }
+}
+
+fn target(user: &str, pos: u64) -> DeliveryTarget {
+    DeliveryTarget {
+        user: UserId::from(user),
+        client: None,
+        pos,
+    }
+}
+
+fn stored(outcome: AppendOutcome) -> u64 {
+    match outcome {
+        AppendOutcome::Stored(pos) => pos,
+        AppendOutcome::QueueFull => panic!("the queue was full"),
+    }
+}
+
+/// Retries `op` until it succeeds, for at most `within`.
+async fn eventually<T, F: Future<Output = Result<T, StorageError>>>(
+    within: Duration,
+    mut op: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) if Instant::now() > deadline => {
+                panic!("storage did not recover within {within:?}: {err}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn expect_signal(
+    rx: &mut broadcast::Receiver<Signal>,
+    within: Duration,
+    what: &str,
+    want: impl Fn(&Signal) -> bool,
+) {
+    let found = tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Ok(s) if want(&s) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("signal channel closed"),
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no {what} signal within {within:?}");
+}
+
+/// A raw connection, to look at what the storage left in Redis.
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+#[tokio::test]
+async fn an_outage_fails_fast_then_heals_with_a_new_epoch() {
+    // Shows the reconnection warnings when run with --nocapture.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let storage = RedisStorage::builder(server.url())
+        .key_prefix(fresh_prefix())
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    let mut rx = storage.subscribe();
+    let before = storage
+        .append(vec![message("ann", "a", LONG)], 10)
+        .await
+        .expect("append");
+    let pos = stored(before.outcomes[0]);
+    expect_signal(&mut rx, Duration::from_secs(2), "Appended", |s| {
+        matches!(s, Signal::Appended { .. })
+    })
+    .await;
+    while rx.try_recv().is_ok() {}
+
+    server.kill();
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let err = storage
+            .fetch(request("ann", "tab1", None))
+            .await
+            .expect_err("a fetch succeeded with Redis down");
+        assert!(
+            matches!(err, StorageError::Unavailable(_)),
+            "expected Unavailable, got {err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "attempt {attempt}: the error took {:?}",
+            started.elapsed()
+        );
+    }
+
+    server.restart();
+    // The pub/sub connection comes back by itself and says that signals may have been missed.
+    // Nothing else can publish a Resync here: no operation ran since the restart.
+    expect_signal(&mut rx, Duration::from_secs(15), "Resync", |s| {
+        matches!(s, Signal::Resync)
+    })
+    .await;
+
+    // Without persistence Redis came back empty: a new epoch, old deliveries lost.
+    let epoch = eventually(Duration::from_secs(15), || storage.epoch()).await;
+    assert_ne!(
+        epoch, before.epoch,
+        "Redis lost its data but kept its epoch"
+    );
+    let states = storage
+        .delivery(&before.epoch, &[target("ann", pos)])
+        .await
+        .expect("delivery");
+    assert_eq!(states, [DeliveryState::Lost]);
+    let batch = storage
+        .fetch(request("ann", "tab1", Some((&before.epoch, pos))))
+        .await
+        .expect("fetch");
+    assert_eq!(batch.epoch, epoch);
+    assert!(batch.messages.is_empty());
+
+    // And the subscription carries signals again.
+    storage
+        .append(vec![message("ann", "b", LONG)], 10)
+        .await
+        .expect("append after the outage");
+    expect_signal(
+        &mut rx,
+        Duration::from_secs(5),
+        "Appended",
+        |s| matches!(s, Signal::Appended { user } if user.as_str() == "ann"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_frozen_redis_gives_unavailable_within_the_deadline() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let storage = RedisStorage::builder(server.url())
+        .key_prefix(fresh_prefix())
+        .connect_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connect");
+    let epoch = storage.epoch().await.expect("epoch");
+
+    // No FIN, no RST: only the response timeout can end the wait.
+    server.pause();
+    let started = Instant::now();
+    let err = storage
+        .append(vec![message("ann", "a", LONG)], 10)
+        .await
+        .expect_err("an append succeeded on a frozen Redis");
+    let took = started.elapsed();
+    server.resume();
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(took < Duration::from_secs(2), "the error took {took:?}");
+
+    // Nothing was lost: the same epoch, and the storage works again.
+    let again = eventually(Duration::from_secs(10), || storage.epoch()).await;
+    assert_eq!(again, epoch);
+}
+
+#[tokio::test]
+async fn with_persistence_the_epoch_and_messages_survive_a_restart() {
+    let Some(mut server) = RedisServer::start_persistent() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let a = storage
+        .append(
+            vec![message("ann", "a", LONG), message("ann", "b", LONG)],
+            10,
+        )
+        .await
+        .expect("append");
+    let pos: Vec<u64> = a.outcomes.iter().copied().map(stored).collect();
+    storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    storage
+        .fetch(request("ann", "tab1", Some((&a.epoch, pos[0]))))
+        .await
+        .expect("confirm");
+
+    server.restart();
+    let epoch = eventually(Duration::from_secs(15), || storage.epoch()).await;
+    assert_eq!(
+        epoch, a.epoch,
+        "the epoch changed although no data was lost"
+    );
+    let states = storage
+        .delivery(&a.epoch, &[target("ann", pos[0]), target("ann", pos[1])])
+        .await
+        .expect("delivery");
+    assert_eq!(states, [DeliveryState::Delivered, DeliveryState::Pending]);
+    let batch = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    assert_eq!(batch.messages.len(), 1);
+    assert_eq!(&*batch.messages[0].event, "b");
+    assert_eq!(batch.messages[0].pos, pos[1]);
+}
+
+#[tokio::test]
+async fn a_flushed_redis_takes_a_new_epoch_and_tells_everyone() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let old = storage.epoch().await.expect("epoch");
+    let pos = stored(
+        storage
+            .append(vec![message("ann", "a", LONG)], 10)
+            .await
+            .expect("append")
+            .outcomes[0],
+    );
+    let mut rx = storage.subscribe();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw(&server).await)
+        .await
+        .expect("flushall");
+    let new = storage.epoch().await.expect("epoch");
+    assert_ne!(old, new);
+    expect_signal(&mut rx, Duration::from_secs(2), "Resync", |s| {
+        matches!(s, Signal::Resync)
+    })
+    .await;
+    let states = storage
+        .delivery(&old, &[target("ann", pos)])
+        .await
+        .expect("delivery");
+    assert_eq!(states, [DeliveryState::Lost]);
+}
+
+#[tokio::test]
+async fn signals_cross_nodes_over_one_subscription_per_node() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let node = |prefix: String| async move {
+        RedisStorage::builder(server.url())
+            .key_prefix(prefix)
+            .connect()
+            .await
+            .expect("connect")
+    };
+    let a = node(prefix.clone()).await;
+    let b = node(prefix.clone()).await;
+    // Many waiters on node b, still one subscribed connection per node.
+    let mut waiters: Vec<_> = (0..20).map(|_| b.subscribe()).collect();
+    let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("{prefix}signals"))
+        .query_async(&mut raw(server).await)
+        .await
+        .expect("pubsub numsub");
+    assert_eq!(subscribers[0].1, 2, "expected one subscription per node");
+
+    a.append(vec![message("ann", "a", LONG)], 10)
+        .await
+        .expect("append");
+    for rx in &mut waiters {
+        expect_signal(
+            rx,
+            Duration::from_secs(2),
+            "Appended",
+            |s| matches!(s, Signal::Appended { user } if user.as_str() == "ann"),
+        )
+        .await;
+    }
+    let batch = b
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch on the other node");
+    assert_eq!(batch.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn the_subscription_survives_its_keepalive_pings() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let mut rx = storage.subscribe();
+    // The first operation on a fresh prefix creates the epoch, which publishes a Resync.
+    storage.epoch().await.expect("epoch");
+    expect_signal(&mut rx, Duration::from_secs(2), "Resync", |s| {
+        matches!(s, Signal::Resync)
+    })
+    .await;
+    // The subscriber pings every 5 s; a ping it misread would reconnect and send a Resync.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    while let Ok(signal) = rx.try_recv() {
+        assert!(
+            !matches!(signal, Signal::Resync),
+            "the subscription reconnected"
+        );
+    }
+    storage
+        .append(vec![message("ann", "a", LONG)], 10)
+        .await
+        .expect("append");
+    expect_signal(&mut rx, Duration::from_secs(2), "Appended", |s| {
+        matches!(s, Signal::Appended { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let prefix = storage.key_prefix().to_owned();
+
+    // A bounded log: with every message delivered, appends evict instead of growing it.
+    let mut epoch = storage.epoch().await.expect("epoch");
+    for round in 0..10 {
+        let a = storage
+            .append(vec![message("ann", &format!("m{round}"), LONG)], 3)
+            .await
+            .expect("append");
+        epoch = a.epoch;
+        storage
+            .fetch(request(
+                "ann",
+                "tab1",
+                Some((&epoch, stored(a.outcomes[0]))),
+            ))
+            .await
+            .expect("confirm");
+    }
+    let mut conn = raw(server).await;
+    let log = format!("{prefix}u:ann:log");
+    let len: usize = redis::cmd("ZCARD")
+        .arg(&log)
+        .query_async(&mut conn)
+        .await
+        .expect("zcard");
+    assert_eq!(len, 3, "the log grew past max_queue");
+
+    // Expired messages are removed, not just skipped.
+    storage
+        .append(
+            vec![message("bob", "short", Duration::from_millis(100))],
+            10,
+        )
+        .await
+        .expect("append");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    storage
+        .fetch(request("bob", "tab1", Some((&epoch, 0))))
+        .await
+        .expect("fetch");
+    let len: usize = redis::cmd("ZCARD")
+        .arg(format!("{prefix}u:bob:log"))
+        .query_async(&mut conn)
+        .await
+        .expect("zcard");
+    assert_eq!(len, 0, "an expired message stayed in the log");
+
+    let key = DedupKey {
+        user: UserId::from("ann"),
+        client: ClientId::new("tab1").expect("id"),
+        id: MessageId::new("m1").expect("id"),
+    };
+    storage.claim(&key, LONG).await.expect("claim");
+
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(keys.len() > 5, "expected user and dedup keys, got {keys:?}");
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("pttl");
+        if key == format!("{prefix}epoch") {
+            // An evicted or expired epoch would look like lost data and change the epoch.
+            assert_eq!(ttl, -1, "{key} has a TTL");
+        } else {
+            assert!(
+                ttl > 0,
+                "{key} has no TTL, so an idle user would never vanish"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_cannot_be_reached_fails_to_connect_promptly() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    server.stop();
+    let started = Instant::now();
+    let err = RedisStorage::builder(url)
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .expect_err("connected to a stopped Redis");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let err = RedisStorage::connect("not a url")
+        .await
+        .expect_err("accepted a bad URL");
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+}

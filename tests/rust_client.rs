@@ -1,0 +1,472 @@
+//! The Rust client (`simpleio::client`) against a real server on loopback.
+#![cfg(feature = "client")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use simpleio::client::{Client, ConnectionError, EmitError, Event, Events, Message, MessageKind};
+use simpleio::{Builder, HandlerError, Incoming, MemoryStorage, Reply, SimpleIoLayer};
+use support::server::TestServer;
+use tokio::time::timeout;
+use tower::service_fn;
+
+/// A generous bound for "this happens": far above what it takes, so a failure means it did not.
+const SOON: Duration = Duration::from_secs(10);
+
+/// Every message the handler saw, as `(event, data)`, in order.
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A server whose handler records each message and replies `{"echo": data}`; `add` replies with
+/// the sum of its two numbers and `fail` with an error of code `refused`.
+fn recording_server(seen: &Seen) -> Builder {
+    let seen = seen.clone();
+    SimpleIoLayer::builder()
+        .hold_time(Duration::from_millis(500))
+        .handler(service_fn(move |m: Incoming| {
+            let seen = seen.clone();
+            async move {
+                let data: Value = m.json()?;
+                lock(&seen).push((m.event.clone(), data.clone()));
+                match m.event.as_str() {
+                    "add" => {
+                        let (a, b): (i64, i64) = m.json()?;
+                        Ok::<_, tower::BoxError>(Reply::json(&(a + b))?)
+                    }
+                    "fail" => Err(HandlerError::new("refused", "this event always fails").into()),
+                    _ => Ok(Reply::json(&json!({ "echo": data }))?),
+                }
+            }
+        }))
+}
+
+fn lock(seen: &Seen) -> std::sync::MutexGuard<'_, Vec<(String, Value)>> {
+    seen.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A client of user `user`, quick to retry.
+fn connect(server: &TestServer, user: &str) -> (Client, Events) {
+    Client::builder(server.url())
+        .header("x-user", user)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .poll_timeout(Duration::from_secs(5))
+        .connect()
+        .expect("the client starts")
+}
+
+/// The next event that satisfies `want`, skipping the others.
+async fn next_where(events: &mut Events, mut want: impl FnMut(&Event) -> bool) -> Event {
+    timeout(SOON, async {
+        loop {
+            let event = events.recv().await.expect("the client is running");
+            if want(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the expected event arrives")
+}
+
+/// The next message, skipping connection events.
+async fn next_message(events: &mut Events) -> Message {
+    match next_where(events, |e| matches!(e, Event::Message(_))).await {
+        Event::Message(m) => m,
+        _ => unreachable!("filtered"),
+    }
+}
+
+#[tokio::test]
+async fn emit_resolves_with_the_handlers_reply() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen)).await;
+    let (client, _events) = connect(&server, "ann");
+
+    let sum = timeout(SOON, client.emit("add", &[1, 2]))
+        .await
+        .expect("acked");
+    assert_eq!(sum.expect("a reply"), json!(3));
+    let echo = timeout(SOON, client.emit("chat", &json!({"text": "hi"})))
+        .await
+        .expect("acked");
+    assert_eq!(echo.expect("a reply"), json!({"echo": {"text": "hi"}}));
+    assert_eq!(lock(&seen).len(), 2);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn an_error_ack_becomes_an_error_with_its_code() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen)).await;
+    let (client, _events) = connect(&server, "ann");
+
+    let result = timeout(SOON, client.emit("fail", &json!(null)))
+        .await
+        .expect("acked");
+    match result {
+        Err(EmitError::Ack { code, message }) => {
+            assert_eq!(code, "refused");
+            assert_eq!(message, "this event always fails");
+        }
+        other => panic!("expected an error ack, got {other:?}"),
+    }
+    // Final: the handler saw it once, and the client did not resend it.
+    assert_eq!(lock(&seen).len(), 1);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn messages_emitted_together_reach_the_handler_once_each_in_order() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen)).await;
+    let (client, _events) = connect(&server, "ann");
+
+    let replies = timeout(SOON, join_all((0..30).map(|i| client.emit("n", &i))))
+        .await
+        .expect("all acked");
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply.expect("a reply"), json!({ "echo": i }));
+    }
+    let handled: Vec<Value> = lock(&seen).iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(handled, (0..30).map(|i| json!(i)).collect::<Vec<_>>());
+    client.close().await;
+}
+
+#[tokio::test]
+async fn server_messages_arrive_in_order_and_each_once() {
+    let seen = Seen::default();
+    // Five per response, so the twenty take several polls, each confirming the one before.
+    let server = TestServer::start(recording_server(&seen).batch_limit(5)).await;
+    let (client, mut events) = connect(&server, "ann");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    let io = server.io.clone();
+    let sending =
+        tokio::spawn(async move { join_all((0..20).map(|i| io.to("ann").emit("n", &i))).await });
+    let mut got = Vec::new();
+    let mut last_pos = 0;
+    for _ in 0..20 {
+        let m = next_message(&mut events).await;
+        assert_eq!(m.event, "n");
+        let MessageKind::Stored { pos } = m.kind else {
+            panic!("a stored message, got {m:?}");
+        };
+        assert!(pos > last_pos, "positions increase");
+        last_pos = pos;
+        got.push(m.data);
+    }
+    assert_eq!(got, (0..20).map(|i| json!(i)).collect::<Vec<_>>());
+
+    // Every one was confirmed to its sender.
+    let sent = timeout(SOON, sending)
+        .await
+        .expect("confirmed")
+        .expect("joined");
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+
+    // Nothing comes twice: the next message is the next one sent.
+    let io = server.io.clone();
+    tokio::spawn(async move { io.to("ann").emit("after", &"last").await });
+    let m = next_message(&mut events).await;
+    assert_eq!((m.event.as_str(), &m.data), ("after", &json!("last")));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_volatile_message_reaches_a_waiting_client() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen).hold_time(Duration::from_secs(5))).await;
+    let (client, mut events) = connect(&server, "ann");
+    // An idle poll is answered only after the hold time, so `Connected` would come late.
+    wait_until(|| server.io.waiting_polls() == 1).await;
+
+    server
+        .io
+        .to("ann")
+        .volatile()
+        .emit("typing", &json!({"from": "bob"}))
+        .await
+        .expect("published");
+    let m = next_message(&mut events).await;
+    assert_eq!(m.kind, MessageKind::Volatile);
+    assert_eq!(
+        (m.event.as_str(), &m.data),
+        ("typing", &json!({"from": "bob"}))
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn the_client_reconnects_after_a_restart_and_nothing_is_lost_or_repeated() {
+    let seen = Seen::default();
+    let mut server = TestServer::start(recording_server(&seen)).await;
+    let (client, mut events) = connect(&server, "ann");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    let io = server.io.clone();
+    tokio::spawn(async move { io.to("ann").emit("n", &0).await });
+    assert_eq!(next_message(&mut events).await.data, json!(0));
+
+    server.stop().await;
+    let down = next_where(&mut events, |e| matches!(e, Event::Disconnected(_))).await;
+    assert!(
+        matches!(down, Event::Disconnected(ConnectionError::Http(_))),
+        "{down:?}"
+    );
+
+    // Sent to the user while the client cannot reach the server: kept in storage.
+    let io = server.io.clone();
+    let sending =
+        tokio::spawn(async move { join_all((1..=5).map(|i| io.to("ann").emit("n", &i))).await });
+    server.restart().await;
+
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+    for i in 1..=5 {
+        assert_eq!(next_message(&mut events).await.data, json!(i));
+    }
+    let sent = timeout(SOON, sending)
+        .await
+        .expect("confirmed")
+        .expect("joined");
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+
+    let io = server.io.clone();
+    tokio::spawn(async move { io.to("ann").emit("n", &6).await });
+    assert_eq!(next_message(&mut events).await.data, json!(6), "no repeats");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn messages_emitted_while_the_server_is_down_are_sent_once_it_is_back() {
+    let seen = Seen::default();
+    let mut server = TestServer::start(recording_server(&seen)).await;
+    let (client, mut events) = connect(&server, "ann");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    server.stop().await;
+    next_where(&mut events, |e| matches!(e, Event::Disconnected(_))).await;
+    let emitting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            join_all((0..3).map(|i| client.emit("chat", &json!({ "n": i })))).await
+        })
+    };
+    server.restart().await;
+
+    let replies = timeout(SOON, emitting)
+        .await
+        .expect("acked")
+        .expect("joined");
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply.expect("a reply"), json!({"echo": {"n": i}}));
+    }
+    let handled: Vec<Value> = lock(&seen).iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(handled, [json!({"n": 0}), json!({"n": 1}), json!({"n": 2})]);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_post_that_times_out_is_resent_and_handled_once() {
+    let calls = Arc::new(Mutex::new(0usize));
+    let handler_calls = calls.clone();
+    let server = TestServer::start(
+        SimpleIoLayer::builder()
+            .hold_time(Duration::from_millis(500))
+            .pending_wait(Duration::from_millis(100))
+            // Should the server drop the first handling with its connection, a resend may
+            // handle the message again after this; the test then fails instead of hanging.
+            .handler_lease(Duration::from_secs(3))
+            .handler(service_fn(move |_m: Incoming| {
+                let calls = handler_calls.clone();
+                async move {
+                    let n = {
+                        let mut calls = calls.lock().unwrap_or_else(|p| p.into_inner());
+                        *calls += 1;
+                        *calls
+                    };
+                    // Slower than the client's timeout: the client gives up on the response
+                    // and sends the message again while this still runs.
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    Ok::<_, tower::BoxError>(Reply::json(&n)?)
+                }
+            })),
+    )
+    .await;
+    let (client, _events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .send_timeout(Duration::from_millis(300))
+        .pending_delay(Duration::from_millis(50))
+        .connect()
+        .expect("the client starts");
+
+    // Resent with the same id, the message is acknowledged `pending` while the first handling
+    // runs, and asked about again until its outcome is known: the first call's reply.
+    let reply = timeout(SOON, client.emit("slow", &()))
+        .await
+        .expect("acked");
+    assert_eq!(reply.expect("a reply"), json!(1));
+    assert_eq!(*calls.lock().unwrap_or_else(|p| p.into_inner()), 1);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_batch_over_the_servers_limit_is_split() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen).max_messages_per_request(2)).await;
+    let (client, _events) = connect(&server, "ann");
+
+    let replies = timeout(SOON, join_all((0..7).map(|i| client.emit("n", &i))))
+        .await
+        .expect("all acked");
+    assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    let handled: Vec<Value> = lock(&seen).iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(handled, (0..7).map(|i| json!(i)).collect::<Vec<_>>());
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_message_the_server_refuses_fails_alone() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen).max_event_len(4)).await;
+    let (client, _events) = connect(&server, "ann");
+
+    let (refused, fine) = timeout(SOON, async {
+        tokio::join!(client.emit("too-long", &1), client.emit("ok", &2))
+    })
+    .await
+    .expect("both settled");
+    match refused {
+        Err(EmitError::Rejected { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (400, "invalid_field"));
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(fine.expect("a reply"), json!({"echo": 2}));
+    assert_eq!(lock(&seen).as_slice(), [("ok".to_owned(), json!(2))]);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_refused_sign_in_is_reported() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .expect("the client starts");
+
+    match next_where(&mut events, |_| true).await {
+        Event::Disconnected(ConnectionError::Rejected { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (401, "unauthorized"));
+        }
+        other => panic!("expected a refused sign-in, got {other:?}"),
+    }
+    client.close().await;
+}
+
+#[tokio::test]
+async fn close_ends_the_waiting_poll_and_the_events() {
+    let seen = Seen::default();
+    // A long hold: the poll ends early only if closing the client ends it.
+    let server =
+        TestServer::start(recording_server(&seen).hold_time(Duration::from_secs(20))).await;
+    let (client, mut events) = connect(&server, "ann");
+    wait_until(|| server.io.waiting_polls() == 1).await;
+
+    timeout(SOON, client.close()).await.expect("closed");
+    assert!(client.is_closed());
+    wait_until(|| server.io.waiting_polls() == 0).await;
+    assert!(matches!(
+        client.emit("chat", &"after").await,
+        Err(EmitError::Closed)
+    ));
+    timeout(SOON, async { while events.recv().await.is_some() {} })
+        .await
+        .expect("the events end");
+}
+
+#[tokio::test]
+async fn close_fails_the_messages_not_yet_acknowledged() {
+    let seen = Seen::default();
+    let mut server = TestServer::start(recording_server(&seen)).await;
+    let (client, mut events) = connect(&server, "ann");
+    server.stop().await;
+    next_where(&mut events, |e| matches!(e, Event::Disconnected(_))).await;
+
+    let stuck = tokio::spawn(client.emit("chat", &"never sent"));
+    tokio::task::yield_now().await;
+    client.close().await;
+    let stuck = timeout(SOON, stuck)
+        .await
+        .expect("settled")
+        .expect("joined");
+    assert!(matches!(stuck, Err(EmitError::Closed)), "{stuck:?}");
+    assert!(lock(&seen).is_empty());
+}
+
+#[tokio::test]
+async fn a_reset_storage_resyncs_the_client() {
+    let seen = Seen::default();
+    let storage = MemoryStorage::new();
+    let server = TestServer::start(recording_server(&seen).storage(storage.clone())).await;
+    let (client, mut events) = connect(&server, "ann");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    let io = server.io.clone();
+    tokio::spawn(async move { io.to("ann").emit("n", &1).await });
+    assert_eq!(next_message(&mut events).await.data, json!(1));
+
+    storage.reset();
+    let io = server.io.clone();
+    tokio::spawn(async move { io.to("ann").emit("n", &2).await });
+    next_where(&mut events, |e| matches!(e, Event::Resynced)).await;
+    assert_eq!(next_message(&mut events).await.data, json!(2));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_holds_back_confirmation() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .event_buffer(1)
+        .connect()
+        .expect("the client starts");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    let io = server.io.clone();
+    let mut sending =
+        tokio::spawn(async move { join_all((0..3).map(|i| io.to("ann").emit("n", &i))).await });
+    // Nobody reads: the client cannot hand the messages over, so it does not confirm them.
+    assert!(
+        timeout(Duration::from_millis(500), &mut sending)
+            .await
+            .is_err(),
+        "confirmed before the application had the messages"
+    );
+    for i in 0..3 {
+        assert_eq!(next_message(&mut events).await.data, json!(i));
+    }
+    let sent = timeout(SOON, sending)
+        .await
+        .expect("confirmed")
+        .expect("joined");
+    assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    client.close().await;
+}
+
+/// Waits until `condition` holds, looking every few milliseconds, for at most [`SOON`].
+async fn wait_until(condition: impl Fn() -> bool) {
+    timeout(SOON, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the condition comes true");
+}
