@@ -1,12 +1,12 @@
 //! [`Builder`]: how a layer and its [`SimpleIo`] handle are configured and made.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, Service};
 
 use crate::config::{BuildError, Config};
 use crate::handler::{BoxHandler, Incoming, Reply, no_handler};
@@ -14,7 +14,11 @@ use crate::hub::Hub;
 use crate::identity::{Identify, reject_all};
 use crate::io::SimpleIo;
 use crate::layer::SimpleIoLayer;
+use crate::namespace::{Namespace, NamespaceEntry, box_handler};
+use crate::presence::{OnPresence, PresenceQueue};
+use crate::protocol::check_namespace;
 use crate::shared::Shared;
+use crate::storage::DEFAULT_NAMESPACE;
 use crate::storage::{MemoryStorage, Storage};
 
 /// Configures a [`SimpleIoLayer`] and its [`SimpleIo`] handle. Every setting has a default.
@@ -45,6 +49,8 @@ pub struct Builder {
     storage: Option<Arc<dyn Storage>>,
     identity: Option<Box<dyn Identify>>,
     handler: Option<BoxHandler>,
+    namespaces: Vec<Namespace>,
+    on_presence: Option<Box<dyn OnPresence>>,
 }
 
 impl fmt::Debug for Builder {
@@ -54,6 +60,8 @@ impl fmt::Debug for Builder {
             .field("storage", &self.storage)
             .field("identity", &self.identity.is_some())
             .field("handler", &self.handler.is_some())
+            .field("namespaces", &self.namespaces)
+            .field("on_presence", &self.on_presence.is_some())
             .finish()
     }
 }
@@ -95,9 +103,34 @@ impl Builder {
         S::Future: Send + 'static,
         R: Into<Reply> + 'static,
     {
-        self.handler = Some(BoxCloneSyncService::new(
-            handler.map_response(Into::into).map_err(Into::into),
-        ));
+        self.handler = Some(box_handler(handler));
+        self
+    }
+
+    /// Adds a namespace, with its own handler and authorization (see [`Namespace`]). The
+    /// default namespace `/` always exists and uses [`handler`](Self::handler).
+    pub fn namespace(mut self, namespace: Namespace) -> Self {
+        self.namespaces.push(namespace);
+        self
+    }
+
+    /// Called with each change of who is online (see [`Presence`](crate::Presence)): clients connecting and
+    /// going away (no poll for the [presence TTL](Self::presence_ttl)), users coming online and
+    /// going offline. In a cluster each change is reported once, by one node.
+    ///
+    /// ```
+    /// use simpleio::{Presence, SimpleIo, SimpleIoLayer};
+    /// let (layer, io) = SimpleIoLayer::builder()
+    ///     .on_presence(|change: Presence, io: SimpleIo| async move {
+    ///         if let Presence::Offline { user } = change {
+    ///             let _ = io.everyone().volatile().emit("left", &user).await;
+    ///         }
+    ///     })
+    ///     .build();
+    /// # let _ = (layer, io);
+    /// ```
+    pub fn on_presence(mut self, handler: impl OnPresence) -> Self {
+        self.on_presence = Some(Box::new(handler));
         self
     }
 
@@ -200,12 +233,32 @@ impl Builder {
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
+        let mut namespaces = HashMap::new();
+        namespaces.insert(
+            Arc::from(DEFAULT_NAMESPACE),
+            NamespaceEntry {
+                handler: self.handler.unwrap_or_else(no_handler),
+                authorize: None,
+            },
+        );
+        for ns in self.namespaces {
+            check_namespace(&ns.name).map_err(BuildError::Namespace)?;
+            let entry = NamespaceEntry {
+                handler: ns.handler.unwrap_or_else(no_handler),
+                authorize: ns.authorize,
+            };
+            if namespaces.insert(ns.name.clone(), entry).is_some() {
+                return Err(BuildError::DuplicateNamespace(ns.name.to_string()));
+            }
+        }
         let hub = Hub::new(&*storage);
         let shared = Arc::new(Shared {
             config: self.config,
             storage,
             identity: self.identity.unwrap_or_else(|| Box::new(reject_all)),
-            handler: self.handler.unwrap_or_else(no_handler),
+            namespaces,
+            on_presence: self.on_presence,
+            presence: PresenceQueue::new(),
             hub,
             waiting: AtomicUsize::new(0),
         });
@@ -213,7 +266,7 @@ impl Builder {
             SimpleIoLayer {
                 shared: shared.clone(),
             },
-            SimpleIo { shared },
+            SimpleIo::new(shared),
         ))
     }
 }

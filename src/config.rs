@@ -60,6 +60,12 @@ pub enum BuildError {
     /// A limit is zero.
     #[error("the limit `{0}` must be at least 1")]
     ZeroLimit(&'static str),
+    /// A namespace name is malformed.
+    #[error("{0}")]
+    Namespace(String),
+    /// Two namespaces have the same name (`/` is always there).
+    #[error("the namespace {0:?} is added twice")]
+    DuplicateNamespace(String),
     /// The presence TTL is not longer than the hold time, so waiting clients would look gone.
     #[error("the presence ttl ({presence:?}) must be longer than the hold time ({hold:?})")]
     PresenceTtl {

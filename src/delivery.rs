@@ -1,21 +1,23 @@
 //! Waiting for recipients to confirm a sent message, and how that ends.
 
 use std::fmt;
+use std::sync::Arc;
 
 use tokio::time::{Duration, Instant, sleep, sleep_until};
 
-use crate::id::{ClientId, UserId};
 use crate::shared::Shared;
 use crate::storage::{
-    AppendOutcome, Appended, DeliveryState, DeliveryTarget, Millis, StorageError, now_millis,
+    AppendOutcome, Appended, DeliveryState, DeliveryTarget, Member, Millis, StorageError,
+    now_millis,
 };
 
-/// A message was confirmed by a client of every recipient.
+/// A message was confirmed by every recipient: for a user, by one of their clients; for a
+/// single client, by that client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Delivered {
     /// The recipients, each of which confirmed it.
-    pub users: Vec<UserId>,
+    pub recipients: Vec<Member>,
 }
 
 /// Why a message did not reach one recipient.
@@ -45,9 +47,9 @@ impl fmt::Display for Failure {
 #[non_exhaustive]
 pub struct Undelivered {
     /// Recipients that confirmed it.
-    pub delivered: Vec<UserId>,
+    pub delivered: Vec<Member>,
     /// Recipients that did not, each with the reason.
-    pub failed: Vec<(UserId, Failure)>,
+    pub failed: Vec<(Member, Failure)>,
 }
 
 impl fmt::Display for Undelivered {
@@ -57,7 +59,7 @@ impl fmt::Display for Undelivered {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{user:?} ({why})")?;
+            write!(f, "{:?} ({why})", user.to_string())?;
         }
         if !self.delivered.is_empty() {
             write!(f, "; delivered to {} other(s)", self.delivered.len())?;
@@ -90,22 +92,26 @@ pub enum SendError {
 /// Waits until every appended message is delivered, or fails at `expires_at`.
 pub(crate) async fn wait(
     shared: &Shared,
-    users: Vec<UserId>,
-    client: Option<ClientId>,
+    recipients: Vec<Member>,
+    namespace: Arc<str>,
     appended: Appended,
     expires_at: Millis,
 ) -> Result<Delivered, SendError> {
     let mut delivered = Vec::new();
     let mut failed = Vec::new();
     let mut pending = Vec::new();
-    for (user, outcome) in users.into_iter().zip(appended.outcomes) {
+    for (member, outcome) in recipients.into_iter().zip(appended.outcomes) {
         match outcome {
             AppendOutcome::Stored(pos) => pending.push(DeliveryTarget {
-                user,
-                client: client.clone(),
+                user: member.user().clone(),
+                client: match &member {
+                    Member::User(_) => None,
+                    Member::Client(_, client) => Some(client.clone()),
+                },
+                namespace: namespace.clone(),
                 pos,
             }),
-            AppendOutcome::QueueFull => failed.push((user, Failure::QueueFull)),
+            AppendOutcome::QueueFull => failed.push((member, Failure::QueueFull)),
         }
     }
 
@@ -121,12 +127,12 @@ pub(crate) async fn wait(
                 let mut still = Vec::new();
                 for (target, state) in pending.into_iter().zip(states) {
                     match state {
-                        DeliveryState::Delivered => delivered.push(target.user),
+                        DeliveryState::Delivered => delivered.push(member_of(target)),
                         DeliveryState::Pending if !last_check => still.push(target),
                         DeliveryState::Pending | DeliveryState::Expired => {
-                            failed.push((target.user, Failure::Expired))
+                            failed.push((member_of(target), Failure::Expired))
                         }
-                        DeliveryState::Lost => failed.push((target.user, Failure::Lost)),
+                        DeliveryState::Lost => failed.push((member_of(target), Failure::Lost)),
                     }
                 }
                 pending = still;
@@ -148,8 +154,17 @@ pub(crate) async fn wait(
     }
 
     if failed.is_empty() {
-        Ok(Delivered { users: delivered })
+        Ok(Delivered {
+            recipients: delivered,
+        })
     } else {
         Err(SendError::NotDelivered(Undelivered { delivered, failed }))
+    }
+}
+
+fn member_of(target: DeliveryTarget) -> Member {
+    match target.client {
+        None => Member::User(target.user),
+        Some(client) => Member::Client(target.user, client),
     }
 }

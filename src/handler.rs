@@ -1,6 +1,7 @@
 //! What the application's handler receives and returns for each client message.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -9,7 +10,8 @@ use tower::BoxError;
 use tower::util::BoxCloneSyncService;
 
 use crate::id::{ClientId, MessageId, UserId};
-use crate::io::SimpleIo;
+use crate::io::{DataError, Emitter, SimpleIo};
+use crate::storage::{Member, StorageError};
 
 /// The handler as the layer stores it: any `Service<Incoming>` with its response turned into a
 /// [`Reply`] and its error boxed.
@@ -46,11 +48,14 @@ pub struct Incoming {
     pub client: ClientId,
     /// The client's id for this message; a retry with the same id is not handled again.
     pub id: MessageId,
+    /// The namespace the message was sent in (`/` by default).
+    pub namespace: Arc<str>,
     /// The event name.
     pub event: String,
     /// The payload as JSON text (`null` if the client sent none). See [`Incoming::json`].
     pub data: Box<RawValue>,
-    /// A handle for sending messages from the handler (replies to others, broadcasts).
+    /// A handle for sending from the handler (to others, broadcasts), in the message's
+    /// namespace.
     pub io: SimpleIo,
 }
 
@@ -58,6 +63,42 @@ impl Incoming {
     /// The payload, deserialized.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.data.get())
+    }
+
+    /// The sending client as a room member or data owner.
+    pub fn sender(&self) -> Member {
+        Member::Client(self.user.clone(), self.client.clone())
+    }
+
+    /// Messages to every live user but this client (the user's other tabs included):
+    /// Socket.IO's `socket.broadcast.emit`.
+    pub fn broadcast(&self) -> Emitter {
+        self.io.everyone().except(self.sender())
+    }
+
+    /// Messages to every member of `room` but this client: Socket.IO's `socket.to(room).emit`.
+    pub fn broadcast_to(&self, room: impl Into<Arc<str>>) -> Emitter {
+        self.io.to_room(room).except(self.sender())
+    }
+
+    /// Puts this client in `room` for as long as it is live.
+    pub async fn join(&self, room: &str) -> Result<(), StorageError> {
+        self.io.join(self.sender(), room).await
+    }
+
+    /// Takes this client out of `room`.
+    pub async fn leave(&self, room: &str) -> Result<(), StorageError> {
+        self.io.leave(self.sender(), room).await
+    }
+
+    /// Attaches data to this client, for as long as it is live (Socket.IO's `socket.set`).
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), DataError> {
+        self.io.set_data(self.sender(), key, value).await
+    }
+
+    /// This client's data under `key` (Socket.IO's `socket.get`).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DataError> {
+        self.io.data(self.sender(), key).await
     }
 }
 
@@ -67,6 +108,7 @@ impl fmt::Debug for Incoming {
             .field("user", &self.user)
             .field("client", &self.client)
             .field("id", &self.id)
+            .field("namespace", &self.namespace)
             .field("event", &self.event)
             .field("data", &self.data.get())
             .finish()

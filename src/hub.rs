@@ -141,13 +141,18 @@ impl Hub {
             Signal::Volatile {
                 user,
                 client,
+                namespace,
                 event,
                 data,
             } => (
                 user,
                 UserSignal::Volatile {
                     client,
-                    message: WireVolatile { event, data },
+                    message: WireVolatile {
+                        ns: namespace,
+                        event,
+                        data,
+                    },
                 },
             ),
             Signal::PollStarted { user, client, poll } => {

@@ -1,6 +1,7 @@
 //! The sending `POST`: read and check the body, then hand each message to the handler exactly
 //! once, however often the client retries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,12 +16,14 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::handler::{HandlerError, Incoming, null};
 use crate::id::{ClientId, UserId};
 use crate::io::SimpleIo;
+use crate::namespace::authorize_all;
+use crate::protocol::check_namespace;
 use crate::protocol::{
     Ack, AckOutcome, ClientMessage, ErrorBody, ProtocolError, SendRequest, SendResponse,
     json_response,
 };
 use crate::shared::Shared;
-use crate::storage::{Claim, DedupKey, StorageError};
+use crate::storage::{Claim, DEFAULT_NAMESPACE, DedupKey, StorageError};
 
 pub(crate) async fn respond<B>(
     shared: &Shared,
@@ -50,6 +53,7 @@ where
             got: request.messages.len(),
         });
     }
+    let mut namespaces: Vec<Arc<str>> = Vec::new();
     for m in &request.messages {
         if m.event.is_empty() || m.event.len() > config.max_event_len {
             return Err(ProtocolError::InvalidField(format!(
@@ -58,7 +62,14 @@ where
                 m.id.as_str()
             )));
         }
+        let ns = m.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        check_namespace(ns).map_err(ProtocolError::InvalidField)?;
+        if !namespaces.iter().any(|n| &**n == ns) {
+            namespaces.push(ns.into());
+        }
     }
+    // Every namespace is checked before any message is handled: a batch is refused whole.
+    authorize_all(shared, parts, &user, &namespaces).await?;
 
     let mut acks = Vec::with_capacity(request.messages.len());
     // One after another: the handler sees a client's messages in the order it sent them.
@@ -175,16 +186,25 @@ async fn call_handler(
     client: &ClientId,
     message: ClientMessage,
 ) -> AckOutcome {
+    let namespace: Arc<str> = message.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE).into();
+    let Some(entry) = shared.namespaces.get(&namespace) else {
+        // Checked before any message was handled; kept as an answer rather than a panic.
+        return AckOutcome::Error(ErrorBody {
+            code: "unknown_namespace".to_owned(),
+            message: format!("no namespace {namespace:?} on this server"),
+        });
+    };
+    let mut handler = entry.handler.clone();
     let incoming = Incoming {
         user: user.clone(),
         client: client.clone(),
         id: message.id,
         event: message.event,
         data: message.data.unwrap_or_else(null),
-        io: io.clone(),
+        io: io.of(namespace.clone()),
+        namespace,
     };
     let event = incoming.event.clone();
-    let mut handler = shared.handler.clone();
     let result = match handler.ready().await {
         Ok(ready) => ready.call(incoming).await,
         Err(e) => Err(e),

@@ -1,5 +1,7 @@
-//! The [`SimpleIo`] handle: sending to users, clients and everyone, confirmed or volatile.
+//! The [`SimpleIo`] handle: sending to users, clients, rooms and everyone, confirmed or
+//! volatile; rooms, presence and per-client data.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,12 +11,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::delivery::{self, Delivered, SendError};
 use crate::id::{ClientId, UserId};
 use crate::shared::Shared;
-use crate::storage::{Appended, Millis, NewMessage, Signal, Storage, millis_after};
+use crate::storage::{
+    Appended, DEFAULT_NAMESPACE, Member, Millis, NewMessage, Signal, Storage, StorageError,
+    millis_after,
+};
+
+/// The largest value [`SimpleIo::set_data`] stores, in bytes of JSON.
+pub const MAX_DATA_LEN: usize = 64 * 1024;
 
 /// The sending side of simpleio: cheap to clone, usable from anywhere (handlers, background
 /// tasks, other routes). Returned by [`Builder::build`](crate::Builder::build) beside the layer.
@@ -27,6 +36,9 @@ use crate::storage::{Appended, Millis, NewMessage, Signal, Storage, millis_after
 /// // Several users: resolves once each of them confirmed, or names who did not.
 /// io.recipients(["ann", "bob"]).emit("chat", &serde_json::json!({"text": "hi"})).await?;
 ///
+/// // A room, in the namespace "/chat", to every member but ann.
+/// io.of("/chat").to_room("lobby").except("ann").emit("joined", &"bob").await?;
+///
 /// // Only clients waiting right now; nothing stored, nothing confirmed.
 /// io.everyone().volatile().emit("typing", &"ann").await?;
 /// # Ok(()) }
@@ -34,69 +46,196 @@ use crate::storage::{Appended, Millis, NewMessage, Signal, Storage, millis_after
 #[derive(Clone)]
 pub struct SimpleIo {
     pub(crate) shared: Arc<Shared>,
+    /// The namespace this handle sends in.
+    namespace: Arc<str>,
 }
 
 impl fmt::Debug for SimpleIo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimpleIo")
             .field("path", &self.shared.config.path)
+            .field("namespace", &self.namespace)
             .field("storage", &self.shared.storage)
             .finish()
     }
 }
 
-/// Who an [`Emitter`] sends to.
+/// Who an [`Emitter`] sends to. Resolved to single recipients when the message is sent.
 #[derive(Debug, Clone, Default)]
 struct Recipients {
     users: Vec<UserId>,
+    clients: Vec<(UserId, ClientId)>,
+    rooms: Vec<Arc<str>>,
     /// Add every user with a live client, looked up at send time.
     everyone: bool,
-    /// Only this client of the (single) user.
-    client: Option<ClientId>,
+    except: Vec<Member>,
 }
 
-impl Recipients {
-    fn add(&mut self, user: UserId) {
-        if !self.users.contains(&user) {
-            self.users.push(user);
-        }
-    }
+/// Failed to read or write per-client data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The value could not be turned into JSON, or the stored JSON into the type asked for.
+    #[error("the data is not valid for its type: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The value is larger than [`MAX_DATA_LEN`] bytes of JSON.
+    #[error("the data is {0} bytes of JSON, more than the limit of {MAX_DATA_LEN}")]
+    TooLarge(usize),
+    /// The storage failed.
+    #[error("{0}")]
+    Storage(#[source] StorageError),
 }
 
 impl SimpleIo {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        SimpleIo {
+            shared,
+            namespace: DEFAULT_NAMESPACE.into(),
+        }
+    }
+
+    /// The same handle, sending in namespace `ns` (see [`Namespace`](crate::Namespace)): only
+    /// clients subscribed to it receive the messages.
+    pub fn of(&self, ns: impl Into<Arc<str>>) -> SimpleIo {
+        SimpleIo {
+            shared: self.shared.clone(),
+            namespace: ns.into(),
+        }
+    }
+
+    /// The namespace this handle sends in (`/` unless made by [`of`](Self::of)).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// Messages to one user: every client of theirs receives them.
     pub fn to(&self, user: impl Into<UserId>) -> Emitter {
-        self.emitter(Recipients {
-            users: vec![user.into()],
-            ..Recipients::default()
-        })
+        self.emitter().to(user)
     }
 
     /// Messages to several users (duplicates are ignored).
     pub fn recipients<U: Into<UserId>>(&self, users: impl IntoIterator<Item = U>) -> Emitter {
-        let mut recipients = Recipients::default();
-        for user in users {
-            recipients.add(user.into());
-        }
-        self.emitter(recipients)
+        users.into_iter().fold(self.emitter(), Emitter::to)
     }
 
     /// Messages to one client of a user (say, the tab that asked for something).
     pub fn to_client(&self, user: impl Into<UserId>, client: ClientId) -> Emitter {
-        self.emitter(Recipients {
-            users: vec![user.into()],
-            client: Some(client),
-            ..Recipients::default()
-        })
+        self.emitter().to_client(user, client)
+    }
+
+    /// Messages to every member of `room`, looked up when the message is sent: every client of
+    /// a member user, and each member client. Each member confirms for itself.
+    pub fn to_room(&self, room: impl Into<Arc<str>>) -> Emitter {
+        self.emitter().to_room(room)
     }
 
     /// Messages to every user with a live client (one that polled within the presence TTL),
     /// looked up when the message is sent.
     pub fn everyone(&self) -> Emitter {
-        self.emitter(Recipients {
-            everyone: true,
-            ..Recipients::default()
-        })
+        self.emitter().everyone()
+    }
+
+    /// Adds `member` (a user, or one client of a user) to `room`. Rooms live in storage, so every
+    /// node sees them; a user stays a member until [`leave`](Self::leave), a client as long as
+    /// it is live.
+    ///
+    /// ```no_run
+    /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::storage::StorageError> {
+    /// io.join("ann", "lobby").await?;
+    /// io.to_room("lobby").emit("welcome", &"hi all").await.ok();
+    /// # Ok(()) }
+    /// ```
+    pub async fn join(&self, member: impl Into<Member>, room: &str) -> Result<(), StorageError> {
+        self.start_background();
+        let ttl = self.shared.config.presence_ttl;
+        self.shared.storage.join(room, &member.into(), ttl).await
+    }
+
+    /// Removes `member` from `room`.
+    pub async fn leave(&self, member: impl Into<Member>, room: &str) -> Result<(), StorageError> {
+        self.shared.storage.leave(room, &member.into()).await
+    }
+
+    /// The rooms `member` is in (a user's own memberships, not those of their clients).
+    pub async fn rooms_of(&self, member: impl Into<Member>) -> Result<Vec<String>, StorageError> {
+        let rooms = self.shared.storage.rooms(&member.into()).await?;
+        Ok(rooms.iter().map(|r| r.to_string()).collect())
+    }
+
+    /// The members of `room`.
+    pub async fn members_of(&self, room: &str) -> Result<Vec<Member>, StorageError> {
+        self.shared.storage.members(room).await
+    }
+
+    /// Whether `user` has a live client.
+    pub async fn online(&self, user: impl Into<UserId>) -> Result<bool, StorageError> {
+        Ok(!self.clients_of(user).await?.is_empty())
+    }
+
+    /// Every user with a live client.
+    pub async fn online_users(&self) -> Result<Vec<UserId>, StorageError> {
+        self.shared.storage.live_users().await
+    }
+
+    /// The live clients of `user`.
+    pub async fn clients_of(&self, user: impl Into<UserId>) -> Result<Vec<ClientId>, StorageError> {
+        self.shared.storage.live_clients(&user.into()).await
+    }
+
+    /// Attaches `value` under `key` to `member`, visible from every node: a client's data lives
+    /// as long as the client, a user's until their last client is gone (Socket.IO's
+    /// `socket.set`). At most [`MAX_DATA_LEN`] bytes of JSON.
+    ///
+    /// ```no_run
+    /// # async fn demo(io: simpleio::SimpleIo, tab: simpleio::ClientId) -> Result<(), simpleio::DataError> {
+    /// use simpleio::storage::Member;
+    /// io.set_data(Member::client("ann", tab.clone()), "nickname", &"annie").await?;
+    /// let nick: Option<String> = io.data(Member::client("ann", tab), "nickname").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_data<T: Serialize + ?Sized>(
+        &self,
+        member: impl Into<Member>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), DataError> {
+        let json = serde_json::to_string(value).map_err(DataError::Json)?;
+        if json.len() > MAX_DATA_LEN {
+            return Err(DataError::TooLarge(json.len()));
+        }
+        self.start_background();
+        let ttl = self.shared.config.presence_ttl;
+        self.shared
+            .storage
+            .set_data(&member.into(), key, Some(&json), ttl)
+            .await
+            .map_err(DataError::Storage)
+    }
+
+    /// The data under `key` of `member`, if set (Socket.IO's `socket.get`).
+    pub async fn data<T: DeserializeOwned>(
+        &self,
+        member: impl Into<Member>,
+        key: &str,
+    ) -> Result<Option<T>, DataError> {
+        let json = self
+            .shared
+            .storage
+            .get_data(&member.into(), key)
+            .await
+            .map_err(DataError::Storage)?;
+        json.map(|j| serde_json::from_str(&j).map_err(DataError::Json))
+            .transpose()
+    }
+
+    /// Removes the data under `key` of `member`.
+    pub async fn remove_data(&self, member: impl Into<Member>, key: &str) -> Result<(), DataError> {
+        let ttl = self.shared.config.presence_ttl;
+        self.shared
+            .storage
+            .set_data(&member.into(), key, None, ttl)
+            .await
+            .map_err(DataError::Storage)
     }
 
     /// How many polls are waiting on this node now.
@@ -109,16 +248,25 @@ impl SimpleIo {
         &self.shared.storage
     }
 
-    fn emitter(&self, recipients: Recipients) -> Emitter {
+    fn emitter(&self) -> Emitter {
+        self.start_background();
         Emitter {
             io: self.clone(),
-            recipients,
+            recipients: Recipients::default(),
             ttl: self.shared.config.message_ttl,
+        }
+    }
+
+    fn start_background(&self) {
+        // Only inside a runtime: building an emitter is allowed anywhere.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            crate::presence::ensure_started(&self.shared);
         }
     }
 }
 
-/// A message about to be sent; made by [`SimpleIo::to`] and friends.
+/// A message about to be sent; made by [`SimpleIo::to`] and friends, which can be chained:
+/// `io.to_room("a").to_room("b").to("ann").except("bob")`.
 #[derive(Debug, Clone)]
 #[must_use = "nothing is sent until `emit` is called and awaited"]
 pub struct Emitter {
@@ -128,12 +276,43 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    /// Adds a recipient user (to [`SimpleIo::everyone`]: also this user, live or not). On an
-    /// emitter made by [`SimpleIo::to_client`], it lifts the one-client restriction: every client
-    /// of every recipient receives the message.
+    /// Adds a recipient user: every client of theirs receives the message.
     pub fn to(mut self, user: impl Into<UserId>) -> Self {
-        self.recipients.client = None;
-        self.recipients.add(user.into());
+        let user = user.into();
+        if !self.recipients.users.contains(&user) {
+            self.recipients.users.push(user);
+        }
+        self
+    }
+
+    /// Adds one client of a user as a recipient.
+    pub fn to_client(mut self, user: impl Into<UserId>, client: ClientId) -> Self {
+        let target = (user.into(), client);
+        if !self.recipients.clients.contains(&target) {
+            self.recipients.clients.push(target);
+        }
+        self
+    }
+
+    /// Adds the members of `room`, looked up when the message is sent.
+    pub fn to_room(mut self, room: impl Into<Arc<str>>) -> Self {
+        let room = room.into();
+        if !self.recipients.rooms.contains(&room) {
+            self.recipients.rooms.push(room);
+        }
+        self
+    }
+
+    /// Adds every user with a live client, looked up when the message is sent.
+    pub fn everyone(mut self) -> Self {
+        self.recipients.everyone = true;
+        self
+    }
+
+    /// Leaves `member` out: a user (none of their clients receives it), or one client (the
+    /// user's other live clients still do — Socket.IO's `socket.broadcast`).
+    pub fn except(mut self, member: impl Into<Member>) -> Self {
+        self.recipients.except.push(member.into());
         self
     }
 
@@ -151,9 +330,9 @@ impl Emitter {
         VolatileEmitter { inner: self }
     }
 
-    /// Stores the message for each recipient and resolves once a client of every recipient
-    /// confirmed it ([`Delivered`]), or fails with [`SendError::NotDelivered`] naming those who
-    /// did not confirm before the TTL. Dropping the future does not unsend the message.
+    /// Stores the message for each recipient and resolves once every recipient confirmed it
+    /// ([`Delivered`]), or fails with [`SendError::NotDelivered`] naming those who did not
+    /// confirm before the TTL. Dropping the future does not unsend the message.
     ///
     /// To acknowledge a client's message only once what it caused is safely stored, without
     /// waiting for anyone to confirm it, await [`Sending::stored`] first.
@@ -171,13 +350,18 @@ impl Emitter {
 
     async fn store(self, event: Arc<str>, data: Arc<RawValue>) -> Result<Stored, SendError> {
         let shared = &self.io.shared;
-        let (users, client) = self.resolve().await?;
+        let recipients = self.resolve().await.map_err(SendError::Storage)?;
         let expires_at = millis_after(self.ttl);
-        let messages = users
+        let namespace = self.io.namespace.clone();
+        let messages = recipients
             .iter()
-            .map(|user| NewMessage {
-                user: user.clone(),
-                client: client.clone(),
+            .map(|member| NewMessage {
+                user: member.user().clone(),
+                client: match member {
+                    Member::User(_) => None,
+                    Member::Client(_, client) => Some(client.clone()),
+                },
+                namespace: namespace.clone(),
                 event: event.clone(),
                 data: data.clone(),
                 expires_at,
@@ -190,22 +374,61 @@ impl Emitter {
             .map_err(SendError::Storage)?;
         Ok(Stored {
             io: self.io,
-            users,
-            client,
+            recipients,
             appended,
             expires_at,
         })
     }
 
-    async fn resolve(&self) -> Result<(Vec<UserId>, Option<ClientId>), SendError> {
-        let mut recipients = self.recipients.clone();
-        if recipients.everyone {
-            let live = self.io.shared.storage.live_users().await;
-            for user in live.map_err(SendError::Storage)? {
-                recipients.add(user);
+    /// The single recipients: users (every client of theirs) and clients, each once.
+    async fn resolve(&self) -> Result<Vec<Member>, StorageError> {
+        let storage = &self.io.shared.storage;
+        let r = &self.recipients;
+        let mut users: Vec<UserId> = r.users.clone();
+        let mut clients: Vec<(UserId, ClientId)> = r.clients.clone();
+        if r.everyone {
+            users.extend(storage.live_users().await?);
+        }
+        for room in &r.rooms {
+            for member in storage.members(room).await? {
+                match member {
+                    Member::User(user) => users.push(user),
+                    Member::Client(user, client) => clients.push((user, client)),
+                }
             }
         }
-        Ok((recipients.users, recipients.client))
+        for member in &r.except {
+            match member {
+                Member::User(gone) => {
+                    users.retain(|u| u != gone);
+                    clients.retain(|(u, _)| u != gone);
+                }
+                Member::Client(user, gone) => {
+                    clients.retain(|(u, c)| !(u == user && c == gone));
+                    // The user's other clients still get it, each as a single recipient.
+                    if users.contains(user) {
+                        users.retain(|u| u != user);
+                        for other in storage.live_clients(user).await? {
+                            if other != *gone {
+                                clients.push((user.clone(), other));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut seen_users = HashSet::new();
+        users.retain(|u| seen_users.insert(u.clone()));
+        let mut seen_clients = HashSet::new();
+        // A client of a user who gets the message anyway needs no copy of its own.
+        clients.retain(|(u, c)| {
+            !seen_users.contains(u) && seen_clients.insert((u.clone(), c.clone()))
+        });
+        Ok(users
+            .into_iter()
+            .map(Member::User)
+            .chain(clients.into_iter().map(|(u, c)| Member::Client(u, c)))
+            .collect())
     }
 }
 
@@ -237,15 +460,20 @@ impl VolatileEmitter {
         let data: Arc<RawValue> =
             Arc::from(serde_json::value::to_raw_value(data).map_err(SendError::Serialize)?);
         let event: Arc<str> = event.into();
-        let (users, client) = self.inner.resolve().await?;
-        for user in users {
+        let recipients = self.inner.resolve().await.map_err(SendError::Storage)?;
+        for member in recipients {
+            let (user, client) = match member {
+                Member::User(user) => (user, None),
+                Member::Client(user, client) => (user, Some(client)),
+            };
             self.inner
                 .io
                 .shared
                 .storage
                 .publish(Signal::Volatile {
                     user,
-                    client: client.clone(),
+                    client,
+                    namespace: self.inner.io.namespace.clone(),
                     event: event.clone(),
                     data: data.clone(),
                 })
@@ -259,8 +487,7 @@ impl VolatileEmitter {
 /// A message appended for every recipient, not yet confirmed.
 struct Stored {
     io: SimpleIo,
-    users: Vec<UserId>,
-    client: Option<ClientId>,
+    recipients: Vec<Member>,
     appended: Appended,
     expires_at: Millis,
 }
@@ -270,12 +497,12 @@ impl Stored {
         Box::pin(async move {
             let Stored {
                 io,
-                users,
-                client,
+                recipients,
                 appended,
                 expires_at,
             } = self;
-            delivery::wait(&io.shared, users, client, appended, expires_at).await
+            let namespace = io.namespace.clone();
+            delivery::wait(&io.shared, recipients, namespace, appended, expires_at).await
         })
     }
 }

@@ -50,9 +50,7 @@ impl SimpleIoLayer {
 
     /// A handle for sending through this layer (the same one `build` returned).
     pub fn io(&self) -> SimpleIo {
-        SimpleIo {
-            shared: self.shared.clone(),
-        }
+        SimpleIo::new(self.shared.clone())
     }
 }
 
@@ -133,6 +131,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    crate::presence::ensure_started(&shared);
     let (parts, body) = req.into_parts();
     if parts.method != Method::GET && parts.method != Method::POST {
         return ProtocolError::MethodNotAllowed.into_response();
@@ -145,11 +144,9 @@ where
         }
     };
     let result = if parts.method == Method::GET {
-        poll::respond(&shared, user, parts.uri.query()).await
+        poll::respond(&shared, user, &parts).await
     } else {
-        let io = SimpleIo {
-            shared: shared.clone(),
-        };
+        let io = SimpleIo::new(shared.clone());
         inbound::respond(&shared, io, user, &parts, body).await
     };
     result.unwrap_or_else(|e| {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod binary;
 mod builder;
 #[cfg(feature = "client")]
 pub mod client;
@@ -15,7 +16,9 @@ mod identity;
 mod inbound;
 mod io;
 mod layer;
+mod namespace;
 mod poll;
+mod presence;
 mod protocol;
 mod shared;
 pub mod storage;
@@ -25,15 +28,18 @@ pub mod spec {
     #![doc = include_str!("../docs/spec.md")]
 }
 
+pub use binary::{BYTES_KEY, Binary};
 pub use builder::Builder;
 pub use config::BuildError;
 pub use delivery::{Delivered, Failure, SendError, Undelivered};
 pub use handler::{HandlerError, Incoming, Reply};
 pub use id::{ClientId, InvalidId, MAX_ID_LEN, MessageId, UserId};
 pub use identity::{Identify, IdentityFuture, Rejection};
-pub use io::{Emitter, Sending, SimpleIo, VolatileEmitter};
+pub use io::{DataError, Emitter, MAX_DATA_LEN, Sending, SimpleIo, VolatileEmitter};
 pub use layer::{ResponseFuture, SimpleIoBody, SimpleIoLayer, SimpleIoService};
+pub use namespace::{Authorize, AuthorizeFuture, Namespace};
+pub use presence::{OnPresence, Presence, PresenceFuture};
 pub use protocol::ErrorBody;
 #[cfg(feature = "redis")]
 pub use storage::RedisStorage;
-pub use storage::{MemoryStorage, Storage};
+pub use storage::{Member, MemoryStorage, Storage};

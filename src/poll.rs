@@ -8,8 +8,14 @@ use http::Response;
 use http_body_util::Full;
 use tokio::time::{Instant, sleep, sleep_until};
 
+use std::sync::Arc;
+
+use http::request::Parts;
+
 use crate::hub::UserSignal;
 use crate::id::{ClientId, UserId};
+use crate::namespace::authorize_all;
+use crate::presence;
 use crate::protocol::{PollQuery, PollResponse, ProtocolError, WireVolatile, json_response};
 use crate::shared::Shared;
 use crate::storage::{FetchBatch, FetchRequest, Signal};
@@ -34,10 +40,12 @@ impl Drop for Waiting<'_> {
 pub(crate) async fn respond(
     shared: &Shared,
     user: UserId,
-    query: Option<&str>,
+    parts: &Parts,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let poll = PollQuery::parse(query)?;
+    let poll = PollQuery::parse(parts.uri.query())?;
+    authorize_all(shared, parts, &user, &poll.namespaces).await?;
     let client = poll.client;
+    let namespaces = poll.namespaces;
     let config = &shared.config;
     let deadline = Instant::now() + config.hold;
 
@@ -66,10 +74,14 @@ pub(crate) async fn respond(
                 user: user.clone(),
                 client: client.clone(),
                 cursor: cursor.clone(),
+                namespaces: namespaces.clone(),
                 limit: config.batch_limit,
                 presence_ttl: config.presence_ttl,
             })
             .await?;
+        if let Some(arrival) = batch.arrival {
+            presence::arrived(shared, &user, &client, arrival);
+        }
         // Signals that came during the read. Volatile messages go out with it. An append may
         // have landed after the read (a networked store's answer takes a while to come back),
         // so it means read again, not wait: its wakeup is used up. A newer poll of this client
@@ -82,7 +94,7 @@ pub(crate) async fn respond(
                 UserSignal::PollStarted { client: c, poll } if c == client && poll != poll_id => {
                     taken_over = true;
                 }
-                other => take_volatile(other, &client, &mut volatile),
+                other => take_volatile(other, &client, &namespaces, &mut volatile),
             }
         }
         if handshake || !batch.messages.is_empty() || !volatile.is_empty() || taken_over {
@@ -108,7 +120,7 @@ pub(crate) async fn respond(
                         return Ok(answer(batch, &volatile));
                     }
                     other => {
-                        take_volatile(other, &client, &mut volatile);
+                        take_volatile(other, &client, &namespaces, &mut volatile);
                         if !volatile.is_empty() {
                             return Ok(answer(batch, &volatile));
                         }
@@ -122,12 +134,18 @@ pub(crate) async fn respond(
     }
 }
 
-fn take_volatile(signal: UserSignal, client: &ClientId, into: &mut Vec<WireVolatile>) {
+fn take_volatile(
+    signal: UserSignal,
+    client: &ClientId,
+    namespaces: &[Arc<str>],
+    into: &mut Vec<WireVolatile>,
+) {
     if let UserSignal::Volatile {
         client: to,
         message,
     } = signal
         && to.as_ref().is_none_or(|to| to == client)
+        && namespaces.contains(&message.ns)
     {
         into.push(message);
     }

@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::id::{ClientId, MessageId};
-use crate::storage::{Epoch, Position, StorageError, StoredMessage};
+use crate::identity::Rejection;
+use crate::storage::{DEFAULT_NAMESPACE, Epoch, Position, StorageError, StoredMessage};
+
+fn is_default_namespace(ns: &Arc<str>) -> bool {
+    &**ns == DEFAULT_NAMESPACE
+}
 
 /// The query of a receiving `GET`.
 #[derive(Debug, Deserialize)]
@@ -18,6 +23,7 @@ pub(crate) struct PollQuery {
     pub(crate) client: String,
     pub(crate) cursor: Option<String>,
     pub(crate) epoch: Option<String>,
+    pub(crate) ns: Option<String>,
 }
 
 /// A validated [`PollQuery`].
@@ -25,6 +31,25 @@ pub(crate) struct PollQuery {
 pub(crate) struct Poll {
     pub(crate) client: ClientId,
     pub(crate) cursor: Option<(Epoch, Position)>,
+    /// The namespaces to read, at least one, without repeats.
+    pub(crate) namespaces: Vec<Arc<str>>,
+}
+
+/// The longest namespace name.
+pub(crate) const MAX_NAMESPACE_LEN: usize = 64;
+
+/// Checks a namespace name: `/` followed by up to 63 visible ASCII characters other than `,`.
+pub(crate) fn check_namespace(ns: &str) -> Result<(), String> {
+    let well_formed = ns.starts_with('/')
+        && ns.len() <= MAX_NAMESPACE_LEN
+        && ns.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!(
+            "namespace {ns:?} must start with '/' and be at most {MAX_NAMESPACE_LEN} visible ASCII characters without ','"
+        ))
+    }
 }
 
 impl PollQuery {
@@ -54,7 +79,18 @@ impl PollQuery {
                 ));
             }
         };
-        Ok(Poll { client, cursor })
+        let mut namespaces: Vec<Arc<str>> = Vec::new();
+        for ns in q.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE).split(',') {
+            check_namespace(ns).map_err(|e| ProtocolError::InvalidQuery(format!("`ns`: {e}")))?;
+            if !namespaces.iter().any(|n| &**n == ns) {
+                namespaces.push(ns.into());
+            }
+        }
+        Ok(Poll {
+            client,
+            cursor,
+            namespaces,
+        })
     }
 }
 
@@ -71,6 +107,8 @@ pub(crate) struct PollResponse<'a> {
 /// A volatile message as a client receives it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct WireVolatile {
+    #[serde(skip_serializing_if = "is_default_namespace")]
+    pub(crate) ns: Arc<str>,
     pub(crate) event: Arc<str>,
     pub(crate) data: Arc<RawValue>,
 }
@@ -88,6 +126,8 @@ pub(crate) struct SendRequest {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientMessage {
     pub(crate) id: MessageId,
+    #[serde(default)]
+    pub(crate) ns: Option<String>,
     pub(crate) event: String,
     #[serde(default)]
     pub(crate) data: Option<Box<RawValue>>,
@@ -149,8 +189,13 @@ pub(crate) enum ProtocolError {
     MethodNotAllowed,
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    #[error("no namespace {0:?} on this server")]
+    UnknownNamespace(String),
     #[error("{0}")]
     Storage(#[from] StorageError),
+    /// The identity function or a namespace's authorization refused: its own response.
+    #[error("refused by the application ({})", .0.status())]
+    Rejected(Rejection),
 }
 
 impl ProtocolError {
@@ -159,6 +204,7 @@ impl ProtocolError {
             ProtocolError::InvalidQuery(_)
             | ProtocolError::MalformedJson(_)
             | ProtocolError::InvalidField(_)
+            | ProtocolError::UnknownNamespace(_)
             | ProtocolError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ProtocolError::BodyTooLarge(_) | ProtocolError::TooManyMessages { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -166,6 +212,7 @@ impl ProtocolError {
             ProtocolError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProtocolError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProtocolError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProtocolError::Rejected(r) => r.status(),
         }
     }
 
@@ -179,11 +226,16 @@ impl ProtocolError {
             ProtocolError::TooManyMessages { .. } => "too_many_messages",
             ProtocolError::UnsupportedMediaType => "unsupported_media_type",
             ProtocolError::MethodNotAllowed => "method_not_allowed",
+            ProtocolError::UnknownNamespace(_) => "unknown_namespace",
             ProtocolError::Storage(_) => "storage_unavailable",
+            ProtocolError::Rejected(_) => "rejected",
         }
     }
 
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
+        if let ProtocolError::Rejected(rejection) = self {
+            return rejection.into_response();
+        }
         let status = self.status();
         let body = ErrorBody {
             code: self.code().to_owned(),
@@ -245,6 +297,16 @@ mod tests {
         assert_eq!(p.cursor, Some((Epoch::new("e1"), 42)));
         assert!(PollQuery::parse(Some("client=tab1&cursor=42")).is_err());
         assert!(PollQuery::parse(Some("client=tab1&cursor=-1&epoch=e1")).is_err());
+    }
+
+    #[test]
+    fn poll_query_lists_namespaces_defaulting_to_the_root() {
+        let p = PollQuery::parse(Some("client=tab1")).expect("valid");
+        assert_eq!(p.namespaces, [Arc::from("/")]);
+        let p = PollQuery::parse(Some("client=tab1&ns=/chat,/,/chat")).expect("valid");
+        assert_eq!(p.namespaces, [Arc::from("/chat"), Arc::from("/")]);
+        assert!(PollQuery::parse(Some("client=tab1&ns=chat")).is_err());
+        assert!(PollQuery::parse(Some("client=tab1&ns=/a,,/b")).is_err());
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! The state every clone of the layer, the service and the `SimpleIo` handle share.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use crate::config::Config;
-use crate::handler::BoxHandler;
 use crate::hub::Hub;
 use crate::identity::Identify;
+use crate::namespace::NamespaceEntry;
+use crate::presence::{OnPresence, PresenceQueue};
 use crate::storage::Storage;
 
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) identity: Box<dyn Identify>,
-    pub(crate) handler: BoxHandler,
+    /// Every namespace, the default `/` included.
+    pub(crate) namespaces: HashMap<Arc<str>, NamespaceEntry>,
+    pub(crate) on_presence: Option<Box<dyn OnPresence>>,
+    pub(crate) presence: PresenceQueue,
     pub(crate) hub: Arc<Hub>,
     /// Polls waiting on this node now.
     pub(crate) waiting: AtomicUsize,
@@ -25,6 +30,7 @@ impl fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("config", &self.config)
             .field("storage", &self.storage)
+            .field("namespaces", &self.namespaces.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }

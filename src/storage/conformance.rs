@@ -69,6 +69,14 @@ macro_rules! storage_conformance_tests {
             published_signals_reach_subscribers,
             live_users_follow_presence,
             concurrent_appends_keep_positions_unique_and_ordered,
+            a_client_reads_only_its_namespaces,
+            confirmation_counts_only_in_the_namespaces_a_client_reads,
+            a_new_client_starts_at_its_lowest_namespace_watermark,
+            the_first_fetch_reports_an_arrival_once,
+            reaping_reports_each_departure_once,
+            reaping_drops_a_clients_rooms_and_data,
+            rooms_hold_users_and_clients,
+            data_is_kept_per_member,
         );
     };
     (optional $fresh:path) => {
@@ -98,10 +106,20 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
     NewMessage {
         user: user(to),
         client: None,
+        namespace: DEFAULT_NAMESPACE.into(),
         event: event.into(),
         data: data(&format!("\"{event}\"")),
         expires_at: millis_after(ttl),
     }
+}
+
+fn in_namespace(mut m: NewMessage, ns: &str) -> NewMessage {
+    m.namespace = ns.into();
+    m
+}
+
+fn namespaces(list: &[&str]) -> Vec<Arc<str>> {
+    list.iter().map(|ns| Arc::from(*ns)).collect()
 }
 
 fn positions(outcomes: &[AppendOutcome]) -> Vec<Position> {
@@ -139,6 +157,7 @@ async fn fetch_limit(
         user: user(u),
         client: client(c),
         cursor: cursor.map(|(e, p)| (e.clone(), p)),
+        namespaces: namespaces(&[DEFAULT_NAMESPACE]),
         limit,
         presence_ttl: PRESENCE,
     })
@@ -162,6 +181,7 @@ async fn delivery(
         &[DeliveryTarget {
             user: user(u),
             client: c.map(client),
+            namespace: DEFAULT_NAMESPACE.into(),
             pos,
         }],
     )
@@ -600,14 +620,16 @@ pub async fn published_signals_reach_subscribers(s: &impl Storage) {
     s.publish(Signal::Volatile {
         user: user("ann"),
         client: Some(client("tab1")),
+        namespace: "/chat".into(),
         event: "typing".into(),
         data: data(r#"{"x":1}"#),
     })
     .await
     .expect("publish");
     expect_signal(&mut rx, "Volatile", |s| {
-        matches!(s, Signal::Volatile { user, client: Some(c), event, data }
-            if user.as_str() == "ann" && c.as_str() == "tab1" && &**event == "typing" && data.get() == r#"{"x":1}"#)
+        matches!(s, Signal::Volatile { user, client: Some(c), namespace, event, data }
+            if user.as_str() == "ann" && c.as_str() == "tab1" && &**namespace == "/chat"
+                && &**event == "typing" && data.get() == r#"{"x":1}"#)
     })
     .await;
     s.publish(Signal::PollStarted {
@@ -629,6 +651,7 @@ pub async fn live_users_follow_presence(s: &impl Storage) {
         user: user("ann"),
         client: client("tab1"),
         cursor: None,
+        namespaces: namespaces(&[DEFAULT_NAMESPACE]),
         limit: 10,
         presence_ttl: Duration::from_millis(300),
     })
@@ -677,4 +700,288 @@ pub async fn concurrent_appends_keep_positions_unique_and_ordered(s: &impl Stora
         let expected: Vec<String> = (0..10).map(|i| format!("w{w}-{i}")).collect();
         assert_eq!(mine, expected, "a sender's messages were read out of order");
     }
+}
+
+async fn fetch_in(
+    s: &impl Storage,
+    u: &str,
+    c: &str,
+    cursor: Option<(&Epoch, Position)>,
+    ns: &[&str],
+) -> FetchBatch {
+    s.fetch(FetchRequest {
+        user: user(u),
+        client: client(c),
+        cursor: cursor.map(|(e, p)| (e.clone(), p)),
+        namespaces: namespaces(ns),
+        limit: 100,
+        presence_ttl: PRESENCE,
+    })
+    .await
+    .expect("fetch")
+}
+
+async fn fetch_with_presence(s: &impl Storage, u: &str, c: &str, presence: Duration) -> FetchBatch {
+    s.fetch(FetchRequest {
+        user: user(u),
+        client: client(c),
+        cursor: None,
+        namespaces: namespaces(&[DEFAULT_NAMESPACE]),
+        limit: 100,
+        presence_ttl: presence,
+    })
+    .await
+    .expect("fetch")
+}
+
+/// A client reads the messages of the namespaces it asks for, and skips the others.
+pub async fn a_client_reads_only_its_namespaces(s: &impl Storage) {
+    append(
+        s,
+        vec![
+            message("ann", "root", LONG),
+            in_namespace(message("ann", "chat", LONG), "/chat"),
+            in_namespace(message("ann", "news", LONG), "/news"),
+        ],
+    )
+    .await;
+    let b = fetch_in(s, "ann", "tab1", None, &["/", "/chat"]).await;
+    assert_eq!(events(&b), ["root", "chat"]);
+    assert_eq!(
+        &*b.messages[1].ns, "/chat",
+        "a message must say its namespace"
+    );
+    let b = fetch_in(s, "ann", "tab2", None, &["/news"]).await;
+    assert_eq!(events(&b), ["news"]);
+}
+
+/// A client's cursor confirms only messages of namespaces it reads: skipping a namespace's
+/// message is not receiving it.
+pub async fn confirmation_counts_only_in_the_namespaces_a_client_reads(s: &impl Storage) {
+    let (epoch, pos) = append(
+        s,
+        vec![
+            in_namespace(message("ann", "news", LONG), "/news"),
+            message("ann", "root", LONG),
+        ],
+    )
+    .await;
+    fetch_in(s, "ann", "tab1", None, &["/"]).await;
+    fetch_in(s, "ann", "tab1", Some((&epoch, pos[1])), &["/"]).await;
+    let news = DeliveryTarget {
+        user: user("ann"),
+        client: None,
+        namespace: "/news".into(),
+        pos: pos[0],
+    };
+    let root = DeliveryTarget {
+        user: user("ann"),
+        client: None,
+        namespace: "/".into(),
+        pos: pos[1],
+    };
+    let states = s.delivery(&epoch, &[news, root]).await.expect("delivery");
+    assert_eq!(
+        states,
+        [DeliveryState::Pending, DeliveryState::Delivered],
+        "a client confirmed a namespace it does not read"
+    );
+    let b = fetch_in(s, "ann", "tab2", None, &["/news"]).await;
+    assert_eq!(
+        events(&b),
+        ["news"],
+        "a client of the namespace must still receive it"
+    );
+}
+
+/// A new client subscribed to several namespaces starts at the lowest of their watermarks, so
+/// it misses nothing unconfirmed in any of them.
+pub async fn a_new_client_starts_at_its_lowest_namespace_watermark(s: &impl Storage) {
+    let (epoch, pos) = append(
+        s,
+        vec![
+            in_namespace(message("ann", "chat", LONG), "/chat"),
+            message("ann", "root", LONG),
+        ],
+    )
+    .await;
+    fetch_in(s, "ann", "tab1", None, &["/"]).await;
+    fetch_in(s, "ann", "tab1", Some((&epoch, pos[1])), &["/"]).await;
+    let b = fetch_in(s, "ann", "tab2", None, &["/", "/chat"]).await;
+    assert_eq!(events(&b), ["chat", "root"]);
+}
+
+/// The fetch that makes a client live reports its arrival, and whether its user came online;
+/// later fetches report nothing.
+pub async fn the_first_fetch_reports_an_arrival_once(s: &impl Storage) {
+    let first = fetch(s, "ann", "tab1", None).await;
+    assert_eq!(
+        first.arrival,
+        Some(Arrival {
+            user_came_online: true
+        })
+    );
+    let again = fetch(s, "ann", "tab1", Some((&first.epoch, first.cursor))).await;
+    assert_eq!(again.arrival, None, "an arrival was reported twice");
+    let second_tab = fetch(s, "ann", "tab2", None).await;
+    assert_eq!(
+        second_tab.arrival,
+        Some(Arrival {
+            user_came_online: false
+        })
+    );
+}
+
+/// Clients whose presence passed are reaped once, the last of a user marked as the user going
+/// offline; a client that keeps polling is not reaped.
+pub async fn reaping_reports_each_departure_once(s: &impl Storage) {
+    let short = Duration::from_millis(300);
+    fetch_with_presence(s, "ann", "tab1", short).await;
+    fetch_with_presence(s, "ann", "tab2", short).await;
+    fetch_with_presence(s, "bob", "tab1", short).await;
+    fetch(s, "cat", "tab1", None).await;
+    assert!(
+        s.reap().await.expect("reap").is_empty(),
+        "live clients were reaped"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (first, second) = tokio::join!(s.reap(), s.reap());
+    let mut gone: Vec<Departure> = first
+        .expect("reap")
+        .into_iter()
+        .chain(second.expect("reap"))
+        .collect();
+    gone.sort_by(|a, b| (&a.user, &a.client).cmp(&(&b.user, &b.client)));
+    assert_eq!(
+        gone.len(),
+        3,
+        "each departure must be reported exactly once: {gone:?}"
+    );
+    assert_eq!(
+        gone.iter()
+            .filter(|d| d.user.as_str() == "ann" && d.user_went_offline)
+            .count(),
+        1,
+        "ann went offline once: {gone:?}"
+    );
+    assert!(
+        gone.iter()
+            .any(|d| d.user.as_str() == "bob" && d.user_went_offline)
+    );
+    assert!(
+        s.reap().await.expect("reap").is_empty(),
+        "a departure was reported again"
+    );
+    assert_eq!(s.live_users().await.expect("live"), [user("cat")]);
+    let back = fetch(s, "ann", "tab1", None).await;
+    assert_eq!(
+        back.arrival,
+        Some(Arrival {
+            user_came_online: true
+        }),
+        "a reaped client that returns arrives again"
+    );
+}
+
+/// A reaped client leaves its rooms and loses its data; a user's own memberships stay, and the
+/// user's data goes when their last client does.
+pub async fn reaping_drops_a_clients_rooms_and_data(s: &impl Storage) {
+    let short = Duration::from_millis(300);
+    fetch_with_presence(s, "ann", "tab1", short).await;
+    let tab = Member::Client(user("ann"), client("tab1"));
+    s.join("lobby", &tab, short).await.expect("join");
+    s.join("lobby", &Member::User(user("ann")), short)
+        .await
+        .expect("join");
+    s.set_data(&tab, "nick", Some("\"annie\""), short)
+        .await
+        .expect("set");
+    s.set_data(&Member::User(user("ann")), "lang", Some("\"fr\""), short)
+        .await
+        .expect("set");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.reap().await.expect("reap");
+    assert_eq!(
+        s.members("lobby").await.expect("members"),
+        [Member::User(user("ann"))]
+    );
+    assert_eq!(
+        s.get_data(&tab, "nick").await.expect("get"),
+        None,
+        "a reaped client kept its data"
+    );
+    assert_eq!(
+        s.get_data(&Member::User(user("ann")), "lang")
+            .await
+            .expect("get"),
+        None,
+        "an offline user kept their data"
+    );
+}
+
+/// Rooms hold users and single clients; joining twice is once; leaving removes.
+pub async fn rooms_hold_users_and_clients(s: &impl Storage) {
+    let tab = Member::Client(user("bob"), client("tab9"));
+    s.join("lobby", &Member::User(user("ann")), PRESENCE)
+        .await
+        .expect("join");
+    s.join("lobby", &Member::User(user("ann")), PRESENCE)
+        .await
+        .expect("join");
+    s.join("lobby", &tab, PRESENCE).await.expect("join");
+    s.join("games", &Member::User(user("ann")), PRESENCE)
+        .await
+        .expect("join");
+    let mut members = s.members("lobby").await.expect("members");
+    members.sort();
+    assert_eq!(members, [Member::User(user("ann")), tab.clone()]);
+    let mut rooms: Vec<String> = s
+        .rooms(&Member::User(user("ann")))
+        .await
+        .expect("rooms")
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    rooms.sort();
+    assert_eq!(rooms, ["games", "lobby"]);
+    s.leave("lobby", &Member::User(user("ann")))
+        .await
+        .expect("leave");
+    assert_eq!(s.members("lobby").await.expect("members"), [tab]);
+    assert!(s.members("nowhere").await.expect("members").is_empty());
+}
+
+/// Data is set, read, replaced and removed per member and key, and members do not share it.
+pub async fn data_is_kept_per_member(s: &impl Storage) {
+    fetch(s, "ann", "tab1", None).await;
+    let tab = Member::Client(user("ann"), client("tab1"));
+    let other = Member::Client(user("ann"), client("tab2"));
+    s.set_data(&tab, "nick", Some("\"annie\""), PRESENCE)
+        .await
+        .expect("set");
+    s.set_data(&tab, "nick", Some("\"ann\""), PRESENCE)
+        .await
+        .expect("set");
+    assert_eq!(
+        s.get_data(&tab, "nick").await.expect("get").as_deref(),
+        Some("\"ann\"")
+    );
+    assert_eq!(s.get_data(&other, "nick").await.expect("get"), None);
+    assert_eq!(
+        s.get_data(&Member::User(user("ann")), "nick")
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        s.get_data(&Member::Client(user("eve"), client("tab1")), "nick")
+            .await
+            .expect("get"),
+        None,
+        "another user's client with the same id saw the data"
+    );
+    s.set_data(&tab, "nick", None, PRESENCE)
+        .await
+        .expect("remove");
+    assert_eq!(s.get_data(&tab, "nick").await.expect("get"), None);
 }

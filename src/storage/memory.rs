@@ -1,7 +1,7 @@
 //! [`MemoryStorage`]: everything in this process's memory. The default, and the reference
 //! implementation of the [`Storage`] contract.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    AppendOutcome, Appended, Claim, DedupKey, DeliveryState, DeliveryTarget, Epoch, FetchBatch,
-    FetchRequest, Millis, NewMessage, Position, Signal, Storage, StorageError, StoredMessage,
-    now_millis,
+    AppendOutcome, Appended, Arrival, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure,
+    Epoch, FetchBatch, FetchRequest, Member, Millis, NewMessage, Position, Signal, Storage,
+    StorageError, StoredMessage, now_millis,
 };
 use crate::id::{ClientId, UserId};
 
@@ -55,6 +55,10 @@ struct State {
     last_pos: Position,
     logs: HashMap<UserId, UserLog>,
     dedup: HashMap<DedupKey, DedupRecord>,
+    /// Room name → members.
+    rooms: HashMap<Arc<str>, BTreeSet<Member>>,
+    /// Data of users (clients keep theirs in their record), by key.
+    user_data: HashMap<UserId, HashMap<String, String>>,
     last_sweep: Millis,
 }
 
@@ -62,24 +66,28 @@ struct State {
 struct UserLog {
     /// Unexpired messages in position order.
     messages: VecDeque<Entry>,
-    /// The highest cursor any client of this user confirmed.
-    watermark: Position,
+    /// Per namespace, the highest cursor any client subscribed to it confirmed.
+    watermarks: HashMap<Arc<str>, Position>,
     clients: HashMap<ClientId, ClientRecord>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    pos: Position,
     client: Option<ClientId>,
     message: StoredMessage,
     expires_at: Millis,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ClientRecord {
     cursor: Position,
-    /// The client counts as live until then.
+    /// The client counts as live until then; past it, `reap` removes the record.
     seen_until: Millis,
+    /// It fetched at least once. A record made only by `set_data` is not live, and its arrival
+    /// is still to be reported.
+    polled: bool,
+    namespaces: Vec<Arc<str>>,
+    data: HashMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -88,22 +96,51 @@ enum DedupRecord {
     Done { outcome: String, until: Millis },
 }
 
+impl ClientRecord {
+    fn reads(&self, ns: &str) -> bool {
+        self.namespaces.iter().any(|n| &**n == ns)
+    }
+
+    fn is_live(&self, now: Millis) -> bool {
+        self.polled && self.seen_until > now
+    }
+}
+
 impl Entry {
+    fn pos(&self) -> Position {
+        self.message.pos
+    }
+
     fn is_delivered(&self, log: &UserLog) -> bool {
+        let ns = &self.message.ns;
         match &self.client {
-            None => self.pos <= log.watermark,
-            Some(c) => log.clients.get(c).is_some_and(|r| r.cursor >= self.pos),
+            None => log.watermark(ns) >= self.pos(),
+            Some(c) => log
+                .clients
+                .get(c)
+                .is_some_and(|r| r.cursor >= self.pos() && r.reads(ns)),
         }
     }
 }
 
 impl UserLog {
     fn head(&self) -> Position {
-        self.messages.back().map_or(0, |e| e.pos)
+        self.messages.back().map_or(0, Entry::pos)
+    }
+
+    fn watermark(&self, ns: &str) -> Position {
+        self.watermarks.get(ns).copied().unwrap_or(0)
     }
 
     fn drop_expired(&mut self, now: Millis) {
         self.messages.retain(|e| e.expires_at > now);
+    }
+
+    fn live_clients(&self, now: Millis) -> impl Iterator<Item = &ClientId> {
+        self.clients
+            .iter()
+            .filter(move |(_, r)| r.is_live(now))
+            .map(|(c, _)| c)
     }
 
     /// Frees one slot by evicting the oldest delivered message; false if none is delivered.
@@ -116,17 +153,22 @@ impl UserLog {
     }
 
     /// Where a client seen for the first time starts reading (see `FetchRequest::cursor`).
-    fn start_for_new_client(&self, client: &ClientId) -> Position {
+    fn start_for_new_client(&self, client: &ClientId, namespaces: &[Arc<str>]) -> Position {
+        let lowest_watermark = namespaces
+            .iter()
+            .map(|ns| self.watermark(ns))
+            .min()
+            .unwrap_or(0);
         let earliest_addressed = self
             .messages
             .iter()
             .find(|e| e.client.as_ref() == Some(client))
-            .map(|e| e.pos - 1);
-        earliest_addressed.map_or(self.watermark, |p| p.min(self.watermark))
+            .map(|e| e.pos() - 1);
+        earliest_addressed.map_or(lowest_watermark, |p| p.min(lowest_watermark))
     }
 
-    fn is_removable(&self, now: Millis) -> bool {
-        self.messages.is_empty() && self.clients.values().all(|c| c.seen_until <= now)
+    fn is_removable(&self) -> bool {
+        self.messages.is_empty() && self.clients.is_empty()
     }
 }
 
@@ -141,6 +183,8 @@ impl MemoryStorage {
                     last_pos: 0,
                     logs: HashMap::new(),
                     dedup: HashMap::new(),
+                    rooms: HashMap::new(),
+                    user_data: HashMap::new(),
                     last_sweep: 0,
                 }),
                 signals,
@@ -157,6 +201,8 @@ impl MemoryStorage {
         state.epoch = Epoch::random();
         state.logs.clear();
         state.dedup.clear();
+        state.rooms.clear();
+        state.user_data.clear();
         drop(state);
         self.signal(Signal::Resync);
     }
@@ -183,7 +229,8 @@ impl Default for MemoryStorage {
 }
 
 impl State {
-    /// Removes expired messages, dedup records and idle users, at most once per `SWEEP_EVERY`.
+    /// Removes expired messages, dedup records and empty logs, at most once per `SWEEP_EVERY`.
+    /// Client records are left to `reap`, which reports each departure.
     fn maybe_sweep(&mut self, now: Millis) {
         if now.saturating_sub(self.last_sweep) < SWEEP_EVERY {
             return;
@@ -191,17 +238,7 @@ impl State {
         self.last_sweep = now;
         self.logs.retain(|_, log| {
             log.drop_expired(now);
-            let live_or_addressed = |c: &ClientId, r: &ClientRecord| {
-                r.seen_until > now || log.messages.iter().any(|e| e.client.as_ref() == Some(c))
-            };
-            let keep: Vec<ClientId> = log
-                .clients
-                .iter()
-                .filter(|(c, r)| live_or_addressed(c, r))
-                .map(|(c, _)| c.clone())
-                .collect();
-            log.clients.retain(|c, _| keep.contains(c));
-            !log.is_removable(now)
+            !log.is_removable()
         });
         self.dedup.retain(|_, r| match r {
             DedupRecord::InProgress { until } | DedupRecord::Done { until, .. } => *until > now,
@@ -212,6 +249,31 @@ impl State {
         let pos = (now * 1000).max(self.last_pos + 1).max(after + 1);
         self.last_pos = pos;
         pos
+    }
+
+    /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
+    /// attached to a client before its first poll lives as long as it does.
+    fn touch_unpolled(
+        &mut self,
+        user: &UserId,
+        client: &ClientId,
+        ttl: Duration,
+    ) -> &mut ClientRecord {
+        let seen_until = now_millis().saturating_add(ttl.as_millis() as Millis);
+        let log = self.logs.entry(user.clone()).or_default();
+        log.clients
+            .entry(client.clone())
+            .or_insert_with(|| ClientRecord {
+                seen_until,
+                ..ClientRecord::default()
+            })
+    }
+
+    fn remove_member_everywhere(&mut self, member: &Member) {
+        self.rooms.retain(|_, members| {
+            members.remove(member);
+            !members.is_empty()
+        });
     }
 }
 
@@ -244,10 +306,10 @@ impl Storage for MemoryStorage {
             let pos = state.next_pos(now, head);
             let log = state.logs.entry(m.user.clone()).or_default();
             log.messages.push_back(Entry {
-                pos,
                 client: m.client,
                 message: StoredMessage {
                     pos,
+                    ns: m.namespace,
                     event: m.event,
                     data: m.data,
                 },
@@ -276,57 +338,54 @@ impl Storage for MemoryStorage {
         let head = log.head();
         let seen_until = now.saturating_add(req.presence_ttl.as_millis() as Millis);
 
+        let was_live = log.clients.get(&req.client).is_some_and(|r| r.is_live(now));
+        let arrival = (!was_live).then(|| Arrival {
+            user_came_online: log.live_clients(now).next().is_none(),
+        });
+
         let mut advanced = false;
+        let known = log.clients.contains_key(&req.client);
         let start = match req.cursor {
             Some((e, cursor)) if e == epoch => {
                 let confirmed = cursor.min(head);
-                let record = log
-                    .clients
-                    .entry(req.client.clone())
-                    .or_insert(ClientRecord {
-                        cursor: 0,
-                        seen_until,
-                    });
-                // A client's own cursor confirms messages addressed to it even when another
-                // client already moved the watermark past them, so its advance is a
-                // confirmation too: its senders must be woken.
+                let record = log.clients.entry(req.client.clone()).or_default();
+                record.namespaces = req.namespaces.clone();
+                // A client's own cursor confirms messages addressed to it even when the
+                // watermark is already past them, so its advance is a confirmation too.
                 if confirmed > record.cursor {
                     record.cursor = confirmed;
                     advanced = true;
                 }
-                if confirmed > log.watermark {
-                    log.watermark = confirmed;
-                    advanced = true;
+                for ns in &req.namespaces {
+                    let watermark = log.watermarks.entry(ns.clone()).or_insert(0);
+                    if confirmed > *watermark {
+                        *watermark = confirmed;
+                        advanced = true;
+                    }
                 }
                 cursor
             }
-            _ => match log.clients.get(&req.client) {
-                Some(record) => record.cursor,
-                None => {
-                    let start = log.start_for_new_client(&req.client);
-                    log.clients.insert(
-                        req.client.clone(),
-                        ClientRecord {
-                            cursor: start,
-                            seen_until,
-                        },
-                    );
-                    start
-                }
-            },
+            _ if known => log.clients.get(&req.client).map_or(0, |r| r.cursor),
+            _ => {
+                let start = log.start_for_new_client(&req.client, &req.namespaces);
+                log.clients.entry(req.client.clone()).or_default().cursor = start;
+                start
+            }
         };
-        if let Some(record) = log.clients.get_mut(&req.client) {
-            record.seen_until = seen_until;
-        }
+        let record = log.clients.entry(req.client.clone()).or_default();
+        record.seen_until = seen_until;
+        record.polled = true;
+        record.namespaces = req.namespaces.clone();
 
         let mut messages = Vec::new();
         let mut cursor = start.max(head);
-        for e in log.messages.iter().filter(|e| e.pos > start) {
+        for e in log.messages.iter().filter(|e| e.pos() > start) {
             if messages.len() == req.limit {
                 cursor = messages.last().map_or(start, |m: &StoredMessage| m.pos);
                 break;
             }
-            if e.client.as_ref().is_none_or(|c| *c == req.client) {
+            let for_this_client = e.client.as_ref().is_none_or(|c| *c == req.client);
+            if for_this_client && req.namespaces.contains(&e.message.ns) {
                 messages.push(e.message.clone());
             }
         }
@@ -338,6 +397,7 @@ impl Storage for MemoryStorage {
             epoch,
             cursor,
             messages,
+            arrival,
         })
     }
 
@@ -358,15 +418,19 @@ impl Storage for MemoryStorage {
                     return DeliveryState::Expired;
                 };
                 let confirmed = match &t.client {
-                    None => log.watermark,
-                    Some(c) => log.clients.get(c).map_or(0, |r| r.cursor),
+                    None => log.watermark(&t.namespace),
+                    Some(c) => log
+                        .clients
+                        .get(c)
+                        .filter(|r| r.reads(&t.namespace))
+                        .map_or(0, |r| r.cursor),
                 };
                 if t.pos <= confirmed {
                     DeliveryState::Delivered
                 } else if log
                     .messages
                     .iter()
-                    .any(|e| e.pos == t.pos && e.expires_at > now)
+                    .any(|e| e.pos() == t.pos && e.expires_at > now)
                 {
                     DeliveryState::Pending
                 } else {
@@ -421,9 +485,144 @@ impl Storage for MemoryStorage {
         Ok(state
             .logs
             .iter()
-            .filter(|(_, log)| log.clients.values().any(|c| c.seen_until > now))
+            .filter(|(_, log)| log.live_clients(now).next().is_some())
             .map(|(user, _)| user.clone())
             .collect())
+    }
+
+    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
+        let now = now_millis();
+        let state = self.lock();
+        Ok(state
+            .logs
+            .get(user)
+            .map(|log| log.live_clients(now).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
+        let now = now_millis();
+        let mut state = self.lock();
+        let mut departures = Vec::new();
+        let mut removed = Vec::new();
+        for (user, log) in &mut state.logs {
+            let expired: Vec<ClientId> = log
+                .clients
+                .iter()
+                .filter(|(_, r)| r.seen_until <= now)
+                .map(|(c, _)| c.clone())
+                .collect();
+            // Only clients that polled arrived, so only they depart; the rest just go.
+            let mut departed = Vec::new();
+            for client in expired {
+                if log.clients.remove(&client).is_some_and(|r| r.polled) {
+                    departed.push(client.clone());
+                }
+                removed.push(Member::Client(user.clone(), client));
+            }
+            let offline = !departed.is_empty() && log.live_clients(now).next().is_none();
+            let last = departed.len().saturating_sub(1);
+            for (i, client) in departed.into_iter().enumerate() {
+                departures.push(Departure {
+                    user: user.clone(),
+                    client,
+                    user_went_offline: offline && i == last,
+                });
+            }
+        }
+        for member in &removed {
+            state.remove_member_everywhere(member);
+        }
+        for d in departures.iter().filter(|d| d.user_went_offline) {
+            state.user_data.remove(&d.user);
+        }
+        Ok(departures)
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        member: &Member,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        if let Member::Client(user, client) = member {
+            state.touch_unpolled(user, client, presence_ttl);
+        }
+        state
+            .rooms
+            .entry(room.into())
+            .or_default()
+            .insert(member.clone());
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        if let Some(members) = state.rooms.get_mut(room) {
+            members.remove(member);
+            if members.is_empty() {
+                state.rooms.remove(room);
+            }
+        }
+        Ok(())
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
+        Ok(self
+            .lock()
+            .rooms
+            .get(room)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
+        Ok(self
+            .lock()
+            .rooms
+            .iter()
+            .filter(|(_, members)| members.contains(member))
+            .map(|(room, _)| room.clone())
+            .collect())
+    }
+
+    async fn set_data(
+        &self,
+        member: &Member,
+        key: &str,
+        value: Option<&str>,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        let bag = match member {
+            Member::User(user) => state.user_data.entry(user.clone()).or_default(),
+            Member::Client(user, client) => {
+                &mut state.touch_unpolled(user, client, presence_ttl).data
+            }
+        };
+        match value {
+            Some(v) => {
+                bag.insert(key.to_owned(), v.to_owned());
+            }
+            None => {
+                bag.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
+        let state = self.lock();
+        Ok(match member {
+            Member::User(user) => state.user_data.get(user).and_then(|d| d.get(key)).cloned(),
+            Member::Client(user, client) => state
+                .logs
+                .get(user)
+                .and_then(|log| log.clients.get(client))
+                .and_then(|r| r.data.get(key))
+                .cloned(),
+        })
     }
 
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {

@@ -9,11 +9,22 @@
 //! * Each **user** has an ordered **log**. [`Storage::append`] gives each new message a
 //!   [`Position`] greater than any before it in its user's log. A message may be addressed to one
 //!   client of the user; other clients never read it.
+//! * Every message belongs to a **namespace** (`/` unless the application says otherwise), and
+//!   each client reads the namespaces it subscribed to, skipping the rest.
 //! * Each **client** of a user has a **cursor**, the last position it confirmed. The user's
-//!   **watermark** is the highest cursor of any of its clients. A message addressed to the user is
-//!   delivered once the watermark reaches it; one addressed to a client, once that client's cursor
-//!   does. A client seen for the first time starts at the watermark, so a returning user receives
-//!   exactly what no client of theirs has confirmed yet.
+//!   **watermark** in a namespace is the highest cursor of any of its clients subscribed to that
+//!   namespace. A message addressed to the user is delivered once its namespace's watermark
+//!   reaches it; one addressed to a client, once that client's cursor does (while the client is
+//!   subscribed to its namespace). A client seen for the first time starts at the lowest
+//!   watermark of its namespaces, so a returning user receives everything no client of theirs
+//!   has confirmed yet.
+//! * A client is **live** while it polls: each fetch records it as seen for a presence TTL.
+//!   [`Storage::reap`] removes clients whose TTL passed — once, on whichever node asks first — with
+//!   their room memberships and data, so each departure is reported exactly once in a cluster.
+//! * **Rooms** hold members, users or single clients ([`Member`]). A user's memberships last until
+//!   they leave; a client's, as long as the client.
+//! * **Data** ([`Storage::set_data`]) is small JSON attached to a member: a client's lasts as long
+//!   as the client, a user's until their last client is reaped.
 //! * A message stays readable until it **expires** (its `expires_at`), confirmed or not, so every
 //!   tab can catch up. Past it, readers skip it and it is removed. A message that expired
 //!   unconfirmed is reported as [`DeliveryState::Expired`].
@@ -126,6 +137,8 @@ pub struct NewMessage {
     pub user: UserId,
     /// If set, only this client of the user reads it, and only its cursor confirms it.
     pub client: Option<ClientId>,
+    /// The namespace (`/` by default).
+    pub namespace: Arc<str>,
     /// The event name.
     pub event: Arc<str>,
     /// The payload, as JSON text.
@@ -134,15 +147,32 @@ pub struct NewMessage {
     pub expires_at: Millis,
 }
 
-/// A message as read back from a log.
+/// A message as read back from a log. Its serde form is the protocol's (`ns` left out for `/`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// Its position in the user's log.
     pub pos: Position,
+    /// Its namespace.
+    #[serde(
+        default = "default_namespace",
+        skip_serializing_if = "is_default_namespace"
+    )]
+    pub ns: Arc<str>,
     /// The event name.
     pub event: Arc<str>,
     /// The payload, as JSON text.
     pub data: Arc<RawValue>,
+}
+
+/// The namespace every message is in unless the application names another.
+pub const DEFAULT_NAMESPACE: &str = "/";
+
+fn default_namespace() -> Arc<str> {
+    DEFAULT_NAMESPACE.into()
+}
+
+fn is_default_namespace(ns: &Arc<str>) -> bool {
+    &**ns == DEFAULT_NAMESPACE
 }
 
 /// What [`Storage::append`] did with one message.
@@ -177,6 +207,8 @@ pub struct FetchRequest {
     /// user's watermark — or just before the earliest unexpired message addressed to that client,
     /// if one lies at or below the watermark — and that start is recorded as the client's cursor.
     pub cursor: Option<(Epoch, Position)>,
+    /// The namespaces the client reads (at least one); recorded, replacing the previous list.
+    pub namespaces: Vec<Arc<str>>,
     /// Read at most this many messages.
     pub limit: usize,
     /// Record the client as seen, for this long ([`Storage::live_users`]).
@@ -195,6 +227,74 @@ pub struct FetchBatch {
     pub cursor: Position,
     /// Unexpired messages for this client after the starting cursor, in order, at most `limit`.
     pub messages: Vec<StoredMessage>,
+    /// Set when this fetch made the client live: it was not known (or had been reaped).
+    pub arrival: Option<Arrival>,
+}
+
+/// A client that became live with a fetch (see [`FetchBatch::arrival`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// No other client of the user was live: the user came online.
+    pub user_came_online: bool,
+}
+
+/// A client removed by [`Storage::reap`] because its presence TTL passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    /// Its user.
+    pub user: UserId,
+    /// The client.
+    pub client: ClientId,
+    /// No client of the user is live any more: the user went offline.
+    pub user_went_offline: bool,
+}
+
+/// A member of a room: a user (every client of theirs) or one client of a user.
+///
+/// ```
+/// use simpleio::storage::Member;
+/// use simpleio::{ClientId, UserId};
+/// let ann = Member::from("ann");
+/// let tab = Member::client("ann", ClientId::new("tab1").unwrap());
+/// assert_eq!(ann, Member::User(UserId::from("ann")));
+/// assert_eq!(tab.user(), &UserId::from("ann"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Member {
+    /// Every client of a user, now and later, online or not.
+    User(UserId),
+    /// One client of a user, for as long as it is live.
+    Client(UserId, ClientId),
+}
+
+impl Member {
+    /// One client of a user.
+    pub fn client(user: impl Into<UserId>, client: ClientId) -> Self {
+        Member::Client(user.into(), client)
+    }
+
+    /// The user, or the client's user.
+    pub fn user(&self) -> &UserId {
+        match self {
+            Member::User(user) | Member::Client(user, _) => user,
+        }
+    }
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Member::User(user) => write!(f, "{user}"),
+            Member::Client(user, client) => write!(f, "{user}/{client}"),
+        }
+    }
+}
+
+impl<T: Into<UserId>> From<T> for Member {
+    fn from(user: T) -> Self {
+        Member::User(user.into())
+    }
 }
 
 /// Whether a message reached its recipient (see [`Storage::delivery`]).
@@ -217,6 +317,8 @@ pub struct DeliveryTarget {
     pub user: UserId,
     /// The recipient client, if the message was addressed to one.
     pub client: Option<ClientId>,
+    /// The message's namespace.
+    pub namespace: Arc<str>,
     /// The message's position in the user's log.
     pub pos: Position,
 }
@@ -272,6 +374,8 @@ pub enum Signal {
         user: UserId,
         /// Only this client, if set.
         client: Option<ClientId>,
+        /// Its namespace: only clients subscribed to it receive it.
+        namespace: Arc<str>,
         /// The event name.
         event: Arc<str>,
         /// The payload, as JSON text.
@@ -315,7 +419,7 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Appends each message to its user's log, atomically per user, and publishes
     /// [`Signal::Appended`] for each user in the same step.
     ///
-    /// Positions of one user increase by one with each stored message, in the order given, and
+    /// Positions of one user increase with each stored message, in the order given, and
     /// concurrent appends never interleave within one call's messages of a user. A user's log
     /// holding `max_queue` messages that are neither expired nor delivered refuses more with
     /// [`AppendOutcome::QueueFull`]; delivered messages are evicted first to make room.
@@ -354,6 +458,46 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Users with a client seen within its presence TTL.
     async fn live_users(&self) -> Result<Vec<UserId>, StorageError>;
+
+    /// The clients of `user` seen within their presence TTL.
+    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError>;
+
+    /// Removes every client whose presence TTL passed, with its room memberships and data (and,
+    /// for a user left with no live client, the user's data), and returns them. Atomic: when
+    /// several nodes reap at once, each departure is returned to exactly one of them.
+    async fn reap(&self) -> Result<Vec<Departure>, StorageError>;
+
+    /// Adds `member` to `room` (idempotent). A client not yet seen is kept for `presence_ttl`,
+    /// as if it had polled, so that a client joining before its first poll stays a member.
+    async fn join(
+        &self,
+        room: &str,
+        member: &Member,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError>;
+
+    /// Removes `member` from `room` (idempotent).
+    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError>;
+
+    /// The members of `room`, in no particular order.
+    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError>;
+
+    /// The rooms `member` is in, in no particular order.
+    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError>;
+
+    /// Sets (`Some`) or removes (`None`) the data `key` of `member`, as JSON text. A client's data
+    /// lives while it is live, a user's until their last client is reaped; setting data on a
+    /// client not yet seen keeps it for `presence_ttl`, as if it had polled.
+    async fn set_data(
+        &self,
+        member: &Member,
+        key: &str,
+        value: Option<&str>,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError>;
+
+    /// The data `key` of `member`, if set.
+    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError>;
 
     /// Publishes a signal to every node, this one included.
     async fn publish(&self, signal: Signal) -> Result<(), StorageError>;
@@ -399,6 +543,41 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
         (**self).live_users().await
     }
+    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
+        (**self).live_clients(user).await
+    }
+    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
+        (**self).reap().await
+    }
+    async fn join(
+        &self,
+        room: &str,
+        member: &Member,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        (**self).join(room, member, presence_ttl).await
+    }
+    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
+        (**self).leave(room, member).await
+    }
+    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
+        (**self).members(room).await
+    }
+    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
+        (**self).rooms(member).await
+    }
+    async fn set_data(
+        &self,
+        member: &Member,
+        key: &str,
+        value: Option<&str>,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        (**self).set_data(member, key, value, presence_ttl).await
+    }
+    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
+        (**self).get_data(member, key).await
+    }
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
         (**self).publish(signal).await
     }
@@ -424,6 +603,7 @@ mod tests {
             Signal::Volatile {
                 user: user.clone(),
                 client: Some(client.clone()),
+                namespace: "/chat".into(),
                 event: "typing".into(),
                 data,
             },

@@ -1,0 +1,159 @@
+//! Namespaces: independent channels over one polling connection, each with its own handler,
+//! events and authorization (Socket.IO's `io.of('/chat')`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::request::Parts;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::handler::{BoxHandler, Incoming, Reply};
+use crate::id::UserId;
+use crate::identity::Rejection;
+use crate::protocol::ProtocolError;
+use crate::shared::Shared;
+
+/// The boxed future an authorization function returns.
+pub type AuthorizeFuture = Pin<Box<dyn Future<Output = Result<(), Rejection>> + Send>>;
+
+/// Decides whether a user may use a namespace: receive its messages and send to its handler.
+///
+/// Implemented for every `Fn(&Parts, &UserId) -> impl Future<Output = Result<(), Rejection>>`.
+/// It runs on every request that names the namespace, after the identity function; a rejection
+/// becomes that request's response.
+pub trait Authorize: Send + Sync + 'static {
+    /// Allows the request, or rejects it.
+    fn authorize(&self, parts: &Parts, user: &UserId) -> AuthorizeFuture;
+}
+
+impl<F, Fut> Authorize for F
+where
+    F: Fn(&Parts, &UserId) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Rejection>> + Send + 'static,
+{
+    fn authorize(&self, parts: &Parts, user: &UserId) -> AuthorizeFuture {
+        Box::pin(self(parts, user))
+    }
+}
+
+/// A namespace other than the default `/`, added with
+/// [`Builder::namespace`](crate::Builder::namespace).
+///
+/// Clients subscribe to the namespaces they want; messages sent through
+/// [`SimpleIo::of`](crate::SimpleIo::of) reach only clients subscribed to that namespace, and
+/// client messages in it go to its own handler.
+///
+/// ```
+/// use simpleio::{Incoming, Namespace, Rejection, Reply, SimpleIoLayer, UserId};
+/// use tower::service_fn;
+///
+/// let admin = Namespace::new("/admin")
+///     .authorize(|_parts: &http::request::Parts, user: &UserId| {
+///         let allowed = user.as_str() == "root";
+///         async move {
+///             if allowed { Ok(()) } else { Err(Rejection::forbidden("admins only")) }
+///         }
+///     })
+///     .handler(service_fn(|msg: Incoming| async move {
+///         Ok::<_, tower::BoxError>(Reply::json(&format!("admin got {}", msg.event))?)
+///     }));
+/// let (layer, io) = SimpleIoLayer::builder().namespace(admin).build();
+/// # let _ = (layer, io);
+/// ```
+pub struct Namespace {
+    pub(crate) name: Arc<str>,
+    pub(crate) handler: Option<BoxHandler>,
+    pub(crate) authorize: Option<Arc<dyn Authorize>>,
+}
+
+impl Namespace {
+    /// A namespace named `name`: `/` and up to 63 visible ASCII characters other than `,`
+    /// (checked by [`Builder::build`](crate::Builder::build)).
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Namespace {
+            name: name.into(),
+            handler: None,
+            authorize: None,
+        }
+    }
+
+    /// The service handling client messages in this namespace (see
+    /// [`Builder::handler`](crate::Builder::handler)). Without one, they are refused with an
+    /// error acknowledgement.
+    pub fn handler<S, R>(mut self, handler: S) -> Self
+    where
+        S: Service<Incoming, Response = R> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        R: Into<Reply> + 'static,
+    {
+        self.handler = Some(box_handler(handler));
+        self
+    }
+
+    /// Who may use this namespace (see [`Authorize`]). Without it, every identified user may.
+    pub fn authorize(mut self, authorize: impl Authorize) -> Self {
+        self.authorize = Some(Arc::new(authorize));
+        self
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.name)
+            .field("handler", &self.handler.is_some())
+            .field("authorize", &self.authorize.is_some())
+            .finish()
+    }
+}
+
+pub(crate) fn box_handler<S, R>(handler: S) -> BoxHandler
+where
+    S: Service<Incoming, Response = R> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    R: Into<Reply> + 'static,
+{
+    BoxCloneSyncService::new(handler.map_response(Into::into).map_err(Into::into))
+}
+
+/// A namespace as the layer keeps it.
+#[derive(Clone)]
+pub(crate) struct NamespaceEntry {
+    pub(crate) handler: BoxHandler,
+    pub(crate) authorize: Option<Arc<dyn Authorize>>,
+}
+
+impl fmt::Debug for NamespaceEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamespaceEntry")
+            .field("authorize", &self.authorize.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that each of `namespaces` exists and that `user` may use it.
+pub(crate) async fn authorize_all(
+    shared: &Shared,
+    parts: &Parts,
+    user: &UserId,
+    namespaces: &[Arc<str>],
+) -> Result<(), ProtocolError> {
+    for ns in namespaces {
+        let entry = shared
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| ProtocolError::UnknownNamespace(ns.to_string()))?;
+        if let Some(authorize) = &entry.authorize {
+            authorize
+                .authorize(parts, user)
+                .await
+                .map_err(ProtocolError::Rejected)?;
+        }
+    }
+    Ok(())
+}
