@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use simpleio::{ClientId, SimpleIoLayer};
+use simpleio::{ClientId, Member, SimpleIoLayer};
 use support::server::TestServer;
 use support::wire::{Wire, assert_pending, finish, start};
 
@@ -36,7 +36,7 @@ async fn an_emit_resolves_only_after_the_next_poll_confirms_the_message() {
     // The next poll carries a cursor covering the message: that is the confirmation.
     tab.receive().await;
     let delivered = finish(sending, "the emit after the confirming poll").await;
-    assert_eq!(delivered.expect("delivered").users, ["ann".into()]);
+    assert_eq!(delivered.expect("delivered").recipients, [Member::from("ann")]);
 }
 
 #[tokio::test]
@@ -80,7 +80,7 @@ async fn an_offline_user_receives_the_message_on_return() {
 
     tab.receive().await;
     let delivered = finish(sending, "the emit after bob's return").await;
-    assert_eq!(delivered.expect("delivered").users, ["bob".into()]);
+    assert_eq!(delivered.expect("delivered").recipients, [Member::from("bob")]);
 }
 
 #[tokio::test]

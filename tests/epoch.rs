@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use simpleio::{Failure, MemoryStorage, SendError, SimpleIoLayer, UserId};
+use simpleio::{Failure, Member, MemoryStorage, SendError, SimpleIoLayer};
 use support::server::TestServer;
 use support::wire::{Wire, assert_pending, eventually, finish, start};
 
@@ -97,8 +97,8 @@ async fn a_sender_waiting_on_an_unconfirmed_message_learns_it_was_lost() {
             assert_eq!(
                 failed,
                 [
-                    (UserId::from("ann"), Failure::Lost),
-                    (UserId::from("bob"), Failure::Lost)
+                    (Member::from("ann"), Failure::Lost),
+                    (Member::from("bob"), Failure::Lost)
                 ]
             );
             assert!(undelivered.delivered.is_empty());

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use simpleio::{Failure, SendError, SimpleIoLayer, UserId};
+use simpleio::{Failure, Member, SendError, SimpleIoLayer};
 use support::server::TestServer;
 use support::wire::{Wire, assert_pending, finish, start};
 use tokio::time::Instant;
@@ -39,7 +39,7 @@ async fn a_message_nobody_confirms_expires_and_names_its_recipient() {
     );
     assert_eq!(
         undelivered.failed,
-        [(UserId::from("bob"), Failure::Expired)]
+        [(Member::from("bob"), Failure::Expired)]
     );
     assert!(undelivered.delivered.is_empty());
     let text = SendError::NotDelivered(undelivered).to_string();
@@ -59,7 +59,7 @@ async fn a_message_received_but_never_confirmed_expires() {
     let undelivered = not_delivered(finish(sending, "the unconfirmed emit").await);
     assert_eq!(
         undelivered.failed,
-        [(UserId::from("bob"), Failure::Expired)]
+        [(Member::from("bob"), Failure::Expired)]
     );
 
     // Once expired it is gone: bob's next poll does not bring it back.
@@ -96,9 +96,9 @@ async fn of_several_recipients_the_error_names_exactly_those_who_did_not_confirm
     let undelivered = not_delivered(finish(sending, "the emit to three").await);
     assert_eq!(
         undelivered.failed,
-        [(UserId::from("bob"), Failure::Expired)]
+        [(Member::from("bob"), Failure::Expired)]
     );
     let mut delivered = undelivered.delivered.clone();
     delivered.sort();
-    assert_eq!(delivered, [UserId::from("ann"), UserId::from("cat")]);
+    assert_eq!(delivered, [Member::from("ann"), Member::from("cat")]);
 }

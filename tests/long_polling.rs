@@ -12,10 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use simpleio::storage::{
-    Appended, Claim, DedupKey, DeliveryState, DeliveryTarget, Epoch, FetchBatch, FetchRequest,
-    NewMessage, Signal, StorageError,
+    Appended, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure, Epoch, FetchBatch,
+    FetchRequest, NewMessage, Signal, StorageError,
 };
-use simpleio::{MemoryStorage, SimpleIoLayer, Storage, UserId};
+use simpleio::{ClientId, Member, MemoryStorage, SimpleIoLayer, Storage, UserId};
 use support::server::TestServer;
 use support::wire::{
     SOON, Wire, assert_pending, eventually, finish, get_request, raw_request, start,
@@ -267,6 +267,36 @@ impl Storage for SlowAnswers {
     }
     async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
         self.inner.live_users().await
+    }
+    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
+        self.inner.live_clients(user).await
+    }
+    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
+        self.inner.reap().await
+    }
+    async fn join(&self, room: &str, member: &Member, ttl: Duration) -> Result<(), StorageError> {
+        self.inner.join(room, member, ttl).await
+    }
+    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
+        self.inner.leave(room, member).await
+    }
+    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
+        self.inner.members(room).await
+    }
+    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
+        self.inner.rooms(member).await
+    }
+    async fn set_data(
+        &self,
+        member: &Member,
+        key: &str,
+        value: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), StorageError> {
+        self.inner.set_data(member, key, value, ttl).await
+    }
+    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
+        self.inner.get_data(member, key).await
     }
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
         self.inner.publish(signal).await

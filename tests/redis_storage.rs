@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use redis_server::RedisServer;
 use serde_json::value::RawValue;
 use simpleio::storage::{
-    AppendOutcome, DedupKey, DeliveryState, DeliveryTarget, Epoch, FetchRequest, NewMessage,
-    Signal, StorageError, millis_after,
+    AppendOutcome, DedupKey, DeliveryState, DeliveryTarget, Departure, Epoch, FetchRequest, Member,
+    NewMessage, Signal, StorageError, millis_after,
 };
 use simpleio::{ClientId, MessageId, RedisStorage, Storage, UserId};
 use tokio::sync::broadcast;
@@ -45,6 +45,7 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
     NewMessage {
         user: UserId::from(to),
         client: None,
+        namespace: "/".into(),
         event: event.into(),
         data: Arc::from(RawValue::from_string(format!("\"{event}\"")).expect("JSON")),
         expires_at: millis_after(ttl),
@@ -56,6 +57,7 @@ fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequ
         user: UserId::from(user),
         client: ClientId::new(client).expect("client id"),
         cursor: cursor.map(|(e, p)| (e.clone(), p)),
+        namespaces: vec!["/".into()],
         limit: 100,
         presence_ttl: Duration::from_secs(60),
     }
@@ -65,6 +67,7 @@ fn target(user: &str, pos: u64) -> DeliveryTarget {
     DeliveryTarget {
         user: UserId::from(user),
         client: None,
+        namespace: "/".into(),
         pos,
     }
 }
@@ -490,4 +493,274 @@ async fn a_redis_that_cannot_be_reached_fails_to_connect_promptly() {
         .await
         .expect_err("accepted a bad URL");
     assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+}
+
+fn request_with_presence(user: &str, client: &str, presence: Duration) -> FetchRequest {
+    FetchRequest {
+        presence_ttl: presence,
+        ..request(user, client, None)
+    }
+}
+
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("pttl")
+}
+
+async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut found: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .expect("keys");
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn two_nodes_reaping_at_once_report_each_departure_once() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let node = |prefix: String| async move {
+        RedisStorage::builder(server.url())
+            .key_prefix(prefix)
+            .connect()
+            .await
+            .expect("connect")
+    };
+    let nodes = [node(prefix.clone()).await, node(prefix.clone()).await];
+    let short = Duration::from_secs(2);
+    // Ten users with three clients each, and one user with more clients than one reap script
+    // takes, polling on both nodes; "stays" keeps one client polling.
+    let mut polls = Vec::new();
+    for u in 0..10 {
+        for c in 0..3 {
+            polls.push((format!("u{u}"), format!("tab{c}")));
+        }
+    }
+    for c in 0..600 {
+        polls.push(("crowd".to_owned(), format!("tab{c}")));
+    }
+    let fetches = polls.iter().enumerate().map(|(i, (u, c))| {
+        let node = &nodes[i % 2];
+        async move {
+            node.fetch(request_with_presence(u, c, short))
+                .await
+                .expect("fetch")
+        }
+    });
+    let started = Instant::now();
+    futures_util::future::join_all(fetches).await;
+    assert!(
+        started.elapsed() < short,
+        "the setup took longer than the presence TTL"
+    );
+    nodes[0]
+        .fetch(request("stays", "tab0", None))
+        .await
+        .expect("fetch");
+    assert!(
+        nodes[1].reap().await.expect("reap").is_empty(),
+        "live clients were reaped"
+    );
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+
+    let reaps = (0..8).map(|i| nodes[i % 2].reap());
+    let results = futures_util::future::join_all(reaps).await;
+    let mut gone: Vec<Departure> = results.into_iter().flat_map(|r| r.expect("reap")).collect();
+    assert_eq!(gone.len(), polls.len(), "each departure exactly once");
+    gone.sort_by(|a, b| (&a.user, &a.client).cmp(&(&b.user, &b.client)));
+    gone.dedup_by(|a, b| a.user == b.user && a.client == b.client);
+    assert_eq!(gone.len(), polls.len(), "a departure was reported twice");
+    let mut offline: Vec<&str> = gone
+        .iter()
+        .filter(|d| d.user_went_offline)
+        .map(|d| d.user.as_str())
+        .collect();
+    offline.sort_unstable();
+    let mut expected: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
+    expected.push("crowd".to_owned());
+    expected.sort_unstable();
+    assert_eq!(offline, expected, "each user went offline exactly once");
+    for node in &nodes {
+        assert!(node.reap().await.expect("reap").is_empty());
+        assert_eq!(
+            node.live_users().await.expect("live"),
+            [UserId::from("stays")]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reaped_client_leaves_no_keys_and_user_rooms_persist_until_left() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let presence = Duration::from_millis(300);
+    storage
+        .fetch(request_with_presence("ann", "tab1", presence))
+        .await
+        .expect("fetch");
+    let tab = Member::Client(UserId::from("ann"), ClientId::new("tab1").expect("id"));
+    let ann = Member::User(UserId::from("ann"));
+    storage.join("lobby", &tab, presence).await.expect("join");
+    storage.join("lobby", &ann, presence).await.expect("join");
+    storage
+        .set_data(&tab, "nick", Some("\"annie\""), presence)
+        .await
+        .expect("set");
+    storage
+        .set_data(&ann, "lang", Some("\"fr\""), presence)
+        .await
+        .expect("set");
+    let client_keys = [
+        format!("{p}c:tab1:ann:data"),
+        format!("{p}c:tab1:ann:rec"),
+        format!("{p}c:tab1:ann:rooms"),
+    ];
+    assert_eq!(keys(&mut conn, &format!("{p}c:*")).await, client_keys);
+    // The keys' own expiry is only a safety net, far behind reaping: a client's keys outlive
+    // its presence by minutes, and its user's keys outlive the client's.
+    for key in &client_keys {
+        let ttl = pttl(&mut conn, key).await;
+        assert!(ttl > 500_000, "{key} expires in {ttl} ms, before reap");
+        assert!(
+            pttl(&mut conn, &format!("{p}u:ann:live")).await > ttl,
+            "the user's keys expire before the client's"
+        );
+    }
+    assert!(pttl(&mut conn, &format!("{p}presence")).await > 500_000);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gone = storage.reap().await.expect("reap");
+    assert_eq!(gone.len(), 1);
+    assert!(gone[0].user_went_offline);
+    assert!(
+        keys(&mut conn, &format!("{p}c:*")).await.is_empty(),
+        "a reaped client left keys behind"
+    );
+    for key in ["presence", "u:ann:data", "u:ann:live"] {
+        assert!(
+            keys(&mut conn, &format!("{p}{key}")).await.is_empty(),
+            "{key} outlived the user's last client"
+        );
+    }
+    // A user's membership persists (no TTL) until they leave.
+    let lobby = format!("{p}room:lobby");
+    let ann_rooms = format!("{p}u:ann:rooms");
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&lobby)
+        .query_async(&mut conn)
+        .await
+        .expect("smembers");
+    assert_eq!(members, ["u:ann"]);
+    assert_eq!(pttl(&mut conn, &lobby).await, -1);
+    assert_eq!(pttl(&mut conn, &ann_rooms).await, -1);
+    storage.leave("lobby", &ann).await.expect("leave");
+    assert!(keys(&mut conn, &lobby).await.is_empty());
+    assert!(keys(&mut conn, &ann_rooms).await.is_empty());
+}
+
+#[tokio::test]
+async fn members_rooms_and_data_stay_apart_whatever_the_user_ids() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let tab = ClientId::new("tab1").expect("id");
+    // User ids that spell another member's encoding or another key's suffix.
+    let members = [
+        Member::User(UserId::from("ann")),
+        Member::Client(UserId::from("ann"), tab.clone()),
+        Member::User(UserId::from("c:tab1:ann")),
+        Member::User(UserId::from("u:ann")),
+        Member::User(UserId::from("ann:rooms")),
+        Member::Client(UserId::from("ann:data"), tab.clone()),
+        Member::User(UserId::from("")),
+    ];
+    for (i, m) in members.iter().enumerate() {
+        storage
+            .join(&format!("room:{i}"), m, LONG)
+            .await
+            .expect("join");
+        storage.join("all", m, LONG).await.expect("join");
+        storage
+            .set_data(m, "k", Some(&i.to_string()), LONG)
+            .await
+            .expect("set");
+    }
+    let mut all = storage.members("all").await.expect("members");
+    all.sort();
+    let mut expected = members.to_vec();
+    expected.sort();
+    assert_eq!(all, expected);
+    for (i, m) in members.iter().enumerate() {
+        let mut rooms: Vec<String> = storage
+            .rooms(m)
+            .await
+            .expect("rooms")
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        rooms.sort();
+        assert_eq!(rooms, [format!("room:{i}"), "all".to_owned()], "{m:?}");
+        assert_eq!(
+            storage
+                .members(&format!("room:{i}"))
+                .await
+                .expect("members"),
+            [m.clone()]
+        );
+        assert_eq!(
+            storage.get_data(m, "k").await.expect("get"),
+            Some(i.to_string()),
+            "{m:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn messages_keep_their_namespace_through_redis() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let mut odd = message("ann", "ev:1", LONG);
+    odd.namespace = "/a:b 2".into();
+    let a = storage
+        .append(vec![odd, message("ann", "root", LONG)], 10)
+        .await
+        .expect("append");
+    let batch = storage
+        .fetch(FetchRequest {
+            namespaces: vec!["/a:b 2".into(), "/".into()],
+            ..request("ann", "tab1", None)
+        })
+        .await
+        .expect("fetch");
+    let read: Vec<(&str, &str)> = batch.messages.iter().map(|m| (&*m.ns, &*m.event)).collect();
+    assert_eq!(read, [("/a:b 2", "ev:1"), ("/", "root")]);
+    let pos: Vec<u64> = a.outcomes.iter().copied().map(stored).collect();
+    storage
+        .fetch(FetchRequest {
+            namespaces: vec!["/a:b 2".into()],
+            ..request("ann", "tab1", Some((&a.epoch, pos[1])))
+        })
+        .await
+        .expect("confirm");
+    let mut odd_target = target("ann", pos[0]);
+    odd_target.namespace = "/a:b 2".into();
+    let states = storage
+        .delivery(&a.epoch, &[odd_target, target("ann", pos[1])])
+        .await
+        .expect("delivery");
+    assert_eq!(states, [DeliveryState::Delivered, DeliveryState::Pending]);
 }

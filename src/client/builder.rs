@@ -11,12 +11,16 @@ use tokio::sync::{Mutex, mpsc, watch};
 use super::error::ConnectError;
 use super::event::Events;
 use super::{Client, Inner, receive, send};
+use crate::protocol::check_namespace;
+use crate::storage::DEFAULT_NAMESPACE;
 
 /// The settings both loops read; fixed once the client is started.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) url: reqwest::Url,
     pub(crate) client_id: String,
+    /// The `ns` query of every `GET`: the subscribed namespaces, comma-separated.
+    pub(crate) namespaces: String,
     pub(crate) poll_timeout: Duration,
     pub(crate) send_timeout: Duration,
     pub(crate) backoff_base: Duration,
@@ -50,6 +54,7 @@ pub struct ClientBuilder {
     /// The first invalid header, reported by `connect` so the chain of calls stays simple.
     header_error: Option<ConnectError>,
     http: Option<reqwest::Client>,
+    namespaces: Vec<String>,
     poll_timeout: Duration,
     send_timeout: Duration,
     backoff_base: Duration,
@@ -69,6 +74,7 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("url", &self.url)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("namespaces", &self.namespaces)
             .field("poll_timeout", &self.poll_timeout)
             .field("send_timeout", &self.send_timeout)
             .field("backoff_base", &self.backoff_base)
@@ -86,6 +92,7 @@ impl ClientBuilder {
             headers: HeaderMap::new(),
             header_error: None,
             http: None,
+            namespaces: vec![DEFAULT_NAMESPACE.to_owned()],
             poll_timeout: Duration::from_secs(35),
             send_timeout: Duration::from_secs(30),
             backoff_base: Duration::from_millis(500),
@@ -145,6 +152,44 @@ impl ClientBuilder {
     /// ```
     pub fn http_client(mut self, http: reqwest::Client) -> Self {
         self.http = Some(http);
+        self
+    }
+
+    /// The namespaces to receive (spec §4a), replacing the default, which is `/` alone.
+    ///
+    /// **The list is exact: `/` is received only if it is in it.** A client receives, and
+    /// confirms to their senders, the messages of these namespaces only, so a process that
+    /// never looks at `/` does not tell the server's `emit` that `/` messages were delivered.
+    /// List `/` too to keep receiving what the server sends without
+    /// [`SimpleIo::of`](crate::SimpleIo::of). Repeats are ignored.
+    ///
+    /// The list is fixed for the client's lifetime and sent with every poll. Each namespace must
+    /// exist on the server (otherwise every poll fails with `400 unknown_namespace`) and the user
+    /// must be allowed in it (otherwise every poll fails with the server's rejection, typically
+    /// `403`): both show as [`Event::Disconnected`](super::Event::Disconnected) with the server's
+    /// code, and the client keeps retrying at the longest backoff. A malformed name (not
+    /// starting with `/`, containing `,`, longer than 64 bytes) makes [`connect`](Self::connect)
+    /// fail.
+    ///
+    /// Sending does not depend on this list: [`Client::of`] sends into any namespace.
+    ///
+    /// ```
+    /// let builder = simpleio::client::Client::builder("http://127.0.0.1:3000/simpleio")
+    ///     .namespaces(["/", "/chat"]); // the default namespace and /chat; not /news
+    /// # let _ = builder;
+    /// ```
+    pub fn namespaces<I>(mut self, namespaces: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.namespaces = Vec::new();
+        for ns in namespaces {
+            let ns = ns.into();
+            if !self.namespaces.contains(&ns) {
+                self.namespaces.push(ns);
+            }
+        }
         self
     }
 
@@ -305,6 +350,7 @@ impl ClientBuilder {
             return Err(e);
         }
         let url = parse_url(&self.url)?;
+        let namespaces = ns_query(&self.namespaces)?;
         for (name, zero) in [
             ("poll_timeout", self.poll_timeout.is_zero()),
             ("send_timeout", self.send_timeout.is_zero()),
@@ -334,6 +380,7 @@ impl ClientBuilder {
         let config = Arc::new(Config {
             url,
             client_id: new_client_id(),
+            namespaces,
             poll_timeout: self.poll_timeout,
             send_timeout: self.send_timeout,
             backoff_base: self.backoff_base,
@@ -394,6 +441,20 @@ fn parse_url(url: &str) -> Result<reqwest::Url, ConnectError> {
     Ok(parsed)
 }
 
+/// The `ns` query for `namespaces`, each checked as the server checks it.
+fn ns_query(namespaces: &[String]) -> Result<String, ConnectError> {
+    if namespaces.is_empty() {
+        return Err(ConnectError::Setting("namespaces"));
+    }
+    for ns in namespaces {
+        check_namespace(ns).map_err(|reason| ConnectError::Namespace {
+            name: ns.clone(),
+            reason,
+        })?;
+    }
+    Ok(namespaces.join(","))
+}
+
 /// 22 random characters from `A–Z a–z 0–9` (about 131 bits), as the spec's §2 asks.
 fn new_client_id() -> String {
     (0..22).map(|_| fastrand::alphanumeric()).collect()
@@ -418,6 +479,27 @@ mod tests {
         assert!(parse_url("ws://example.com/simpleio").is_err());
         assert!(parse_url("http://example.com/simpleio?x=1").is_err());
         assert!(parse_url("/simpleio").is_err());
+    }
+
+    #[test]
+    fn namespaces_are_checked_and_joined_for_the_query() {
+        let ns = |list: &[&str]| ns_query(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(ns(&["/"]).ok().as_deref(), Some("/"));
+        assert_eq!(ns(&["/", "/chat"]).ok().as_deref(), Some("/,/chat"));
+        assert!(matches!(ns(&[]), Err(ConnectError::Setting("namespaces"))));
+        assert!(matches!(ns(&["chat"]), Err(ConnectError::Namespace { name, .. }) if name == "chat"));
+        assert!(matches!(ns(&["/a,/b"]), Err(ConnectError::Namespace { .. })));
+        let builder = ClientBuilder::new("http://127.0.0.1:1/simpleio").namespaces(["/chat", "/", "/chat"]);
+        assert_eq!(builder.namespaces, ["/chat", "/"]);
+    }
+
+    #[test]
+    fn an_invalid_namespace_is_reported_by_connect() {
+        let err = ClientBuilder::new("http://127.0.0.1:1/simpleio")
+            .namespaces(["/ok", "not-a-namespace"])
+            .connect()
+            .err();
+        assert!(matches!(err, Some(ConnectError::Namespace { name, .. }) if name == "not-a-namespace"));
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum ConnectionError {
     #[error("the request failed: {}", with_causes(.0))]
     Http(#[source] Arc<reqwest::Error>),
     /// The server refused the request with a `4xx` status. A `401` or `403` comes from the
-    /// server's identity function: the credentials are missing or no longer valid.
+    /// server's identity function (the credentials are missing or no longer valid) or from a
+    /// namespace's authorization (the user may not use one of the namespaces the client
+    /// subscribed to); a `400 unknown_namespace` means the server has no such namespace.
     #[error("the server refused the request ({status} {code}): {message}")]
     Rejected {
         /// The HTTP status, `400..=499`.
@@ -121,8 +123,9 @@ pub enum EmitError {
         /// The error's message, for people.
         message: String,
     },
-    /// The server refused the message itself (`400` an invalid field, `413` too large, `415`,
-    /// `405`): sending it again would not help. The handler did not see it.
+    /// The server refused the message itself (`400` an invalid field or an
+    /// `unknown_namespace`, `413` too large, `415`, `405`): sending it again would not help.
+    /// The handler did not see it.
     #[error("the server refused the message ({status} {code}): {message}")]
     Rejected {
         /// The HTTP status.
@@ -148,6 +151,15 @@ pub enum EmitError {
     InvalidEvent {
         /// The limit in bytes.
         max: usize,
+    },
+    /// The namespace given to [`Client::of`](super::Client::of) is not a valid name (it must
+    /// start with `/`, have no `,`, and be at most 64 visible ASCII characters). Nothing was sent.
+    #[error("`{namespace}` is not a valid namespace: {reason}")]
+    InvalidNamespace {
+        /// The namespace, as given.
+        namespace: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The data could not be serialized to JSON. Nothing was sent.
     #[error("the data could not be serialized to JSON: {0}")]
@@ -185,8 +197,17 @@ pub enum ConnectError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A namespace given to [`ClientBuilder::namespaces`](super::ClientBuilder::namespaces) is
+    /// not a valid name.
+    #[error("`{name}` is not a valid namespace: {reason}")]
+    Namespace {
+        /// The namespace, as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A setting is out of range (a zero limit or duration, a backoff whose base exceeds its
-    /// maximum).
+    /// maximum, no namespace to receive).
     #[error("the setting `{0}` is out of range")]
     Setting(&'static str),
     /// `connect` was called outside a Tokio runtime; the client's tasks need one.

@@ -56,12 +56,12 @@ pub enum Event {
 /// struct Chat { from: String, text: String }
 ///
 /// fn show(m: &Message) {
-///     match (m.event.as_str(), m.kind) {
-///         ("chat", MessageKind::Stored { .. }) => match m.json::<Chat>() {
+///     match (m.namespace.as_str(), m.event.as_str(), m.kind) {
+///         ("/chat", "said", MessageKind::Stored { .. }) => match m.json::<Chat>() {
 ///             Ok(chat) => println!("{}: {}", chat.from, chat.text),
 ///             Err(e) => eprintln!("a malformed chat line: {e}"),
 ///         },
-///         (other, _) => println!("{other}: {}", m.data),
+///         (ns, other, _) => println!("{ns} {other}: {}", m.data),
 ///     }
 /// }
 /// ```
@@ -69,6 +69,10 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Message {
+    /// The namespace it was sent in: `/` unless the server sent it with
+    /// [`SimpleIo::of`](crate::SimpleIo::of); always one the client subscribed to (see
+    /// [`ClientBuilder::namespaces`](super::ClientBuilder::namespaces)).
+    pub namespace: String,
     /// The event name.
     pub event: String,
     /// The payload (`null` if the server sent none).
@@ -78,7 +82,22 @@ pub struct Message {
 }
 
 impl Message {
-    /// The payload, deserialized.
+    /// The payload, deserialized. Bytes in it (`{"$bytes": "<base64>"}` on the wire) come out
+    /// as [`Binary`](crate::Binary) wherever `T` has one.
+    ///
+    /// ```
+    /// use simpleio::Binary;
+    /// # use simpleio::client::Message;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Avatar { user: String, png: Binary }
+    ///
+    /// fn save(m: &Message) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let avatar: Avatar = m.json()?;
+    ///     std::fs::write(format!("{}.png", avatar.user), &avatar.png[..])?;
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         T::deserialize(&self.data)
     }

@@ -44,11 +44,13 @@ impl Position {
             .into_iter()
             .filter(|m| cursor.is_none_or(|c| m.pos > c))
             .map(|m| Message {
+                namespace: m.ns,
                 event: m.event,
                 data: m.data,
                 kind: MessageKind::Stored { pos: m.pos },
             });
         let volatile = body.volatile.into_iter().map(|v| Message {
+            namespace: v.ns,
             event: v.event,
             data: v.data,
             kind: MessageKind::Volatile,
@@ -81,7 +83,10 @@ pub(crate) async fn run(
             .http
             .get(config.url.clone())
             .headers(transport.headers.clone())
-            .query(&[("client", config.client_id.as_str())])
+            .query(&[
+                ("client", config.client_id.as_str()),
+                ("ns", config.namespaces.as_str()),
+            ])
             .timeout(config.poll_timeout);
         if let Some((epoch, cursor)) = &position.held {
             request = request.query(&[("cursor", cursor.to_string().as_str()), ("epoch", epoch)]);

@@ -2,6 +2,7 @@
 //! meanwhile, resent with the same ids until acknowledged.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -18,6 +19,8 @@ use super::{Transport, stopped};
 pub(crate) struct Outgoing {
     /// `{client_id}-{counter}`; the same on every resend, so the server handles it once.
     pub(crate) id: String,
+    /// Its namespace; `None` for `/`, which the wire leaves out.
+    pub(crate) ns: Option<Arc<str>>,
     pub(crate) event: String,
     pub(crate) data: Box<RawValue>,
     /// Where its outcome goes; the `emit` future waits on the other end.
@@ -183,6 +186,7 @@ async fn post(
         messages: batch
             .map(|m| OutMessage {
                 id: &m.id,
+                ns: m.ns.as_deref(),
                 event: &m.event,
                 data: &m.data,
             })
@@ -293,6 +297,7 @@ mod tests {
         let (reply, replied) = oneshot::channel();
         let message = Outgoing {
             id: id.to_owned(),
+            ns: None,
             event: "e".to_owned(),
             data: serde_json::value::to_raw_value(&1).expect("json"),
             reply,

@@ -6,6 +6,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::error::ConnectionError;
+use crate::storage::DEFAULT_NAMESPACE;
 
 /// The body of a `GET` response (§3).
 #[derive(Debug, Deserialize)]
@@ -22,6 +23,9 @@ pub(crate) struct PollBody {
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireMessage {
     pub(crate) pos: u64,
+    /// Its namespace; absent for `/` (§4a).
+    #[serde(default = "root")]
+    pub(crate) ns: String,
     pub(crate) event: String,
     #[serde(default)]
     pub(crate) data: Value,
@@ -30,6 +34,9 @@ pub(crate) struct WireMessage {
 /// A volatile message in a [`PollBody`].
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireVolatile {
+    /// Its namespace; absent for `/` (§4a).
+    #[serde(default = "root")]
+    pub(crate) ns: String,
     pub(crate) event: String,
     #[serde(default)]
     pub(crate) data: Value,
@@ -46,6 +53,9 @@ pub(crate) struct SendBody<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct OutMessage<'a> {
     pub(crate) id: &'a str,
+    /// Left out for `/`, as the spec allows (§4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ns: Option<&'a str>,
     pub(crate) event: &'a str,
     pub(crate) data: &'a RawValue,
 }
@@ -81,6 +91,11 @@ pub(crate) struct WireError {
 #[derive(Debug, Deserialize)]
 struct ErrorEnvelope {
     error: WireError,
+}
+
+/// The namespace of a message that names none.
+fn root() -> String {
+    DEFAULT_NAMESPACE.to_owned()
 }
 
 /// A field that is present, even as `null`, deserializes to `Some`.
@@ -179,6 +194,34 @@ mod tests {
         assert_eq!(body.cursor, 42);
         assert_eq!(body.messages[1].data, Value::Null);
         assert_eq!(body.volatile[0].event, "typing");
+    }
+
+    #[test]
+    fn namespaces_default_to_the_root_as_in_the_spec() {
+        let body: PollBody = serde_json::from_str(
+            r#"{"epoch":"q7c1f0a9","cursor":44,"messages":[{"pos":43,"event":"news","data":1},{"pos":44,"ns":"/chat","event":"said","data":{"from":"bob","text":"yo"}}],"volatile":[{"ns":"/chat","event":"typing"},{"event":"x"}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(body.messages[0].ns, "/");
+        assert_eq!(body.messages[1].ns, "/chat");
+        assert_eq!(body.volatile[0].ns, "/chat");
+        assert_eq!(body.volatile[1].ns, "/");
+    }
+
+    #[test]
+    fn a_message_names_its_namespace_unless_it_is_the_root() {
+        let data = serde_json::value::to_raw_value(&serde_json::json!({"text": "hi"})).expect("json");
+        let body = SendBody {
+            client: "c",
+            messages: vec![
+                OutMessage { id: "c-1", ns: None, event: "a", data: &data },
+                OutMessage { id: "c-2", ns: Some("/chat"), event: "say", data: &data },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_string(&body).expect("json"),
+            r#"{"client":"c","messages":[{"id":"c-1","event":"a","data":{"text":"hi"}},{"id":"c-2","ns":"/chat","event":"say","data":{"text":"hi"}}]}"#
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ macro_rules! storage_conformance_tests {
             reaping_drops_a_clients_rooms_and_data,
             rooms_hold_users_and_clients,
             data_is_kept_per_member,
+            a_client_known_only_from_join_or_data_arrives_on_its_first_poll,
+            a_client_that_never_polled_is_reaped_without_a_departure,
         );
     };
     (optional $fresh:path) => {
@@ -983,5 +985,74 @@ pub async fn data_is_kept_per_member(s: &impl Storage) {
     s.set_data(&tab, "nick", None, PRESENCE)
         .await
         .expect("remove");
+    assert_eq!(s.get_data(&tab, "nick").await.expect("get"), None);
+}
+
+/// A client that a room or data was attached to before its first poll is not live, and arrives
+/// with that poll; `live_clients` lists exactly the clients that polled within their TTL.
+pub async fn a_client_known_only_from_join_or_data_arrives_on_its_first_poll(s: &impl Storage) {
+    let tab1 = Member::Client(user("ann"), client("tab1"));
+    let tab2 = Member::Client(user("ann"), client("tab2"));
+    s.join("lobby", &tab1, PRESENCE).await.expect("join");
+    s.set_data(&tab2, "nick", Some("\"ann\""), PRESENCE)
+        .await
+        .expect("set");
+    assert!(
+        s.live_clients(&user("ann")).await.expect("live").is_empty(),
+        "a client that never polled counts as live"
+    );
+    assert!(s.live_users().await.expect("live").is_empty());
+    let first = fetch(s, "ann", "tab1", None).await;
+    assert_eq!(
+        first.arrival,
+        Some(Arrival {
+            user_came_online: true
+        }),
+        "a client known only from join must arrive with its first poll"
+    );
+    let second = fetch(s, "ann", "tab2", None).await;
+    assert_eq!(
+        second.arrival,
+        Some(Arrival {
+            user_came_online: false
+        })
+    );
+    assert_eq!(
+        s.get_data(&tab2, "nick").await.expect("get").as_deref(),
+        Some("\"ann\""),
+        "data set before the first poll was lost"
+    );
+    assert_eq!(s.members("lobby").await.expect("members"), [tab1]);
+    fetch_with_presence(s, "ann", "tab3", Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut live = s.live_clients(&user("ann")).await.expect("live");
+    live.sort();
+    assert_eq!(
+        live,
+        [client("tab1"), client("tab2")],
+        "live clients must be those that polled within their presence TTL"
+    );
+    assert!(s.live_clients(&user("bob")).await.expect("live").is_empty());
+}
+
+/// A client known only from `join` or `set_data` whose TTL passed is removed with its rooms and
+/// data, but reported as no departure: it never arrived.
+pub async fn a_client_that_never_polled_is_reaped_without_a_departure(s: &impl Storage) {
+    let short = Duration::from_millis(300);
+    let tab = Member::Client(user("bob"), client("tab1"));
+    s.join("lobby", &tab, short).await.expect("join");
+    s.set_data(&tab, "nick", Some("1"), short)
+        .await
+        .expect("set");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        s.reap().await.expect("reap").is_empty(),
+        "a client that never polled departed"
+    );
+    assert!(
+        s.members("lobby").await.expect("members").is_empty(),
+        "a reaped client stayed in its room"
+    );
+    assert!(s.rooms(&tab).await.expect("rooms").is_empty());
     assert_eq!(s.get_data(&tab, "nick").await.expect("get"), None);
 }

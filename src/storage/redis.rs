@@ -4,29 +4,63 @@
 //!
 //! Every operation is one Lua script, so it is atomic and one round trip: an append assigns
 //! positions and publishes its wakeup in the same script, a fetch confirms, records presence,
-//! reads and publishes in the same script. All keys start with the configured prefix `{P}`
-//! (default `simpleio:`, so the epoch is at `simpleio:epoch`):
+//! reads and publishes in the same script, a reap removes and reports departed clients in the
+//! same script. All keys start with the configured prefix `{P}` (default `simpleio:`, so the
+//! epoch is at `simpleio:epoch`).
 //!
-//! | key                   | type    | holds                                                  |
-//! |-----------------------|---------|--------------------------------------------------------|
-//! | `{P}epoch`            | string  | the current [`Epoch`]; the only key without a TTL      |
-//! | `{P}live`             | zset    | user → until when a client of theirs counts as seen    |
-//! | `{P}signals`          | channel | [`Signal`]s as JSON (not scoped by database number)    |
-//! | `{P}u:USER:log`       | zset    | the user's messages: score = position, member = entry  |
-//! | `{P}u:USER:exp`       | zset    | position → `expires_at`, to find expired entries fast  |
-//! | `{P}u:USER:meta`      | hash    | `last` position given, `wm` watermark, `until` (below) |
-//! | `{P}u:USER:cur`       | hash    | client → its recorded cursor                           |
-//! | `{P}u:USER:keep`      | zset    | client → until when its cursor record is kept          |
-//! | `{P}d:CLIENT:ID:USER` | string  | dedup record: `p` (in progress) or `d` + the outcome   |
+//! A **member** is written `u:USER` for a user and `c:CLIENT:USER` for one client of a user.
+//! Client ids cannot contain `:`, so the client ends at the first `:` after `c:` and the user,
+//! last, may be any string: no two members share a spelling. A member's own keys are the member
+//! followed by `:` and a fixed suffix, and no suffix ends with another one after a `:`, so no
+//! two keys collide either, whatever the user ids.
 //!
-//! A log entry is `pos:expires_at:client:` followed by the event's byte length, `:`, the event
-//! and the JSON payload, so the scripts can filter and expire without touching the payload.
+//! | key                      | type    | holds                                                  |
+//! |--------------------------|---------|--------------------------------------------------------|
+//! | `{P}epoch`               | string  | the current [`Epoch`] (no TTL)                         |
+//! | `{P}signals`             | channel | [`Signal`]s as JSON (not scoped by database number)    |
+//! | `{P}presence`            | zset    | every client record, `c:CLIENT:USER` → seen until (ms) |
+//! | `{P}live`                | zset    | user → the latest seen-until of their polled clients   |
+//! | `{P}u:USER:log`          | zset    | the user's messages: score = position, member = entry  |
+//! | `{P}u:USER:exp`          | zset    | position → `expires_at`, to find expired entries fast  |
+//! | `{P}u:USER:meta`         | hash    | `last` position given, `until` (below)                 |
+//! | `{P}u:USER:wm`           | hash    | namespace → the user's watermark in it                 |
+//! | `{P}u:USER:live`         | zset    | client that polled (and was not reaped) → seen until   |
+//! | `{P}u:USER:data`         | hash    | the user's data, key → JSON                            |
+//! | `{P}u:USER:rooms`        | set     | the rooms the user is in (no TTL: until `leave`)       |
+//! | `{P}c:CLIENT:USER:rec`   | hash    | the client's `cur`sor and its namespaces (`ns`, JSON)  |
+//! | `{P}c:CLIENT:USER:data`  | hash    | the client's data, key → JSON                          |
+//! | `{P}c:CLIENT:USER:rooms` | set     | the rooms the client is in                             |
+//! | `{P}room:ROOM`           | set     | the room's members (no TTL: until its members leave)   |
+//! | `{P}d:CLIENT:ID:USER`    | string  | dedup record: `p` (in progress) or `d` + the outcome   |
 //!
-//! Memory stays bounded: a log never holds more than `max_queue` entries, expired entries go on
-//! the next append or fetch of their user, and every user key carries an absolute expiry
-//! (`meta.until` plus [`IDLE_GRACE`]: past the last message's expiry and the last client's
-//! presence), so idle users vanish by themselves. `live` is trimmed by every fetch and expires
-//! with the newest presence in it; dedup records are plain keys with a TTL.
+//! A log entry is `pos:expires_at:client:`, the namespace's byte length, `:`, the namespace,
+//! `:`, the event's byte length, `:`, the event and the JSON payload, so the scripts can filter
+//! and expire without touching the payload.
+//!
+//! **Presence.** `{P}presence` is the authority on which client records exist: a fetch, or a
+//! `join`/`set_data` on a client never seen, adds the client with its seen-until; `reap` takes
+//! every client past it with `ZRANGEBYSCORE` + `ZREM` in one script, so of several nodes reaping
+//! at once exactly one removes (and reports) each client, deletes its keys and room
+//! memberships, and for a user left with no polled client, the user's data. A client counts as
+//! having polled while it is in `{P}u:USER:live`; an arrival is a fetch by a client not in it,
+//! and the user came online if it was empty. Nothing else removes a client record: fetches no
+//! longer forget stale clients, since a departure must be reported.
+//!
+//! **Memory stays bounded.** A log never holds more than `max_queue` entries, and expired
+//! entries go on the next append or fetch of their user. Every key but the epoch and the room
+//! keys carries an absolute expiry, a safety net behind `reap`: a client's keys expire a grace
+//! after its seen-until (the longer of [`REAP_GRACE`] and twice the presence TTL, while every
+//! node reaps every quarter of the presence TTL), the global zsets a grace after their newest
+//! score, and a user's keys after `meta.until` (the last message's expiry and the last client's
+//! seen-until plus grace) plus [`IDLE_GRACE`], so they outlive the client records that need them.
+//! Only if no node reaps for a whole grace do a client's keys expire unreported; `members` then
+//! drops the client from its rooms.
+//!
+//! What must **persist** has no TTL: the epoch, a user's room memberships (`{P}u:USER:rooms`
+//! and the user in `{P}room:ROOM`), kept until the application calls `leave`. Room sets vanish
+//! when their last member leaves or is reaped. A user's data lives while the user has a client
+//! and is removed when the last one is reaped; set on a user with no client, it expires a grace
+//! after the presence TTL.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -42,18 +76,28 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{
-    AppendOutcome, Appended, Claim, DedupKey, DeliveryState, DeliveryTarget, Epoch, FetchBatch,
-    FetchRequest, NewMessage, Signal, Storage, StorageError, StoredMessage,
+    AppendOutcome, Appended, Arrival, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure,
+    Epoch, FetchBatch, FetchRequest, Member, NewMessage, Signal, Storage, StorageError,
+    StoredMessage,
 };
-use crate::id::UserId;
+use crate::id::{ClientId, UserId};
 
 /// How many signals a slow subscriber may fall behind before it is told to resync.
 const SIGNAL_CAPACITY: usize = 4096;
 
 /// How long a user's keys outlive the last thing that needed them (a message's expiry, a
-/// client's presence). Keeping the last position and the cursors a little longer costs little
-/// and spares a client that polls just after its presence lapsed a needless restart.
+/// client record's expiry). Keeping the last position a little longer costs little.
 const IDLE_GRACE: Duration = Duration::from_secs(60);
+
+/// How long, at least, a client's keys outlive its presence: the time `reap` has to remove it
+/// and report its departure before Redis drops the keys by itself (twice the presence TTL if
+/// that is longer). Every node reaps every quarter of the presence TTL, so only a cluster with
+/// no node running for this long loses a departure report.
+const REAP_GRACE: Duration = Duration::from_secs(600);
+
+/// The most clients one reap script removes; `reap` runs it again while it finds more, so that
+/// one script never blocks Redis for long.
+const REAP_BATCH: usize = 500;
 
 /// Positions, cursors and times are Lua numbers (doubles) inside the scripts: anything above
 /// this would lose precision, so inputs are clamped to it. Real positions are far below it.
@@ -350,23 +394,77 @@ fn parse_u64(s: &str, what: &str) -> Result<u64, StorageError> {
     s.parse().map_err(|_| corrupt(what))
 }
 
-/// Decodes a log entry: `pos:expires_at:client:event_len:event` followed by the JSON payload.
+/// How long a client's keys outlive its presence (see [`REAP_GRACE`]), in ms.
+fn reap_grace(presence_ttl: Duration) -> u64 {
+    millis(REAP_GRACE.max(presence_ttl.saturating_mul(2)))
+}
+
+/// What follows `pos:expires_at:client:` in a log entry (see the module docs).
+fn entry_body(m: &NewMessage) -> String {
+    format!(
+        "{}:{}:{}:{}{}",
+        m.namespace.len(),
+        m.namespace,
+        m.event.len(),
+        m.event,
+        m.data.get()
+    )
+}
+
+/// Splits `len:` + `len` bytes off `s`: a length-prefixed field and the rest after it.
+fn prefixed(s: &str) -> Option<(&str, &str)> {
+    let (len, rest) = s.split_once(':')?;
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let len: usize = len.parse().ok()?;
+    Some((rest.get(..len)?, rest.get(len..)?))
+}
+
+/// Decodes a log entry: `pos:expires_at:client:ns_len:ns:event_len:event` followed by the JSON
+/// payload.
 fn parse_entry(entry: String) -> Result<StoredMessage, StorageError> {
     let bad = || corrupt("a log entry");
-    let mut parts = entry.splitn(5, ':');
+    let mut parts = entry.splitn(4, ':');
     let pos = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
     let _expires_at = parts.next().ok_or_else(bad)?;
     let _client = parts.next().ok_or_else(bad)?;
-    let event_len: usize = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
     let rest = parts.next().ok_or_else(bad)?;
-    let event = rest.get(..event_len).ok_or_else(bad)?;
-    let data = rest.get(event_len..).ok_or_else(bad)?;
+    let (ns, rest) = prefixed(rest).ok_or_else(bad)?;
+    let rest = rest.strip_prefix(':').ok_or_else(bad)?;
+    let (event, data) = prefixed(rest).ok_or_else(bad)?;
     let data = RawValue::from_string(data.to_owned()).map_err(|_| bad())?;
     Ok(StoredMessage {
         pos,
+        ns: ns.into(),
         event: event.into(),
         data: Arc::from(data),
     })
+}
+
+/// The user and client (`""` for a user) of a member, as the scripts take them.
+fn member_args(member: &Member) -> (&str, &str) {
+    match member {
+        Member::User(user) => (user.as_str(), ""),
+        Member::Client(user, client) => (user.as_str(), client.as_str()),
+    }
+}
+
+/// Decodes a member as the scripts write it: `u:USER` or `c:CLIENT:USER`.
+fn parse_member(s: &str) -> Result<Member, StorageError> {
+    if let Some(user) = s.strip_prefix("u:") {
+        return Ok(Member::User(UserId::from(user)));
+    }
+    let (client, user) = s
+        .strip_prefix("c:")
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or_else(|| corrupt("a room member"))?;
+    let client = ClientId::new(client).map_err(|_| corrupt("a room member's client id"))?;
+    Ok(Member::Client(UserId::from(user), client))
+}
+
+fn parse_client(s: String) -> Result<ClientId, StorageError> {
+    ClientId::new(s).map_err(|_| corrupt("a client id"))
 }
 
 /// Aborts a task when dropped, so the signal task ends with the last storage handle.
@@ -477,10 +575,27 @@ local function current_epoch()
   redis.call('PUBLISH', P .. 'signals', ARGV[3])
   return ARGV[2]
 end
-local function key(user, what) return P .. 'u:' .. user .. ':' .. what end
+-- Members: `u:USER`, or `c:CLIENT:USER` (client ids have no ':'); their keys add ':' .. what.
+local function cmember(u, c) return 'c:' .. c .. ':' .. u end
+local function member(u, c)
+  if c == '' then return 'u:' .. u end
+  return cmember(u, c)
+end
+local function mkey(m, what) return P .. m .. ':' .. what end
+local function key(u, what) return P .. 'u:' .. u .. ':' .. what end
+-- pos, expires_at, client ('' for all) and namespace of a log entry.
 local function parse(entry)
-  local pos, exp, client = string.match(entry, '^(%d+):(%d+):([%w_%-]*):')
-  return tonumber(pos), tonumber(exp), client
+  local pos, exp, client, nslen, at = string.match(entry, '^(%d+):(%d+):([%w_%-]*):(%d+):()')
+  return tonumber(pos), tonumber(exp), client, string.sub(entry, at, at + tonumber(nslen) - 1)
+end
+-- The cursor by which client `c` confirms its own messages in `ns`: 0 unless it reads `ns`.
+local function client_confirmed(u, c, ns)
+  local rec = redis.call('HMGET', mkey(cmember(u, c), 'rec'), 'cur', 'ns')
+  if not rec[1] or not rec[2] then return 0 end
+  for _, n in ipairs(cjson.decode(rec[2])) do
+    if n == ns then return tonumber(rec[1]) end
+  end
+  return 0
 end
 local function drop_expired(u, now)
   local ek = key(u, 'exp')
@@ -490,8 +605,9 @@ local function drop_expired(u, now)
   for _, p in ipairs(gone) do redis.call('ZREMRANGEBYSCORE', lk, p, p) end
   redis.call('ZREMRANGEBYSCORE', ek, '-inf', str(now))
 end
--- Every user key expires together once nothing needs it: past `t` (the latest message expiry
--- or presence seen so far) plus a grace. Keys created since the last call get it too.
+-- Every user key but `rooms` expires together once nothing needs it: past `t` (the latest
+-- message expiry or client record expiry seen so far) plus a grace. Keys created since the
+-- last call get it too.
 local function touch(u, t)
   local mk = key(u, 'meta')
   local upto = num(redis.call('HGET', mk, 'until'))
@@ -500,9 +616,32 @@ local function touch(u, t)
     redis.call('HSET', mk, 'until', str(upto))
   end
   local at = str(upto + GRACE_MS)
-  for _, what in ipairs({'log', 'exp', 'meta', 'cur', 'keep'}) do
+  for _, what in ipairs({'log', 'exp', 'meta', 'wm', 'live', 'data'}) do
     redis.call('PEXPIREAT', key(u, what), at)
   end
+end
+-- Moves the expiry of `k` to `at` unless it is already later.
+local function extend(k, at, now)
+  local ttl = redis.call('PTTL', k)
+  if ttl == -1 or (ttl >= 0 and now + ttl < at) then redis.call('PEXPIREAT', k, str(at)) end
+end
+-- A client's keys expire `grace` after its seen-until in `presence`: reap comes first.
+local function keep_client(m, grace)
+  local seen = redis.call('ZSCORE', P .. 'presence', m)
+  if not seen then return end
+  local at = str(tonumber(seen) + grace)
+  for _, what in ipairs({'rec', 'data', 'rooms'}) do redis.call('PEXPIREAT', mkey(m, what), at) end
+end
+-- The record of client `c` for `join` and `set_data`: if it has none, one that is kept for
+-- `ttl` as if it had polled, but is not live (it is not in the user's `live`).
+local function ensure_client(u, c, now, ttl, grace)
+  local m = cmember(u, c)
+  local seen = now + ttl
+  if redis.call('ZADD', P .. 'presence', 'NX', str(seen), m) == 1 then
+    extend(P .. 'presence', seen + grace, now)
+    touch(u, seen + grace)
+  end
+  return m
 end
 "#;
 
@@ -518,8 +657,8 @@ fn source(body: &str) -> String {
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
 /// `ARGV[4]` max_queue, `ARGV[5]` n, then five per message: user, client (or ''), expires_at,
-/// body (`event_len:event` + data), the user's `Appended` signal. Returns the epoch, then per
-/// message its position or 'full'.
+/// body (see [`entry_body`]), the user's `Appended` signal. Returns the epoch, then per message
+/// its position or 'full'.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -527,18 +666,38 @@ local now = now_ms()
 local epoch = current_epoch()
 local maxq = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
--- Only messages at or below the watermark can be delivered (every cursor is at most the
--- watermark), so the search for one to evict stops there.
+-- A message to the user is delivered once its namespace's watermark reaches it, one to a
+-- client once that client's cursor does while it reads the namespace. No cursor is above the
+-- highest watermark, so the search for one to evict stops there.
 local function evict_one_delivered(u)
-  local lk, ck = key(u, 'log'), key(u, 'cur')
-  local wm = str(num(redis.call('HGET', key(u, 'meta'), 'wm')))
+  local lk = key(u, 'log')
+  local pairs_ = redis.call('HGETALL', key(u, 'wm'))
+  local wm, bound = {}, 0
+  for i = 1, #pairs_, 2 do
+    local w = tonumber(pairs_[i + 1])
+    wm[pairs_[i]] = w
+    if w > bound then bound = w end
+  end
+  if bound == 0 then return false end
+  local confirmed = {}
   local offset = 0
   while true do
-    local chunk = redis.call('ZRANGEBYSCORE', lk, '-inf', wm, 'LIMIT', offset, 128)
+    local chunk = redis.call('ZRANGEBYSCORE', lk, '-inf', str(bound), 'LIMIT', offset, 128)
     if #chunk == 0 then return false end
     for _, entry in ipairs(chunk) do
-      local pos, _, c = parse(entry)
-      if c == '' or num(redis.call('HGET', ck, c)) >= pos then
+      local pos, _, c, ns = parse(entry)
+      local upto
+      if c == '' then
+        upto = wm[ns] or 0
+      else
+        local k = c .. ':' .. ns
+        upto = confirmed[k]
+        if not upto then
+          upto = client_confirmed(u, c, ns)
+          confirmed[k] = upto
+        end
+      end
+      if upto >= pos then
         redis.call('ZREM', lk, entry)
         redis.call('ZREM', key(u, 'exp'), str(pos))
         return true
@@ -588,60 +747,79 @@ return out
 });
 
 /// `ARGV[4]` user, `[5]` client, `[6]` '1' if a cursor was sent, `[7]` its epoch, `[8]` its
-/// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` the `Confirmed` signal. Returns the
-/// epoch, the new cursor, then the entries read.
+/// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` reap grace (ms), `[12]` the
+/// `Confirmed` signal, `[13]` n, then the n namespaces read. Returns the epoch, the new cursor,
+/// the arrival ('online', 'arrived' or ''), then the entries read.
 static FETCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local u, c = ARGV[4], ARGV[5]
+local limit, ttl, grace = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local nsl, wanted = {}, {}
+for i = 1, tonumber(ARGV[13]) do
+  nsl[i] = ARGV[13 + i]
+  wanted[ARGV[13 + i]] = true
+end
 local now = now_ms()
 local epoch = current_epoch()
 drop_expired(u, now)
-local lk, mk, ck, kk = key(u, 'log'), key(u, 'meta'), key(u, 'cur'), key(u, 'keep')
+local lk, wk, lv = key(u, 'log'), key(u, 'wm'), key(u, 'live')
+local m = cmember(u, c)
+local rk = mkey(m, 'rec')
 local head = 0
 local top = redis.call('ZRANGE', lk, -1, -1)
 if #top > 0 then head = parse(top[1]) end
-local wm = num(redis.call('HGET', mk, 'wm'))
+
+-- The client arrives if it has not polled since it was last reaped (or ever); its user comes
+-- online if no other client of theirs has. A client whose presence lapsed but that was not
+-- reaped yet has not left: its departure was not reported, so neither is an arrival.
+local arrival = ''
+if not redis.call('ZSCORE', lv, c) then
+  if redis.call('ZCARD', lv) == 0 then arrival = 'online' else arrival = 'arrived' end
+end
+
+local recorded = redis.call('HGET', rk, 'cur')
 local start
 local advanced = false
 if ARGV[6] == '1' and ARGV[7] == epoch then
   local cursor = tonumber(ARGV[8])
   -- Never confirm beyond the log: that would confirm messages appended later.
   local confirmed = math.min(cursor, head)
-  local recorded = num(redis.call('HGET', ck, c))
   -- The client's own cursor confirms messages addressed to it even when the watermark is
   -- already past them, so its advance is a confirmation too.
-  if confirmed > recorded then
-    redis.call('HSET', ck, c, str(confirmed))
-    advanced = true
-  end
-  if confirmed > wm then
-    wm = confirmed
-    redis.call('HSET', mk, 'wm', str(wm))
-    advanced = true
+  if confirmed > num(recorded) then advanced = true end
+  redis.call('HSET', rk, 'cur', str(math.max(confirmed, num(recorded))))
+  for _, ns in ipairs(nsl) do
+    if confirmed > num(redis.call('HGET', wk, ns)) then
+      redis.call('HSET', wk, ns, str(confirmed))
+      advanced = true
+    end
   end
   start = cursor
+elseif recorded then
+  start = tonumber(recorded)
 else
-  local recorded = redis.call('HGET', ck, c)
-  if recorded then
-    start = tonumber(recorded)
-  else
-    -- A new client starts at the watermark, or just before the earliest message addressed to
-    -- it that lies at or below the watermark.
-    start = wm
-    local below = redis.call('ZRANGEBYSCORE', lk, '-inf', str(wm))
-    for _, entry in ipairs(below) do
-      local pos, _, to = parse(entry)
-      if to == c then
-        start = math.min(start, pos - 1)
-        break
-      end
-    end
-    redis.call('HSET', ck, c, str(start))
+  -- A client seen for the first time (a record made by join or set_data has no cursor yet)
+  -- starts at the lowest watermark of its namespaces, or just before the earliest message
+  -- addressed to it that lies at or below it.
+  local lowest
+  for _, ns in ipairs(nsl) do
+    local w = num(redis.call('HGET', wk, ns))
+    if not lowest or w < lowest then lowest = w end
   end
+  start = lowest or 0
+  local below = redis.call('ZRANGEBYSCORE', lk, '-inf', str(start))
+  for _, entry in ipairs(below) do
+    local pos, _, to = parse(entry)
+    if to == c then
+      start = math.min(start, pos - 1)
+      break
+    end
+  end
+  redis.call('HSET', rk, 'cur', str(start))
 end
+redis.call('HSET', rk, 'ns', cjson.encode(nsl))
 
-local limit = tonumber(ARGV[9])
 local messages = {}
 local cursor = math.max(start, head)
 local last_read = start
@@ -656,8 +834,8 @@ while not full do
       full = true
       break
     end
-    local pos, _, to = parse(entry)
-    if to == '' or to == c then
+    local pos, _, to, ns = parse(entry)
+    if (to == '' or to == c) and wanted[ns] then
       table.insert(messages, entry)
       last_read = pos
     end
@@ -665,48 +843,26 @@ while not full do
   offset = offset + #chunk
 end
 
-local seen_until = now + tonumber(ARGV[10])
-local kept = redis.call('ZSCORE', kk, c)
-if not kept or tonumber(kept) < seen_until then redis.call('ZADD', kk, str(seen_until), c) end
-local live = redis.call('ZSCORE', P .. 'live', u)
-if not live or tonumber(live) < seen_until then
-  redis.call('ZADD', P .. 'live', str(seen_until), u)
-end
-redis.call('ZREMRANGEBYSCORE', P .. 'live', '-inf', str(now))
-local newest = redis.call('ZRANGE', P .. 'live', -1, -1, 'WITHSCORES')
-if #newest > 0 then
-  redis.call('PEXPIREAT', P .. 'live', str(tonumber(newest[2]) + GRACE_MS))
-end
--- Forget clients gone quiet, a few per fetch, unless a message is still addressed to them:
--- those keep their cursor until that message expires.
-local stale = redis.call('ZRANGEBYSCORE', kk, '-inf', str(now), 'LIMIT', 0, 16)
-if #stale > 0 then
-  local addressed = {}
-  for _, entry in ipairs(redis.call('ZRANGE', lk, 0, -1)) do
-    local _, exp, to = parse(entry)
-    if to ~= '' then addressed[to] = math.max(addressed[to] or 0, exp) end
-  end
-  for _, gone in ipairs(stale) do
-    if addressed[gone] then
-      redis.call('ZADD', kk, str(addressed[gone]), gone)
-    else
-      redis.call('ZREM', kk, gone)
-      redis.call('HDEL', ck, gone)
-    end
-  end
-end
-touch(u, seen_until)
-if advanced then redis.call('PUBLISH', P .. 'signals', ARGV[11]) end
+local seen = now + ttl
+redis.call('ZADD', P .. 'presence', str(seen), m)
+redis.call('ZADD', lv, str(seen), c)
+local latest = redis.call('ZRANGE', lv, -1, -1, 'WITHSCORES')
+redis.call('ZADD', P .. 'live', latest[2], u)
+extend(P .. 'presence', seen + grace, now)
+extend(P .. 'live', seen + grace, now)
+keep_client(m, grace)
+touch(u, seen + grace)
+if advanced then redis.call('PUBLISH', P .. 'signals', ARGV[12]) end
 
-local out = {epoch, str(cursor)}
+local out = {epoch, str(cursor), arrival}
 for _, entry in ipairs(messages) do table.insert(out, entry) end
 return out
 "#,
     )
 });
 
-/// `ARGV[4]` the epoch asked about, `[5]` n, then three per target: user, client (or ''),
-/// position. Returns {'lost'} or one of 'd', 'p', 'e' per target.
+/// `ARGV[4]` the epoch asked about, `[5]` n, then four per target: user, client (or ''),
+/// namespace, position. Returns {'lost'} or one of 'd', 'p', 'e' per target.
 static DELIVERY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -714,13 +870,13 @@ if current_epoch() ~= ARGV[4] then return {'lost'} end
 local now = now_ms()
 local out = {}
 for i = 0, tonumber(ARGV[5]) - 1 do
-  local b = 6 + i * 3
-  local u, c, pos = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2])
+  local b = 6 + i * 4
+  local u, c, ns, pos = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
   local confirmed
   if c == '' then
-    confirmed = num(redis.call('HGET', key(u, 'meta'), 'wm'))
+    confirmed = num(redis.call('HGET', key(u, 'wm'), ns))
   else
-    confirmed = num(redis.call('HGET', key(u, 'cur'), c))
+    confirmed = client_confirmed(u, c, ns)
   end
   if pos <= confirmed then
     table.insert(out, 'd')
@@ -763,13 +919,161 @@ return 1
     )
 });
 
-/// No more arguments. Returns the users seen within their presence ttl.
+/// No more arguments. Returns the users with a polled client within its presence ttl.
 static LIVE_USERS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local now = str(now_ms())
-redis.call('ZREMRANGEBYSCORE', P .. 'live', '-inf', now)
-return redis.call('ZRANGEBYSCORE', P .. 'live', '(' .. now, '+inf')
+return redis.call('ZRANGEBYSCORE', P .. 'live', '(' .. str(now_ms()), '+inf')
+"#,
+    )
+});
+
+/// `ARGV[4]` user. Returns their polled clients within their presence ttl.
+static LIVE_CLIENTS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+return redis.call('ZRANGEBYSCORE', key(ARGV[4], 'live'), '(' .. str(now_ms()), '+inf')
+"#,
+    )
+});
+
+/// `ARGV[4]` the most clients to remove. Returns '1' if there may be more to reap (else '0'),
+/// then three per departure: user, client, '1' if the user went offline (else '0').
+///
+/// `ZRANGEBYSCORE` and `ZREM` of `{P}presence` in one script: of several nodes reaping at once,
+/// the first takes every lapsed client, the others find none.
+static REAP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+local limit = tonumber(ARGV[4])
+local pk = P .. 'presence'
+local lapsed = redis.call('ZRANGEBYSCORE', pk, '-inf', str(now), 'LIMIT', 0, limit)
+local departed, order = {}, {}
+for _, m in ipairs(lapsed) do
+  redis.call('ZREM', pk, m)
+  local c, u = string.match(m, '^c:([%w_%-]+):(.*)$')
+  if c then
+    local rooms = mkey(m, 'rooms')
+    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+      redis.call('SREM', P .. 'room:' .. room, m)
+    end
+    redis.call('DEL', mkey(m, 'rec'), mkey(m, 'data'), rooms)
+    -- Only clients that polled arrived, so only they depart; the rest just go.
+    if redis.call('ZREM', key(u, 'live'), c) == 1 then
+      if not departed[u] then
+        departed[u] = {}
+        table.insert(order, u)
+      end
+      table.insert(departed[u], c)
+    end
+  end
+end
+local out = {#lapsed >= limit and '1' or '0'}
+for _, u in ipairs(order) do
+  local latest = redis.call('ZRANGE', key(u, 'live'), -1, -1, 'WITHSCORES')
+  local offline = #latest == 0
+  if offline then
+    redis.call('ZREM', P .. 'live', u)
+    redis.call('DEL', key(u, 'data'))
+  else
+    redis.call('ZADD', P .. 'live', latest[2], u)
+  end
+  local gone = departed[u]
+  for i, c in ipairs(gone) do
+    table.insert(out, u)
+    table.insert(out, c)
+    table.insert(out, (offline and i == #gone) and '1' or '0')
+  end
+end
+return out
+"#,
+    )
+});
+
+/// `ARGV[4]` room, `[5]` user, `[6]` client (or ''), `[7]` presence ttl (ms), `[8]` reap grace
+/// (ms).
+static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local room, u, c = ARGV[4], ARGV[5], ARGV[6]
+local m = member(u, c)
+if c ~= '' then ensure_client(u, c, now_ms(), tonumber(ARGV[7]), tonumber(ARGV[8])) end
+redis.call('SADD', P .. 'room:' .. room, m)
+redis.call('SADD', mkey(m, 'rooms'), room)
+if c ~= '' then keep_client(m, tonumber(ARGV[8])) end
+return 1
+"#,
+    )
+});
+
+/// `ARGV[4]` room, `[5]` user, `[6]` client (or '').
+static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local room, m = ARGV[4], member(ARGV[5], ARGV[6])
+redis.call('SREM', P .. 'room:' .. room, m)
+redis.call('SREM', mkey(m, 'rooms'), room)
+return 1
+"#,
+    )
+});
+
+/// `ARGV[4]` room. Returns its members as written in it (`u:USER`, `c:CLIENT:USER`).
+static MEMBERS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local rk = P .. 'room:' .. ARGV[4]
+local out = {}
+for _, m in ipairs(redis.call('SMEMBERS', rk)) do
+  -- A client with no record expired without being reaped (no node reaped for a whole
+  -- grace): it is gone, so is its membership.
+  if string.sub(m, 1, 2) == 'c:' and not redis.call('ZSCORE', P .. 'presence', m) then
+    redis.call('SREM', rk, m)
+  else
+    table.insert(out, m)
+  end
+end
+return out
+"#,
+    )
+});
+
+/// `ARGV[4]` user, `[5]` client (or ''). Returns the rooms of that member.
+static ROOMS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+return redis.call('SMEMBERS', mkey(member(ARGV[4], ARGV[5]), 'rooms'))
+"#,
+    )
+});
+
+/// `ARGV[4]` user, `[5]` client (or ''), `[6]` key, `[7]` '1' to set (else remove), `[8]` the
+/// value, `[9]` presence ttl (ms), `[10]` reap grace (ms).
+static SET_DATA: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local u, c = ARGV[4], ARGV[5]
+local now, ttl, grace = now_ms(), tonumber(ARGV[9]), tonumber(ARGV[10])
+local m = member(u, c)
+if c ~= '' then ensure_client(u, c, now, ttl, grace) end
+local dk = mkey(m, 'data')
+if ARGV[7] == '1' then
+  redis.call('HSET', dk, ARGV[6], ARGV[8])
+else
+  redis.call('HDEL', dk, ARGV[6])
+end
+if c == '' then touch(u, now + ttl + grace) else keep_client(m, grace) end
+return 1
+"#,
+    )
+});
+
+/// `ARGV[4]` user, `[5]` client (or ''), `[6]` key. Returns the value, or nil.
+static GET_DATA: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+return redis.call('HGET', mkey(member(ARGV[4], ARGV[5]), 'data'), ARGV[6])
 "#,
     )
 });
@@ -792,8 +1096,7 @@ impl Storage for RedisStorage {
             let signal = signal_json(Signal::Appended {
                 user: m.user.clone(),
             })?;
-            let body = format!("{}:{}{}", m.event.len(), m.event, m.data.get());
-            encoded.push((m, body, signal));
+            encoded.push((m, entry_body(m), signal));
         }
         let reply: Vec<String> = self
             .eval(&APPEND, |inv| {
@@ -838,7 +1141,12 @@ impl Storage for RedisStorage {
                     .arg(cursor_pos)
                     .arg(request.limit.min(MAX_EXACT as usize))
                     .arg(millis(request.presence_ttl))
-                    .arg(confirmed.as_str());
+                    .arg(reap_grace(request.presence_ttl))
+                    .arg(confirmed.as_str())
+                    .arg(request.namespaces.len());
+                for ns in &request.namespaces {
+                    inv.arg(&**ns);
+                }
             })
             .await?;
         let mut reply = reply.into_iter();
@@ -847,11 +1155,22 @@ impl Storage for RedisStorage {
             &reply.next().ok_or_else(|| corrupt("no cursor"))?,
             "a cursor",
         )?;
+        let arrival = match reply.next().as_deref() {
+            Some("") => None,
+            Some("online") => Some(Arrival {
+                user_came_online: true,
+            }),
+            Some("arrived") => Some(Arrival {
+                user_came_online: false,
+            }),
+            _ => return Err(corrupt("an arrival")),
+        };
         let messages = reply.map(parse_entry).collect::<Result<Vec<_>, _>>()?;
         Ok(FetchBatch {
             epoch,
             cursor,
             messages,
+            arrival,
         })
     }
 
@@ -866,6 +1185,7 @@ impl Storage for RedisStorage {
                 for t in targets {
                     inv.arg(t.user.as_str())
                         .arg(t.client.as_ref().map_or("", |c| c.as_str()))
+                        .arg(&*t.namespace)
                         .arg(t.pos.min(MAX_EXACT));
                 }
             })
@@ -931,6 +1251,119 @@ impl Storage for RedisStorage {
         Ok(users.into_iter().map(UserId::from).collect())
     }
 
+    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
+        let clients: Vec<String> = self
+            .eval(&LIVE_CLIENTS, |inv| {
+                inv.arg(user.as_str());
+            })
+            .await?;
+        clients.into_iter().map(parse_client).collect()
+    }
+
+    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
+        let mut departures = Vec::new();
+        loop {
+            let reply: Vec<String> = self
+                .eval(&REAP, |inv| {
+                    inv.arg(REAP_BATCH);
+                })
+                .await?;
+            let (more, rest) = reply.split_first().ok_or_else(|| corrupt("no reap flag"))?;
+            if rest.len() % 3 != 0 {
+                return Err(corrupt("a departure"));
+            }
+            for d in rest.chunks_exact(3) {
+                departures.push(Departure {
+                    user: UserId::from(d[0].as_str()),
+                    client: parse_client(d[1].clone())?,
+                    user_went_offline: d[2] == "1",
+                });
+            }
+            // Each batch is atomic on its own: what one batch removed, no other reap reports.
+            if more != "1" {
+                return Ok(departures);
+            }
+        }
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        member: &Member,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let (user, client) = member_args(member);
+        let _: i64 = self
+            .eval(&JOIN, |inv| {
+                inv.arg(room)
+                    .arg(user)
+                    .arg(client)
+                    .arg(millis(presence_ttl))
+                    .arg(reap_grace(presence_ttl));
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
+        let (user, client) = member_args(member);
+        let _: i64 = self
+            .eval(&LEAVE, |inv| {
+                inv.arg(room).arg(user).arg(client);
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
+        let members: Vec<String> = self
+            .eval(&MEMBERS, |inv| {
+                inv.arg(room);
+            })
+            .await?;
+        members.iter().map(|m| parse_member(m)).collect()
+    }
+
+    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
+        let (user, client) = member_args(member);
+        let rooms: Vec<String> = self
+            .eval(&ROOMS, |inv| {
+                inv.arg(user).arg(client);
+            })
+            .await?;
+        Ok(rooms.into_iter().map(Arc::from).collect())
+    }
+
+    async fn set_data(
+        &self,
+        member: &Member,
+        key: &str,
+        value: Option<&str>,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let (user, client) = member_args(member);
+        let _: i64 = self
+            .eval(&SET_DATA, |inv| {
+                inv.arg(user)
+                    .arg(client)
+                    .arg(key)
+                    .arg(if value.is_some() { "1" } else { "0" })
+                    .arg(value.unwrap_or(""))
+                    .arg(millis(presence_ttl))
+                    .arg(reap_grace(presence_ttl));
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
+        let (user, client) = member_args(member);
+        self.eval(&GET_DATA, |inv| {
+            inv.arg(user).arg(client).arg(key);
+        })
+        .await
+    }
+
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
         let json = signal_json(signal)?;
         let mut conn = self.inner.conn.clone();
@@ -949,13 +1382,30 @@ impl Storage for RedisStorage {
 mod tests {
     use super::*;
 
+    fn new_message(ns: &str, event: &str, data: &str) -> NewMessage {
+        NewMessage {
+            user: UserId::from("ann"),
+            client: None,
+            namespace: ns.into(),
+            event: event.into(),
+            data: Arc::from(RawValue::from_string(data.into()).expect("JSON")),
+            expires_at: 0,
+        }
+    }
+
     #[test]
-    fn entries_decode_with_colons_in_the_event_and_data() {
-        let m = parse_entry(r#"1700000000000001:1700000600000:tab-1:5:a:b:c{"x":":"}"#.into())
+    fn entries_decode_with_colons_in_the_namespace_event_and_data() {
+        let body = entry_body(&new_message("/a:1", "a:b:c", r#"{"x":":"}"#));
+        assert_eq!(body, r#"4:/a:1:5:a:b:c{"x":":"}"#);
+        let m = parse_entry(format!("1700000000000001:1700000600000:tab-1:{body}"))
             .expect("valid entry");
         assert_eq!(m.pos, 1_700_000_000_000_001);
+        assert_eq!(&*m.ns, "/a:1");
         assert_eq!(&*m.event, "a:b:c");
         assert_eq!(m.data.get(), r#"{"x":":"}"#);
+        let m = parse_entry(format!("1:2::{}", entry_body(&new_message("/", "", "1"))))
+            .expect("valid entry");
+        assert_eq!((&*m.ns, &*m.event, m.data.get()), ("/", "", "1"));
     }
 
     #[test]
@@ -963,10 +1413,14 @@ mod tests {
         for bad in [
             "",
             "1:2:c",
-            "x:2::1:ab",
-            "1:2::9:ab",
-            "1:2::1:é\"",
-            "1:2::0:{",
+            "x:2::1:/:1:ab",
+            "1:2::1:/:9:ab",
+            "1:2::9:/:1:ab",
+            "1:2::1:/1:ab",
+            "1:2::1:/:1:é\"",
+            "1:2::1:/:0:{",
+            "1:2::-1:/:1:a1",
+            "1:2::1:/:+1:a1",
         ] {
             assert!(
                 matches!(parse_entry(bad.into()), Err(StorageError::Corrupt(_))),
@@ -991,6 +1445,35 @@ mod tests {
     fn a_builder_does_not_print_its_password() {
         let builder = RedisStorage::builder("redis://:hunter2@127.0.0.1/");
         assert!(!format!("{builder:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn members_decode_whatever_the_user_id() {
+        let tab = ClientId::new("tab-1").expect("id");
+        for user in ["ann", "", "c:tab-1:ann", "u:x", "a:b:c", "ann\n:rooms"] {
+            let as_user = Member::User(UserId::from(user));
+            let as_client = Member::Client(UserId::from(user), tab.clone());
+            let (u, c) = member_args(&as_user);
+            assert_eq!(parse_member(&format!("u:{u}")).expect("user"), as_user);
+            let (u, c2) = member_args(&as_client);
+            assert_eq!(c, "");
+            assert_eq!(
+                parse_member(&format!("c:{c2}:{u}")).expect("client"),
+                as_client
+            );
+        }
+        for bad in ["", "x:ann", "c:", "c:tab", "c:bad id:ann"] {
+            assert!(
+                matches!(parse_member(bad), Err(StorageError::Corrupt(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn client_keys_outlive_presence_by_a_generous_grace() {
+        assert_eq!(reap_grace(Duration::from_secs(60)), 600_000);
+        assert_eq!(reap_grace(Duration::from_secs(3600)), 7_200_000);
     }
 
     #[test]
