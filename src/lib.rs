@@ -17,6 +17,7 @@ mod io;
 mod layer;
 mod poll;
 mod protocol;
+mod script;
 mod shared;
 pub mod storage;
 
