@@ -107,7 +107,20 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if req.uri().path() != self.shared.config.path {
+        let path = req.uri().path();
+        if path != self.shared.config.path {
+            // The browser client, public like any static file: no identity needed.
+            let is_script = path.strip_prefix(self.shared.config.path.as_str())
+                == Some(SCRIPT_SUFFIX)
+                && (req.method() == Method::GET || req.method() == Method::HEAD);
+            if is_script {
+                let response = crate::script::serve(req.headers());
+                return ResponseFuture {
+                    kind: Kind::Route {
+                        future: Box::pin(std::future::ready(response)),
+                    },
+                };
+            }
             return ResponseFuture {
                 kind: Kind::Inner {
                     future: self.inner.call(req),
@@ -123,6 +136,9 @@ where
         }
     }
 }
+
+/// Where the JavaScript client is served, after the route's path: `/simpleio/simpleio.js`.
+const SCRIPT_SUFFIX: &str = "/simpleio.js";
 
 /// Answers one request on the route: method, identity, then receive or send.
 async fn route<B>(shared: Arc<Shared>, req: Request<B>) -> Response<Full<Bytes>>

@@ -20,6 +20,7 @@ mod namespace;
 mod poll;
 mod presence;
 mod protocol;
+mod script;
 mod shared;
 pub mod storage;
 

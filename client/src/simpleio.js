@@ -3,7 +3,9 @@
 // This file implements docs/spec.md (client protocol v1) and nothing else; read the two side by
 // side. It has no dependencies: `fetch`, `AbortController`, `URL` and `crypto.getRandomValues`
 // are in every current browser and in Node 20+. The readable source is what people audit; the
-// minifier does the squeezing, so prefer clarity over clever short code here.
+// minifier does the squeezing, so prefer clarity over clever short code here. (One concession
+// to size: the client's state lives in local variables of the constructor rather than in
+// private fields, because the minifier can shorten those names but not `this.#field`.)
 //
 // Shape of the client (spec §8):
 // - a receive loop: one long-poll GET at a time, cursor + epoch, dedup by `pos`;
@@ -27,8 +29,8 @@ const refused = (status) => status > 399 && status < 500 && status != 408 && sta
 const unauthorized = (status) => status == 401 || status == 403;
 
 const DEFAULTS = {
-  // GET timeout: a little above the server's hold time (25 s by default, spec §5). POSTs use it
-  // too: a handler slower than this is treated like a lost response and retried (same ids).
+  // Request timeout: a little above the server's hold time (25 s by default, spec §5). POSTs use
+  // it too: a handler slower than this is treated like a lost response and retried (same ids).
   timeout: 35e3,
   // Backoff: min(max, base * 2^attempts) * random(0.5, 1.0) (spec §5).
   backoffBase: 500,
@@ -45,316 +47,299 @@ const MAX_BATCH = 100;
 // How long to wait before asking again about a message the server reports as `pending`.
 const PENDING_DELAY = 250;
 
-// The reason given to emits pending at close() and to the `disconnect` it raises.
-const CLOSED = () => fail("closed", "the client is closed");
-
 /** A simpleio client: one per tab (or process). See client/dist/simpleio.d.ts for the API. */
 export class SimpleIO {
-  // The options, merged over DEFAULTS.
-  #o;
-  // Where the route is; query parameters are added per request.
-  #url;
-  // The latest `cursor` and `epoch` the server gave us; null until the first answer (spec §3).
-  #cursor = null;
-  #epoch = null;
-  // Listeners by event name.
-  #on = {};
-  // Messages not yet acknowledged, in emit order: {id, json, t (first sent), resolve, reject}.
-  #out = [];
-  // The counter behind message ids `clientId-n`.
-  #n = 0;
-  // Messages per POST; halved for good if the server says `too_many_messages`.
-  #max = MAX_BATCH;
-  // True while the send loop runs, so there is only ever one POST in flight (spec §4).
-  #sending = false;
-  #closed = false;
-  // The AbortControllers of the GET and the POST in flight, so close() and wake-ups can end them.
-  #get = null;
-  #post = null;
-  // Set when we aborted the waiting GET on purpose, so its rejection is not taken for a failure.
-  #woken = false;
-  // Resolvers of the backoff sleeps in progress; calling them ends the sleep early.
-  #sleepers = new Set();
-  // Removes the window/document listeners added by the constructor.
-  #unlisten;
-
   /**
+   * Creates a client and starts receiving at once.
    * @param {string | URL} [url] the route; default: the page's origin + "/simpleio"
    * @param {object} [options] see DEFAULTS above and simpleio.d.ts
    */
   constructor(url, options) {
     // connect(options) with the default URL.
     if (url && typeof url == "object" && !(url instanceof URL)) [url, options] = [0, url];
-    this.#o = { ...DEFAULTS, ...options };
+    const o = { ...DEFAULTS, ...options };
     // Relative URLs resolve against the page; outside a browser (Node) the URL must be absolute.
-    this.#url = new URL(url || "/simpleio", g.location?.href);
+    const route = new URL(url || "/simpleio", g.location?.href);
     // The client id (spec §2): 24 hex characters = 96 random bits, kept for this object's life.
     // getRandomValues, unlike randomUUID, also works on plain-http pages.
-    this.id = Array.from(g.crypto.getRandomValues(new Uint8Array(12)), (b) =>
+    const id = (this.id = Array.from(g.crypto.getRandomValues(new Uint8Array(12)), (b) =>
       (b + 256).toString(16).slice(1),
-    ).join("");
+    ).join(""));
     /** True between a `connect` and the next `disconnect`: the last poll got an answer. */
     this.connected = false;
+
+    // The latest `cursor` and `epoch` the server gave us; null until the first answer (spec §3).
+    let cursor = null;
+    let epoch = null;
+    // Listeners by event name.
+    const listeners = {};
+    // Messages not yet acknowledged, in emit order: {id, json, t (first sent), resolve, reject}.
+    const outbox = [];
+    // The counter behind message ids `clientId-n`.
+    let counter = 0;
+    // Messages per POST; halved for good if the server says `too_many_messages`.
+    let maxBatch = MAX_BATCH;
+    // True while the send loop runs, so there is only ever one POST in flight (spec §4).
+    let sending = false;
+    let closed = false;
+    // The AbortControllers of the GET and the POST in flight, so close() and wake-ups can end
+    // them.
+    let getting = null;
+    let posting = null;
+    // Set when we aborted the waiting GET on purpose, so its rejection is not taken for a failure.
+    let woken = false;
+    // Ends of the backoff sleeps in progress; calling one ends its sleep early.
+    const sleepers = new Set();
+
+    // Calls the listeners of `event`. A listener that throws must not break the loops (the
+    // cursor would not move and already-delivered messages would come again), so its error is
+    // rethrown on its own, where the page's console or error handler reports it.
+    const deliver = (event, ...args) => {
+      for (const fn of [...(listeners[event] || [])]) {
+        try {
+          fn(...args);
+        } catch (err) {
+          setTimeout(() => {
+            throw err;
+          });
+        }
+      }
+    };
+
+    const setConnected = (up, reason) => {
+      if (this.connected != up) {
+        this.connected = up;
+        deliver(up ? "connect" : "disconnect", reason);
+      }
+    };
+
+    // Removes a message from the outbox and settles its emit() promise.
+    const settle = (m, err, reply) => {
+      outbox.splice(outbox.indexOf(m), 1);
+      err ? m.reject(err) : m.resolve(reply);
+    };
+
+    // Spec §5: min(max, base * 2^attempts) * random(0.5, 1.0); the longest wait for a request
+    // the server refuses (a bug or a signed-out user), so a client never hammers the server.
+    const backoff = (attempts, status) =>
+      (refused(status) ? o.backoffMax : Math.min(o.backoffMax, o.backoffBase * 2 ** attempts)) *
+      (0.5 + Math.random() / 2);
+
+    // A sleep that wake() can cut short.
+    const sleep = (ms) =>
+      new Promise((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          sleepers.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, ms);
+        sleepers.add(done);
+      });
+    const wake = () => sleepers.forEach((done) => done());
+
+    // One HTTP request to the route: a GET (no body) or a POST. Resolves with the parsed JSON
+    // of a 2xx; rejects with a network error, a timeout, or a `fail()` built from the error body.
+    const request = async (body) => {
+      const ctl = new AbortController();
+      const timer = setTimeout(() => ctl.abort(), o.timeout);
+      const url = new URL(route);
+      if (body) {
+        posting = ctl;
+      } else {
+        getting = ctl;
+        url.searchParams.set("client", id);
+        // Sending the cursor confirms everything up to it (spec §3): only once delivered.
+        if (cursor != null) {
+          url.searchParams.set("cursor", cursor);
+          url.searchParams.set("epoch", epoch);
+        }
+      }
+      try {
+        const { headers } = o;
+        const res = await (o.fetch || g.fetch)(url, {
+          method: body ? "POST" : "GET",
+          body,
+          // `headers` may be a function, so a token can be refreshed before each request.
+          headers: {
+            ...(body && { "content-type": "application/json" }),
+            ...(typeof headers == "function" ? await headers() : headers),
+          },
+          credentials: o.credentials,
+          cache: "no-store",
+          signal: ctl.signal,
+        });
+        if (!res.ok) {
+          // Every error on the route has a {"error": {code, message}} body (spec §5), except
+          // perhaps one from a proxy in between, or the application's own 401/403.
+          const { error = {} } = (await res.json().catch(() => 0)) || {};
+          throw fail(error.code, error.message || `HTTP ${res.status}`, res.status);
+        }
+        return await res.json();
+      } finally {
+        clearTimeout(timer);
+        if (body) posting = null;
+        else getting = null;
+      }
+    };
+
+    // The receive loop (spec §3).
+    const receive = async () => {
+      let attempts = 0;
+      while (!closed) {
+        woken = false;
+        let res;
+        try {
+          res = await request();
+        } catch (err) {
+          if (closed) return;
+          if (woken) continue; // we aborted it to re-poll at once
+          setConnected(false, err);
+          if (refused(err.status)) deliver("error", err);
+          await sleep(backoff(attempts++, err.status));
+          continue;
+        }
+        attempts = 0;
+        if (!this.connected) {
+          setConnected(true);
+          // The server is back: the send loop need not finish its backoff.
+          wake();
+        }
+        // Step 1: a new epoch means the server's storage was reset; positions start again.
+        if (epoch != null && res.epoch !== epoch) cursor = null;
+        // Step 2: deliver in order what is past the cursor; the rest are duplicates. The local
+        // cursor also moves per message, so even a repeat inside one answer is dropped.
+        let last = cursor;
+        for (const m of res.messages || []) {
+          if (last == null || m.pos > last) {
+            last = m.pos;
+            deliver(m.event, m.data);
+          }
+        }
+        // Step 3: volatile messages have no position; each comes once.
+        for (const m of res.volatile || []) deliver(m.event, m.data);
+        // Step 4: the next GET carries these, and so confirms what we just delivered.
+        epoch = res.epoch;
+        cursor = res.cursor;
+      }
+    };
+
+    // The send loop (spec §4): one POST at a time, the first `limit` messages of the outbox.
+    const send = async () => {
+      if (sending) return;
+      sending = true;
+      let attempts = 0;
+      let limit = maxBatch;
+      while (!closed && outbox.length) {
+        const now = Date.now();
+        for (const m of [...outbox]) {
+          if (now - m.t > o.dedupWindow) {
+            settle(m, fail("expired", "no answer within the dedup window"));
+          }
+        }
+        const batch = outbox.slice(0, limit);
+        if (!batch.length) break;
+        for (const m of batch) m.t ??= now;
+        let wait = 0;
+        try {
+          // The messages are already JSON; an array's toString joins them with commas.
+          const body = `{"client":"${id}","messages":[${batch.map((m) => m.json)}]}`;
+          const { acks } = await request(body);
+          attempts = 0;
+          limit = maxBatch;
+          for (const ack of acks) {
+            const m = batch.find((m) => m.id == ack.id);
+            if (!m) continue;
+            // `pending`: an earlier POST with this id is still being handled. Keep the message
+            // (same id) and ask again shortly to learn its outcome.
+            if (ack.pending) wait = PENDING_DELAY;
+            else if (ack.error) settle(m, fail(ack.error.code, ack.error.message));
+            else settle(m, null, ack.reply);
+          }
+        } catch (err) {
+          if (closed) break;
+          const status = err.status;
+          if (refused(status) && !unauthorized(status)) {
+            // This request will never succeed as it is (spec §5: 400, 405, 413, 415). Split the
+            // batch until the culprit is alone, then fail that one message: the others must not
+            // be dropped with it.
+            if (batch.length > 1) {
+              limit = batch.length >> 1;
+              if (err.code == "too_many_messages") maxBatch = limit;
+            } else {
+              settle(batch[0], err);
+            }
+            continue;
+          }
+          if (unauthorized(status)) deliver("error", err);
+          wait = backoff(attempts++, status);
+        }
+        if (wait) await sleep(wait);
+      }
+      sending = false;
+    };
 
     // A laptop waking up or a phone switching networks leaves a poll hanging on a dead
     // connection until its timeout; a tab in the background may have had its timers throttled.
     // So when the network comes back or the tab is shown again, drop the waiting poll and ask
     // again now (cheap: the cursor only moves on an answer, so nothing is lost), and cut any
     // backoff short. `window`/`document` are absent in Node and workers: hence the `?.`.
-    const wake = () => {
-      if (this.#get) {
-        this.#woken = true;
-        this.#get.abort();
+    const revive = () => {
+      if (getting) {
+        woken = true;
+        getting.abort();
       }
-      this.#wake();
+      wake();
     };
-    const visible = () => g.document.visibilityState == "visible" && wake();
-    g.addEventListener?.("online", wake);
+    const visible = () => g.document.visibilityState == "visible" && revive();
+    g.addEventListener?.("online", revive);
     g.document?.addEventListener("visibilitychange", visible);
-    this.#unlisten = () => {
-      g.removeEventListener?.("online", wake);
-      g.document?.removeEventListener("visibilitychange", visible);
+
+    /** Calls `fn(data)` for each message `event`; also "connect", "disconnect" and "error". */
+    this.on = (event, fn) => {
+      (listeners[event] ||= []).push(fn);
+      return this;
     };
 
-    this.#receive();
-  }
+    /** Removes `fn` from `event`, or every listener of `event` if `fn` is omitted. */
+    this.off = (event, fn) => {
+      listeners[event] = fn ? (listeners[event] || []).filter((f) => f != fn) : [];
+      return this;
+    };
 
-  /** Calls `fn(data)` for each message `event`; also "connect", "disconnect" and "error". */
-  on(event, fn) {
-    (this.#on[event] ||= []).push(fn);
-    return this;
-  }
-
-  /** Removes `fn` from `event`, or every listener of `event` if `fn` is omitted. */
-  off(event, fn) {
-    this.#on[event] = fn ? (this.#on[event] || []).filter((f) => f != fn) : [];
-    return this;
-  }
-
-  /**
-   * Sends `event` with `data` to the server's handler. Resolves with the handler's reply, or
-   * rejects with its error (`err.code`), or if the message cannot be delivered (`closed`,
-   * `expired`, or a 4xx refusing this very message). Never rejects on a transient failure:
-   * the message waits in the outbox and is retried, with the same id, until it gets an answer.
-   */
-  emit(event, data) {
-    return new Promise((resolve, reject) => {
-      if (this.#closed) throw CLOSED();
-      const id = `${this.id}-${++this.#n}`;
-      // Serialized now, so a later change to `data` by the application does not change what a
-      // retry sends (the server dedups by id, the content must not drift), and so an
-      // unserializable value (a cycle, a BigInt) rejects here rather than jamming the outbox.
-      this.#out.push({ id, json: JSON.stringify({ id, event, data }), resolve, reject });
-      // Wait a microtask so emits made in the same tick share one POST.
-      queueMicrotask(() => this.#send());
-    });
-  }
-
-  /** Stops the client: aborts the requests in flight, sends no more, rejects pending emits. */
-  close() {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#unlisten();
-    this.#get?.abort();
-    this.#post?.abort();
-    this.#wake();
-    const closed = CLOSED();
-    for (const m of [...this.#out]) this.#settle(m, closed);
-    if (this.connected) {
-      this.connected = false;
-      this.#emit("disconnect", closed);
-    }
-  }
-
-  // The receive loop (spec §3).
-  async #receive() {
-    let attempts = 0;
-    while (!this.#closed) {
-      this.#woken = false;
-      let res;
-      try {
-        res = await this.#request();
-      } catch (err) {
-        if (this.#closed) return;
-        if (this.#woken) continue; // we aborted it to re-poll at once
-        if (this.connected) {
-          this.connected = false;
-          this.#emit("disconnect", err);
-        }
-        if (refused(err.status)) this.#emit("error", err);
-        await this.#sleep(this.#backoff(attempts++, err.status));
-        continue;
-      }
-      attempts = 0;
-      if (!this.connected) {
-        this.connected = true;
-        this.#emit("connect");
-        // The server is back: the send loop need not finish its backoff.
-        this.#wake();
-      }
-      // Step 1: a new epoch means the server's storage was reset; positions start again.
-      if (this.#epoch != null && res.epoch !== this.#epoch) this.#cursor = null;
-      // Step 2: deliver in order what is past the cursor; the rest are duplicates. The local
-      // cursor also moves per message, so even a repeat inside one answer is dropped.
-      let cursor = this.#cursor;
-      for (const m of res.messages || []) {
-        if (cursor == null || m.pos > cursor) {
-          cursor = m.pos;
-          this.#emit(m.event, m.data);
-        }
-      }
-      // Step 3: volatile messages have no position; each comes once.
-      for (const m of res.volatile || []) this.#emit(m.event, m.data);
-      // Step 4: the next GET carries these, and so confirms what we just delivered.
-      this.#epoch = res.epoch;
-      this.#cursor = res.cursor;
-    }
-  }
-
-  // The send loop (spec §4): one POST at a time, the first `limit` messages of the outbox.
-  async #send() {
-    if (this.#sending) return;
-    this.#sending = true;
-    let attempts = 0;
-    let limit = this.#max;
-    while (!this.#closed && this.#out.length) {
-      const now = Date.now();
-      for (const m of [...this.#out]) {
-        if (now - m.t > this.#o.dedupWindow) {
-          this.#settle(m, fail("expired", "no answer within the dedup window"));
-        }
-      }
-      const batch = this.#out.slice(0, limit);
-      if (!batch.length) break;
-      for (const m of batch) m.t ??= now;
-      let wait = 0;
-      try {
-        // The messages are already JSON; an array's toString joins them with commas.
-        const body = `{"client":"${this.id}","messages":[${batch.map((m) => m.json)}]}`;
-        const { acks } = await this.#request(body);
-        attempts = 0;
-        limit = this.#max;
-        for (const ack of acks) {
-          const m = batch.find((m) => m.id == ack.id);
-          if (!m) continue;
-          // `pending`: an earlier POST with this id is still being handled. Keep the message
-          // (same id) and ask again shortly to learn its outcome.
-          if (ack.pending) wait = PENDING_DELAY;
-          else if (ack.error) this.#settle(m, fail(ack.error.code, ack.error.message));
-          else this.#settle(m, null, ack.reply);
-        }
-      } catch (err) {
-        if (this.#closed) break;
-        const status = err.status;
-        if (refused(status) && !unauthorized(status)) {
-          // This request will never succeed as it is (spec §5: 400, 405, 413, 415). Split the
-          // batch until the culprit is alone, then fail that one message: the others must not
-          // be dropped with it.
-          if (batch.length > 1) {
-            limit = batch.length >> 1;
-            if (err.code == "too_many_messages") this.#max = limit;
-          } else {
-            this.#settle(batch[0], err);
-          }
-          continue;
-        }
-        if (unauthorized(status)) this.#emit("error", err);
-        wait = this.#backoff(attempts++, status);
-      }
-      if (wait) await this.#sleep(wait);
-    }
-    this.#sending = false;
-  }
-
-  // One HTTP request to the route: a GET (no body) or a POST. Resolves with the parsed JSON of
-  // a 2xx; rejects with a network error, a timeout, or a `fail()` built from the error body.
-  async #request(body) {
-    const { timeout, fetch = g.fetch, headers, credentials } = this.#o;
-    const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(), timeout);
-    const url = new URL(this.#url);
-    if (body) {
-      this.#post = ctl;
-    } else {
-      this.#get = ctl;
-      url.searchParams.set("client", this.id);
-      // Sending the cursor confirms everything up to it (spec §3): only once delivered.
-      if (this.#cursor != null) {
-        url.searchParams.set("cursor", this.#cursor);
-        url.searchParams.set("epoch", this.#epoch);
-      }
-    }
-    try {
-      const res = await fetch(url, {
-        method: body ? "POST" : "GET",
-        body,
-        // `headers` may be a function, so a token can be refreshed before each request.
-        headers: {
-          ...(body && { "content-type": "application/json" }),
-          ...(typeof headers == "function" ? await headers() : headers),
-        },
-        credentials,
-        cache: "no-store",
-        signal: ctl.signal,
+    /**
+     * Sends `event` with `data` to the server's handler. Resolves with the handler's reply, or
+     * rejects with its error (`err.code`), or if the message cannot be delivered (`closed`,
+     * `expired`, or a 4xx refusing this very message). Never rejects on a transient failure:
+     * the message waits in the outbox and is retried, with the same id, until it gets an answer.
+     */
+    this.emit = (event, data) =>
+      new Promise((resolve, reject) => {
+        if (closed) throw fail("closed", "the client is closed");
+        const mid = `${id}-${++counter}`;
+        // Serialized now, so a later change to `data` by the application does not change what
+        // a retry sends (the server dedups by id, the content must not drift), and so an
+        // unserializable value (a cycle, a BigInt) rejects here rather than jamming the outbox.
+        outbox.push({ id: mid, json: JSON.stringify({ id: mid, event, data }), resolve, reject });
+        // Wait a microtask so emits made in the same tick share one POST.
+        queueMicrotask(send);
       });
-      if (!res.ok) {
-        // Every error on the route has a {"error": {code, message}} body (spec §5), except
-        // perhaps one from a proxy in between, or the application's own 401/403.
-        const { error = {} } = (await res.json().catch(() => 0)) || {};
-        throw fail(error.code, error.message || `HTTP ${res.status}`, res.status);
-      }
-      return await res.json();
-    } finally {
-      clearTimeout(timer);
-      if (body) this.#post = null;
-      else this.#get = null;
-    }
-  }
 
-  // Calls the listeners of `event`. A listener that throws must not break the loops (the
-  // cursor would not move and already-delivered messages would come again), so its error is
-  // rethrown on its own, where the page's console or error handler reports it.
-  #emit(event, ...args) {
-    for (const fn of [...(this.#on[event] || [])]) {
-      try {
-        fn(...args);
-      } catch (err) {
-        setTimeout(() => {
-          throw err;
-        });
-      }
-    }
-  }
+    /** Stops the client: aborts the requests in flight, sends no more, rejects pending emits. */
+    this.close = () => {
+      if (closed) return;
+      closed = true;
+      g.removeEventListener?.("online", revive);
+      g.document?.removeEventListener("visibilitychange", visible);
+      getting?.abort();
+      posting?.abort();
+      wake();
+      const err = fail("closed", "the client is closed");
+      for (const m of [...outbox]) settle(m, err);
+      setConnected(false, err);
+    };
 
-  // Removes a message from the outbox and settles its emit() promise.
-  #settle(m, err, reply) {
-    this.#out.splice(this.#out.indexOf(m), 1);
-    err ? m.reject(err) : m.resolve(reply);
-  }
-
-  // Spec §5: min(max, base * 2^attempts) * random(0.5, 1.0); the longest wait for a request
-  // the server refuses (a bug or a signed-out user), so a client never hammers the server.
-  #backoff(attempts, status) {
-    const { backoffBase, backoffMax } = this.#o;
-    const wait = refused(status) ? backoffMax : Math.min(backoffMax, backoffBase * 2 ** attempts);
-    return wait * (0.5 + Math.random() / 2);
-  }
-
-  // A sleep that #wake() can cut short.
-  #sleep(ms) {
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.#sleepers.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.#sleepers.add(done);
-    });
-  }
-
-  #wake() {
-    for (const done of this.#sleepers) done();
+    receive();
   }
 }
 

@@ -147,14 +147,24 @@ test("a message the server refuses (400) fails alone; the rest of the batch is d
   assert.deepEqual([0, 2, 3].map((i) => results[i].value), [1, 3, 4]);
 });
 
-test("a message still being handled is reported pending and asked for again", async (t) => {
+test("a message still being handled is reported pending and asked for again", { timeout: 20000 }, async (t) => {
   let posts = 0;
-  const counting = (url, init) => (init.method == "POST" && posts++, fetch(url, init));
-  // A timeout shorter than the handler: the first POST is aborted while the handler runs, the
-  // retries get `pending` until it finishes, then its reply.
-  const io = clients(t)(uniqueUser(), { fetch: counting, timeout: 400 });
-  assert.equal(await io.emit("slow", { ms: 1500 }), "slept");
-  assert.ok(posts >= 2, `retried (${posts} POSTs)`);
+  let pending = 0;
+  const watching = async (url, init) => {
+    const res = await fetch(url, init);
+    if (init.method == "POST") {
+      posts++;
+      const { acks = [] } = await res.clone().json();
+      pending += acks.filter((a) => a.pending).length;
+    }
+    return res;
+  };
+  // The first POST gives up (client timeout) while the handler runs on; the retries, same id,
+  // are told `pending` (the harness's server waits only 200 ms for the first to finish) until
+  // the handler is done, then get its reply. The handler ran once.
+  const io = clients(t)(uniqueUser(), { fetch: watching, timeout: 700 });
+  assert.equal(await io.emit("slow", { ms: 2000 }), "slept");
+  assert.ok(pending >= 1, `told pending (${posts} POSTs, ${pending} pending)`);
 });
 
 test("close() aborts the waiting poll, rejects pending emits and stops all requests", async (t) => {
@@ -194,4 +204,18 @@ test("across a server restart nothing is lost or delivered twice", { skip: !proc
   await until("all messages", () => gotB.length >= 4, 10000);
   await sleep(300);
   assert.deepEqual(gotB, [0, 1, 2, 3]);
+});
+
+test("the server serves this client's bundle at {path}/simpleio.js, with an ETag", async () => {
+  const url = `${serverUrl()}/simpleio.js`;
+  const res = await fetch(url);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /^application\/javascript/);
+  const { readFile } = await import("node:fs/promises");
+  const bundle = await readFile(new URL("../dist/simpleio.min.js", import.meta.url), "utf8");
+  assert.equal(await res.text(), bundle, "the committed dist/simpleio.min.js");
+  const etag = res.headers.get("etag");
+  assert.match(etag, /^"[0-9a-f]{16}"$/);
+  const again = await fetch(url, { headers: { "if-none-match": etag } });
+  assert.equal(again.status, 304);
 });

@@ -1,0 +1,329 @@
+//! The JavaScript client (`client/`) against a real server: this file starts an axum app with
+//! the layer on loopback and runs the client's Node tests, then the end-to-end chat in headless
+//! Chromium, against it.
+//!
+//! The server side of the tests' contract (see `client/test/helpers.mjs`):
+//! - identity: the `x-user` header, else the `user` query parameter (test-only, like the chat
+//!   example's: anyone can be anyone);
+//! - handler events `echo`, `fail`, `count`, `slow`, `send`, `chat` (see [`handle`]), with a
+//!   200 ms `pending_wait`;
+//! - `/` is `examples/chat.html`;
+//! - a control server on its own port: `POST /stop` stops the HTTP server and drops every open
+//!   connection (held polls included), `POST /start` serves again on the same port with a new
+//!   layer over the same storage, as a restarted node would.
+//!
+//! Under `CI=true` these tests always run: a missing Node or Chromium fails them. Elsewhere they
+//! skip, loudly, when a tool is missing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::{get, post};
+use http::request::Parts;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use simpleio::{
+    HandlerError, Incoming, MemoryStorage, Rejection, Reply, SimpleIoLayer, Storage, UserId,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::{BoxError, service_fn};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn client_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("client")
+}
+
+/// Whether the tests must run (CI) or may skip when a tool is missing.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Skips (outside CI) or fails (in CI) for a missing tool. Returns whether to go on.
+fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    assert!(!in_ci(), "{what} is required under CI=true");
+    eprintln!("\n!!! SKIPPED: {what} is missing; the JavaScript client was NOT tested !!!\n");
+    false
+}
+
+fn have_node() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `npm ci` in client/ once per test process, if node_modules is missing.
+fn install_client_deps() {
+    static ONCE: Mutex<bool> = Mutex::new(false);
+    let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done || client_dir().join("node_modules").exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(client_dir())
+        .status()
+        .expect("run npm ci");
+    assert!(status.success(), "npm ci failed in client/");
+    *done = true;
+}
+
+// --- the application under test -----------------------------------------------------------------
+
+/// What survives a restart: the storage, and the handler's own state.
+struct World {
+    storage: Arc<dyn Storage>,
+    /// `count` calls per (user, key): proves a retried POST reached the handler once.
+    counts: Mutex<HashMap<String, u64>>,
+}
+
+fn identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
+    let header = parts.headers.get("x-user").and_then(|v| v.to_str().ok());
+    let query = || {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(parts.uri.query()?)
+            .ok()?
+            .into_iter()
+            .find_map(|(k, v)| (k == "user").then_some(v))
+    };
+    let user = header
+        .map(str::to_owned)
+        .or_else(query)
+        .filter(|u| !u.is_empty());
+    std::future::ready(
+        user.map(UserId::from)
+            .ok_or_else(|| Rejection::unauthorized("send an x-user header")),
+    )
+}
+
+#[derive(Deserialize)]
+struct SendArgs {
+    to: Option<String>,
+    event: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    volatile: bool,
+}
+
+/// Stores a message, then lets its delivery confirmation finish in the background: the handler
+/// must not wait for it (a recipient may be offline for minutes), but must not reply before the
+/// message is stored either, or two messages handled in a row could be stored in either order.
+async fn store_then_detach(sending: simpleio::Sending) -> Result<(), BoxError> {
+    let confirmation = sending.stored().await?;
+    tokio::spawn(confirmation);
+    Ok(())
+}
+
+async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
+    match msg.event.as_str() {
+        "echo" => Ok(msg.data.into()),
+        "fail" => Err(HandlerError::new("handler_error", "asked to fail").into()),
+        "count" => {
+            let key: Value = msg.json()?;
+            let key = format!("{}/{}", msg.user, key["key"]);
+            let mut counts = world.counts.lock().unwrap();
+            let n = counts.entry(key).or_default();
+            *n += 1;
+            Ok(Reply::json(&*n)?)
+        }
+        "slow" => {
+            let ms = msg.json::<Value>()?["ms"].as_u64().unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(Reply::json("slept")?)
+        }
+        "send" => {
+            let send: SendArgs = msg.json()?;
+            let to = send.to.map_or_else(|| msg.user.clone(), UserId::from);
+            let emitter = msg.io.to(to);
+            if send.volatile {
+                emitter.volatile().emit(send.event, &send.data).await?;
+            } else {
+                store_then_detach(emitter.emit(send.event, &send.data)).await?;
+            }
+            Ok(Reply::none())
+        }
+        // As examples/chat.rs: to every user online, the sender included.
+        "chat" => {
+            let text = msg.json::<Value>()?["text"].clone();
+            let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+            let line = json!({ "from": msg.user, "text": text, "at": at });
+            store_then_detach(msg.io.everyone().to(msg.user.clone()).emit("chat", &line)).await?;
+            Ok(Reply::none())
+        }
+        other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
+    }
+}
+
+fn app(world: &Arc<World>) -> Router {
+    let for_handler = world.clone();
+    let (layer, _io) = SimpleIoLayer::builder()
+        .shared_storage(world.storage.clone())
+        .identity(identity)
+        // Short, so a retry racing a slow handler is told `pending` within a test's patience.
+        .pending_wait(Duration::from_millis(200))
+        .handler(service_fn(move |msg| handle(for_handler.clone(), msg)))
+        .build();
+    Router::new()
+        .route(
+            "/",
+            get(|| async { Html(include_str!("../examples/chat.html")) }),
+        )
+        .layer(layer)
+}
+
+// --- a server that can be stopped and started again on the same port ----------------------------
+
+/// Serves `app` on `listener` until the returned task is aborted. Connections are tasks of a
+/// JoinSet owned by the accept loop, so aborting it also drops every open connection — held
+/// polls included — as a crashed process would (axum::serve's connections would outlive it).
+fn serve(listener: TcpListener, app: Router) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let service = TowerToHyperService::new(app.clone());
+                    connections.spawn(async move {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
+}
+
+struct Node {
+    world: Arc<World>,
+    addr: SocketAddr,
+    running: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Node {
+    async fn stop(&self) {
+        let task = self.running.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn start(&self) {
+        self.stop().await;
+        // Re-binding the port just freed: SO_REUSEADDR (tokio sets it) lets it through despite
+        // connections in TIME_WAIT; retry briefly all the same.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("re-binding {}: {e}; retrying", self.addr);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("could not re-bind {}: {e}", self.addr),
+            }
+        };
+        *self.running.lock().unwrap() = Some(serve(listener, app(&self.world)));
+    }
+}
+
+/// Starts the app on 127.0.0.1 (port 0) and its control server; returns (route URL, control URL).
+async fn start_server() -> (String, String, Arc<Node>) {
+    let world = Arc::new(World {
+        storage: Arc::new(MemoryStorage::new()),
+        counts: Mutex::default(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = Arc::new(Node {
+        running: Mutex::new(Some(serve(listener, app(&world)))),
+        world,
+        addr,
+    });
+    let control = Router::new()
+        .route(
+            "/stop",
+            post(|State(node): State<Arc<Node>>| async move { node.stop().await }),
+        )
+        .route(
+            "/start",
+            post(|State(node): State<Arc<Node>>| async move { node.start().await }),
+        )
+        .with_state(node.clone());
+    let control_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control_addr = control_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(control_listener, control).await });
+    (
+        format!("http://{addr}/simpleio"),
+        format!("http://{control_addr}"),
+        node,
+    )
+}
+
+/// Runs `node --test` on `files` (relative to client/) against a fresh server; fails the Rust
+/// test if any JavaScript test fails, with the runner's report in the output.
+async fn node_test(files: &[&str]) {
+    install_client_deps();
+    let (url, control, node) = start_server().await;
+    let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            // A hung test fails alone instead of stalling the run.
+            .args(["--test", "--test-timeout=60000"])
+            .args(&files)
+            .current_dir(client_dir())
+            .env("SIMPLEIO_URL", &url)
+            .env("SIMPLEIO_CONTROL", &control)
+            .output()
+            .expect("run node --test")
+    })
+    .await
+    .unwrap();
+    node.stop().await;
+    let report = String::from_utf8_lossy(&output.stdout);
+    println!("{report}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "JavaScript tests failed: {}",
+        report
+            .lines()
+            .filter(|l| l.starts_with("not ok") || l.starts_with("# fail"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_js_client_passes_its_tests_against_the_layer() {
+    if !require("node", have_node()) {
+        return;
+    }
+    node_test(&["test/protocol.test.mjs", "test/server.test.mjs"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_chat_through_a_server_restart_in_chromium() {
+    if !require("node", have_node()) || !require(CHROMIUM, Path::new(CHROMIUM).exists()) {
+        return;
+    }
+    node_test(&["test/browser/chat.test.mjs"]).await;
+}
