@@ -7,9 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use simpleio::client::{Client, ConnectionError, EmitError, Event, Events, Message, MessageKind};
-use simpleio::{Builder, HandlerError, Incoming, MemoryStorage, Reply, SimpleIoLayer};
+use simpleio::client::{
+    Client, ConnectionError, EmitError, Event, Events, Message, MessageKind, as_binary,
+};
+use simpleio::{
+    Binary, Builder, HandlerError, Incoming, MemoryStorage, Namespace, Rejection, Reply,
+    SimpleIoLayer, UserId,
+};
 use support::server::TestServer;
 use tokio::time::timeout;
 use tower::service_fn;
@@ -457,6 +463,357 @@ async fn a_slow_reader_holds_back_confirmation() {
         .expect("confirmed")
         .expect("joined");
     assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+    client.close().await;
+}
+
+/// Every message a namespace's handler saw, as `(namespace, event, data)`, in order.
+type SeenIn = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+/// A handler that records each message with its namespace and replies `{"ns", "echo"}`.
+fn recording_handler(
+    seen: SeenIn,
+) -> impl tower::Service<
+    Incoming,
+    Response = Reply,
+    Error = tower::BoxError,
+    Future = impl Future<Output = Result<Reply, tower::BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    service_fn(move |m: Incoming| {
+        let seen = seen.clone();
+        async move {
+            let data: Value = m.json()?;
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push((
+                m.namespace.to_string(),
+                m.event.clone(),
+                data.clone(),
+            ));
+            Ok::<_, tower::BoxError>(Reply::json(&json!({ "ns": &*m.namespace, "echo": data }))?)
+        }
+    })
+}
+
+/// Lets `root` only into the namespace.
+fn only_root(
+    _parts: &http::request::Parts,
+    user: &UserId,
+) -> std::future::Ready<Result<(), Rejection>> {
+    std::future::ready(if user.as_str() == "root" {
+        Ok(())
+    } else {
+        Err(Rejection::forbidden("admins only"))
+    })
+}
+
+/// A server with `/` plus `/chat`, `/news` and `/admin` (for `root` only), each handler
+/// recording into `seen`.
+fn namespaced_server(seen: &SeenIn) -> Builder {
+    SimpleIoLayer::builder()
+        .hold_time(Duration::from_millis(500))
+        .handler(recording_handler(seen.clone()))
+        .namespace(Namespace::new("/chat").handler(recording_handler(seen.clone())))
+        .namespace(Namespace::new("/news").handler(recording_handler(seen.clone())))
+        .namespace(
+            Namespace::new("/admin")
+                .authorize(only_root)
+                .handler(recording_handler(seen.clone())),
+        )
+}
+
+fn seen_in(seen: &SeenIn) -> Vec<(String, String, Value)> {
+    seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+#[tokio::test]
+async fn a_client_receives_the_namespaces_it_subscribed_to_and_no_others() {
+    let seen = SeenIn::default();
+    let server = TestServer::start(namespaced_server(&seen)).await;
+    let (client, mut events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .namespaces(["/", "/chat"])
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .expect("the client starts");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    // Stored first: were /news delivered, it would be the first message to arrive.
+    let news = server
+        .io
+        .of("/news")
+        .to("ann")
+        .emit("headline", &"not for you")
+        .stored()
+        .await
+        .expect("stored");
+    let news = tokio::spawn(news);
+    let chat = server
+        .io
+        .of("/chat")
+        .to("ann")
+        .emit("said", &json!({"from": "bob", "text": "yo"}))
+        .stored()
+        .await
+        .expect("stored");
+    let chat = tokio::spawn(chat);
+    let m = next_message(&mut events).await;
+    assert_eq!(
+        (m.namespace.as_str(), m.event.as_str(), &m.data),
+        ("/chat", "said", &json!({"from": "bob", "text": "yo"}))
+    );
+    let io = server.io.clone();
+    let root = tokio::spawn(async move { io.to("ann").emit("status", &"up").await });
+    let m = next_message(&mut events).await;
+    assert_eq!(
+        (m.namespace.as_str(), m.event.as_str(), &m.data),
+        ("/", "status", &json!("up"))
+    );
+
+    // Both confirmed; the /news one is not: no client of ann's receives /news.
+    let chat = timeout(SOON, chat)
+        .await
+        .expect("confirmed")
+        .expect("joined");
+    assert!(chat.is_ok(), "{chat:?}");
+    let root = timeout(SOON, root)
+        .await
+        .expect("confirmed")
+        .expect("joined");
+    assert!(root.is_ok(), "{root:?}");
+    assert!(!news.is_finished(), "a /news message was confirmed");
+
+    // Volatile messages name their namespace too, and follow the same subscription.
+    wait_until(|| server.io.waiting_polls() == 1).await;
+    server
+        .io
+        .of("/news")
+        .to("ann")
+        .volatile()
+        .emit("flash", &1)
+        .await
+        .expect("published");
+    server
+        .io
+        .of("/chat")
+        .to("ann")
+        .volatile()
+        .emit("typing", &json!({"from": "bob"}))
+        .await
+        .expect("published");
+    let m = next_message(&mut events).await;
+    assert_eq!(m.kind, MessageKind::Volatile);
+    assert_eq!(
+        (m.namespace.as_str(), m.event.as_str()),
+        ("/chat", "typing")
+    );
+    news.abort();
+    client.close().await;
+}
+
+#[tokio::test]
+async fn emitting_into_a_namespace_reaches_its_handler() {
+    let seen = SeenIn::default();
+    let server = TestServer::start(namespaced_server(&seen)).await;
+    // Sending needs no subscription: this client receives `/` only.
+    let (client, _events) = connect(&server, "ann");
+
+    let chat = client.of("/chat");
+    assert_eq!((client.namespace(), chat.namespace()), ("/", "/chat"));
+    let reply = timeout(SOON, chat.emit("say", &json!({"text": "hi"})))
+        .await
+        .expect("acked");
+    assert_eq!(
+        reply.expect("a reply"),
+        json!({"ns": "/chat", "echo": {"text": "hi"}})
+    );
+    let reply = timeout(SOON, client.emit("say", &"in the root"))
+        .await
+        .expect("acked");
+    assert_eq!(
+        reply.expect("a reply"),
+        json!({"ns": "/", "echo": "in the root"})
+    );
+    assert_eq!(
+        seen_in(&seen),
+        [
+            ("/chat".to_owned(), "say".to_owned(), json!({"text": "hi"})),
+            ("/".to_owned(), "say".to_owned(), json!("in the root")),
+        ]
+    );
+
+    // A namespace the server does not have is refused with its code; one with a malformed
+    // name is not even sent.
+    match timeout(SOON, client.of("/nope").emit("say", &1))
+        .await
+        .expect("settled")
+    {
+        Err(EmitError::Rejected { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (400, "unknown_namespace"));
+        }
+        other => panic!("expected unknown_namespace, got {other:?}"),
+    }
+    assert!(matches!(
+        client.of("chat").emit("say", &1).await,
+        Err(EmitError::InvalidNamespace { namespace, .. }) if namespace == "chat"
+    ));
+    assert_eq!(seen_in(&seen).len(), 2);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_namespace_the_user_may_not_use_is_refused_with_the_servers_code() {
+    let seen = SeenIn::default();
+    let server = TestServer::start(namespaced_server(&seen)).await;
+
+    // Receiving: the poll names /admin, so every poll is refused, with the server's code.
+    let (client, mut events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .namespaces(["/", "/admin"])
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .expect("the client starts");
+    match next_where(&mut events, |_| true).await {
+        Event::Disconnected(ConnectionError::Rejected { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "forbidden"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    client.close().await;
+
+    // The user it is for gets in.
+    let (client, mut events) = Client::builder(server.url())
+        .header("x-user", "root")
+        .namespaces(["/admin"])
+        .connect()
+        .expect("the client starts");
+    assert!(matches!(
+        next_where(&mut events, |_| true).await,
+        Event::Connected
+    ));
+    client.close().await;
+
+    // A namespace the server does not have.
+    let (client, mut events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .namespaces(["/", "/nope"])
+        .connect()
+        .expect("the client starts");
+    match next_where(&mut events, |_| true).await {
+        Event::Disconnected(ConnectionError::Rejected { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (400, "unknown_namespace"));
+        }
+        other => panic!("expected unknown_namespace, got {other:?}"),
+    }
+    client.close().await;
+
+    // Sending: a 403 is retried at the longest backoff (spec §5), so it fails once the retry
+    // window passed, with the refusal as the last error. A message to `/` emitted along with
+    // it is not held back: the client sends one namespace at a time after a refusal.
+    let (client, _events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .retry_window(Duration::from_millis(300))
+        .connect()
+        .expect("the client starts");
+    let (root, admin) = timeout(SOON, async {
+        tokio::join!(
+            client.emit("hello", &1),
+            client.of("/admin").emit("shutdown", &())
+        )
+    })
+    .await
+    .expect("both settled");
+    assert_eq!(root.expect("a reply"), json!({"ns": "/", "echo": 1}));
+    match admin {
+        Err(EmitError::Unacknowledged {
+            last: ConnectionError::Rejected { status, code, .. },
+            ..
+        }) => assert_eq!((status, code.as_str()), (403, "forbidden")),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    assert_eq!(
+        seen_in(&seen),
+        [("/".to_owned(), "hello".to_owned(), json!(1))]
+    );
+    client.close().await;
+}
+
+/// A payload with bytes in it, as both sides declare it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Upload {
+    name: String,
+    content: Binary,
+}
+
+#[tokio::test]
+async fn bytes_round_trip_both_ways() {
+    let received = Arc::new(Mutex::new(Vec::<Upload>::new()));
+    let handler_received = received.clone();
+    let server = TestServer::start(
+        SimpleIoLayer::builder()
+            .hold_time(Duration::from_millis(500))
+            .handler(service_fn(move |m: Incoming| {
+                let received = handler_received.clone();
+                async move {
+                    let upload: Upload = m.json()?;
+                    let reversed: Vec<u8> = upload.content.iter().rev().copied().collect();
+                    received
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(upload);
+                    Ok::<_, tower::BoxError>(Reply::json(
+                        &json!({ "reversed": Binary::from(reversed) }),
+                    )?)
+                }
+            })),
+    )
+    .await;
+    let (client, mut events) = connect(&server, "ann");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    // Client to server, and the reply back: every byte value survives.
+    let all: Vec<u8> = (0..=255).collect();
+    let upload = Upload {
+        name: "all.bin".into(),
+        content: Binary::from(all.clone()),
+    };
+    let reply = timeout(SOON, client.emit("upload", &upload))
+        .await
+        .expect("acked")
+        .expect("a reply");
+    assert_eq!(
+        received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_slice(),
+        [upload]
+    );
+    let reversed = as_binary(&reply["reversed"]).expect("bytes in the reply");
+    assert_eq!(
+        &reversed[..],
+        &all.iter().rev().copied().collect::<Vec<u8>>()[..]
+    );
+
+    // Server to client.
+    let io = server.io.clone();
+    tokio::spawn(async move {
+        io.to("ann")
+            .emit(
+                "file",
+                &Upload {
+                    name: "hello.bin".into(),
+                    content: Binary::from(vec![0u8, 159, 146, 150]),
+                },
+            )
+            .await
+    });
+    let m = next_message(&mut events).await;
+    assert_eq!(m.data["content"], json!({"$bytes": "AJ+Slg=="}));
+    let file: Upload = m.json().expect("an upload");
+    assert_eq!(file.name, "hello.bin");
+    assert_eq!(&file.content[..], &[0, 159, 146, 150]);
+    assert_eq!(as_binary(&m.data["content"]), Some(file.content));
     client.close().await;
 }
 

@@ -408,6 +408,7 @@ impl ClientBuilder {
             span,
         ));
         let client = Client {
+            namespace: DEFAULT_NAMESPACE.into(),
             inner: Arc::new(Inner {
                 config,
                 counter: AtomicU64::new(0),
@@ -487,9 +488,15 @@ mod tests {
         assert_eq!(ns(&["/"]).ok().as_deref(), Some("/"));
         assert_eq!(ns(&["/", "/chat"]).ok().as_deref(), Some("/,/chat"));
         assert!(matches!(ns(&[]), Err(ConnectError::Setting("namespaces"))));
-        assert!(matches!(ns(&["chat"]), Err(ConnectError::Namespace { name, .. }) if name == "chat"));
-        assert!(matches!(ns(&["/a,/b"]), Err(ConnectError::Namespace { .. })));
-        let builder = ClientBuilder::new("http://127.0.0.1:1/simpleio").namespaces(["/chat", "/", "/chat"]);
+        assert!(
+            matches!(ns(&["chat"]), Err(ConnectError::Namespace { name, .. }) if name == "chat")
+        );
+        assert!(matches!(
+            ns(&["/a,/b"]),
+            Err(ConnectError::Namespace { .. })
+        ));
+        let builder =
+            ClientBuilder::new("http://127.0.0.1:1/simpleio").namespaces(["/chat", "/", "/chat"]);
         assert_eq!(builder.namespaces, ["/chat", "/"]);
     }
 
@@ -499,7 +506,9 @@ mod tests {
             .namespaces(["/ok", "not-a-namespace"])
             .connect()
             .err();
-        assert!(matches!(err, Some(ConnectError::Namespace { name, .. }) if name == "not-a-namespace"));
+        assert!(
+            matches!(err, Some(ConnectError::Namespace { name, .. }) if name == "not-a-namespace")
+        );
     }
 
     #[test]

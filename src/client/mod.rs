@@ -27,6 +27,89 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Namespaces
+//!
+//! A server may offer namespaces besides the default `/` (spec §4a; on the server,
+//! [`Builder::namespace`](crate::Builder::namespace)): independent channels with their own
+//! events, handler and authorization, all over the client's one polling connection.
+//!
+//! - **Receiving**: list the namespaces on the builder with
+//!   [`ClientBuilder::namespaces`]. The list is exact and replaces the default (`/` alone):
+//!   include `/` to keep receiving the default namespace. Each [`Message`] names its
+//!   [`namespace`](Message::namespace) (`/` for the default).
+//! - **Sending**: [`Client::of`] gives a handle whose [`emit`](Client::emit) goes to that
+//!   namespace's handler; [`Client::emit`] itself sends into `/`.
+//! - **Refusals**: a namespace the server does not have (`400 unknown_namespace`) or that the
+//!   user may not use (the server's rejection, typically `403`) fails the whole request.
+//!   Polling reports it as [`Event::Disconnected`] with the server's status and code, and keeps
+//!   retrying at the longest backoff; sending fails the message ([`EmitError::Rejected`]) or,
+//!   for a `401`/`403`, retries it at the longest backoff until the retry window passes.
+//!
+//! ```no_run
+//! use serde_json::json;
+//! use simpleio::client::{Client, Event};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut events) = Client::builder("http://127.0.0.1:3000/simpleio")
+//!     .header("cookie", "user=ann")
+//!     .namespaces(["/", "/chat"]) // the default namespace and /chat, not /news
+//!     .connect()?;
+//!
+//! let chat = client.of("/chat");
+//! chat.emit("say", &json!({"text": "hi"})).await?; // to the /chat handler
+//!
+//! while let Some(event) = events.recv().await {
+//!     if let Event::Message(m) = event {
+//!         match m.namespace.as_str() {
+//!             "/chat" => println!("chat: {} {}", m.event, m.data),
+//!             _ => println!("{}: {}", m.event, m.data),
+//!         }
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Binary data
+//!
+//! Bytes travel inside JSON as `{"$bytes": "<base64>"}` (spec §4b). You never base64 by
+//! hand: put a [`Binary`] (re-exported here from the crate root) anywhere in the data you
+//! [`emit`](Client::emit), and ask for one anywhere in the type you read with
+//! [`Message::json`]; serde does the rest. For a reply, or data you keep as a
+//! [`serde_json::Value`], [`as_binary`] takes the bytes out of one such object.
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use simpleio::client::{Binary, Client, Event, as_binary};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Avatar {
+//!     user: String,
+//!     png: Binary,
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut events) = Client::builder("http://127.0.0.1:3000/simpleio")
+//!     .header("cookie", "user=ann")
+//!     .connect()?;
+//!
+//! // Sent as {"user": "ann", "png": {"$bytes": "iVBORw0KGgo="}}.
+//! let png = Binary::from(std::fs::read("ann.png")?);
+//! let reply = client.emit("avatar", &Avatar { user: "ann".into(), png }).await?;
+//! if let Some(thumbnail) = as_binary(&reply["thumbnail"]) {
+//!     println!("the server made a {}-byte thumbnail", thumbnail.len());
+//! }
+//!
+//! while let Some(event) = events.recv().await {
+//!     if let Event::Message(m) = event
+//!         && m.event == "avatar"
+//!     {
+//!         let avatar: Avatar = m.json()?; // the bytes, decoded
+//!         println!("{} has a new {}-byte avatar", avatar.user, avatar.png.len());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # What it does for you
 //!
 //! - **Receiving** is one long poll after another. Each message is handed to [`Events`] once,
@@ -49,7 +132,8 @@
 //!
 //! # Layout
 //!
-//! `builder` the settings and `connect`; `receive` the polling loop; `send` the outbox and its
+//! `builder` the settings (the subscribed namespaces among them) and `connect`; `receive` the
+//! polling loop; `send` the outbox and its
 //! `POST` loop; `backoff` the delays between retries; `event` what the application receives;
 //! `wire` the protocol's bodies; `error` what can go wrong.
 
@@ -71,7 +155,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use http::HeaderMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -81,8 +165,13 @@ pub use builder::ClientBuilder;
 pub use error::{ConnectError, ConnectionError, EmitError};
 pub use event::{Event, Events, Message, MessageKind};
 
+pub use crate::binary::{BYTES_KEY, Binary};
+
 use builder::Config;
 use send::Outgoing;
+
+use crate::protocol::check_namespace;
+use crate::storage::DEFAULT_NAMESPACE;
 
 /// A running client: a cheap handle to send with ([`emit`](Self::emit)) and to stop it
 /// ([`close`](Self::close)). Clones share one client (one client id, one outbox).
@@ -103,6 +192,8 @@ use send::Outgoing;
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Where [`emit`](Self::emit) sends: `/` unless made by [`of`](Self::of).
+    namespace: Arc<str>,
 }
 
 struct Inner {
@@ -119,7 +210,12 @@ struct Inner {
 
 impl Inner {
     /// Puts a message in the outbox and waits for its outcome.
-    async fn enqueue(&self, event: String, data: Box<RawValue>) -> Result<Value, EmitError> {
+    async fn enqueue(
+        &self,
+        ns: Option<Arc<str>>,
+        event: String,
+        data: Box<RawValue>,
+    ) -> Result<Value, EmitError> {
         if *self.stop.borrow() {
             return Err(EmitError::Closed);
         }
@@ -127,6 +223,7 @@ impl Inner {
         let (reply, replied) = oneshot::channel();
         let message = Outgoing {
             id: format!("{}-{n}", self.config.client_id),
+            ns,
             event,
             data,
             reply,
@@ -151,6 +248,7 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("url", &self.inner.config.url.as_str())
             .field("id", &self.inner.config.client_id)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +276,53 @@ impl Client {
         &self.inner.config.client_id
     }
 
-    /// Sends `event` with `data` to the server's handler; the returned future resolves with its
-    /// reply (the acknowledgement's `reply`, `null` if none).
+    /// The same client, sending into namespace `ns` (spec §4a): its [`emit`](Self::emit)
+    /// reaches the handler of that namespace on the server, which sees it in
+    /// [`Incoming::namespace`](crate::Incoming::namespace). The mirror of the server's
+    /// [`SimpleIo::of`](crate::SimpleIo::of).
+    ///
+    /// It shares everything else with `self`: the client id, the outbox (messages of every
+    /// namespace reach the server in the order they were emitted), [`close`](Self::close).
+    /// Sending into a namespace does not need a subscription to it
+    /// ([`ClientBuilder::namespaces`]); the server checks that it exists
+    /// ([`EmitError::Rejected`] with code `unknown_namespace` otherwise) and that the user may
+    /// use it (a refusal, typically `403`, is retried at the longest backoff as the spec says,
+    /// then [`EmitError::Unacknowledged`] after the retry window).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: simpleio::client::Client) -> Result<(), simpleio::client::EmitError> {
+    /// let chat = client.of("/chat");
+    /// chat.emit("say", &serde_json::json!({"text": "hi"})).await?;
+    /// client.emit("status", &"online").await?; // still in `/`
+    /// assert_eq!(chat.namespace(), "/chat");
+    /// # Ok(()) }
+    /// ```
+    pub fn of(&self, ns: impl Into<Arc<str>>) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            namespace: ns.into(),
+        }
+    }
+
+    /// The namespace [`emit`](Self::emit) sends into: `/` unless this handle was made by
+    /// [`of`](Self::of).
+    ///
+    /// ```no_run
+    /// # fn demo(client: simpleio::client::Client) {
+    /// assert_eq!(client.namespace(), "/");
+    /// assert_eq!(client.of("/news").namespace(), "/news");
+    /// # }
+    /// ```
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Sends `event` with `data` to the server's handler (of this handle's
+    /// [`namespace`](Self::namespace)); the returned future resolves with its reply (the
+    /// acknowledgement's `reply`, `null` if none).
+    ///
+    /// Bytes go as [`Binary`] anywhere in `data` (see the [module
+    /// docs](self#binary-data)).
     ///
     /// `data` is serialized at once; the future owns everything it needs, so it can be spawned.
     /// Once polled, the message is in the outbox and is sent, and resent after failures with the
@@ -192,7 +335,8 @@ impl Client {
     /// [`EmitError::Ack`] if the handler failed (final); [`EmitError::Rejected`] if the server
     /// refused the message as invalid or too large; [`EmitError::Unacknowledged`] if the server
     /// could not be reached within the retry window; [`EmitError::Closed`] if the client was
-    /// closed first; [`EmitError::InvalidEvent`] or [`EmitError::Serialize`] before sending.
+    /// closed first; [`EmitError::InvalidEvent`], [`EmitError::InvalidNamespace`] or
+    /// [`EmitError::Serialize`] before sending.
     ///
     /// ```no_run
     /// # async fn demo(client: simpleio::client::Client) -> Result<(), simpleio::client::EmitError> {
@@ -211,16 +355,23 @@ impl Client {
         let max = self.inner.max_event_len;
         let prepared = if event.is_empty() || event.len() > max {
             Err(EmitError::InvalidEvent { max })
+        } else if let Err(reason) = check_namespace(&self.namespace) {
+            Err(EmitError::InvalidNamespace {
+                namespace: self.namespace.to_string(),
+                reason,
+            })
         } else {
             serde_json::value::to_raw_value(data)
                 .map(|data| (event, data))
                 .map_err(EmitError::Serialize)
         };
+        // The wire leaves the default namespace out.
+        let ns = (&*self.namespace != DEFAULT_NAMESPACE).then(|| self.namespace.clone());
         let inner = self.inner.clone();
         Emitting {
             future: Box::pin(async move {
                 let (event, data) = prepared?;
-                inner.enqueue(event, data).await
+                inner.enqueue(ns, event, data).await
             }),
         }
     }
@@ -289,6 +440,27 @@ impl Future for Emitting {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.future.as_mut().poll(cx)
     }
+}
+
+/// The bytes in `value` if it is the protocol's bytes object, `{"$bytes": "<base64>"}` with
+/// valid base64 (spec §4b); `None` for anything else.
+///
+/// For the places serde does not reach: an [`emit`](Client::emit) reply, or a
+/// [`Message::data`] you read as a [`Value`]. Where you deserialize into your own type, a
+/// [`Binary`] field does the same.
+///
+/// ```
+/// use serde_json::json;
+/// use simpleio::client::as_binary;
+///
+/// let reply = json!({"name": "a.bin", "content": {"$bytes": "AJ+Slg=="}});
+/// let content = as_binary(&reply["content"]).expect("bytes");
+/// assert_eq!(&content[..], &[0, 159, 146, 150]);
+/// assert!(as_binary(&reply["name"]).is_none());
+/// assert!(as_binary(&json!({"$bytes": "AA==", "other": 1})).is_none()); // ordinary JSON
+/// ```
+pub fn as_binary(value: &Value) -> Option<Binary> {
+    Binary::deserialize(value).ok()
 }
 
 /// What both loops need to make requests: the HTTP client, the credentials, the settings.

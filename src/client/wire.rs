@@ -210,12 +210,23 @@ mod tests {
 
     #[test]
     fn a_message_names_its_namespace_unless_it_is_the_root() {
-        let data = serde_json::value::to_raw_value(&serde_json::json!({"text": "hi"})).expect("json");
+        let data =
+            serde_json::value::to_raw_value(&serde_json::json!({"text": "hi"})).expect("json");
         let body = SendBody {
             client: "c",
             messages: vec![
-                OutMessage { id: "c-1", ns: None, event: "a", data: &data },
-                OutMessage { id: "c-2", ns: Some("/chat"), event: "say", data: &data },
+                OutMessage {
+                    id: "c-1",
+                    ns: None,
+                    event: "a",
+                    data: &data,
+                },
+                OutMessage {
+                    id: "c-2",
+                    ns: Some("/chat"),
+                    event: "say",
+                    data: &data,
+                },
             ],
         };
         assert_eq!(
