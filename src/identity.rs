@@ -66,20 +66,30 @@ where
 /// assert_eq!(r.status(), http::StatusCode::UNAUTHORIZED);
 /// ```
 pub struct Rejection {
+    // Boxed: rejections are rare, and a large error variant would bloat every `Result` that
+    // carries one.
+    inner: Box<RejectionInner>,
+}
+
+struct RejectionInner {
     response: Response<Full<Bytes>>,
+    /// The code and message, when the rejection was made from them; a message refused in a
+    /// `POST` is acknowledged with them.
+    body: Option<ErrorBody>,
 }
 
 impl Rejection {
     /// A rejection with `status` and the protocol's JSON error body, `{"error": {"code", "message"}}`.
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        let body = ErrorBody {
+            code: code.to_owned(),
+            message: message.into(),
+        };
         Rejection {
-            response: error_response(
-                status,
-                &ErrorBody {
-                    code: code.to_owned(),
-                    message: message.into(),
-                },
-            ),
+            inner: Box::new(RejectionInner {
+                response: error_response(status, &body),
+                body: Some(body),
+            }),
         }
     }
 
@@ -95,30 +105,43 @@ impl Rejection {
 
     /// Any response of the application's choosing.
     pub fn from_response(response: Response<Full<Bytes>>) -> Self {
-        Rejection { response }
+        Rejection {
+            inner: Box::new(RejectionInner {
+                response,
+                body: None,
+            }),
+        }
     }
 
     /// The response's status.
     pub fn status(&self) -> StatusCode {
-        self.response.status()
+        self.inner.response.status()
+    }
+
+    /// The rejection as the error of one message's acknowledgement.
+    pub(crate) fn ack_error(&self) -> ErrorBody {
+        self.inner.body.clone().unwrap_or_else(|| ErrorBody {
+            code: "rejected".to_owned(),
+            message: format!("refused by the server ({})", self.status()),
+        })
     }
 
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        self.response
+        self.inner.response
     }
 }
 
 impl fmt::Debug for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rejection")
-            .field("status", &self.response.status())
+            .field("status", &self.status())
             .finish()
     }
 }
 
 impl From<Response<Full<Bytes>>> for Rejection {
     fn from(response: Response<Full<Bytes>>) -> Self {
-        Rejection { response }
+        Rejection::from_response(response)
     }
 }
 

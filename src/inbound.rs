@@ -16,7 +16,7 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::handler::{HandlerError, Incoming, null};
 use crate::id::{ClientId, UserId};
 use crate::io::SimpleIo;
-use crate::namespace::authorize_all;
+use crate::namespace::authorize;
 use crate::protocol::check_namespace;
 use crate::protocol::{
     Ack, AckOutcome, ClientMessage, ErrorBody, ProtocolError, SendRequest, SendResponse,
@@ -68,14 +68,26 @@ where
             namespaces.push(ns.into());
         }
     }
-    // Every namespace is checked before any message is handled: a batch is refused whole.
-    authorize_all(shared, parts, &user, &namespaces).await?;
+    // Every namespace is checked before any message is handled. One the user may not use
+    // refuses its own messages, each with an error acknowledgement, and nothing else: the
+    // others of the batch go on. Refusals are not recorded, so a retry after the user gained
+    // the right is handled.
+    let mut refused: Vec<(Arc<str>, ErrorBody)> = Vec::new();
+    for ns in &namespaces {
+        if let Err(rejection) = authorize(shared, parts, &user, ns).await? {
+            refused.push((ns.clone(), rejection.ack_error()));
+        }
+    }
 
     let mut acks = Vec::with_capacity(request.messages.len());
     // One after another: the handler sees a client's messages in the order it sent them.
     for message in request.messages {
         let id = message.id.clone();
-        let outcome = handle_once(shared, &io, &user, &request.client, message).await?;
+        let ns = message.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let outcome = match refused.iter().find(|(n, _)| &**n == ns) {
+            Some((_, error)) => AckOutcome::Error(error.clone()),
+            None => handle_once(shared, &io, &user, &request.client, message).await?,
+        };
         acks.push(Ack { id, outcome });
     }
     Ok(json_response(&SendResponse { acks }))

@@ -136,7 +136,25 @@ impl fmt::Debug for NamespaceEntry {
     }
 }
 
-/// Checks that each of `namespaces` exists and that `user` may use it.
+/// Checks that `ns` exists (else the request is a client's bug), then whether `user` may use it.
+pub(crate) async fn authorize(
+    shared: &Shared,
+    parts: &Parts,
+    user: &UserId,
+    ns: &Arc<str>,
+) -> Result<Result<(), Rejection>, ProtocolError> {
+    let entry = shared
+        .namespaces
+        .get(ns)
+        .ok_or_else(|| ProtocolError::UnknownNamespace(ns.to_string()))?;
+    Ok(match &entry.authorize {
+        Some(authorize) => authorize.authorize(parts, user).await,
+        None => Ok(()),
+    })
+}
+
+/// Checks that each of `namespaces` exists and that `user` may use it; the first refusal is the
+/// request's answer.
 pub(crate) async fn authorize_all(
     shared: &Shared,
     parts: &Parts,
@@ -144,16 +162,9 @@ pub(crate) async fn authorize_all(
     namespaces: &[Arc<str>],
 ) -> Result<(), ProtocolError> {
     for ns in namespaces {
-        let entry = shared
-            .namespaces
-            .get(ns)
-            .ok_or_else(|| ProtocolError::UnknownNamespace(ns.to_string()))?;
-        if let Some(authorize) = &entry.authorize {
-            authorize
-                .authorize(parts, user)
-                .await
-                .map_err(ProtocolError::Rejected)?;
-        }
+        authorize(shared, parts, user, ns)
+            .await?
+            .map_err(ProtocolError::Rejected)?;
     }
     Ok(())
 }

@@ -711,13 +711,13 @@ async fn members_rooms_and_data_stay_apart_whatever_the_user_ids() {
             .map(|r| r.to_string())
             .collect();
         rooms.sort();
-        assert_eq!(rooms, [format!("room:{i}"), "all".to_owned()], "{m:?}");
+        assert_eq!(rooms, ["all".to_owned(), format!("room:{i}")], "{m:?}");
         assert_eq!(
             storage
                 .members(&format!("room:{i}"))
                 .await
                 .expect("members"),
-            [m.clone()]
+            std::slice::from_ref(m)
         );
         assert_eq!(
             storage.get_data(m, "k").await.expect("get"),
@@ -763,4 +763,42 @@ async fn messages_keep_their_namespace_through_redis() {
         .await
         .expect("delivery");
     assert_eq!(states, [DeliveryState::Delivered, DeliveryState::Pending]);
+}
+
+#[tokio::test]
+async fn a_client_back_before_it_was_reaped_neither_departs_nor_arrives_again() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let first = storage
+        .fetch(request_with_presence(
+            "ann",
+            "tab1",
+            Duration::from_millis(300),
+        ))
+        .await
+        .expect("fetch");
+    assert!(first.arrival.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        storage.live_users().await.expect("live").is_empty(),
+        "a lapsed client counts as live"
+    );
+    let back = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        back.arrival, None,
+        "a client that never departed arrived twice"
+    );
+    assert!(storage.reap().await.expect("reap").is_empty());
+    assert_eq!(
+        storage
+            .live_clients(&UserId::from("ann"))
+            .await
+            .expect("live"),
+        [ClientId::new("tab1").expect("id")]
+    );
 }

@@ -77,6 +77,7 @@ macro_rules! storage_conformance_tests {
             reaping_drops_a_clients_rooms_and_data,
             rooms_hold_users_and_clients,
             data_is_kept_per_member,
+            a_client_known_only_from_data_starts_at_the_watermark,
             a_client_known_only_from_join_or_data_arrives_on_its_first_poll,
             a_client_that_never_polled_is_reaped_without_a_departure,
         );
@@ -1055,4 +1056,26 @@ pub async fn a_client_that_never_polled_is_reaped_without_a_departure(s: &impl S
     );
     assert!(s.rooms(&tab).await.expect("rooms").is_empty());
     assert_eq!(s.get_data(&tab, "nick").await.expect("get"), None);
+}
+
+/// A client whose record was made by `set_data` (or `join`) before its first poll still starts
+/// that poll at the watermark, like any client seen for the first time.
+pub async fn a_client_known_only_from_data_starts_at_the_watermark(s: &impl Storage) {
+    let (epoch, pos) = append(
+        s,
+        vec![message("ann", "a", LONG), message("ann", "b", LONG)],
+    )
+    .await;
+    fetch(s, "ann", "tab1", None).await;
+    fetch(s, "ann", "tab1", Some((&epoch, pos[1]))).await;
+    let tab2 = Member::Client(user("ann"), client("tab2"));
+    s.set_data(&tab2, "nick", Some("\"annie\""), PRESENCE)
+        .await
+        .expect("set");
+    let b = fetch(s, "ann", "tab2", None).await;
+    assert!(
+        b.messages.is_empty(),
+        "a client known only from its data replayed the log: {:?}",
+        events(&b)
+    );
 }

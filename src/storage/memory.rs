@@ -338,13 +338,15 @@ impl Storage for MemoryStorage {
         let head = log.head();
         let seen_until = now.saturating_add(req.presence_ttl.as_millis() as Millis);
 
-        let was_live = log.clients.get(&req.client).is_some_and(|r| r.is_live(now));
-        let arrival = (!was_live).then(|| Arrival {
-            user_came_online: log.live_clients(now).next().is_none(),
+        // Arrivals and departures pair up: a client has arrived from its first poll until `reap`
+        // reports it gone, even if its presence lapsed meanwhile. A record made by `join` or
+        // `set_data` alone has not arrived.
+        let known = log.clients.get(&req.client).is_some_and(|r| r.polled);
+        let arrival = (!known).then(|| Arrival {
+            user_came_online: !log.clients.values().any(|r| r.polled),
         });
 
         let mut advanced = false;
-        let known = log.clients.contains_key(&req.client);
         let start = match req.cursor {
             Some((e, cursor)) if e == epoch => {
                 let confirmed = cursor.min(head);
@@ -520,7 +522,7 @@ impl Storage for MemoryStorage {
                 }
                 removed.push(Member::Client(user.clone(), client));
             }
-            let offline = !departed.is_empty() && log.live_clients(now).next().is_none();
+            let offline = !departed.is_empty() && !log.clients.values().any(|r| r.polled);
             let last = departed.len().saturating_sub(1);
             for (i, client) in departed.into_iter().enumerate() {
                 departures.push(Departure {

@@ -43,8 +43,10 @@
 //! at once exactly one removes (and reports) each client, deletes its keys and room
 //! memberships, and for a user left with no polled client, the user's data. A client counts as
 //! having polled while it is in `{P}u:USER:live`; an arrival is a fetch by a client not in it,
-//! and the user came online if it was empty. Nothing else removes a client record: fetches no
-//! longer forget stale clients, since a departure must be reported.
+//! and the user came online if it was empty. Nothing else removes a client record: a fetch
+//! never forgets a stale client, since its departure must be reported. A client that polls
+//! again after its presence lapsed but before it was reaped has not left (no departure was
+//! reported), so it does not arrive again either.
 //!
 //! **Memory stays bounded.** A log never holds more than `max_queue` entries, and expired
 //! entries go on the next append or fetch of their user. Every key but the epoch and the room
@@ -130,10 +132,17 @@ const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 ///   themselves when Redis does; the pub/sub one then sends [`Signal::Resync`], since signals may
 ///   have been missed meanwhile.
 ///
+/// * **Presence** is one sorted set of client records by seen-until: [`Storage::reap`] removes
+///   lapsed clients in one script, so when every node reaps, each departure is still reported
+///   by exactly one of them.
+/// * **Rooms** are sets, with a reverse index per member. A user's memberships have no TTL:
+///   they persist until [`Storage::leave`], so remove users from rooms they should not stay in.
+///   A client's memberships go when it is reaped.
+///
 /// Needs Redis 5 or later (tested with 7), as one server or a primary; not Redis Cluster, since
 /// one script may touch the keys of several users. Use the `noeviction` or a `volatile-*`
-/// eviction policy: the epoch key has no TTL so that it is never evicted, while an `allkeys-*`
-/// policy could evict it and change the epoch.
+/// eviction policy: the epoch and room keys have no TTL so that they are never evicted, while
+/// an `allkeys-*` policy could evict the epoch (and change it) or a room.
 ///
 /// ```no_run
 /// use simpleio::{RedisStorage, SimpleIoLayer};
@@ -1263,11 +1272,20 @@ impl Storage for RedisStorage {
     async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
         let mut departures = Vec::new();
         loop {
-            let reply: Vec<String> = self
+            let reply: Vec<String> = match self
                 .eval(&REAP, |inv| {
                     inv.arg(REAP_BATCH);
                 })
-                .await?;
+                .await
+            {
+                Ok(reply) => reply,
+                // Earlier batches are gone from Redis: report them now, the rest next time.
+                Err(err) if !departures.is_empty() => {
+                    warn!(cause = %err, "reaping stopped after a batch; will go on next time");
+                    return Ok(departures);
+                }
+                Err(err) => return Err(err),
+            };
             let (more, rest) = reply.split_first().ok_or_else(|| corrupt("no reap flag"))?;
             if rest.len() % 3 != 0 {
                 return Err(corrupt("a departure"));
