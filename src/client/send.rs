@@ -130,14 +130,6 @@ pub(crate) async fn run(
                 }
             }
             Err(error) => match next_after(&error, n) {
-                // A namespace's authorization refuses the whole batch (spec §4a). Before
-                // waiting, send the leading messages of one namespace alone: those emitted
-                // before a message to a forbidden namespace still go.
-                Next::RetryLongest if one_namespace_prefix(&queue, n) < n => {
-                    limit = one_namespace_prefix(&queue, n);
-                    tracing::debug!(%error, limit, "the server refused a batch of several namespaces; sending one namespace at a time");
-                    None
-                }
                 next @ (Next::Retry | Next::RetryLongest) => {
                     let delay = if next == Next::Retry {
                         backoff.next_delay()
@@ -207,19 +199,6 @@ async fn post(
         .json(&body)
         .timeout(config.send_timeout);
     exchange(request, config.max_response).await
-}
-
-/// How many of the first `n` messages of `queue`, from the front, share the first one's
-/// namespace.
-fn one_namespace_prefix(queue: &VecDeque<Outgoing>, n: usize) -> usize {
-    let Some(first) = queue.front() else {
-        return 0;
-    };
-    queue
-        .iter()
-        .take(n)
-        .take_while(|m| m.ns == first.ns)
-        .count()
 }
 
 /// Resolves the first `n` messages of `queue` by their acks. Those acknowledged as `pending`,
@@ -362,22 +341,6 @@ mod tests {
             Ok(Err(EmitError::Ack { code, .. })) if code == "x"
         ));
         assert!(replies[1].try_recv().is_err());
-    }
-
-    #[test]
-    fn the_leading_run_of_one_namespace_is_counted() {
-        let mut queue = VecDeque::new();
-        for ns in [None, None, Some("/admin"), None] {
-            let (mut m, _) = outgoing("c");
-            m.ns = ns.map(Arc::from);
-            queue.push_back(m);
-        }
-        assert_eq!(one_namespace_prefix(&queue, 4), 2);
-        assert_eq!(one_namespace_prefix(&queue, 1), 1);
-        queue.pop_front();
-        queue.pop_front();
-        assert_eq!(one_namespace_prefix(&queue, 2), 1);
-        assert_eq!(one_namespace_prefix(&VecDeque::new(), 3), 0);
     }
 
     #[test]
