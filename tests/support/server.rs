@@ -112,3 +112,35 @@ fn serve(listener: TcpListener, layer: SimpleIoLayer) -> (oneshot::Sender<()>, J
     });
     (stop, task)
 }
+
+/// Any app (a `Router` with its own layers, such as an example's) served on a free loopback
+/// port; stops when dropped.
+pub struct RunningApp {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RunningApp {
+    /// Serves `app` on `127.0.0.1:0`.
+    pub async fn start(app: Router) -> RunningApp {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        RunningApp { addr, task }
+    }
+
+    /// The URL of `path` on this app.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -398,3 +398,73 @@ pub async fn read_at_least(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     }
     got
 }
+
+impl Tab {
+    /// The query of this client's next `GET` in the namespaces `ns` (spec §4a: `/,/chat`).
+    pub fn query_in(&self, ns: &str) -> String {
+        format!("{}&ns={ns}", self.query())
+    }
+
+    /// The next poll in the namespaces `ns`, taken in by the spec's rules as
+    /// [`receive`](Self::receive) does, but read as loose JSON: messages outside `/` carry an
+    /// `ns` field, which [`Batch`] refuses. Returns the body with only the messages handed to
+    /// the application.
+    pub async fn receive_in(&mut self, ns: &str) -> Value {
+        let answer = self.wire.get(Some(&self.user), &self.query_in(ns)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "a poll failed: {}",
+            answer.text
+        );
+        let mut body = answer.body;
+        let epoch = body["epoch"].as_str().expect("an epoch").to_owned();
+        let cursor = body["cursor"].as_u64().expect("a cursor");
+        if self.epoch.as_ref().is_some_and(|e| *e != epoch) {
+            self.cursor = None;
+        }
+        if let (Some(held), Some(messages)) = (self.cursor, body["messages"].as_array_mut()) {
+            messages.retain(|m| m["pos"].as_u64().is_some_and(|pos| pos > held));
+        }
+        self.epoch = Some(epoch);
+        self.cursor = Some(cursor);
+        body
+    }
+}
+
+/// The `messages` of a loose poll body (see [`Tab::receive_in`]) without their positions:
+/// `{"ns"?, "event", "data"}` each, so a test compares them with `json!` literals.
+pub fn without_pos(body: &Value) -> Vec<Value> {
+    body["messages"]
+        .as_array()
+        .expect("a `messages` array")
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.as_object_mut().expect("a message object").remove("pos");
+            m
+        })
+        .collect()
+}
+
+/// The events of a batch's messages, in order.
+pub fn events(batch: &Batch) -> Vec<String> {
+    batch.messages.iter().map(|m| m.event.clone()).collect()
+}
+
+/// Waits until the async `condition` holds, checking every few milliseconds, for at most
+/// [`SOON`] (as [`eventually`], for conditions that ask the server or the storage).
+pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: did not happen within {SOON:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
