@@ -3,11 +3,17 @@
 //! Chromium, against it.
 //!
 //! The server side of the tests' contract (see `client/test/helpers.mjs`):
-//! - identity: the `x-user` header, else the `user` query parameter (test-only, like the chat
-//!   example's: anyone can be anyone);
-//! - handler events `echo`, `fail`, `count`, `slow`, `send`, `chat` (see [`handle`]), with a
-//!   200 ms `pending_wait`;
+//! - identity: the `x-user` header, else the `user` query parameter, else the `user` cookie
+//!   (test-only, like the chat example's: anyone can be anyone);
+//! - handler events `echo`, `fail`, `count`, `slow`, `send`, `chat`, `where`, `whoami`, `bytes`
+//!   (see [`handle`]), with a 200 ms `pending_wait`;
+//! - namespaces (spec §4a): `/chat`, whose handler is the same [`handle`] (so its `send` and
+//!   `where` act in `/chat`); `/news`, without a handler (filled by `send` with `ns`); `/admin`,
+//!   whose authorization refuses everyone with `403 forbidden`;
 //! - `/` is `examples/chat.html`;
+//! - CORS (`tower_http::cors::CorsLayer`) for one other origin, with credentials: a second
+//!   server on its own port (`SIMPLEIO_PAGE`) serves a blank page at `/`, so a browser test can
+//!   use the route from another origin with cookie identity;
 //! - a control server on its own port: `POST /stop` stops the HTTP server and drops every open
 //!   connection (held polls included), `POST /start` serves again on the same port with a new
 //!   layer over the same storage, as a restarted node would.
@@ -27,16 +33,19 @@ use axum::extract::State;
 use axum::response::Html;
 use axum::routing::{get, post};
 use http::request::Parts;
+use http::{HeaderValue, Method, header};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use simpleio::{
-    HandlerError, Incoming, MemoryStorage, Rejection, Reply, SimpleIoLayer, Storage, UserId,
+    Binary, HandlerError, Incoming, MemoryStorage, Namespace, Rejection, Reply, SimpleIoLayer,
+    Storage, UserId,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::{BoxError, service_fn};
+use tower_http::cors::CorsLayer;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -89,6 +98,8 @@ struct World {
     storage: Arc<dyn Storage>,
     /// `count` calls per (user, key): proves a retried POST reached the handler once.
     counts: Mutex<HashMap<String, u64>>,
+    /// The origin of the page server, the one other origin CORS lets in with credentials.
+    page_origin: HeaderValue,
 }
 
 fn identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
@@ -99,9 +110,18 @@ fn identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
             .into_iter()
             .find_map(|(k, v)| (k == "user").then_some(v))
     };
+    // A cross-origin `fetch` sends cookies only with `credentials: "include"`.
+    let cookie = || {
+        let cookies = parts.headers.get(header::COOKIE)?.to_str().ok()?;
+        cookies
+            .split(';')
+            .find_map(|c| c.trim().strip_prefix("user="))
+            .map(str::to_owned)
+    };
     let user = header
         .map(str::to_owned)
         .or_else(query)
+        .or_else(cookie)
         .filter(|u| !u.is_empty());
     std::future::ready(
         user.map(UserId::from)
@@ -112,11 +132,26 @@ fn identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
 #[derive(Deserialize)]
 struct SendArgs {
     to: Option<String>,
+    /// The namespace to send in (default: the message's own).
+    ns: Option<String>,
     event: String,
     #[serde(default)]
     data: Value,
     #[serde(default)]
     volatile: bool,
+}
+
+#[derive(Deserialize)]
+struct Blob {
+    name: String,
+    content: Binary,
+}
+
+#[derive(Serialize)]
+struct BlobBack {
+    name: String,
+    len: usize,
+    content: Binary,
 }
 
 /// Stores a message, then lets its delivery confirmation finish in the background: the handler
@@ -148,7 +183,8 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
         "send" => {
             let send: SendArgs = msg.json()?;
             let to = send.to.map_or_else(|| msg.user.clone(), UserId::from);
-            let emitter = msg.io.to(to);
+            let io = send.ns.map_or_else(|| msg.io.clone(), |ns| msg.io.of(ns));
+            let emitter = io.to(to);
             if send.volatile {
                 emitter.volatile().emit(send.event, &send.data).await?;
             } else {
@@ -164,25 +200,70 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             store_then_detach(msg.io.everyone().to(msg.user.clone()).emit("chat", &line)).await?;
             Ok(Reply::none())
         }
+        // Which handler got the message: its namespace.
+        "where" => Ok(Reply::json(&*msg.namespace)?),
+        // Who the identity function says the sender is.
+        "whoami" => Ok(Reply::json(msg.user.as_str())?),
+        // Bytes (spec §4b) decoded into `Binary` and encoded again, in the reply and in a message
+        // `bytes` to the sender: proves the JavaScript client's base64 matches the server's.
+        "bytes" => {
+            let blob: Blob = msg.json()?;
+            let back = BlobBack {
+                len: blob.content.len(),
+                content: blob.content,
+                name: blob.name,
+            };
+            store_then_detach(msg.io.to(msg.user.clone()).emit("bytes", &back)).await?;
+            Ok(Reply::json(&back)?)
+        }
         other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
     }
 }
 
 fn app(world: &Arc<World>) -> Router {
     let for_handler = world.clone();
+    let for_chat = world.clone();
     let (layer, _io) = SimpleIoLayer::builder()
         .shared_storage(world.storage.clone())
         .identity(identity)
         // Short, so a retry racing a slow handler is told `pending` within a test's patience.
         .pending_wait(Duration::from_millis(200))
         .handler(service_fn(move |msg| handle(for_handler.clone(), msg)))
+        .namespace(
+            Namespace::new("/chat").handler(service_fn(move |msg| handle(for_chat.clone(), msg))),
+        )
+        .namespace(Namespace::new("/news"))
+        .namespace(
+            Namespace::new("/admin").authorize(|_: &Parts, _: &UserId| async {
+                Err(Rejection::forbidden("admins only"))
+            }),
+        )
         .build();
+    // Outermost, so it answers preflights (a JSON POST needs one) before the layer sees them.
+    let cors = CorsLayer::new()
+        .allow_origin(world.page_origin.clone())
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE]);
     Router::new()
         .route(
             "/",
             get(|| async { Html(include_str!("../examples/chat.html")) }),
         )
         .layer(layer)
+        .layer(cors)
+}
+
+/// The page server: another origin (another port), serving a blank page the browser test fills.
+async fn start_page_server() -> String {
+    let page = Router::new().route(
+        "/",
+        get(|| async { Html("<!doctype html><title>another origin</title>") }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, page).await });
+    format!("http://{addr}")
 }
 
 // --- a server that can be stopped and started again on the same port ----------------------------
@@ -245,11 +326,14 @@ impl Node {
     }
 }
 
-/// Starts the app on 127.0.0.1 (port 0) and its control server; returns (route URL, control URL).
-async fn start_server() -> (String, String, Arc<Node>) {
+/// Starts the app on 127.0.0.1 (port 0), its control server and the page server; returns
+/// (route URL, control URL, page origin, node).
+async fn start_server() -> (String, String, String, Arc<Node>) {
+    let page = start_page_server().await;
     let world = Arc::new(World {
         storage: Arc::new(MemoryStorage::new()),
         counts: Mutex::default(),
+        page_origin: HeaderValue::from_str(&page).unwrap(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -274,6 +358,7 @@ async fn start_server() -> (String, String, Arc<Node>) {
     (
         format!("http://{addr}/simpleio"),
         format!("http://{control_addr}"),
+        page,
         node,
     )
 }
@@ -282,7 +367,7 @@ async fn start_server() -> (String, String, Arc<Node>) {
 /// test if any JavaScript test fails, with the runner's report in the output.
 async fn node_test(files: &[&str]) {
     install_client_deps();
-    let (url, control, node) = start_server().await;
+    let (url, control, page, node) = start_server().await;
     let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -292,6 +377,7 @@ async fn node_test(files: &[&str]) {
             .current_dir(client_dir())
             .env("SIMPLEIO_URL", &url)
             .env("SIMPLEIO_CONTROL", &control)
+            .env("SIMPLEIO_PAGE", &page)
             .output()
             .expect("run node --test")
     })
@@ -317,7 +403,12 @@ async fn the_js_client_passes_its_tests_against_the_layer() {
     if !require("node", have_node()) {
         return;
     }
-    node_test(&["test/protocol.test.mjs", "test/server.test.mjs"]).await;
+    node_test(&[
+        "test/protocol.test.mjs",
+        "test/server.test.mjs",
+        "test/features.test.mjs",
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,4 +417,12 @@ async fn two_browsers_chat_through_a_server_restart_in_chromium() {
         return;
     }
     node_test(&["test/browser/chat.test.mjs"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_origin_uses_cookie_identity_through_cors_in_chromium() {
+    if !require("node", have_node()) || !require(CHROMIUM, Path::new(CHROMIUM).exists()) {
+        return;
+    }
+    node_test(&["test/browser/cross-origin.test.mjs"]).await;
 }

@@ -1,12 +1,15 @@
 // Type declarations for the simpleio browser client (hand-written; copied to dist/ by the build).
-// The protocol it speaks is docs/spec.md, version 1.
+// The protocol it speaks is docs/spec.md, version 1, with namespaces (§4a) and bytes (§4b).
 
 /** Options of {@link connect} / {@link SimpleIO}. Every field is optional. */
 export interface Options {
   /** Extra request headers (e.g. `Authorization`), or a function returning them before each
    * request, so a token can be refreshed. */
   headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
-  /** `fetch`'s credentials mode; `"include"` to send cookies to another origin. */
+  /** `fetch`'s credentials mode. `"include"` sends cookies to a route on another origin (the
+   * server must answer CORS with `Access-Control-Allow-Credentials: true` and that exact page
+   * origin, e.g. tower-http's `CorsLayer` with `allow_credentials(true)`). Default: fetch's own,
+   * `"same-origin"`. */
   credentials?: RequestCredentials;
   /** The `fetch` to use (default: the global one). */
   fetch?: typeof fetch;
@@ -31,15 +34,52 @@ export interface SimpleIOError extends Error {
   status?: number;
 }
 
-/** The reserved events, raised by the client itself. */
+/**
+ * Bytes, as you may send them anywhere in `emit` data: they travel as `{"$bytes": "<base64>"}`
+ * (spec §4b), covering exactly the view's bytes. Bytes you receive, anywhere in a message's data
+ * or a reply, are always a `Uint8Array`. (A Node `Buffer` serializes itself first: pass
+ * `new Uint8Array(buffer)`.)
+ */
+export type Bytes = ArrayBuffer | ArrayBufferView;
+
+/** The reserved events, raised by the client itself on every handle (the client and each
+ * namespace handle alike), since all share one connection. */
 export interface ReservedEvents {
   /** A poll got an answer after none had (at start, or after a disconnect). */
   connect: () => void;
   /** A poll failed after the connection had been up, or the client was closed. */
   disconnect: (reason: SimpleIOError) => void;
-  /** The server refused a poll (4xx, e.g. 401/403 while signed out), or a send with 401/403.
-   * The client keeps retrying at the longest backoff. */
+  /** The server refused a poll (4xx, e.g. 401/403 while signed out, 403 from a namespace's
+   * authorization, 400 `unknown_namespace`), or a send with 401/403. A refused namespace refuses
+   * the whole poll, so nothing arrives until it is allowed. The client keeps retrying at the
+   * longest backoff. */
   error: (error: SimpleIOError) => void;
+}
+
+/**
+ * One namespace (spec §4a) of a client: the client itself is `/`, `client.of(name)` gives the
+ * others. Each has its own listeners and sends to its own handler on the server, all over the
+ * client's one connection.
+ */
+export interface Namespace {
+  /** Listens to a reserved event. */
+  on<E extends keyof ReservedEvents>(event: E, fn: ReservedEvents[E]): this;
+  /** Listens to messages `event` of this namespace; `fn` gets the message's `data` (bytes in it
+   * as `Uint8Array`s). Each stored message arrives once and in order, even across reconnects;
+   * volatile ones arrive at most once. */
+  on(event: string, fn: (data: any) => void): this;
+  /** Removes `fn`, or every listener of `event` when `fn` is omitted. */
+  off(event: string, fn?: (...args: any[]) => void): this;
+  /**
+   * Sends a message to this namespace's handler on the server; resolves with the handler's
+   * reply (bytes in it as `Uint8Array`s). `data` is any JSON-serializable value, with
+   * {@link Bytes} anywhere in it. Transient failures never reject: the message waits (offline,
+   * server down) and is retried with the same id, so the handler runs once. Rejects with the
+   * handler's error, or if the server refuses this message (4xx, or an error ack such as
+   * `forbidden` for a namespace the user may not use), the client is closed (`closed`), or no
+   * answer came within the dedup window (`expired`).
+   */
+  emit<R = any>(event: string, data?: unknown): Promise<R>;
 }
 
 export class SimpleIO {
@@ -54,24 +94,21 @@ export class SimpleIO {
   readonly id: string;
   /** True between `connect` and `disconnect`: the last poll got an answer. */
   readonly connected: boolean;
-  /** Listens to a reserved event. */
-  on<E extends keyof ReservedEvents>(event: E, fn: ReservedEvents[E]): this;
-  /** Listens to messages `event` from the server; `fn` gets the message's `data`. Each stored
-   * message arrives once and in order, even across reconnects; volatile ones arrive at most once. */
-  on(event: string, fn: (data: any) => void): this;
-  /** Removes `fn`, or every listener of `event` when `fn` is omitted. */
-  off(event: string, fn?: (...args: any[]) => void): this;
   /**
-   * Sends a message to the server's handler; resolves with the handler's reply. Transient
-   * failures never reject: the message waits (offline, server down) and is retried with the
-   * same id, so the handler runs once. Rejects with the handler's error, or if the server
-   * refuses this message (4xx), the client is closed (`closed`), or no answer came within the
-   * dedup window (`expired`).
+   * The handle of namespace `name` (e.g. `"/chat"`), the same object on every call; `of("/")`
+   * is the client itself. Every poll lists all namespaces obtained so far. Best called in the
+   * same tick as `connect`, so the first poll already lists it; called later, the client ends
+   * its waiting poll and polls again at once with it, and the namespace delivers from then on
+   * (spec §4a). A namespace the server lacks, or the user may not use, is reported as an
+   * `error` (400 `unknown_namespace`, or the server's 401/403) and stops the whole poll: there
+   * is no way to drop a namespace from a client, so close it and connect again without it.
    */
-  emit<R = any>(event: string, data?: unknown): Promise<R>;
+  of(name: string): Namespace;
   /** Stops: aborts requests in flight, sends nothing more, rejects pending emits (`closed`). */
   close(): void;
 }
+/** The client is the `/` namespace: `on`, `off` and `emit` act there. */
+export interface SimpleIO extends Namespace {}
 
 /** Creates a client and starts receiving at once; same as `new SimpleIO(url, options)`. */
 export function connect(url?: string | URL, options?: Options): SimpleIO;

@@ -3,16 +3,21 @@
 // This file implements docs/spec.md (client protocol v1) and nothing else; read the two side by
 // side. It has no dependencies: `fetch`, `AbortController`, `URL` and `crypto.getRandomValues`
 // are in every current browser and in Node 20+. The readable source is what people audit; the
-// minifier does the squeezing, so prefer clarity over clever short code here. (One concession
-// to size: the client's state lives in local variables of the constructor rather than in
-// private fields, because the minifier can shorten those names but not `this.#field`.)
+// minifier does the squeezing, so prefer clarity over clever short code here. (Concessions to
+// size: the client is a constructor function rather than a class, and its state lives in local
+// variables rather than in private fields, because the minifier can shorten those names but not
+// `this.#field`.)
 //
 // Shape of the client (spec §8):
 // - a receive loop: one long-poll GET at a time, cursor + epoch, dedup by `pos`;
 // - a send loop: one POST at a time, draining an outbox of messages that keep their ids across
 //   retries, so a retried POST is never handled twice by the server (spec §4);
 // - both loops retry failures with exponential backoff and jitter (spec §5), and are woken early
-//   when the browser says the network is back or the tab became visible.
+//   when the browser says the network is back or the tab became visible;
+// - namespaces (spec §4a): the client object is `/`, `of(name)` gives a handle with the same
+//   on/off/emit for another one; every GET lists them all, so they share the one connection;
+// - bytes (spec §4b): typed arrays and ArrayBuffers in emitted data go out as {"$bytes": base64},
+//   and every {"$bytes": base64} received comes back as a Uint8Array.
 
 const g = globalThis;
 
@@ -28,319 +33,365 @@ const refused = (status) => status > 399 && status < 500 && status != 408 && sta
 // longest backoff so the client resumes by itself once the user signs in again (spec §5).
 const unauthorized = (status) => status == 401 || status == 403;
 
-const DEFAULTS = {
-  // Request timeout: a little above the server's hold time (25 s by default, spec §5). POSTs use
-  // it too: a handler slower than this is treated like a lost response and retried (same ids).
-  timeout: 35e3,
-  // Backoff: min(max, base * 2^attempts) * random(0.5, 1.0) (spec §5).
-  backoffBase: 500,
-  backoffMax: 30e3,
-  // The server remembers a message id this long (spec §4, §6). A message sent but never
-  // answered within it is reported as failed instead of being resent, since a resend after the
-  // window could be handled a second time.
-  dedupWindow: 6e5,
+// Spec §4b, sending: a JSON.stringify replacer, so every ArrayBuffer and view (typed arrays,
+// DataView) anywhere in the data becomes {"$bytes": base64} of exactly the bytes it covers.
+// (A Node Buffer's toJSON runs before the replacer: pass `new Uint8Array(buffer)`.) Building the
+// string byte by byte, rather than `String.fromCharCode(...bytes)`, has no argument-count limit
+// (65536 in Safari) for large buffers.
+const toWire = (key, value) =>
+  ArrayBuffer.isView(value) || value instanceof ArrayBuffer
+    ? {
+        $bytes: btoa(
+          new Uint8Array(value.buffer || value, value.byteOffset, value.byteLength).reduce(
+            (text, byte) => text + String.fromCharCode(byte),
+            "",
+          ),
+        ),
+      }
+    : value;
+
+// Spec §4b, receiving: a JSON.parse reviver, so bytes become Uint8Arrays anywhere in a response
+// (message data, replies). Only an object whose one key is `$bytes` holding a string qualifies
+// (`Object.keys(value) == "$bytes"` compares the key list joined with commas); invalid base64
+// leaves the object as it is rather than failing the whole response.
+const fromWire = (key, value) => {
+  try {
+    if (typeof value?.$bytes == "string" && Object.keys(value) == "$bytes") {
+      value = Uint8Array.from(atob(value.$bytes), (c) => c.charCodeAt());
+    }
+  } catch {}
+  return value;
 };
 
-// Messages per POST (spec §6); lowered by itself if the server answers 413 too_many_messages.
-const MAX_BATCH = 100;
+/**
+ * A simpleio client: one per tab (or process); `new SimpleIO(url, options)` creates one and
+ * starts receiving at once. See client/dist/simpleio.d.ts for the API.
+ * @param {string | URL} [url] the route; default: the page's origin + "/simpleio"
+ * @param {object} [options] see the defaults below and simpleio.d.ts
+ */
+export function SimpleIO(url, options) {
+  // connect(options) with the default URL.
+  if (url && typeof url == "object" && !(url instanceof URL)) [url, options] = [0, url];
+  const o = {
+    // Request timeout: a little above the server's hold time (25 s by default, spec §5). POSTs
+    // use it too: a handler slower than this is treated like a lost response and retried
+    // (same ids).
+    timeout: 35e3,
+    // Backoff: min(max, base * 2^attempts) * random(0.5, 1.0) (spec §5).
+    backoffBase: 500,
+    backoffMax: 30e3,
+    // The server remembers a message id this long (spec §4, §6). A message sent but never
+    // answered within it is reported as failed instead of being resent, since a resend after
+    // the window could be handled a second time.
+    dedupWindow: 6e5,
+    ...options,
+  };
+  // Relative URLs resolve against the page; outside a browser (Node) the URL must be absolute.
+  const route = new URL(url || "/simpleio", g.location?.href);
+  // The client id (spec §2): 128 random bits as four decimal numbers joined by `_` (16+
+  // characters, but for odds of about 2^-40), kept for this object's life. getRandomValues,
+  // unlike randomUUID, also works on plain-http pages.
+  const id = (this.id = crypto.getRandomValues(new Uint32Array(4)).join("_"));
+  /** True between a `connect` and the next `disconnect`: the last poll got an answer. */
+  this.connected = false;
 
-// How long to wait before asking again about a message the server reports as `pending`.
-const PENDING_DELAY = 250;
+  // The latest `cursor` and `epoch` the server gave us; none until the first answer (spec §3).
+  let cursor;
+  let epoch;
+  // Listeners by namespace, then event name.
+  const listeners = {};
+  // The handles by namespace name, this object as `/`: their names are the GET's `ns`.
+  const spaces = {};
+  // Messages not yet acknowledged, in emit order: {id, json, t (first sent), resolve, reject}.
+  const outbox = [];
+  // The counter behind message ids `clientId-n`.
+  let counter = 0;
+  // Messages per POST (spec §6); halved for good if the server says `too_many_messages`.
+  let maxBatch = 100;
+  // True while the send loop runs, so there is only ever one POST in flight (spec §4).
+  let sending = false;
+  let closed = false;
+  // The AbortControllers of the GET and the POST in flight, so close() and wake-ups can end
+  // them.
+  let getting;
+  let posting;
+  // Set when we aborted the waiting GET on purpose, so its rejection is not taken for a failure.
+  let woken = false;
+  // Ends of the backoff sleeps in progress; calling one ends its sleep early.
+  const sleepers = new Set();
 
-/** A simpleio client: one per tab (or process). See client/dist/simpleio.d.ts for the API. */
-export class SimpleIO {
-  /**
-   * Creates a client and starts receiving at once.
-   * @param {string | URL} [url] the route; default: the page's origin + "/simpleio"
-   * @param {object} [options] see DEFAULTS above and simpleio.d.ts
-   */
-  constructor(url, options) {
-    // connect(options) with the default URL.
-    if (url && typeof url == "object" && !(url instanceof URL)) [url, options] = [0, url];
-    const o = { ...DEFAULTS, ...options };
-    // Relative URLs resolve against the page; outside a browser (Node) the URL must be absolute.
-    const route = new URL(url || "/simpleio", g.location?.href);
-    // The client id (spec §2): 24 hex characters = 96 random bits, kept for this object's life.
-    // getRandomValues, unlike randomUUID, also works on plain-http pages.
-    const id = (this.id = Array.from(g.crypto.getRandomValues(new Uint8Array(12)), (b) =>
-      (b + 256).toString(16).slice(1),
-    ).join(""));
-    /** True between a `connect` and the next `disconnect`: the last poll got an answer. */
-    this.connected = false;
-
-    // The latest `cursor` and `epoch` the server gave us; null until the first answer (spec §3).
-    let cursor = null;
-    let epoch = null;
-    // Listeners by event name.
-    const listeners = {};
-    // Messages not yet acknowledged, in emit order: {id, json, t (first sent), resolve, reject}.
-    const outbox = [];
-    // The counter behind message ids `clientId-n`.
-    let counter = 0;
-    // Messages per POST; halved for good if the server says `too_many_messages`.
-    let maxBatch = MAX_BATCH;
-    // True while the send loop runs, so there is only ever one POST in flight (spec §4).
-    let sending = false;
-    let closed = false;
-    // The AbortControllers of the GET and the POST in flight, so close() and wake-ups can end
-    // them.
-    let getting = null;
-    let posting = null;
-    // Set when we aborted the waiting GET on purpose, so its rejection is not taken for a failure.
-    let woken = false;
-    // Ends of the backoff sleeps in progress; calling one ends its sleep early.
-    const sleepers = new Set();
-
-    // Calls the listeners of `event`. A listener that throws must not break the loops (the
-    // cursor would not move and already-delivered messages would come again), so its error is
-    // rethrown on its own, where the page's console or error handler reports it.
-    const deliver = (event, ...args) => {
-      for (const fn of [...(listeners[event] || [])]) {
-        try {
-          fn(...args);
-        } catch (err) {
-          setTimeout(() => {
-            throw err;
-          });
-        }
-      }
-    };
-
-    const setConnected = (up, reason) => {
-      if (this.connected != up) {
-        this.connected = up;
-        deliver(up ? "connect" : "disconnect", reason);
-      }
-    };
-
-    // Removes a message from the outbox and settles its emit() promise.
-    const settle = (m, err, reply) => {
-      outbox.splice(outbox.indexOf(m), 1);
-      err ? m.reject(err) : m.resolve(reply);
-    };
-
-    // Spec §5: min(max, base * 2^attempts) * random(0.5, 1.0); the longest wait for a request
-    // the server refuses (a bug or a signed-out user), so a client never hammers the server.
-    const backoff = (attempts, status) =>
-      (refused(status) ? o.backoffMax : Math.min(o.backoffMax, o.backoffBase * 2 ** attempts)) *
-      (0.5 + Math.random() / 2);
-
-    // A sleep that wake() can cut short.
-    const sleep = (ms) =>
-      new Promise((resolve) => {
-        const done = () => {
-          clearTimeout(timer);
-          sleepers.delete(done);
-          resolve();
-        };
-        const timer = setTimeout(done, ms);
-        sleepers.add(done);
-      });
-    const wake = () => sleepers.forEach((done) => done());
-
-    // One HTTP request to the route: a GET (no body) or a POST. Resolves with the parsed JSON
-    // of a 2xx; rejects with a network error, a timeout, or a `fail()` built from the error body.
-    const request = async (body) => {
-      const ctl = new AbortController();
-      const timer = setTimeout(() => ctl.abort(), o.timeout);
-      const url = new URL(route);
-      if (body) {
-        posting = ctl;
-      } else {
-        getting = ctl;
-        url.searchParams.set("client", id);
-        // Sending the cursor confirms everything up to it (spec §3): only once delivered.
-        if (cursor != null) {
-          url.searchParams.set("cursor", cursor);
-          url.searchParams.set("epoch", epoch);
-        }
-      }
+  // Calls the listeners of `event` in namespace `ns`. A listener that throws must not break the
+  // loops (the cursor would not move and already-delivered messages would come again), so its
+  // error is rethrown on its own, where the page's console or error handler reports it.
+  const deliver = (ns, event, arg) => {
+    for (const fn of [...(listeners[ns]?.[event] || [])]) {
       try {
-        const { headers } = o;
-        const res = await (o.fetch || g.fetch)(url, {
-          method: body ? "POST" : "GET",
-          body,
-          // `headers` may be a function, so a token can be refreshed before each request.
-          headers: {
-            ...(body && { "content-type": "application/json" }),
-            ...(typeof headers == "function" ? await headers() : headers),
-          },
-          credentials: o.credentials,
-          cache: "no-store",
-          signal: ctl.signal,
+        fn(arg);
+      } catch (err) {
+        setTimeout(() => {
+          throw err;
         });
-        if (!res.ok) {
-          // Every error on the route has a {"error": {code, message}} body (spec §5), except
-          // perhaps one from a proxy in between, or the application's own 401/403.
-          const { error = {} } = (await res.json().catch(() => 0)) || {};
-          throw fail(error.code, error.message || `HTTP ${res.status}`, res.status);
-        }
-        return await res.json();
-      } finally {
-        clearTimeout(timer);
-        if (body) posting = null;
-        else getting = null;
       }
-    };
+    }
+  };
+  // A message from the server, to the listeners of its namespace (absent: `/`) and event.
+  const fire = (m) => deliver(m.ns || "/", m.event, m.data);
+  // The client's own events (connect, disconnect, error) go to every handle's listeners.
+  const report = (event, arg) => {
+    for (const ns in spaces) deliver(ns, event, arg);
+  };
 
-    // The receive loop (spec §3).
-    const receive = async () => {
-      let attempts = 0;
-      while (!closed) {
-        woken = false;
-        let res;
-        try {
-          res = await request();
-        } catch (err) {
-          if (closed) return;
-          if (woken) continue; // we aborted it to re-poll at once
-          setConnected(false, err);
-          if (refused(err.status)) deliver("error", err);
-          await sleep(backoff(attempts++, err.status));
+  const setConnected = (up, reason) => {
+    if (this.connected != up) {
+      this.connected = up;
+      report(up ? "connect" : "disconnect", reason);
+    }
+  };
+
+  // Removes a message from the outbox and settles its emit() promise.
+  const settle = (m, err, reply) => {
+    outbox.splice(outbox.indexOf(m), 1);
+    err ? m.reject(err) : m.resolve(reply);
+  };
+
+  // Spec §5: min(max, base * 2^attempts) * random(0.5, 1.0); the longest wait for a request
+  // the server refuses (a bug or a signed-out user), so a client never hammers the server.
+  const backoff = (attempts, status) =>
+    (refused(status) ? o.backoffMax : Math.min(o.backoffMax, o.backoffBase * 2 ** attempts)) *
+    (0.5 + Math.random() / 2);
+
+  // A sleep that wake() can cut short.
+  const sleep = (ms) =>
+    new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        sleepers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      sleepers.add(done);
+    });
+  const wake = () => sleepers.forEach((done) => done());
+
+  // One HTTP request to the route: a GET (no body) or a POST. Resolves with the parsed JSON
+  // of a 2xx; rejects with a network error, a timeout, or a `fail()` built from the error body.
+  const request = async (body) => {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), o.timeout);
+    const url = new URL(route);
+    if (body) {
+      posting = ctl;
+    } else {
+      getting = ctl;
+      url.searchParams.set("client", id);
+      // Every namespace with a handle; an array's toString joins them with commas.
+      url.searchParams.set("ns", Object.keys(spaces));
+      // Sending the cursor confirms everything up to it (spec §3): only once delivered.
+      if (cursor != null) {
+        url.searchParams.set("cursor", cursor);
+        url.searchParams.set("epoch", epoch);
+      }
+    }
+    try {
+      const { headers } = o;
+      const res = await (o.fetch || g.fetch)(url, {
+        method: body ? "POST" : "GET",
+        body,
+        // `headers` may be a function, so a token can be refreshed before each request.
+        headers: {
+          ...(body && { "content-type": "application/json" }),
+          ...(typeof headers == "function" ? await headers() : headers),
+        },
+        credentials: o.credentials,
+        signal: ctl.signal,
+      });
+      if (!res.ok) {
+        // Every error on the route has a {"error": {code, message}} body (spec §5), except
+        // perhaps one from a proxy in between, or the application's own 401/403.
+        const { error = {} } = (await res.json().catch(() => 0)) || {};
+        throw fail(error.code, error.message || `HTTP ${res.status}`, res.status);
+      }
+      return JSON.parse(await res.text(), fromWire);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  // The receive loop (spec §3).
+  const receive = async () => {
+    let attempts = 0;
+    while (!closed) {
+      woken = false;
+      let res;
+      try {
+        res = await request();
+      } catch (err) {
+        if (closed) return;
+        if (woken) continue; // we aborted it to re-poll at once
+        setConnected(false, err);
+        if (refused(err.status)) report("error", err);
+        await sleep(backoff(attempts++, err.status));
+        continue;
+      }
+      attempts = 0;
+      if (!this.connected) {
+        setConnected(true);
+        // The server is back: the send loop need not finish its backoff.
+        wake();
+      }
+      // Step 1: a new epoch means the server's storage was reset; positions start again.
+      if (epoch != null && res.epoch !== epoch) cursor = null;
+      // Step 2: deliver in order what is past the cursor; the rest are duplicates. The local
+      // cursor also moves per message, so even a repeat inside one answer is dropped.
+      let last = cursor;
+      for (const m of res.messages || []) {
+        if (last == null || m.pos > last) {
+          last = m.pos;
+          fire(m);
+        }
+      }
+      // Step 3: volatile messages have no position; each comes once.
+      for (const m of res.volatile || []) fire(m);
+      // Step 4: the next GET carries these, and so confirms what we just delivered.
+      epoch = res.epoch;
+      cursor = res.cursor;
+    }
+  };
+
+  // The send loop (spec §4): one POST at a time, the first `limit` messages of the outbox.
+  const send = async () => {
+    if (sending) return;
+    sending = true;
+    let attempts = 0;
+    let limit = maxBatch;
+    while (!closed && outbox.length) {
+      const now = Date.now();
+      for (const m of [...outbox]) {
+        if (now - m.t > o.dedupWindow) {
+          settle(m, fail("expired", "no answer in time"));
+        }
+      }
+      const batch = outbox.slice(0, limit);
+      if (!batch.length) break;
+      for (const m of batch) m.t ??= now;
+      let wait = 0;
+      try {
+        // The messages are already JSON; an array's toString joins them with commas.
+        const body = `{"client":"${id}","messages":[${batch.map((m) => m.json)}]}`;
+        const { acks } = await request(body);
+        attempts = 0;
+        limit = maxBatch;
+        for (const ack of acks) {
+          const m = batch.find((m) => m.id == ack.id);
+          if (!m) continue;
+          // `pending`: an earlier POST with this id is still being handled. Keep the message
+          // (same id) and ask again shortly (250 ms) to learn its outcome.
+          if (ack.pending) wait = 250;
+          else if (ack.error) settle(m, fail(ack.error.code, ack.error.message));
+          else settle(m, 0, ack.reply);
+        }
+      } catch (err) {
+        if (closed) break;
+        const status = err.status;
+        if (refused(status) && !unauthorized(status)) {
+          // This request will never succeed as it is (spec §5: 400, 405, 413, 415). Split the
+          // batch until the culprit is alone, then fail that one message: the others must not
+          // be dropped with it.
+          if (batch.length > 1) {
+            limit = batch.length >> 1;
+            if (err.code == "too_many_messages") maxBatch = limit;
+          } else {
+            settle(batch[0], err);
+          }
           continue;
         }
-        attempts = 0;
-        if (!this.connected) {
-          setConnected(true);
-          // The server is back: the send loop need not finish its backoff.
-          wake();
-        }
-        // Step 1: a new epoch means the server's storage was reset; positions start again.
-        if (epoch != null && res.epoch !== epoch) cursor = null;
-        // Step 2: deliver in order what is past the cursor; the rest are duplicates. The local
-        // cursor also moves per message, so even a repeat inside one answer is dropped.
-        let last = cursor;
-        for (const m of res.messages || []) {
-          if (last == null || m.pos > last) {
-            last = m.pos;
-            deliver(m.event, m.data);
-          }
-        }
-        // Step 3: volatile messages have no position; each comes once.
-        for (const m of res.volatile || []) deliver(m.event, m.data);
-        // Step 4: the next GET carries these, and so confirms what we just delivered.
-        epoch = res.epoch;
-        cursor = res.cursor;
+        if (unauthorized(status)) report("error", err);
+        wait = backoff(attempts++, status);
       }
-    };
+      if (wait) await sleep(wait);
+    }
+    sending = false;
+  };
 
-    // The send loop (spec §4): one POST at a time, the first `limit` messages of the outbox.
-    const send = async () => {
-      if (sending) return;
-      sending = true;
-      let attempts = 0;
-      let limit = maxBatch;
-      while (!closed && outbox.length) {
-        const now = Date.now();
-        for (const m of [...outbox]) {
-          if (now - m.t > o.dedupWindow) {
-            settle(m, fail("expired", "no answer within the dedup window"));
-          }
-        }
-        const batch = outbox.slice(0, limit);
-        if (!batch.length) break;
-        for (const m of batch) m.t ??= now;
-        let wait = 0;
-        try {
-          // The messages are already JSON; an array's toString joins them with commas.
-          const body = `{"client":"${id}","messages":[${batch.map((m) => m.json)}]}`;
-          const { acks } = await request(body);
-          attempts = 0;
-          limit = maxBatch;
-          for (const ack of acks) {
-            const m = batch.find((m) => m.id == ack.id);
-            if (!m) continue;
-            // `pending`: an earlier POST with this id is still being handled. Keep the message
-            // (same id) and ask again shortly to learn its outcome.
-            if (ack.pending) wait = PENDING_DELAY;
-            else if (ack.error) settle(m, fail(ack.error.code, ack.error.message));
-            else settle(m, null, ack.reply);
-          }
-        } catch (err) {
-          if (closed) break;
-          const status = err.status;
-          if (refused(status) && !unauthorized(status)) {
-            // This request will never succeed as it is (spec §5: 400, 405, 413, 415). Split the
-            // batch until the culprit is alone, then fail that one message: the others must not
-            // be dropped with it.
-            if (batch.length > 1) {
-              limit = batch.length >> 1;
-              if (err.code == "too_many_messages") maxBatch = limit;
-            } else {
-              settle(batch[0], err);
-            }
-            continue;
-          }
-          if (unauthorized(status)) deliver("error", err);
-          wait = backoff(attempts++, status);
-        }
-        if (wait) await sleep(wait);
-      }
-      sending = false;
-    };
+  // A laptop waking up or a phone switching networks leaves a poll hanging on a dead
+  // connection until its timeout; a tab in the background may have had its timers throttled.
+  // So when the network comes back or the tab is shown again, drop the waiting poll and ask
+  // again now (cheap: the cursor only moves on an answer, so nothing is lost), and cut any
+  // backoff short. `window`/`document` are absent in Node and workers: hence the `?.`.
+  const revive = () => {
+    woken = true;
+    getting?.abort();
+    wake();
+  };
+  const visible = () => g.document.hidden || revive();
+  g.addEventListener?.("online", revive);
+  g.document?.addEventListener("visibilitychange", visible);
 
-    // A laptop waking up or a phone switching networks leaves a poll hanging on a dead
-    // connection until its timeout; a tab in the background may have had its timers throttled.
-    // So when the network comes back or the tab is shown again, drop the waiting poll and ask
-    // again now (cheap: the cursor only moves on an answer, so nothing is lost), and cut any
-    // backoff short. `window`/`document` are absent in Node and workers: hence the `?.`.
-    const revive = () => {
-      if (getting) {
-        woken = true;
-        getting.abort();
-      }
-      wake();
-    };
-    const visible = () => g.document.visibilityState == "visible" && revive();
-    g.addEventListener?.("online", revive);
-    g.document?.addEventListener("visibilitychange", visible);
+  // Gives `handle` the on/off/emit of namespace `ns` (spec §4a) and lists it in the next GETs.
+  const space = (handle, ns) => {
+    spaces[ns] = handle;
+    const mine = (listeners[ns] = {});
 
     /** Calls `fn(data)` for each message `event`; also "connect", "disconnect" and "error". */
-    this.on = (event, fn) => {
-      (listeners[event] ||= []).push(fn);
-      return this;
+    handle.on = (event, fn) => {
+      (mine[event] ||= []).push(fn);
+      return handle;
     };
 
     /** Removes `fn` from `event`, or every listener of `event` if `fn` is omitted. */
-    this.off = (event, fn) => {
-      listeners[event] = fn ? (listeners[event] || []).filter((f) => f != fn) : [];
-      return this;
+    handle.off = (event, fn) => {
+      mine[event] = (mine[event] || []).filter((f) => fn && f != fn);
+      return handle;
     };
 
     /**
-     * Sends `event` with `data` to the server's handler. Resolves with the handler's reply, or
-     * rejects with its error (`err.code`), or if the message cannot be delivered (`closed`,
+     * Sends `event` with `data` to the namespace's handler. Resolves with the handler's reply,
+     * or rejects with its error (`err.code`), or if the message cannot be delivered (`closed`,
      * `expired`, or a 4xx refusing this very message). Never rejects on a transient failure:
-     * the message waits in the outbox and is retried, with the same id, until it gets an answer.
+     * the message waits in the outbox and is retried, with the same id, until it gets an
+     * answer.
      */
-    this.emit = (event, data) =>
+    handle.emit = (event, data) =>
       new Promise((resolve, reject) => {
         if (closed) throw fail("closed", "the client is closed");
         const mid = `${id}-${++counter}`;
         // Serialized now, so a later change to `data` by the application does not change what
         // a retry sends (the server dedups by id, the content must not drift), and so an
-        // unserializable value (a cycle, a BigInt) rejects here rather than jamming the outbox.
-        outbox.push({ id: mid, json: JSON.stringify({ id: mid, event, data }), resolve, reject });
+        // unserializable value (a cycle, a BigInt) rejects here rather than jamming the
+        // outbox. `ns` is left out for `/` (undefined is not serialized).
+        const json = JSON.stringify({ id: mid, ns: ns[1] && ns, event, data }, toWire);
+        outbox.push({ id: mid, json, resolve, reject });
         // Wait a microtask so emits made in the same tick share one POST.
         queueMicrotask(send);
       });
 
-    /** Stops the client: aborts the requests in flight, sends no more, rejects pending emits. */
-    this.close = () => {
-      if (closed) return;
-      closed = true;
-      g.removeEventListener?.("online", revive);
-      g.document?.removeEventListener("visibilitychange", visible);
-      getting?.abort();
-      posting?.abort();
-      wake();
-      const err = fail("closed", "the client is closed");
-      for (const m of [...outbox]) settle(m, err);
-      setConnected(false, err);
-    };
+    return handle;
+  };
+  space(this, "/");
 
-    receive();
-  }
+  /**
+   * The handle of namespace `ns`, the same one each time. A namespace is in every GET from the
+   * first one after `of()`: made in the same tick as the client, it is in the very first; made
+   * later, the waiting GET is ended so the next one, sent at once, includes it.
+   */
+  this.of = (ns) => spaces[ns] || (revive(), space({}, ns));
+
+  /** Stops the client: aborts the requests in flight, sends no more, rejects pending emits. */
+  this.close = () => {
+    if (closed) return;
+    closed = true;
+    g.removeEventListener?.("online", revive);
+    g.document?.removeEventListener("visibilitychange", visible);
+    getting?.abort();
+    posting?.abort();
+    wake();
+    const err = fail("closed", "the client is closed");
+    for (const m of [...outbox]) settle(m, err);
+    setConnected(false, err);
+  };
+
+  // In a microtask, so namespaces made with `of()` right after the client are in the first GET.
+  queueMicrotask(receive);
 }
 
 /** Creates a client and starts receiving at once; see SimpleIO. */

@@ -2,17 +2,26 @@
 //
 // The server-backed tests talk to a real simpleio server whose route URL is in SIMPLEIO_URL
 // (tests/js_client.rs starts one and sets it). Its application follows a small contract the
-// tests rely on — identity from the `x-user` header (demo only), and these events:
+// tests rely on — identity from the `x-user` header, else a `user` cookie (demo only), and
+// these events, in `/` and, with the same handler, in the namespace `/chat`:
 //   echo  data        -> reply: data
 //   fail  -           -> handler error, code "handler_error"
 //   count {key}       -> reply: how many times `count` ran for (user, key), so a test can prove
 //                        a retried POST reached the handler once
-//   send  {to?, event, data, volatile?} -> the server emits `event` with `data` to user `to`
-//                        (default: the sender), volatile if asked; reply: null
+//   send  {to?, ns?, event, data, volatile?} -> the server emits `event` with `data` to user
+//                        `to` (default: the sender) in namespace `ns` (default: the message's),
+//                        volatile if asked; reply: null
+//   where -           -> reply: the namespace whose handler got the message
+//   whoami -          -> reply: the sender's user id
+//   bytes {name, content: bytes} -> decoded into the server's `Binary`; reply and a message
+//                        `bytes` to the sender: {name, len, content: the same bytes}
 //   join  -           -> joins the chat (reply: anything)
 //   chat  {text}      -> emits `chat` {from, text, at} to every user who joined
-// SIMPLEIO_CONTROL, when set, is a control URL: POST /stop stops the HTTP server (dropping
-// every connection; storage is kept), POST /start binds it again on the same port.
+// Other namespaces: `/news` (no handler: its messages are refused one by one) and `/admin`
+// (its authorization refuses everyone: 403 `forbidden`).
+// SIMPLEIO_PAGE is another origin's blank page, whose origin the route's CORS allows with
+// credentials. SIMPLEIO_CONTROL, when set, is a control URL: POST /stop stops the HTTP server
+// (dropping every connection; storage is kept), POST /start binds it again on the same port.
 import { SimpleIO } from "../src/simpleio.js";
 
 export function serverUrl() {

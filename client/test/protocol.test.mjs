@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { SimpleIO } from "../src/simpleio.js";
-import { sleep, until } from "./helpers.mjs";
+import { collect, sleep, until } from "./helpers.mjs";
 
 const URL_ = "http://simpleio.test/simpleio";
 
@@ -134,7 +134,7 @@ test("an unserializable message rejects at once and does not jam the outbox", as
 test("the `online` event and a tab becoming visible end the waiting poll and poll again at once", async (t) => {
   // Node has neither `window` nor `document`: stand them in for this test.
   const win = new EventTarget();
-  const doc = Object.assign(new EventTarget(), { visibilityState: "hidden" });
+  const doc = Object.assign(new EventTarget(), { hidden: true });
   globalThis.addEventListener = win.addEventListener.bind(win);
   globalThis.removeEventListener = win.removeEventListener.bind(win);
   globalThis.document = doc;
@@ -154,7 +154,7 @@ test("the `online` event and a tab becoming visible end the waiting poll and pol
   doc.dispatchEvent(new Event("visibilitychange")); // still hidden: nothing happens
   await sleep(20);
   assert.equal(s.gets().length, 2);
-  doc.visibilityState = "visible";
+  doc.hidden = false;
   doc.dispatchEvent(new Event("visibilitychange"));
   await until("a third poll", () => s.gets().length == 3);
   assert.deepEqual(disconnects, [], "a wake-up is not a failure");
@@ -200,6 +200,107 @@ test("a 5xx is retried with backoff; a 4xx poll raises `error`", async (t) => {
   await until("the 401", () => errors.length == 1);
   assert.equal(errors[0].status, 401);
   assert.equal(errors[0].code, "unauthorized");
+});
+
+test("namespaces: every GET lists `/` and each handle; messages go to their namespace's handle", async (t) => {
+  const s = scripted([
+    {
+      epoch: "e",
+      cursor: 4,
+      messages: [
+        { pos: 1, event: "m", data: "root" },
+        { pos: 2, ns: "/chat", event: "m", data: "chat" },
+        { pos: 3, ns: "/unlisted", event: "m", data: "nobody's" },
+        { pos: 4, ns: "/", event: "m", data: "root, named" },
+      ],
+      volatile: [{ ns: "/chat", event: "typing", data: "v" }],
+    },
+  ]);
+  const io = new SimpleIO(URL_, { fetch: s.fetch });
+  t.after(() => io.close());
+  // Made in the same tick as the client: in the very first GET.
+  const chat = io.of("/chat");
+  const got = [];
+  io.on("m", (d) => got.push(["/", d])).on("typing", (d) => got.push(["/ typing", d]));
+  chat.on("m", (d) => got.push(["/chat", d])).on("typing", (d) => got.push(["/chat typing", d]));
+  await until("a second poll", () => s.gets().length == 2);
+  assert.deepEqual(s.gets().map((r) => r.url.searchParams.get("ns")), ["/,/chat", "/,/chat"]);
+  assert.deepEqual(got, [["/", "root"], ["/chat", "chat"], ["/", "root, named"], ["/chat typing", "v"]]);
+  // emit sets `ns`, except for `/`, where it is left out.
+  await Promise.all([io.emit("a"), chat.emit("b", 1)]);
+  const [post] = s.requests.filter((r) => r.init.method == "POST");
+  assert.deepEqual(JSON.parse(post.init.body).messages.map(({ ns, event }) => [ns, event]), [[undefined, "a"], ["/chat", "b"]]);
+  // off() works per handle.
+  chat.off("m");
+  assert.equal(io.of("/chat"), chat);
+});
+
+test("a namespace added later ends the waiting poll; the next GET lists it", async (t) => {
+  const s = scripted([]);
+  const io = new SimpleIO(URL_, { fetch: s.fetch });
+  t.after(() => io.close());
+  const errors = collect(io, "disconnect");
+  await until("the first poll", () => s.gets().length == 1);
+  io.of("/news");
+  await until("a second poll", () => s.gets().length == 2);
+  assert.ok(s.gets()[0].init.signal.aborted);
+  assert.deepEqual(s.gets().map((r) => r.url.searchParams.get("ns")), ["/", "/,/news"]);
+  assert.deepEqual(errors, [], "not a failure");
+});
+
+test("bytes: views and ArrayBuffers go out as {$bytes}; {$bytes} alone comes back as a Uint8Array", async (t) => {
+  const s = scripted([
+    {
+      epoch: "e",
+      cursor: 1,
+      messages: [
+        {
+          pos: 1,
+          event: "m",
+          data: {
+            png: { $bytes: "AJ+Slg==" },
+            list: [{ $bytes: "" }, { $bytes: "/w==" }],
+            // Not bytes: another key, a value that is not a string, base64 that is not.
+            other: { $bytes: "AA==", x: 1 },
+            number: { $bytes: 12 },
+            broken: { $bytes: "!!" },
+          },
+        },
+      ],
+      volatile: [],
+    },
+  ]);
+  const io = new SimpleIO(URL_, { fetch: s.fetch });
+  t.after(() => io.close());
+  const got = collect(io, "m");
+  await until("the message", () => got.length == 1);
+  assert.deepEqual(got[0], {
+    png: new Uint8Array([0, 159, 146, 150]),
+    list: [new Uint8Array(0), new Uint8Array([255])],
+    other: { $bytes: "AA==", x: 1 },
+    number: { $bytes: 12 },
+    broken: { $bytes: "!!" },
+  });
+  const bytes = new Uint8Array([0, 159, 146, 150, 7]);
+  const reply = await io.emit("up", { a: bytes.subarray(0, 4), b: [bytes.buffer], c: new DataView(bytes.buffer, 4), d: "text" });
+  const [post] = s.requests.filter((r) => r.init.method == "POST");
+  assert.deepEqual(JSON.parse(post.init.body).messages[0].data, {
+    a: { $bytes: "AJ+Slg==" },
+    b: [{ $bytes: "AJ+Slgc=" }],
+    c: { $bytes: "Bw==" },
+    d: "text",
+  });
+  // The fake server echoes the data back as the reply: bytes again.
+  assert.deepEqual(reply, { a: bytes.subarray(0, 4).slice(), b: [bytes], c: new Uint8Array([7]), d: "text" });
+});
+
+test("the `credentials` option is passed to fetch", async (t) => {
+  const s = scripted([]);
+  const io = new SimpleIO(URL_, { fetch: s.fetch, credentials: "include" });
+  t.after(() => io.close());
+  await io.emit("x");
+  await until("a poll", () => s.gets().length == 1);
+  assert.deepEqual(s.requests.map((r) => r.init.credentials), ["include", "include"]);
 });
 
 test("a relative or default URL needs a page; in Node the URL must be absolute", () => {
