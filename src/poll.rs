@@ -148,7 +148,6 @@ impl Announcements {
             self.seen_own
         }
     }
-
 }
 
 fn take_volatile(signal: UserSignal, client: &ClientId, into: &mut Vec<WireVolatile>) {
