@@ -241,9 +241,12 @@ async fn call_handler(
     }
 }
 
-/// Records the outcome. The handler already ran, so this is worth a few tries: if the record
-/// stays in progress, a retry after the lease runs the handler a second time.
+/// Records the outcome. The handler already ran, so this is worth retrying for as long as the
+/// claim's lease leaves room (half of it): while the record stays in progress, a retried POST is
+/// told `pending`; once the lease is over, a retry runs the handler a second time. A storage
+/// outage shorter than that costs a delay, not a duplicate.
 async fn complete(shared: &Shared, key: &DedupKey, stored: &str) -> Result<(), StorageError> {
+    let give_up = Instant::now() + shared.config.handler_lease / 2;
     let mut delay = Duration::from_millis(50);
     for attempt in 1.. {
         match shared
@@ -252,10 +255,10 @@ async fn complete(shared: &Shared, key: &DedupKey, stored: &str) -> Result<(), S
             .await
         {
             Ok(()) => return Ok(()),
-            Err(e) if attempt < 4 => {
+            Err(e) if Instant::now() + delay < give_up => {
                 tracing::warn!(error = %e, attempt, "could not record a handled message; retrying");
                 sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
                 tracing::error!(error = %e, user = %key.user, client = %key.client, id = %key.id,

@@ -65,6 +65,10 @@ pub(crate) async fn respond(
     // A client without a cursor is new (or lost its state): answer at once, so it learns its
     // epoch and cursor — and that it is connected — without waiting out a hold.
     let handshake = poll.cursor.is_none();
+    let mut announcements = Announcements {
+        own: poll_id,
+        seen_own: false,
+    };
     let mut cursor = poll.cursor;
     let mut volatile: Vec<WireVolatile> = Vec::new();
     loop {
@@ -91,8 +95,8 @@ pub(crate) async fn respond(
         while let Some(signal) = watch.try_recv() {
             match signal {
                 UserSignal::Appended | UserSignal::Resync => read_again = true,
-                UserSignal::PollStarted { client: c, poll } if c == client && poll != poll_id => {
-                    taken_over = true;
+                UserSignal::PollStarted { client: c, poll } if c == client => {
+                    taken_over |= announcements.taken_over_by(poll);
                 }
                 other => take_volatile(other, &client, &namespaces, &mut volatile),
             }
@@ -115,9 +119,11 @@ pub(crate) async fn respond(
             tokio::select! {
                 signal = watch.recv() => match signal {
                     UserSignal::Appended | UserSignal::Resync => break,
-                    UserSignal::PollStarted { client: c, poll } if c == client && poll != poll_id => {
-                        tracing::debug!(%user, %client, "a newer poll of this client took over");
-                        return Ok(answer(batch, &volatile));
+                    UserSignal::PollStarted { client: c, poll } if c == client => {
+                        if announcements.taken_over_by(poll) {
+                            tracing::debug!(%user, %client, "a newer poll of this client took over");
+                            return Ok(answer(batch, &volatile));
+                        }
                     }
                     other => {
                         take_volatile(other, &client, &namespaces, &mut volatile);
@@ -130,6 +136,28 @@ pub(crate) async fn respond(
                 // A safety net for a lost wakeup; never the way messages normally arrive.
                 () = &mut recheck => break,
             }
+        }
+    }
+}
+
+/// Tells a newer poll of this client from an older one. Every node receives the storage's
+/// signals in the order they were published, and a client starts a poll only after its previous
+/// one answered, so the announcements that reach us before our own are of older polls (say, the
+/// previous poll's, slower over the network than its answer); those after it, of newer ones. If
+/// our own is lost (a lagging subscription), no other can end this poll: it lasts its hold.
+struct Announcements {
+    own: u64,
+    seen_own: bool,
+}
+
+impl Announcements {
+    /// Whether the announcement of poll `poll`, of this client, means a newer poll took over.
+    fn taken_over_by(&mut self, poll: u64) -> bool {
+        if poll == self.own {
+            self.seen_own = true;
+            false
+        } else {
+            self.seen_own
         }
     }
 }

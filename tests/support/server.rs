@@ -6,10 +6,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::request::Parts;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use simpleio::{Builder, Rejection, SimpleIo, SimpleIoLayer, UserId};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// The identity tests use: the `x-user` header names the user. Test-only; a real application
 /// derives the user from a session or a verified token.
@@ -103,14 +105,31 @@ fn app(layer: SimpleIoLayer) -> Router {
 
 fn serve(listener: TcpListener, layer: SimpleIoLayer) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app(layer))
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let task = tokio::spawn(serve_app(listener, app(layer), stopped));
     (stop, task)
+}
+
+/// Serves `app` on `listener` until `stopped` fires or the task is aborted. Connections are
+/// tasks of a JoinSet owned by this loop, so stopping also drops every open connection, held
+/// polls included, as a crashed process would (`axum::serve`'s connections would outlive it).
+pub async fn serve_app(listener: TcpListener, app: Router, stopped: oneshot::Receiver<()>) {
+    let mut connections = JoinSet::new();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let service = TowerToHyperService::new(app.clone());
+                connections.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut stopped => return,
+        }
+    }
 }
 
 /// Any app (a `Router` with its own layers, such as an example's) served on a free loopback
