@@ -28,22 +28,22 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod support;
+
 use axum::Router;
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::{get, post};
 use http::request::Parts;
 use http::{HeaderValue, Method, header};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use simpleio::{
     Binary, HandlerError, Incoming, MemoryStorage, Namespace, Rejection, Reply, SimpleIoLayer,
     Storage, UserId,
 };
+use support::server::serve_app;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tower::{BoxError, service_fn};
 use tower_http::cors::CorsLayer;
 
@@ -268,27 +268,9 @@ async fn start_page_server() -> String {
 
 // --- a server that can be stopped and started again on the same port ----------------------------
 
-/// Serves `app` on `listener` until the returned task is aborted. Connections are tasks of a
-/// JoinSet owned by the accept loop, so aborting it also drops every open connection — held
-/// polls included — as a crashed process would (axum::serve's connections would outlive it).
+/// Serves `app` until the task is aborted, which drops every open connection too.
 fn serve(listener: TcpListener, app: Router) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let service = TowerToHyperService::new(app.clone());
-                    connections.spawn(async move {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-    })
+    tokio::spawn(serve_app(listener, app, std::future::pending()))
 }
 
 struct Node {

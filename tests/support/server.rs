@@ -105,16 +105,18 @@ fn app(layer: SimpleIoLayer) -> Router {
 
 fn serve(listener: TcpListener, layer: SimpleIoLayer) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve_app(listener, app(layer), stopped));
+    let task = tokio::spawn(serve_app(listener, app(layer), async {
+        let _ = stopped.await;
+    }));
     (stop, task)
 }
 
-/// Serves `app` on `listener` until `stopped` fires or the task is aborted. Connections are
+/// Serves `app` on `listener` until `shutdown` completes or the task is aborted. Connections are
 /// tasks of a JoinSet owned by this loop, so stopping also drops every open connection, held
 /// polls included, as a crashed process would (`axum::serve`'s connections would outlive it).
-pub async fn serve_app(listener: TcpListener, app: Router, stopped: oneshot::Receiver<()>) {
+pub async fn serve_app(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
     let mut connections = JoinSet::new();
-    tokio::pin!(stopped);
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -127,7 +129,7 @@ pub async fn serve_app(listener: TcpListener, app: Router, stopped: oneshot::Rec
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = &mut stopped => return,
+            () = &mut shutdown => return,
         }
     }
 }
