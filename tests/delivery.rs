@@ -36,7 +36,10 @@ async fn an_emit_resolves_only_after_the_next_poll_confirms_the_message() {
     // The next poll carries a cursor covering the message: that is the confirmation.
     tab.receive().await;
     let delivered = finish(sending, "the emit after the confirming poll").await;
-    assert_eq!(delivered.expect("delivered").recipients, [Member::from("ann")]);
+    assert_eq!(
+        delivered.expect("delivered").recipients,
+        [Member::from("ann")]
+    );
 }
 
 #[tokio::test]
@@ -80,7 +83,10 @@ async fn an_offline_user_receives_the_message_on_return() {
 
     tab.receive().await;
     let delivered = finish(sending, "the emit after bob's return").await;
-    assert_eq!(delivered.expect("delivered").recipients, [Member::from("bob")]);
+    assert_eq!(
+        delivered.expect("delivered").recipients,
+        [Member::from("bob")]
+    );
 }
 
 #[tokio::test]
