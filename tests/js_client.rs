@@ -380,6 +380,28 @@ async fn node_test(files: &[&str]) {
     );
 }
 
+/// The bundle the layer serves is the committed `dist/`: it must be what the sources build to,
+/// and stay within its size budget (2.0 kB min+gzip). The check prints the measured size.
+#[test]
+fn the_committed_bundle_is_a_fresh_build_within_its_size_budget() {
+    if !require("node", have_node()) {
+        return;
+    }
+    install_client_deps();
+    let out = Command::new("npm")
+        .args(["run", "--silent", "check"])
+        .current_dir(client_dir())
+        .output()
+        .expect("run npm run check");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{report}");
+    assert!(out.status.success(), "client/ check failed:\n{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_js_client_passes_its_tests_against_the_layer() {
     if !require("node", have_node()) {
