@@ -18,7 +18,7 @@ use crate::namespace::authorize_all;
 use crate::presence;
 use crate::protocol::{PollQuery, PollResponse, ProtocolError, WireVolatile, json_response};
 use crate::shared::Shared;
-use crate::storage::{FetchBatch, FetchRequest, Signal};
+use crate::storage::{FetchBatch, FetchRequest};
 
 /// Counts this poll as waiting for as long as it lives, however it ends (answered, or dropped
 /// because the client went away).
@@ -52,15 +52,9 @@ pub(crate) async fn respond(
     // Watch before the first read, so a message appended in between still wakes us.
     let mut watch = shared.hub.watch(&user);
     let _waiting = Waiting::enter(shared);
+    // Announced with the first read, so that an older poll of this client, on any node, ends.
     let poll_id = fastrand::u64(..);
-    shared
-        .storage
-        .publish(Signal::PollStarted {
-            user: user.clone(),
-            client: client.clone(),
-            poll: poll_id,
-        })
-        .await?;
+    let mut announce = Some(poll_id);
 
     // A client without a cursor is new (or lost its state): answer at once, so it learns its
     // epoch and cursor — and that it is connected — without waiting out a hold.
@@ -81,6 +75,7 @@ pub(crate) async fn respond(
                 namespaces: namespaces.clone(),
                 limit: config.batch_limit,
                 presence_ttl: config.presence_ttl,
+                announce: announce.take(),
             })
             .await?;
         if let Some(arrival) = batch.arrival {

@@ -60,6 +60,7 @@ fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequ
         namespaces: vec!["/".into()],
         limit: 100,
         presence_ttl: Duration::from_secs(60),
+        announce: None,
     }
 }
 
@@ -498,6 +499,7 @@ async fn a_redis_that_cannot_be_reached_fails_to_connect_promptly() {
 fn request_with_presence(user: &str, client: &str, presence: Duration) -> FetchRequest {
     FetchRequest {
         presence_ttl: presence,
+        announce: None,
         ..request(user, client, None)
     }
 }

@@ -67,6 +67,7 @@ macro_rules! storage_conformance_tests {
             dedup_keys_are_scoped_by_user_and_client,
             appends_and_completions_are_signalled,
             published_signals_reach_subscribers,
+            a_fetch_announces_its_poll,
             live_users_follow_presence,
             concurrent_appends_keep_positions_unique_and_ordered,
             a_client_reads_only_its_namespaces,
@@ -163,6 +164,7 @@ async fn fetch_limit(
         namespaces: namespaces(&[DEFAULT_NAMESPACE]),
         limit,
         presence_ttl: PRESENCE,
+        announce: None,
     })
     .await
     .expect("fetch")
@@ -657,6 +659,7 @@ pub async fn live_users_follow_presence(s: &impl Storage) {
         namespaces: namespaces(&[DEFAULT_NAMESPACE]),
         limit: 10,
         presence_ttl: Duration::from_millis(300),
+        announce: None,
     })
     .await
     .expect("fetch");
@@ -719,6 +722,7 @@ async fn fetch_in(
         namespaces: namespaces(ns),
         limit: 100,
         presence_ttl: PRESENCE,
+        announce: None,
     })
     .await
     .expect("fetch")
@@ -732,6 +736,7 @@ async fn fetch_with_presence(s: &impl Storage, u: &str, c: &str, presence: Durat
         namespaces: namespaces(&[DEFAULT_NAMESPACE]),
         limit: 100,
         presence_ttl: presence,
+        announce: None,
     })
     .await
     .expect("fetch")
@@ -1077,5 +1082,39 @@ pub async fn a_client_known_only_from_data_starts_at_the_watermark(s: &impl Stor
         b.messages.is_empty(),
         "a client known only from its data replayed the log: {:?}",
         events(&b)
+    );
+}
+
+/// A fetch with an announcement publishes `PollStarted` for its user, client and poll id; one
+/// without publishes none.
+pub async fn a_fetch_announces_its_poll(s: &impl Storage) {
+    let mut rx = s.subscribe();
+    let request = |announce| FetchRequest {
+        user: user("ann"),
+        client: client("tab1"),
+        cursor: None,
+        namespaces: namespaces(&[DEFAULT_NAMESPACE]),
+        limit: 10,
+        presence_ttl: PRESENCE,
+        announce,
+    };
+    for announce in [Some(41), None, Some(42)] {
+        s.fetch(request(announce)).await.expect("fetch");
+    }
+    let mut announced = Vec::new();
+    while announced.len() < 2 {
+        let signal = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("the announcements arrive within 2 s")
+            .expect("the signal channel is open");
+        if let Signal::PollStarted { user, client, poll } = signal {
+            assert_eq!((user.as_str(), client.as_str()), ("ann", "tab1"));
+            announced.push(poll);
+        }
+    }
+    assert_eq!(
+        announced,
+        [41, 42],
+        "a fetch without an announcement announced something"
     );
 }

@@ -392,6 +392,13 @@ impl Storage for MemoryStorage {
             }
         }
         drop(state);
+        if let Some(poll) = req.announce {
+            self.signal(Signal::PollStarted {
+                user: req.user.clone(),
+                client: req.client,
+                poll,
+            });
+        }
         if advanced {
             self.signal(Signal::Confirmed { user: req.user });
         }

@@ -213,6 +213,9 @@ pub struct FetchRequest {
     pub limit: usize,
     /// Record the client as seen, for this long ([`Storage::live_users`]).
     pub presence_ttl: Duration,
+    /// If set, publish [`Signal::PollStarted`] for this user, client and poll id in the same
+    /// step: a new poll announces itself without a round trip of its own.
+    pub announce: Option<u64>,
 }
 
 /// What [`Storage::fetch`] read.
@@ -430,7 +433,8 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Appended, StorageError>;
 
     /// Confirms the client's cursor (see [`FetchRequest::cursor`]), publishing
-    /// [`Signal::Confirmed`] if it advanced, records the client as seen, and reads on.
+    /// [`Signal::Confirmed`] if it advanced, records the client as seen, publishes the
+    /// [announcement](FetchRequest::announce) if any, and reads on.
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError>;
 
     /// Whether each target's message was delivered, in the order given. `epoch` is the one the

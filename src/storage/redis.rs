@@ -757,7 +757,8 @@ return out
 
 /// `ARGV[4]` user, `[5]` client, `[6]` '1' if a cursor was sent, `[7]` its epoch, `[8]` its
 /// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` reap grace (ms), `[12]` the
-/// `Confirmed` signal, `[13]` n, then the n namespaces read. Returns the epoch, the new cursor,
+/// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` n, then the n
+/// namespaces read. Returns the epoch, the new cursor,
 /// the arrival ('online', 'arrived' or ''), then the entries read.
 static FETCH: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -765,9 +766,9 @@ static FETCH: LazyLock<Script> = LazyLock::new(|| {
 local u, c = ARGV[4], ARGV[5]
 local limit, ttl, grace = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local nsl, wanted = {}, {}
-for i = 1, tonumber(ARGV[13]) do
-  nsl[i] = ARGV[13 + i]
-  wanted[ARGV[13 + i]] = true
+for i = 1, tonumber(ARGV[14]) do
+  nsl[i] = ARGV[14 + i]
+  wanted[ARGV[14 + i]] = true
 end
 local now = now_ms()
 local epoch = current_epoch()
@@ -861,6 +862,7 @@ extend(P .. 'presence', seen + grace, now)
 extend(P .. 'live', seen + grace, now)
 keep_client(m, grace)
 touch(u, seen + grace)
+if ARGV[13] ~= '' then redis.call('PUBLISH', P .. 'signals', ARGV[13]) end
 if advanced then redis.call('PUBLISH', P .. 'signals', ARGV[12]) end
 
 local out = {epoch, str(cursor), arrival}
@@ -1137,6 +1139,14 @@ impl Storage for RedisStorage {
         let confirmed = signal_json(Signal::Confirmed {
             user: request.user.clone(),
         })?;
+        let announcement = match request.announce {
+            Some(poll) => signal_json(Signal::PollStarted {
+                user: request.user.clone(),
+                client: request.client.clone(),
+                poll,
+            })?,
+            None => String::new(),
+        };
         let (has_cursor, cursor_epoch, cursor_pos) = match &request.cursor {
             Some((epoch, pos)) => ("1", epoch.as_str(), (*pos).min(MAX_EXACT)),
             None => ("0", "", 0),
@@ -1152,6 +1162,7 @@ impl Storage for RedisStorage {
                     .arg(millis(request.presence_ttl))
                     .arg(reap_grace(request.presence_ttl))
                     .arg(confirmed.as_str())
+                    .arg(announcement.as_str())
                     .arg(request.namespaces.len());
                 for ns in &request.namespaces {
                     inv.arg(&**ns);

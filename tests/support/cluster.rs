@@ -61,18 +61,37 @@ wait "$r"
 exit 0"#;
 
 /// The chat example's binary, next to the test binary: `target/<profile>/examples/chat`.
+///
+/// Built (once per test process) with the features of the suite's own build, since a
+/// `cargo run --example chat` in between would have left a binary without Redis there.
 pub fn chat_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_chat_binary).clone()
+}
+
+fn build_chat_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/<profile>/deps/cluster-HASH -> target/<profile>/examples/chat
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test binary lives in target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--all-features", "--example", "chat"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo to build the chat example");
+    assert!(status.success(), "building the chat example failed");
     let chat = profile_dir.join("examples").join("chat");
     assert!(
         chat.is_file(),
-        "the chat example's binary is missing at {}: `cargo test --all-features` builds it; \
-         or run `cargo build --features redis --example chat` with the same target directory",
+        "the chat example's binary is missing at {}",
         chat.display()
     );
     chat
