@@ -77,6 +77,18 @@ async fn next_where(events: &mut Events, mut want: impl FnMut(&Event) -> bool) -
     .expect("the expected event arrives")
 }
 
+/// The next event must be the poll's refusal by the server with this status and code.
+async fn expect_refusal(events: &mut Events, status: u16, code: &str) {
+    match next_where(events, |_| true).await {
+        Event::Disconnected(ConnectionError::Rejected {
+            status: got_status,
+            code: got_code,
+            ..
+        }) => assert_eq!((got_status, got_code.as_str()), (status, code)),
+        other => panic!("expected a {status} {code} refusal, got {other:?}"),
+    }
+}
+
 /// The next message, skipping connection events.
 async fn next_message(events: &mut Events) -> Message {
     match next_where(events, |e| matches!(e, Event::Message(_))).await {
@@ -365,12 +377,7 @@ async fn a_refused_sign_in_is_reported() {
         .connect()
         .expect("the client starts");
 
-    match next_where(&mut events, |_| true).await {
-        Event::Disconnected(ConnectionError::Rejected { status, code, .. }) => {
-            assert_eq!((status, code.as_str()), (401, "unauthorized"));
-        }
-        other => panic!("expected a refused sign-in, got {other:?}"),
-    }
+    expect_refusal(&mut events, 401, "unauthorized").await;
     client.close().await;
 }
 
@@ -673,12 +680,7 @@ async fn a_namespace_the_user_may_not_use_is_refused_with_the_servers_code() {
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .connect()
         .expect("the client starts");
-    match next_where(&mut events, |_| true).await {
-        Event::Disconnected(ConnectionError::Rejected { status, code, .. }) => {
-            assert_eq!((status, code.as_str()), (403, "forbidden"));
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    expect_refusal(&mut events, 403, "forbidden").await;
     client.close().await;
 
     // The user it is for gets in.
@@ -699,12 +701,7 @@ async fn a_namespace_the_user_may_not_use_is_refused_with_the_servers_code() {
         .namespaces(["/", "/nope"])
         .connect()
         .expect("the client starts");
-    match next_where(&mut events, |_| true).await {
-        Event::Disconnected(ConnectionError::Rejected { status, code, .. }) => {
-            assert_eq!((status, code.as_str()), (400, "unknown_namespace"));
-        }
-        other => panic!("expected unknown_namespace, got {other:?}"),
-    }
+    expect_refusal(&mut events, 400, "unknown_namespace").await;
     client.close().await;
 
     // Sending: a message to a namespace the user may not use is refused with an error ack
