@@ -135,47 +135,59 @@ impl Hub {
 
     fn dispatch(&self, signal: Signal) {
         let users = self.users();
-        let (user, signal) = match signal {
-            Signal::Appended { user } => (user, UserSignal::Appended),
-            Signal::Completed { user } => (user, UserSignal::Completed),
+        let send = |user: &UserId, signal: UserSignal| {
+            if let Some(sender) = users.get(user).and_then(|e| e.signals.as_ref()) {
+                // No receiver left means nobody waits; nothing to do.
+                let _ = sender.send(signal);
+            }
+        };
+        match signal {
+            Signal::Appended { users: appended } => {
+                for user in appended.iter() {
+                    send(user, UserSignal::Appended);
+                }
+            }
+            Signal::Completed { user } => send(&user, UserSignal::Completed),
             Signal::Volatile {
-                user,
-                client,
+                recipients,
                 namespace,
                 event,
                 data,
-            } => (
-                user,
-                UserSignal::Volatile {
-                    client,
-                    message: WireVolatile {
-                        ns: namespace,
-                        event,
-                        data,
-                    },
-                },
-            ),
-            Signal::PollStarted { user, client, poll } => {
-                (user, UserSignal::PollStarted { client, poll })
+            } => {
+                let message = WireVolatile {
+                    ns: namespace,
+                    event,
+                    data,
+                };
+                for member in recipients.iter() {
+                    let client = match member {
+                        crate::storage::Member::User(_) => None,
+                        crate::storage::Member::Client(_, c) => Some(c.clone()),
+                    };
+                    send(
+                        member.user(),
+                        UserSignal::Volatile {
+                            client,
+                            message: message.clone(),
+                        },
+                    );
+                }
             }
-            Signal::Confirmed { user } => {
+            Signal::PollStarted { user, client, poll } => {
+                send(&user, UserSignal::PollStarted { client, poll })
+            }
+            Signal::Confirmed { user, .. } => {
                 if let Some(entry) = users.get(&user) {
                     for (_, notify) in &entry.confirm_waiters {
                         notify.notify_one();
                     }
                 }
-                return;
             }
             Signal::Resync => {
                 for entry in users.values() {
                     wake_all(entry);
                 }
-                return;
             }
-        };
-        if let Some(sender) = users.get(&user).and_then(|e| e.signals.as_ref()) {
-            // No receiver left means nobody waits; nothing to do.
-            let _ = sender.send(signal);
         }
     }
 

@@ -461,25 +461,22 @@ impl VolatileEmitter {
             Arc::from(serde_json::value::to_raw_value(data).map_err(SendError::Serialize)?);
         let event: Arc<str> = event.into();
         let recipients = self.inner.resolve().await.map_err(SendError::Storage)?;
-        for member in recipients {
-            let (user, client) = match member {
-                Member::User(user) => (user, None),
-                Member::Client(user, client) => (user, Some(client)),
-            };
-            self.inner
-                .io
-                .shared
-                .storage
-                .publish(Signal::Volatile {
-                    user,
-                    client,
-                    namespace: self.inner.io.namespace.clone(),
-                    event: event.clone(),
-                    data: data.clone(),
-                })
-                .await
-                .map_err(SendError::Storage)?;
+        if recipients.is_empty() {
+            return Ok(());
         }
+        // One signal for every recipient: its payload crosses to other nodes once.
+        self.inner
+            .io
+            .shared
+            .storage
+            .publish(Signal::Volatile {
+                recipients: recipients.into(),
+                namespace: self.inner.io.namespace.clone(),
+                event,
+                data,
+            })
+            .await
+            .map_err(SendError::Storage)?;
         Ok(())
     }
 }

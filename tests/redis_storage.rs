@@ -204,7 +204,7 @@ async fn an_outage_fails_fast_then_heals_with_a_new_epoch() {
         &mut rx,
         Duration::from_secs(5),
         "Appended",
-        |s| matches!(s, Signal::Appended { user } if user.as_str() == "ann"),
+        |s| matches!(s, Signal::Appended { users } if users.iter().any(|u| u.as_str() == "ann")),
     )
     .await;
 }
@@ -348,7 +348,7 @@ async fn signals_cross_nodes_over_one_subscription_per_node() {
             rx,
             Duration::from_secs(2),
             "Appended",
-            |s| matches!(s, Signal::Appended { user } if user.as_str() == "ann"),
+            |s| matches!(s, Signal::Appended { users } if users.iter().any(|u| u.as_str() == "ann")),
         )
         .await;
     }

@@ -293,11 +293,12 @@ pub async fn confirming_a_cursor_delivers_and_signals(s: &impl Storage) {
         delivery(s, &epoch, "ann", None, pos[1]).await,
         DeliveryState::Pending
     );
-    expect_signal(
-        &mut rx,
-        "Confirmed",
-        |s| matches!(s, Signal::Confirmed { user } if user.as_str() == "ann"),
-    )
+    let confirmed = pos[0];
+    expect_signal(&mut rx, "Confirmed with its cursor", |s| {
+        matches!(s, Signal::Confirmed { epoch: e, user, client, cursor, namespaces }
+            if *e == epoch && user.as_str() == "ann" && client.as_str() == "tab1"
+                && *cursor == confirmed && namespaces.iter().any(|n| &**n == "/"))
+    })
     .await;
 }
 
@@ -399,11 +400,11 @@ pub async fn a_client_confirming_its_own_message_behind_the_watermark_signals(s:
     let mut rx = s.subscribe();
     fetch(s, "ann", "tab1", Some((&epoch, c1.cursor))).await;
     fetch(s, "ann", "tab1", Some((&epoch, pos[0]))).await;
-    expect_signal(
-        &mut rx,
-        "Confirmed",
-        |s| matches!(s, Signal::Confirmed { user } if user.as_str() == "ann"),
-    )
+    let own = pos[0];
+    expect_signal(&mut rx, "Confirmed by tab1", |s| {
+        matches!(s, Signal::Confirmed { user, client, cursor, .. }
+            if user.as_str() == "ann" && client.as_str() == "tab1" && *cursor == own)
+    })
     .await;
     assert_eq!(
         delivery(s, &epoch, "ann", Some("tab1"), pos[0]).await,
@@ -594,15 +595,26 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
     assert_eq!(s.claim(&tab2, LONG).await.expect("claim"), Claim::Acquired);
 }
 
-/// Appends publish `Appended` and completions publish `Completed`, for the right user.
+/// An append publishes one `Appended` naming each user once, and completions publish
+/// `Completed`, for the right user.
 pub async fn appends_and_completions_are_signalled(s: &impl Storage) {
     let mut rx = s.subscribe();
-    append(s, vec![message("ann", "a", LONG)]).await;
-    expect_signal(
-        &mut rx,
-        "Appended",
-        |s| matches!(s, Signal::Appended { user } if user.as_str() == "ann"),
+    append(
+        s,
+        vec![
+            message("ann", "a", LONG),
+            message("bob", "a", LONG),
+            message("ann", "b", LONG),
+        ],
     )
+    .await;
+    expect_signal(&mut rx, "one Appended for ann and bob", |s| {
+        matches!(s, Signal::Appended { users } if {
+            let mut names: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+            names.sort_unstable();
+            names == ["ann", "bob"]
+        })
+    })
     .await;
     let key = DedupKey {
         user: user("bob"),
@@ -622,9 +634,12 @@ pub async fn appends_and_completions_are_signalled(s: &impl Storage) {
 /// Published signals, with their payloads, reach subscribers.
 pub async fn published_signals_reach_subscribers(s: &impl Storage) {
     let mut rx = s.subscribe();
+    let recipients: Arc<[Member]> = Arc::from([
+        Member::client("ann", client("tab1")),
+        Member::User(user("bob")),
+    ]);
     s.publish(Signal::Volatile {
-        user: user("ann"),
-        client: Some(client("tab1")),
+        recipients: recipients.clone(),
         namespace: "/chat".into(),
         event: "typing".into(),
         data: data(r#"{"x":1}"#),
@@ -632,8 +647,8 @@ pub async fn published_signals_reach_subscribers(s: &impl Storage) {
     .await
     .expect("publish");
     expect_signal(&mut rx, "Volatile", |s| {
-        matches!(s, Signal::Volatile { user, client: Some(c), namespace, event, data }
-            if user.as_str() == "ann" && c.as_str() == "tab1" && &**namespace == "/chat"
+        matches!(s, Signal::Volatile { recipients: r, namespace, event, data }
+            if **r == *recipients && &**namespace == "/chat"
                 && &**event == "typing" && data.get() == r#"{"x":1}"#)
     })
     .await;

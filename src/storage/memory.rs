@@ -322,8 +322,10 @@ impl Storage for MemoryStorage {
         }
         let epoch = state.epoch.clone();
         drop(state);
-        for user in woken {
-            self.signal(Signal::Appended { user });
+        if !woken.is_empty() {
+            self.signal(Signal::Appended {
+                users: woken.into(),
+            });
         }
         Ok(Appended { epoch, outcomes })
     }
@@ -346,7 +348,7 @@ impl Storage for MemoryStorage {
             user_came_online: !log.clients.values().any(|r| r.polled),
         });
 
-        let mut advanced = false;
+        let mut advanced = None;
         let start = match req.cursor {
             Some((e, cursor)) if e == epoch => {
                 let confirmed = cursor.min(head);
@@ -356,13 +358,13 @@ impl Storage for MemoryStorage {
                 // watermark is already past them, so its advance is a confirmation too.
                 if confirmed > record.cursor {
                     record.cursor = confirmed;
-                    advanced = true;
+                    advanced = Some(confirmed);
                 }
                 for ns in &req.namespaces {
                     let watermark = log.watermarks.entry(ns.clone()).or_insert(0);
                     if confirmed > *watermark {
                         *watermark = confirmed;
-                        advanced = true;
+                        advanced = Some(confirmed);
                     }
                 }
                 cursor
@@ -395,12 +397,18 @@ impl Storage for MemoryStorage {
         if let Some(poll) = req.announce {
             self.signal(Signal::PollStarted {
                 user: req.user.clone(),
-                client: req.client,
+                client: req.client.clone(),
                 poll,
             });
         }
-        if advanced {
-            self.signal(Signal::Confirmed { user: req.user });
+        if let Some(cursor) = advanced {
+            self.signal(Signal::Confirmed {
+                epoch: epoch.clone(),
+                user: req.user,
+                client: req.client,
+                cursor,
+                namespaces: req.namespaces.into(),
+            });
         }
         Ok(FetchBatch {
             epoch,

@@ -25,9 +25,11 @@
 //!   they leave; a client's, as long as the client.
 //! * **Data** ([`Storage::set_data`]) is small JSON attached to a member: a client's lasts as long
 //!   as the client, a user's until their last client is reaped.
-//! * A message stays readable until it **expires** (its `expires_at`), confirmed or not, so every
-//!   tab can catch up. Past it, readers skip it and it is removed. A message that expired
-//!   unconfirmed is reported as [`DeliveryState::Expired`].
+//! * A message stays readable until it **expires** (its `expires_at`), so every tab can catch
+//!   up. Past it, readers skip it and it is removed. A message that expired unconfirmed is
+//!   reported as [`DeliveryState::Expired`]. A storage may remove a delivered message earlier,
+//!   once every client of its user that has polled confirmed past it: no client can read it
+//!   again, and a new client starts at the watermark, past it too.
 //! * **Dedup records** remember each client message id for a while ([`Storage::claim`],
 //!   [`Storage::complete`]), so a retried POST is not handled twice.
 //! * **Signals** wake waiters on every node: appends, confirmations, completed dedup records,
@@ -129,6 +131,10 @@ impl fmt::Display for Epoch {
         f.write_str(&self.0)
     }
 }
+
+/// The most messages simpleio hands to one [`Storage::append`] call: a larger fan-out goes in
+/// several calls, so that no call holds a lock, or runs a script, for long.
+pub const FANOUT_CHUNK: usize = 1024;
 
 /// A message to append to a user's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,20 +357,35 @@ pub enum Claim {
 
 /// A notification from one node to every node (see [`Storage::subscribe`]).
 ///
+/// Signals are batched by the operation that causes them: one [`Signal::Appended`] per append
+/// call, however many users it reached, and one [`Signal::Volatile`] per volatile message,
+/// however many recipients it has. A confirmation carries the cursor it confirmed, so a sender
+/// waiting for it learns its outcome from the signal alone, without asking the storage.
+///
 /// Its serde form (externally tagged, so that the `RawValue` payload of `Volatile` round-trips)
 /// is what networked storages put on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
-    /// New messages were appended to this user's log.
+    /// New messages were appended to these users' logs (each user once).
     Appended {
-        /// The user.
-        user: UserId,
+        /// The users.
+        users: Arc<[UserId]>,
     },
-    /// A client of this user confirmed a cursor.
+    /// A client confirmed a cursor: in each of `namespaces` its user's watermark is now at
+    /// least `cursor`, and so is the client's own cursor. Published only when that moved
+    /// something forward.
     Confirmed {
+        /// The epoch the cursor belongs to; a waiter for a message of another epoch ignores it.
+        epoch: Epoch,
         /// The user.
         user: UserId,
+        /// The client that confirmed.
+        client: ClientId,
+        /// The position confirmed (never beyond the log's last position).
+        cursor: Position,
+        /// The namespaces the client reads, in which the cursor counts.
+        namespaces: Arc<[Arc<str>]>,
     },
     /// A dedup record of this user was completed.
     Completed {
@@ -373,10 +394,8 @@ pub enum Signal {
     },
     /// A message for clients waiting right now; never stored.
     Volatile {
-        /// The recipient user.
-        user: UserId,
-        /// Only this client, if set.
-        client: Option<ClientId>,
+        /// The recipients: every client of a user, or one client.
+        recipients: Arc<[Member]>,
         /// Its namespace: only clients subscribed to it receive it.
         namespace: Arc<str>,
         /// The event name.
@@ -419,8 +438,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// The current epoch. A store that finds its data gone creates a new one.
     async fn epoch(&self) -> Result<Epoch, StorageError>;
 
-    /// Appends each message to its user's log, atomically per user, and publishes
-    /// [`Signal::Appended`] for each user in the same step.
+    /// Appends each message to its user's log, atomically per user, and publishes one
+    /// [`Signal::Appended`] naming every user that got a message, in the same step.
+    ///
+    /// The messages of one fan-out share one payload: the same `data` `Arc` (and the same
+    /// `event` and `namespace`). A storage should store that payload once, not once per
+    /// recipient. Callers keep calls small (simpleio sends a large fan-out in chunks of
+    /// [`FANOUT_CHUNK`] messages), so an implementation may run one call as one atomic step.
     ///
     /// Positions of one user increase with each stored message, in the order given, and
     /// concurrent appends never interleave within one call's messages of a user. A user's log
@@ -433,7 +457,8 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Appended, StorageError>;
 
     /// Confirms the client's cursor (see [`FetchRequest::cursor`]), publishing
-    /// [`Signal::Confirmed`] if it advanced, records the client as seen, publishes the
+    /// [`Signal::Confirmed`] with the confirmed position if it advanced the client's cursor or a
+    /// watermark, records the client as seen, publishes the
     /// [announcement](FetchRequest::announce) if any, and reads on.
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError>;
 
@@ -601,12 +626,22 @@ mod tests {
         let data: Arc<RawValue> =
             Arc::from(RawValue::from_string("{\"x\":[1]}".into()).expect("json"));
         let signals = [
-            Signal::Appended { user: user.clone() },
-            Signal::Confirmed { user: user.clone() },
+            Signal::Appended {
+                users: Arc::from([user.clone(), UserId::from("bob")]),
+            },
+            Signal::Confirmed {
+                epoch: Epoch::new("e1"),
+                user: user.clone(),
+                client: client.clone(),
+                cursor: 1_700_000_000_000_001,
+                namespaces: Arc::from([Arc::<str>::from("/"), Arc::from("/chat")]),
+            },
             Signal::Completed { user: user.clone() },
             Signal::Volatile {
-                user: user.clone(),
-                client: Some(client.clone()),
+                recipients: Arc::from([
+                    Member::User(UserId::from("bob")),
+                    Member::Client(user.clone(), client.clone()),
+                ]),
                 namespace: "/chat".into(),
                 event: "typing".into(),
                 data,

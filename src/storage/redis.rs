@@ -389,6 +389,20 @@ fn signal_json(signal: Signal) -> Result<String, StorageError> {
         .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
 }
 
+/// The fields of a [`Signal::Confirmed`] that the fetch script does not compute, as JSON object
+/// members (`"user":…,"client":…,"namespaces":[…]`); the script adds the epoch and the cursor.
+fn confirmed_fields(request: &FetchRequest) -> Result<String, StorageError> {
+    let user = serde_json::to_string(request.user.as_str());
+    let client = serde_json::to_string(request.client.as_str());
+    let namespaces = serde_json::to_string(&request.namespaces);
+    match (user, client, namespaces) {
+        (Ok(user), Ok(client), Ok(namespaces)) => Ok(format!(
+            r#""user":{user},"client":{client},"namespaces":{namespaces}"#
+        )),
+        _ => Err(StorageError::Corrupt("cannot encode a signal".to_owned())),
+    }
+}
+
 fn decode_signal(payload: &[u8]) -> Result<Signal, serde_json::Error> {
     serde_json::from_slice::<Signal>(payload)
 }
@@ -791,10 +805,12 @@ end
 local recorded = redis.call('HGET', rk, 'cur')
 local start
 local advanced = false
+local confirmed_at = 0
 if ARGV[6] == '1' and ARGV[7] == epoch then
   local cursor = tonumber(ARGV[8])
   -- Never confirm beyond the log: that would confirm messages appended later.
   local confirmed = math.min(cursor, head)
+  confirmed_at = confirmed
   -- The client's own cursor confirms messages addressed to it even when the watermark is
   -- already past them, so its advance is a confirmation too.
   if confirmed > num(recorded) then advanced = true end
@@ -863,7 +879,10 @@ extend(P .. 'live', seen + grace, now)
 keep_client(m, grace)
 touch(u, seen + grace)
 if ARGV[13] ~= '' then redis.call('PUBLISH', P .. 'signals', ARGV[13]) end
-if advanced then redis.call('PUBLISH', P .. 'signals', ARGV[12]) end
+if advanced then
+  redis.call('PUBLISH', P .. 'signals', '{"confirmed":{"epoch":' .. cjson.encode(epoch) .. ','
+    .. ARGV[12] .. ',"cursor":' .. str(confirmed_at) .. '}}')
+end
 
 local out = {epoch, str(cursor), arrival}
 for _, entry in ipairs(messages) do table.insert(out, entry) end
@@ -1105,7 +1124,7 @@ impl Storage for RedisStorage {
         let mut encoded = Vec::with_capacity(count);
         for m in &messages {
             let signal = signal_json(Signal::Appended {
-                user: m.user.clone(),
+                users: Arc::from([m.user.clone()]),
             })?;
             encoded.push((m, entry_body(m), signal));
         }
@@ -1136,9 +1155,8 @@ impl Storage for RedisStorage {
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        let confirmed = signal_json(Signal::Confirmed {
-            user: request.user.clone(),
-        })?;
+        // The script adds the epoch and the confirmed cursor, which only it knows.
+        let confirmed = confirmed_fields(&request)?;
         let announcement = match request.announce {
             Some(poll) => signal_json(Signal::PollStarted {
                 user: request.user.clone(),
