@@ -1,14 +1,13 @@
 //! Waiting for recipients to confirm a sent message, and how that ends.
 
 use std::fmt;
-use std::sync::Arc;
 
-use tokio::time::{Duration, Instant, sleep, sleep_until};
+use tokio::time::{Duration, Instant, sleep_until};
 
+use crate::hub::{Expectation, Status};
 use crate::shared::Shared;
 use crate::storage::{
-    AppendOutcome, Appended, DeliveryState, DeliveryTarget, Member, Millis, StorageError,
-    now_millis,
+    DeliveryState, DeliveryTarget, Epoch, FANOUT_CHUNK, Member, Millis, StorageError, now_millis,
 };
 
 /// A message was confirmed by every recipient: for a user, by one of their clients; for a
@@ -89,70 +88,60 @@ pub enum SendError {
     NotDelivered(Undelivered),
 }
 
-/// Waits until every appended message is delivered, or fails at `expires_at`.
+/// Waits until every tracked message is delivered, or fails at `expires_at`.
+///
+/// Confirmations settle messages through the hub as they come, so the storage is asked only
+/// when signals may have been lost (a `Resync`), on the safety-net recheck timer, and once at
+/// the deadline for whatever is still pending.
 pub(crate) async fn wait(
     shared: &Shared,
-    recipients: Vec<Member>,
-    namespace: Arc<str>,
-    appended: Appended,
+    expectation: Expectation,
+    not_stored: Vec<(Member, Failure)>,
     expires_at: Millis,
 ) -> Result<Delivered, SendError> {
-    let mut delivered = Vec::new();
-    let mut failed = Vec::new();
-    let mut pending = Vec::new();
-    for (member, outcome) in recipients.into_iter().zip(appended.outcomes) {
-        match outcome {
-            AppendOutcome::Stored(pos) => pending.push(DeliveryTarget {
-                user: member.user().clone(),
-                client: match &member {
-                    Member::User(_) => None,
-                    Member::Client(_, client) => Some(client.clone()),
-                },
-                namespace: namespace.clone(),
-                pos,
-            }),
-            AppendOutcome::QueueFull => failed.push((member, Failure::QueueFull)),
-        }
-    }
-
     let deadline = Instant::now() + Duration::from_millis(expires_at.saturating_sub(now_millis()));
-    // Registered before the first check, so a confirmation in between is not missed.
-    let confirmations = shared
-        .hub
-        .on_confirm(pending.iter().map(|t| t.user.clone()));
-    let mut last_check = false;
-    while !pending.is_empty() {
-        match shared.storage.delivery(&appended.epoch, &pending).await {
-            Ok(states) => {
-                let mut still = Vec::new();
-                for (target, state) in pending.into_iter().zip(states) {
-                    match state {
-                        DeliveryState::Delivered => delivered.push(member_of(target)),
-                        DeliveryState::Pending if !last_check => still.push(target),
-                        DeliveryState::Pending | DeliveryState::Expired => {
-                            failed.push((member_of(target), Failure::Expired))
-                        }
-                        DeliveryState::Lost => failed.push((member_of(target), Failure::Lost)),
-                    }
-                }
-                pending = still;
-            }
-            Err(e) if last_check => return Err(SendError::Storage(e)),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not check delivery; will retry");
-                sleep(Duration::from_millis(200)).await;
-            }
-        }
-        if pending.is_empty() || last_check {
+    let tracker = expectation.tracker().clone();
+    let mut recheck_at = Instant::now() + shared.config.recheck;
+    loop {
+        let (pending, recheck) = {
+            let mut state = tracker.state();
+            (state.pending, std::mem::take(&mut state.recheck))
+        };
+        if pending == 0 {
             break;
         }
+        if recheck && !check(shared, &expectation, false).await {
+            recheck_at = Instant::now() + RETRY_AFTER_ERROR;
+        }
         tokio::select! {
-            () = confirmations.notified() => {}
-            () = sleep(shared.config.recheck) => {}
-            () = sleep_until(deadline) => last_check = true,
+            () = tracker.notified() => {}
+            () = sleep_until(recheck_at) => {
+                let ok = check(shared, &expectation, false).await;
+                let after = if ok { shared.config.recheck } else { RETRY_AFTER_ERROR };
+                recheck_at = Instant::now() + after;
+            }
+            () = sleep_until(deadline) => {
+                if !check(shared, &expectation, true).await {
+                    return Err(SendError::Storage(StorageError::Unavailable(
+                        "could not learn whether the message was delivered".to_owned(),
+                    )));
+                }
+                break;
+            }
         }
     }
 
+    let statuses = tracker.state().statuses.clone();
+    let mut delivered = Vec::new();
+    let mut failed = not_stored;
+    for ((_, target), status) in expectation.targets().iter().zip(statuses) {
+        let member = member_of(target);
+        match status {
+            Status::Delivered => delivered.push(member),
+            Status::Lost => failed.push((member, Failure::Lost)),
+            Status::Expired | Status::Pending => failed.push((member, Failure::Expired)),
+        }
+    }
     if failed.is_empty() {
         Ok(Delivered {
             recipients: delivered,
@@ -162,9 +151,51 @@ pub(crate) async fn wait(
     }
 }
 
-fn member_of(target: DeliveryTarget) -> Member {
-    match target.client {
-        None => Member::User(target.user),
-        Some(client) => Member::Client(target.user, client),
+/// How soon a storage check that failed is tried again.
+const RETRY_AFTER_ERROR: Duration = Duration::from_millis(200);
+
+/// Asks the storage about every message still pending, in chunks, and settles what it knows.
+/// On the `last` check, a message still pending has expired. Returns false if the storage
+/// failed (what it did answer is kept).
+async fn check(shared: &Shared, expectation: &Expectation, last: bool) -> bool {
+    let tracker = expectation.tracker();
+    let statuses = tracker.state().statuses.clone();
+    let pending: Vec<(usize, &(Epoch, DeliveryTarget))> = expectation
+        .targets()
+        .iter()
+        .enumerate()
+        .zip(statuses)
+        .filter(|(_, status)| *status == Status::Pending)
+        .map(|(indexed, _)| indexed)
+        .collect();
+    for chunk in pending.chunk_by(|(_, (a, _)), (_, (b, _))| a == b) {
+        let epoch = &chunk[0].1.0;
+        for part in chunk.chunks(FANOUT_CHUNK) {
+            let targets: Vec<DeliveryTarget> = part.iter().map(|(_, (_, t))| t.clone()).collect();
+            let states = match shared.storage.delivery(epoch, &targets).await {
+                Ok(states) => states,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check delivery; will retry");
+                    return false;
+                }
+            };
+            for ((index, _), state) in part.iter().zip(states) {
+                let status = match state {
+                    DeliveryState::Delivered => Status::Delivered,
+                    DeliveryState::Pending if !last => continue,
+                    DeliveryState::Pending | DeliveryState::Expired => Status::Expired,
+                    DeliveryState::Lost => Status::Lost,
+                };
+                tracker.settle(*index, status);
+            }
+        }
+    }
+    true
+}
+
+fn member_of(target: &DeliveryTarget) -> Member {
+    match &target.client {
+        None => Member::User(target.user.clone()),
+        Some(client) => Member::Client(target.user.clone(), client.clone()),
     }
 }

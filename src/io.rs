@@ -14,12 +14,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use crate::delivery::{self, Delivered, SendError};
+use crate::delivery::{self, Delivered, Failure, SendError};
+use crate::hub::Expectation;
 use crate::id::{ClientId, UserId};
 use crate::shared::Shared;
 use crate::storage::{
-    Appended, DEFAULT_NAMESPACE, Member, Millis, NewMessage, Signal, Storage, StorageError,
-    millis_after,
+    AppendOutcome, DEFAULT_NAMESPACE, DeliveryTarget, FANOUT_CHUNK, Member, Millis, NewMessage,
+    Signal, Storage, StorageError, millis_after,
 };
 
 /// The largest value [`SimpleIo::set_data`] stores, in bytes of JSON.
@@ -278,19 +279,15 @@ pub struct Emitter {
 impl Emitter {
     /// Adds a recipient user: every client of theirs receives the message.
     pub fn to(mut self, user: impl Into<UserId>) -> Self {
-        let user = user.into();
-        if !self.recipients.users.contains(&user) {
-            self.recipients.users.push(user);
-        }
+        // Duplicates are dropped when the message is sent, in one pass: a check here would
+        // make adding n users O(n²).
+        self.recipients.users.push(user.into());
         self
     }
 
     /// Adds one client of a user as a recipient.
     pub fn to_client(mut self, user: impl Into<UserId>, client: ClientId) -> Self {
-        let target = (user.into(), client);
-        if !self.recipients.clients.contains(&target) {
-            self.recipients.clients.push(target);
-        }
+        self.recipients.clients.push((user.into(), client));
         self
     }
 
@@ -353,29 +350,48 @@ impl Emitter {
         let recipients = self.resolve().await.map_err(SendError::Storage)?;
         let expires_at = millis_after(self.ttl);
         let namespace = self.io.namespace.clone();
-        let messages = recipients
-            .iter()
-            .map(|member| NewMessage {
-                user: member.user().clone(),
-                client: match member {
-                    Member::User(_) => None,
-                    Member::Client(_, client) => Some(client.clone()),
-                },
-                namespace: namespace.clone(),
-                event: event.clone(),
-                data: data.clone(),
-                expires_at,
-            })
-            .collect();
-        let appended = shared
-            .storage
-            .append(messages, shared.config.max_queue)
-            .await
-            .map_err(SendError::Storage)?;
+        // Before the append, so that no confirmation of it can be missed.
+        let mut expectation = shared.hub.expect(recipients.iter().map(Member::user));
+        let mut not_stored = Vec::new();
+        // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out. Every
+        // chunk shares the one payload (the same `Arc`), which a storage stores once.
+        for chunk in recipients.chunks(FANOUT_CHUNK) {
+            let messages = chunk
+                .iter()
+                .map(|member| NewMessage {
+                    user: member.user().clone(),
+                    client: client_of(member),
+                    namespace: namespace.clone(),
+                    event: event.clone(),
+                    data: data.clone(),
+                    expires_at,
+                })
+                .collect();
+            let appended = shared
+                .storage
+                .append(messages, shared.config.max_queue)
+                .await
+                .map_err(SendError::Storage)?;
+            let mut targets = Vec::with_capacity(chunk.len());
+            for (member, outcome) in chunk.iter().zip(appended.outcomes) {
+                match outcome {
+                    AppendOutcome::Stored(pos) => targets.push(DeliveryTarget {
+                        user: member.user().clone(),
+                        client: client_of(member),
+                        namespace: namespace.clone(),
+                        pos,
+                    }),
+                    AppendOutcome::QueueFull => {
+                        not_stored.push((member.clone(), Failure::QueueFull));
+                    }
+                }
+            }
+            expectation.track(&appended.epoch, targets);
+        }
         Ok(Stored {
             io: self.io,
-            recipients,
-            appended,
+            expectation,
+            not_stored,
             expires_at,
         })
     }
@@ -397,32 +413,46 @@ impl Emitter {
                 }
             }
         }
+        // Every step is one pass with hash sets: a recipient list is as long as the audience,
+        // and nothing here may be quadratic in it.
+        let mut except_users = HashSet::new();
+        let mut except_clients = HashSet::new();
         for member in &r.except {
             match member {
-                Member::User(gone) => {
-                    users.retain(|u| u != gone);
-                    clients.retain(|(u, _)| u != gone);
+                Member::User(user) => {
+                    except_users.insert(user.clone());
                 }
-                Member::Client(user, gone) => {
-                    clients.retain(|(u, c)| !(u == user && c == gone));
-                    // The user's other clients still get it, each as a single recipient.
-                    if users.contains(user) {
-                        users.retain(|u| u != user);
-                        for other in storage.live_clients(user).await? {
-                            if other != *gone {
-                                clients.push((user.clone(), other));
-                            }
-                        }
-                    }
+                Member::Client(user, client) => {
+                    except_clients.insert((user.clone(), client.clone()));
                 }
             }
         }
         let mut seen_users = HashSet::new();
-        users.retain(|u| seen_users.insert(u.clone()));
+        users.retain(|u| !except_users.contains(u) && seen_users.insert(u.clone()));
+        // A user with an excepted client gets the message on their other live clients, each as
+        // a single recipient.
+        let split: HashSet<UserId> = except_clients
+            .iter()
+            .filter(|(u, _)| seen_users.contains(u))
+            .map(|(u, _)| u.clone())
+            .collect();
+        if !split.is_empty() {
+            users.retain(|u| !split.contains(u));
+            for user in &split {
+                seen_users.remove(user);
+                for other in storage.live_clients(user).await? {
+                    clients.push((user.clone(), other));
+                }
+            }
+        }
         let mut seen_clients = HashSet::new();
         // A client of a user who gets the message anyway needs no copy of its own.
         clients.retain(|(u, c)| {
-            !seen_users.contains(u) && seen_clients.insert((u.clone(), c.clone()))
+            let key = (u.clone(), c.clone());
+            !seen_users.contains(u)
+                && !except_users.contains(u)
+                && !except_clients.contains(&key)
+                && seen_clients.insert(key)
         });
         Ok(users
             .into_iter()
@@ -484,8 +514,10 @@ impl VolatileEmitter {
 /// A message appended for every recipient, not yet confirmed.
 struct Stored {
     io: SimpleIo,
-    recipients: Vec<Member>,
-    appended: Appended,
+    /// The appended messages, registered for their confirmations.
+    expectation: Expectation,
+    /// Recipients it could not be stored for.
+    not_stored: Vec<(Member, Failure)>,
     expires_at: Millis,
 }
 
@@ -494,13 +526,19 @@ impl Stored {
         Box::pin(async move {
             let Stored {
                 io,
-                recipients,
-                appended,
+                expectation,
+                not_stored,
                 expires_at,
             } = self;
-            let namespace = io.namespace.clone();
-            delivery::wait(&io.shared, recipients, namespace, appended, expires_at).await
+            delivery::wait(&io.shared, expectation, not_stored, expires_at).await
         })
+    }
+}
+
+fn client_of(member: &Member) -> Option<ClientId> {
+    match member {
+        Member::User(_) => None,
+        Member::Client(_, client) => Some(client.clone()),
     }
 }
 

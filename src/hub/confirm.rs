@@ -1,0 +1,355 @@
+//! Confirmation tracking: which sent messages a user's clients have confirmed, learnt from the
+//! [`Signal::Confirmed`](crate::storage::Signal::Confirmed) signals alone.
+//!
+//! A confirmation carries its cursor, so each user keeps its waiting messages ordered by
+//! namespace and position and a confirmation resolves exactly the ones at or below its cursor:
+//! O(log n) per delivered message, whatever the number of recipients or of other senders. No
+//! sender re-reads the storage on every confirmation of any recipient.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::id::ClientId;
+use crate::storage::{DeliveryTarget, Epoch, Position};
+
+/// Where one tracked message stands, as far as its sender knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Not confirmed yet, as far as anyone told us.
+    Pending,
+    /// Confirmed.
+    Delivered,
+    /// The storage said it expired unconfirmed.
+    Expired,
+    /// The storage lost it with its data (a new epoch).
+    Lost,
+}
+
+/// The state of one send's recipients, shared by its waiter and the hub.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    state: Mutex<TrackerState>,
+    /// Woken when the last pending target is resolved, or when a re-read from storage is asked.
+    notify: Notify,
+}
+
+#[derive(Debug)]
+pub(crate) struct TrackerState {
+    /// One per target, in the order they were tracked.
+    pub(crate) statuses: Vec<Status>,
+    /// How many are still [`Status::Pending`].
+    pub(crate) pending: usize,
+    /// Signals may have been lost: the waiter should ask the storage.
+    pub(crate) recheck: bool,
+}
+
+impl Tracker {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Tracker {
+            state: Mutex::new(TrackerState {
+                statuses: Vec::new(),
+                pending: 0,
+                recheck: false,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, TrackerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Settles target `index`, if still pending; wakes the waiter when none is left.
+    pub(crate) fn settle(&self, index: usize, status: Status) {
+        let mut state = self.state();
+        if state.statuses.get(index) != Some(&Status::Pending) {
+            return;
+        }
+        state.statuses[index] = status;
+        state.pending -= 1;
+        let done = state.pending == 0;
+        drop(state);
+        if done {
+            self.notify.notify_one();
+        }
+    }
+
+    pub(super) fn ask_recheck(&self) {
+        self.state().recheck = true;
+        self.notify.notify_one();
+    }
+
+    /// Waits until the last pending target is settled or a recheck is asked (a permit is kept,
+    /// so a wakeup between a look at the state and this wait is not missed).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// A tracked message, as the hub holds it until a confirmation resolves it.
+#[derive(Debug)]
+struct Slot {
+    tracker: Arc<Tracker>,
+    index: usize,
+    epoch: Epoch,
+}
+
+/// The confirmations of one user that senders on this node wait for.
+#[derive(Debug, Default)]
+pub(super) struct Confirmations {
+    /// How many sends expect confirmations of this user (tracked or about to be).
+    pub(super) expecting: usize,
+    /// The epoch of the cursors below; a confirmation of another epoch starts them over.
+    epoch: Option<Epoch>,
+    /// The highest cursor confirmed in each namespace since this record was made. A send
+    /// registers before it appends, so a confirmation that lands between its append and its
+    /// tracking is found here.
+    seen_watermarks: HashMap<Arc<str>, Position>,
+    /// The same, per client and namespace, for messages addressed to one client.
+    seen_clients: HashMap<(ClientId, Arc<str>), Position>,
+    /// Messages to the user, by namespace and position.
+    user_targets: BTreeMap<(Arc<str>, Position), Slot>,
+    /// Messages to one client of the user, by client, namespace and position.
+    client_targets: BTreeMap<(ClientId, Arc<str>, Position), Slot>,
+}
+
+impl Confirmations {
+    /// Starts waiting for `target`, tracked as `index` of `tracker`. Settles it at once if a
+    /// confirmation already covered it.
+    pub(super) fn track(
+        &mut self,
+        tracker: &Arc<Tracker>,
+        index: usize,
+        epoch: &Epoch,
+        target: &DeliveryTarget,
+    ) {
+        let same_epoch = self.epoch.as_ref() == Some(epoch);
+        let seen = match &target.client {
+            None => self.seen_watermarks.get(&target.namespace),
+            Some(c) => self
+                .seen_clients
+                .get(&(c.clone(), target.namespace.clone())),
+        };
+        if same_epoch && seen.is_some_and(|&cursor| cursor >= target.pos) {
+            tracker.settle(index, Status::Delivered);
+            return;
+        }
+        let slot = Slot {
+            tracker: tracker.clone(),
+            index,
+            epoch: epoch.clone(),
+        };
+        // Positions are unique within a user's log, so a key is taken only if two epochs gave
+        // the same position; the later send then learns its outcome from its rechecks.
+        match &target.client {
+            None => {
+                self.user_targets
+                    .entry((target.namespace.clone(), target.pos))
+                    .or_insert(slot);
+            }
+            Some(c) => {
+                self.client_targets
+                    .entry((c.clone(), target.namespace.clone(), target.pos))
+                    .or_insert(slot);
+            }
+        }
+    }
+
+    /// Stops waiting for `target` of `tracker` (its send ended or was dropped).
+    pub(super) fn untrack(&mut self, tracker: &Arc<Tracker>, target: &DeliveryTarget) {
+        let owned = |slot: &Slot| Arc::ptr_eq(&slot.tracker, tracker);
+        match &target.client {
+            None => {
+                let key = (target.namespace.clone(), target.pos);
+                if self.user_targets.get(&key).is_some_and(owned) {
+                    self.user_targets.remove(&key);
+                }
+            }
+            Some(c) => {
+                let key = (c.clone(), target.namespace.clone(), target.pos);
+                if self.client_targets.get(&key).is_some_and(owned) {
+                    self.client_targets.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// `client` confirmed `cursor` in `namespaces`: settles every message it covers.
+    pub(super) fn confirmed(
+        &mut self,
+        epoch: &Epoch,
+        client: &ClientId,
+        cursor: Position,
+        namespaces: &[Arc<str>],
+    ) {
+        if self.epoch.as_ref() != Some(epoch) {
+            self.epoch = Some(epoch.clone());
+            self.seen_watermarks.clear();
+            self.seen_clients.clear();
+        }
+        for ns in namespaces {
+            let seen = self.seen_watermarks.entry(ns.clone()).or_insert(0);
+            *seen = (*seen).max(cursor);
+            let seen = self
+                .seen_clients
+                .entry((client.clone(), ns.clone()))
+                .or_insert(0);
+            *seen = (*seen).max(cursor);
+
+            let from = (ns.clone(), 0);
+            let to = (ns.clone(), cursor);
+            settle_range(&mut self.user_targets, from..=to, epoch);
+            let from = (client.clone(), ns.clone(), 0);
+            let to = (client.clone(), ns.clone(), cursor);
+            settle_range(&mut self.client_targets, from..=to, epoch);
+        }
+    }
+
+    /// Signals may have been lost: every waiting send asks the storage.
+    pub(super) fn ask_recheck(&self) {
+        for slot in self
+            .user_targets
+            .values()
+            .chain(self.client_targets.values())
+        {
+            slot.tracker.ask_recheck();
+        }
+    }
+
+    pub(super) fn is_unused(&self) -> bool {
+        self.expecting == 0
+    }
+}
+
+/// Settles and removes the slots of `epoch` in `range`: each is one delivered message.
+fn settle_range<K: Ord + Clone>(
+    targets: &mut BTreeMap<K, Slot>,
+    range: std::ops::RangeInclusive<K>,
+    epoch: &Epoch,
+) {
+    let (from, to) = range.into_inner();
+    let covered: Vec<K> = targets
+        .range((Bound::Included(from), Bound::Included(to)))
+        .filter(|(_, slot)| slot.epoch == *epoch)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in covered {
+        if let Some(slot) = targets.remove(&key) {
+            slot.tracker.settle(slot.index, Status::Delivered);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::UserId;
+
+    fn target(client: Option<&str>, ns: &str, pos: Position) -> DeliveryTarget {
+        DeliveryTarget {
+            user: UserId::from("ann"),
+            client: client.map(|c| ClientId::new(c).expect("id")),
+            namespace: ns.into(),
+            pos,
+        }
+    }
+
+    fn tracker_with(n: usize) -> Arc<Tracker> {
+        let tracker = Tracker::new();
+        let mut state = tracker.state();
+        state.statuses = vec![Status::Pending; n];
+        state.pending = n;
+        drop(state);
+        tracker
+    }
+
+    fn statuses(tracker: &Tracker) -> Vec<Status> {
+        tracker.state().statuses.clone()
+    }
+
+    #[test]
+    fn a_confirmation_settles_what_its_cursor_covers_in_its_namespaces() {
+        let epoch = Epoch::new("e");
+        let tab = ClientId::new("tab").expect("id");
+        let mut c = Confirmations::default();
+        let t = tracker_with(3);
+        c.track(&t, 0, &epoch, &target(None, "/", 10));
+        c.track(&t, 1, &epoch, &target(None, "/", 20));
+        c.track(&t, 2, &epoch, &target(None, "/chat", 5));
+        c.confirmed(&epoch, &tab, 15, &["/".into()]);
+        assert_eq!(
+            statuses(&t),
+            [Status::Delivered, Status::Pending, Status::Pending]
+        );
+        c.confirmed(&epoch, &tab, 30, &["/".into(), "/chat".into()]);
+        assert_eq!(statuses(&t), [Status::Delivered; 3]);
+        assert!(c.user_targets.is_empty());
+    }
+
+    #[test]
+    fn a_message_to_one_client_waits_for_that_client() {
+        let epoch = Epoch::new("e");
+        let mut c = Confirmations::default();
+        let t = tracker_with(1);
+        c.track(&t, 0, &epoch, &target(Some("tab1"), "/", 10));
+        c.confirmed(
+            &epoch,
+            &ClientId::new("tab2").expect("id"),
+            99,
+            &["/".into()],
+        );
+        assert_eq!(statuses(&t), [Status::Pending]);
+        c.confirmed(
+            &epoch,
+            &ClientId::new("tab1").expect("id"),
+            10,
+            &["/".into()],
+        );
+        assert_eq!(statuses(&t), [Status::Delivered]);
+    }
+
+    #[test]
+    fn a_confirmation_before_tracking_is_remembered() {
+        let epoch = Epoch::new("e");
+        let mut c = Confirmations::default();
+        c.confirmed(
+            &epoch,
+            &ClientId::new("tab").expect("id"),
+            50,
+            &["/".into()],
+        );
+        let t = tracker_with(2);
+        c.track(&t, 0, &epoch, &target(None, "/", 40));
+        c.track(&t, 1, &epoch, &target(None, "/", 60));
+        assert_eq!(statuses(&t), [Status::Delivered, Status::Pending]);
+    }
+
+    #[test]
+    fn a_confirmation_of_another_epoch_settles_nothing() {
+        let mut c = Confirmations::default();
+        let t = tracker_with(1);
+        c.track(&t, 0, &Epoch::new("old"), &target(None, "/", 10));
+        c.confirmed(
+            &Epoch::new("new"),
+            &ClientId::new("tab").expect("id"),
+            99,
+            &["/".into()],
+        );
+        assert_eq!(statuses(&t), [Status::Pending]);
+    }
+
+    #[test]
+    fn untracking_leaves_other_senders_slots() {
+        let epoch = Epoch::new("e");
+        let mut c = Confirmations::default();
+        let (a, b) = (tracker_with(1), tracker_with(1));
+        c.track(&a, 0, &epoch, &target(None, "/", 10));
+        c.untrack(&b, &target(None, "/", 10));
+        assert_eq!(c.user_targets.len(), 1);
+        c.untrack(&a, &target(None, "/", 10));
+        assert!(c.user_targets.is_empty());
+    }
+}

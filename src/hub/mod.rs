@@ -1,0 +1,501 @@
+//! The in-process fan-out of storage signals to the requests and senders waiting on this node.
+//!
+//! The storage delivers every signal once per process ([`Storage::subscribe`]); the hub hands
+//! each to the waiters of the users it concerns, so a new message wakes its waiting poll at once
+//! and no waiter ever blocks on the storage itself.
+//!
+//! * Waiting requests (polls, POSTs waiting for a retried message) each hold a [`Watch`]: a small
+//!   [`mailbox`] registered under their user.
+//! * Senders waiting for confirmations hold an [`Expectation`]: their messages are indexed under
+//!   each recipient by position ([`confirm`]), and a confirmation settles exactly the ones its
+//!   cursor covers.
+//!
+//! Users are spread over shards, each behind its own lock, so that a signal naming thousands
+//! of users (a broadcast) holds no lock for all of them at once, and waiters of different users
+//! rarely meet on a lock.
+
+mod confirm;
+mod mailbox;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::sync::broadcast;
+
+use confirm::Confirmations;
+pub(crate) use confirm::{Status, Tracker};
+use mailbox::Mailbox;
+
+use crate::id::{ClientId, UserId};
+use crate::protocol::WireVolatile;
+use crate::storage::{DeliveryTarget, Epoch, Member, Signal, Storage};
+
+/// How many shards the users are spread over: enough that a broadcast's dispatch holds each
+/// lock for a small part of it, few enough that a `Resync` visiting all is cheap.
+const SHARDS: usize = 32;
+
+/// A signal as the waiters of one user see it.
+#[derive(Debug, Clone)]
+pub(crate) enum UserSignal {
+    /// New messages in the user's log.
+    Appended,
+    /// A dedup record of the user was completed.
+    Completed,
+    /// A volatile message for the user, or only for `client`.
+    Volatile {
+        client: Option<ClientId>,
+        message: WireVolatile,
+    },
+    /// A client of the user started a new poll.
+    PollStarted { client: ClientId, poll: u64 },
+    /// Signals may have been lost: look at storage again.
+    Resync,
+}
+
+#[derive(Debug, Default)]
+struct UserEntry {
+    /// Polls and POSTs of this user waiting on this node.
+    mailboxes: Vec<Arc<Mailbox>>,
+    /// Messages to this user whose senders on this node wait for confirmation.
+    confirmations: Option<Box<Confirmations>>,
+}
+
+impl UserEntry {
+    fn is_unused(&self) -> bool {
+        self.mailboxes.is_empty() && self.confirmations.is_none()
+    }
+
+    fn deliver(&self, signal: &UserSignal) {
+        for mailbox in &self.mailboxes {
+            mailbox.push(signal.clone());
+        }
+    }
+}
+
+type Shard = HashMap<UserId, UserEntry>;
+
+#[derive(Debug)]
+pub(crate) struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    /// The storage's signal stream, taken by the pump task when it starts.
+    receiver: Mutex<Option<broadcast::Receiver<Signal>>>,
+    started: AtomicBool,
+}
+
+impl Hub {
+    pub(crate) fn new(storage: &dyn Storage) -> Arc<Hub> {
+        Arc::new(Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: RandomState::new(),
+            // Subscribed now, not when the pump starts, so nothing published meanwhile is missed.
+            receiver: Mutex::new(Some(storage.subscribe())),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    fn shard_of(&self, user: &UserId) -> usize {
+        (self.hasher.hash_one(user) as usize) % SHARDS
+    }
+
+    fn shard(&self, index: usize) -> MutexGuard<'_, Shard> {
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard_for(&self, user: &UserId) -> MutexGuard<'_, Shard> {
+        self.shard(self.shard_of(user))
+    }
+
+    /// Groups `users` by shard, so that each shard is locked once for all of its users.
+    fn by_shard<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        user: impl Fn(&T) -> &UserId,
+    ) -> Vec<Vec<T>> {
+        let mut groups: Vec<Vec<T>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for item in items {
+            let shard = self.shard_of(user(&item));
+            groups[shard].push(item);
+        }
+        groups
+    }
+
+    /// Starts the task that moves storage signals to waiters, once, on first use: the layer is
+    /// built outside any runtime, but every waiter runs inside one.
+    fn ensure_started(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let receiver = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(receiver) = receiver {
+            tokio::spawn(pump(Arc::downgrade(self), receiver));
+        }
+    }
+
+    /// Subscribes to the signals of `user`; dropping the watch unsubscribes.
+    pub(crate) fn watch(self: &Arc<Self>, user: &UserId) -> Watch {
+        self.ensure_started();
+        let mailbox = Arc::new(Mailbox::default());
+        self.shard_for(user)
+            .entry(user.clone())
+            .or_default()
+            .mailboxes
+            .push(mailbox.clone());
+        Watch {
+            hub: self.clone(),
+            user: user.clone(),
+            mailbox,
+        }
+    }
+
+    /// Starts noting the confirmations of `users`' clients, before a message to them is
+    /// appended: a confirmation that lands between the append and [`Expectation::track`] is
+    /// then not missed.
+    pub(crate) fn expect<'a>(
+        self: &Arc<Self>,
+        users: impl IntoIterator<Item = &'a UserId>,
+    ) -> Expectation {
+        self.ensure_started();
+        let mut distinct = HashSet::new();
+        let users: Vec<UserId> = users
+            .into_iter()
+            .filter(|u| distinct.insert(*u))
+            .cloned()
+            .collect();
+        for (shard, group) in self.by_shard(&users, |u| u).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut map = self.shard(shard);
+            for user in group {
+                map.entry(user.clone())
+                    .or_default()
+                    .confirmations
+                    .get_or_insert_with(Box::default)
+                    .expecting += 1;
+            }
+        }
+        Expectation {
+            hub: self.clone(),
+            users,
+            tracker: Tracker::new(),
+            targets: Vec::new(),
+        }
+    }
+
+    fn dispatch(&self, signal: Signal) {
+        match signal {
+            Signal::Appended { users } => {
+                for (shard, group) in self.by_shard(users.iter(), |u| u).into_iter().enumerate() {
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let map = self.shard(shard);
+                    for user in group {
+                        if let Some(entry) = map.get(user) {
+                            entry.deliver(&UserSignal::Appended);
+                        }
+                    }
+                }
+            }
+            Signal::Completed { user } => self.deliver(&user, &UserSignal::Completed),
+            Signal::PollStarted { user, client, poll } => {
+                self.deliver(&user, &UserSignal::PollStarted { client, poll })
+            }
+            Signal::Volatile {
+                recipients,
+                namespace,
+                event,
+                data,
+            } => {
+                let message = WireVolatile {
+                    ns: namespace,
+                    event,
+                    data,
+                };
+                let groups = self.by_shard(recipients.iter(), |m| m.user());
+                for (shard, group) in groups.into_iter().enumerate() {
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let map = self.shard(shard);
+                    for member in group {
+                        let Some(entry) = map.get(member.user()) else {
+                            continue;
+                        };
+                        let client = match member {
+                            Member::User(_) => None,
+                            Member::Client(_, client) => Some(client.clone()),
+                        };
+                        entry.deliver(&UserSignal::Volatile {
+                            client,
+                            message: message.clone(),
+                        });
+                    }
+                }
+            }
+            Signal::Confirmed {
+                epoch,
+                user,
+                client,
+                cursor,
+                namespaces,
+            } => {
+                let mut map = self.shard_for(&user);
+                if let Some(confirmations) = map
+                    .get_mut(&user)
+                    .and_then(|e| e.confirmations.as_deref_mut())
+                {
+                    confirmations.confirmed(&epoch, &client, cursor, &namespaces);
+                }
+            }
+            Signal::Resync => {
+                for shard in 0..SHARDS {
+                    let map = self.shard(shard);
+                    for entry in map.values() {
+                        entry.deliver(&UserSignal::Resync);
+                        if let Some(confirmations) = &entry.confirmations {
+                            confirmations.ask_recheck();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, user: &UserId, signal: &UserSignal) {
+        if let Some(entry) = self.shard_for(user).get(user) {
+            entry.deliver(signal);
+        }
+    }
+}
+
+/// Moves signals from the storage to the hub until either is gone.
+async fn pump(hub: Weak<Hub>, mut receiver: broadcast::Receiver<Signal>) {
+    loop {
+        let signal = match receiver.recv().await {
+            Ok(signal) => signal,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "fell behind the storage's signals; every waiter re-reads"
+                );
+                Signal::Resync
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(hub) = hub.upgrade() else { return };
+        hub.dispatch(signal);
+    }
+}
+
+/// The signals of one user, for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    hub: Arc<Hub>,
+    user: UserId,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Watch {
+    /// The next signal; a mailbox that overflowed gives [`UserSignal::Resync`].
+    pub(crate) async fn recv(&mut self) -> UserSignal {
+        self.mailbox.recv().await
+    }
+
+    /// A signal already queued, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<UserSignal> {
+        self.mailbox.pop()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut map = self.hub.shard_for(&self.user);
+        if let Some(entry) = map.get_mut(&self.user) {
+            entry.mailboxes.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
+            if entry.is_unused() {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A send's registration for the confirmations of its recipients; made by [`Hub::expect`]
+/// before the append, given the appended messages by [`track`](Self::track). Dropping it
+/// unregisters everything.
+#[derive(Debug)]
+pub(crate) struct Expectation {
+    hub: Arc<Hub>,
+    /// The users it expects confirmations of, each once.
+    users: Vec<UserId>,
+    tracker: Arc<Tracker>,
+    /// Every tracked message, with the epoch it was appended in; the index is the tracker's.
+    targets: Vec<(Epoch, DeliveryTarget)>,
+}
+
+impl Expectation {
+    /// Waits for `targets`, appended in `epoch`, to be confirmed. Each recipient's user must be
+    /// one that [`Hub::expect`] was given.
+    pub(crate) fn track(&mut self, epoch: &Epoch, targets: Vec<DeliveryTarget>) {
+        let first = self.targets.len();
+        {
+            let mut state = self.tracker.state();
+            state
+                .statuses
+                .extend(std::iter::repeat_n(Status::Pending, targets.len()));
+            state.pending += targets.len();
+        }
+        let indexed = targets.iter().enumerate().map(|(i, t)| (first + i, t));
+        for (shard, group) in self
+            .hub
+            .by_shard(indexed, |(_, t)| &t.user)
+            .into_iter()
+            .enumerate()
+        {
+            if group.is_empty() {
+                continue;
+            }
+            let mut map = self.hub.shard(shard);
+            for (index, target) in group {
+                let confirmations = map
+                    .entry(target.user.clone())
+                    .or_default()
+                    .confirmations
+                    .get_or_insert_with(Box::default);
+                confirmations.track(&self.tracker, index, epoch, target);
+            }
+        }
+        self.targets
+            .extend(targets.into_iter().map(|t| (epoch.clone(), t)));
+    }
+
+    /// The shared state: statuses per tracked message, in the order tracked.
+    pub(crate) fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// Every tracked message with its epoch, in the order tracked.
+    pub(crate) fn targets(&self) -> &[(Epoch, DeliveryTarget)] {
+        &self.targets
+    }
+}
+
+impl Drop for Expectation {
+    fn drop(&mut self) {
+        // A message settled by a confirmation has no slot any more, but one settled from a
+        // storage check still has: untrack them all (`untrack` checks whose slot it is).
+        let mut untrack = self
+            .hub
+            .by_shard(self.targets.iter().map(|(_, t)| t), |t| &t.user);
+        let mut users: Vec<Vec<&UserId>> = self.hub.by_shard(self.users.iter(), |u| u);
+        for shard in 0..SHARDS {
+            let (targets, users) = (&mut untrack[shard], &mut users[shard]);
+            if targets.is_empty() && users.is_empty() {
+                continue;
+            }
+            let mut map = self.hub.shard(shard);
+            for target in targets.drain(..) {
+                if let Some(c) = map
+                    .get_mut(&target.user)
+                    .and_then(|e| e.confirmations.as_deref_mut())
+                {
+                    c.untrack(&self.tracker, target);
+                }
+            }
+            for user in users.drain(..) {
+                let Some(entry) = map.get_mut(user) else {
+                    continue;
+                };
+                if let Some(c) = entry.confirmations.as_deref_mut() {
+                    c.expecting = c.expecting.saturating_sub(1);
+                    if c.is_unused() {
+                        entry.confirmations = None;
+                    }
+                }
+                if entry.is_unused() {
+                    map.remove(user);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn target(user: &str, pos: u64) -> DeliveryTarget {
+        DeliveryTarget {
+            user: UserId::from(user),
+            client: None,
+            namespace: "/".into(),
+            pos,
+        }
+    }
+
+    fn entries(hub: &Hub) -> usize {
+        (0..SHARDS).map(|s| hub.shard(s).len()).sum()
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_settles_only_its_users_messages() {
+        let storage = MemoryStorage::new();
+        let hub = Hub::new(&storage);
+        let epoch = Epoch::new("e");
+        let users = [UserId::from("ann"), UserId::from("bob")];
+        let mut expectation = hub.expect(users.iter());
+        expectation.track(&epoch, vec![target("ann", 10), target("bob", 10)]);
+        hub.dispatch(Signal::Confirmed {
+            epoch: epoch.clone(),
+            user: UserId::from("ann"),
+            client: ClientId::new("tab").expect("id"),
+            cursor: 10,
+            namespaces: Arc::from([Arc::<str>::from("/")]),
+        });
+        let state = expectation.tracker().state();
+        assert_eq!(state.statuses, [Status::Delivered, Status::Pending]);
+        assert_eq!(state.pending, 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_waiters_leaves_nothing_behind() {
+        let storage = MemoryStorage::new();
+        let hub = Hub::new(&storage);
+        let users: Vec<UserId> = (0..100).map(|i| UserId::from(format!("u{i}"))).collect();
+        let mut expectation = hub.expect(users.iter());
+        expectation.track(
+            &Epoch::new("e"),
+            users.iter().map(|u| target(u.as_str(), 5)).collect(),
+        );
+        let watch = hub.watch(&users[0]);
+        assert_eq!(entries(&hub), 100);
+        drop(expectation);
+        assert_eq!(entries(&hub), 1);
+        drop(watch);
+        assert_eq!(entries(&hub), 0);
+    }
+
+    #[tokio::test]
+    async fn one_appended_signal_wakes_every_named_user() {
+        let storage = MemoryStorage::new();
+        let hub = Hub::new(&storage);
+        let mut ann = hub.watch(&UserId::from("ann"));
+        let mut bob = hub.watch(&UserId::from("bob"));
+        let mut cat = hub.watch(&UserId::from("cat"));
+        hub.dispatch(Signal::Appended {
+            users: Arc::from([UserId::from("ann"), UserId::from("bob")]),
+        });
+        assert!(matches!(ann.try_recv(), Some(UserSignal::Appended)));
+        assert!(matches!(bob.try_recv(), Some(UserSignal::Appended)));
+        assert!(cat.try_recv().is_none());
+    }
+}
