@@ -28,8 +28,9 @@
 //! * A message stays readable until it **expires** (its `expires_at`), so every tab can catch
 //!   up. Past it, readers skip it and it is removed. A message that expired unconfirmed is
 //!   reported as [`DeliveryState::Expired`]. A storage may remove a delivered message earlier,
-//!   once every client of its user that has polled confirmed past it: no client can read it
-//!   again, and a new client starts at the watermark, past it too.
+//!   once every client of its user that has polled confirmed past it: no client of theirs can
+//!   read it again. (A new client starts at the lowest watermark of its namespaces, which may
+//!   lie below it; it may then get it or not, but it was confirmed already.)
 //! * **Dedup records** remember each client message id for a while ([`Storage::claim`],
 //!   [`Storage::complete`]), so a retried POST is not handled twice.
 //! * **Signals** wake waiters on every node: appends, confirmations, completed dedup records,
@@ -333,7 +334,7 @@ pub struct DeliveryTarget {
 }
 
 /// The key of a dedup record: one message id of one client of one user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DedupKey {
     /// The sending user (from the identity function).
     pub user: UserId,

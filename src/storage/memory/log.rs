@@ -1,0 +1,206 @@
+//! One user's log, cursors and watermarks: every lookup by position, never a scan from the
+//! start, so a long history costs nothing per call.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::super::{Millis, Position, StoredMessage};
+use crate::id::ClientId;
+
+/// The most entries a full log looks at, from its oldest, for one to evict: a full queue stays
+/// a bounded cost per append, at the price of refusing when the oldest are all undelivered.
+const EVICT_SCAN: usize = 64;
+
+#[derive(Debug, Default)]
+pub(super) struct UserLog {
+    /// Unexpired messages (and expired ones not swept yet), by position.
+    pub(super) messages: BTreeMap<Position, Entry>,
+    /// Positions of messages addressed to one client, per client: where a new client starts.
+    addressed: HashMap<ClientId, BTreeSet<Position>>,
+    /// The last position given to this user; confirmations never go beyond it.
+    pub(super) last: Position,
+    /// Per namespace, the highest cursor any client subscribed to it confirmed.
+    watermarks: HashMap<Arc<str>, Position>,
+    pub(super) clients: HashMap<ClientId, ClientRecord>,
+    /// Messages up to here were looked at for trimming already; the undelivered ones among
+    /// them stay until they expire.
+    trimmed_to: Position,
+}
+
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) client: Option<ClientId>,
+    pub(super) message: StoredMessage,
+    pub(super) expires_at: Millis,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ClientRecord {
+    pub(super) cursor: Position,
+    /// The client counts as live until then; past it, `reap` removes the record.
+    pub(super) seen_until: Millis,
+    /// It fetched at least once. A record made only by `join` or `set_data` is not live, and
+    /// its arrival is still to be reported.
+    pub(super) polled: bool,
+    pub(super) namespaces: Vec<Arc<str>>,
+    pub(super) data: HashMap<String, String>,
+}
+
+impl ClientRecord {
+    pub(super) fn reads(&self, ns: &str) -> bool {
+        self.namespaces.iter().any(|n| &**n == ns)
+    }
+
+    pub(super) fn is_live(&self, now: Millis) -> bool {
+        self.polled && self.seen_until > now
+    }
+}
+
+impl UserLog {
+    pub(super) fn watermark(&self, ns: &str) -> Position {
+        self.watermarks.get(ns).copied().unwrap_or(0)
+    }
+
+    /// Raises the watermark of `ns` to `to`; whether it moved.
+    pub(super) fn raise_watermark(&mut self, ns: &Arc<str>, to: Position) -> bool {
+        let watermark = self.watermarks.entry(ns.clone()).or_insert(0);
+        let moved = to > *watermark;
+        *watermark = (*watermark).max(to);
+        moved
+    }
+
+    /// Whether the message at `pos` was confirmed by its recipient.
+    pub(super) fn is_delivered(&self, entry: &Entry) -> bool {
+        let pos = entry.message.pos;
+        let ns = &entry.message.ns;
+        match &entry.client {
+            None => self.watermark(ns) >= pos,
+            Some(c) => self
+                .clients
+                .get(c)
+                .is_some_and(|r| r.cursor >= pos && r.reads(ns)),
+        }
+    }
+
+    pub(super) fn insert(&mut self, entry: Entry) {
+        let pos = entry.message.pos;
+        if let Some(c) = &entry.client {
+            self.addressed.entry(c.clone()).or_default().insert(pos);
+        }
+        self.last = self.last.max(pos);
+        self.messages.insert(pos, entry);
+    }
+
+    pub(super) fn remove(&mut self, pos: Position) -> Option<Entry> {
+        let entry = self.messages.remove(&pos)?;
+        if let Some(c) = &entry.client
+            && let Some(set) = self.addressed.get_mut(c)
+        {
+            set.remove(&pos);
+            if set.is_empty() {
+                self.addressed.remove(c);
+            }
+        }
+        Some(entry)
+    }
+
+    /// One message that can go to make room: expired, or delivered, among the oldest.
+    pub(super) fn evictable(&self, now: Millis) -> Option<(Position, Millis)> {
+        self.messages
+            .values()
+            .take(EVICT_SCAN)
+            .find(|e| e.expires_at <= now || self.is_delivered(e))
+            .map(|e| (e.message.pos, e.expires_at))
+    }
+
+    /// Delivered messages that no client can read again: each client that polled is past
+    /// them, and a new client starts at a watermark past them too. Each message is looked at
+    /// once; returns the positions and expiries of those to remove.
+    pub(super) fn trimmable(&mut self) -> Vec<(Position, Millis)> {
+        let Some(lowest) = self
+            .clients
+            .values()
+            .filter(|r| r.polled)
+            .map(|r| r.cursor)
+            .min()
+        else {
+            return Vec::new();
+        };
+        if lowest <= self.trimmed_to {
+            return Vec::new();
+        }
+        let range = (Bound::Excluded(self.trimmed_to), Bound::Included(lowest));
+        let out = self
+            .messages
+            .range(range)
+            .filter(|(_, e)| self.is_delivered(e))
+            .map(|(&pos, e)| (pos, e.expires_at))
+            .collect();
+        self.trimmed_to = lowest;
+        out
+    }
+
+    /// Where a client seen for the first time starts reading (see `FetchRequest::cursor`).
+    pub(super) fn start_for_new_client(
+        &self,
+        client: &ClientId,
+        namespaces: &[Arc<str>],
+    ) -> Position {
+        let lowest_watermark = namespaces
+            .iter()
+            .map(|ns| self.watermark(ns))
+            .min()
+            .unwrap_or(0);
+        let earliest_addressed = self
+            .addressed
+            .get(client)
+            .and_then(|set| set.first())
+            .map(|pos| pos - 1);
+        earliest_addressed.map_or(lowest_watermark, |p| p.min(lowest_watermark))
+    }
+
+    /// Unexpired messages for `client` in `namespaces` after `start`, at most `limit`, and the
+    /// cursor after them (see `FetchBatch::cursor`).
+    pub(super) fn read(
+        &self,
+        client: &ClientId,
+        namespaces: &[Arc<str>],
+        start: Position,
+        limit: usize,
+        now: Millis,
+    ) -> (Vec<StoredMessage>, Position) {
+        let mut messages = Vec::new();
+        let mut cursor = start.max(self.last);
+        for entry in self
+            .messages
+            .range((Bound::Excluded(start), Bound::Unbounded))
+            .map(|(_, e)| e)
+        {
+            if messages.len() == limit {
+                cursor = messages.last().map_or(start, |m: &StoredMessage| m.pos);
+                break;
+            }
+            let for_this_client = entry.client.as_ref().is_none_or(|c| c == client);
+            if for_this_client && entry.expires_at > now && namespaces.contains(&entry.message.ns) {
+                messages.push(entry.message.clone());
+            }
+        }
+        (messages, cursor)
+    }
+
+    pub(super) fn live_clients(&self, now: Millis) -> impl Iterator<Item = &ClientId> {
+        self.clients
+            .iter()
+            .filter(move |(_, r)| r.is_live(now))
+            .map(|(c, _)| c)
+    }
+
+    pub(super) fn has_polled_client(&self) -> bool {
+        self.clients.values().any(|r| r.polled)
+    }
+
+    pub(super) fn is_removable(&self) -> bool {
+        self.messages.is_empty() && self.clients.is_empty()
+    }
+}

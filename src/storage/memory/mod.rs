@@ -1,0 +1,723 @@
+//! [`MemoryStorage`]: everything in this process's memory. The default, and the reference
+//! implementation of the [`Storage`] contract.
+//!
+//! # Cost
+//!
+//! Users are spread over shards, each behind its own lock: an operation on one user locks one
+//! shard, and a fan-out (one append call of up to [`FANOUT_CHUNK`](super::FANOUT_CHUNK)
+//! messages) locks each shard once, for its share. Within a user's log every lookup is by
+//! position ([`log`]); expiry, trimming, reaping and dedup records each have an index ordered by
+//! time, swept in bounded slices. So no call costs more than what it reads or writes, whatever
+//! the history or the number of users.
+
+mod log;
+mod rooms;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use self::log::{ClientRecord, Entry, UserLog};
+use self::rooms::Rooms;
+use super::{
+    AppendOutcome, Appended, Arrival, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure,
+    Epoch, FetchBatch, FetchRequest, Member, Millis, NewMessage, Position, Signal, Storage,
+    StorageError, StoredMessage, now_millis,
+};
+use crate::id::{ClientId, UserId};
+
+/// How many signals a slow subscriber may fall behind before it is told to resync. Signals are
+/// one per operation (not per recipient), so a burst this long is a burst of operations.
+const SIGNAL_CAPACITY: usize = 4096;
+
+/// How many shards users are spread over.
+const SHARDS: usize = 32;
+
+/// How often, at most, a write also sweeps expired state out of its shard.
+const SWEEP_EVERY: Millis = 1_000;
+
+/// The most expired messages (or dedup records) one sweep removes, and the most lapsed clients
+/// one reap step removes, while holding a shard's lock; the rest wait for the next one.
+const SLICE: usize = 4_096;
+
+/// Storage in this process's memory: fast, needs no setup, and gone when the process stops.
+///
+/// Use it for one process. For several processes behind a load balancer, use a shared storage
+/// such as `RedisStorage` (feature `redis`). A new `MemoryStorage` has a new random [`Epoch`], so
+/// clients of a restarted process resync instead of trusting cursors into data that is gone.
+///
+/// Cloning gives another handle to the same data.
+///
+/// ```
+/// use simpleio::{MemoryStorage, SimpleIoLayer};
+/// let (layer, io) = SimpleIoLayer::builder().storage(MemoryStorage::new()).build();
+/// # let _ = (layer, io);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryStorage {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The current epoch. Operations hold it for reading while they work, so that `reset`,
+    /// which takes it for writing, never lands in the middle of one.
+    epoch: RwLock<Epoch>,
+    /// Every user's state, spread by user.
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    /// Rooms span users, so they have a lock of their own.
+    rooms: Mutex<Rooms>,
+    /// Signals to every subscriber; in one process "every node" is just this channel.
+    signals: broadcast::Sender<Signal>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// The last position handed out in this shard; positions only grow, even if the clock
+    /// steps back, and even for a user whose log was removed.
+    last_pos: Position,
+    logs: HashMap<UserId, UserLog>,
+    /// Every message by expiry, so that the sweep finds the expired ones without a scan.
+    expiries: BTreeSet<(Millis, UserId, Position)>,
+    /// Every client record by the time its presence lapses, for `reap` and `live_users`.
+    presence: BTreeSet<(Millis, UserId, ClientId)>,
+    dedup: HashMap<DedupKey, DedupRecord>,
+    /// Every dedup record by the time it lapses.
+    dedup_expiries: BTreeSet<(Millis, DedupKey)>,
+    /// Data of users (clients keep theirs in their record), by key.
+    user_data: HashMap<UserId, HashMap<String, String>>,
+    last_sweep: Millis,
+}
+
+#[derive(Debug)]
+enum DedupRecord {
+    InProgress { until: Millis },
+    Done { outcome: String, until: Millis },
+}
+
+impl DedupRecord {
+    fn until(&self) -> Millis {
+        match self {
+            DedupRecord::InProgress { until } | DedupRecord::Done { until, .. } => *until,
+        }
+    }
+}
+
+impl MemoryStorage {
+    /// An empty storage with a fresh epoch.
+    pub fn new() -> Self {
+        let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        MemoryStorage {
+            shared: Arc::new(Shared {
+                epoch: RwLock::new(Epoch::random()),
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                hasher: RandomState::new(),
+                rooms: Mutex::default(),
+                signals,
+            }),
+        }
+    }
+
+    /// Forgets everything and takes a new epoch, as a store that lost its data would.
+    ///
+    /// Clients resync on their next poll, and senders waiting for confirmations learn that their
+    /// messages were lost. Useful in tests of the resync path.
+    pub fn reset(&self) {
+        let mut epoch = self.shared.epoch.write().unwrap_or_else(|p| p.into_inner());
+        *epoch = Epoch::random();
+        for shard in 0..SHARDS {
+            let mut shard = self.shard(shard);
+            let last_pos = shard.last_pos;
+            *shard = Shard {
+                last_pos,
+                ..Shard::default()
+            };
+        }
+        self.rooms().clear();
+        drop(epoch);
+        self.signal(Signal::Resync);
+    }
+
+    fn epoch_guard(&self) -> RwLockReadGuard<'_, Epoch> {
+        self.shared.epoch.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard_of(&self, user: &UserId) -> usize {
+        (self.shared.hasher.hash_one(user) as usize) % SHARDS
+    }
+
+    fn shard(&self, index: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing the process's messages, so keep serving.
+        self.shared.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn shard_for(&self, user: &UserId) -> MutexGuard<'_, Shard> {
+        self.shard(self.shard_of(user))
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, Rooms> {
+        self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Indices of `items`, grouped by the shard of their user, so that each shard is locked
+    /// once per call.
+    fn by_shard<T>(&self, items: &[T], user: impl Fn(&T) -> &UserId) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, item) in items.iter().enumerate() {
+            groups[self.shard_of(user(item))].push(i);
+        }
+        groups
+    }
+
+    fn signal(&self, signal: Signal) {
+        // No subscriber yet is fine: nobody is waiting.
+        let _ = self.shared.signals.send(signal);
+    }
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shard {
+    /// Removes expired messages and dedup records, at most once per `SWEEP_EVERY` and at most
+    /// a slice of each. Client records are left to `reap`, which reports each departure.
+    fn maybe_sweep(&mut self, now: Millis) {
+        if now.saturating_sub(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        for _ in 0..SLICE {
+            let Some(first) = self.expiries.first() else {
+                break;
+            };
+            if first.0 > now {
+                break;
+            }
+            let Some((_, user, pos)) = self.expiries.pop_first() else {
+                break;
+            };
+            if let Some(log) = self.logs.get_mut(&user) {
+                log.remove(pos);
+                if log.is_removable() {
+                    self.logs.remove(&user);
+                }
+            }
+        }
+        for _ in 0..SLICE {
+            let Some(first) = self.dedup_expiries.first() else {
+                break;
+            };
+            if first.0 > now {
+                break;
+            }
+            if let Some((_, key)) = self.dedup_expiries.pop_first() {
+                self.dedup.remove(&key);
+            }
+        }
+    }
+
+    fn next_pos(&mut self, now: Millis, after: Position) -> Position {
+        let pos = (now * 1000).max(self.last_pos + 1).max(after + 1);
+        self.last_pos = pos;
+        pos
+    }
+
+    /// Removes the message at `pos` of `user`, with its place in the expiry index.
+    fn remove_message(&mut self, user: &UserId, pos: Position, expires_at: Millis) {
+        if let Some(log) = self.logs.get_mut(user) {
+            log.remove(pos);
+        }
+        self.expiries.remove(&(expires_at, user.clone(), pos));
+    }
+
+    /// Records that `client` of `user` is seen until `seen_until`, in its record and in the
+    /// presence index.
+    fn see(&mut self, user: &UserId, client: &ClientId, seen_until: Millis) -> &mut ClientRecord {
+        let log = self.logs.entry(user.clone()).or_default();
+        let record = log.clients.entry(client.clone()).or_default();
+        if record.seen_until != seen_until {
+            self.presence
+                .remove(&(record.seen_until, user.clone(), client.clone()));
+            self.presence
+                .insert((seen_until, user.clone(), client.clone()));
+            record.seen_until = seen_until;
+        }
+        record
+    }
+
+    /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
+    /// attached to a client before its first poll lives as long as it does.
+    fn touch_unpolled(
+        &mut self,
+        user: &UserId,
+        client: &ClientId,
+        ttl: Duration,
+    ) -> &mut ClientRecord {
+        let known = self
+            .logs
+            .get(user)
+            .is_some_and(|log| log.clients.contains_key(client));
+        let seen_until = now_millis().saturating_add(ttl.as_millis() as Millis);
+        if !known {
+            self.presence
+                .insert((seen_until, user.clone(), client.clone()));
+        }
+        let log = self.logs.entry(user.clone()).or_default();
+        log.clients
+            .entry(client.clone())
+            .or_insert_with(|| ClientRecord {
+                seen_until,
+                ..ClientRecord::default()
+            })
+    }
+
+    fn set_dedup(&mut self, key: &DedupKey, record: DedupRecord) {
+        if let Some(old) = self.dedup.get(key) {
+            self.dedup_expiries.remove(&(old.until(), key.clone()));
+        }
+        self.dedup_expiries.insert((record.until(), key.clone()));
+        self.dedup.insert(key.clone(), record);
+    }
+
+    /// Reaps up to a slice of clients whose presence lapsed by `now`; whether more may be left.
+    fn reap_slice(
+        &mut self,
+        now: Millis,
+        departures: &mut Vec<Departure>,
+        removed: &mut Vec<Member>,
+    ) -> bool {
+        let lapsed: Vec<(Millis, UserId, ClientId)> = self
+            .presence
+            .iter()
+            .take_while(|(until, _, _)| *until <= now)
+            .take(SLICE)
+            .cloned()
+            .collect();
+        let more = lapsed.len() == SLICE;
+        let mut departed: Vec<(UserId, ClientId)> = Vec::new();
+        for key in lapsed {
+            self.presence.remove(&key);
+            let (_, user, client) = key;
+            let Some(log) = self.logs.get_mut(&user) else {
+                continue;
+            };
+            // Only clients that polled arrived, so only they depart; the rest just go.
+            if log.clients.remove(&client).is_some_and(|r| r.polled) {
+                departed.push((user.clone(), client.clone()));
+            }
+            removed.push(Member::Client(user, client));
+        }
+        // Reported per user, the last of a user's departures saying whether they went offline.
+        departed.sort();
+        for (i, (user, client)) in departed.iter().enumerate() {
+            let last_of_user = departed.get(i + 1).is_none_or(|(next, _)| next != user);
+            let offline = last_of_user
+                && self
+                    .logs
+                    .get(user)
+                    .is_none_or(|log| !log.has_polled_client());
+            if offline {
+                self.user_data.remove(user);
+            }
+            departures.push(Departure {
+                user: user.clone(),
+                client: client.clone(),
+                user_went_offline: offline,
+            });
+        }
+        for (user, _) in &departed {
+            if self.logs.get(user).is_some_and(UserLog::is_removable) {
+                self.logs.remove(user);
+            }
+        }
+        more
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn epoch(&self) -> Result<Epoch, StorageError> {
+        Ok(self.epoch_guard().clone())
+    }
+
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        max_queue: usize,
+    ) -> Result<Appended, StorageError> {
+        let now = now_millis();
+        let epoch_guard = self.epoch_guard();
+        let epoch = epoch_guard.clone();
+        let mut outcomes = vec![AppendOutcome::QueueFull; messages.len()];
+        let mut woken: HashSet<UserId> = HashSet::new();
+        let groups = self.by_shard(&messages, |m| &m.user);
+        let mut messages: Vec<Option<NewMessage>> = messages.into_iter().map(Some).collect();
+        for (shard, group) in groups.into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut shard = self.shard(shard);
+            shard.maybe_sweep(now);
+            for i in group {
+                let Some(m) = messages[i].take() else {
+                    continue;
+                };
+                let log = shard.logs.entry(m.user.clone()).or_default();
+                if log.messages.len() >= max_queue {
+                    match log.evictable(now) {
+                        Some((pos, expires_at)) => shard.remove_message(&m.user, pos, expires_at),
+                        None => continue,
+                    }
+                }
+                let after = shard.logs.get(&m.user).map_or(0, |log| log.last);
+                let pos = shard.next_pos(now, after);
+                shard.expiries.insert((m.expires_at, m.user.clone(), pos));
+                let log = shard.logs.entry(m.user.clone()).or_default();
+                log.insert(Entry {
+                    client: m.client,
+                    message: StoredMessage {
+                        pos,
+                        ns: m.namespace,
+                        event: m.event,
+                        data: m.data,
+                    },
+                    expires_at: m.expires_at,
+                });
+                outcomes[i] = AppendOutcome::Stored(pos);
+                woken.insert(m.user);
+            }
+        }
+        drop(epoch_guard);
+        if !woken.is_empty() {
+            self.signal(Signal::Appended {
+                users: woken.into_iter().collect(),
+            });
+        }
+        Ok(Appended { epoch, outcomes })
+    }
+
+    async fn fetch(&self, req: FetchRequest) -> Result<FetchBatch, StorageError> {
+        let now = now_millis();
+        let epoch_guard = self.epoch_guard();
+        let epoch = epoch_guard.clone();
+        let mut shard = self.shard_for(&req.user);
+        shard.maybe_sweep(now);
+        let log = shard.logs.entry(req.user.clone()).or_default();
+        let head = log.last;
+
+        // Arrivals and departures pair up: a client has arrived from its first poll until `reap`
+        // reports it gone, even if its presence lapsed meanwhile. A record made by `join` or
+        // `set_data` alone has not arrived.
+        let known = log.clients.get(&req.client).is_some_and(|r| r.polled);
+        let arrival = (!known).then(|| Arrival {
+            user_came_online: !log.has_polled_client(),
+        });
+
+        let mut advanced = None;
+        let start = match req.cursor {
+            Some((e, cursor)) if e == epoch => {
+                let confirmed = cursor.min(head);
+                let record = log.clients.entry(req.client.clone()).or_default();
+                // A client's own cursor confirms messages addressed to it even when the
+                // watermark is already past them, so its advance is a confirmation too.
+                if confirmed > record.cursor {
+                    record.cursor = confirmed;
+                    advanced = Some(confirmed);
+                }
+                for ns in &req.namespaces {
+                    if log.raise_watermark(ns, confirmed) {
+                        advanced = Some(confirmed);
+                    }
+                }
+                cursor
+            }
+            _ if known => log.clients.get(&req.client).map_or(0, |r| r.cursor),
+            _ => {
+                let start = log.start_for_new_client(&req.client, &req.namespaces);
+                log.clients.entry(req.client.clone()).or_default().cursor = start;
+                start
+            }
+        };
+        let seen_until = now.saturating_add(req.presence_ttl.as_millis() as Millis);
+        let record = shard.see(&req.user, &req.client, seen_until);
+        record.polled = true;
+        record.namespaces = req.namespaces.clone();
+
+        let log = shard.logs.entry(req.user.clone()).or_default();
+        let (messages, cursor) = log.read(&req.client, &req.namespaces, start, req.limit, now);
+        if advanced.is_some() {
+            for (pos, expires_at) in log.trimmable() {
+                shard.remove_message(&req.user, pos, expires_at);
+            }
+        }
+        drop(shard);
+        drop(epoch_guard);
+        if let Some(poll) = req.announce {
+            self.signal(Signal::PollStarted {
+                user: req.user.clone(),
+                client: req.client.clone(),
+                poll,
+            });
+        }
+        if let Some(cursor) = advanced {
+            self.signal(Signal::Confirmed {
+                epoch: epoch.clone(),
+                user: req.user,
+                client: req.client,
+                cursor,
+                namespaces: req.namespaces.into(),
+            });
+        }
+        Ok(FetchBatch {
+            epoch,
+            cursor,
+            messages,
+            arrival,
+        })
+    }
+
+    async fn delivery(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<DeliveryState>, StorageError> {
+        let now = now_millis();
+        let epoch_guard = self.epoch_guard();
+        if *epoch_guard != *epoch {
+            return Ok(vec![DeliveryState::Lost; targets.len()]);
+        }
+        let mut states = vec![DeliveryState::Expired; targets.len()];
+        for (shard, group) in self.by_shard(targets, |t| &t.user).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let shard = self.shard(shard);
+            for i in group {
+                let t = &targets[i];
+                let Some(log) = shard.logs.get(&t.user) else {
+                    continue;
+                };
+                let confirmed = match &t.client {
+                    None => log.watermark(&t.namespace),
+                    Some(c) => log
+                        .clients
+                        .get(c)
+                        .filter(|r| r.reads(&t.namespace))
+                        .map_or(0, |r| r.cursor),
+                };
+                states[i] = if t.pos <= confirmed {
+                    DeliveryState::Delivered
+                } else if log.messages.get(&t.pos).is_some_and(|e| e.expires_at > now) {
+                    DeliveryState::Pending
+                } else {
+                    DeliveryState::Expired
+                };
+            }
+        }
+        Ok(states)
+    }
+
+    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError> {
+        let now = now_millis();
+        let _epoch = self.epoch_guard();
+        let mut shard = self.shard_for(&key.user);
+        shard.maybe_sweep(now);
+        match shard.dedup.get(key) {
+            Some(DedupRecord::Done { outcome, until }) if *until > now => {
+                Ok(Claim::Done(outcome.clone()))
+            }
+            Some(DedupRecord::InProgress { until }) if *until > now => Ok(Claim::InProgress),
+            _ => {
+                let until = now.saturating_add(lease.as_millis() as Millis);
+                shard.set_dedup(key, DedupRecord::InProgress { until });
+                Ok(Claim::Acquired)
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &DedupKey,
+        outcome: &str,
+        ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let until = now_millis().saturating_add(ttl.as_millis() as Millis);
+        {
+            let _epoch = self.epoch_guard();
+            self.shard_for(&key.user).set_dedup(
+                key,
+                DedupRecord::Done {
+                    outcome: outcome.to_owned(),
+                    until,
+                },
+            );
+        }
+        self.signal(Signal::Completed {
+            user: key.user.clone(),
+        });
+        Ok(())
+    }
+
+    async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
+        let now = now_millis();
+        let mut users = Vec::new();
+        for shard in 0..SHARDS {
+            let shard = self.shard(shard);
+            let mut seen = HashSet::new();
+            // From the latest seen-until down: only the records still live are visited.
+            for (_, user, client) in shard
+                .presence
+                .iter()
+                .rev()
+                .take_while(|(until, _, _)| *until > now)
+            {
+                let polled = shard
+                    .logs
+                    .get(user)
+                    .and_then(|log| log.clients.get(client))
+                    .is_some_and(|r| r.polled);
+                if polled && seen.insert(user) {
+                    users.push(user.clone());
+                }
+            }
+        }
+        Ok(users)
+    }
+
+    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
+        let now = now_millis();
+        let shard = self.shard_for(user);
+        Ok(shard
+            .logs
+            .get(user)
+            .map(|log| log.live_clients(now).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
+        let now = now_millis();
+        let mut departures = Vec::new();
+        let mut removed = Vec::new();
+        for shard in 0..SHARDS {
+            // A slice at a time, releasing the lock in between, so that a mass departure
+            // never stalls the requests of the shard's other users.
+            loop {
+                let _epoch = self.epoch_guard();
+                let more = self
+                    .shard(shard)
+                    .reap_slice(now, &mut departures, &mut removed);
+                if !more {
+                    break;
+                }
+            }
+        }
+        if !removed.is_empty() {
+            for chunk in removed.chunks(SLICE) {
+                let mut rooms = self.rooms();
+                for member in chunk {
+                    rooms.remove_everywhere(member);
+                }
+            }
+        }
+        Ok(departures)
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        member: &Member,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let _epoch = self.epoch_guard();
+        if let Member::Client(user, client) = member {
+            self.shard_for(user)
+                .touch_unpolled(user, client, presence_ttl);
+        }
+        self.rooms().join(room, member);
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
+        self.rooms().leave(room, member);
+        Ok(())
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
+        Ok(self.rooms().members(room))
+    }
+
+    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
+        Ok(self.rooms().rooms(member))
+    }
+
+    async fn set_data(
+        &self,
+        member: &Member,
+        key: &str,
+        value: Option<&str>,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let _epoch = self.epoch_guard();
+        let mut shard = self.shard_for(member.user());
+        let bag = match member {
+            Member::User(user) => shard.user_data.entry(user.clone()).or_default(),
+            Member::Client(user, client) => {
+                &mut shard.touch_unpolled(user, client, presence_ttl).data
+            }
+        };
+        match value {
+            Some(v) => {
+                bag.insert(key.to_owned(), v.to_owned());
+            }
+            None => {
+                bag.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
+        let shard = self.shard_for(member.user());
+        Ok(match member {
+            Member::User(user) => shard.user_data.get(user).and_then(|d| d.get(key)).cloned(),
+            Member::Client(user, client) => shard
+                .logs
+                .get(user)
+                .and_then(|log| log.clients.get(client))
+                .and_then(|r| r.data.get(key))
+                .cloned(),
+        })
+    }
+
+    async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
+        self.signal(signal);
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Signal> {
+        self.shared.signals.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> MemoryStorage {
+        MemoryStorage::new()
+    }
+
+    crate::storage_conformance_tests!(fresh);
+}
