@@ -80,9 +80,11 @@ impl PollQuery {
             }
         };
         let mut namespaces: Vec<Arc<str>> = Vec::new();
+        // A set, not a scan of the list so far: the list is the client's, of any length.
+        let mut seen = std::collections::HashSet::new();
         for ns in q.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE).split(',') {
             check_namespace(ns).map_err(|e| ProtocolError::InvalidQuery(format!("`ns`: {e}")))?;
-            if !namespaces.iter().any(|n| &**n == ns) {
+            if seen.insert(ns) {
                 namespaces.push(ns.into());
             }
         }
