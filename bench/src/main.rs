@@ -1,0 +1,230 @@
+//! `simpleio-bench`: simpleio measured against socketioxide (Socket.IO over Engine.IO
+//! long-polling) and a bare hyper floor, on one machine. See `bench/README.md`.
+//!
+//! ```text
+//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE]
+//! simpleio-bench smoke
+//! simpleio-bench server simpleio [--storage memory|redis://HOST:PORT/] [--port P]
+//! simpleio-bench server socketioxide [--port P]
+//! simpleio-bench server hyper-hold [--port P] [--hold SECS]
+//! ```
+//!
+//! `run` and `smoke` start every server as a child process of this executable, pinned to
+//! core 0 with `taskset -c 0`, and run the load generator — raw hyper HTTP/1.1 connections, one
+//! per virtual client, speaking simpleio's protocol or Engine.IO v4 — in this process, pinned to
+//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `redis`, `callgrind`
+//! ([`scenarios`]).
+
+mod child;
+mod eio_client;
+mod fleet;
+mod hold_client;
+mod http;
+mod proc;
+mod report;
+mod scenarios;
+mod servers;
+mod simpleio_client;
+mod smoke;
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage:
+  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE]
+  simpleio-bench smoke
+  simpleio-bench server simpleio [--storage memory|redis://HOST:PORT/] [--port P]
+  simpleio-bench server socketioxide [--port P]
+  simpleio-bench server hyper-hold [--port P] [--hold SECS]
+scenarios: broadcast, history, fanout, idle, redis, callgrind";
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("simpleio-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        bail!("{USAGE}");
+    };
+    let mut flags = Flags::new(&args[1..]);
+    // 10,000 connections need 10,000 descriptors, in the servers and the load generator alike.
+    proc::raise_nofile_limit()?;
+    match command.as_str() {
+        "server" => server(&mut flags),
+        "run" => {
+            let quick = flags.switch("--quick");
+            // Quick figures are indicative anyway: one run each unless asked for more.
+            let default_runs = if quick { 1 } else { 3 };
+            let runs = flags
+                .value("--runs")?
+                .map_or(Ok(default_runs), |v| v.parse())
+                .context("--runs")?;
+            let scenario = flags.value("--scenario")?.unwrap_or_else(|| "all".into());
+            let markdown = flags.value("--markdown")?;
+            flags.done()?;
+            let opts = load_generator(quick, runs)?;
+            runtime_current()?.block_on(run(opts, &scenario, markdown))
+        }
+        "smoke" => {
+            flags.done()?;
+            let opts = load_generator(true, 1)?;
+            runtime_current()?.block_on(smoke::run(opts))
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+/// Pins this process (the load generator) to core 1 and the servers to core 0; on a machine
+/// with one core both share it, and the figures say little.
+fn load_generator(quick: bool, runs: usize) -> Result<scenarios::Opts> {
+    let cores = proc::online_cores();
+    let (server_core, loadgen_core) = if cores >= 2 { (0, 1) } else { (0, 0) };
+    if cores < 2 {
+        eprintln!("note: one core only: servers and load generator share it");
+    }
+    proc::pin_current_thread(loadgen_core)?;
+    Ok(scenarios::Opts {
+        quick,
+        runs: runs.max(1),
+        server_core,
+    })
+}
+
+async fn run(opts: scenarios::Opts, scenario: &str, markdown: Option<String>) -> Result<()> {
+    let names: Vec<&str> = if scenario == "all" {
+        scenarios::ALL.to_vec()
+    } else {
+        scenario.split(',').collect()
+    };
+    let mut md = String::new();
+    for name in names {
+        eprintln!(
+            "scenario {name}{}:",
+            if opts.quick { " (quick)" } else { "" }
+        );
+        let tables = scenarios::run(name, opts).await?;
+        for t in tables {
+            let text = t.markdown();
+            println!("{text}");
+            md += &text;
+            md.push('\n');
+        }
+        std::io::stdout().flush()?;
+    }
+    if let Some(path) = markdown {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {path}"))?;
+        f.write_all(md.as_bytes())
+            .with_context(|| format!("writing {path}"))?;
+    }
+    Ok(())
+}
+
+fn server(flags: &mut Flags) -> Result<()> {
+    let kind = flags.positional().context("server needs a kind")?;
+    let port: u16 = flags
+        .value("--port")?
+        .map_or(Ok(0), |v| v.parse())
+        .context("--port")?;
+    match kind.as_str() {
+        "simpleio" => {
+            let storage = flags.value("--storage")?.unwrap_or_else(|| "memory".into());
+            flags.done()?;
+            runtime_multi()?.block_on(servers::simpleio::run(port, &storage))
+        }
+        "socketioxide" => {
+            flags.done()?;
+            runtime_multi()?.block_on(servers::socketioxide::run(port))
+        }
+        "hyper-hold" => {
+            let hold: u64 = flags
+                .value("--hold")?
+                .map_or(Ok(25), |v| v.parse())
+                .context("--hold")?;
+            flags.done()?;
+            runtime_multi()?.block_on(servers::hyper_hold::run(port, Duration::from_secs(hold)))
+        }
+        other => bail!("no server {other:?}: simpleio, socketioxide or hyper-hold"),
+    }
+}
+
+/// The servers' runtime: tokio's default, one worker per core it may run on (one, pinned).
+fn runtime_multi() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// The load generator's runtime: one thread, on its core (and the thread that started the
+/// children, which `PR_SET_PDEATHSIG` ties them to).
+fn runtime_current() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// A tiny flag parser: `--name value`, `--switch`, and positionals, each taken once.
+struct Flags {
+    args: Vec<Option<String>>,
+}
+
+impl Flags {
+    fn new(args: &[String]) -> Flags {
+        Flags {
+            args: args.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    fn switch(&mut self, name: &str) -> bool {
+        match self.args.iter_mut().find(|a| a.as_deref() == Some(name)) {
+            Some(a) => {
+                *a = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn value(&mut self, name: &str) -> Result<Option<String>> {
+        let Some(i) = self.args.iter().position(|a| a.as_deref() == Some(name)) else {
+            return Ok(None);
+        };
+        self.args[i] = None;
+        let v = self
+            .args
+            .get_mut(i + 1)
+            .and_then(Option::take)
+            .with_context(|| format!("{name} needs a value"))?;
+        Ok(Some(v))
+    }
+
+    fn positional(&mut self) -> Option<String> {
+        self.args
+            .iter_mut()
+            .find(|a| a.as_deref().is_some_and(|s| !s.starts_with("--")))
+            .and_then(Option::take)
+    }
+
+    fn done(&self) -> Result<()> {
+        let rest: Vec<&str> = self.args.iter().flatten().map(String::as_str).collect();
+        if !rest.is_empty() {
+            bail!("unexpected arguments {rest:?}\n{USAGE}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! `callgrind`: instructions per delivered message, for catching regressions — a repeatable
+//! count, not a speed. The simpleio server runs under `valgrind --tool=callgrind`; N clients
+//! connect, one warm-up tick runs, the counters are zeroed (`callgrind_control -z`), then T
+//! confirmed broadcasts go out in lockstep: each one only once every client is back to a
+//! waiting poll, so every poll answers exactly one message and the work does not depend on
+//! timing. The server then exits and callgrind writes its totals.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use http::Method;
+use serde::Deserialize;
+
+use super::{Opts, Servers, wait_polls, wait_stats};
+use crate::child;
+use crate::fleet::{Fleet, Kind};
+use crate::http::{call, call_json};
+use crate::report::{self, Table};
+
+/// What a callgrind run found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub instructions: u64,
+    pub delivered_messages: u64,
+    /// Whether the counters were zeroed after the warm-up (else start-up is included).
+    pub zeroed: bool,
+}
+
+impl Outcome {
+    pub fn per_message(&self) -> f64 {
+        self.instructions as f64 / self.delivered_messages.max(1) as f64
+    }
+}
+
+#[derive(Deserialize)]
+struct TickAnswer {
+    seq: u64,
+}
+
+/// Runs `ticks` lockstep broadcasts to `clients` clients under callgrind.
+pub async fn measure(opts: Opts, clients: usize, ticks: u64) -> Result<Outcome> {
+    if !child::have("valgrind") {
+        bail!("valgrind is not installed (apt-get install valgrind)");
+    }
+    let out_file = child::work_dir()?.join("callgrind.out");
+    let _ = std::fs::remove_file(&out_file);
+    let wrapper = vec![
+        "valgrind".to_owned(),
+        "--tool=callgrind".to_owned(),
+        format!("--callgrind-out-file={}", out_file.display()),
+    ];
+    let server = child::server(
+        "simpleio-callgrind",
+        &["simpleio".to_owned()],
+        opts.server_core,
+        &wrapper,
+    )?;
+    let servers = Servers {
+        server,
+        redis: None,
+    };
+    let addr = servers.addr();
+    let fleet = Fleet::start(Kind::Simpleio, addr, clients, ticks as usize + 1);
+    // Everything is ~50× slower under valgrind.
+    let wait = Duration::from_secs(120);
+    let result = async {
+        fleet.wait_connected(wait).await?;
+        wait_polls(addr, clients as u64, wait).await?;
+        let warm: TickAnswer = call_json(addr, Method::POST, "/bench/tick?mode=confirmed").await?;
+        anyhow::ensure!(
+            fleet.wait_seen(warm.seq, wait).await,
+            "warm-up tick not received"
+        );
+        wait_stats(addr, wait, "the warm-up's confirmation", |s| {
+            s.delivered >= 1
+        })
+        .await?;
+        wait_polls(addr, clients as u64, wait).await?;
+        let zeroed = zero(servers.server.pid());
+        for _ in 0..ticks {
+            let t: TickAnswer = call_json(addr, Method::POST, "/bench/tick?mode=confirmed").await?;
+            anyhow::ensure!(
+                fleet.wait_seen(t.seq, wait).await,
+                "tick {} not received",
+                t.seq
+            );
+            wait_polls(addr, clients as u64, wait).await?;
+        }
+        let s = wait_stats(addr, wait, "every confirmation", |s| {
+            s.delivered + s.not_delivered > ticks
+        })
+        .await?;
+        anyhow::ensure!(
+            s.not_delivered == 0,
+            "{} broadcasts not delivered",
+            s.not_delivered
+        );
+        Ok::<_, anyhow::Error>(zeroed)
+    }
+    .await;
+    fleet.stop().await;
+    let zeroed = result.with_context(|| format!("callgrind run: {}", servers.server.log_tail()))?;
+    call(addr, Method::POST, "/bench/exit").await?;
+    let Servers { server, .. } = servers;
+    server.wait_exit(Duration::from_secs(120))?;
+    let instructions = totals(&out_file)?;
+    Ok(Outcome {
+        instructions,
+        delivered_messages: ticks * clients as u64,
+        zeroed,
+    })
+}
+
+/// Zeroes the counters of the callgrind process `pid`; tells whether that worked.
+fn zero(pid: u32) -> bool {
+    let ok = Command::new("callgrind_control")
+        .arg("-z")
+        .arg(pid.to_string())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("  note: `callgrind_control -z` failed; the count includes start-up");
+    }
+    ok
+}
+
+/// The total instruction count (`summary:` or `totals:` line) of a callgrind output file.
+fn totals(path: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading callgrind output {}", path.display()))?;
+    for line in text.lines() {
+        if let Some(rest) = line
+            .strip_prefix("summary:")
+            .or_else(|| line.strip_prefix("totals:"))
+        {
+            let first = rest
+                .split_whitespace()
+                .next()
+                .context("empty totals line")?;
+            return first.parse().context("non-numeric totals");
+        }
+    }
+    bail!("no `summary:`/`totals:` line in {}", path.display())
+}
+
+/// The `callgrind` scenario.
+pub async fn run(opts: Opts, clients: usize, ticks: u64) -> Result<Vec<Table>> {
+    eprintln!("  callgrind: {clients} clients × {ticks} lockstep broadcasts ...");
+    let o = measure(opts, clients, ticks).await?;
+    let mut table = Table::new(
+        format!("callgrind: simpleio confirmed, {clients} clients × {ticks} broadcasts, lockstep"),
+        &[
+            "instructions",
+            "delivered messages",
+            "instructions / message",
+        ],
+    );
+    table.row(vec![
+        report::count(o.instructions),
+        report::count(o.delivered_messages),
+        report::count(o.per_message() as u64),
+    ]);
+    table.note(format!(
+        "For regressions: a repeatable count (compare builds on the same scenario), not a speed. \
+         {}",
+        if o.zeroed {
+            "Counters zeroed after connect and warm-up; includes the driver's stats polls and the \
+             shutdown."
+        } else {
+            "Includes start-up (callgrind_control -z failed)."
+        }
+    ));
+    Ok(vec![table])
+}

@@ -1,0 +1,136 @@
+//! `fanout`: K waiting polls, each its own user and connection, then one confirmed emit to
+//! everyone, then one volatile emit. How long storing takes, how long until every poll has
+//! answered, and how many lag/resync warnings the server logged on the way.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http::Method;
+use serde::Deserialize;
+
+use super::{Opts, Servers, Target, stats, wait_polls, wait_stats};
+use crate::fleet::{Fleet, Kind};
+use crate::http::call_json;
+use crate::proc::realtime_ns;
+use crate::report::{self, Table};
+
+/// What a fan-out found.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub polls: usize,
+    /// Server time until `Sending::stored()` resolved, µs.
+    pub stored_us: u64,
+    /// From the emit request to the last poll's answer parsed, µs.
+    pub all_answered_us: u64,
+    /// Polls that answered with the confirmed message.
+    pub confirmed_received: usize,
+    /// From the emit request until the server's emit resolved delivered, µs (0: it did not).
+    pub all_confirmed_us: u64,
+    /// Polls that answered with the volatile message.
+    pub volatile_received: usize,
+    pub volatile_us: u64,
+    pub warn_events: u64,
+    pub peak_rss: u64,
+}
+
+#[derive(Deserialize)]
+struct TickAnswer {
+    seq: u64,
+    stored_us: u64,
+}
+
+/// Measures one fan-out to `k` polls.
+pub async fn measure(opts: Opts, k: usize) -> Result<Outcome> {
+    let servers = Servers::start(Target::Simpleio, opts)?;
+    let addr = servers.addr();
+    let fleet = Fleet::start(Kind::Simpleio, addr, k, 4);
+    let result = async {
+        let wait = Duration::from_secs(30 + k as u64 / 100);
+        fleet.wait_connected(wait).await?;
+        wait_polls(addr, k as u64, wait).await?;
+        let mut out = Outcome {
+            polls: k,
+            ..Outcome::default()
+        };
+
+        let t0 = realtime_ns();
+        let started = tokio::time::Instant::now();
+        let tick: TickAnswer = call_json(addr, Method::POST, "/bench/tick?mode=confirmed").await?;
+        out.stored_us = tick.stored_us;
+        fleet.wait_seen(tick.seq, wait).await;
+        out.confirmed_received = fleet.progress.seen_by(tick.seq);
+        out.all_answered_us = fleet.progress.last_seen_ns(tick.seq).saturating_sub(t0) / 1000;
+        if wait_stats(addr, wait, "the emit's confirmation", |s| s.delivered >= 1)
+            .await
+            .is_ok()
+        {
+            out.all_confirmed_us = started.elapsed().as_micros() as u64;
+        }
+
+        // Every client is back to a waiting poll before the volatile message.
+        wait_polls(addr, k as u64, wait).await?;
+        let t1 = realtime_ns();
+        let tick: TickAnswer = call_json(addr, Method::POST, "/bench/tick?mode=volatile").await?;
+        fleet.wait_seen(tick.seq, Duration::from_secs(5)).await;
+        out.volatile_received = fleet.progress.seen_by(tick.seq);
+        out.volatile_us = fleet.progress.last_seen_ns(tick.seq).saturating_sub(t1) / 1000;
+        out.warn_events = stats(addr).await?.warn_events;
+        out.peak_rss = servers.peak_rss()?;
+        Ok::<_, anyhow::Error>(out)
+    }
+    .await;
+    fleet.stop().await;
+    result.with_context(|| format!("fan-out to {k}; server log: {}", servers.server.log_tail()))
+}
+
+/// The `fanout` scenario.
+pub async fn run(opts: Opts, k: usize) -> Result<Vec<Table>> {
+    eprintln!("  fanout to {k} waiting polls ...");
+    let o = measure(opts, k).await?;
+    let mut table = Table::new(
+        format!(
+            "fanout: one emit to {} waiting polls (simpleio, memory)",
+            report::count(k as u64)
+        ),
+        &["figure", "value"],
+    );
+    let rows = [
+        (
+            "confirmed: stored (server, `Sending::stored()`)",
+            report::ms(o.stored_us as f64),
+        ),
+        (
+            "confirmed: every poll answered (load generator)",
+            report::ms(o.all_answered_us as f64),
+        ),
+        (
+            "confirmed: received / polls",
+            format!("{} / {}", o.confirmed_received, o.polls),
+        ),
+        (
+            "confirmed: emit resolved delivered (all confirmed)",
+            if o.all_confirmed_us > 0 {
+                report::ms(o.all_confirmed_us as f64)
+            } else {
+                "did not".into()
+            },
+        ),
+        (
+            "volatile: received / polls",
+            format!("{} / {}", o.volatile_received, o.polls),
+        ),
+        (
+            "volatile: last poll answered",
+            report::ms(o.volatile_us as f64),
+        ),
+        (
+            "lag/resync WARN events (simpleio target)",
+            o.warn_events.to_string(),
+        ),
+        ("server peak RSS", report::mib(o.peak_rss as f64)),
+    ];
+    for (k, v) in rows {
+        table.row(vec![k.to_owned(), v]);
+    }
+    Ok(vec![table])
+}

@@ -1,0 +1,156 @@
+//! The scenarios `run` measures, and what they share: starting the servers, reading their
+//! stats, and the pinning plan (servers on core 0, the load generator on core 1).
+
+pub mod broadcast;
+pub mod callgrind;
+pub mod fanout;
+pub mod history;
+pub mod idle;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http::Method;
+
+use crate::child::{self, Child};
+use crate::http::call_json;
+use crate::report::Table;
+use crate::servers::Stats;
+
+/// Every scenario's name, in the order `--scenario all` runs them.
+pub const ALL: &[&str] = &[
+    "broadcast",
+    "history",
+    "fanout",
+    "idle",
+    "redis",
+    "callgrind",
+];
+
+/// How a run is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    /// Shorter runs and fewer sizes: indicative figures in a few minutes.
+    pub quick: bool,
+    /// Repetitions of each broadcast measurement (medians are quoted).
+    pub runs: usize,
+    /// The core the servers (and Redis) run on.
+    pub server_core: usize,
+}
+
+/// Runs scenario `name`.
+pub async fn run(name: &str, opts: Opts) -> Result<Vec<Table>> {
+    match name {
+        "broadcast" => broadcast::broadcast(opts).await,
+        "redis" => broadcast::redis(opts).await,
+        "history" => history::run(opts).await,
+        "fanout" => fanout::run(opts, 10_000).await,
+        "idle" => idle::run(opts, 10_000).await,
+        "callgrind" => callgrind::run(opts, 50, if opts.quick { 30 } else { 100 }).await,
+        other => anyhow::bail!("no scenario {other:?}; try one of {ALL:?} or `all`"),
+    }
+}
+
+/// Which server a measurement runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// simpleio on `MemoryStorage`.
+    Simpleio,
+    /// simpleio on `RedisStorage`, with a fresh `redis-server` beside it.
+    SimpleioRedis,
+    /// socketioxide, polling transport.
+    Socketioxide,
+    /// The bare hyper server that holds every request.
+    HyperHold,
+}
+
+/// The processes of one measurement: the server, and Redis if it uses it. Stopped on drop.
+pub struct Servers {
+    pub server: Child,
+    pub redis: Option<Child>,
+}
+
+impl Servers {
+    /// Starts `target`'s processes, pinned to the server core.
+    pub fn start(target: Target, opts: Opts) -> Result<Servers> {
+        let core = opts.server_core;
+        let (redis, args) = match target {
+            Target::Simpleio => (None, vec!["simpleio".into()]),
+            Target::SimpleioRedis => {
+                let redis = child::redis(core)?;
+                let url = format!("redis://{}/", redis.addr);
+                (
+                    Some(redis),
+                    vec!["simpleio".into(), "--storage".into(), url],
+                )
+            }
+            Target::Socketioxide => (None, vec!["socketioxide".into()]),
+            // Longer than any idle measurement, so no request is answered during it.
+            Target::HyperHold => (
+                None,
+                vec!["hyper-hold".into(), "--hold".into(), "120".into()],
+            ),
+        };
+        let server = child::server(&args[0], &args, core, &[])?;
+        Ok(Servers { server, redis })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// CPU time of the server (and Redis), in µs: `(server, redis)`.
+    pub fn cpu_us(&self) -> Result<(u64, u64)> {
+        let server = crate::proc::cpu_us(self.server.pid())?;
+        let redis = match &self.redis {
+            Some(r) => crate::proc::cpu_us(r.pid())?,
+            None => 0,
+        };
+        Ok((server, redis))
+    }
+
+    /// The server's peak RSS, in bytes.
+    pub fn peak_rss(&self) -> Result<u64> {
+        crate::proc::peak_rss_bytes(self.server.pid())
+    }
+
+    /// The server's RSS now, in bytes.
+    pub fn rss(&self) -> Result<u64> {
+        crate::proc::rss_bytes(self.server.pid())
+    }
+}
+
+/// The server's counters.
+pub async fn stats(addr: SocketAddr) -> Result<Stats> {
+    call_json(addr, Method::GET, "/bench/stats").await
+}
+
+/// Polls the server's counters every 50 ms until `done` holds; fails after `timeout`.
+pub async fn wait_stats(
+    addr: SocketAddr,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&Stats) -> bool,
+) -> Result<Stats> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = stats(addr).await?;
+        if done(&s) {
+            return Ok(s);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}; stats: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `n` polls wait on the server (simpleio, hyper-hold).
+pub async fn wait_polls(addr: SocketAddr, n: u64, timeout: Duration) -> Result<Stats> {
+    wait_stats(addr, timeout, &format!("{n} waiting polls"), |s| {
+        s.waiting_polls >= n
+    })
+    .await
+    .with_context(|| format!("waiting for {n} polls to wait"))
+}

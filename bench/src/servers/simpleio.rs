@@ -1,0 +1,91 @@
+//! `server simpleio`: an axum app with the simpleio layer, on `MemoryStorage` or `RedisStorage`.
+//!
+//! The user is the `user` query parameter or the `x-user` header (benchmark only: anyone can be
+//! anyone). Messages clients send are answered with `"ok"`; the benchmark only receives.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use http::request::Parts;
+use simpleio::{Incoming, MemoryStorage, Rejection, Reply, SimpleIo, SimpleIoLayer, UserId};
+use tower::{BoxError, service_fn};
+
+use super::{BoxFuture, Broadcast, Control, Mode, Tick};
+
+/// Runs the server until the process is stopped.
+pub async fn run(port: u16, storage: &str) -> Result<()> {
+    super::init_tracing();
+    let builder = SimpleIoLayer::builder();
+    let builder = if storage == "memory" {
+        builder.storage(MemoryStorage::new())
+    } else if storage.starts_with("redis://") {
+        let redis = simpleio::RedisStorage::connect(storage.to_owned())
+            .await
+            .with_context(|| format!("connecting to Redis at {storage}"))?;
+        builder.storage(redis)
+    } else {
+        anyhow::bail!("--storage is `memory` or a redis:// URL, not {storage:?}");
+    };
+    let (layer, io) = builder
+        .identity(identity)
+        .handler(service_fn(|_msg: Incoming| async {
+            Ok::<_, BoxError>(Reply::json(&"ok")?)
+        }))
+        .try_build()
+        .context("building the simpleio layer")?;
+    let app: Router = super::control_routes(Arc::new(Sender { io })).layer(layer);
+    super::serve(port, app).await
+}
+
+fn identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
+    let from_query = parts.uri.query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v)
+    });
+    let user = from_query.or_else(|| {
+        parts
+            .headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    std::future::ready(
+        user.filter(|u| !u.is_empty())
+            .map(UserId::from)
+            .ok_or_else(|| Rejection::unauthorized("add ?user=NAME")),
+    )
+}
+
+struct Sender {
+    io: SimpleIo,
+}
+
+impl Broadcast for Sender {
+    fn broadcast(&self, mode: Mode, tick: Tick, control: Arc<Control>) -> BoxFuture {
+        let io = self.io.clone();
+        Box::pin(async move {
+            match mode {
+                Mode::Confirmed => {
+                    let confirmation = io.everyone().emit("tick", &tick).stored().await?;
+                    tokio::spawn(async move {
+                        let counter = match confirmation.await {
+                            Ok(_) => &control.delivered,
+                            Err(_) => &control.not_delivered,
+                        };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+                Mode::Volatile => io.everyone().volatile().emit("tick", &tick).await?,
+            }
+            Ok(())
+        })
+    }
+
+    fn waiting_polls(&self) -> u64 {
+        self.io.waiting_polls() as u64
+    }
+}

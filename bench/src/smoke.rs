@@ -1,0 +1,122 @@
+//! `smoke`: every server and scenario type, tiny and short, with sanity assertions; for CI.
+//! Fails (non-zero exit) on any lost or duplicated confirmed message, on a scenario that
+//! received nothing, or on any error.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+
+use crate::child;
+use crate::scenarios::{Opts, Target, broadcast, callgrind, fanout, history, idle};
+use crate::servers::Mode;
+
+/// Runs the smoke test.
+pub async fn run(opts: Opts) -> Result<()> {
+    let started = Instant::now();
+    let case = |target, mode| broadcast::Case {
+        target,
+        mode,
+        clients: 20,
+        rate: 10.0,
+        secs: 2.0,
+    };
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+
+    let mut cases = vec![
+        case(Target::Simpleio, Mode::Confirmed),
+        case(Target::Simpleio, Mode::Volatile),
+        case(Target::Socketioxide, Mode::Confirmed),
+    ];
+    if child::have("redis-server") {
+        cases.push(case(Target::SimpleioRedis, Mode::Confirmed));
+    } else if in_ci {
+        bail!("redis-server is missing (CI=true)");
+    } else {
+        eprintln!("smoke: SKIPPING the Redis case: redis-server is not installed");
+    }
+    for c in cases {
+        let o = broadcast::measure(c, opts).await?;
+        let label = c.label();
+        eprintln!(
+            "smoke: {label}: received {}/{}, lost {}, dup {}, p50 {} µs, {:.1} µs/msg",
+            o.received,
+            o.expected,
+            o.lost,
+            o.duplicates,
+            o.p50_us,
+            o.cpu_per_msg()
+        );
+        ensure!(o.received > 0, "{label}: no message received");
+        ensure!(o.duplicates == 0, "{label}: {} duplicates", o.duplicates);
+        ensure!(
+            o.out_of_order == 0,
+            "{label}: {} out of order",
+            o.out_of_order
+        );
+        if c.mode == Mode::Confirmed {
+            ensure!(o.lost == 0, "{label}: {} lost", o.lost);
+            ensure!(
+                o.received == o.expected,
+                "{label}: {}/{}",
+                o.received,
+                o.expected
+            );
+        }
+        if c.mode == Mode::Confirmed && c.target != Target::Socketioxide {
+            ensure!(
+                o.delivered == o.sent && o.not_delivered == 0,
+                "{label}: {} of {} broadcasts resolved delivered",
+                o.delivered,
+                o.sent
+            );
+        }
+    }
+
+    let windows = history::measure(opts, 20, 2, Duration::from_secs(1)).await?;
+    eprintln!(
+        "smoke: history: {:?}",
+        windows.iter().map(|w| w.received).collect::<Vec<_>>()
+    );
+    ensure!(
+        windows.iter().all(|w| w.received > 0),
+        "history: a window received nothing"
+    );
+
+    let f = fanout::measure(opts, 200).await?;
+    eprintln!(
+        "smoke: fanout to 200: stored {} µs, all answered {} µs, volatile {}/200",
+        f.stored_us, f.all_answered_us, f.volatile_received
+    );
+    ensure!(
+        f.confirmed_received == 200,
+        "fanout: {}/200",
+        f.confirmed_received
+    );
+    ensure!(
+        f.all_confirmed_us > 0,
+        "fanout: the emit never resolved delivered"
+    );
+    ensure!(
+        f.volatile_received > 0,
+        "fanout: no volatile message received"
+    );
+
+    for target in [Target::Simpleio, Target::HyperHold] {
+        let per = idle::per_poll(opts, target, 200).await?;
+        eprintln!("smoke: idle {target:?}: {per:.0} bytes per waiting poll");
+        ensure!(per.is_finite(), "idle {target:?}: no figure");
+    }
+
+    if child::have("valgrind") {
+        let o = callgrind::measure(opts, 5, 3).await?;
+        eprintln!(
+            "smoke: callgrind: {} instructions / message",
+            o.per_message() as u64
+        );
+        ensure!(o.instructions > 0, "callgrind: no instructions counted");
+    } else {
+        eprintln!("smoke: SKIPPING callgrind: valgrind is not installed");
+    }
+    eprintln!("smoke: ok in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
