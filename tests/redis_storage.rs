@@ -804,3 +804,64 @@ async fn a_client_back_before_it_was_reaped_neither_departs_nor_arrives_again() 
         [ClientId::new("tab1").expect("id")]
     );
 }
+
+#[tokio::test]
+async fn signals_built_in_scripts_decode_exactly_whatever_the_ids() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let mut rx = storage.subscribe();
+    // Quotes, backslashes, slashes (which Lua's cjson escapes), control and non-ASCII
+    // characters: the scripts splice JSON that Rust encoded, and must not break it.
+    let odd = "a\"b\\c/d\u{1}é😀";
+    let ns: Arc<str> = Arc::from("/x\"y\\z");
+    let mut to_odd = message(odd, "a", LONG);
+    to_odd.namespace = ns.clone();
+    let a = storage
+        .append(
+            vec![to_odd, message("bob", "b", LONG), message(odd, "c", LONG)],
+            10,
+        )
+        .await
+        .expect("append");
+    let mut appended = None;
+    let found = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(signal) = rx.recv().await {
+            if let Signal::Appended { users } = signal {
+                appended = Some(users);
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no Appended signal");
+    let users: Vec<&str> = appended
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(UserId::as_str)
+        .collect();
+    assert_eq!(users, [odd, "bob"], "one Appended naming each user once");
+
+    let pos: Vec<u64> = a.outcomes.iter().copied().map(stored).collect();
+    let read = FetchRequest {
+        namespaces: vec![ns.clone(), "/".into()],
+        ..request(odd, "tab1", None)
+    };
+    storage.fetch(read.clone()).await.expect("fetch");
+    storage
+        .fetch(FetchRequest {
+            cursor: Some((a.epoch.clone(), pos[0])),
+            ..read
+        })
+        .await
+        .expect("confirm");
+    let want = pos[0];
+    expect_signal(&mut rx, Duration::from_secs(2), "Confirmed", |s| {
+        matches!(s, Signal::Confirmed { epoch, user, client, cursor, namespaces }
+            if *epoch == a.epoch && user.as_str() == odd && client.as_str() == "tab1"
+                && *cursor == want && namespaces[..] == [ns.clone(), Arc::from("/")])
+    })
+    .await;
+}

@@ -64,6 +64,7 @@
 //! and is removed when the last one is reaped; set on a user with no client, it expires a grace
 //! after the presence TTL.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -384,6 +385,12 @@ fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("unexpected reply from Redis: {what}"))
 }
 
+/// `s` as a JSON string literal, for the scripts to splice into the signals they build.
+fn json_string(s: &str) -> Result<String, StorageError> {
+    serde_json::to_string(s)
+        .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
+}
+
 fn signal_json(signal: Signal) -> Result<String, StorageError> {
     serde_json::to_string(&signal)
         .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
@@ -679,16 +686,17 @@ fn source(body: &str) -> String {
 /// `ARGV[4]`: nothing. Returns the epoch.
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
-/// `ARGV[4]` max_queue, `ARGV[5]` n, then five per message: user, client (or ''), expires_at,
-/// body (see [`entry_body`]), the user's `Appended` signal. Returns the epoch, then per message
-/// its position or 'full'.
+/// `ARGV[4]` max_queue, `[5]` nu, `[6]` n, then two per user: its id and its id as JSON text,
+/// then four per message: the index of its user (from 1), client (or ''), expires_at, body
+/// (see [`entry_body`]). Publishes one `Appended` naming each user that stored a message.
+/// Returns the epoch, then per message its position or 'full'.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
 local epoch = current_epoch()
 local maxq = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local nu, n = tonumber(ARGV[5]), tonumber(ARGV[6])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
 -- client once that client's cursor does while it reads the namespace. No cursor is above the
 -- highest watermark, so the search for one to evict stops there.
@@ -730,16 +738,18 @@ local function evict_one_delivered(u)
   end
 end
 local out = {epoch}
-local users, order = {}, {}
+local users = {}
+for i = 1, nu do
+  users[i] = {id = ARGV[5 + i * 2], json = ARGV[6 + i * 2], upto = 0, stored = false}
+end
+local first = 7 + nu * 2
 for i = 0, n - 1 do
-  local b = 6 + i * 5
-  local u, c, exp, body = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
-  local seen = users[u]
-  if not seen then
+  local b = first + i * 4
+  local seen, c, exp, body = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
+  local u = seen.id
+  if not seen.dropped then
     drop_expired(u, now)
-    seen = {signal = ARGV[b + 4], upto = 0, stored = false}
-    users[u] = seen
-    table.insert(order, u)
+    seen.dropped = true
   end
   local lk = key(u, 'log')
   if redis.call('ZCARD', lk) >= maxq and not evict_one_delivered(u) then
@@ -757,12 +767,16 @@ for i = 0, n - 1 do
     seen.upto = math.max(seen.upto, exp)
   end
 end
-for _, u in ipairs(order) do
-  local seen = users[u]
+-- One signal for the whole call, naming each user that stored a message once.
+local named = {}
+for _, seen in ipairs(users) do
   if seen.stored then
-    touch(u, seen.upto)
-    redis.call('PUBLISH', P .. 'signals', seen.signal)
+    touch(seen.id, seen.upto)
+    table.insert(named, seen.json)
   end
+end
+if #named > 0 then
+  redis.call('PUBLISH', P .. 'signals', '{"appended":{"users":[' .. table.concat(named, ',') .. ']}}')
 end
 return out
 "#,
@@ -1121,22 +1135,33 @@ impl Storage for RedisStorage {
         max_queue: usize,
     ) -> Result<Appended, StorageError> {
         let count = messages.len();
-        let mut encoded = Vec::with_capacity(count);
+        // Each user once, with their id as JSON text: the script builds the one `Appended`
+        // signal of the call from the users that stored a message.
+        let mut user_index: HashMap<&str, usize> = HashMap::new();
+        let mut users: Vec<(&str, String)> = Vec::new();
+        let mut message_users = Vec::with_capacity(count);
         for m in &messages {
-            let signal = signal_json(Signal::Appended {
-                users: Arc::from([m.user.clone()]),
-            })?;
-            encoded.push((m, entry_body(m), signal));
+            let next = users.len() + 1;
+            let index = *user_index.entry(m.user.as_str()).or_insert(next);
+            if index == next {
+                users.push((m.user.as_str(), json_string(m.user.as_str())?));
+            }
+            message_users.push(index);
         }
+        let bodies: Vec<String> = messages.iter().map(entry_body).collect();
         let reply: Vec<String> = self
             .eval(&APPEND, |inv| {
-                inv.arg(max_queue.min(MAX_EXACT as usize)).arg(count);
-                for (m, body, signal) in &encoded {
-                    inv.arg(m.user.as_str())
+                inv.arg(max_queue.min(MAX_EXACT as usize))
+                    .arg(users.len())
+                    .arg(count);
+                for (user, json) in &users {
+                    inv.arg(*user).arg(json.as_str());
+                }
+                for ((m, user), body) in messages.iter().zip(&message_users).zip(&bodies) {
+                    inv.arg(*user)
                         .arg(m.client.as_ref().map_or("", |c| c.as_str()))
                         .arg(m.expires_at.min(MAX_EXACT))
-                        .arg(body.as_str())
-                        .arg(signal.as_str());
+                        .arg(body.as_str());
                 }
             })
             .await?;
