@@ -865,3 +865,89 @@ async fn signals_built_in_scripts_decode_exactly_whatever_the_ids() {
     })
     .await;
 }
+
+/// Redis's `used_memory`, in bytes.
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .expect("info memory");
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:")?.trim().parse().ok())
+        .expect("INFO memory tells used_memory")
+}
+
+#[tokio::test]
+async fn a_fan_out_stores_its_payload_once() {
+    // Its own server, so that no other test's keys move the figure.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    storage.epoch().await.expect("epoch");
+    let big = format!("\"{}\"", "x".repeat(1 << 20));
+    let data: Arc<RawValue> = Arc::from(RawValue::from_string(big.clone()).expect("JSON"));
+    let fan_out: Vec<NewMessage> = (0..200)
+        .map(|u| NewMessage {
+            data: data.clone(),
+            ..message(&format!("user{u}"), "big", LONG)
+        })
+        .collect();
+    let before = used_memory(&mut conn).await;
+    let a = storage.append(fan_out, 10).await.expect("append");
+    let at_once = used_memory(&mut conn).await - before;
+    // The connection that sent the megabyte keeps a query buffer that large until Redis
+    // trims it (a cron, within seconds): client memory, not stored data. Wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut grown = at_once;
+    while grown >= 2 << 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        grown = used_memory(&mut conn).await - before;
+    }
+    println!(
+        "one 1 MB message to 200 users: used_memory grew by {at_once} bytes at once \
+         (the query buffer included), {grown} bytes once Redis trimmed that buffer"
+    );
+    assert!(
+        at_once < 3 << 20 && grown < 3 << 20,
+        "one 1 MB message to 200 users took {at_once} then {grown} bytes"
+    );
+    assert!(
+        a.outcomes
+            .iter()
+            .all(|o| matches!(o, AppendOutcome::Stored(_)))
+    );
+
+    // Every recipient reads it whole, and one batch carries the payload once for two entries.
+    for u in [0, 199] {
+        let batch = storage
+            .fetch(request(&format!("user{u}"), "tab1", None))
+            .await
+            .expect("fetch");
+        assert_eq!(batch.messages.len(), 1);
+        assert_eq!(&*batch.messages[0].event, "big");
+        assert_eq!(batch.messages[0].data.get(), big);
+    }
+    let twice = vec![
+        NewMessage {
+            data: data.clone(),
+            ..message("ann", "big", LONG)
+        },
+        NewMessage {
+            data,
+            ..message("ann", "big", LONG)
+        },
+    ];
+    storage.append(twice, 10).await.expect("append");
+    let batch = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    assert_eq!(batch.messages.len(), 2);
+    assert!(
+        Arc::ptr_eq(&batch.messages[0].data, &batch.messages[1].data),
+        "a payload came twice in one batch"
+    );
+}

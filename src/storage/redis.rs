@@ -32,10 +32,20 @@
 //! | `{P}c:CLIENT:USER:rooms` | set     | the rooms the client is in                             |
 //! | `{P}room:ROOM`           | set     | the room's members (no TTL: until its members leave)   |
 //! | `{P}d:CLIENT:ID:USER`    | string  | dedup record: `p` (in progress) or `d` + the outcome   |
+//! | `{P}p:ID`                | string  | a payload shared by the entries of one fan-out         |
 //!
 //! A log entry is `pos:expires_at:client:`, the namespace's byte length, `:`, the namespace,
-//! `:`, the event's byte length, `:`, the event and the JSON payload, so the scripts can filter
-//! and expire without touching the payload.
+//! `:`, then the event's byte length, `:`, the event and the JSON payload, so the scripts can
+//! filter and expire without touching the payload.
+//!
+//! **A fan-out stores its payload once.** The messages of one append call that share a payload
+//! (the same `data` `Arc`, event and namespace, as simpleio builds a fan-out) end their entries
+//! with `*ID` instead of the event and payload, which are written once to `{P}p:ID` (ID: 16
+//! random characters), expiring a grace after the latest expiry of those entries. A fetch
+//! returns each payload it needs once, however many of its entries refer to it. A payload key
+//! outlives entries removed before their expiry (delivered and evicted): memory is bounded by
+//! the expiry, not by delivery. An entry whose payload key is gone (only an eviction policy
+//! removes one early) is skipped, as if expired.
 //!
 //! **Presence.** `{P}presence` is the authority on which client records exist: a fetch, or a
 //! `join`/`set_data` on a client never seen, adds the client with its seen-until; `reap` takes
@@ -83,7 +93,7 @@ use super::{
     Epoch, FetchBatch, FetchRequest, Member, NewMessage, Signal, Storage, StorageError,
     StoredMessage,
 };
-use crate::id::{ClientId, UserId};
+use crate::id::{ClientId, UserId, random_token};
 
 /// How many signals a slow subscriber may fall behind before it is told to resync.
 const SIGNAL_CAPACITY: usize = 4096;
@@ -105,6 +115,9 @@ const REAP_BATCH: usize = 500;
 /// Positions, cursors and times are Lua numbers (doubles) inside the scripts: anything above
 /// this would lose precision, so inputs are clamped to it. Real positions are far below it.
 const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// The length of a shared payload's random id (`{P}p:ID`): 96 bits, never reused by chance.
+const PAYLOAD_ID_LEN: usize = 16;
 
 /// How often the pub/sub connection is pinged: a connection that died without a FIN (a NAT or a
 /// firewall dropped it) is only noticed by a request that gets no answer.
@@ -429,16 +442,63 @@ fn reap_grace(presence_ttl: Duration) -> u64 {
     millis(REAP_GRACE.max(presence_ttl.saturating_mul(2)))
 }
 
-/// What follows `pos:expires_at:client:` in a log entry (see the module docs).
+/// What follows `pos:expires_at:client:` in a log entry that holds its payload (see the
+/// module docs): the namespace, then [`payload_value`].
 fn entry_body(m: &NewMessage) -> String {
-    format!(
-        "{}:{}:{}:{}{}",
-        m.namespace.len(),
-        m.namespace,
-        m.event.len(),
-        m.event,
-        m.data.get()
-    )
+    format!("{}:{}:{}", m.namespace.len(), m.namespace, payload_value(m))
+}
+
+/// The event and the JSON payload of a message, as a log entry or a payload key holds them.
+fn payload_value(m: &NewMessage) -> String {
+    format!("{}:{}{}", m.event.len(), m.event, m.data.get())
+}
+
+/// The body of a log entry (see [`entry_body`]) and the index (from 1) of the shared payload
+/// it refers to, or 0.
+type EntryBody = (usize, String);
+
+/// A shared payload: its id, and its value (see [`payload_value`]).
+type SharedPayload = (String, String);
+
+/// The bodies of a call's log entries, and the payloads they share.
+///
+/// Messages that share a payload (the same `data` `Arc`, event and namespace: how simpleio
+/// builds a fan-out) and are more than one refer to one payload key, `nslen:ns:*ID`; a payload
+/// used once stays in its entry, which saves a key.
+fn share_payloads(messages: &[NewMessage]) -> (Vec<EntryBody>, Vec<SharedPayload>) {
+    // The `Arc`'s address names the payload: every message, hence every `Arc`, is alive for
+    // the whole call, so no address is reused meanwhile.
+    fn identity(m: &NewMessage) -> (usize, &str, &str) {
+        (
+            Arc::as_ptr(&m.data) as *const u8 as usize,
+            &m.event,
+            &m.namespace,
+        )
+    }
+    let mut uses: HashMap<(usize, &str, &str), usize> = HashMap::new();
+    for m in messages {
+        *uses.entry(identity(m)).or_default() += 1;
+    }
+    // A shared payload's index, and its entries' body, once it has one.
+    let mut assigned: HashMap<(usize, &str, &str), (usize, String)> = HashMap::new();
+    let mut payloads = Vec::new();
+    let bodies = messages
+        .iter()
+        .map(|m| {
+            let id = identity(m);
+            if uses.get(&id).copied().unwrap_or(0) < 2 {
+                return (0, entry_body(m));
+            }
+            let (index, body) = assigned.entry(id).or_insert_with(|| {
+                let key = random_token(PAYLOAD_ID_LEN);
+                let body = format!("{}:{}:*{key}", m.namespace.len(), m.namespace);
+                payloads.push((key, payload_value(m)));
+                (payloads.len(), body)
+            });
+            (*index, body.clone())
+        })
+        .collect();
+    (bodies, payloads)
 }
 
 /// Splits `len:` + `len` bytes off `s`: a length-prefixed field and the rest after it.
@@ -451,9 +511,42 @@ fn prefixed(s: &str) -> Option<(&str, &str)> {
     Some((rest.get(..len)?, rest.get(len..)?))
 }
 
-/// Decodes a log entry: `pos:expires_at:client:ns_len:ns:event_len:event` followed by the JSON
-/// payload.
-fn parse_entry(entry: String) -> Result<StoredMessage, StorageError> {
+/// An event and its payload, decoded once per fetch and shared by the messages that use it.
+type Payload = (Arc<str>, Arc<RawValue>);
+
+/// Decodes `event_len:event` followed by the JSON payload.
+fn parse_payload(s: &str) -> Option<Payload> {
+    let (event, data) = prefixed(s)?;
+    let data = RawValue::from_string(data.to_owned()).ok()?;
+    Some((event.into(), Arc::from(data)))
+}
+
+/// Decodes the shared payloads at the head of a fetch reply: their number, then id and value
+/// of each.
+fn parse_payloads(
+    reply: &mut impl Iterator<Item = String>,
+) -> Result<HashMap<String, Payload>, StorageError> {
+    let n = parse_u64(
+        &reply.next().ok_or_else(|| corrupt("no payload count"))?,
+        "a payload count",
+    )?;
+    let mut payloads = HashMap::new();
+    for _ in 0..n {
+        let (Some(id), Some(value)) = (reply.next(), reply.next()) else {
+            return Err(corrupt("a shared payload"));
+        };
+        let payload = parse_payload(&value).ok_or_else(|| corrupt("a shared payload"))?;
+        payloads.insert(id, payload);
+    }
+    Ok(payloads)
+}
+
+/// Decodes a log entry: `pos:expires_at:client:ns_len:ns:`, then `event_len:event` followed
+/// by the JSON payload, or `*ID` for the shared payload `ID` (in `shared`).
+fn parse_entry(
+    entry: &str,
+    shared: &HashMap<String, Payload>,
+) -> Result<StoredMessage, StorageError> {
     let bad = || corrupt("a log entry");
     let mut parts = entry.splitn(4, ':');
     let pos = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
@@ -462,13 +555,16 @@ fn parse_entry(entry: String) -> Result<StoredMessage, StorageError> {
     let rest = parts.next().ok_or_else(bad)?;
     let (ns, rest) = prefixed(rest).ok_or_else(bad)?;
     let rest = rest.strip_prefix(':').ok_or_else(bad)?;
-    let (event, data) = prefixed(rest).ok_or_else(bad)?;
-    let data = RawValue::from_string(data.to_owned()).map_err(|_| bad())?;
+    let (event, data) = match rest.strip_prefix('*') {
+        Some(id) => shared.get(id).cloned(),
+        None => parse_payload(rest),
+    }
+    .ok_or_else(bad)?;
     Ok(StoredMessage {
         pos,
         ns: ns.into(),
-        event: event.into(),
-        data: Arc::from(data),
+        event,
+        data,
     })
 }
 
@@ -613,10 +709,14 @@ local function member(u, c)
 end
 local function mkey(m, what) return P .. m .. ':' .. what end
 local function key(u, what) return P .. 'u:' .. u .. ':' .. what end
--- pos, expires_at, client ('' for all) and namespace of a log entry.
+-- pos, expires_at, client ('' for all) and namespace of a log entry, and the id of its shared
+-- payload (`{P}p:ID`) if it refers to one.
 local function parse(entry)
   local pos, exp, client, nslen, at = string.match(entry, '^(%d+):(%d+):([%w_%-]*):(%d+):()')
-  return tonumber(pos), tonumber(exp), client, string.sub(entry, at, at + tonumber(nslen) - 1)
+  local after = at + tonumber(nslen)
+  local shared
+  if string.sub(entry, after, after + 1) == ':*' then shared = string.sub(entry, after + 2) end
+  return tonumber(pos), tonumber(exp), client, string.sub(entry, at, after - 1), shared
 end
 -- The cursor by which client `c` confirms its own messages in `ns`: 0 unless it reads `ns`.
 local function client_confirmed(u, c, ns)
@@ -686,17 +786,18 @@ fn source(body: &str) -> String {
 /// `ARGV[4]`: nothing. Returns the epoch.
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
-/// `ARGV[4]` max_queue, `[5]` nu, `[6]` n, then two per user: its id and its id as JSON text,
-/// then four per message: the index of its user (from 1), client (or ''), expires_at, body
-/// (see [`entry_body`]). Publishes one `Appended` naming each user that stored a message.
-/// Returns the epoch, then per message its position or 'full'.
+/// `ARGV[4]` max_queue, `[5]` nu, `[6]` np, `[7]` n, then two per user: its id and its id as
+/// JSON text; two per shared payload: its id and value (see [`share_payloads`]); five per
+/// message: the index of its user (from 1), client (or ''), expires_at, the index of its shared
+/// payload (from 1, or 0), body. Publishes one `Appended` naming each user that stored a
+/// message. Returns the epoch, then per message its position or 'full'.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
 local epoch = current_epoch()
 local maxq = tonumber(ARGV[4])
-local nu, n = tonumber(ARGV[5]), tonumber(ARGV[6])
+local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
 -- client once that client's cursor does while it reads the namespace. No cursor is above the
 -- highest watermark, so the search for one to evict stops there.
@@ -740,12 +841,19 @@ end
 local out = {epoch}
 local users = {}
 for i = 1, nu do
-  users[i] = {id = ARGV[5 + i * 2], json = ARGV[6 + i * 2], upto = 0, stored = false}
+  users[i] = {id = ARGV[6 + i * 2], json = ARGV[7 + i * 2], upto = 0, stored = false}
 end
-local first = 7 + nu * 2
+-- A shared payload is written once, if a message stored uses it, to expire with the last of
+-- them: its entries are gone by then (expired), unless they went earlier.
+local shared = {}
+for j = 1, np do
+  shared[j] = {id = ARGV[6 + nu * 2 + j * 2], value = ARGV[7 + nu * 2 + j * 2], upto = 0}
+end
+local first = 8 + nu * 2 + np * 2
 for i = 0, n - 1 do
-  local b = first + i * 4
-  local seen, c, exp, body = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
+  local b = first + i * 5
+  local seen, c, exp = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2])
+  local payload, body = shared[tonumber(ARGV[b + 3])], ARGV[b + 4]
   local u = seen.id
   if not seen.dropped then
     drop_expired(u, now)
@@ -765,6 +873,14 @@ for i = 0, n - 1 do
     table.insert(out, str(pos))
     seen.stored = true
     seen.upto = math.max(seen.upto, exp)
+    if payload then payload.upto = math.max(payload.upto, exp) end
+  end
+end
+for _, payload in ipairs(shared) do
+  if payload.upto > 0 then
+    local pk = P .. 'p:' .. payload.id
+    redis.call('SET', pk, payload.value)
+    redis.call('PEXPIREAT', pk, str(payload.upto + GRACE_MS))
   end
 end
 -- One signal for the whole call, naming each user that stored a message once.
@@ -786,8 +902,9 @@ return out
 /// `ARGV[4]` user, `[5]` client, `[6]` '1' if a cursor was sent, `[7]` its epoch, `[8]` its
 /// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` reap grace (ms), `[12]` the
 /// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` n, then the n
-/// namespaces read. Returns the epoch, the new cursor,
-/// the arrival ('online', 'arrived' or ''), then the entries read.
+/// namespaces read. Returns the epoch, the new cursor, the arrival ('online', 'arrived' or ''),
+/// the number of shared payloads, then two per payload (its id and value), each once, then the
+/// entries read.
 static FETCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -860,7 +977,7 @@ else
 end
 redis.call('HSET', rk, 'ns', cjson.encode(nsl))
 
-local messages = {}
+local messages, payloads, shared = {}, {}, {}
 local cursor = math.max(start, head)
 local last_read = start
 local offset = 0
@@ -874,10 +991,21 @@ while not full do
       full = true
       break
     end
-    local pos, _, to, ns = parse(entry)
+    local pos, _, to, ns, id = parse(entry)
     if (to == '' or to == c) and wanted[ns] then
-      table.insert(messages, entry)
-      last_read = pos
+      -- Each shared payload once per batch. One that is gone (an eviction policy took it)
+      -- takes its entries with it: they are skipped, as if expired.
+      if id and payloads[id] == nil then
+        payloads[id] = redis.call('GET', P .. 'p:' .. id)
+        if payloads[id] then
+          table.insert(shared, id)
+          table.insert(shared, payloads[id])
+        end
+      end
+      if not id or payloads[id] then
+        table.insert(messages, entry)
+        last_read = pos
+      end
     end
   end
   offset = offset + #chunk
@@ -898,7 +1026,8 @@ if advanced then
     .. ARGV[12] .. ',"cursor":' .. str(confirmed_at) .. '}}')
 end
 
-local out = {epoch, str(cursor), arrival}
+local out = {epoch, str(cursor), arrival, str(#shared / 2)}
+for _, v in ipairs(shared) do table.insert(out, v) end
 for _, entry in ipairs(messages) do table.insert(out, entry) end
 return out
 "#,
@@ -1148,19 +1277,25 @@ impl Storage for RedisStorage {
             }
             message_users.push(index);
         }
-        let bodies: Vec<String> = messages.iter().map(entry_body).collect();
+        let (bodies, payloads) = share_payloads(&messages);
         let reply: Vec<String> = self
             .eval(&APPEND, |inv| {
                 inv.arg(max_queue.min(MAX_EXACT as usize))
                     .arg(users.len())
+                    .arg(payloads.len())
                     .arg(count);
                 for (user, json) in &users {
                     inv.arg(*user).arg(json.as_str());
                 }
-                for ((m, user), body) in messages.iter().zip(&message_users).zip(&bodies) {
+                for (id, value) in &payloads {
+                    inv.arg(id.as_str()).arg(value.as_str());
+                }
+                for ((m, user), (payload, body)) in messages.iter().zip(&message_users).zip(&bodies)
+                {
                     inv.arg(*user)
                         .arg(m.client.as_ref().map_or("", |c| c.as_str()))
                         .arg(m.expires_at.min(MAX_EXACT))
+                        .arg(*payload)
                         .arg(body.as_str());
                 }
             })
@@ -1228,7 +1363,10 @@ impl Storage for RedisStorage {
             }),
             _ => return Err(corrupt("an arrival")),
         };
-        let messages = reply.map(parse_entry).collect::<Result<Vec<_>, _>>()?;
+        let shared = parse_payloads(&mut reply)?;
+        let messages = reply
+            .map(|entry| parse_entry(&entry, &shared))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(FetchBatch {
             epoch,
             cursor,
@@ -1469,19 +1607,58 @@ mod tests {
     fn entries_decode_with_colons_in_the_namespace_event_and_data() {
         let body = entry_body(&new_message("/a:1", "a:b:c", r#"{"x":":"}"#));
         assert_eq!(body, r#"4:/a:1:5:a:b:c{"x":":"}"#);
-        let m = parse_entry(format!("1700000000000001:1700000600000:tab-1:{body}"))
-            .expect("valid entry");
+        let none = HashMap::new();
+        let m = parse_entry(
+            &format!("1700000000000001:1700000600000:tab-1:{body}"),
+            &none,
+        )
+        .expect("valid entry");
         assert_eq!(m.pos, 1_700_000_000_000_001);
         assert_eq!(&*m.ns, "/a:1");
         assert_eq!(&*m.event, "a:b:c");
         assert_eq!(m.data.get(), r#"{"x":":"}"#);
-        let m = parse_entry(format!("1:2::{}", entry_body(&new_message("/", "", "1"))))
-            .expect("valid entry");
+        let m = parse_entry(
+            &format!("1:2::{}", entry_body(&new_message("/", "", "1"))),
+            &none,
+        )
+        .expect("valid entry");
         assert_eq!((&*m.ns, &*m.event, m.data.get()), ("/", "", "1"));
     }
 
     #[test]
+    fn a_fan_out_refers_its_entries_to_one_payload() {
+        let shared = new_message("/chat", "say", r#"{"t":"hi"}"#);
+        let mut to_bob = shared.clone();
+        to_bob.user = UserId::from("bob");
+        // Equal but not the same `Arc`: not known to be one fan-out, so not shared.
+        let mut lookalike = shared.clone();
+        lookalike.data = Arc::from(RawValue::from_string(r#"{"t":"hi"}"#.into()).expect("JSON"));
+        let mut other_event = shared.clone();
+        other_event.event = "shout".into();
+        let (bodies, payloads) = share_payloads(&[shared, to_bob, lookalike, other_event]);
+        assert_eq!(payloads.len(), 1);
+        let (id, value) = &payloads[0];
+        assert_eq!(id.len(), PAYLOAD_ID_LEN);
+        assert_eq!(value, r#"3:say{"t":"hi"}"#);
+        let reference = format!("5:/chat:*{id}");
+        assert_eq!(bodies[0], (1, reference.clone()));
+        assert_eq!(bodies[1], (1, reference.clone()));
+        assert_eq!(bodies[2], (0, r#"5:/chat:3:say{"t":"hi"}"#.to_owned()));
+        assert_eq!(bodies[3], (0, r#"5:/chat:5:shout{"t":"hi"}"#.to_owned()));
+
+        let mut known = HashMap::new();
+        known.insert(id.clone(), parse_payload(value).expect("payload"));
+        let a = parse_entry(&format!("7:9::{reference}"), &known).expect("entry");
+        let b = parse_entry(&format!("8:9:tab1:{reference}"), &known).expect("entry");
+        assert_eq!((a.pos, &*a.ns, &*a.event), (7, "/chat", "say"));
+        assert_eq!(b.data.get(), r#"{"t":"hi"}"#);
+        assert!(Arc::ptr_eq(&a.data, &b.data), "one payload decoded twice");
+    }
+
+    #[test]
     fn broken_entries_are_corrupt_not_panics() {
+        let mut shared = HashMap::new();
+        shared.insert("known".to_owned(), parse_payload("0:1").expect("payload"));
         for bad in [
             "",
             "1:2:c",
@@ -1493,9 +1670,11 @@ mod tests {
             "1:2::1:/:0:{",
             "1:2::-1:/:1:a1",
             "1:2::1:/:+1:a1",
+            "1:2::1:/:*missing",
+            "1:2::1:/*known",
         ] {
             assert!(
-                matches!(parse_entry(bad.into()), Err(StorageError::Corrupt(_))),
+                matches!(parse_entry(bad, &shared), Err(StorageError::Corrupt(_))),
                 "{bad:?} was accepted"
             );
         }
