@@ -21,7 +21,8 @@
 //! | `{P}presence`            | zset    | every client record, `c:CLIENT:USER` → seen until (ms) |
 //! | `{P}live`                | zset    | user → the latest seen-until of their polled clients   |
 //! | `{P}u:USER:log`          | zset    | the user's messages: score = position, member = entry  |
-//! | `{P}u:USER:exp`          | zset    | position → `expires_at`, to find expired entries fast  |
+//! | `{P}u:USER:exp`          | zset    | entry name (below) → `expires_at`, to expire fast      |
+//! | `{P}u:USER:ix`           | zset    | entry names, all scored 0: read by lexical range       |
 //! | `{P}u:USER:meta`         | hash    | `last` position given, `until` (below)                 |
 //! | `{P}u:USER:wm`           | hash    | namespace → the user's watermark in it                 |
 //! | `{P}u:USER:live`         | zset    | client that polled (and was not reaped) → seen until   |
@@ -37,6 +38,17 @@
 //! A log entry is `pos:expires_at:client:`, the namespace's byte length, `:`, the namespace,
 //! `:`, then the event's byte length, `:`, the event and the JSON payload, so the scripts can
 //! filter and expire without touching the payload.
+//!
+//! **No script walks the history.** An entry's *name* is `nslen:ns:client:` and its position
+//! in 16 digits, so in `{P}u:USER:ix` the entries of one namespace addressed to one client (or
+//! to the user, client empty) are one lexical range, in position order. A fetch reads the
+//! ranges of its namespaces, for the user and for itself, from its cursor on, and never looks
+//! at entries of other namespaces or clients; a new client finds its earliest message in the
+//! same way. Expired entries are found by `exp`, and each one costs its removal; an append
+//! removes at most its own number of messages plus `EXPIRE_SLACK` per user, so a mass expiry
+//! is cleared over several calls (a fetch removes all its user's, before reading). An append
+//! into a full log looks at no more than `EVICT_SCAN` undelivered entries per user for a
+//! delivered one to evict.
 //!
 //! **A fan-out stores its payload once.** The messages of one append call that share a payload
 //! (the same `data` `Arc`, event and namespace, as simpleio builds a fan-out) end their entries
@@ -59,7 +71,7 @@
 //! reported), so it does not arrive again either.
 //!
 //! **Memory stays bounded.** A log never holds more than `max_queue` entries, and expired
-//! entries go on the next append or fetch of their user. Every key but the epoch and the room
+//! entries go on the next fetch of their user (and, a call's worth at a time, on appends). Every key but the epoch and the room
 //! keys carries an absolute expiry, a safety net behind `reap`: a client's keys expire a grace
 //! after its seen-until (the longer of [`REAP_GRACE`] and twice the presence TTL, while every
 //! node reaps every quarter of the presence TTL), the global zsets a grace after their newest
@@ -111,6 +123,21 @@ const REAP_GRACE: Duration = Duration::from_secs(600);
 /// The most clients one reap script removes; `reap` runs it again while it finds more, so that
 /// one script never blocks Redis for long.
 const REAP_BATCH: usize = 500;
+
+/// The most undelivered log entries one append call looks at, per user, for a delivered one
+/// to evict from a full log (from the oldest on). A log whose delivered entries all lie behind
+/// more undelivered ones than this refuses new messages ([`AppendOutcome::QueueFull`]) until
+/// those expire, rather than search the whole log.
+const EVICT_SCAN: usize = 64;
+
+/// How many expired entries an append removes per user beyond one per message it appends:
+/// the work is bounded by the call's size, and a mass expiry is cleared over several calls
+/// (fetches clear their own user's, all of them, before reading).
+const EXPIRE_SLACK: usize = 64;
+
+/// An append moves its users' key expiries in steps this long (later, never earlier, than
+/// needed), so that a busy user's keys get new expiries once a step rather than per message.
+const EXPIRY_STEP: Duration = Duration::from_secs(10);
 
 /// Positions, cursors and times are Lua numbers (doubles) inside the scripts: anything above
 /// this would lose precision, so inputs are clamped to it. Real positions are far below it.
@@ -727,26 +754,62 @@ local function client_confirmed(u, c, ns)
   end
   return 0
 end
-local function drop_expired(u, now)
+-- An entry's name in the user's `ix` and `exp`: namespace, client and position, sorted by
+-- them, so that a prefix `nslen:ns:client:` names the entries of one namespace to one client
+-- (or to the user, client ''), in position order. Positions are below 2^53: 16 digits.
+local function ixm(ns, c, pos) return #ns .. ':' .. ns .. ':' .. c .. ':' .. string.format('%016.0f', pos) end
+local function ix_prefix(ns, c) return #ns .. ':' .. ns .. ':' .. c .. ':' end
+-- namespace, client and position of an `ixm` name.
+local function parse_ixm(m)
+  local nslen, at = string.match(m, '^(%d+):()')
+  local after = at + tonumber(nslen)
+  local c, pos = string.match(string.sub(m, after + 1), '^([%w_%-]*):(%d+)$')
+  return string.sub(m, at, after - 1), c, tonumber(pos)
+end
+-- The entries of `ix` under `prefix` after position `after`, at most `limit`, as positions.
+local function ix_after(ik, prefix, after, limit)
+  local got = redis.call('ZRANGEBYLEX', ik, '(' .. prefix .. string.format('%016.0f', after),
+    '(' .. prefix .. ';', 'LIMIT', 0, limit)
+  local out = {}
+  for i, m in ipairs(got) do out[i] = tonumber(string.sub(m, -16)) end
+  return out
+end
+-- Removes one entry with its index names.
+local function remove_entry(u, ns, c, pos)
+  local m = ixm(ns, c, pos)
+  redis.call('ZREMRANGEBYSCORE', key(u, 'log'), str(pos), str(pos))
+  redis.call('ZREM', key(u, 'ix'), m)
+  redis.call('ZREM', key(u, 'exp'), m)
+end
+-- Removes up to `most` expired entries, those expiring first: the work is what it removes.
+local function drop_expired(u, now, most)
   local ek = key(u, 'exp')
-  local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', str(now))
+  local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', str(now), 'LIMIT', 0, most)
   if #gone == 0 then return end
-  local lk = key(u, 'log')
-  for _, p in ipairs(gone) do redis.call('ZREMRANGEBYSCORE', lk, p, p) end
-  redis.call('ZREMRANGEBYSCORE', ek, '-inf', str(now))
+  local lk, ik = key(u, 'log'), key(u, 'ix')
+  for _, m in ipairs(gone) do
+    local _, _, pos = parse_ixm(m)
+    redis.call('ZREMRANGEBYSCORE', lk, str(pos), str(pos))
+    redis.call('ZREM', ik, m)
+  end
+  -- They are the lowest scores of `exp`.
+  redis.call('ZREMRANGEBYRANK', ek, 0, #gone - 1)
 end
 -- Every user key but `rooms` expires together once nothing needs it: past `t` (the latest
 -- message expiry or client record expiry seen so far) plus a grace. Keys created since the
 -- last call get it too.
+-- Marks the user as having more than a log (`k`: clients, watermarks, data), so that an
+-- append knows to keep those keys too.
 local function touch(u, t)
   local mk = key(u, 'meta')
-  local upto = num(redis.call('HGET', mk, 'until'))
-  if t > upto then
-    upto = t
-    redis.call('HSET', mk, 'until', str(upto))
+  local got = redis.call('HMGET', mk, 'until', 'k')
+  local upto = num(got[1])
+  if t > upto or not got[2] then
+    upto = math.max(t, upto)
+    redis.call('HSET', mk, 'until', str(upto), 'k', '1')
   end
   local at = str(upto + GRACE_MS)
-  for _, what in ipairs({'log', 'exp', 'meta', 'wm', 'live', 'data'}) do
+  for _, what in ipairs({'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}) do
     redis.call('PEXPIREAT', key(u, what), at)
   end
 end
@@ -780,7 +843,11 @@ fn script(body: &str) -> Script {
 }
 
 fn source(body: &str) -> String {
-    format!("{PRELUDE}{body}").replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string())
+    format!("{PRELUDE}{body}")
+        .replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string())
+        .replace("EVICT_SCAN", &EVICT_SCAN.to_string())
+        .replace("EXPIRE_SLACK", &EXPIRE_SLACK.to_string())
+        .replace("EXPIRY_STEP_MS", &EXPIRY_STEP.as_millis().to_string())
 }
 
 /// `ARGV[4]`: nothing. Returns the epoch.
@@ -800,48 +867,57 @@ local maxq = tonumber(ARGV[4])
 local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
 -- client once that client's cursor does while it reads the namespace. No cursor is above the
--- highest watermark, so the search for one to evict stops there.
-local function evict_one_delivered(u)
-  local lk = key(u, 'log')
-  local pairs_ = redis.call('HGETALL', key(u, 'wm'))
-  local wm, bound = {}, 0
-  for i = 1, #pairs_, 2 do
-    local w = tonumber(pairs_[i + 1])
-    wm[pairs_[i]] = w
-    if w > bound then bound = w end
+-- highest watermark, so the search for one to evict stops there. The search goes from the
+-- oldest entry on, and looks at no more than EVICT_SCAN undelivered entries per user and call:
+-- what it passed stays undelivered within the call, so each search resumes where the last
+-- one stopped, and a log whose delivered entries lie behind more undelivered ones than that
+-- refuses the message (QueueFull) until they expire.
+local function evict_one_delivered(seen)
+  local u = seen.id
+  local ev = seen.evict
+  if not ev then
+    local pairs_ = redis.call('HGETALL', key(u, 'wm'))
+    ev = {wm = {}, bound = 0, confirmed = {}, from = '-inf', budget = EVICT_SCAN}
+    for i = 1, #pairs_, 2 do
+      local w = tonumber(pairs_[i + 1])
+      ev.wm[pairs_[i]] = w
+      if w > ev.bound then ev.bound = w end
+    end
+    seen.evict = ev
   end
-  if bound == 0 then return false end
-  local confirmed = {}
-  local offset = 0
-  while true do
-    local chunk = redis.call('ZRANGEBYSCORE', lk, '-inf', str(bound), 'LIMIT', offset, 128)
-    if #chunk == 0 then return false end
+  local lk = key(u, 'log')
+  while ev.budget > 0 and ev.bound > 0 do
+    local chunk = redis.call('ZRANGEBYSCORE', lk, ev.from, str(ev.bound), 'LIMIT', 0, ev.budget)
+    if #chunk == 0 then break end
     for _, entry in ipairs(chunk) do
       local pos, _, c, ns = parse(entry)
+      ev.from = '(' .. str(pos)
       local upto
       if c == '' then
-        upto = wm[ns] or 0
+        upto = ev.wm[ns] or 0
       else
         local k = c .. ':' .. ns
-        upto = confirmed[k]
+        upto = ev.confirmed[k]
         if not upto then
           upto = client_confirmed(u, c, ns)
-          confirmed[k] = upto
+          ev.confirmed[k] = upto
         end
       end
       if upto >= pos then
-        redis.call('ZREM', lk, entry)
-        redis.call('ZREM', key(u, 'exp'), str(pos))
+        remove_entry(u, ns, c, pos)
+        seen.card = seen.card - 1
         return true
       end
+      ev.budget = ev.budget - 1
     end
-    offset = offset + #chunk
   end
+  ev.budget = 0
+  return false
 end
 local out = {epoch}
 local users = {}
 for i = 1, nu do
-  users[i] = {id = ARGV[6 + i * 2], json = ARGV[7 + i * 2], upto = 0, stored = false}
+  users[i] = {id = ARGV[6 + i * 2], json = ARGV[7 + i * 2], upto = 0, stored = false, count = 0}
 end
 -- A shared payload is written once, if a message stored uses it, to expire with the last of
 -- them: its entries are gone by then (expired), unless they went earlier.
@@ -851,26 +927,45 @@ for j = 1, np do
 end
 local first = 8 + nu * 2 + np * 2
 for i = 0, n - 1 do
+  local seen = users[tonumber(ARGV[first + i * 5])]
+  seen.count = seen.count + 1
+end
+-- Per user, what the call needs of its keys is read once, and written back once at the end:
+-- a fan-out costs a few commands per message.
+for i = 0, n - 1 do
   local b = first + i * 5
   local seen, c, exp = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2])
   local payload, body = shared[tonumber(ARGV[b + 3])], ARGV[b + 4]
   local u = seen.id
-  if not seen.dropped then
-    drop_expired(u, now)
-    seen.dropped = true
+  if not seen.last then
+    local got = redis.call('HMGET', key(u, 'meta'), 'last', 'until', 'k')
+    seen.last, seen.until_, seen.more = num(got[1]), num(got[2]), got[3]
+    -- The log, `exp`, `ix` and `meta` expire together: no `last`, no log.
+    if got[1] then
+      -- Enough expired entries to make room for this call's messages, and some more: a mass
+      -- expiry is cleared over several calls, never by one.
+      drop_expired(u, now, seen.count + EXPIRE_SLACK)
+      seen.card = redis.call('ZCARD', key(u, 'log'))
+    else
+      seen.card = 0
+    end
+    seen.was_empty = seen.card == 0
   end
-  local lk = key(u, 'log')
-  if redis.call('ZCARD', lk) >= maxq and not evict_one_delivered(u) then
+  if seen.card >= maxq and not evict_one_delivered(seen) then
     table.insert(out, 'full')
   else
-    local mk = key(u, 'meta')
     -- Clock-based, so positions never start over below a cursor a client still holds, even
     -- after this user's keys expired.
-    local pos = math.max(now * 1000, num(redis.call('HGET', mk, 'last')) + 1)
-    redis.call('HSET', mk, 'last', str(pos))
-    redis.call('ZADD', lk, str(pos), str(pos) .. ':' .. str(exp) .. ':' .. c .. ':' .. body)
-    redis.call('ZADD', key(u, 'exp'), str(exp), str(pos))
-    table.insert(out, str(pos))
+    local pos = math.max(now * 1000, seen.last + 1)
+    seen.last = pos
+    seen.card = seen.card + 1
+    local p = str(pos)
+    redis.call('ZADD', key(u, 'log'), p, p .. ':' .. str(exp) .. ':' .. c .. ':' .. body)
+    local nslen, at = string.match(body, '^(%d+):()')
+    local m = ixm(string.sub(body, at, at + tonumber(nslen) - 1), c, pos)
+    redis.call('ZADD', key(u, 'ix'), 0, m)
+    redis.call('ZADD', key(u, 'exp'), str(exp), m)
+    table.insert(out, p)
     seen.stored = true
     seen.upto = math.max(seen.upto, exp)
     if payload then payload.upto = math.max(payload.upto, exp) end
@@ -883,13 +978,34 @@ for _, payload in ipairs(shared) do
     redis.call('PEXPIREAT', pk, str(payload.upto + GRACE_MS))
   end
 end
+-- A user's keys expire together (see `touch`). `until` moves in steps of EXPIRY_STEP_MS, so
+-- that a user receiving many messages has their expiries moved once a step, not per message;
+-- keys this call created (an empty log) get theirs at once.
+for _, seen in ipairs(users) do
+  if seen.stored then
+    local u = seen.id
+    local mk = key(u, 'meta')
+    local whats
+    if seen.upto > seen.until_ then
+      seen.until_ = math.ceil(seen.upto / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
+      redis.call('HSET', mk, 'last', str(seen.last), 'until', str(seen.until_))
+      if seen.more then
+        whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}
+      else
+        whats = {'log', 'exp', 'ix', 'meta'}
+      end
+    else
+      redis.call('HSET', mk, 'last', str(seen.last))
+      if seen.was_empty then whats = {'log', 'exp', 'ix'} else whats = {} end
+    end
+    local at = str(seen.until_ + GRACE_MS)
+    for _, what in ipairs(whats) do redis.call('PEXPIREAT', key(u, what), at) end
+  end
+end
 -- One signal for the whole call, naming each user that stored a message once.
 local named = {}
 for _, seen in ipairs(users) do
-  if seen.stored then
-    touch(seen.id, seen.upto)
-    table.insert(named, seen.json)
-  end
+  if seen.stored then table.insert(named, seen.json) end
 end
 if #named > 0 then
   redis.call('PUBLISH', P .. 'signals', '{"appended":{"users":[' .. table.concat(named, ',') .. ']}}')
@@ -910,15 +1026,20 @@ static FETCH: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local u, c = ARGV[4], ARGV[5]
 local limit, ttl, grace = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local nsl, wanted = {}, {}
+-- `nsl` as given (recorded, and confirmed in); `distinct` each once (read).
+local nsl, distinct, wanted = {}, {}, {}
 for i = 1, tonumber(ARGV[14]) do
   nsl[i] = ARGV[14 + i]
-  wanted[ARGV[14 + i]] = true
+  if not wanted[nsl[i]] then
+    wanted[nsl[i]] = true
+    table.insert(distinct, nsl[i])
+  end
 end
 local now = now_ms()
 local epoch = current_epoch()
-drop_expired(u, now)
-local lk, wk, lv = key(u, 'log'), key(u, 'wm'), key(u, 'live')
+-- All of them: the index read below must find no expired entry. The work is what it removes.
+drop_expired(u, now, -1)
+local lk, wk, lv, ik = key(u, 'log'), key(u, 'wm'), key(u, 'live'), key(u, 'ix')
 local m = cmember(u, c)
 local rk = mkey(m, 'rec')
 local head = 0
@@ -965,50 +1086,63 @@ else
     if not lowest or w < lowest then lowest = w end
   end
   start = lowest or 0
-  local below = redis.call('ZRANGEBYSCORE', lk, '-inf', str(start))
-  for _, entry in ipairs(below) do
-    local pos, _, to = parse(entry)
-    if to == c then
-      start = math.min(start, pos - 1)
-      break
-    end
+  -- The index names the earliest entry to this client in each namespace, whatever lies below.
+  for _, ns in ipairs(distinct) do
+    local earliest = ix_after(ik, ix_prefix(ns, c), 0, 1)[1]
+    if earliest and earliest <= start then start = earliest - 1 end
   end
   redis.call('HSET', rk, 'cur', str(start))
 end
 redis.call('HSET', rk, 'ns', cjson.encode(nsl))
 
+-- Read through the index: the entries after `start` of each namespace read, to the user and
+-- to this client, at most limit + 1 of each, merged in position order. Entries of other
+-- namespaces and clients are never looked at, so the work is bounded by the batch (times the
+-- namespaces read), however many of them lie in between. The first limit + 1 of the merge
+-- are the log's first matching entries, whatever each list left out.
+local found, truncated = {}, false
+for _, ns in ipairs(distinct) do
+  for _, to in ipairs({'', c}) do
+    local got = ix_after(ik, ix_prefix(ns, to), start, limit + 1)
+    if #got > limit then truncated = true end
+    for _, pos in ipairs(got) do table.insert(found, pos) end
+  end
+end
+table.sort(found)
+
 local messages, payloads, shared = {}, {}, {}
-local cursor = math.max(start, head)
-local last_read = start
-local offset = 0
-local full = false
-while not full do
-  local chunk = redis.call('ZRANGEBYSCORE', lk, '(' .. str(start), '+inf', 'LIMIT', offset, 128)
-  if #chunk == 0 then break end
-  for _, entry in ipairs(chunk) do
-    if #messages >= limit then
-      cursor = last_read
-      full = true
-      break
-    end
-    local pos, _, to, ns, id = parse(entry)
-    if (to == '' or to == c) and wanted[ns] then
-      -- Each shared payload once per batch. One that is gone (an eviction policy took it)
-      -- takes its entries with it: they are skipped, as if expired.
-      if id and payloads[id] == nil then
-        payloads[id] = redis.call('GET', P .. 'p:' .. id)
-        if payloads[id] then
-          table.insert(shared, id)
-          table.insert(shared, payloads[id])
-        end
-      end
-      if not id or payloads[id] then
-        table.insert(messages, entry)
-        last_read = pos
-      end
+local last_read, looked = start, start
+local i = 1
+while i <= #found and #messages < limit do
+  local pos = found[i]
+  local entry = redis.call('ZRANGEBYSCORE', lk, str(pos), str(pos))[1]
+  local id
+  if entry then id = select(5, parse(entry)) end
+  -- Each shared payload once per batch. One that is gone (an eviction policy took it) takes
+  -- its entries with it: they are skipped, as if expired.
+  if id and payloads[id] == nil then
+    payloads[id] = redis.call('GET', P .. 'p:' .. id)
+    if payloads[id] then
+      table.insert(shared, id)
+      table.insert(shared, payloads[id])
     end
   end
-  offset = offset + #chunk
+  if entry and (not id or payloads[id]) then
+    table.insert(messages, entry)
+    last_read = pos
+  end
+  looked = pos
+  i = i + 1
+end
+local cursor
+if i <= #found then
+  -- The limit stopped the read.
+  cursor = last_read
+elseif truncated then
+  -- Skipped entries used up what the index gave: read up to there, the rest next time.
+  cursor = looked
+else
+  cursor = math.max(start, head)
 end
 
 local seen = now + ttl
