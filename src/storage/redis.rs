@@ -21,7 +21,8 @@
 //! | `{P}presence`            | zset    | every client record, `c:CLIENT:USER` → seen until (ms) |
 //! | `{P}live`                | zset    | user → the latest seen-until of their polled clients   |
 //! | `{P}u:USER:log`          | zset    | the user's messages: score = position, member = entry  |
-//! | `{P}u:USER:exp`          | zset    | position → `expires_at`, to find expired entries fast  |
+//! | `{P}u:USER:exp`          | zset    | entry name (below) → `expires_at`, to expire fast      |
+//! | `{P}u:USER:ix`           | zset    | entry names, all scored 0: read by lexical range       |
 //! | `{P}u:USER:meta`         | hash    | `last` position given, `until` (below)                 |
 //! | `{P}u:USER:wm`           | hash    | namespace → the user's watermark in it                 |
 //! | `{P}u:USER:live`         | zset    | client that polled (and was not reaped) → seen until   |
@@ -32,10 +33,31 @@
 //! | `{P}c:CLIENT:USER:rooms` | set     | the rooms the client is in                             |
 //! | `{P}room:ROOM`           | set     | the room's members (no TTL: until its members leave)   |
 //! | `{P}d:CLIENT:ID:USER`    | string  | dedup record: `p` (in progress) or `d` + the outcome   |
+//! | `{P}p:ID`                | string  | a payload shared by the entries of one fan-out         |
 //!
 //! A log entry is `pos:expires_at:client:`, the namespace's byte length, `:`, the namespace,
-//! `:`, the event's byte length, `:`, the event and the JSON payload, so the scripts can filter
-//! and expire without touching the payload.
+//! `:`, then the event's byte length, `:`, the event and the JSON payload, so the scripts can
+//! filter and expire without touching the payload.
+//!
+//! **No script walks the history.** An entry's *name* is `nslen:ns:client:` and its position
+//! in 16 digits, so in `{P}u:USER:ix` the entries of one namespace addressed to one client (or
+//! to the user, client empty) are one lexical range, in position order. A fetch reads the
+//! ranges of its namespaces, for the user and for itself, from its cursor on, and never looks
+//! at entries of other namespaces or clients; a new client finds its earliest message in the
+//! same way. Expired entries are found by `exp`, and each one costs its removal; an append
+//! removes at most its own number of messages plus `EXPIRE_SLACK` per user, so a mass expiry
+//! is cleared over several calls (a fetch removes all its user's, before reading). An append
+//! into a full log looks at no more than `EVICT_SCAN` undelivered entries per user for a
+//! delivered one to evict.
+//!
+//! **A fan-out stores its payload once.** The messages of one append call that share a payload
+//! (the same `data` `Arc`, event and namespace, as simpleio builds a fan-out) end their entries
+//! with `*ID` instead of the event and payload, which are written once to `{P}p:ID` (ID: 16
+//! random characters), expiring a grace after the latest expiry of those entries. A fetch
+//! returns each payload it needs once, however many of its entries refer to it. A payload key
+//! outlives entries removed before their expiry (delivered and evicted): memory is bounded by
+//! the expiry, not by delivery. An entry whose payload key is gone (only an eviction policy
+//! removes one early) is skipped, as if expired.
 //!
 //! **Presence.** `{P}presence` is the authority on which client records exist: a fetch, or a
 //! `join`/`set_data` on a client never seen, adds the client with its seen-until; `reap` takes
@@ -49,7 +71,7 @@
 //! reported), so it does not arrive again either.
 //!
 //! **Memory stays bounded.** A log never holds more than `max_queue` entries, and expired
-//! entries go on the next append or fetch of their user. Every key but the epoch and the room
+//! entries go on the next fetch of their user (and, a call's worth at a time, on appends). Every key but the epoch and the room
 //! keys carries an absolute expiry, a safety net behind `reap`: a client's keys expire a grace
 //! after its seen-until (the longer of [`REAP_GRACE`] and twice the presence TTL, while every
 //! node reaps every quarter of the presence TTL), the global zsets a grace after their newest
@@ -64,6 +86,7 @@
 //! and is removed when the last one is reaped; set on a user with no client, it expires a grace
 //! after the presence TTL.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -82,7 +105,7 @@ use super::{
     Epoch, FetchBatch, FetchRequest, Member, NewMessage, Signal, Storage, StorageError,
     StoredMessage,
 };
-use crate::id::{ClientId, UserId};
+use crate::id::{ClientId, UserId, random_token};
 
 /// How many signals a slow subscriber may fall behind before it is told to resync.
 const SIGNAL_CAPACITY: usize = 4096;
@@ -101,9 +124,27 @@ const REAP_GRACE: Duration = Duration::from_secs(600);
 /// one script never blocks Redis for long.
 const REAP_BATCH: usize = 500;
 
+/// The most undelivered log entries one append call looks at, per user, for a delivered one
+/// to evict from a full log (from the oldest on). A log whose delivered entries all lie behind
+/// more undelivered ones than this refuses new messages ([`AppendOutcome::QueueFull`]) until
+/// those expire, rather than search the whole log.
+const EVICT_SCAN: usize = 64;
+
+/// How many expired entries an append removes per user beyond one per message it appends:
+/// the work is bounded by the call's size, and a mass expiry is cleared over several calls
+/// (fetches clear their own user's, all of them, before reading).
+const EXPIRE_SLACK: usize = 64;
+
+/// An append moves its users' key expiries in steps this long (later, never earlier, than
+/// needed), so that a busy user's keys get new expiries once a step rather than per message.
+const EXPIRY_STEP: Duration = Duration::from_secs(10);
+
 /// Positions, cursors and times are Lua numbers (doubles) inside the scripts: anything above
 /// this would lose precision, so inputs are clamped to it. Real positions are far below it.
 const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// The length of a shared payload's random id (`{P}p:ID`): 96 bits, never reused by chance.
+const PAYLOAD_ID_LEN: usize = 16;
 
 /// How often the pub/sub connection is pinged: a connection that died without a FIN (a NAT or a
 /// firewall dropped it) is only noticed by a request that gets no answer.
@@ -384,6 +425,12 @@ fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("unexpected reply from Redis: {what}"))
 }
 
+/// `s` as a JSON string literal, for the scripts to splice into the signals they build.
+fn json_string(s: &str) -> Result<String, StorageError> {
+    serde_json::to_string(s)
+        .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
+}
+
 fn signal_json(signal: Signal) -> Result<String, StorageError> {
     serde_json::to_string(&signal)
         .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
@@ -422,16 +469,63 @@ fn reap_grace(presence_ttl: Duration) -> u64 {
     millis(REAP_GRACE.max(presence_ttl.saturating_mul(2)))
 }
 
-/// What follows `pos:expires_at:client:` in a log entry (see the module docs).
+/// What follows `pos:expires_at:client:` in a log entry that holds its payload (see the
+/// module docs): the namespace, then [`payload_value`].
 fn entry_body(m: &NewMessage) -> String {
-    format!(
-        "{}:{}:{}:{}{}",
-        m.namespace.len(),
-        m.namespace,
-        m.event.len(),
-        m.event,
-        m.data.get()
-    )
+    format!("{}:{}:{}", m.namespace.len(), m.namespace, payload_value(m))
+}
+
+/// The event and the JSON payload of a message, as a log entry or a payload key holds them.
+fn payload_value(m: &NewMessage) -> String {
+    format!("{}:{}{}", m.event.len(), m.event, m.data.get())
+}
+
+/// The body of a log entry (see [`entry_body`]) and the index (from 1) of the shared payload
+/// it refers to, or 0.
+type EntryBody = (usize, String);
+
+/// A shared payload: its id, and its value (see [`payload_value`]).
+type SharedPayload = (String, String);
+
+/// The bodies of a call's log entries, and the payloads they share.
+///
+/// Messages that share a payload (the same `data` `Arc`, event and namespace: how simpleio
+/// builds a fan-out) and are more than one refer to one payload key, `nslen:ns:*ID`; a payload
+/// used once stays in its entry, which saves a key.
+fn share_payloads(messages: &[NewMessage]) -> (Vec<EntryBody>, Vec<SharedPayload>) {
+    // The `Arc`'s address names the payload: every message, hence every `Arc`, is alive for
+    // the whole call, so no address is reused meanwhile.
+    fn identity(m: &NewMessage) -> (usize, &str, &str) {
+        (
+            Arc::as_ptr(&m.data) as *const u8 as usize,
+            &m.event,
+            &m.namespace,
+        )
+    }
+    let mut uses: HashMap<(usize, &str, &str), usize> = HashMap::new();
+    for m in messages {
+        *uses.entry(identity(m)).or_default() += 1;
+    }
+    // A shared payload's index, and its entries' body, once it has one.
+    let mut assigned: HashMap<(usize, &str, &str), (usize, String)> = HashMap::new();
+    let mut payloads = Vec::new();
+    let bodies = messages
+        .iter()
+        .map(|m| {
+            let id = identity(m);
+            if uses.get(&id).copied().unwrap_or(0) < 2 {
+                return (0, entry_body(m));
+            }
+            let (index, body) = assigned.entry(id).or_insert_with(|| {
+                let key = random_token(PAYLOAD_ID_LEN);
+                let body = format!("{}:{}:*{key}", m.namespace.len(), m.namespace);
+                payloads.push((key, payload_value(m)));
+                (payloads.len(), body)
+            });
+            (*index, body.clone())
+        })
+        .collect();
+    (bodies, payloads)
 }
 
 /// Splits `len:` + `len` bytes off `s`: a length-prefixed field and the rest after it.
@@ -444,9 +538,42 @@ fn prefixed(s: &str) -> Option<(&str, &str)> {
     Some((rest.get(..len)?, rest.get(len..)?))
 }
 
-/// Decodes a log entry: `pos:expires_at:client:ns_len:ns:event_len:event` followed by the JSON
-/// payload.
-fn parse_entry(entry: String) -> Result<StoredMessage, StorageError> {
+/// An event and its payload, decoded once per fetch and shared by the messages that use it.
+type Payload = (Arc<str>, Arc<RawValue>);
+
+/// Decodes `event_len:event` followed by the JSON payload.
+fn parse_payload(s: &str) -> Option<Payload> {
+    let (event, data) = prefixed(s)?;
+    let data = RawValue::from_string(data.to_owned()).ok()?;
+    Some((event.into(), Arc::from(data)))
+}
+
+/// Decodes the shared payloads at the head of a fetch reply: their number, then id and value
+/// of each.
+fn parse_payloads(
+    reply: &mut impl Iterator<Item = String>,
+) -> Result<HashMap<String, Payload>, StorageError> {
+    let n = parse_u64(
+        &reply.next().ok_or_else(|| corrupt("no payload count"))?,
+        "a payload count",
+    )?;
+    let mut payloads = HashMap::new();
+    for _ in 0..n {
+        let (Some(id), Some(value)) = (reply.next(), reply.next()) else {
+            return Err(corrupt("a shared payload"));
+        };
+        let payload = parse_payload(&value).ok_or_else(|| corrupt("a shared payload"))?;
+        payloads.insert(id, payload);
+    }
+    Ok(payloads)
+}
+
+/// Decodes a log entry: `pos:expires_at:client:ns_len:ns:`, then `event_len:event` followed
+/// by the JSON payload, or `*ID` for the shared payload `ID` (in `shared`).
+fn parse_entry(
+    entry: &str,
+    shared: &HashMap<String, Payload>,
+) -> Result<StoredMessage, StorageError> {
     let bad = || corrupt("a log entry");
     let mut parts = entry.splitn(4, ':');
     let pos = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
@@ -455,13 +582,16 @@ fn parse_entry(entry: String) -> Result<StoredMessage, StorageError> {
     let rest = parts.next().ok_or_else(bad)?;
     let (ns, rest) = prefixed(rest).ok_or_else(bad)?;
     let rest = rest.strip_prefix(':').ok_or_else(bad)?;
-    let (event, data) = prefixed(rest).ok_or_else(bad)?;
-    let data = RawValue::from_string(data.to_owned()).map_err(|_| bad())?;
+    let (event, data) = match rest.strip_prefix('*') {
+        Some(id) => shared.get(id).cloned(),
+        None => parse_payload(rest),
+    }
+    .ok_or_else(bad)?;
     Ok(StoredMessage {
         pos,
         ns: ns.into(),
-        event: event.into(),
-        data: Arc::from(data),
+        event,
+        data,
     })
 }
 
@@ -606,10 +736,14 @@ local function member(u, c)
 end
 local function mkey(m, what) return P .. m .. ':' .. what end
 local function key(u, what) return P .. 'u:' .. u .. ':' .. what end
--- pos, expires_at, client ('' for all) and namespace of a log entry.
+-- pos, expires_at, client ('' for all) and namespace of a log entry, and the id of its shared
+-- payload (`{P}p:ID`) if it refers to one.
 local function parse(entry)
   local pos, exp, client, nslen, at = string.match(entry, '^(%d+):(%d+):([%w_%-]*):(%d+):()')
-  return tonumber(pos), tonumber(exp), client, string.sub(entry, at, at + tonumber(nslen) - 1)
+  local after = at + tonumber(nslen)
+  local shared
+  if string.sub(entry, after, after + 1) == ':*' then shared = string.sub(entry, after + 2) end
+  return tonumber(pos), tonumber(exp), client, string.sub(entry, at, after - 1), shared
 end
 -- The cursor by which client `c` confirms its own messages in `ns`: 0 unless it reads `ns`.
 local function client_confirmed(u, c, ns)
@@ -620,26 +754,62 @@ local function client_confirmed(u, c, ns)
   end
   return 0
 end
-local function drop_expired(u, now)
+-- An entry's name in the user's `ix` and `exp`: namespace, client and position, sorted by
+-- them, so that a prefix `nslen:ns:client:` names the entries of one namespace to one client
+-- (or to the user, client ''), in position order. Positions are below 2^53: 16 digits.
+local function ixm(ns, c, pos) return #ns .. ':' .. ns .. ':' .. c .. ':' .. string.format('%016.0f', pos) end
+local function ix_prefix(ns, c) return #ns .. ':' .. ns .. ':' .. c .. ':' end
+-- namespace, client and position of an `ixm` name.
+local function parse_ixm(m)
+  local nslen, at = string.match(m, '^(%d+):()')
+  local after = at + tonumber(nslen)
+  local c, pos = string.match(string.sub(m, after + 1), '^([%w_%-]*):(%d+)$')
+  return string.sub(m, at, after - 1), c, tonumber(pos)
+end
+-- The entries of `ix` under `prefix` after position `after`, at most `limit`, as positions.
+local function ix_after(ik, prefix, after, limit)
+  local got = redis.call('ZRANGEBYLEX', ik, '(' .. prefix .. string.format('%016.0f', after),
+    '(' .. prefix .. ';', 'LIMIT', 0, limit)
+  local out = {}
+  for i, m in ipairs(got) do out[i] = tonumber(string.sub(m, -16)) end
+  return out
+end
+-- Removes one entry with its index names.
+local function remove_entry(u, ns, c, pos)
+  local m = ixm(ns, c, pos)
+  redis.call('ZREMRANGEBYSCORE', key(u, 'log'), str(pos), str(pos))
+  redis.call('ZREM', key(u, 'ix'), m)
+  redis.call('ZREM', key(u, 'exp'), m)
+end
+-- Removes up to `most` expired entries, those expiring first: the work is what it removes.
+local function drop_expired(u, now, most)
   local ek = key(u, 'exp')
-  local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', str(now))
+  local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', str(now), 'LIMIT', 0, most)
   if #gone == 0 then return end
-  local lk = key(u, 'log')
-  for _, p in ipairs(gone) do redis.call('ZREMRANGEBYSCORE', lk, p, p) end
-  redis.call('ZREMRANGEBYSCORE', ek, '-inf', str(now))
+  local lk, ik = key(u, 'log'), key(u, 'ix')
+  for _, m in ipairs(gone) do
+    local _, _, pos = parse_ixm(m)
+    redis.call('ZREMRANGEBYSCORE', lk, str(pos), str(pos))
+    redis.call('ZREM', ik, m)
+  end
+  -- They are the lowest scores of `exp`.
+  redis.call('ZREMRANGEBYRANK', ek, 0, #gone - 1)
 end
 -- Every user key but `rooms` expires together once nothing needs it: past `t` (the latest
 -- message expiry or client record expiry seen so far) plus a grace. Keys created since the
 -- last call get it too.
+-- Marks the user as having more than a log (`k`: clients, watermarks, data), so that an
+-- append knows to keep those keys too.
 local function touch(u, t)
   local mk = key(u, 'meta')
-  local upto = num(redis.call('HGET', mk, 'until'))
-  if t > upto then
-    upto = t
-    redis.call('HSET', mk, 'until', str(upto))
+  local got = redis.call('HMGET', mk, 'until', 'k')
+  local upto = num(got[1])
+  if t > upto or not got[2] then
+    upto = math.max(t, upto)
+    redis.call('HSET', mk, 'until', str(upto), 'k', '1')
   end
   local at = str(upto + GRACE_MS)
-  for _, what in ipairs({'log', 'exp', 'meta', 'wm', 'live', 'data'}) do
+  for _, what in ipairs({'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}) do
     redis.call('PEXPIREAT', key(u, what), at)
   end
 end
@@ -673,96 +843,172 @@ fn script(body: &str) -> Script {
 }
 
 fn source(body: &str) -> String {
-    format!("{PRELUDE}{body}").replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string())
+    format!("{PRELUDE}{body}")
+        .replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string())
+        .replace("EVICT_SCAN", &EVICT_SCAN.to_string())
+        .replace("EXPIRE_SLACK", &EXPIRE_SLACK.to_string())
+        .replace("EXPIRY_STEP_MS", &EXPIRY_STEP.as_millis().to_string())
 }
 
 /// `ARGV[4]`: nothing. Returns the epoch.
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
-/// `ARGV[4]` max_queue, `ARGV[5]` n, then five per message: user, client (or ''), expires_at,
-/// body (see [`entry_body`]), the user's `Appended` signal. Returns the epoch, then per message
-/// its position or 'full'.
+/// `ARGV[4]` max_queue, `[5]` nu, `[6]` np, `[7]` n, then two per user: its id and its id as
+/// JSON text; two per shared payload: its id and value (see [`share_payloads`]); five per
+/// message: the index of its user (from 1), client (or ''), expires_at, the index of its shared
+/// payload (from 1, or 0), body. Publishes one `Appended` naming each user that stored a
+/// message. Returns the epoch, then per message its position or 'full'.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
 local epoch = current_epoch()
 local maxq = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
 -- client once that client's cursor does while it reads the namespace. No cursor is above the
--- highest watermark, so the search for one to evict stops there.
-local function evict_one_delivered(u)
-  local lk = key(u, 'log')
-  local pairs_ = redis.call('HGETALL', key(u, 'wm'))
-  local wm, bound = {}, 0
-  for i = 1, #pairs_, 2 do
-    local w = tonumber(pairs_[i + 1])
-    wm[pairs_[i]] = w
-    if w > bound then bound = w end
+-- highest watermark, so the search for one to evict stops there. The search goes from the
+-- oldest entry on, and looks at no more than EVICT_SCAN undelivered entries per user and call:
+-- what it passed stays undelivered within the call, so each search resumes where the last
+-- one stopped, and a log whose delivered entries lie behind more undelivered ones than that
+-- refuses the message (QueueFull) until they expire.
+local function evict_one_delivered(seen)
+  local u = seen.id
+  local ev = seen.evict
+  if not ev then
+    local pairs_ = redis.call('HGETALL', key(u, 'wm'))
+    ev = {wm = {}, bound = 0, confirmed = {}, from = '-inf', budget = EVICT_SCAN}
+    for i = 1, #pairs_, 2 do
+      local w = tonumber(pairs_[i + 1])
+      ev.wm[pairs_[i]] = w
+      if w > ev.bound then ev.bound = w end
+    end
+    seen.evict = ev
   end
-  if bound == 0 then return false end
-  local confirmed = {}
-  local offset = 0
-  while true do
-    local chunk = redis.call('ZRANGEBYSCORE', lk, '-inf', str(bound), 'LIMIT', offset, 128)
-    if #chunk == 0 then return false end
+  local lk = key(u, 'log')
+  while ev.budget > 0 and ev.bound > 0 do
+    local chunk = redis.call('ZRANGEBYSCORE', lk, ev.from, str(ev.bound), 'LIMIT', 0, ev.budget)
+    if #chunk == 0 then break end
     for _, entry in ipairs(chunk) do
       local pos, _, c, ns = parse(entry)
+      ev.from = '(' .. str(pos)
       local upto
       if c == '' then
-        upto = wm[ns] or 0
+        upto = ev.wm[ns] or 0
       else
         local k = c .. ':' .. ns
-        upto = confirmed[k]
+        upto = ev.confirmed[k]
         if not upto then
           upto = client_confirmed(u, c, ns)
-          confirmed[k] = upto
+          ev.confirmed[k] = upto
         end
       end
       if upto >= pos then
-        redis.call('ZREM', lk, entry)
-        redis.call('ZREM', key(u, 'exp'), str(pos))
+        remove_entry(u, ns, c, pos)
+        seen.card = seen.card - 1
         return true
       end
+      ev.budget = ev.budget - 1
     end
-    offset = offset + #chunk
   end
+  ev.budget = 0
+  return false
 end
 local out = {epoch}
-local users, order = {}, {}
+local users = {}
+for i = 1, nu do
+  users[i] = {id = ARGV[6 + i * 2], json = ARGV[7 + i * 2], upto = 0, stored = false, count = 0}
+end
+-- A shared payload is written once, if a message stored uses it, to expire with the last of
+-- them: its entries are gone by then (expired), unless they went earlier.
+local shared = {}
+for j = 1, np do
+  shared[j] = {id = ARGV[6 + nu * 2 + j * 2], value = ARGV[7 + nu * 2 + j * 2], upto = 0}
+end
+local first = 8 + nu * 2 + np * 2
 for i = 0, n - 1 do
-  local b = 6 + i * 5
-  local u, c, exp, body = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
-  local seen = users[u]
-  if not seen then
-    drop_expired(u, now)
-    seen = {signal = ARGV[b + 4], upto = 0, stored = false}
-    users[u] = seen
-    table.insert(order, u)
+  local seen = users[tonumber(ARGV[first + i * 5])]
+  seen.count = seen.count + 1
+end
+-- Per user, what the call needs of its keys is read once, and written back once at the end:
+-- a fan-out costs a few commands per message.
+for i = 0, n - 1 do
+  local b = first + i * 5
+  local seen, c, exp = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2])
+  local payload, body = shared[tonumber(ARGV[b + 3])], ARGV[b + 4]
+  local u = seen.id
+  if not seen.last then
+    local got = redis.call('HMGET', key(u, 'meta'), 'last', 'until', 'k')
+    seen.last, seen.until_, seen.more = num(got[1]), num(got[2]), got[3]
+    -- The log, `exp`, `ix` and `meta` expire together: no `last`, no log.
+    if got[1] then
+      -- Enough expired entries to make room for this call's messages, and some more: a mass
+      -- expiry is cleared over several calls, never by one.
+      drop_expired(u, now, seen.count + EXPIRE_SLACK)
+      seen.card = redis.call('ZCARD', key(u, 'log'))
+    else
+      seen.card = 0
+    end
+    seen.was_empty = seen.card == 0
   end
-  local lk = key(u, 'log')
-  if redis.call('ZCARD', lk) >= maxq and not evict_one_delivered(u) then
+  if seen.card >= maxq and not evict_one_delivered(seen) then
     table.insert(out, 'full')
   else
-    local mk = key(u, 'meta')
     -- Clock-based, so positions never start over below a cursor a client still holds, even
     -- after this user's keys expired.
-    local pos = math.max(now * 1000, num(redis.call('HGET', mk, 'last')) + 1)
-    redis.call('HSET', mk, 'last', str(pos))
-    redis.call('ZADD', lk, str(pos), str(pos) .. ':' .. str(exp) .. ':' .. c .. ':' .. body)
-    redis.call('ZADD', key(u, 'exp'), str(exp), str(pos))
-    table.insert(out, str(pos))
+    local pos = math.max(now * 1000, seen.last + 1)
+    seen.last = pos
+    seen.card = seen.card + 1
+    local p = str(pos)
+    redis.call('ZADD', key(u, 'log'), p, p .. ':' .. str(exp) .. ':' .. c .. ':' .. body)
+    local nslen, at = string.match(body, '^(%d+):()')
+    local m = ixm(string.sub(body, at, at + tonumber(nslen) - 1), c, pos)
+    redis.call('ZADD', key(u, 'ix'), 0, m)
+    redis.call('ZADD', key(u, 'exp'), str(exp), m)
+    table.insert(out, p)
     seen.stored = true
     seen.upto = math.max(seen.upto, exp)
+    if payload then payload.upto = math.max(payload.upto, exp) end
   end
 end
-for _, u in ipairs(order) do
-  local seen = users[u]
-  if seen.stored then
-    touch(u, seen.upto)
-    redis.call('PUBLISH', P .. 'signals', seen.signal)
+for _, payload in ipairs(shared) do
+  if payload.upto > 0 then
+    local pk = P .. 'p:' .. payload.id
+    redis.call('SET', pk, payload.value)
+    redis.call('PEXPIREAT', pk, str(payload.upto + GRACE_MS))
   end
+end
+-- A user's keys expire together (see `touch`). `until` moves in steps of EXPIRY_STEP_MS, so
+-- that a user receiving many messages has their expiries moved once a step, not per message;
+-- keys this call created (an empty log) get theirs at once.
+for _, seen in ipairs(users) do
+  if seen.stored then
+    local u = seen.id
+    local mk = key(u, 'meta')
+    local whats
+    if seen.upto > seen.until_ then
+      seen.until_ = math.ceil(seen.upto / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
+      redis.call('HSET', mk, 'last', str(seen.last), 'until', str(seen.until_))
+      if seen.more then
+        whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}
+      else
+        whats = {'log', 'exp', 'ix', 'meta'}
+      end
+    else
+      redis.call('HSET', mk, 'last', str(seen.last))
+      if seen.was_empty then whats = {'log', 'exp', 'ix'} else whats = {} end
+    end
+    local at = str(seen.until_ + GRACE_MS)
+    for _, what in ipairs(whats) do redis.call('PEXPIREAT', key(u, what), at) end
+  end
+end
+-- One signal for the whole call, naming each user that stored a message once.
+local named = {}
+for _, seen in ipairs(users) do
+  if seen.stored then table.insert(named, seen.json) end
+end
+if #named > 0 then
+  redis.call('PUBLISH', P .. 'signals', '{"appended":{"users":[' .. table.concat(named, ',') .. ']}}')
 end
 return out
 "#,
@@ -772,22 +1018,28 @@ return out
 /// `ARGV[4]` user, `[5]` client, `[6]` '1' if a cursor was sent, `[7]` its epoch, `[8]` its
 /// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` reap grace (ms), `[12]` the
 /// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` n, then the n
-/// namespaces read. Returns the epoch, the new cursor,
-/// the arrival ('online', 'arrived' or ''), then the entries read.
+/// namespaces read. Returns the epoch, the new cursor, the arrival ('online', 'arrived' or ''),
+/// the number of shared payloads, then two per payload (its id and value), each once, then the
+/// entries read.
 static FETCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local u, c = ARGV[4], ARGV[5]
 local limit, ttl, grace = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local nsl, wanted = {}, {}
+-- `nsl` as given (recorded, and confirmed in); `distinct` each once (read).
+local nsl, distinct, wanted = {}, {}, {}
 for i = 1, tonumber(ARGV[14]) do
   nsl[i] = ARGV[14 + i]
-  wanted[ARGV[14 + i]] = true
+  if not wanted[nsl[i]] then
+    wanted[nsl[i]] = true
+    table.insert(distinct, nsl[i])
+  end
 end
 local now = now_ms()
 local epoch = current_epoch()
-drop_expired(u, now)
-local lk, wk, lv = key(u, 'log'), key(u, 'wm'), key(u, 'live')
+-- All of them: the index read below must find no expired entry. The work is what it removes.
+drop_expired(u, now, -1)
+local lk, wk, lv, ik = key(u, 'log'), key(u, 'wm'), key(u, 'live'), key(u, 'ix')
 local m = cmember(u, c)
 local rk = mkey(m, 'rec')
 local head = 0
@@ -834,39 +1086,63 @@ else
     if not lowest or w < lowest then lowest = w end
   end
   start = lowest or 0
-  local below = redis.call('ZRANGEBYSCORE', lk, '-inf', str(start))
-  for _, entry in ipairs(below) do
-    local pos, _, to = parse(entry)
-    if to == c then
-      start = math.min(start, pos - 1)
-      break
-    end
+  -- The index names the earliest entry to this client in each namespace, whatever lies below.
+  for _, ns in ipairs(distinct) do
+    local earliest = ix_after(ik, ix_prefix(ns, c), 0, 1)[1]
+    if earliest and earliest <= start then start = earliest - 1 end
   end
   redis.call('HSET', rk, 'cur', str(start))
 end
 redis.call('HSET', rk, 'ns', cjson.encode(nsl))
 
-local messages = {}
-local cursor = math.max(start, head)
-local last_read = start
-local offset = 0
-local full = false
-while not full do
-  local chunk = redis.call('ZRANGEBYSCORE', lk, '(' .. str(start), '+inf', 'LIMIT', offset, 128)
-  if #chunk == 0 then break end
-  for _, entry in ipairs(chunk) do
-    if #messages >= limit then
-      cursor = last_read
-      full = true
-      break
-    end
-    local pos, _, to, ns = parse(entry)
-    if (to == '' or to == c) and wanted[ns] then
-      table.insert(messages, entry)
-      last_read = pos
+-- Read through the index: the entries after `start` of each namespace read, to the user and
+-- to this client, at most limit + 1 of each, merged in position order. Entries of other
+-- namespaces and clients are never looked at, so the work is bounded by the batch (times the
+-- namespaces read), however many of them lie in between. The first limit + 1 of the merge
+-- are the log's first matching entries, whatever each list left out.
+local found, truncated = {}, false
+for _, ns in ipairs(distinct) do
+  for _, to in ipairs({'', c}) do
+    local got = ix_after(ik, ix_prefix(ns, to), start, limit + 1)
+    if #got > limit then truncated = true end
+    for _, pos in ipairs(got) do table.insert(found, pos) end
+  end
+end
+table.sort(found)
+
+local messages, payloads, shared = {}, {}, {}
+local last_read, looked = start, start
+local i = 1
+while i <= #found and #messages < limit do
+  local pos = found[i]
+  local entry = redis.call('ZRANGEBYSCORE', lk, str(pos), str(pos))[1]
+  local id
+  if entry then id = select(5, parse(entry)) end
+  -- Each shared payload once per batch. One that is gone (an eviction policy took it) takes
+  -- its entries with it: they are skipped, as if expired.
+  if id and payloads[id] == nil then
+    payloads[id] = redis.call('GET', P .. 'p:' .. id)
+    if payloads[id] then
+      table.insert(shared, id)
+      table.insert(shared, payloads[id])
     end
   end
-  offset = offset + #chunk
+  if entry and (not id or payloads[id]) then
+    table.insert(messages, entry)
+    last_read = pos
+  end
+  looked = pos
+  i = i + 1
+end
+local cursor
+if i <= #found then
+  -- The limit stopped the read.
+  cursor = last_read
+elseif truncated then
+  -- Skipped entries used up what the index gave: read up to there, the rest next time.
+  cursor = looked
+else
+  cursor = math.max(start, head)
 end
 
 local seen = now + ttl
@@ -884,7 +1160,8 @@ if advanced then
     .. ARGV[12] .. ',"cursor":' .. str(confirmed_at) .. '}}')
 end
 
-local out = {epoch, str(cursor), arrival}
+local out = {epoch, str(cursor), arrival, str(#shared / 2)}
+for _, v in ipairs(shared) do table.insert(out, v) end
 for _, entry in ipairs(messages) do table.insert(out, entry) end
 return out
 "#,
@@ -1121,22 +1398,39 @@ impl Storage for RedisStorage {
         max_queue: usize,
     ) -> Result<Appended, StorageError> {
         let count = messages.len();
-        let mut encoded = Vec::with_capacity(count);
+        // Each user once, with their id as JSON text: the script builds the one `Appended`
+        // signal of the call from the users that stored a message.
+        let mut user_index: HashMap<&str, usize> = HashMap::new();
+        let mut users: Vec<(&str, String)> = Vec::new();
+        let mut message_users = Vec::with_capacity(count);
         for m in &messages {
-            let signal = signal_json(Signal::Appended {
-                users: Arc::from([m.user.clone()]),
-            })?;
-            encoded.push((m, entry_body(m), signal));
+            let next = users.len() + 1;
+            let index = *user_index.entry(m.user.as_str()).or_insert(next);
+            if index == next {
+                users.push((m.user.as_str(), json_string(m.user.as_str())?));
+            }
+            message_users.push(index);
         }
+        let (bodies, payloads) = share_payloads(&messages);
         let reply: Vec<String> = self
             .eval(&APPEND, |inv| {
-                inv.arg(max_queue.min(MAX_EXACT as usize)).arg(count);
-                for (m, body, signal) in &encoded {
-                    inv.arg(m.user.as_str())
+                inv.arg(max_queue.min(MAX_EXACT as usize))
+                    .arg(users.len())
+                    .arg(payloads.len())
+                    .arg(count);
+                for (user, json) in &users {
+                    inv.arg(*user).arg(json.as_str());
+                }
+                for (id, value) in &payloads {
+                    inv.arg(id.as_str()).arg(value.as_str());
+                }
+                for ((m, user), (payload, body)) in messages.iter().zip(&message_users).zip(&bodies)
+                {
+                    inv.arg(*user)
                         .arg(m.client.as_ref().map_or("", |c| c.as_str()))
                         .arg(m.expires_at.min(MAX_EXACT))
-                        .arg(body.as_str())
-                        .arg(signal.as_str());
+                        .arg(*payload)
+                        .arg(body.as_str());
                 }
             })
             .await?;
@@ -1203,7 +1497,10 @@ impl Storage for RedisStorage {
             }),
             _ => return Err(corrupt("an arrival")),
         };
-        let messages = reply.map(parse_entry).collect::<Result<Vec<_>, _>>()?;
+        let shared = parse_payloads(&mut reply)?;
+        let messages = reply
+            .map(|entry| parse_entry(&entry, &shared))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(FetchBatch {
             epoch,
             cursor,
@@ -1444,19 +1741,58 @@ mod tests {
     fn entries_decode_with_colons_in_the_namespace_event_and_data() {
         let body = entry_body(&new_message("/a:1", "a:b:c", r#"{"x":":"}"#));
         assert_eq!(body, r#"4:/a:1:5:a:b:c{"x":":"}"#);
-        let m = parse_entry(format!("1700000000000001:1700000600000:tab-1:{body}"))
-            .expect("valid entry");
+        let none = HashMap::new();
+        let m = parse_entry(
+            &format!("1700000000000001:1700000600000:tab-1:{body}"),
+            &none,
+        )
+        .expect("valid entry");
         assert_eq!(m.pos, 1_700_000_000_000_001);
         assert_eq!(&*m.ns, "/a:1");
         assert_eq!(&*m.event, "a:b:c");
         assert_eq!(m.data.get(), r#"{"x":":"}"#);
-        let m = parse_entry(format!("1:2::{}", entry_body(&new_message("/", "", "1"))))
-            .expect("valid entry");
+        let m = parse_entry(
+            &format!("1:2::{}", entry_body(&new_message("/", "", "1"))),
+            &none,
+        )
+        .expect("valid entry");
         assert_eq!((&*m.ns, &*m.event, m.data.get()), ("/", "", "1"));
     }
 
     #[test]
+    fn a_fan_out_refers_its_entries_to_one_payload() {
+        let shared = new_message("/chat", "say", r#"{"t":"hi"}"#);
+        let mut to_bob = shared.clone();
+        to_bob.user = UserId::from("bob");
+        // Equal but not the same `Arc`: not known to be one fan-out, so not shared.
+        let mut lookalike = shared.clone();
+        lookalike.data = Arc::from(RawValue::from_string(r#"{"t":"hi"}"#.into()).expect("JSON"));
+        let mut other_event = shared.clone();
+        other_event.event = "shout".into();
+        let (bodies, payloads) = share_payloads(&[shared, to_bob, lookalike, other_event]);
+        assert_eq!(payloads.len(), 1);
+        let (id, value) = &payloads[0];
+        assert_eq!(id.len(), PAYLOAD_ID_LEN);
+        assert_eq!(value, r#"3:say{"t":"hi"}"#);
+        let reference = format!("5:/chat:*{id}");
+        assert_eq!(bodies[0], (1, reference.clone()));
+        assert_eq!(bodies[1], (1, reference.clone()));
+        assert_eq!(bodies[2], (0, r#"5:/chat:3:say{"t":"hi"}"#.to_owned()));
+        assert_eq!(bodies[3], (0, r#"5:/chat:5:shout{"t":"hi"}"#.to_owned()));
+
+        let mut known = HashMap::new();
+        known.insert(id.clone(), parse_payload(value).expect("payload"));
+        let a = parse_entry(&format!("7:9::{reference}"), &known).expect("entry");
+        let b = parse_entry(&format!("8:9:tab1:{reference}"), &known).expect("entry");
+        assert_eq!((a.pos, &*a.ns, &*a.event), (7, "/chat", "say"));
+        assert_eq!(b.data.get(), r#"{"t":"hi"}"#);
+        assert!(Arc::ptr_eq(&a.data, &b.data), "one payload decoded twice");
+    }
+
+    #[test]
     fn broken_entries_are_corrupt_not_panics() {
+        let mut shared = HashMap::new();
+        shared.insert("known".to_owned(), parse_payload("0:1").expect("payload"));
         for bad in [
             "",
             "1:2:c",
@@ -1468,9 +1804,11 @@ mod tests {
             "1:2::1:/:0:{",
             "1:2::-1:/:1:a1",
             "1:2::1:/:+1:a1",
+            "1:2::1:/:*missing",
+            "1:2::1:/*known",
         ] {
             assert!(
-                matches!(parse_entry(bad.into()), Err(StorageError::Corrupt(_))),
+                matches!(parse_entry(bad, &shared), Err(StorageError::Corrupt(_))),
                 "{bad:?} was accepted"
             );
         }
