@@ -144,20 +144,34 @@ async fn handle_once(
         client: client.clone(),
         id: message.id.clone(),
     };
-    // Watch before claiming, so a completion racing with our claim still wakes us.
-    let mut watch = shared.hub.watch(user);
     let give_up = Instant::now() + config.pending_wait;
+    // Watched only once a claim finds the id in progress (rare: a retry raced the original);
+    // the claim right after the watch starts catches a completion in between.
+    let mut watch = None;
     loop {
         match shared.storage.claim(&key, config.handler_lease).await? {
             Claim::Acquired => break,
             Claim::Done(stored) => return Ok(decode_stored(&stored)),
-            Claim::InProgress => {
-                // Another request is handling this id now (a retry raced the original). Wait for
-                // it to complete, briefly; then tell the client to ask again later.
-                if timeout_at(give_up, watch.recv()).await.is_err() {
-                    return Ok(AckOutcome::Pending(true));
+            Claim::InProgress => match &watch {
+                None => watch = Some(shared.hub.watch(user, None)),
+                // Another request is handling this id now. Wait for it to complete, briefly;
+                // then tell the client to ask again later.
+                Some(watch) => {
+                    let completed = async {
+                        loop {
+                            let inbox = watch.take();
+                            // A resync may have lost the completion: look again then too.
+                            if inbox.completed || inbox.read_again {
+                                break;
+                            }
+                            watch.changed().await;
+                        }
+                    };
+                    if timeout_at(give_up, completed).await.is_err() {
+                        return Ok(AckOutcome::Pending(true));
+                    }
                 }
-            }
+            },
         }
     }
     drop(watch);

@@ -1,7 +1,6 @@
 //! The [`SimpleIo`] handle: sending to users, clients, rooms and everyone, confirmed or
 //! volatile; rooms, presence and per-client data.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::delivery::{self, Delivered, Failure, SendError};
+use crate::hash::HashSet;
 use crate::hub::Expectation;
 use crate::id::{ClientId, UserId};
 use crate::shared::Shared;
@@ -415,8 +415,8 @@ impl Emitter {
         }
         // Every step is one pass with hash sets: a recipient list is as long as the audience,
         // and nothing here may be quadratic in it.
-        let mut except_users = HashSet::new();
-        let mut except_clients = HashSet::new();
+        let mut except_users = HashSet::default();
+        let mut except_clients = HashSet::default();
         for member in &r.except {
             match member {
                 Member::User(user) => {
@@ -427,7 +427,7 @@ impl Emitter {
                 }
             }
         }
-        let mut seen_users = HashSet::new();
+        let mut seen_users = HashSet::default();
         users.retain(|u| !except_users.contains(u) && seen_users.insert(u.clone()));
         // A user with an excepted client gets the message on their other live clients, each as
         // a single recipient.
@@ -445,7 +445,7 @@ impl Emitter {
                 }
             }
         }
-        let mut seen_clients = HashSet::new();
+        let mut seen_clients = HashSet::default();
         // A client of a user who gets the message anyway needs no copy of its own.
         clients.retain(|(u, c)| {
             let key = (u.clone(), c.clone());

@@ -292,6 +292,26 @@ impl<B: Body<Data = Bytes>> Body for SimpleIoBody<B> {
 mod tests {
     use super::*;
 
+    /// A waiting poll's own state is this future, boxed, plus its mailbox: it must stay small,
+    /// since a server holds one per connected client.
+    #[test]
+    fn a_waiting_polls_state_is_small() {
+        let (layer, _io) = crate::SimpleIoLayer::builder()
+            .identity(|_: &http::request::Parts| async { Ok(crate::UserId::from("ann")) })
+            .build();
+        let service = tower_layer::Layer::layer(
+            &layer,
+            tower::service_fn(|_: Request<Full<Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            }),
+        );
+        let request = Request::get("/simpleio?client=tab1").body(Full::new(Bytes::new()));
+        let request = request.expect("a valid request");
+        let size = std::mem::size_of_val(&route(service.shared.clone(), request));
+        eprintln!("the route's future is {size} bytes");
+        assert!(size <= 2048, "the route's future is {size} bytes");
+    }
+
     #[test]
     fn the_service_and_its_future_are_send() {
         fn assert_send<T: Send>() {}

@@ -10,6 +10,7 @@ pub mod client;
 mod config;
 mod delivery;
 mod handler;
+mod hash;
 mod hub;
 mod id;
 mod identity;

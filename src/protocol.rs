@@ -1,6 +1,7 @@
 //! The wire format of `docs/spec.md`: request and response bodies, and protocol errors as HTTP
 //! responses.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,15 +18,54 @@ fn is_default_namespace(ns: &Arc<str>) -> bool {
     &**ns == DEFAULT_NAMESPACE
 }
 
-/// The query of a receiving `GET`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct PollQuery {
-    pub(crate) client: String,
-    pub(crate) cursor: Option<String>,
-    pub(crate) epoch: Option<String>,
-    pub(crate) ns: Option<String>,
+/// The query of a receiving `GET`, borrowed from the query string where nothing needs
+/// decoding: a poll is the hot path, and its values are short ASCII.
+#[derive(Debug, Default)]
+pub(crate) struct PollQuery<'a> {
+    pub(crate) client: Option<Cow<'a, str>>,
+    pub(crate) cursor: Option<Cow<'a, str>>,
+    pub(crate) epoch: Option<Cow<'a, str>>,
+    pub(crate) ns: Option<Cow<'a, str>>,
 }
 
+/// Decodes one `key=value` pair of a query: as it is when it holds no `%` or `+` (decoding
+/// would change nothing), else through `serde_urlencoded`.
+fn form_pair(pair: &str) -> (Cow<'_, str>, Cow<'_, str>) {
+    if !pair.bytes().any(|b| b == b'%' || b == b'+') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        return (Cow::Borrowed(key), Cow::Borrowed(value));
+    }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(pair)
+        .ok()
+        .and_then(|pairs| pairs.into_iter().next())
+        .map_or((Cow::Borrowed(""), Cow::Borrowed("")), |(k, v)| {
+            (Cow::Owned(k), Cow::Owned(v))
+        })
+}
+
+impl<'a> PollQuery<'a> {
+    /// Splits the query into its known fields. Unknown fields are ignored; a known one given
+    /// twice is an error, since a client that does that does not mean one of them.
+    fn fields(query: &'a str) -> Result<Self, ProtocolError> {
+        let mut q = PollQuery::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = form_pair(pair);
+            let slot = match &*key {
+                "client" => &mut q.client,
+                "cursor" => &mut q.cursor,
+                "epoch" => &mut q.epoch,
+                "ns" => &mut q.ns,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(ProtocolError::InvalidQuery(format!(
+                    "`{key}` is given more than once"
+                )));
+            }
+        }
+        Ok(q)
+    }
+}
 /// A validated [`PollQuery`].
 #[derive(Debug)]
 pub(crate) struct Poll {
@@ -52,11 +92,13 @@ pub(crate) fn check_namespace(ns: &str) -> Result<(), String> {
     }
 }
 
-impl PollQuery {
+impl PollQuery<'_> {
     pub(crate) fn parse(query: Option<&str>) -> Result<Poll, ProtocolError> {
-        let q: PollQuery = serde_urlencoded::from_str(query.unwrap_or(""))
-            .map_err(|e| ProtocolError::InvalidQuery(e.to_string()))?;
-        let client = ClientId::new(&q.client)
+        let q = PollQuery::fields(query.unwrap_or(""))?;
+        let client = q
+            .client
+            .ok_or_else(|| ProtocolError::InvalidQuery("`client` is required".to_owned()))?;
+        let client = ClientId::new(&client)
             .map_err(|e| ProtocolError::InvalidQuery(format!("`client` {e}")))?;
         let cursor = match (q.cursor, q.epoch) {
             (None, None) => None,
@@ -71,7 +113,7 @@ impl PollQuery {
                         "`epoch` must be 1 to 64 characters".to_owned(),
                     ));
                 }
-                Some((Epoch::new(e), pos))
+                Some((Epoch::new(&*e), pos))
             }
             _ => {
                 return Err(ProtocolError::InvalidQuery(
@@ -291,6 +333,17 @@ mod tests {
         assert!(PollQuery::parse(Some("client=bad%20id")).is_err());
         let p = PollQuery::parse(Some("client=tab1")).expect("valid");
         assert!(p.cursor.is_none());
+    }
+
+    #[test]
+    fn poll_query_decodes_escapes_ignores_unknown_fields_and_refuses_repeats() {
+        let p = PollQuery::parse(Some("client=tab1&ns=%2Fchat,/&later=1")).expect("valid");
+        assert_eq!(p.namespaces, [Arc::from("/chat"), Arc::from("/")]);
+        assert!(PollQuery::parse(Some("client=tab1&client=tab2")).is_err());
+        assert!(
+            PollQuery::parse(Some("cursor=1&epoch=e")).is_err(),
+            "no client"
+        );
     }
 
     #[test]

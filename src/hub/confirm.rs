@@ -6,12 +6,13 @@
 //! O(log n) per delivered message, whatever the number of recipients or of other senders. No
 //! sender re-reads the storage on every confirmation of any recipient.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::hash::HashMap;
 use crate::id::ClientId;
 use crate::storage::{DeliveryTarget, Epoch, Position};
 

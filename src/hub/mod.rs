@@ -17,8 +17,6 @@
 mod confirm;
 mod mailbox;
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -28,32 +26,16 @@ use tokio::sync::broadcast;
 use confirm::Confirmations;
 pub(crate) use confirm::{Status, Tracker};
 use mailbox::Mailbox;
+pub(crate) use mailbox::{Inbox, PollInfo};
 
-use crate::id::{ClientId, UserId};
+use crate::hash::{HashMap, HashSet, RandomState};
+use crate::id::UserId;
 use crate::protocol::WireVolatile;
 use crate::storage::{DeliveryTarget, Epoch, Member, Signal, Storage};
 
 /// How many shards the users are spread over: enough that a broadcast's dispatch holds each
 /// lock for a small part of it, few enough that a `Resync` visiting all is cheap.
 const SHARDS: usize = 32;
-
-/// A signal as the waiters of one user see it.
-#[derive(Debug, Clone)]
-pub(crate) enum UserSignal {
-    /// New messages in the user's log.
-    Appended,
-    /// A dedup record of the user was completed.
-    Completed,
-    /// A volatile message for the user, or only for `client`.
-    Volatile {
-        client: Option<ClientId>,
-        message: WireVolatile,
-    },
-    /// A client of the user started a new poll.
-    PollStarted { client: ClientId, poll: u64 },
-    /// Signals may have been lost: look at storage again.
-    Resync,
-}
 
 #[derive(Debug, Default)]
 struct UserEntry {
@@ -66,12 +48,6 @@ struct UserEntry {
 impl UserEntry {
     fn is_unused(&self) -> bool {
         self.mailboxes.is_empty() && self.confirmations.is_none()
-    }
-
-    fn deliver(&self, signal: &UserSignal) {
-        for mailbox in &self.mailboxes {
-            mailbox.push(signal.clone());
-        }
     }
 }
 
@@ -89,8 +65,8 @@ pub(crate) struct Hub {
 impl Hub {
     pub(crate) fn new(storage: &dyn Storage) -> Arc<Hub> {
         Arc::new(Hub {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::default(),
             // Subscribed now, not when the pump starts, so nothing published meanwhile is missed.
             receiver: Mutex::new(Some(storage.subscribe())),
             started: AtomicBool::new(false),
@@ -139,10 +115,11 @@ impl Hub {
         }
     }
 
-    /// Subscribes to the signals of `user`; dropping the watch unsubscribes.
-    pub(crate) fn watch(self: &Arc<Self>, user: &UserId) -> Watch {
+    /// Subscribes a request of `user` to news of its user (a poll also to its announcements and
+    /// volatile messages); dropping the watch unsubscribes.
+    pub(crate) fn watch(self: &Arc<Self>, user: &UserId, poll: Option<PollInfo>) -> Watch {
         self.ensure_started();
-        let mailbox = Arc::new(Mailbox::default());
+        let mailbox = Arc::new(Mailbox::new(poll));
         self.shard_for(user)
             .entry(user.clone())
             .or_default()
@@ -163,7 +140,7 @@ impl Hub {
         users: impl IntoIterator<Item = &'a UserId>,
     ) -> Expectation {
         self.ensure_started();
-        let mut distinct = HashSet::new();
+        let mut distinct = HashSet::default();
         let users: Vec<UserId> = users
             .into_iter()
             .filter(|u| distinct.insert(*u))
@@ -199,15 +176,17 @@ impl Hub {
                     }
                     let map = self.shard(shard);
                     for user in group {
-                        if let Some(entry) = map.get(user) {
-                            entry.deliver(&UserSignal::Appended);
+                        for mailbox in map.get(user).into_iter().flat_map(|e| &e.mailboxes) {
+                            mailbox.appended();
                         }
                     }
                 }
             }
-            Signal::Completed { user } => self.deliver(&user, &UserSignal::Completed),
+            Signal::Completed { user } => {
+                self.each_mailbox(&user, Mailbox::completed);
+            }
             Signal::PollStarted { user, client, poll } => {
-                self.deliver(&user, &UserSignal::PollStarted { client, poll })
+                self.each_mailbox(&user, |m| m.poll_started(&client, poll));
             }
             Signal::Volatile {
                 recipients,
@@ -227,17 +206,17 @@ impl Hub {
                     }
                     let map = self.shard(shard);
                     for member in group {
-                        let Some(entry) = map.get(member.user()) else {
-                            continue;
-                        };
-                        let client = match member {
+                        let to = match member {
                             Member::User(_) => None,
-                            Member::Client(_, client) => Some(client.clone()),
+                            Member::Client(_, client) => Some(client),
                         };
-                        entry.deliver(&UserSignal::Volatile {
-                            client,
-                            message: message.clone(),
-                        });
+                        for mailbox in map
+                            .get(member.user())
+                            .into_iter()
+                            .flat_map(|e| &e.mailboxes)
+                        {
+                            mailbox.volatile(to, &message);
+                        }
                     }
                 }
             }
@@ -260,7 +239,9 @@ impl Hub {
                 for shard in 0..SHARDS {
                     let map = self.shard(shard);
                     for entry in map.values() {
-                        entry.deliver(&UserSignal::Resync);
+                        for mailbox in &entry.mailboxes {
+                            mailbox.appended();
+                        }
                         if let Some(confirmations) = &entry.confirmations {
                             confirmations.ask_recheck();
                         }
@@ -270,9 +251,11 @@ impl Hub {
         }
     }
 
-    fn deliver(&self, user: &UserId, signal: &UserSignal) {
+    fn each_mailbox(&self, user: &UserId, f: impl Fn(&Mailbox)) {
         if let Some(entry) = self.shard_for(user).get(user) {
-            entry.deliver(signal);
+            for mailbox in &entry.mailboxes {
+                f(mailbox);
+            }
         }
     }
 }
@@ -305,14 +288,15 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// The next signal; a mailbox that overflowed gives [`UserSignal::Resync`].
-    pub(crate) async fn recv(&mut self) -> UserSignal {
-        self.mailbox.recv().await
+    /// What came since the last look, emptied.
+    pub(crate) fn take(&self) -> Inbox {
+        self.mailbox.take()
     }
 
-    /// A signal already queued, without waiting.
-    pub(crate) fn try_recv(&mut self) -> Option<UserSignal> {
-        self.mailbox.pop()
+    /// Waits until something may have come (a wakeup may find nothing new: look with
+    /// [`take`](Self::take)).
+    pub(crate) async fn changed(&self) {
+        self.mailbox.changed().await
     }
 }
 
@@ -431,6 +415,7 @@ impl Drop for Expectation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::ClientId;
     use crate::storage::MemoryStorage;
 
     fn target(user: &str, pos: u64) -> DeliveryTarget {
@@ -476,7 +461,7 @@ mod tests {
             &Epoch::new("e"),
             users.iter().map(|u| target(u.as_str(), 5)).collect(),
         );
-        let watch = hub.watch(&users[0]);
+        let watch = hub.watch(&users[0], None);
         assert_eq!(entries(&hub), 100);
         drop(expectation);
         assert_eq!(entries(&hub), 1);
@@ -488,14 +473,14 @@ mod tests {
     async fn one_appended_signal_wakes_every_named_user() {
         let storage = MemoryStorage::new();
         let hub = Hub::new(&storage);
-        let mut ann = hub.watch(&UserId::from("ann"));
-        let mut bob = hub.watch(&UserId::from("bob"));
-        let mut cat = hub.watch(&UserId::from("cat"));
+        let ann = hub.watch(&UserId::from("ann"), None);
+        let bob = hub.watch(&UserId::from("bob"), None);
+        let cat = hub.watch(&UserId::from("cat"), None);
         hub.dispatch(Signal::Appended {
             users: Arc::from([UserId::from("ann"), UserId::from("bob")]),
         });
-        assert!(matches!(ann.try_recv(), Some(UserSignal::Appended)));
-        assert!(matches!(bob.try_recv(), Some(UserSignal::Appended)));
-        assert!(cat.try_recv().is_none());
+        assert!(ann.take().read_again);
+        assert!(bob.take().read_again);
+        assert!(!cat.take().read_again);
     }
 }

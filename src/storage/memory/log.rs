@@ -1,12 +1,17 @@
 //! One user's log, cursors and watermarks: every lookup by position, never a scan from the
 //! start, so a long history costs nothing per call.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::super::{Millis, Position, StoredMessage};
+use crate::hash::HashMap;
 use crate::id::ClientId;
+
+/// How far a client's presence may run ahead of its place in the presence index: a poll moves
+/// the index (two ordered-set operations) only once per step, not on every poll.
+pub(super) const PRESENCE_STEP: Millis = 1_000;
 
 /// The most entries a full log looks at, from its oldest, for one to evict: a full queue stays
 /// a bounded cost per append, at the price of refusing when the oldest are all undelivered.
@@ -40,6 +45,9 @@ pub(super) struct ClientRecord {
     pub(super) cursor: Position,
     /// The client counts as live until then; past it, `reap` removes the record.
     pub(super) seen_until: Millis,
+    /// Its time in the shard's presence index: at most `seen_until`, and less than
+    /// [`PRESENCE_STEP`] below it (the index moves in steps, not on every poll).
+    pub(super) indexed_until: Millis,
     /// It fetched at least once. A record made only by `join` or `set_data` is not live, and
     /// its arrival is still to be reported.
     pub(super) polled: bool,

@@ -13,8 +13,7 @@
 mod log;
 mod rooms;
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -22,13 +21,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use self::log::{ClientRecord, Entry, UserLog};
+use self::log::{ClientRecord, Entry, PRESENCE_STEP, UserLog};
 use self::rooms::Rooms;
 use super::{
     AppendOutcome, Appended, Arrival, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure,
     Epoch, FetchBatch, FetchRequest, Member, Millis, NewMessage, Position, Signal, Storage,
     StorageError, StoredMessage, now_millis,
 };
+use crate::hash::{HashMap, HashSet, RandomState};
 use crate::id::{ClientId, UserId};
 
 /// How many signals a slow subscriber may fall behind before it is told to resync. Signals are
@@ -117,7 +117,7 @@ impl MemoryStorage {
             shared: Arc::new(Shared {
                 epoch: RwLock::new(Epoch::random()),
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                hasher: RandomState::new(),
+                hasher: RandomState::default(),
                 rooms: Mutex::default(),
                 signals,
             }),
@@ -242,21 +242,6 @@ impl Shard {
         self.expiries.remove(&(expires_at, user.clone(), pos));
     }
 
-    /// Records that `client` of `user` is seen until `seen_until`, in its record and in the
-    /// presence index.
-    fn see(&mut self, user: &UserId, client: &ClientId, seen_until: Millis) -> &mut ClientRecord {
-        let log = self.logs.entry(user.clone()).or_default();
-        let record = log.clients.entry(client.clone()).or_default();
-        if record.seen_until != seen_until {
-            self.presence
-                .remove(&(record.seen_until, user.clone(), client.clone()));
-            self.presence
-                .insert((seen_until, user.clone(), client.clone()));
-            record.seen_until = seen_until;
-        }
-        record
-    }
-
     /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
     /// attached to a client before its first poll lives as long as it does.
     fn touch_unpolled(
@@ -279,6 +264,7 @@ impl Shard {
             .entry(client.clone())
             .or_insert_with(|| ClientRecord {
                 seen_until,
+                indexed_until: seen_until,
                 ..ClientRecord::default()
             })
     }
@@ -313,6 +299,15 @@ impl Shard {
             let Some(log) = self.logs.get_mut(&user) else {
                 continue;
             };
+            // The index lags a polling client by up to a step: if it polled since, it stays,
+            // at its real time.
+            if let Some(record) = log.clients.get_mut(&client)
+                && record.seen_until > now
+            {
+                record.indexed_until = record.seen_until;
+                self.presence.insert((record.seen_until, user, client));
+                continue;
+            }
             // Only clients that polled arrived, so only they depart; the rest just go.
             if log.clients.remove(&client).is_some_and(|r| r.polled) {
                 departed.push((user.clone(), client.clone()));
@@ -361,7 +356,7 @@ impl Storage for MemoryStorage {
         let epoch_guard = self.epoch_guard();
         let epoch = epoch_guard.clone();
         let mut outcomes = vec![AppendOutcome::QueueFull; messages.len()];
-        let mut woken: HashSet<UserId> = HashSet::new();
+        let mut woken: HashSet<UserId> = HashSet::default();
         let groups = self.by_shard(&messages, |m| &m.user);
         let mut messages: Vec<Option<NewMessage>> = messages.into_iter().map(Some).collect();
         for (shard, group) in groups.into_iter().enumerate() {
@@ -412,7 +407,8 @@ impl Storage for MemoryStorage {
         let now = now_millis();
         let epoch_guard = self.epoch_guard();
         let epoch = epoch_guard.clone();
-        let mut shard = self.shard_for(&req.user);
+        let mut guard = self.shard_for(&req.user);
+        let shard = &mut *guard;
         shard.maybe_sweep(now);
         let log = shard.logs.entry(req.user.clone()).or_default();
         let head = log.last;
@@ -424,45 +420,61 @@ impl Storage for MemoryStorage {
         let arrival = (!known).then(|| Arrival {
             user_came_online: !log.has_polled_client(),
         });
+        let fresh_start = (!known && !matches!(&req.cursor, Some((e, _)) if *e == epoch))
+            .then(|| log.start_for_new_client(&req.client, &req.namespaces));
 
         let mut advanced = None;
-        let start = match req.cursor {
-            Some((e, cursor)) if e == epoch => {
-                let confirmed = cursor.min(head);
-                let record = log.clients.entry(req.client.clone()).or_default();
+        let mut confirmed = None;
+        let record = log.clients.entry(req.client.clone()).or_default();
+        let start = match &req.cursor {
+            Some((e, cursor)) if *e == epoch => {
+                let upto = (*cursor).min(head);
                 // A client's own cursor confirms messages addressed to it even when the
                 // watermark is already past them, so its advance is a confirmation too.
-                if confirmed > record.cursor {
-                    record.cursor = confirmed;
-                    advanced = Some(confirmed);
+                if upto > record.cursor {
+                    record.cursor = upto;
+                    advanced = Some(upto);
                 }
-                for ns in &req.namespaces {
-                    if log.raise_watermark(ns, confirmed) {
-                        advanced = Some(confirmed);
-                    }
+                confirmed = Some(upto);
+                *cursor
+            }
+            _ => match fresh_start {
+                Some(start) => {
+                    record.cursor = start;
+                    start
                 }
-                cursor
-            }
-            _ if known => log.clients.get(&req.client).map_or(0, |r| r.cursor),
-            _ => {
-                let start = log.start_for_new_client(&req.client, &req.namespaces);
-                log.clients.entry(req.client.clone()).or_default().cursor = start;
-                start
-            }
+                None => record.cursor,
+            },
         };
-        let seen_until = now.saturating_add(req.presence_ttl.as_millis() as Millis);
-        let record = shard.see(&req.user, &req.client, seen_until);
         record.polled = true;
-        record.namespaces = req.namespaces.clone();
+        if record.namespaces != req.namespaces {
+            record.namespaces = req.namespaces.clone();
+        }
+        record.seen_until = now.saturating_add(req.presence_ttl.as_millis() as Millis);
+        if record.seen_until >= record.indexed_until.saturating_add(PRESENCE_STEP) {
+            let stale = (record.indexed_until, req.user.clone(), req.client.clone());
+            shard.presence.remove(&stale);
+            record.indexed_until = record.seen_until;
+            shard
+                .presence
+                .insert((record.seen_until, req.user.clone(), req.client.clone()));
+        }
+        if let Some(upto) = confirmed {
+            for ns in &req.namespaces {
+                if log.raise_watermark(ns, upto) {
+                    advanced = Some(upto);
+                }
+            }
+        }
 
-        let log = shard.logs.entry(req.user.clone()).or_default();
         let (messages, cursor) = log.read(&req.client, &req.namespaces, start, req.limit, now);
         if advanced.is_some() {
             for (pos, expires_at) in log.trimmable() {
-                shard.remove_message(&req.user, pos, expires_at);
+                log.remove(pos);
+                shard.expiries.remove(&(expires_at, req.user.clone(), pos));
             }
         }
-        drop(shard);
+        drop(guard);
         drop(epoch_guard);
         if let Some(poll) = req.announce {
             self.signal(Signal::PollStarted {
@@ -575,20 +587,22 @@ impl Storage for MemoryStorage {
         let mut users = Vec::new();
         for shard in 0..SHARDS {
             let shard = self.shard(shard);
-            let mut seen = HashSet::new();
-            // From the latest seen-until down: only the records still live are visited.
+            let mut seen = HashSet::default();
+            // From the latest seen-until down: only the records that may still be live are
+            // visited (the index lags a record by less than a step).
+            let from = now.saturating_sub(PRESENCE_STEP);
             for (_, user, client) in shard
                 .presence
                 .iter()
                 .rev()
-                .take_while(|(until, _, _)| *until > now)
+                .take_while(|(until, _, _)| *until > from)
             {
-                let polled = shard
+                let live = shard
                     .logs
                     .get(user)
                     .and_then(|log| log.clients.get(client))
-                    .is_some_and(|r| r.polled);
-                if polled && seen.insert(user) {
+                    .is_some_and(|r| r.is_live(now));
+                if live && seen.insert(user) {
                     users.push(user.clone());
                 }
             }

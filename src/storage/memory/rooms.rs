@@ -1,10 +1,10 @@
 //! Room memberships, indexed both ways, so that a member's rooms and a room's members are
 //! each found without looking at the others.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::super::Member;
+use crate::hash::{HashMap, HashSet};
 
 #[derive(Debug, Default)]
 pub(super) struct Rooms {
