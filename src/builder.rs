@@ -1,6 +1,5 @@
 //! [`Builder`]: how a layer and its [`SimpleIo`] handle are configured and made.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -10,6 +9,7 @@ use tower::{BoxError, Service};
 
 use crate::config::{BuildError, Config};
 use crate::handler::{BoxHandler, Incoming, Reply, no_handler};
+use crate::hash::HashMap;
 use crate::hub::Hub;
 use crate::identity::{Identify, reject_all};
 use crate::io::SimpleIo;
@@ -233,7 +233,7 @@ impl Builder {
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
-        let mut namespaces = HashMap::new();
+        let mut namespaces = HashMap::default();
         namespaces.insert(
             Arc::from(DEFAULT_NAMESPACE),
             NamespaceEntry {

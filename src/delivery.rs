@@ -179,6 +179,7 @@ async fn check(shared: &Shared, expectation: &Expectation, last: bool) -> bool {
                     return false;
                 }
             };
+            let mut settled = Vec::new();
             for ((index, _), state) in part.iter().zip(states) {
                 let status = match state {
                     DeliveryState::Delivered => Status::Delivered,
@@ -187,7 +188,9 @@ async fn check(shared: &Shared, expectation: &Expectation, last: bool) -> bool {
                     DeliveryState::Lost => Status::Lost,
                 };
                 tracker.settle(*index, status);
+                settled.push(*index);
             }
+            expectation.untrack(settled);
         }
     }
     true

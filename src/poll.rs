@@ -40,7 +40,12 @@ pub(crate) async fn respond(
     user: UserId,
     parts: &Parts,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let poll = PollQuery::parse(parts.uri.query())?;
+    let poll = PollQuery::parse_with(parts.uri.query(), |ns| {
+        shared
+            .namespaces
+            .get_key_value(ns)
+            .map(|(name, _)| name.clone())
+    })?;
     authorize_all(shared, parts, &user, &poll.namespaces).await?;
     let client = poll.client;
     let namespaces = poll.namespaces;

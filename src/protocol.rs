@@ -75,6 +75,9 @@ pub(crate) struct Poll {
     pub(crate) namespaces: Vec<Arc<str>>,
 }
 
+/// Up to this many namespaces in a poll are told apart by a scan, beyond by a set.
+const SCAN_LIMIT: usize = 16;
+
 /// The longest namespace name.
 pub(crate) const MAX_NAMESPACE_LEN: usize = 64;
 
@@ -93,7 +96,17 @@ pub(crate) fn check_namespace(ns: &str) -> Result<(), String> {
 }
 
 impl PollQuery<'_> {
+    #[cfg(test)]
     pub(crate) fn parse(query: Option<&str>) -> Result<Poll, ProtocolError> {
+        Self::parse_with(query, |_| None)
+    }
+
+    /// Validates a poll's query. `known` gives the shared name of a namespace the application
+    /// has, so that a poll does not allocate its names anew.
+    pub(crate) fn parse_with(
+        query: Option<&str>,
+        known: impl Fn(&str) -> Option<Arc<str>>,
+    ) -> Result<Poll, ProtocolError> {
         let q = PollQuery::fields(query.unwrap_or(""))?;
         let client = q
             .client
@@ -122,12 +135,22 @@ impl PollQuery<'_> {
             }
         };
         let mut namespaces: Vec<Arc<str>> = Vec::new();
-        // A set, not a scan of the list so far: the list is the client's, of any length.
-        let mut seen = std::collections::HashSet::new();
-        for ns in q.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE).split(',') {
+        // Repeats are dropped by a scan while the list is short, as it always is for an honest
+        // client, and by a set beyond: the list is the client's, of any length.
+        let mut seen: crate::hash::HashSet<&str> = crate::hash::HashSet::default();
+        let list = q.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        for (i, ns) in list.split(',').enumerate() {
             check_namespace(ns).map_err(|e| ProtocolError::InvalidQuery(format!("`ns`: {e}")))?;
-            if seen.insert(ns) {
-                namespaces.push(ns.into());
+            let repeated = if i < SCAN_LIMIT {
+                namespaces.iter().any(|n| &**n == ns)
+            } else {
+                if seen.is_empty() {
+                    seen.extend(list.split(',').take(SCAN_LIMIT));
+                }
+                !seen.insert(ns)
+            };
+            if !repeated {
+                namespaces.push(known(ns).unwrap_or_else(|| ns.into()));
             }
         }
         Ok(Poll {

@@ -1,11 +1,11 @@
 //! The state every clone of the layer, the service and the `SimpleIo` handle share.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use crate::config::Config;
+use crate::hash::HashMap;
 use crate::hub::Hub;
 use crate::identity::Identify;
 use crate::namespace::NamespaceEntry;

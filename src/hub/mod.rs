@@ -372,14 +372,25 @@ impl Expectation {
     }
 }
 
-impl Drop for Expectation {
-    fn drop(&mut self) {
-        // A message settled by a confirmation has no slot any more, but one settled from a
-        // storage check still has: untrack them all (`untrack` checks whose slot it is).
-        let mut untrack = self
-            .hub
-            .by_shard(self.targets.iter().map(|(_, t)| t), |t| &t.user);
-        let mut users: Vec<Vec<&UserId>> = self.hub.by_shard(self.users.iter(), |u| u);
+impl Expectation {
+    /// Removes the hub's slots of the messages at `indices` (settled from a storage check, so
+    /// no confirmation removed them).
+    pub(crate) fn untrack(&self, indices: impl IntoIterator<Item = usize>) {
+        let targets = indices.into_iter().filter_map(|i| self.targets.get(i));
+        self.untrack_targets(targets.map(|(_, t)| t), false);
+    }
+
+    fn untrack_targets<'a>(
+        &'a self,
+        targets: impl IntoIterator<Item = &'a DeliveryTarget>,
+        release_users: bool,
+    ) {
+        let mut untrack = self.hub.by_shard(targets, |t| &t.user);
+        let mut users: Vec<Vec<&UserId>> = if release_users {
+            self.hub.by_shard(self.users.iter(), |u| u)
+        } else {
+            vec![Vec::new(); SHARDS]
+        };
         for shard in 0..SHARDS {
             let (targets, users) = (&mut untrack[shard], &mut users[shard]);
             if targets.is_empty() && users.is_empty() {
@@ -409,6 +420,21 @@ impl Drop for Expectation {
                 }
             }
         }
+    }
+}
+
+impl Drop for Expectation {
+    fn drop(&mut self) {
+        // A settled message has no slot any more: a confirmation removed it, or it never had
+        // one, or the storage check that settled it removed it (`untrack`).
+        let statuses = self.tracker.state().statuses.clone();
+        let pending = self
+            .targets
+            .iter()
+            .zip(statuses)
+            .filter(|(_, status)| *status == Status::Pending)
+            .map(|((_, target), _)| target);
+        self.untrack_targets(pending, true);
     }
 }
 

@@ -62,6 +62,8 @@ pub async fn measure(opts: Opts, clients: usize, ticks: u64) -> Result<Outcome> 
         redis: None,
     };
     let addr = servers.addr();
+    /// Under valgrind a poll's round trip takes a few milliseconds; this is ample.
+    const SETTLE: Duration = Duration::from_millis(250);
     let fleet = Fleet::start(Kind::Simpleio, addr, clients, ticks as usize + 1);
     // Everything is ~50× slower under valgrind.
     let wait = Duration::from_secs(120);
@@ -86,7 +88,9 @@ pub async fn measure(opts: Opts, clients: usize, ticks: u64) -> Result<Outcome> 
                 "tick {} not received",
                 t.seq
             );
-            wait_polls(addr, clients as u64, wait).await?;
+            // Let every client's next poll arrive and wait. A pause, not a stats loop: polling
+            // the stats route would add instructions that depend on how long the tick took.
+            tokio::time::sleep(SETTLE).await;
         }
         let s = wait_stats(addr, wait, "every confirmation", |s| {
             s.delivered + s.not_delivered > ticks
