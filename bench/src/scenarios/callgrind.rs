@@ -39,12 +39,40 @@ struct TickAnswer {
     seq: u64,
 }
 
-/// Runs `ticks` lockstep broadcasts to `clients` clients under callgrind.
+/// Which server runs under callgrind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// simpleio, confirmed broadcasts.
+    Simpleio,
+    /// socketioxide, its broadcasts (at most once).
+    Socketioxide,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Simpleio => "simpleio",
+            Server::Socketioxide => "socketioxide",
+        }
+    }
+}
+
+/// Runs `ticks` lockstep simpleio broadcasts to `clients` clients under callgrind.
 pub async fn measure(opts: Opts, clients: usize, ticks: u64) -> Result<Outcome> {
+    measure_server(opts, Server::Simpleio, clients, ticks).await
+}
+
+/// Runs `ticks` lockstep broadcasts of `which` to `clients` clients under callgrind.
+pub async fn measure_server(
+    opts: Opts,
+    which: Server,
+    clients: usize,
+    ticks: u64,
+) -> Result<Outcome> {
     if !child::have("valgrind") {
         bail!("valgrind is not installed (apt-get install valgrind)");
     }
-    let out_file = child::work_dir()?.join("callgrind.out");
+    let out_file = child::work_dir()?.join(format!("{}-callgrind.out", which.name()));
     let _ = std::fs::remove_file(&out_file);
     let wrapper = vec![
         "valgrind".to_owned(),
@@ -52,8 +80,8 @@ pub async fn measure(opts: Opts, clients: usize, ticks: u64) -> Result<Outcome> 
         format!("--callgrind-out-file={}", out_file.display()),
     ];
     let server = child::server(
-        "simpleio-callgrind",
-        &["simpleio".to_owned()],
+        &format!("{}-callgrind", which.name()),
+        &[which.name().to_owned()],
         opts.server_core,
         &wrapper,
     )?;
@@ -64,22 +92,35 @@ pub async fn measure(opts: Opts, clients: usize, ticks: u64) -> Result<Outcome> 
     let addr = servers.addr();
     /// Under valgrind a poll's round trip takes a few milliseconds; this is ample.
     const SETTLE: Duration = Duration::from_millis(250);
-    let fleet = Fleet::start(Kind::Simpleio, addr, clients, ticks as usize + 1);
+    let kind = match which {
+        Server::Simpleio => Kind::Simpleio,
+        Server::Socketioxide => Kind::Eio,
+    };
+    let simpleio = which == Server::Simpleio;
+    let fleet = Fleet::start(kind, addr, clients, ticks as usize + 1);
     // Everything is ~50× slower under valgrind.
     let wait = Duration::from_secs(120);
     let result = async {
         fleet.wait_connected(wait).await?;
-        wait_polls(addr, clients as u64, wait).await?;
+        if simpleio {
+            wait_polls(addr, clients as u64, wait).await?;
+        } else {
+            tokio::time::sleep(SETTLE * 4).await;
+        }
         let warm: TickAnswer = call_json(addr, Method::POST, "/bench/tick?mode=confirmed").await?;
         anyhow::ensure!(
             fleet.wait_seen(warm.seq, wait).await,
             "warm-up tick not received"
         );
-        wait_stats(addr, wait, "the warm-up's confirmation", |s| {
-            s.delivered >= 1
-        })
-        .await?;
-        wait_polls(addr, clients as u64, wait).await?;
+        if simpleio {
+            wait_stats(addr, wait, "the warm-up's confirmation", |s| {
+                s.delivered >= 1
+            })
+            .await?;
+            wait_polls(addr, clients as u64, wait).await?;
+        } else {
+            tokio::time::sleep(SETTLE * 4).await;
+        }
         let zeroed = zero(servers.server.pid());
         for _ in 0..ticks {
             let t: TickAnswer = call_json(addr, Method::POST, "/bench/tick?mode=confirmed").await?;
@@ -92,15 +133,17 @@ pub async fn measure(opts: Opts, clients: usize, ticks: u64) -> Result<Outcome> 
             // the stats route would add instructions that depend on how long the tick took.
             tokio::time::sleep(SETTLE).await;
         }
-        let s = wait_stats(addr, wait, "every confirmation", |s| {
-            s.delivered + s.not_delivered > ticks
-        })
-        .await?;
-        anyhow::ensure!(
-            s.not_delivered == 0,
-            "{} broadcasts not delivered",
-            s.not_delivered
-        );
+        if simpleio {
+            let s = wait_stats(addr, wait, "every confirmation", |s| {
+                s.delivered + s.not_delivered > ticks
+            })
+            .await?;
+            anyhow::ensure!(
+                s.not_delivered == 0,
+                "{} broadcasts not delivered",
+                s.not_delivered
+            );
+        }
         Ok::<_, anyhow::Error>(zeroed)
     }
     .await;
@@ -150,29 +193,38 @@ fn totals(path: &Path) -> Result<u64> {
     bail!("no `summary:`/`totals:` line in {}", path.display())
 }
 
-/// The `callgrind` scenario.
+/// The `callgrind` scenario: simpleio, then socketioxide on the same lockstep.
 pub async fn run(opts: Opts, clients: usize, ticks: u64) -> Result<Vec<Table>> {
-    eprintln!("  callgrind: {clients} clients × {ticks} lockstep broadcasts ...");
-    let o = measure(opts, clients, ticks).await?;
     let mut table = Table::new(
-        format!("callgrind: simpleio confirmed, {clients} clients × {ticks} broadcasts, lockstep"),
+        format!("callgrind: {clients} clients × {ticks} broadcasts, lockstep"),
         &[
+            "server",
             "instructions",
             "delivered messages",
             "instructions / message",
         ],
     );
-    table.row(vec![
-        report::count(o.instructions),
-        report::count(o.delivered_messages),
-        report::count(o.per_message() as u64),
-    ]);
+    let mut zeroed = true;
+    for which in [Server::Simpleio, Server::Socketioxide] {
+        eprintln!(
+            "  callgrind: {} with {clients} clients × {ticks} lockstep broadcasts ...",
+            which.name()
+        );
+        let o = measure_server(opts, which, clients, ticks).await?;
+        zeroed &= o.zeroed;
+        table.row(vec![
+            which.name().to_owned(),
+            report::count(o.instructions),
+            report::count(o.delivered_messages),
+            report::count(o.per_message() as u64),
+        ]);
+    }
     table.note(format!(
-        "For regressions: a repeatable count (compare builds on the same scenario), not a speed. \
-         {}",
-        if o.zeroed {
-            "Counters zeroed after connect and warm-up; includes the driver's stats polls and the \
-             shutdown."
+        "For regressions: a repeatable count (compare builds on the same scenario), not a speed; \
+         user-space instructions only (the kernel's share of a request is not counted). {}",
+        if zeroed {
+            "Counters zeroed after connect and warm-up; includes the driver's tick requests and \
+             the shutdown."
         } else {
             "Includes start-up (callgrind_control -z failed)."
         }
