@@ -1103,9 +1103,9 @@ async fn a_log_full_of_expired_entries_takes_a_whole_call_of_new_ones() {
     );
 }
 
+/// A fan-out to 100,000 users, in `FANOUT_CHUNK` calls as simpleio makes them, never keeps Redis
+/// from answering a PING for long (run with `--nocapture` for the figures).
 #[tokio::test]
-#[ignore = "fails: one append script of FANOUT_CHUNK messages runs 30-55 ms (75 ms under load); \
-            run with --ignored --nocapture to measure"]
 async fn chunked_fan_out_to_100k_users_never_blocks_redis() {
     let Some(server) = RedisServer::start() else {
         return;
@@ -1173,12 +1173,152 @@ async fn chunked_fan_out_to_100k_users_never_blocks_redis() {
         simpleio::storage::FANOUT_CHUNK
     );
     assert!(
-        slowest_ping < Duration::from_millis(50),
+        slowest_ping <= Duration::from_millis(50),
         "a PING waited {slowest_ping:?} behind a fan-out"
     );
     assert!(
-        slowest_append < 50_000,
+        slowest_append <= 50_000,
         "an append of {} messages held Redis for {slowest_append} µs",
         simpleio::storage::FANOUT_CHUNK
     );
+}
+
+/// Every command's `(calls, usec)` from `INFO commandstats`, by name; commands run by scripts
+/// count too.
+async fn command_stats(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info commandstats");
+    let mut stats = std::collections::BTreeMap::new();
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |want: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(want)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        stats.insert(name.to_owned(), (field("calls="), field("usec=")));
+    }
+    stats
+}
+
+/// What the commands run since `before` cost: per command name, its calls.
+fn commands_since(
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    after: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> Vec<(String, u64, u64)> {
+    after
+        .iter()
+        .filter_map(|(name, (calls, usec))| {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            (calls > &c0 && !matches!(name.as_str(), "info" | "config|resetstat"))
+                .then(|| (name.clone(), calls - c0, usec - u0))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn steady_broadcasts_cost_few_commands_per_fetch_and_message() {
+    // Its own server: the counts are the server's.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let users = 200;
+    let rounds = 20;
+    let data: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"text":"hello, everyone"}"#.into()).expect("JSON"));
+    let broadcast = || -> Vec<NewMessage> {
+        (0..users)
+            .map(|u| NewMessage {
+                data: data.clone(),
+                ..message(&format!("user{u}"), "hello", LONG)
+            })
+            .collect()
+    };
+    // Every user's client polled once and holds a cursor, with some history in the log.
+    let mut epoch = storage.epoch().await.expect("epoch");
+    let mut cursors = vec![0; users];
+    for _ in 0..5 {
+        storage.append(broadcast(), 1000).await.expect("append");
+    }
+    for (u, cursor) in cursors.iter_mut().enumerate() {
+        let b = storage
+            .fetch(request(&format!("user{u}"), "tab1", None))
+            .await
+            .expect("fetch");
+        epoch = b.epoch;
+        *cursor = b.cursor;
+    }
+    // A poll as simpleio runs it, per message: a fetch that confirms the last batch and finds
+    // nothing, a wakeup, then a fetch (same cursor) that reads the new message.
+    let (mut appends, mut fetches) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let before = command_stats(&mut conn).await;
+        storage.append(broadcast(), 1000).await.expect("append");
+        let after = command_stats(&mut conn).await;
+        appends.push(commands_since(&before, &after));
+        let before = after;
+        for (u, cursor) in cursors.iter_mut().enumerate() {
+            let user = format!("user{u}");
+            for _ in 0..2 {
+                let b = storage
+                    .fetch(request(&user, "tab1", Some((&epoch, *cursor))))
+                    .await
+                    .expect("fetch");
+                *cursor = b.cursor;
+            }
+        }
+        let after = command_stats(&mut conn).await;
+        fetches.push(commands_since(&before, &after));
+    }
+    let per = |samples: &[Vec<(String, u64, u64)>], each: u64| {
+        let mut totals: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for sample in samples {
+            for (name, calls, usec) in sample {
+                let t = totals.entry(name.clone()).or_default();
+                t.0 += calls;
+                t.1 += usec;
+            }
+        }
+        let n = each * samples.len() as u64;
+        let inner: u64 = totals
+            .iter()
+            .filter(|(name, _)| !name.starts_with("eval"))
+            .map(|(_, (calls, _))| calls)
+            .sum();
+        let script_usec: u64 = totals
+            .iter()
+            .filter(|(name, _)| name.starts_with("eval"))
+            .map(|(_, (_, usec))| usec)
+            .sum();
+        let detail: Vec<String> = totals
+            .iter()
+            .filter(|(name, _)| !name.starts_with("eval"))
+            .map(|(name, (calls, _))| format!("{name} {:.2}", *calls as f64 / n as f64))
+            .collect();
+        (
+            inner as f64 / n as f64,
+            script_usec as f64 / n as f64,
+            detail.join(", "),
+        )
+    };
+    let (append_cmds, append_usec, append_detail) = per(&appends, users as u64);
+    let (fetch_cmds, fetch_usec, fetch_detail) = per(&fetches, 2 * users as u64);
+    println!(
+        "per appended message: {append_cmds:.2} commands, {append_usec:.1} µs of script \
+         ({append_detail})"
+    );
+    println!("per fetch: {fetch_cmds:.2} commands, {fetch_usec:.1} µs of script ({fetch_detail})");
 }
