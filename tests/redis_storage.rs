@@ -955,6 +955,156 @@ async fn a_fan_out_stores_its_payload_once() {
     );
 }
 
+/// A fan-out of `data` to `users` users (`user0`, `user1`, …, after `prefix`) in calls of
+/// `FANOUT_CHUNK`, as simpleio makes them; `expires_at` per call, by its index; `between` runs
+/// before every call but the first.
+async fn chunked_fan_out(
+    storage: &RedisStorage,
+    prefix: &str,
+    data: &Arc<RawValue>,
+    users: usize,
+    expires_at: impl Fn(usize) -> u64,
+    between: impl AsyncFn(usize),
+) -> usize {
+    let recipients: Vec<usize> = (0..users).collect();
+    let mut calls = 0;
+    for (call, chunk) in recipients
+        .chunks(simpleio::storage::FANOUT_CHUNK)
+        .enumerate()
+    {
+        if call > 0 {
+            between(call).await;
+        }
+        let messages = chunk
+            .iter()
+            .map(|u| NewMessage {
+                data: data.clone(),
+                expires_at: expires_at(call),
+                ..message(&format!("{prefix}user{u}"), "big", LONG)
+            })
+            .collect();
+        let a = storage.append(messages, 10).await.expect("append");
+        assert!(
+            a.outcomes
+                .iter()
+                .all(|o| matches!(o, AppendOutcome::Stored(_)))
+        );
+        calls += 1;
+    }
+    calls
+}
+
+#[tokio::test]
+async fn a_chunked_fan_out_stores_its_payload_once_across_calls() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let prefix = storage.key_prefix().to_owned();
+    storage.epoch().await.expect("epoch");
+    let big = format!("\"{}\"", "x".repeat(1 << 20));
+    let data: Arc<RawValue> = Arc::from(RawValue::from_string(big.clone()).expect("JSON"));
+    let expiry = |_| millis_after(LONG);
+    // What 2,000 users' entries and keys take without the payload: the same fan-out of a
+    // two-byte one, first.
+    let tiny: Arc<RawValue> = Arc::from(RawValue::from_string("{}".into()).expect("JSON"));
+    let before = used_memory(&mut conn).await;
+    chunked_fan_out(&storage, "tiny-", &tiny, 2_000, expiry, async |_| {}).await;
+    let entries = used_memory(&mut conn).await - before;
+    let before = used_memory(&mut conn).await;
+    let calls = chunked_fan_out(&storage, "", &data, 2_000, expiry, async |_| {}).await;
+    // The query buffer of the connection that sent the megabyte goes within seconds (see
+    // `a_fan_out_stores_its_payload_once`).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let at_once = used_memory(&mut conn).await - before;
+    let mut grown = at_once;
+    while grown - entries >= 3 << 19 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        grown = used_memory(&mut conn).await - before;
+    }
+    let payload_keys = keys(&mut conn, &format!("{prefix}p:*")).await;
+    println!(
+        "one 1 MB message to 2,000 users in {calls} calls: used_memory grew by {at_once} bytes \
+         at once, {grown} bytes once Redis trimmed the query buffer; the same fan-out of a \
+         2-byte payload grew it by {entries} bytes; {} payload keys (one per fan-out)",
+        payload_keys.len()
+    );
+    assert_eq!(calls, 8);
+    assert_eq!(payload_keys.len(), 2, "a payload was stored more than once");
+    assert!(
+        grown < 3 << 20,
+        "a 1 MB fan-out to 2,000 users took {grown} bytes"
+    );
+    // Once is 1 MB over the entries; twice would be 2 MB.
+    assert!(
+        grown - entries < 3 << 19,
+        "a 1 MB fan-out to 2,000 users took {grown} bytes, {entries} without the payload"
+    );
+    for u in [0, 1_999] {
+        let batch = storage
+            .fetch(request(&format!("user{u}"), "tab1", None))
+            .await
+            .expect("fetch");
+        assert_eq!(batch.messages.len(), 1);
+        assert_eq!(batch.messages[0].data.get(), big);
+    }
+}
+
+#[tokio::test]
+async fn a_later_chunk_stores_the_payload_again_if_it_is_gone_and_keeps_it_long_enough() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let mut conn = raw(server).await;
+    let prefix = storage.key_prefix().to_owned();
+    let data: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"text":"hello"}"#.into()).expect("JSON"));
+    // Each chunk expires later than the one before: the payload's key covers the latest.
+    let base = millis_after(LONG);
+    let later = |call: usize| base + call as u64 * 60_000;
+    let payload_keys = async |conn: &mut redis::aio::MultiplexedConnection| {
+        keys(conn, &format!("{prefix}p:*")).await
+    };
+    let calls = chunked_fan_out(&storage, "", &data, 1_000, later, async |call| {
+        let mut conn = conn.clone();
+        let found = payload_keys(&mut conn).await;
+        assert_eq!(found.len(), 1, "before call {call}: {found:?}");
+        if call == 2 {
+            // As an eviction policy would: the next chunk must store it again.
+            let _: i64 = redis::cmd("DEL")
+                .arg(&found[0])
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+    })
+    .await;
+    assert_eq!(calls, 4);
+    let found = payload_keys(&mut conn).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(&found[0])
+        .query_async(&mut conn)
+        .await
+        .expect("pexpiretime");
+    assert!(
+        at as u64 >= later(calls - 1),
+        "the payload expires at {at}, before its last entries ({})",
+        later(calls - 1)
+    );
+    // Stored again under the same id: the chunks before the deletion have it back too.
+    for u in [0, 300, 600, 999] {
+        let batch = storage
+            .fetch(request(&format!("user{u}"), "tab1", None))
+            .await
+            .expect("fetch");
+        let read: Vec<&str> = batch.messages.iter().map(|m| m.data.get()).collect();
+        assert_eq!(read, [r#"{"text":"hello"}"#], "user{u}");
+    }
+}
+
 /// The longest run of a script, in microseconds, from the server's slow log (see
 /// [`log_commands_slower_than`]).
 async fn slowest_script(conn: &mut redis::aio::MultiplexedConnection) -> i64 {

@@ -50,10 +50,16 @@
 //! into a full log looks at no more than `EVICT_SCAN` undelivered entries per user for a
 //! delivered one to evict.
 //!
-//! **A fan-out stores its payload once.** The messages of one append call that share a payload
-//! (the same `data` `Arc`, event and namespace, as simpleio builds a fan-out) end their entries
-//! with `*ID` instead of the event and payload, which are written once to `{P}p:ID` (ID: 16
-//! random characters), expiring a grace after the latest expiry of those entries. A fetch
+//! **A fan-out stores its payload once.** The messages that share a payload (the same `data`
+//! `Arc`, event and namespace, as simpleio builds a fan-out) end their entries with `*ID`
+//! instead of the event and payload, which are written once to `{P}p:ID` (ID: 16 random
+//! characters), expiring a grace after the latest expiry of those entries. simpleio sends a
+//! fan-out in chunks of [`FANOUT_CHUNK`](super::FANOUT_CHUNK), one append call each: a
+//! `RedisStorage` remembers the last `PAYLOAD_CACHE` payloads it stored (holding their `Arc`,
+//! so that no other payload takes the address), and a later chunk only refers to the key,
+//! moving its expiry if the chunk's entries expire later. The script checks that the key is
+//! still there first (an eviction policy or a flush may have taken it); if not, it writes
+//! nothing and the call is made again with the payload, stored under the same id. A fetch
 //! returns each payload it needs once, however many of its entries refer to it. A payload key
 //! outlives entries removed before their expiry (delivered and evicted): memory is bounded by
 //! the expiry, not by delivery. An entry whose payload key is gone (only an eviction policy
@@ -87,8 +93,9 @@
 //! after the presence TTL.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -145,6 +152,10 @@ const MAX_EXACT: u64 = (1 << 53) - 1;
 
 /// The length of a shared payload's random id (`{P}p:ID`): 96 bits, never reused by chance.
 const PAYLOAD_ID_LEN: usize = 16;
+
+/// How many shared payloads a `RedisStorage` remembers having stored (see [`PayloadCache`]): the
+/// later chunks of a fan-out refer to the payload its first chunk stored.
+const PAYLOAD_CACHE: usize = 16;
 
 /// How often the pub/sub connection is pinged: a connection that died without a FIN (a NAT or a
 /// firewall dropped it) is only noticed by a request that gets no answer.
@@ -213,6 +224,8 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most an operation may take, reconnecting included: connect + response timeouts.
     deadline: Duration,
+    /// The payloads of the latest fan-outs, so that their later chunks do not store them again.
+    payloads: Mutex<PayloadCache>,
     /// The task reading the pub/sub connection; stops with the last handle.
     _subscriber: AbortOnDrop,
 }
@@ -333,6 +346,7 @@ impl RedisStorageBuilder {
                 channel,
                 signals,
                 deadline,
+                payloads: Mutex::new(PayloadCache::default()),
                 _subscriber: AbortOnDrop(subscriber),
             }),
         })
@@ -383,6 +397,40 @@ impl RedisStorage {
         args(&mut invocation);
         let mut conn = self.inner.conn.clone();
         within(self.inner.deadline, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Runs the append script (see [`APPEND`]); an empty reply means a known payload is gone.
+    async fn append_script(
+        &self,
+        max_queue: usize,
+        messages: &[NewMessage],
+        users: &[(&str, String)],
+        message_users: &[usize],
+        bodies: &[EntryBody],
+        payloads: &[SharedPayload],
+    ) -> Result<Vec<String>, StorageError> {
+        self.eval(&APPEND, |inv| {
+            inv.arg(max_queue.min(MAX_EXACT as usize))
+                .arg(users.len())
+                .arg(payloads.len())
+                .arg(messages.len());
+            for (user, json) in users {
+                inv.arg(*user).arg(json.as_str());
+            }
+            for p in payloads {
+                inv.arg(p.id.as_str())
+                    .arg(p.known_upto)
+                    .arg(p.value.as_str());
+            }
+            for ((m, user), (payload, body)) in messages.iter().zip(message_users).zip(bodies) {
+                inv.arg(*user)
+                    .arg(m.client.as_ref().map_or("", |c| c.as_str()))
+                    .arg(m.expires_at.min(MAX_EXACT))
+                    .arg(*payload)
+                    .arg(body.as_str());
+            }
+        })
+        .await
     }
 
     fn dedup_key(&self, key: &DedupKey) -> String {
@@ -484,45 +532,123 @@ fn payload_value(m: &NewMessage) -> String {
 /// it refers to, or 0.
 type EntryBody = (usize, String);
 
-/// A shared payload: its id, and its value (see [`payload_value`]).
-type SharedPayload = (String, String);
+/// What makes messages one fan-out: the same `data` `Arc` (its address), event and namespace.
+type Identity<'a> = (usize, &'a str, &'a str);
+
+fn identity(m: &NewMessage) -> Identity<'_> {
+    (
+        Arc::as_ptr(&m.data) as *const u8 as usize,
+        &m.event,
+        &m.namespace,
+    )
+}
+
+/// A payload the entries of one call refer to (`{P}p:ID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SharedPayload {
+    id: String,
+    /// Its value (see [`payload_value`]), or empty if it is `known`: stored by an earlier call.
+    value: String,
+    /// For a payload an earlier call stored, the latest `expires_at` its key's expiry covers
+    /// (the key expires a grace after it); 0 for one this call stores.
+    known_upto: u64,
+    /// The first message that uses it, to write its value if a known payload is gone.
+    first: usize,
+}
+
+/// The payloads this storage stored lately, newest first, at most [`PAYLOAD_CACHE`]: the chunks
+/// of one fan-out are separate append calls that share one `data` `Arc`, so the first chunk
+/// stores the payload and the later ones refer to it. Each entry holds a clone of the `Arc`,
+/// so that its address cannot be reused by another payload while it is remembered.
+#[derive(Default)]
+struct PayloadCache {
+    entries: VecDeque<CachedPayload>,
+}
+
+struct CachedPayload {
+    data: Arc<RawValue>,
+    event: Arc<str>,
+    namespace: Arc<str>,
+    id: String,
+    /// The latest `expires_at` that the key's expiry covers.
+    upto: u64,
+}
+
+impl PayloadCache {
+    fn find(&self, m: &NewMessage) -> Option<&CachedPayload> {
+        self.entries.iter().find(|c| {
+            Arc::ptr_eq(&c.data, &m.data) && c.event == m.event && c.namespace == m.namespace
+        })
+    }
+
+    /// Forgets the payload `id` (its key is gone).
+    fn forget(&mut self, id: &str) {
+        self.entries.retain(|c| c.id != id);
+    }
+
+    /// Remembers that the key of `m`'s payload, `id`, covers `upto`, as the newest entry.
+    fn record(&mut self, m: &NewMessage, id: &str, upto: u64) {
+        let upto = match self.entries.iter().position(|c| c.id == id) {
+            Some(at) => self.entries.remove(at).map_or(upto, |c| c.upto.max(upto)),
+            None => upto,
+        };
+        self.entries.push_front(CachedPayload {
+            data: m.data.clone(),
+            event: m.event.clone(),
+            namespace: m.namespace.clone(),
+            id: id.to_owned(),
+            upto,
+        });
+        self.entries.truncate(PAYLOAD_CACHE);
+    }
+}
 
 /// The bodies of a call's log entries, and the payloads they share.
 ///
 /// Messages that share a payload (the same `data` `Arc`, event and namespace: how simpleio
-/// builds a fan-out) and are more than one refer to one payload key, `nslen:ns:*ID`; a payload
-/// used once stays in its entry, which saves a key.
-fn share_payloads(messages: &[NewMessage]) -> (Vec<EntryBody>, Vec<SharedPayload>) {
-    // The `Arc`'s address names the payload: every message, hence every `Arc`, is alive for
-    // the whole call, so no address is reused meanwhile.
-    fn identity(m: &NewMessage) -> (usize, &str, &str) {
-        (
-            Arc::as_ptr(&m.data) as *const u8 as usize,
-            &m.event,
-            &m.namespace,
-        )
-    }
-    let mut uses: HashMap<(usize, &str, &str), usize> = HashMap::new();
+/// builds a fan-out) refer to one payload key, `nslen:ns:*ID`: a payload in `cache` (an earlier
+/// chunk of the fan-out stored it), or a new one if more than one message uses it here. A
+/// payload used once and not cached stays in its entry, which saves a key.
+fn share_payloads(
+    messages: &[NewMessage],
+    cache: &PayloadCache,
+) -> (Vec<EntryBody>, Vec<SharedPayload>) {
+    // Every message, hence every `Arc`, is alive for the whole call (and the cache holds its
+    // own clones), so no address is reused meanwhile.
+    let mut uses: HashMap<Identity<'_>, usize> = HashMap::new();
     for m in messages {
         *uses.entry(identity(m)).or_default() += 1;
     }
     // A shared payload's index, and its entries' body, once it has one.
-    let mut assigned: HashMap<(usize, &str, &str), (usize, String)> = HashMap::new();
+    let mut assigned: HashMap<Identity<'_>, (usize, String)> = HashMap::new();
     let mut payloads = Vec::new();
     let bodies = messages
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let id = identity(m);
-            if uses.get(&id).copied().unwrap_or(0) < 2 {
-                return (0, entry_body(m));
+            if let Some((index, body)) = assigned.get(&id) {
+                return (*index, body.clone());
             }
-            let (index, body) = assigned.entry(id).or_insert_with(|| {
-                let key = random_token(PAYLOAD_ID_LEN);
-                let body = format!("{}:{}:*{key}", m.namespace.len(), m.namespace);
-                payloads.push((key, payload_value(m)));
-                (payloads.len(), body)
-            });
-            (*index, body.clone())
+            let payload = match cache.find(m) {
+                Some(known) => SharedPayload {
+                    id: known.id.clone(),
+                    value: String::new(),
+                    known_upto: known.upto,
+                    first: i,
+                },
+                None if uses.get(&id).copied().unwrap_or(0) >= 2 => SharedPayload {
+                    id: random_token(PAYLOAD_ID_LEN),
+                    value: payload_value(m),
+                    known_upto: 0,
+                    first: i,
+                },
+                None => return (0, entry_body(m)),
+            };
+            let body = format!("{}:{}:*{}", m.namespace.len(), m.namespace, payload.id);
+            payloads.push(payload);
+            assigned.insert(id, (payloads.len(), body.clone()));
+            (payloads.len(), body)
         })
         .collect();
     (bodies, payloads)
@@ -854,17 +980,31 @@ fn source(body: &str) -> String {
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
 /// `ARGV[4]` max_queue, `[5]` nu, `[6]` np, `[7]` n, then two per user: its id and its id as
-/// JSON text; two per shared payload: its id and value (see [`share_payloads`]); five per
-/// message: the index of its user (from 1), client (or ''), expires_at, the index of its shared
-/// payload (from 1, or 0), body. Publishes one `Appended` naming each user that stored a
-/// message. Returns the epoch, then per message its position or 'full'.
+/// JSON text; three per shared payload: its id, the latest expiry its key covers if an earlier
+/// call stored it (else 0), and its value (empty if stored earlier; see [`share_payloads`]);
+/// five per message: the index of its user (from 1), client (or ''), expires_at, the index of
+/// its shared payload (from 1, or 0), body. Publishes one `Appended` naming each user that
+/// stored a message. Returns the epoch, then per message its position or 'full'; or nothing,
+/// having written nothing, if a payload stored earlier is gone (send its value then).
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+-- A shared payload is written once, if a message stored uses it, to expire a grace after the
+-- last of them: its entries are gone by then (expired), unless they went earlier. One that an
+-- earlier call stored (an earlier chunk of the fan-out) is only referred to, if its key is
+-- still there (no eviction, no flush took it), and its expiry moved if this call needs it later.
+local shared = {}
+for j = 1, np do
+  local b = 5 + nu * 2 + j * 3
+  shared[j] = {id = ARGV[b], known = tonumber(ARGV[b + 1]), value = ARGV[b + 2], upto = 0}
+  if shared[j].known > 0 and redis.call('EXISTS', P .. 'p:' .. shared[j].id) == 0 then
+    return {}
+  end
+end
 local now = now_ms()
 local epoch = current_epoch()
 local maxq = tonumber(ARGV[4])
-local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
 -- client once that client's cursor does while it reads the namespace. No cursor is above the
 -- highest watermark, so the search for one to evict stops there. The search goes from the
@@ -919,13 +1059,7 @@ local users = {}
 for i = 1, nu do
   users[i] = {id = ARGV[6 + i * 2], json = ARGV[7 + i * 2], upto = 0, stored = false, count = 0}
 end
--- A shared payload is written once, if a message stored uses it, to expire with the last of
--- them: its entries are gone by then (expired), unless they went earlier.
-local shared = {}
-for j = 1, np do
-  shared[j] = {id = ARGV[6 + nu * 2 + j * 2], value = ARGV[7 + nu * 2 + j * 2], upto = 0}
-end
-local first = 8 + nu * 2 + np * 2
+local first = 8 + nu * 2 + np * 3
 for i = 0, n - 1 do
   local seen = users[tonumber(ARGV[first + i * 5])]
   seen.count = seen.count + 1
@@ -974,8 +1108,15 @@ end
 for _, payload in ipairs(shared) do
   if payload.upto > 0 then
     local pk = P .. 'p:' .. payload.id
-    redis.call('SET', pk, payload.value)
-    redis.call('PEXPIREAT', pk, str(payload.upto + GRACE_MS))
+    local at = payload.upto + GRACE_MS
+    if payload.known > 0 then
+      if payload.upto > payload.known then extend(pk, at, now) end
+    elseif redis.call('SET', pk, payload.value, 'NX') then
+      redis.call('PEXPIREAT', pk, str(at))
+    else
+      -- Stored meanwhile by another call that found it gone: never shorten its expiry.
+      extend(pk, at, now)
+    end
   end
 end
 -- A user's keys expire together (see `touch`). `until` moves in steps of EXPIRY_STEP_MS, so
@@ -1411,29 +1552,50 @@ impl Storage for RedisStorage {
             }
             message_users.push(index);
         }
-        let (bodies, payloads) = share_payloads(&messages);
-        let reply: Vec<String> = self
-            .eval(&APPEND, |inv| {
-                inv.arg(max_queue.min(MAX_EXACT as usize))
-                    .arg(users.len())
-                    .arg(payloads.len())
-                    .arg(count);
-                for (user, json) in &users {
-                    inv.arg(*user).arg(json.as_str());
-                }
-                for (id, value) in &payloads {
-                    inv.arg(id.as_str()).arg(value.as_str());
-                }
-                for ((m, user), (payload, body)) in messages.iter().zip(&message_users).zip(&bodies)
-                {
-                    inv.arg(*user)
-                        .arg(m.client.as_ref().map_or("", |c| c.as_str()))
-                        .arg(m.expires_at.min(MAX_EXACT))
-                        .arg(*payload)
-                        .arg(body.as_str());
-                }
-            })
+        let (bodies, mut payloads) = {
+            let cache = self
+                .inner
+                .payloads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            share_payloads(&messages, &cache)
+        };
+        let mut reply = self
+            .append_script(
+                max_queue,
+                &messages,
+                &users,
+                &message_users,
+                &bodies,
+                &payloads,
+            )
             .await?;
+        if reply.is_empty() {
+            // A payload an earlier call stored is gone (evicted, or the data was flushed): this
+            // call stores every payload it uses, and nothing was written by the first attempt.
+            {
+                let mut cache = self
+                    .inner
+                    .payloads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for p in payloads.iter_mut().filter(|p| p.known_upto > 0) {
+                    cache.forget(&p.id);
+                    p.value = payload_value(&messages[p.first]);
+                    p.known_upto = 0;
+                }
+            }
+            reply = self
+                .append_script(
+                    max_queue,
+                    &messages,
+                    &users,
+                    &message_users,
+                    &bodies,
+                    &payloads,
+                )
+                .await?;
+        }
         let mut reply = reply.into_iter();
         let epoch = Epoch::new(reply.next().ok_or_else(|| corrupt("no epoch"))?);
         let outcomes = reply
@@ -1445,6 +1607,24 @@ impl Storage for RedisStorage {
         if outcomes.len() != count {
             return Err(corrupt("wrong number of append outcomes"));
         }
+        // What each payload's key now covers: the latest expiry of the entries stored with it.
+        let mut upto: Vec<u64> = payloads.iter().map(|p| p.known_upto).collect();
+        for ((m, (index, _)), outcome) in messages.iter().zip(&bodies).zip(&outcomes) {
+            if *index > 0 && matches!(outcome, AppendOutcome::Stored(_)) {
+                upto[index - 1] = upto[index - 1].max(m.expires_at.min(MAX_EXACT));
+            }
+        }
+        let mut cache = self
+            .inner
+            .payloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (p, upto) in payloads.iter().zip(upto) {
+            if upto > 0 {
+                cache.record(&messages[p.first], &p.id, upto);
+            }
+        }
+        drop(cache);
         Ok(Appended { epoch, outcomes })
     }
 
@@ -1769,11 +1949,13 @@ mod tests {
         lookalike.data = Arc::from(RawValue::from_string(r#"{"t":"hi"}"#.into()).expect("JSON"));
         let mut other_event = shared.clone();
         other_event.event = "shout".into();
-        let (bodies, payloads) = share_payloads(&[shared, to_bob, lookalike, other_event]);
+        let messages = [shared, to_bob, lookalike, other_event];
+        let (bodies, payloads) = share_payloads(&messages, &PayloadCache::default());
         assert_eq!(payloads.len(), 1);
-        let (id, value) = &payloads[0];
+        let (id, value) = (&payloads[0].id, &payloads[0].value);
         assert_eq!(id.len(), PAYLOAD_ID_LEN);
         assert_eq!(value, r#"3:say{"t":"hi"}"#);
+        assert_eq!((payloads[0].known_upto, payloads[0].first), (0, 0));
         let reference = format!("5:/chat:*{id}");
         assert_eq!(bodies[0], (1, reference.clone()));
         assert_eq!(bodies[1], (1, reference.clone()));
@@ -1787,6 +1969,52 @@ mod tests {
         assert_eq!((a.pos, &*a.ns, &*a.event), (7, "/chat", "say"));
         assert_eq!(b.data.get(), r#"{"t":"hi"}"#);
         assert!(Arc::ptr_eq(&a.data, &b.data), "one payload decoded twice");
+
+        // The next chunk of the fan-out, even of one message, refers to the stored payload.
+        let mut cache = PayloadCache::default();
+        cache.record(&messages[0], id, 9);
+        let mut to_cy = messages[0].clone();
+        to_cy.user = UserId::from("cy");
+        let (later, known) = share_payloads(&[messages[2].clone(), to_cy], &cache);
+        assert_eq!(later[1], (1, reference.clone()));
+        assert_eq!(
+            later[0].0, 0,
+            "an equal payload in another Arc is another payload"
+        );
+        assert_eq!(
+            known,
+            [SharedPayload {
+                id: id.clone(),
+                value: String::new(),
+                known_upto: 9,
+                first: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn the_payload_cache_keeps_the_latest_expiry_and_a_bounded_number() {
+        let mut cache = PayloadCache::default();
+        let first = new_message("/", "e", "1");
+        cache.record(&first, "a", 9);
+        cache.record(&first, "a", 5);
+        assert_eq!(cache.find(&first).map(|c| c.upto), Some(9));
+        for i in 0..PAYLOAD_CACHE {
+            cache.record(&new_message("/", "e", "1"), &format!("x{i}"), 1);
+        }
+        assert_eq!(cache.entries.len(), PAYLOAD_CACHE);
+        assert!(cache.find(&first).is_none(), "the oldest payload was kept");
+        let last = cache.entries[0].data.clone();
+        let m = NewMessage {
+            data: last,
+            ..new_message("/", "e", "1")
+        };
+        assert_eq!(cache.find(&m).map(|c| c.id.as_str()), Some("x15"));
+        let mut other_ns = m.clone();
+        other_ns.namespace = "/x".into();
+        assert!(cache.find(&other_ns).is_none());
+        cache.forget("x15");
+        assert!(cache.find(&m).is_none());
     }
 
     #[test]
