@@ -1472,3 +1472,71 @@ async fn steady_broadcasts_cost_few_commands_per_fetch_and_message() {
     );
     println!("per fetch: {fetch_cmds:.2} commands, {fetch_usec:.1} µs of script ({fetch_detail})");
 }
+
+#[tokio::test]
+async fn keys_made_between_expiry_steps_get_their_expiry_too() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    // The first poll gives every key of the user its expiry; there is no watermark yet.
+    let first = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    assert!(keys(&mut conn, &format!("{p}u:ann:wm")).await.is_empty());
+    let a = storage
+        .append(vec![message("ann", "m", LONG)], 10)
+        .await
+        .expect("append");
+    // Within the same expiry step: the watermark, the user's data and a second client's
+    // record are made after the user's expiry was last moved.
+    storage
+        .fetch(request(
+            "ann",
+            "tab1",
+            Some((&first.epoch, stored(a.outcomes[0]))),
+        ))
+        .await
+        .expect("confirm");
+    let ann = Member::User(UserId::from("ann"));
+    storage
+        .set_data(&ann, "lang", Some("\"fr\""), Duration::from_secs(60))
+        .await
+        .expect("set");
+    let tab2 = Member::Client(UserId::from("ann"), ClientId::new("tab2").expect("id"));
+    storage
+        .join("lobby", &tab2, Duration::from_secs(60))
+        .await
+        .expect("join");
+    storage
+        .fetch(request("ann", "tab2", None))
+        .await
+        .expect("fetch");
+    let found = keys(&mut conn, &format!("{p}*")).await;
+    for want in [
+        "u:ann:wm",
+        "u:ann:data",
+        "c:tab2:ann:rec",
+        "c:tab2:ann:rooms",
+    ] {
+        assert!(
+            found.contains(&format!("{p}{want}")),
+            "no {want} in {found:?}"
+        );
+    }
+    for key in found {
+        let ttl = pttl(&mut conn, &key).await;
+        if key == format!("{p}epoch") || key.ends_with(":rooms") && key.contains(":u:") {
+            continue;
+        }
+        if key == format!("{p}room:lobby") {
+            assert_eq!(ttl, -1);
+            continue;
+        }
+        // Client keys: at least the reap grace (10 min); user keys outlive them.
+        assert!(ttl > 590_000, "{key} expires in {ttl} ms");
+    }
+}

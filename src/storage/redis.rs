@@ -28,7 +28,7 @@
 //! | `{P}u:USER:live`         | zset    | client that polled (and was not reaped) → seen until   |
 //! | `{P}u:USER:data`         | hash    | the user's data, key → JSON                            |
 //! | `{P}u:USER:rooms`        | set     | the rooms the user is in (no TTL: until `leave`)       |
-//! | `{P}c:CLIENT:USER:rec`   | hash    | the client's `cur`sor and its namespaces (`ns`, JSON)  |
+//! | `{P}c:CLIENT:USER:rec`   | hash    | the client's `cur`sor, `ns` (JSON), `w`, `kept`        |
 //! | `{P}c:CLIENT:USER:data`  | hash    | the client's data, key → JSON                          |
 //! | `{P}c:CLIENT:USER:rooms` | set     | the rooms the client is in                             |
 //! | `{P}room:ROOM`           | set     | the room's members (no TTL: until its members leave)   |
@@ -84,7 +84,15 @@
 //! score, and a user's keys after `meta.until` (the last message's expiry and the last client's
 //! seen-until plus grace) plus [`IDLE_GRACE`], so they outlive the client records that need them.
 //! Only if no node reaps for a whole grace do a client's keys expire unreported; `members` then
-//! drops the client from its rooms.
+//! drops the client from its rooms. Expiries move in steps of `EXPIRY_STEP` (later than needed,
+//! never earlier), so that a busy client or user has its keys' expiries moved once a step, not
+//! on every fetch and append: the client's record keeps the step its keys (and the global
+//! zsets) were given (`kept`), the user's `meta` the user's (`until`).
+//!
+//! **A fetch writes what changed.** The client's record keeps its namespaces as given (JSON)
+//! and the cursor `w` that all their watermarks are known to have reached, so a poll that
+//! confirms nothing new (the read after a wakeup) writes neither the cursor nor the
+//! namespaces, nor reads the watermarks.
 //!
 //! What must **persist** has no TTL: the epoch, a user's room memberships (`{P}u:USER:rooms`
 //! and the user in `{P}room:ROOM`), kept until the application calls `leave`. Room sets vanish
@@ -921,34 +929,39 @@ local function drop_expired(u, now, most)
   -- They are the lowest scores of `exp`.
   redis.call('ZREMRANGEBYRANK', ek, 0, #gone - 1)
 end
--- Every user key but `rooms` expires together once nothing needs it: past `t` (the latest
--- message expiry or client record expiry seen so far) plus a grace. Keys created since the
--- last call get it too.
+-- Every user key but `rooms` expires together once nothing needs it: a grace after `until`
+-- in `meta`, which is at least `t` (the latest message expiry or client record expiry seen so
+-- far) and moves in steps of EXPIRY_STEP_MS. Every user key that exists has that expiry: the
+-- keys are given it when `until` moves, and a key made since (`fresh`, the suffixes of those
+-- the caller may have created) when it is made.
 -- Marks the user as having more than a log (`k`: clients, watermarks, data), so that an
 -- append knows to keep those keys too.
-local function touch(u, t)
+local function touch(u, t, fresh)
   local mk = key(u, 'meta')
   local got = redis.call('HMGET', mk, 'until', 'k')
   local upto = num(got[1])
+  local whats = fresh
   if t > upto or not got[2] then
-    upto = math.max(t, upto)
+    if t > upto then upto = math.ceil(t / EXPIRY_STEP_MS) * EXPIRY_STEP_MS end
     redis.call('HSET', mk, 'until', str(upto), 'k', '1')
+    whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}
   end
   local at = str(upto + GRACE_MS)
-  for _, what in ipairs({'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}) do
-    redis.call('PEXPIREAT', key(u, what), at)
-  end
+  for _, what in ipairs(whats) do redis.call('PEXPIREAT', key(u, what), at) end
 end
 -- Moves the expiry of `k` to `at` unless it is already later.
 local function extend(k, at, now)
   local ttl = redis.call('PTTL', k)
   if ttl == -1 or (ttl >= 0 and now + ttl < at) then redis.call('PEXPIREAT', k, str(at)) end
 end
--- A client's keys expire `grace` after its seen-until in `presence`: reap comes first.
+-- A client's keys expire `grace` after its seen-until in `presence`: reap comes first. A
+-- fetch moves them in steps, to the time in `rec`'s `kept`; this sets them to the exact
+-- time, which may be earlier, so it drops `kept`: the next fetch moves them again.
 local function keep_client(m, grace)
   local seen = redis.call('ZSCORE', P .. 'presence', m)
   if not seen then return end
   local at = str(tonumber(seen) + grace)
+  redis.call('HDEL', mkey(m, 'rec'), 'kept')
   for _, what in ipairs({'rec', 'data', 'rooms'}) do redis.call('PEXPIREAT', mkey(m, what), at) end
 end
 -- The record of client `c` for `join` and `set_data`: if it has none, one that is kept for
@@ -958,7 +971,7 @@ local function ensure_client(u, c, now, ttl, grace)
   local seen = now + ttl
   if redis.call('ZADD', P .. 'presence', 'NX', str(seen), m) == 1 then
     extend(P .. 'presence', seen + grace, now)
-    touch(u, seen + grace)
+    touch(u, seen + grace, {})
   end
   return m
 end
@@ -1158,19 +1171,24 @@ return out
 
 /// `ARGV[4]` user, `[5]` client, `[6]` '1' if a cursor was sent, `[7]` its epoch, `[8]` its
 /// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` reap grace (ms), `[12]` the
-/// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` n, then the n
-/// namespaces read. Returns the epoch, the new cursor, the arrival ('online', 'arrived' or ''),
-/// the number of shared payloads, then two per payload (its id and value), each once, then the
-/// entries read.
+/// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` the namespaces
+/// as a JSON array, `[15]` n, then the n namespaces read. Returns the epoch, the new cursor, the
+/// arrival ('online', 'arrived' or ''), the number of shared payloads, then two per payload
+/// (its id and value), each once, then the entries read.
+///
+/// A poll that finds nothing and the one that reads the next message are a few commands each:
+/// what did not change is not written again (the client's cursor and namespaces, watermarks
+/// already past the cursor), and key expiries move once per EXPIRY_STEP.
 static FETCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local u, c = ARGV[4], ARGV[5]
 local limit, ttl, grace = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local nsjson = ARGV[14]
 -- `nsl` as given (recorded, and confirmed in); `distinct` each once (read).
 local nsl, distinct, wanted = {}, {}, {}
-for i = 1, tonumber(ARGV[14]) do
-  nsl[i] = ARGV[14 + i]
+for i = 1, tonumber(ARGV[15]) do
+  nsl[i] = ARGV[15 + i]
   if not wanted[nsl[i]] then
     wanted[nsl[i]] = true
     table.insert(distinct, nsl[i])
@@ -1187,16 +1205,20 @@ local head = 0
 local top = redis.call('ZRANGE', lk, -1, -1)
 if #top > 0 then head = parse(top[1]) end
 
--- The client arrives if it has not polled since it was last reaped (or ever); its user comes
--- online if no other client of theirs has. A client whose presence lapsed but that was not
--- reaped yet has not left: its departure was not reported, so neither is an arrival.
-local arrival = ''
-if not redis.call('ZSCORE', lv, c) then
-  if redis.call('ZCARD', lv) == 0 then arrival = 'online' else arrival = 'arrived' end
+-- The client's record: its cursor, its namespaces (as JSON), the cursor `w` that every
+-- watermark of those namespaces is known to have reached, and `kept`, the time its keys
+-- expire at. Fields that change are written at once, below.
+local rec = redis.call('HMGET', rk, 'cur', 'ns', 'w', 'kept')
+local recorded, same_ns, kept = rec[1], rec[2] == nsjson, num(rec[4])
+local fields = {}
+local function set(f, v) table.insert(fields, f) table.insert(fields, v) end
+-- User keys this fetch may create, to get their expiry (see `touch`).
+local fresh = {}
+local function watermarks()
+  if #distinct == 0 then return {} end
+  return redis.call('HMGET', wk, unpack(distinct))
 end
-
-local recorded = redis.call('HGET', rk, 'cur')
-local start
+local start, w
 local advanced = false
 local confirmed_at = 0
 if ARGV[6] == '1' and ARGV[7] == epoch then
@@ -1204,15 +1226,23 @@ if ARGV[6] == '1' and ARGV[7] == epoch then
   -- Never confirm beyond the log: that would confirm messages appended later.
   local confirmed = math.min(cursor, head)
   confirmed_at = confirmed
+  local was = num(recorded)
   -- The client's own cursor confirms messages addressed to it even when the watermark is
   -- already past them, so its advance is a confirmation too.
-  if confirmed > num(recorded) then advanced = true end
-  redis.call('HSET', rk, 'cur', str(math.max(confirmed, num(recorded))))
-  for _, ns in ipairs(nsl) do
-    if confirmed > num(redis.call('HGET', wk, ns)) then
-      redis.call('HSET', wk, ns, str(confirmed))
-      advanced = true
+  if confirmed > was then advanced = true end
+  if confirmed > was or not recorded then set('cur', str(math.max(confirmed, was))) end
+  -- Watermarks only move up: with the same namespaces, a cursor no higher than one they all
+  -- reached moves none of them.
+  if not same_ns or confirmed > num(rec[3]) then
+    local wms = watermarks()
+    for i, ns in ipairs(distinct) do
+      if confirmed > num(wms[i]) then
+        if not wms[i] then fresh = {'wm'} end
+        redis.call('HSET', wk, ns, str(confirmed))
+        advanced = true
+      end
     end
+    w = str(confirmed)
   end
   start = cursor
 elseif recorded then
@@ -1222,9 +1252,8 @@ else
   -- starts at the lowest watermark of its namespaces, or just before the earliest message
   -- addressed to it that lies at or below it.
   local lowest
-  for _, ns in ipairs(nsl) do
-    local w = num(redis.call('HGET', wk, ns))
-    if not lowest or w < lowest then lowest = w end
+  for _, w in ipairs(watermarks()) do
+    if not lowest or num(w) < lowest then lowest = num(w) end
   end
   start = lowest or 0
   -- The index names the earliest entry to this client in each namespace, whatever lies below.
@@ -1232,9 +1261,14 @@ else
     local earliest = ix_after(ik, ix_prefix(ns, c), 0, 1)[1]
     if earliest and earliest <= start then start = earliest - 1 end
   end
-  redis.call('HSET', rk, 'cur', str(start))
+  set('cur', str(start))
 end
-redis.call('HSET', rk, 'ns', cjson.encode(nsl))
+if not same_ns then
+  set('ns', nsjson)
+  -- What `w` says holds for the namespaces it was set with.
+  w = w or '0'
+end
+if w then set('w', w) end
 
 -- Read through the index: the entries after `start` of each namespace read, to the user and
 -- to this client, at most limit + 1 of each, merged in position order. Entries of other
@@ -1286,18 +1320,38 @@ else
   cursor = math.max(start, head)
 end
 
+-- The client arrives if it has not polled since it was last reaped (or ever); its user comes
+-- online if no other client of theirs has. A client whose presence lapsed but that was not
+-- reaped yet has not left: its departure was not reported, so neither is an arrival.
 local seen = now + ttl
 redis.call('ZADD', P .. 'presence', str(seen), m)
-redis.call('ZADD', lv, str(seen), c)
+local arrival = ''
+if redis.call('ZADD', lv, str(seen), c) == 1 then
+  if redis.call('ZCARD', lv) == 1 then arrival = 'online' else arrival = 'arrived' end
+  table.insert(fresh, 'live')
+end
 local latest = redis.call('ZRANGE', lv, -1, -1, 'WITHSCORES')
 redis.call('ZADD', P .. 'live', latest[2], u)
-extend(P .. 'presence', seen + grace, now)
-extend(P .. 'live', seen + grace, now)
-keep_client(m, grace)
-touch(u, seen + grace)
+-- The client's keys, the global zsets and the user's keys must outlive `seen + grace`: they
+-- are given a time at least that, a step ahead, when it passes `kept`.
+local moved = seen + grace > kept
+if moved then
+  kept = math.ceil((seen + grace) / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
+  set('kept', str(kept))
+end
+if #fields > 0 then redis.call('HSET', rk, unpack(fields)) end
+if moved then
+  local at = str(kept)
+  for _, what in ipairs({'rec', 'data', 'rooms'}) do redis.call('PEXPIREAT', mkey(m, what), at) end
+  extend(P .. 'presence', kept, now)
+  extend(P .. 'live', kept, now)
+end
+if moved or #fresh > 0 then touch(u, kept, fresh) end
 if ARGV[13] ~= '' then redis.call('PUBLISH', P .. 'signals', ARGV[13]) end
 if advanced then
-  redis.call('PUBLISH', P .. 'signals', '{"confirmed":{"epoch":' .. cjson.encode(epoch) .. ','
+  local quoted
+  if string.find(epoch, '^[%w_%-]*$') then quoted = '"' .. epoch .. '"' else quoted = cjson.encode(epoch) end
+  redis.call('PUBLISH', P .. 'signals', '{"confirmed":{"epoch":' .. quoted .. ','
     .. ARGV[12] .. ',"cursor":' .. str(confirmed_at) .. '}}')
 end
 
@@ -1511,7 +1565,7 @@ if ARGV[7] == '1' then
 else
   redis.call('HDEL', dk, ARGV[6])
 end
-if c == '' then touch(u, now + ttl + grace) else keep_client(m, grace) end
+if c == '' then touch(u, now + ttl + grace, {'data'}) else keep_client(m, grace) end
 return 1
 "#,
     )
@@ -1631,6 +1685,9 @@ impl Storage for RedisStorage {
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         // The script adds the epoch and the confirmed cursor, which only it knows.
         let confirmed = confirmed_fields(&request)?;
+        // Recorded with the client, and compared with what it recorded last.
+        let namespaces = serde_json::to_string(&request.namespaces)
+            .map_err(|e| StorageError::Corrupt(format!("cannot encode namespaces: {e}")))?;
         let announcement = match request.announce {
             Some(poll) => signal_json(Signal::PollStarted {
                 user: request.user.clone(),
@@ -1655,6 +1712,7 @@ impl Storage for RedisStorage {
                     .arg(reap_grace(request.presence_ttl))
                     .arg(confirmed.as_str())
                     .arg(announcement.as_str())
+                    .arg(namespaces.as_str())
                     .arg(request.namespaces.len());
                 for ns in &request.namespaces {
                     inv.arg(&**ns);
