@@ -14,7 +14,7 @@ use crate::hub::PollInfo;
 use crate::id::UserId;
 use crate::namespace::authorize_all;
 use crate::presence;
-use crate::protocol::{PollQuery, PollResponse, ProtocolError, WireVolatile, json_response};
+use crate::protocol::{Poll, PollQuery, PollResponse, ProtocolError, WireVolatile, json_response};
 use crate::shared::Shared;
 use crate::storage::{FetchBatch, FetchRequest};
 
@@ -38,17 +38,21 @@ impl Drop for Waiting<'_> {
 pub(crate) async fn respond(
     shared: &Shared,
     user: UserId,
-    parts: &Parts,
+    parts: Box<Parts>,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let poll = PollQuery::parse_with(parts.uri.query(), |ns| {
+    let Poll {
+        client,
+        cursor,
+        namespaces,
+    } = PollQuery::parse_with(parts.uri.query(), |ns| {
         shared
             .namespaces
             .get_key_value(ns)
             .map(|(name, _)| name.clone())
     })?;
-    authorize_all(shared, parts, &user, &poll.namespaces).await?;
-    let client = poll.client;
-    let namespaces = poll.namespaces;
+    authorize_all(shared, &parts, &user, &namespaces).await?;
+    // The headers (cookies and all) are not needed while the poll waits, which may be long.
+    drop(parts);
     let config = &shared.config;
     let deadline = Instant::now() + config.hold;
 
@@ -68,8 +72,8 @@ pub(crate) async fn respond(
 
     // A client without a cursor is new (or lost its state): answer at once, so it learns its
     // epoch and cursor — and that it is connected — without waiting out a hold.
-    let handshake = poll.cursor.is_none();
-    let mut cursor = poll.cursor;
+    let handshake = cursor.is_none();
+    let mut cursor = cursor;
     let mut volatile: Vec<WireVolatile> = Vec::new();
     let mut next_recheck = Instant::now() + config.recheck;
     loop {
