@@ -80,14 +80,19 @@ where
     }
 
     let mut acks = Vec::with_capacity(request.messages.len());
-    // One after another: the handler sees a client's messages in the order it sent them.
+    // One after another: the handler sees a client's messages in the order it sent them. So a
+    // batch stops at a message still in progress elsewhere: the ones after it are not handled
+    // before it, and answer `pending` too, to be sent again after it.
+    let mut blocked = false;
     for message in request.messages {
         let id = message.id.clone();
         let ns = message.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         let outcome = match refused.iter().find(|(n, _)| &**n == ns) {
             Some((_, error)) => AckOutcome::Error(error.clone()),
+            None if blocked => AckOutcome::Pending(true),
             None => handle_once(shared, &io, &user, &request.client, message).await?,
         };
+        blocked |= matches!(outcome, AckOutcome::Pending(_));
         acks.push(Ack { id, outcome });
     }
     Ok(json_response(&SendResponse { acks }))

@@ -28,7 +28,7 @@ pub(crate) use confirm::{Status, Tracker};
 use mailbox::Mailbox;
 pub(crate) use mailbox::{Inbox, PollInfo};
 
-use crate::hash::{HashMap, HashSet, RandomState};
+use crate::hash::{HashMap, RandomState};
 use crate::id::UserId;
 use crate::protocol::WireVolatile;
 use crate::storage::{DeliveryTarget, Epoch, Member, Signal, Storage};
@@ -140,20 +140,19 @@ impl Hub {
         users: impl IntoIterator<Item = &'a UserId>,
     ) -> Expectation {
         self.ensure_started();
-        let mut distinct = HashSet::default();
-        let users: Vec<UserId> = users
-            .into_iter()
-            .filter(|u| distinct.insert(*u))
-            .cloned()
-            .collect();
+        // A user named twice (two of their clients) counts twice, and is released twice.
+        let users: Vec<UserId> = users.into_iter().cloned().collect();
         for (shard, group) in self.by_shard(&users, |u| u).into_iter().enumerate() {
             if group.is_empty() {
                 continue;
             }
             let mut map = self.shard(shard);
             for user in group {
-                map.entry(user.clone())
-                    .or_default()
+                let entry = match map.get_mut(user) {
+                    Some(entry) => entry,
+                    None => map.entry(user.clone()).or_default(),
+                };
+                entry
                     .confirmations
                     .get_or_insert_with(Box::default)
                     .expecting += 1;
@@ -318,7 +317,7 @@ impl Drop for Watch {
 #[derive(Debug)]
 pub(crate) struct Expectation {
     hub: Arc<Hub>,
-    /// The users it expects confirmations of, each once.
+    /// The users it expects confirmations of, as many times as [`Hub::expect`] was given them.
     users: Vec<UserId>,
     tracker: Arc<Tracker>,
     /// Every tracked message, with the epoch it was appended in; the index is the tracker's.
@@ -349,11 +348,11 @@ impl Expectation {
             }
             let mut map = self.hub.shard(shard);
             for (index, target) in group {
-                let confirmations = map
-                    .entry(target.user.clone())
-                    .or_default()
-                    .confirmations
-                    .get_or_insert_with(Box::default);
+                let entry = match map.get_mut(&target.user) {
+                    Some(entry) => entry,
+                    None => map.entry(target.user.clone()).or_default(),
+                };
+                let confirmations = entry.confirmations.get_or_insert_with(Box::default);
                 confirmations.track(&self.tracker, index, epoch, target);
             }
         }

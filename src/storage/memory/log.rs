@@ -31,6 +31,9 @@ pub(super) struct UserLog {
     /// Messages up to here were looked at for trimming already; the undelivered ones among
     /// them stay until they expire.
     trimmed_to: Position,
+    /// The user's time in the shard's online index (0: not in it): at most the latest
+    /// seen-until of their polled clients, and less than [`PRESENCE_STEP`] below it.
+    pub(super) online_indexed: Millis,
 }
 
 #[derive(Debug)]

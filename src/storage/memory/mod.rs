@@ -13,7 +13,7 @@
 mod log;
 mod rooms;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -84,9 +84,14 @@ struct Shard {
     last_pos: Position,
     logs: HashMap<UserId, UserLog>,
     /// Every message by expiry, so that the sweep finds the expired ones without a scan.
-    expiries: BTreeSet<(Millis, UserId, Position)>,
-    /// Every client record by the time its presence lapses, for `reap` and `live_users`.
+    /// Positions are unique within a shard, so `(expiry, position)` is a key that compares
+    /// without looking at the user.
+    expiries: BTreeMap<(Millis, Position), UserId>,
+    /// Every client record by the time its presence lapses, for `reap`.
     presence: BTreeSet<(Millis, UserId, ClientId)>,
+    /// Every user with a polled client, by the latest time one of them lapses: `live_users`
+    /// reads the live ones off its end without looking anything up.
+    online: BTreeSet<(Millis, UserId)>,
     dedup: HashMap<DedupKey, DedupRecord>,
     /// Every dedup record by the time it lapses.
     dedup_expiries: BTreeSet<(Millis, DedupKey)>,
@@ -199,13 +204,13 @@ impl Shard {
         }
         self.last_sweep = now;
         for _ in 0..SLICE {
-            let Some(first) = self.expiries.first() else {
+            let Some((&(expires_at, _), _)) = self.expiries.first_key_value() else {
                 break;
             };
-            if first.0 > now {
+            if expires_at > now {
                 break;
             }
-            let Some((_, user, pos)) = self.expiries.pop_first() else {
+            let Some(((_, pos), user)) = self.expiries.pop_first() else {
                 break;
             };
             if let Some(log) = self.logs.get_mut(&user) {
@@ -226,20 +231,6 @@ impl Shard {
                 self.dedup.remove(&key);
             }
         }
-    }
-
-    fn next_pos(&mut self, now: Millis, after: Position) -> Position {
-        let pos = (now * 1000).max(self.last_pos + 1).max(after + 1);
-        self.last_pos = pos;
-        pos
-    }
-
-    /// Removes the message at `pos` of `user`, with its place in the expiry index.
-    fn remove_message(&mut self, user: &UserId, pos: Position, expires_at: Millis) {
-        if let Some(log) = self.logs.get_mut(user) {
-            log.remove(pos);
-        }
-        self.expiries.remove(&(expires_at, user.clone(), pos));
     }
 
     /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
@@ -325,6 +316,10 @@ impl Shard {
                     .is_none_or(|log| !log.has_polled_client());
             if offline {
                 self.user_data.remove(user);
+                if let Some(log) = self.logs.get_mut(user) {
+                    self.online.remove(&(log.online_indexed, user.clone()));
+                    log.online_indexed = 0;
+                }
             }
             departures.push(Departure {
                 user: user.clone(),
@@ -369,17 +364,22 @@ impl Storage for MemoryStorage {
                 let Some(m) = messages[i].take() else {
                     continue;
                 };
-                let log = shard.logs.entry(m.user.clone()).or_default();
+                let shard = &mut *shard;
+                let log = match shard.logs.get_mut(&m.user) {
+                    Some(log) => log,
+                    None => shard.logs.entry(m.user.clone()).or_default(),
+                };
                 if log.messages.len() >= max_queue {
-                    match log.evictable(now) {
-                        Some((pos, expires_at)) => shard.remove_message(&m.user, pos, expires_at),
-                        None => continue,
-                    }
+                    let Some((pos, expires_at)) = log.evictable(now) else {
+                        continue;
+                    };
+                    log.remove(pos);
+                    shard.expiries.remove(&(expires_at, pos));
                 }
-                let after = shard.logs.get(&m.user).map_or(0, |log| log.last);
-                let pos = shard.next_pos(now, after);
-                shard.expiries.insert((m.expires_at, m.user.clone(), pos));
-                let log = shard.logs.entry(m.user.clone()).or_default();
+                // Clock-based, and past anything given in this shard or to this user before.
+                let pos = (now * 1000).max(shard.last_pos + 1).max(log.last + 1);
+                shard.last_pos = pos;
+                shard.expiries.insert((m.expires_at, pos), m.user.clone());
                 log.insert(Entry {
                     client: m.client,
                     message: StoredMessage {
@@ -459,6 +459,11 @@ impl Storage for MemoryStorage {
                 .presence
                 .insert((record.seen_until, req.user.clone(), req.client.clone()));
         }
+        if record.seen_until >= log.online_indexed.saturating_add(PRESENCE_STEP) {
+            shard.online.remove(&(log.online_indexed, req.user.clone()));
+            log.online_indexed = record.seen_until;
+            shard.online.insert((record.seen_until, req.user.clone()));
+        }
         if let Some(upto) = confirmed {
             for ns in &req.namespaces {
                 if log.raise_watermark(ns, upto) {
@@ -471,7 +476,7 @@ impl Storage for MemoryStorage {
         if advanced.is_some() {
             for (pos, expires_at) in log.trimmable() {
                 log.remove(pos);
-                shard.expiries.remove(&(expires_at, req.user.clone(), pos));
+                shard.expiries.remove(&(expires_at, pos));
             }
         }
         drop(guard);
@@ -587,22 +592,22 @@ impl Storage for MemoryStorage {
         let mut users = Vec::new();
         for shard in 0..SHARDS {
             let shard = self.shard(shard);
-            let mut seen = HashSet::default();
-            // From the latest seen-until down: only the records that may still be live are
-            // visited (the index lags a record by less than a step).
+            // From the latest down. A user indexed past `now` has a client live now (the index
+            // never runs ahead of a record); one indexed within a step before it may, and is
+            // looked up; before that, none is.
             let from = now.saturating_sub(PRESENCE_STEP);
-            for (_, user, client) in shard
-                .presence
+            for (until, user) in shard
+                .online
                 .iter()
                 .rev()
-                .take_while(|(until, _, _)| *until > from)
+                .take_while(|(until, _)| *until > from)
             {
-                let live = shard
-                    .logs
-                    .get(user)
-                    .and_then(|log| log.clients.get(client))
-                    .is_some_and(|r| r.is_live(now));
-                if live && seen.insert(user) {
+                let live = *until > now
+                    || shard
+                        .logs
+                        .get(user)
+                        .is_some_and(|log| log.clients.values().any(|record| record.is_live(now)));
+                if live {
                     users.push(user.clone());
                 }
             }
