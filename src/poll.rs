@@ -14,7 +14,9 @@ use crate::hub::PollInfo;
 use crate::id::UserId;
 use crate::namespace::authorize_all;
 use crate::presence;
-use crate::protocol::{Poll, PollQuery, PollResponse, ProtocolError, WireVolatile, json_response};
+use crate::protocol::{
+    Poll, PollQuery, PollResponse, ProtocolError, WireVolatile, json_response_sized,
+};
 use crate::shared::Shared;
 use crate::storage::{FetchBatch, FetchRequest};
 
@@ -142,10 +144,24 @@ pub(crate) async fn respond(
 }
 
 fn answer(batch: FetchBatch, volatile: &[WireVolatile]) -> Response<Full<Bytes>> {
-    json_response(&PollResponse {
-        epoch: &batch.epoch,
-        cursor: batch.cursor,
-        messages: &batch.messages,
-        volatile,
-    })
+    // The envelope and each message's fields, beside the payloads themselves.
+    let size = 96
+        + batch
+            .messages
+            .iter()
+            .map(|m| 48 + m.ns.len() + m.event.len() + m.data.get().len())
+            .sum::<usize>()
+        + volatile
+            .iter()
+            .map(|m| 40 + m.ns.len() + m.event.len() + m.data.get().len())
+            .sum::<usize>();
+    json_response_sized(
+        &PollResponse {
+            epoch: &batch.epoch,
+            cursor: batch.cursor,
+            messages: &batch.messages,
+            volatile,
+        },
+        size,
+    )
 }

@@ -332,8 +332,20 @@ pub(crate) fn error_response(status: StatusCode, body: &ErrorBody) -> Response<F
 
 /// A `200` response with `value` as its JSON body.
 pub(crate) fn json_response<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    json_response_sized(value, 128)
+}
+
+/// [`json_response`], written into a buffer of about `capacity` bytes, so that a large body
+/// is not grown (and copied) step by step.
+pub(crate) fn json_response_sized<T: Serialize>(
+    value: &T,
+    capacity: usize,
+) -> Response<Full<Bytes>> {
+    let mut body = Vec::with_capacity(capacity);
     // Our wire types hold only strings, numbers and already-valid JSON, which always serialize.
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    if serde_json::to_writer(&mut body, value).is_err() {
+        body = b"{}".to_vec();
+    }
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
