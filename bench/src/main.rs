@@ -12,7 +12,7 @@
 //! `run` and `smoke` start every server as a child process of this executable, pinned to
 //! core 0 with `taskset -c 0`, and run the load generator — raw hyper HTTP/1.1 connections, one
 //! per virtual client, speaking simpleio's protocol or Engine.IO v4 — in this process, pinned to
-//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `redis`, `callgrind`
+//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `room`, `redis`, `callgrind`
 //! ([`scenarios`]).
 
 mod child;
@@ -38,7 +38,7 @@ const USAGE: &str = "usage:
   simpleio-bench server simpleio [--storage memory|redis://HOST:PORT/] [--port P]
   simpleio-bench server socketioxide [--port P]
   simpleio-bench server hyper-hold [--port P] [--hold SECS]
-scenarios: broadcast, history, fanout, idle, redis, callgrind";
+scenarios: broadcast, history, fanout, idle, room, redis, callgrind";
 
 fn main() {
     if let Err(e) = real_main() {

@@ -1,13 +1,13 @@
 //! `smoke`: every server and scenario type, tiny and short, with sanity assertions; for CI.
 //! Fails (non-zero exit) on any lost or duplicated confirmed message, on a scenario that
-//! received nothing, or on any error.
+//! received nothing (a room emit not stored, its honest client unanswered), or on any error.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 
 use crate::child;
-use crate::scenarios::{Opts, Target, broadcast, callgrind, fanout, history, idle};
+use crate::scenarios::{Opts, Target, broadcast, callgrind, fanout, history, idle, room};
 use crate::servers::Mode;
 
 /// Runs the smoke test.
@@ -99,6 +99,30 @@ pub async fn run(opts: Opts) -> Result<()> {
     ensure!(
         f.volatile_received > 0,
         "fanout: no volatile message received"
+    );
+
+    let r = room::measure(opts, Target::Simpleio, 2_000, Duration::from_millis(300)).await?;
+    eprintln!(
+        "smoke: room of 2,000: stored {} µs, {} requests during (max {} µs), {} before (max {} µs)",
+        r.stored_us,
+        r.during_us.len(),
+        r.during_max_us(),
+        r.before,
+        r.before_max_us
+    );
+    ensure!(
+        r.members == 2_000 && r.stored_us > 0,
+        "room: the emit to 2,000 members was not stored"
+    );
+    ensure!(
+        r.before > 0,
+        "room: the honest client got no answer before the emit"
+    );
+    ensure!(
+        r.errors == 0,
+        "room: the honest client had {} failed requests; first: {}",
+        r.errors,
+        r.first_error.as_deref().unwrap_or("?")
     );
 
     for target in [Target::Simpleio, Target::HyperHold] {

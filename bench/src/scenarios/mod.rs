@@ -6,6 +6,7 @@ pub mod callgrind;
 pub mod fanout;
 pub mod history;
 pub mod idle;
+pub mod room;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub const ALL: &[&str] = &[
     "history",
     "fanout",
     "idle",
+    "room",
     "redis",
     "callgrind",
 ];
@@ -47,6 +49,7 @@ pub async fn run(name: &str, opts: Opts) -> Result<Vec<Table>> {
         "history" => history::run(opts).await,
         "fanout" => fanout::run(opts, 10_000).await,
         "idle" => idle::run(opts, 10_000).await,
+        "room" => room::run(opts).await,
         "callgrind" => callgrind::run(opts, 50, if opts.quick { 30 } else { 100 }).await,
         other => anyhow::bail!("no scenario {other:?}; try one of {ALL:?} or `all`"),
     }

@@ -10,9 +10,12 @@
 //! | `GET /bench/stats` | counters ([`Stats`]) |
 //! | `POST /bench/exit` | exits the process (so that `valgrind` writes its output) |
 //!
+//! The simpleio server also has the `room` scenario's routes under `/bench/room/` ([`room`]).
+//!
 //! Each server prints `listening PORT` as its first line on stdout once it accepts connections.
 
 pub mod hyper_hold;
+pub mod room;
 pub mod simpleio;
 pub mod socketioxide;
 
@@ -148,8 +151,10 @@ pub fn init_tracing() {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .with_filter(LevelFilter::WARN);
+    // Both layers only at WARN: a layer that took every level would make each request's
+    // (disabled) debug span live, a cost no application at `info` pays.
     tracing_subscriber::registry()
-        .with(WarnCounter)
+        .with(WarnCounter.with_filter(LevelFilter::WARN))
         .with(fmt)
         .init();
 }

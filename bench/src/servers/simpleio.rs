@@ -1,7 +1,8 @@
 //! `server simpleio`: an axum app with the simpleio layer, on `MemoryStorage` or `RedisStorage`.
 //!
 //! The user is the `user` query parameter or the `x-user` header (benchmark only: anyone can be
-//! anyone). Messages clients send are answered with `"ok"`; the benchmark only receives.
+//! anyone). Messages clients send are answered with `"ok"`; the benchmark only receives. Beside
+//! the shared control routes it has the `room` scenario's ([`super::room`]).
 
 use std::sync::Arc;
 
@@ -34,7 +35,9 @@ pub async fn run(port: u16, storage: &str) -> Result<()> {
         }))
         .try_build()
         .context("building the simpleio layer")?;
-    let app: Router = super::control_routes(Arc::new(Sender { io })).layer(layer);
+    let app: Router = super::control_routes(Arc::new(Sender { io: io.clone() }))
+        .merge(super::room::routes(io))
+        .layer(layer);
     super::serve(port, app).await
 }
 
