@@ -350,12 +350,17 @@ impl Emitter {
         let recipients = self.resolve().await.map_err(SendError::Storage)?;
         let expires_at = millis_after(self.ttl);
         let namespace = self.io.namespace.clone();
-        // Before the append, so that no confirmation of it can be missed.
-        let mut expectation = shared.hub.expect(recipients.iter().map(Member::user));
+        let mut expectation = shared.hub.expect([]);
         let mut not_stored = Vec::new();
-        // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out. Every
-        // chunk shares the one payload (the same `Arc`), which a storage stores once.
-        for chunk in recipients.chunks(FANOUT_CHUNK) {
+        // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out, and
+        // other tasks get the thread between two. Every chunk shares the one payload (the same
+        // `Arc`), which a storage stores once.
+        for (i, chunk) in recipients.chunks(FANOUT_CHUNK).enumerate() {
+            if i > 0 {
+                tokio::task::yield_now().await;
+            }
+            // Before the append, so that no confirmation of it can be missed.
+            expectation.expect(chunk.iter().map(Member::user));
             let messages = chunk
                 .iter()
                 .map(|member| NewMessage {
@@ -412,6 +417,19 @@ impl Emitter {
                     Member::Client(user, client) => clients.push((user, client)),
                 }
             }
+        }
+        // One source, with no exceptions, is one set's worth of recipients: distinct already
+        // (everyone's users, or a room's members, unless it holds both a user and their clients).
+        let single_source = r.users.is_empty()
+            && r.clients.is_empty()
+            && r.except.is_empty()
+            && usize::from(r.everyone) + r.rooms.len() == 1;
+        if single_source && (users.is_empty() || clients.is_empty()) {
+            return Ok(users
+                .into_iter()
+                .map(Member::User)
+                .chain(clients.into_iter().map(|(u, c)| Member::Client(u, c)))
+                .collect());
         }
         // Every step is one pass with hash sets: a recipient list is as long as the audience,
         // and nothing here may be quadratic in it.

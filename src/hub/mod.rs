@@ -31,7 +31,7 @@ pub(crate) use mailbox::{Inbox, PollInfo};
 use crate::hash::{HashMap, RandomState};
 use crate::id::UserId;
 use crate::protocol::WireVolatile;
-use crate::storage::{DeliveryTarget, Epoch, Member, Signal, Storage};
+use crate::storage::{DeliveryTarget, Epoch, FANOUT_CHUNK, Member, Signal, Storage};
 
 /// How many shards the users are spread over: enough that a broadcast's dispatch holds each
 /// lock for a small part of it, few enough that a `Resync` visiting all is cheap.
@@ -140,30 +140,14 @@ impl Hub {
         users: impl IntoIterator<Item = &'a UserId>,
     ) -> Expectation {
         self.ensure_started();
-        // A user named twice (two of their clients) counts twice, and is released twice.
-        let users: Vec<UserId> = users.into_iter().cloned().collect();
-        for (shard, group) in self.by_shard(&users, |u| u).into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut map = self.shard(shard);
-            for user in group {
-                let entry = match map.get_mut(user) {
-                    Some(entry) => entry,
-                    None => map.entry(user.clone()).or_default(),
-                };
-                entry
-                    .confirmations
-                    .get_or_insert_with(Box::default)
-                    .expecting += 1;
-            }
-        }
-        Expectation {
+        let mut expectation = Expectation {
             hub: self.clone(),
-            users,
+            users: Vec::new(),
             tracker: Tracker::new(),
             targets: Vec::new(),
-        }
+        };
+        expectation.expect(users);
+        expectation
     }
 
     fn dispatch(&self, signal: Signal) {
@@ -325,6 +309,31 @@ pub(crate) struct Expectation {
 }
 
 impl Expectation {
+    /// Notes the confirmations of more users, before a message to them is appended (a fan-out
+    /// in chunks expects each chunk's users just before it appends them).
+    pub(crate) fn expect<'a>(&mut self, users: impl IntoIterator<Item = &'a UserId>) {
+        // A user named twice (two of their clients) counts twice, and is released twice.
+        let first = self.users.len();
+        self.users.extend(users.into_iter().cloned());
+        let added = &self.users[first..];
+        for (shard, group) in self.hub.by_shard(added, |u| u).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut map = self.hub.shard(shard);
+            for user in group {
+                let entry = match map.get_mut(user) {
+                    Some(entry) => entry,
+                    None => map.entry(user.clone()).or_default(),
+                };
+                entry
+                    .confirmations
+                    .get_or_insert_with(Box::default)
+                    .expecting += 1;
+            }
+        }
+    }
+
     /// Waits for `targets`, appended in `epoch`, to be confirmed. Each recipient's user must be
     /// one that [`Hub::expect`] was given.
     pub(crate) fn track(&mut self, epoch: &Epoch, targets: Vec<DeliveryTarget>) {
@@ -376,20 +385,16 @@ impl Expectation {
     /// no confirmation removed them).
     pub(crate) fn untrack(&self, indices: impl IntoIterator<Item = usize>) {
         let targets = indices.into_iter().filter_map(|i| self.targets.get(i));
-        self.untrack_targets(targets.map(|(_, t)| t), false);
+        self.untrack_targets(targets.map(|(_, t)| t), &[]);
     }
 
     fn untrack_targets<'a>(
         &'a self,
         targets: impl IntoIterator<Item = &'a DeliveryTarget>,
-        release_users: bool,
+        users: &'a [UserId],
     ) {
         let mut untrack = self.hub.by_shard(targets, |t| &t.user);
-        let mut users: Vec<Vec<&UserId>> = if release_users {
-            self.hub.by_shard(self.users.iter(), |u| u)
-        } else {
-            vec![Vec::new(); SHARDS]
-        };
+        let mut users: Vec<Vec<&UserId>> = self.hub.by_shard(users.iter(), |u| u);
         for shard in 0..SHARDS {
             let (targets, users) = (&mut untrack[shard], &mut users[shard]);
             if targets.is_empty() && users.is_empty() {
@@ -424,16 +429,59 @@ impl Expectation {
 
 impl Drop for Expectation {
     fn drop(&mut self) {
+        let statuses = self.tracker.state().statuses.clone();
+        // A large fan-out's registrations are let go of in a task, a chunk at a time, so that
+        // the end of a send to a big room does not hold the thread that drops it.
+        if self.users.len() > FANOUT_CHUNK
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let rest = Expectation {
+                hub: self.hub.clone(),
+                users: std::mem::take(&mut self.users),
+                tracker: self.tracker.clone(),
+                targets: std::mem::take(&mut self.targets),
+            };
+            runtime.spawn(async move {
+                let chunks = rest
+                    .users
+                    .len()
+                    .max(rest.targets.len())
+                    .div_ceil(FANOUT_CHUNK);
+                for chunk in 0..chunks {
+                    let range = |len: usize| {
+                        (chunk * FANOUT_CHUNK).min(len)..((chunk + 1) * FANOUT_CHUNK).min(len)
+                    };
+                    let targets = range(rest.targets.len());
+                    rest.release(
+                        &rest.targets[targets.clone()],
+                        &statuses[targets],
+                        &rest.users[range(rest.users.len())],
+                    );
+                    tokio::task::yield_now().await;
+                }
+                // `rest` now drops with nothing left to release: its lists were released.
+                let mut rest = rest;
+                rest.users.clear();
+                rest.targets.clear();
+            });
+            return;
+        }
+        self.release(&self.targets, &statuses, &self.users);
+    }
+}
+
+impl Expectation {
+    /// Unregisters `targets` (with their `statuses`) and `users`: the slots of messages still
+    /// pending, and one expectation of each user.
+    fn release(&self, targets: &[(Epoch, DeliveryTarget)], statuses: &[Status], users: &[UserId]) {
         // A settled message has no slot any more: a confirmation removed it, or it never had
         // one, or the storage check that settled it removed it (`untrack`).
-        let statuses = self.tracker.state().statuses.clone();
-        let pending = self
-            .targets
+        let pending = targets
             .iter()
             .zip(statuses)
-            .filter(|(_, status)| *status == Status::Pending)
+            .filter(|(_, status)| **status == Status::Pending)
             .map(|((_, target), _)| target);
-        self.untrack_targets(pending, true);
+        self.untrack_targets(pending, users);
     }
 }
 
