@@ -23,6 +23,10 @@ use crate::storage::{
     Signal, Storage, StorageError, millis_after,
 };
 
+/// How long a fan-out works before it lets other tasks run: a send to a big room never holds
+/// the thread for longer, while a send to a few thousand is stored in one go.
+const FANOUT_SLICE: Duration = Duration::from_millis(10);
+
 /// The largest value [`SimpleIo::set_data`] stores, in bytes of JSON.
 pub const MAX_DATA_LEN: usize = 64 * 1024;
 
@@ -352,12 +356,14 @@ impl Emitter {
         let namespace = self.io.namespace.clone();
         let mut expectation = shared.hub.expect([]);
         let mut not_stored = Vec::new();
-        // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out, and
-        // other tasks get the thread between two. Every chunk shares the one payload (the same
-        // `Arc`), which a storage stores once.
-        for (i, chunk) in recipients.chunks(FANOUT_CHUNK).enumerate() {
-            if i > 0 {
+        // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out, and a
+        // long one lets other tasks have the thread every few milliseconds. Every chunk shares
+        // the one payload (the same `Arc`), which a storage stores once.
+        let mut since_yield = std::time::Instant::now();
+        for chunk in recipients.chunks(FANOUT_CHUNK) {
+            if since_yield.elapsed() >= FANOUT_SLICE {
                 tokio::task::yield_now().await;
+                since_yield = std::time::Instant::now();
             }
             // Before the append, so that no confirmation of it can be missed.
             expectation.expect(chunk.iter().map(Member::user));
