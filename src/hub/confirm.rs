@@ -6,8 +6,7 @@
 //! O(log n) per delivered message, whatever the number of recipients or of other senders. No
 //! sender re-reads the storage on every confirmation of any recipient.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -98,23 +97,32 @@ struct Slot {
     epoch: Epoch,
 }
 
+/// Waiting messages of one namespace (or one client in one namespace), in position order.
+/// Messages are usually tracked in the order they were appended, so they go at the back, and
+/// confirmations settle them from the front: each costs O(1), with one small allocation per
+/// user, not a tree node per message.
+type Queue = VecDeque<(Position, Slot)>;
+
 /// The confirmations of one user that senders on this node wait for.
 #[derive(Debug, Default)]
 pub(super) struct Confirmations {
     /// How many sends expect confirmations of this user (tracked or about to be).
     pub(super) expecting: usize,
+    /// How many of those expect a message to one client of the user.
+    pub(super) expecting_clients: usize,
     /// The epoch of the cursors below; a confirmation of another epoch starts them over.
     epoch: Option<Epoch>,
     /// The highest cursor confirmed in each namespace since this record was made. A send
     /// registers before it appends, so a confirmation that lands between its append and its
-    /// tracking is found here.
-    seen_watermarks: HashMap<Arc<str>, Position>,
-    /// The same, per client and namespace, for messages addressed to one client.
+    /// tracking is found here. Namespaces are the application's, so the list is short.
+    seen_watermarks: Vec<(Arc<str>, Position)>,
+    /// The same, per client and namespace, for messages addressed to one client (kept only
+    /// while such a message is expected).
     seen_clients: HashMap<(ClientId, Arc<str>), Position>,
-    /// Messages to the user, by namespace and position.
-    user_targets: BTreeMap<(Arc<str>, Position), Slot>,
-    /// Messages to one client of the user, by client, namespace and position.
-    client_targets: BTreeMap<(ClientId, Arc<str>, Position), Slot>,
+    /// Messages to the user, per namespace.
+    user_targets: Vec<(Arc<str>, Queue)>,
+    /// Messages to one client of the user, per client and namespace.
+    client_targets: HashMap<(ClientId, Arc<str>), Queue>,
 }
 
 impl Confirmations {
@@ -129,12 +137,17 @@ impl Confirmations {
     ) {
         let same_epoch = self.epoch.as_ref() == Some(epoch);
         let seen = match &target.client {
-            None => self.seen_watermarks.get(&target.namespace),
+            None => self
+                .seen_watermarks
+                .iter()
+                .find(|(ns, _)| *ns == target.namespace)
+                .map(|(_, cursor)| *cursor),
             Some(c) => self
                 .seen_clients
-                .get(&(c.clone(), target.namespace.clone())),
+                .get(&(c.clone(), target.namespace.clone()))
+                .copied(),
         };
-        if same_epoch && seen.is_some_and(|&cursor| cursor >= target.pos) {
+        if same_epoch && seen.is_some_and(|cursor| cursor >= target.pos) {
             tracker.settle(index, Status::Delivered);
             return;
         }
@@ -143,36 +156,63 @@ impl Confirmations {
             index,
             epoch: epoch.clone(),
         };
-        // Positions are unique within a user's log, so a key is taken only if two epochs gave
-        // the same position; the later send then learns its outcome from its rechecks.
-        match &target.client {
-            None => {
-                self.user_targets
-                    .entry((target.namespace.clone(), target.pos))
-                    .or_insert(slot);
-            }
-            Some(c) => {
-                self.client_targets
-                    .entry((c.clone(), target.namespace.clone(), target.pos))
-                    .or_insert(slot);
-            }
+        let queue = match &target.client {
+            None => self.user_queue(&target.namespace),
+            Some(c) => self
+                .client_targets
+                .entry((c.clone(), target.namespace.clone()))
+                .or_default(),
+        };
+        // Positions are unique within a user's log, so one is taken only if two epochs gave
+        // the same; the later send then learns its outcome from its rechecks.
+        let at = queue.partition_point(|(pos, _)| *pos < target.pos);
+        if queue.get(at).is_none_or(|(pos, _)| *pos != target.pos) {
+            queue.insert(at, (target.pos, slot));
         }
+    }
+
+    fn user_queue(&mut self, ns: &Arc<str>) -> &mut Queue {
+        let at = match self.user_targets.iter().position(|(n, _)| n == ns) {
+            Some(at) => at,
+            None => {
+                self.user_targets.push((ns.clone(), Queue::new()));
+                self.user_targets.len() - 1
+            }
+        };
+        &mut self.user_targets[at].1
     }
 
     /// Stops waiting for `target` of `tracker` (its send ended or was dropped).
     pub(super) fn untrack(&mut self, tracker: &Arc<Tracker>, target: &DeliveryTarget) {
-        let owned = |slot: &Slot| Arc::ptr_eq(&slot.tracker, tracker);
+        let remove = |queue: &mut Queue| {
+            let at = queue.partition_point(|(pos, _)| *pos < target.pos);
+            let owned = queue.get(at).is_some_and(|(pos, slot)| {
+                *pos == target.pos && Arc::ptr_eq(&slot.tracker, tracker)
+            });
+            if owned {
+                queue.remove(at);
+            }
+        };
         match &target.client {
             None => {
-                let key = (target.namespace.clone(), target.pos);
-                if self.user_targets.get(&key).is_some_and(owned) {
-                    self.user_targets.remove(&key);
+                if let Some(at) = self
+                    .user_targets
+                    .iter()
+                    .position(|(ns, _)| *ns == target.namespace)
+                {
+                    remove(&mut self.user_targets[at].1);
+                    if self.user_targets[at].1.is_empty() {
+                        self.user_targets.swap_remove(at);
+                    }
                 }
             }
             Some(c) => {
-                let key = (c.clone(), target.namespace.clone(), target.pos);
-                if self.client_targets.get(&key).is_some_and(owned) {
-                    self.client_targets.remove(&key);
+                let key = (c.clone(), target.namespace.clone());
+                if let Some(queue) = self.client_targets.get_mut(&key) {
+                    remove(queue);
+                    if queue.is_empty() {
+                        self.client_targets.remove(&key);
+                    }
                 }
             }
         }
@@ -191,31 +231,40 @@ impl Confirmations {
             self.seen_watermarks.clear();
             self.seen_clients.clear();
         }
+        let clients_expected = self.expecting_clients > 0 || !self.client_targets.is_empty();
         for ns in namespaces {
-            let seen = self.seen_watermarks.entry(ns.clone()).or_insert(0);
-            *seen = (*seen).max(cursor);
-            let seen = self
-                .seen_clients
-                .entry((client.clone(), ns.clone()))
-                .or_insert(0);
-            *seen = (*seen).max(cursor);
-
-            let from = (ns.clone(), 0);
-            let to = (ns.clone(), cursor);
-            settle_range(&mut self.user_targets, from..=to, epoch);
-            let from = (client.clone(), ns.clone(), 0);
-            let to = (client.clone(), ns.clone(), cursor);
-            settle_range(&mut self.client_targets, from..=to, epoch);
+            match self.seen_watermarks.iter_mut().find(|(n, _)| n == ns) {
+                Some((_, seen)) => *seen = (*seen).max(cursor),
+                None => self.seen_watermarks.push((ns.clone(), cursor)),
+            }
+            if let Some(at) = self.user_targets.iter().position(|(n, _)| n == ns) {
+                settle_front(&mut self.user_targets[at].1, cursor, epoch);
+                if self.user_targets[at].1.is_empty() {
+                    self.user_targets.swap_remove(at);
+                }
+            }
+            if clients_expected {
+                let key = (client.clone(), ns.clone());
+                let seen = self.seen_clients.entry(key.clone()).or_insert(0);
+                *seen = (*seen).max(cursor);
+                if let Some(queue) = self.client_targets.get_mut(&key) {
+                    settle_front(queue, cursor, epoch);
+                    if queue.is_empty() {
+                        self.client_targets.remove(&key);
+                    }
+                }
+            }
         }
     }
 
     /// Signals may have been lost: every waiting send asks the storage.
     pub(super) fn ask_recheck(&self) {
-        for slot in self
+        let queues = self
             .user_targets
-            .values()
-            .chain(self.client_targets.values())
-        {
+            .iter()
+            .map(|(_, q)| q)
+            .chain(self.client_targets.values());
+        for (_, slot) in queues.flatten() {
             slot.tracker.ask_recheck();
         }
     }
@@ -225,22 +274,22 @@ impl Confirmations {
     }
 }
 
-/// Settles and removes the slots of `epoch` in `range`: each is one delivered message.
-fn settle_range<K: Ord + Clone>(
-    targets: &mut BTreeMap<K, Slot>,
-    range: std::ops::RangeInclusive<K>,
-    epoch: &Epoch,
-) {
-    let (from, to) = range.into_inner();
-    let covered: Vec<K> = targets
-        .range((Bound::Included(from), Bound::Included(to)))
-        .filter(|(_, slot)| slot.epoch == *epoch)
-        .map(|(key, _)| key.clone())
-        .collect();
-    for key in covered {
-        if let Some(slot) = targets.remove(&key) {
+/// Settles and removes the messages of `epoch` at or below `cursor`, from the front: each is
+/// one delivered message. One of another epoch stays, for its sender's recheck to settle.
+fn settle_front(queue: &mut Queue, cursor: Position, epoch: &Epoch) {
+    let mut other_epochs = Vec::new();
+    while queue.front().is_some_and(|(pos, _)| *pos <= cursor) {
+        let Some((pos, slot)) = queue.pop_front() else {
+            break;
+        };
+        if slot.epoch == *epoch {
             slot.tracker.settle(slot.index, Status::Delivered);
+        } else {
+            other_epochs.push((pos, slot));
         }
+    }
+    for kept in other_epochs.into_iter().rev() {
+        queue.push_front(kept);
     }
 }
 
@@ -293,7 +342,10 @@ mod tests {
     #[test]
     fn a_message_to_one_client_waits_for_that_client() {
         let epoch = Epoch::new("e");
-        let mut c = Confirmations::default();
+        let mut c = Confirmations {
+            expecting_clients: 1,
+            ..Confirmations::default()
+        };
         let t = tracker_with(1);
         c.track(&t, 0, &epoch, &target(Some("tab1"), "/", 10));
         c.confirmed(
@@ -349,7 +401,10 @@ mod tests {
         let (a, b) = (tracker_with(1), tracker_with(1));
         c.track(&a, 0, &epoch, &target(None, "/", 10));
         c.untrack(&b, &target(None, "/", 10));
-        assert_eq!(c.user_targets.len(), 1);
+        assert_eq!(
+            c.user_targets.iter().map(|(_, q)| q.len()).sum::<usize>(),
+            1
+        );
         c.untrack(&a, &target(None, "/", 10));
         assert!(c.user_targets.is_empty());
     }

@@ -137,7 +137,7 @@ impl Hub {
     /// then not missed.
     pub(crate) fn expect<'a>(
         self: &Arc<Self>,
-        users: impl IntoIterator<Item = &'a UserId>,
+        recipients: impl IntoIterator<Item = &'a Member>,
     ) -> Expectation {
         self.ensure_started();
         let mut expectation = Expectation {
@@ -146,7 +146,7 @@ impl Hub {
             tracker: Tracker::new(),
             targets: Vec::new(),
         };
-        expectation.expect(users);
+        expectation.expect(recipients);
         expectation
     }
 
@@ -301,35 +301,41 @@ impl Drop for Watch {
 #[derive(Debug)]
 pub(crate) struct Expectation {
     hub: Arc<Hub>,
-    /// The users it expects confirmations of, as many times as [`Hub::expect`] was given them.
-    users: Vec<UserId>,
+    /// The recipients it expects confirmations of, as many times as they were given.
+    users: Vec<Member>,
     tracker: Arc<Tracker>,
     /// Every tracked message, with the epoch it was appended in; the index is the tracker's.
     targets: Vec<(Epoch, DeliveryTarget)>,
 }
 
 impl Expectation {
-    /// Notes the confirmations of more users, before a message to them is appended (a fan-out
-    /// in chunks expects each chunk's users just before it appends them).
-    pub(crate) fn expect<'a>(&mut self, users: impl IntoIterator<Item = &'a UserId>) {
+    /// Notes the confirmations of more recipients, before a message to them is appended (a
+    /// fan-out in chunks expects each chunk's recipients just before it appends them).
+    pub(crate) fn expect<'a>(&mut self, recipients: impl IntoIterator<Item = &'a Member>) {
         // A user named twice (two of their clients) counts twice, and is released twice.
         let first = self.users.len();
-        self.users.extend(users.into_iter().cloned());
+        self.users.extend(recipients.into_iter().cloned());
         let added = &self.users[first..];
-        for (shard, group) in self.hub.by_shard(added, |u| u).into_iter().enumerate() {
+        for (shard, group) in self
+            .hub
+            .by_shard(added, |m| m.user())
+            .into_iter()
+            .enumerate()
+        {
             if group.is_empty() {
                 continue;
             }
             let mut map = self.hub.shard(shard);
-            for user in group {
-                let entry = match map.get_mut(user) {
+            for member in group {
+                let entry = match map.get_mut(member.user()) {
                     Some(entry) => entry,
-                    None => map.entry(user.clone()).or_default(),
+                    None => map.entry(member.user().clone()).or_default(),
                 };
-                entry
-                    .confirmations
-                    .get_or_insert_with(Box::default)
-                    .expecting += 1;
+                let confirmations = entry.confirmations.get_or_insert_with(Box::default);
+                confirmations.expecting += 1;
+                if matches!(member, Member::Client(..)) {
+                    confirmations.expecting_clients += 1;
+                }
             }
         }
     }
@@ -391,10 +397,10 @@ impl Expectation {
     fn untrack_targets<'a>(
         &'a self,
         targets: impl IntoIterator<Item = &'a DeliveryTarget>,
-        users: &'a [UserId],
+        users: &'a [Member],
     ) {
         let mut untrack = self.hub.by_shard(targets, |t| &t.user);
-        let mut users: Vec<Vec<&UserId>> = self.hub.by_shard(users.iter(), |u| u);
+        let mut users: Vec<Vec<&Member>> = self.hub.by_shard(users.iter(), |m| m.user());
         for shard in 0..SHARDS {
             let (targets, users) = (&mut untrack[shard], &mut users[shard]);
             if targets.is_empty() && users.is_empty() {
@@ -409,12 +415,16 @@ impl Expectation {
                     c.untrack(&self.tracker, target);
                 }
             }
-            for user in users.drain(..) {
+            for member in users.drain(..) {
+                let user = member.user();
                 let Some(entry) = map.get_mut(user) else {
                     continue;
                 };
                 if let Some(c) = entry.confirmations.as_deref_mut() {
                     c.expecting = c.expecting.saturating_sub(1);
+                    if matches!(member, Member::Client(..)) {
+                        c.expecting_clients = c.expecting_clients.saturating_sub(1);
+                    }
                     if c.is_unused() {
                         entry.confirmations = None;
                     }
@@ -473,7 +483,7 @@ impl Drop for Expectation {
 impl Expectation {
     /// Unregisters `targets` (with their `statuses`) and `users`: the slots of messages still
     /// pending, and one expectation of each user.
-    fn release(&self, targets: &[(Epoch, DeliveryTarget)], statuses: &[Status], users: &[UserId]) {
+    fn release(&self, targets: &[(Epoch, DeliveryTarget)], statuses: &[Status], users: &[Member]) {
         // A settled message has no slot any more: a confirmation removed it, or it never had
         // one, or the storage check that settled it removed it (`untrack`).
         let pending = targets
@@ -509,7 +519,7 @@ mod tests {
         let storage = MemoryStorage::new();
         let hub = Hub::new(&storage);
         let epoch = Epoch::new("e");
-        let users = [UserId::from("ann"), UserId::from("bob")];
+        let users = [Member::from("ann"), Member::from("bob")];
         let mut expectation = hub.expect(users.iter());
         expectation.track(&epoch, vec![target("ann", 10), target("bob", 10)]);
         hub.dispatch(Signal::Confirmed {
@@ -528,13 +538,13 @@ mod tests {
     async fn dropping_waiters_leaves_nothing_behind() {
         let storage = MemoryStorage::new();
         let hub = Hub::new(&storage);
-        let users: Vec<UserId> = (0..100).map(|i| UserId::from(format!("u{i}"))).collect();
+        let users: Vec<Member> = (0..100).map(|i| Member::from(format!("u{i}"))).collect();
         let mut expectation = hub.expect(users.iter());
         expectation.track(
             &Epoch::new("e"),
-            users.iter().map(|u| target(u.as_str(), 5)).collect(),
+            users.iter().map(|u| target(u.user().as_str(), 5)).collect(),
         );
-        let watch = hub.watch(&users[0], None);
+        let watch = hub.watch(users[0].user(), None);
         assert_eq!(entries(&hub), 100);
         drop(expectation);
         assert_eq!(entries(&hub), 1);

@@ -18,8 +18,10 @@ use crate::report::{self, Table};
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub polls: usize,
-    /// Server time until `Sending::stored()` resolved, µs.
+    /// Server time until `Sending::stored()` resolved, µs: the process's first fan-out.
     pub stored_us: u64,
+    /// The same for a second fan-out to the same polls (the per-user structures exist).
+    pub stored_again_us: u64,
     /// From the emit request to the last poll's answer parsed, µs.
     pub all_answered_us: u64,
     /// Polls that answered with the confirmed message.
@@ -43,7 +45,7 @@ struct TickAnswer {
 pub async fn measure(opts: Opts, k: usize) -> Result<Outcome> {
     let servers = Servers::start(Target::Simpleio, opts)?;
     let addr = servers.addr();
-    let fleet = Fleet::start(Kind::Simpleio, addr, k, 4);
+    let fleet = Fleet::start(Kind::Simpleio, addr, k, 5);
     let result = async {
         let wait = Duration::from_secs(30 + k as u64 / 100);
         fleet.wait_connected(wait).await?;
@@ -66,6 +68,13 @@ pub async fn measure(opts: Opts, k: usize) -> Result<Outcome> {
         {
             out.all_confirmed_us = started.elapsed().as_micros() as u64;
         }
+
+        // A second fan-out, once every client is back to a waiting poll: the first one also
+        // paid for making each user's structures.
+        wait_polls(addr, k as u64, wait).await?;
+        let tick: TickAnswer = call_json(addr, Method::POST, "/bench/tick?mode=confirmed").await?;
+        out.stored_again_us = tick.stored_us;
+        fleet.wait_seen(tick.seq, wait).await;
 
         // Every client is back to a waiting poll before the volatile message.
         wait_polls(addr, k as u64, wait).await?;
@@ -96,8 +105,12 @@ pub async fn run(opts: Opts, k: usize) -> Result<Vec<Table>> {
     );
     let rows = [
         (
-            "confirmed: stored (server, `Sending::stored()`)",
+            "confirmed: stored (server, `Sending::stored()`), the process's first fan-out",
             report::ms(o.stored_us as f64),
+        ),
+        (
+            "confirmed: stored, a second fan-out to the same polls",
+            report::ms(o.stored_again_us as f64),
         ),
         (
             "confirmed: every poll answered (load generator)",
