@@ -25,7 +25,7 @@ use crate::storage::{
 
 /// How long a fan-out works before it lets other tasks run: a send to a big room never holds
 /// the thread for longer, while a send to a few thousand is stored in one go.
-const FANOUT_SLICE: Duration = Duration::from_millis(20);
+const FANOUT_SLICE: Duration = Duration::from_millis(15);
 
 /// The largest value [`SimpleIo::set_data`] stores, in bytes of JSON.
 pub const MAX_DATA_LEN: usize = 64 * 1024;
