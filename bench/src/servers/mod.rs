@@ -288,7 +288,20 @@ pub async fn bind(port: u16) -> Result<tokio::net::TcpListener> {
 }
 
 /// Serves `app` the way every axum app is served (hyper-util's auto HTTP/1 + HTTP/2 server).
-pub async fn serve(port: u16, app: Router) -> Result<()> {
+pub async fn serve<S>(port: u16, app: S) -> Result<()>
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
     let listener = bind(port).await?;
-    axum::serve(listener, app).await.context("serving")
+    axum::serve(listener, axum::ServiceExt::into_make_service(app))
+        .await
+        .context("serving")
 }

@@ -7,6 +7,7 @@ use anyhow::Result;
 use axum::Router;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
+use tower::ServiceExt;
 
 use super::{BoxFuture, Broadcast, Control, Mode, Tick};
 
@@ -15,8 +16,13 @@ pub async fn run(port: u16) -> Result<()> {
     super::init_tracing();
     let (layer, io) = SocketIo::new_layer();
     io.ns("/", async |_s: SocketRef| {});
-    let app: Router = super::control_routes(Arc::new(Sender { io })).layer(layer);
-    super::serve(port, app).await
+    let app: Router = super::control_routes(Arc::new(Sender { io }));
+    // Around the router, as simpleio's layer goes.
+    let service = ServiceExt::<http::Request<axum::body::Body>>::map_response(
+        tower::Layer::layer(&layer, app),
+        |response| response.map(axum::body::Body::new),
+    );
+    super::serve(port, service).await
 }
 
 struct Sender {
