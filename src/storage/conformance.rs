@@ -1248,12 +1248,27 @@ pub async fn a_broadcast_to_thousands_reaches_each_once_with_one_signal(s: &impl
 /// A subscriber that stops reading falls behind and is told so (`Lagged`, which simpleio turns
 /// into a resync), while storage keeps answering exactly: nothing stored depends on signals.
 pub async fn a_lagging_subscriber_is_told_and_storage_still_answers(s: &impl Storage) {
+    const MESSAGES: usize = 1_000;
+    // More signals than any subscription here holds; published 100 at a time.
+    const FLOOD: usize = 20_000;
     let mut rx = s.subscribe();
     let mut last = (None, 0);
-    for i in 0..5_000 {
+    for i in 0..MESSAGES {
         let msg = message("ann", &format!("m{i}"), LONG);
         let (epoch, pos) = append_with_queue(s, vec![msg], 10_000).await;
         last = (Some(epoch), pos[0]);
+    }
+    for round in 0..FLOOD / 100 {
+        let signals = (0..100).map(|i| {
+            s.publish(Signal::PollStarted {
+                user: user("bob"),
+                client: client("tab1"),
+                poll: (round * 100 + i) as u64,
+            })
+        });
+        for published in futures_util::future::join_all(signals).await {
+            published.expect("publish");
+        }
     }
     let lagged = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -1268,11 +1283,11 @@ pub async fn a_lagging_subscriber_is_told_and_storage_still_answers(s: &impl Sto
     assert_eq!(
         lagged,
         Ok(true),
-        "5,000 unread signals must overflow a bounded subscription"
+        "20,000 unread signals must overflow a bounded subscription"
     );
     let (epoch, pos) = (last.0.expect("appended"), last.1);
     let b = fetch_limit(s, "ann", "tab1", None, 10_000).await;
-    assert_eq!(b.messages.len(), 5_000);
+    assert_eq!(b.messages.len(), MESSAGES);
     fetch(s, "ann", "tab1", Some((&epoch, b.cursor))).await;
     assert_eq!(
         delivery(s, &epoch, "ann", None, pos).await,

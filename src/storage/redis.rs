@@ -122,8 +122,10 @@ use super::{
 };
 use crate::id::{ClientId, UserId, random_token};
 
-/// How many signals a slow subscriber may fall behind before it is told to resync.
-const SIGNAL_CAPACITY: usize = 4096;
+/// How many signals a slow subscriber may fall behind before it is told to resync: two per
+/// poll (its announcement and its confirmation) come in bursts when thousands of clients
+/// answer one broadcast and poll again at once (see `MemoryStorage`'s).
+const SIGNAL_CAPACITY: usize = 16_384;
 
 /// How long a user's keys outlive the last thing that needed them (a message's expiry, a
 /// client record's expiry). Keeping the last position a little longer costs little.
