@@ -1616,20 +1616,12 @@ impl Storage for RedisStorage {
                 .unwrap_or_else(PoisonError::into_inner);
             share_payloads(&messages, &cache)
         };
-        let mut reply = self
-            .append_script(
-                max_queue,
-                &messages,
-                &users,
-                &message_users,
-                &bodies,
-                &payloads,
-            )
-            .await?;
-        if reply.is_empty() {
-            // A payload an earlier call stored is gone (evicted, or the data was flushed): this
-            // call stores every payload it uses, and nothing was written by the first attempt.
-            {
+        // At most two attempts: an empty reply means a payload an earlier call stored is gone
+        // (evicted, or the data was flushed) and nothing was written; the second attempt stores
+        // every payload it uses.
+        let mut reply = Vec::new();
+        for attempt in 0..2 {
+            if attempt > 0 {
                 let mut cache = self
                     .inner
                     .payloads
@@ -1651,6 +1643,9 @@ impl Storage for RedisStorage {
                     &payloads,
                 )
                 .await?;
+            if !reply.is_empty() {
+                break;
+            }
         }
         let mut reply = reply.into_iter();
         let epoch = Epoch::new(reply.next().ok_or_else(|| corrupt("no epoch"))?);
