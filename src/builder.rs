@@ -200,6 +200,112 @@ impl Builder {
         self
     }
 
+    /// How many of one recipient's queued messages may come from one sender (default 1,000 of
+    /// the [`max_queue`](Self::max_queue) of 10,000). A sender is the user on whose behalf a
+    /// message is sent: [`Incoming::io`](crate::Incoming) sends on behalf of the message's user,
+    /// and [`SimpleIo::on_behalf_of`](crate::SimpleIo::on_behalf_of) names one. One user who
+    /// floods another's queue then fills only their share of it, and messages from everyone
+    /// else still get in; a send beyond the share fails with
+    /// [`Failure::QueueFull`](crate::Failure::QueueFull).
+    pub fn max_queue_per_sender(mut self, limit: usize) -> Self {
+        self.config.max_queue_per_sender = limit;
+        self
+    }
+
+    /// How many message ids of one client are remembered, so that a retry is not handled twice
+    /// (default 1,000). When a client has this many, its oldest handled one is forgotten: a
+    /// client retries only its latest messages. Bounds memory against a client that sends
+    /// without end.
+    pub fn max_dedup_per_client(mut self, limit: usize) -> Self {
+        self.config.max_dedup_per_client = limit;
+        self
+    }
+
+    /// How many message ids of one user, over all of their clients, are remembered (default
+    /// 4,000), as [`max_dedup_per_client`](Self::max_dedup_per_client). When the oldest is
+    /// still being handled, a new message is refused with `429 too_many_in_progress`.
+    pub fn max_dedup_per_user(mut self, limit: usize) -> Self {
+        self.config.max_dedup_per_user = limit;
+        self
+    }
+
+    /// The largest handler reply in bytes of JSON (default 8 KiB). A reply is remembered with
+    /// its message id for the [dedup window](Self::dedup_window), so it must stay small; a
+    /// larger one becomes the error acknowledgement `reply_too_large`. Send large results as
+    /// messages.
+    pub fn max_reply_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_reply_bytes = bytes;
+        self
+    }
+
+    /// How many clients (tabs, devices) one user may have at once (default 64): a poll with a
+    /// new client id beyond it is refused with `429 too_many_clients` until one of them has
+    /// been gone for the [presence TTL](Self::presence_ttl).
+    pub fn max_clients_per_user(mut self, limit: usize) -> Self {
+        self.config.max_clients_per_user = limit;
+        self
+    }
+
+    /// How many polls of one user may wait on this node at once (default 64): more are refused
+    /// with `429 too_many_polls`.
+    pub fn max_polls_per_user(mut self, limit: usize) -> Self {
+        self.config.max_polls_per_user = limit;
+        self
+    }
+
+    /// How many polls may wait on this node at once (default 100,000): more are refused with
+    /// `503 server_busy`, which clients retry with backoff. Size it to the node's memory and
+    /// file descriptors (see the guide's "Running in production").
+    pub fn max_polls(mut self, limit: usize) -> Self {
+        self.config.max_polls = limit;
+        self
+    }
+
+    /// How many namespaces one poll may read (default 32); more is `400 too_many_namespaces`.
+    pub fn max_namespaces_per_poll(mut self, limit: usize) -> Self {
+        self.config.max_namespaces = limit;
+        self
+    }
+
+    /// The most bytes of messages in one `GET` response (default 4 MiB), beside the
+    /// [`batch_limit`](Self::batch_limit) count: the rest come on the next `GET`. A single
+    /// message larger than this still goes, alone.
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_batch_bytes = bytes;
+        self
+    }
+
+    /// The largest message payload in bytes of JSON, in either direction (default 1 MiB). A
+    /// client's is refused with `413 message_too_large`; a send from the server fails with
+    /// [`SendError::TooLarge`](crate::SendError::TooLarge).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_message_bytes = bytes;
+        self
+    }
+
+    /// The deepest nesting of arrays and objects in a message payload (default 64), in either
+    /// direction: every client can parse what it is sent (`400 data_too_deep` for a client's,
+    /// [`SendError::TooDeep`](crate::SendError::TooDeep) for the server's).
+    pub fn max_data_depth(mut self, depth: usize) -> Self {
+        self.config.max_data_depth = depth;
+        self
+    }
+
+    /// How long reading a `POST` body may take (default 10 s); past it the request is answered
+    /// `408 body_timeout`, so that slow or never-ending bodies cannot hold connections.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.config.body_timeout = timeout;
+        self
+    }
+
+    /// How many presence changes may wait for the [presence handler](Self::on_presence) on
+    /// this node (default 10,000). Beyond, new ones are dropped with a warning: a handler that
+    /// cannot keep up must not grow memory without end.
+    pub fn max_presence_queue(mut self, limit: usize) -> Self {
+        self.config.max_presence_queue = limit;
+        self
+    }
+
     /// How long after its last poll a client still counts as live (default 60 s; must exceed
     /// the hold time). Used by [`SimpleIo::everyone`].
     pub fn presence_ttl(mut self, ttl: Duration) -> Self {
@@ -252,13 +358,14 @@ impl Builder {
             }
         }
         let hub = Hub::new(&*storage);
+        let presence = PresenceQueue::new(self.config.max_presence_queue);
         let shared = Arc::new(Shared {
             config: self.config,
             storage,
             identity: self.identity.unwrap_or_else(|| Box::new(reject_all)),
             namespaces,
             on_presence: self.on_presence,
-            presence: PresenceQueue::new(),
+            presence,
             hub,
             waiting: AtomicUsize::new(0),
         });

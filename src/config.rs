@@ -17,8 +17,21 @@ pub(crate) struct Config {
     pub(crate) pending_wait: Duration,
     pub(crate) message_ttl: Duration,
     pub(crate) max_queue: usize,
+    pub(crate) max_queue_per_sender: usize,
     pub(crate) presence_ttl: Duration,
     pub(crate) recheck: Duration,
+    pub(crate) max_dedup_per_client: usize,
+    pub(crate) max_dedup_per_user: usize,
+    pub(crate) max_reply_bytes: usize,
+    pub(crate) max_clients_per_user: usize,
+    pub(crate) max_polls_per_user: usize,
+    pub(crate) max_polls: usize,
+    pub(crate) max_namespaces: usize,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_data_depth: usize,
+    pub(crate) body_timeout: Duration,
+    pub(crate) max_presence_queue: usize,
 }
 
 /// The longest hold the builder accepts: common proxies and PaaS routers cut idle requests at
@@ -39,8 +52,21 @@ impl Default for Config {
             pending_wait: Duration::from_secs(5),
             message_ttl: Duration::from_secs(5 * 60),
             max_queue: 10_000,
+            max_queue_per_sender: 1_000,
             presence_ttl: Duration::from_secs(60),
             recheck: Duration::from_secs(10),
+            max_dedup_per_client: 1_000,
+            max_dedup_per_user: 4_000,
+            max_reply_bytes: 8 * 1024,
+            max_clients_per_user: 64,
+            max_polls_per_user: 64,
+            max_polls: 100_000,
+            max_namespaces: 32,
+            max_batch_bytes: 4 * 1024 * 1024,
+            max_message_bytes: 1024 * 1024,
+            max_data_depth: 64,
+            body_timeout: Duration::from_secs(10),
+            max_presence_queue: 10_000,
         }
     }
 }
@@ -90,10 +116,25 @@ impl Config {
             ("max_messages", self.max_messages),
             ("max_event_len", self.max_event_len),
             ("max_queue", self.max_queue),
+            ("max_queue_per_sender", self.max_queue_per_sender),
+            ("max_dedup_per_client", self.max_dedup_per_client),
+            ("max_dedup_per_user", self.max_dedup_per_user),
+            ("max_reply_bytes", self.max_reply_bytes),
+            ("max_clients_per_user", self.max_clients_per_user),
+            ("max_polls_per_user", self.max_polls_per_user),
+            ("max_polls", self.max_polls),
+            ("max_namespaces", self.max_namespaces),
+            ("max_batch_bytes", self.max_batch_bytes),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_data_depth", self.max_data_depth),
+            ("max_presence_queue", self.max_presence_queue),
         ] {
             if value == 0 {
                 return Err(BuildError::ZeroLimit(name));
             }
+        }
+        if self.body_timeout.is_zero() {
+            return Err(BuildError::ZeroLimit("body_timeout"));
         }
         if self.presence_ttl <= self.hold {
             return Err(BuildError::PresenceTtl {

@@ -80,9 +80,36 @@ pub enum SendError {
         /// The longest event name accepted.
         max: usize,
     },
+    /// The payload is larger than the builder's
+    /// [`max_message_bytes`](crate::Builder::max_message_bytes).
+    #[error("the message data is {size} bytes of JSON, more than the limit of {max}")]
+    TooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload nests arrays and objects deeper than the builder's
+    /// [`max_data_depth`](crate::Builder::max_data_depth), so some clients could not read it.
+    #[error("the message data nests deeper than {max} levels")]
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
     /// The storage failed; the message may or may not have been stored.
     #[error("{0}")]
     Storage(#[source] StorageError),
+    /// From [`Sending::stored`](crate::Sending::stored): the message could not be stored for
+    /// these recipients, whose queue (or this sender's share of it) is full. It was stored for
+    /// the others, and will reach them; nothing tells whether it did, since the confirmation
+    /// future is not returned.
+    #[error("not stored for {} recipient(s) whose queue is full (stored for {stored})", failed.len())]
+    QueueFull {
+        /// The recipients it was not stored for.
+        failed: Vec<Member>,
+        /// How many recipients it was stored for.
+        stored: usize,
+    },
     /// Some recipients did not confirm the message; see who and why.
     #[error("{0}")]
     NotDelivered(Undelivered),

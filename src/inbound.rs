@@ -13,6 +13,7 @@ use serde_json::error::Category;
 use tokio::time::{Instant, sleep, timeout_at};
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::delivery::SendError;
 use crate::handler::{HandlerError, Incoming, null};
 use crate::id::{ClientId, UserId};
 use crate::io::SimpleIo;
@@ -23,7 +24,7 @@ use crate::protocol::{
     json_response,
 };
 use crate::shared::Shared;
-use crate::storage::{Claim, DEFAULT_NAMESPACE, DedupKey, StorageError};
+use crate::storage::{Claim, DEFAULT_NAMESPACE, DedupKey, DedupLimits, StorageError};
 
 pub(crate) async fn respond<B>(
     shared: &Shared,
@@ -41,7 +42,22 @@ where
     if !is_json(parts) {
         return Err(ProtocolError::UnsupportedMediaType);
     }
-    let request = parse(read_body(body, config.max_body).await?)?;
+    // Refused before reading when the client says it is too large: nothing is read, and a
+    // client that sent `Expect: 100-continue` is not told to go on.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > config.max_body as u64) {
+        return Err(ProtocolError::BodyTooLarge(config.max_body));
+    }
+    // A body must arrive in time: a slow or never-ending one would hold its connection (and
+    // a file descriptor) for as long as the client likes.
+    let body = tokio::time::timeout(config.body_timeout, read_body(body, config.max_body))
+        .await
+        .map_err(|_| ProtocolError::BodyTimeout(config.body_timeout.as_millis()))??;
+    let request = parse(body)?;
     if request.messages.is_empty() {
         return Err(ProtocolError::InvalidField(
             "`messages` must hold at least one message".to_owned(),
@@ -61,6 +77,22 @@ where
                 config.max_event_len,
                 m.id.as_str()
             )));
+        }
+        if let Some(data) = &m.data {
+            let size = data.get().len();
+            if size > config.max_message_bytes {
+                return Err(ProtocolError::MessageTooLarge {
+                    id: m.id.to_string(),
+                    size,
+                    limit: config.max_message_bytes,
+                });
+            }
+            if crate::json::depth_exceeds(data.get().as_bytes(), config.max_data_depth) {
+                return Err(ProtocolError::DataTooDeep {
+                    id: m.id.to_string(),
+                    limit: config.max_data_depth,
+                });
+            }
         }
         let ns = m.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         check_namespace(ns).map_err(ProtocolError::InvalidField)?;
@@ -154,7 +186,12 @@ async fn handle_once(
     // the claim right after the watch starts catches a completion in between.
     let mut watch = None;
     loop {
-        match shared.storage.claim(&key, config.handler_lease).await? {
+        let limits = DedupLimits {
+            lease: config.handler_lease,
+            per_client: config.max_dedup_per_client,
+            per_user: config.max_dedup_per_user,
+        };
+        match shared.storage.claim(&key, limits).await? {
             Claim::Acquired => break,
             Claim::Done(stored) => return Ok(decode_stored(&stored)),
             Claim::InProgress => match &watch {
@@ -191,8 +228,14 @@ async fn handle_once(
         async move {
             let shared = &io.shared;
             let outcome = call_handler(shared, &io, &user, &client, message).await;
+            let Some(outcome) = outcome else {
+                // Not known whether the handler's work was done: the message is forgotten, so
+                // that the client's retry is handled again rather than told a final error.
+                complete(shared, &key, "null", Duration::ZERO).await?;
+                return Ok(AckOutcome::Pending(true));
+            };
             let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
-            complete(shared, &key, &stored).await?;
+            complete(shared, &key, &stored, shared.config.dedup_window).await?;
             Ok::<_, StorageError>(outcome)
         }
     });
@@ -210,20 +253,22 @@ async fn handle_once(
     }
 }
 
+/// Calls the handler, and gives its outcome; `None` when the handler failed on the storage, so
+/// that whether its work was done is not known.
 async fn call_handler(
     shared: &Shared,
     io: &SimpleIo,
     user: &UserId,
     client: &ClientId,
     message: ClientMessage,
-) -> AckOutcome {
+) -> Option<AckOutcome> {
     let namespace: Arc<str> = message.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE).into();
     let Some(entry) = shared.namespaces.get(&namespace) else {
         // Checked before any message was handled; kept as an answer rather than a panic.
-        return AckOutcome::Error(ErrorBody {
+        return Some(AckOutcome::Error(ErrorBody {
             code: "unknown_namespace".to_owned(),
             message: format!("no namespace {namespace:?} on this server"),
-        });
+        }));
     };
     let mut handler = entry.handler.clone();
     let incoming = Incoming {
@@ -232,7 +277,9 @@ async fn call_handler(
         id: message.id,
         event: message.event,
         data: message.data.unwrap_or_else(null),
-        io: io.of(namespace.clone()),
+        // The handler's sends are on behalf of this user: they fill only the user's share of
+        // each recipient's queue.
+        io: io.of(namespace.clone()).on_behalf_of(user.clone()),
         namespace,
     };
     let event = incoming.event.clone();
@@ -240,22 +287,59 @@ async fn call_handler(
         Ok(ready) => ready.call(incoming).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(reply) => AckOutcome::Reply(reply.into_raw()),
+    Some(match result {
+        Ok(reply) => {
+            let reply = reply.into_raw();
+            let max = shared.config.max_reply_bytes;
+            if reply.get().len() > max {
+                tracing::warn!(%user, %client, ?event, size = reply.get().len(), max,
+                    "a handler reply is larger than max_reply_bytes; answering an error");
+                AckOutcome::Error(ErrorBody {
+                    code: "reply_too_large".to_owned(),
+                    message: format!("the server's reply is larger than its limit of {max} bytes"),
+                })
+            } else {
+                AckOutcome::Reply(reply)
+            }
+        }
+        Err(e) if failed_on_storage(&*e) => {
+            tracing::warn!(%user, %client, ?event, error = %e,
+                "the handler failed on the storage; the client will send the message again");
+            return None;
+        }
         Err(e) => {
             if let Some(chosen) = e.downcast_ref::<HandlerError>() {
-                tracing::debug!(%user, %client, %event, error = %chosen, "the handler refused a message");
+                tracing::debug!(%user, %client, ?event, error = %chosen, "the handler refused a message");
                 AckOutcome::Error(ErrorBody {
                     code: chosen.code.clone(),
                     message: chosen.message.clone(),
                 })
             } else {
-                tracing::error!(%user, %client, %event, error = %e, "the handler failed");
+                tracing::error!(%user, %client, ?event, error = %e, "the handler failed");
                 AckOutcome::Error(ErrorBody {
                     code: "handler_error".to_owned(),
                     message: "the server failed to handle this message".to_owned(),
                 })
             }
+        }
+    })
+}
+
+/// Whether a handler's error is a storage failure, whose effect is unknown: a send that timed
+/// out may have been stored all the same. Such an outcome is not final.
+fn failed_on_storage(e: &(dyn std::error::Error + 'static)) -> bool {
+    match e.downcast_ref::<SendError>() {
+        Some(SendError::Storage(StorageError::Limit(_))) => false,
+        Some(SendError::Storage(_)) => true,
+        Some(_) => false,
+        None => {
+            matches!(
+                e.downcast_ref::<StorageError>(),
+                Some(StorageError::Unavailable(_) | StorageError::Corrupt(_))
+            ) || matches!(
+                e.downcast_ref::<crate::DataError>(),
+                Some(crate::DataError::Storage(_))
+            )
         }
     }
 }
@@ -264,15 +348,16 @@ async fn call_handler(
 /// claim's lease leaves room (half of it): while the record stays in progress, a retried POST is
 /// told `pending`; once the lease is over, a retry runs the handler a second time. A storage
 /// outage shorter than that costs a delay, not a duplicate.
-async fn complete(shared: &Shared, key: &DedupKey, stored: &str) -> Result<(), StorageError> {
+async fn complete(
+    shared: &Shared,
+    key: &DedupKey,
+    stored: &str,
+    keep: Duration,
+) -> Result<(), StorageError> {
     let give_up = Instant::now() + shared.config.handler_lease / 2;
     let mut delay = Duration::from_millis(50);
     for attempt in 1.. {
-        match shared
-            .storage
-            .complete(key, stored, shared.config.dedup_window)
-            .await
-        {
+        match shared.storage.complete(key, stored, keep).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() + delay < give_up => {
                 tracing::warn!(error = %e, attempt, "could not record a handled message; retrying");

@@ -20,7 +20,7 @@ use crate::id::{ClientId, UserId};
 use crate::shared::Shared;
 use crate::storage::{
     AppendOutcome, DEFAULT_NAMESPACE, DeliveryTarget, FANOUT_CHUNK, Member, Millis, NewMessage,
-    Signal, Storage, StorageError, millis_after,
+    QueueLimits, Signal, Storage, StorageError, millis_after,
 };
 
 /// How long a fan-out works before it lets other tasks run: a send to a big room never holds
@@ -53,6 +53,9 @@ pub struct SimpleIo {
     pub(crate) shared: Arc<Shared>,
     /// The namespace this handle sends in.
     namespace: Arc<str>,
+    /// On whose behalf its messages are sent, if anyone's: each sender holds only a share of a
+    /// recipient's queue.
+    sender: Option<UserId>,
 }
 
 impl fmt::Debug for SimpleIo {
@@ -60,6 +63,7 @@ impl fmt::Debug for SimpleIo {
         f.debug_struct("SimpleIo")
             .field("path", &self.shared.config.path)
             .field("namespace", &self.namespace)
+            .field("sender", &self.sender)
             .field("storage", &self.shared.storage)
             .finish()
     }
@@ -96,6 +100,7 @@ impl SimpleIo {
         SimpleIo {
             shared,
             namespace: DEFAULT_NAMESPACE.into(),
+            sender: None,
         }
     }
 
@@ -105,7 +110,32 @@ impl SimpleIo {
         SimpleIo {
             shared: self.shared.clone(),
             namespace: ns.into(),
+            sender: self.sender.clone(),
         }
+    }
+
+    /// The same handle, sending on behalf of `user`: their messages may fill only a share of
+    /// each recipient's queue ([`Builder::max_queue_per_sender`](crate::Builder::max_queue_per_sender)),
+    /// so that one user cannot fill another's for everyone. [`Incoming::io`](crate::Incoming)
+    /// already sends on behalf of the message's user; use this for their messages relayed
+    /// from elsewhere (a REST route, a job).
+    ///
+    /// ```no_run
+    /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
+    /// io.on_behalf_of("ann").to("bob").emit("dm", &"hi bob").stored().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_behalf_of(&self, user: impl Into<UserId>) -> SimpleIo {
+        SimpleIo {
+            shared: self.shared.clone(),
+            namespace: self.namespace.clone(),
+            sender: Some(user.into()),
+        }
+    }
+
+    /// Whose behalf this handle sends on, if anyone's (see [`on_behalf_of`](Self::on_behalf_of)).
+    pub fn sender(&self) -> Option<&UserId> {
+        self.sender.as_ref()
     }
 
     /// The namespace this handle sends in (`/` unless made by [`of`](Self::of)).
@@ -344,6 +374,7 @@ impl Emitter {
             stage: Stage::Storing(Box::pin(async move {
                 let data: Arc<RawValue> = Arc::from(data.map_err(SendError::Serialize)?);
                 check_event(&event, &self.io)?;
+                check_data(&data, &self.io)?;
                 self.store(event.into(), data).await
             })),
         }
@@ -376,11 +407,16 @@ impl Emitter {
                     event: event.clone(),
                     data: data.clone(),
                     expires_at,
+                    sender: self.io.sender.clone(),
                 })
                 .collect();
+            let limits = QueueLimits {
+                per_user: shared.config.max_queue,
+                per_sender: shared.config.max_queue_per_sender,
+            };
             let appended = shared
                 .storage
-                .append(messages, shared.config.max_queue)
+                .append(messages, limits)
                 .await
                 .map_err(SendError::Storage)?;
             let mut targets = Vec::with_capacity(chunk.len());
@@ -494,6 +530,25 @@ fn check_event(event: &str, io: &SimpleIo) -> Result<(), SendError> {
     Ok(())
 }
 
+/// The limits on a payload that clients hold to as well: what the server sends, every client
+/// can take.
+fn check_data(data: &RawValue, io: &SimpleIo) -> Result<(), SendError> {
+    let config = &io.shared.config;
+    let size = data.get().len();
+    if size > config.max_message_bytes {
+        return Err(SendError::TooLarge {
+            size,
+            max: config.max_message_bytes,
+        });
+    }
+    if crate::json::depth_exceeds(data.get().as_bytes(), config.max_data_depth) {
+        return Err(SendError::TooDeep {
+            max: config.max_data_depth,
+        });
+    }
+    Ok(())
+}
+
 /// A volatile message about to be sent; see [`Emitter::volatile`].
 #[derive(Debug, Clone)]
 #[must_use = "nothing is sent until `emit` is called and awaited"]
@@ -513,6 +568,7 @@ impl VolatileEmitter {
         check_event(&event, &self.inner.io)?;
         let data: Arc<RawValue> =
             Arc::from(serde_json::value::to_raw_value(data).map_err(SendError::Serialize)?);
+        check_data(&data, &self.inner.io)?;
         let event: Arc<str> = event.into();
         let recipients = self.inner.resolve().await.map_err(SendError::Storage)?;
         if recipients.is_empty() {
@@ -598,8 +654,9 @@ impl Sending {
     /// # Errors
     ///
     /// As [`Emitter::emit`] before anything is stored: [`SendError::Serialize`],
-    /// [`SendError::InvalidEvent`], [`SendError::Storage`]. A recipient whose queue is full
-    /// is reported by the returned future, as [`Failure::QueueFull`](crate::Failure::QueueFull).
+    /// [`SendError::InvalidEvent`], [`SendError::TooLarge`], [`SendError::TooDeep`],
+    /// [`SendError::Storage`]; and [`SendError::QueueFull`] at once if any recipient's queue
+    /// (or the sender's share of it) is full, naming those recipients.
     ///
     /// ```no_run
     /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
@@ -614,9 +671,20 @@ impl Sending {
     /// ```
     pub async fn stored(self) -> Result<Sending, SendError> {
         match self.stage {
-            Stage::Storing(storing) => Ok(Sending {
-                stage: Stage::Waiting(storing.await?.wait()),
-            }),
+            Stage::Storing(storing) => {
+                let stored = storing.await?;
+                if !stored.not_stored.is_empty() {
+                    // Said now, not after the others confirmed: a handler that acknowledges a
+                    // client's message only once it is stored must not acknowledge this one.
+                    return Err(SendError::QueueFull {
+                        stored: stored.expectation.targets().len(),
+                        failed: stored.not_stored.into_iter().map(|(m, _)| m).collect(),
+                    });
+                }
+                Ok(Sending {
+                    stage: Stage::Waiting(stored.wait()),
+                })
+            }
             stage => Ok(Sending { stage }),
         }
     }

@@ -16,6 +16,7 @@ mod id;
 mod identity;
 mod inbound;
 mod io;
+mod json;
 mod layer;
 mod namespace;
 mod poll;

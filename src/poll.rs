@@ -46,7 +46,7 @@ pub(crate) async fn respond(
         client,
         cursor,
         namespaces,
-    } = PollQuery::parse_with(parts.uri.query(), |ns| {
+    } = PollQuery::parse_with(parts.uri.query(), shared.config.max_namespaces, |ns| {
         shared
             .namespaces
             .get_key_value(ns)
@@ -60,15 +60,23 @@ pub(crate) async fn respond(
 
     // Announced with the first read, so that an older poll of this client, on any node, ends.
     let poll_id = fastrand::u64(..);
+    // Bounded per node and per user: each waiting poll holds a connection and memory.
+    if shared.waiting.load(Ordering::Relaxed) >= config.max_polls {
+        return Err(ProtocolError::ServerBusy(config.max_polls));
+    }
     // Watch before the first read, so a message appended in between still wakes us.
-    let watch = shared.hub.watch(
-        &user,
-        Some(PollInfo {
-            client: client.clone(),
-            poll: poll_id,
-            namespaces: namespaces.clone(),
-        }),
-    );
+    let watch = shared
+        .hub
+        .watch_bounded(
+            &user,
+            Some(PollInfo {
+                client: client.clone(),
+                poll: poll_id,
+                namespaces: namespaces.clone(),
+            }),
+            config.max_polls_per_user,
+        )
+        .ok_or(ProtocolError::TooManyPolls(config.max_polls_per_user))?;
     let _waiting = Waiting::enter(shared);
     let mut announce = Some(poll_id);
 
@@ -89,8 +97,10 @@ pub(crate) async fn respond(
                 limit: config.batch_limit,
                 presence_ttl: config.presence_ttl,
                 announce: announce.take(),
+                max_clients: config.max_clients_per_user,
             })
             .await?;
+        let batch = fit_bytes(batch, config.max_batch_bytes);
         if let Some(arrival) = batch.arrival {
             presence::arrived(shared, &user, &client, arrival);
         }
@@ -141,6 +151,25 @@ pub(crate) async fn respond(
             }
         }
     }
+}
+
+/// Keeps the batch's first messages up to `max` bytes of payload (at least one, however large),
+/// and moves its cursor back to the last one kept: the rest come on the next poll. So a backlog
+/// of large messages reaches a client in responses it can take.
+fn fit_bytes(mut batch: FetchBatch, max: usize) -> FetchBatch {
+    let mut total = 0usize;
+    let over = batch.messages.iter().position(|m| {
+        total = total.saturating_add(m.data.get().len() + m.event.len());
+        total > max
+    });
+    if let Some(first_over) = over {
+        let keep = first_over.max(1);
+        if keep < batch.messages.len() {
+            batch.messages.truncate(keep);
+            batch.cursor = batch.messages[keep - 1].pos;
+        }
+    }
+    batch
 }
 
 fn answer(batch: FetchBatch, volatile: &[WireVolatile]) -> Response<Full<Bytes>> {

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -69,8 +70,10 @@ where
 
 /// Presence events of one node, handled in order by one task.
 pub(crate) struct PresenceQueue {
-    sender: mpsc::UnboundedSender<Presence>,
-    receiver: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Presence>>>,
+    sender: mpsc::Sender<Presence>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<Presence>>>,
+    /// Changes dropped because the queue was full, for the warning.
+    dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for PresenceQueue {
@@ -80,18 +83,29 @@ impl std::fmt::Debug for PresenceQueue {
 }
 
 impl PresenceQueue {
-    pub(crate) fn new() -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(capacity);
         PresenceQueue {
             sender,
             receiver: std::sync::Mutex::new(Some(receiver)),
+            dropped: AtomicU64::new(0),
         }
     }
 
     fn push(&self, presence: Presence) {
-        // Unbounded: presence changes are few (one per client arrival or departure), and one
-        // dropped would be one never reported.
-        let _ = self.sender.send(presence);
+        // Bounded: a handler slower than the arrivals and departures it is told of would
+        // otherwise grow this queue without end. A change it never gets is logged instead.
+        if let Err(mpsc::error::TrySendError::Full(presence)) = self.sender.try_send(presence) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // One line per power of two: a flood does not become a flood of logs too.
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    ?presence,
+                    dropped,
+                    "the presence handler is behind and its queue is full; changes are dropped"
+                );
+            }
+        }
     }
 }
 
@@ -142,7 +156,7 @@ pub(crate) fn ensure_started(shared: &Arc<Shared>) {
 }
 
 /// Hands presence changes to the application's handler, one at a time.
-async fn report(shared: Weak<Shared>, mut receiver: mpsc::UnboundedReceiver<Presence>) {
+async fn report(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Presence>) {
     while let Some(presence) = receiver.recv().await {
         let Some(shared) = shared.upgrade() else {
             return;

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::id::{ClientId, MessageId};
 use crate::identity::Rejection;
-use crate::storage::{DEFAULT_NAMESPACE, Epoch, Position, StorageError, StoredMessage};
+use crate::storage::{DEFAULT_NAMESPACE, Epoch, Limit, Position, StorageError, StoredMessage};
 
 fn is_default_namespace(ns: &Arc<str>) -> bool {
     &**ns == DEFAULT_NAMESPACE
@@ -78,6 +78,10 @@ pub(crate) struct Poll {
 /// Up to this many namespaces in a poll are told apart by a scan, beyond by a set.
 const SCAN_LIMIT: usize = 16;
 
+/// The highest position a client may send: positions stay below 2^53, where JavaScript's
+/// numbers are exact.
+const MAX_POSITION: Position = (1 << 53) - 1;
+
 /// The longest namespace name.
 pub(crate) const MAX_NAMESPACE_LEN: usize = 64;
 
@@ -98,13 +102,14 @@ pub(crate) fn check_namespace(ns: &str) -> Result<(), String> {
 impl PollQuery<'_> {
     #[cfg(test)]
     pub(crate) fn parse(query: Option<&str>) -> Result<Poll, ProtocolError> {
-        Self::parse_with(query, |_| None)
+        Self::parse_with(query, usize::MAX, |_| None)
     }
 
     /// Validates a poll's query. `known` gives the shared name of a namespace the application
     /// has, so that a poll does not allocate its names anew.
     pub(crate) fn parse_with(
         query: Option<&str>,
+        max_namespaces: usize,
         known: impl Fn(&str) -> Option<Arc<str>>,
     ) -> Result<Poll, ProtocolError> {
         let q = PollQuery::fields(query.unwrap_or(""))?;
@@ -116,11 +121,15 @@ impl PollQuery<'_> {
         let cursor = match (q.cursor, q.epoch) {
             (None, None) => None,
             (Some(c), Some(e)) => {
-                let pos = c.parse::<Position>().map_err(|_| {
-                    ProtocolError::InvalidQuery(
-                        "`cursor` must be a non-negative integer".to_owned(),
-                    )
-                })?;
+                let pos = c
+                    .parse::<Position>()
+                    .ok()
+                    .filter(|pos| *pos <= MAX_POSITION)
+                    .ok_or_else(|| {
+                        ProtocolError::InvalidQuery(format!(
+                            "`cursor` must be an integer from 0 to {MAX_POSITION}"
+                        ))
+                    })?;
                 if e.is_empty() || e.len() > 64 {
                     return Err(ProtocolError::InvalidQuery(
                         "`epoch` must be 1 to 64 characters".to_owned(),
@@ -140,6 +149,9 @@ impl PollQuery<'_> {
         let mut seen: crate::hash::HashSet<&str> = crate::hash::HashSet::default();
         let list = q.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         for (i, ns) in list.split(',').enumerate() {
+            if i == max_namespaces {
+                return Err(ProtocolError::TooManyNamespaces(max_namespaces));
+            }
             check_namespace(ns).map_err(|e| ProtocolError::InvalidQuery(format!("`ns`: {e}")))?;
             let repeated = if i < SCAN_LIMIT {
                 namespaces.iter().any(|n| &**n == ns)
@@ -258,6 +270,22 @@ pub(crate) enum ProtocolError {
     BodyRead(String),
     #[error("no namespace {0:?} on this server")]
     UnknownNamespace(String),
+    #[error("a poll may read at most {0} namespaces")]
+    TooManyNamespaces(usize),
+    #[error("message {id:?} carries {size} bytes of data, more than the limit of {limit}")]
+    MessageTooLarge {
+        id: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("message {id:?} nests its data deeper than {limit} levels")]
+    DataTooDeep { id: String, limit: usize },
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u128),
+    #[error("this user has {0} polls waiting already, the most allowed")]
+    TooManyPolls(usize),
+    #[error("this server holds as many waiting polls as it may ({0}); try again")]
+    ServerBusy(usize),
     #[error("{0}")]
     Storage(#[from] StorageError),
     /// The identity function or a namespace's authorization refused: its own response.
@@ -272,10 +300,17 @@ impl ProtocolError {
             | ProtocolError::MalformedJson(_)
             | ProtocolError::InvalidField(_)
             | ProtocolError::UnknownNamespace(_)
+            | ProtocolError::TooManyNamespaces(_)
+            | ProtocolError::DataTooDeep { .. }
             | ProtocolError::BodyRead(_) => StatusCode::BAD_REQUEST,
-            ProtocolError::BodyTooLarge(_) | ProtocolError::TooManyMessages { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
+            ProtocolError::BodyTooLarge(_)
+            | ProtocolError::TooManyMessages { .. }
+            | ProtocolError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProtocolError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProtocolError::TooManyPolls(_) | ProtocolError::Storage(StorageError::Limit(_)) => {
+                StatusCode::TOO_MANY_REQUESTS
             }
+            ProtocolError::ServerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProtocolError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProtocolError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProtocolError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -294,6 +329,16 @@ impl ProtocolError {
             ProtocolError::UnsupportedMediaType => "unsupported_media_type",
             ProtocolError::MethodNotAllowed => "method_not_allowed",
             ProtocolError::UnknownNamespace(_) => "unknown_namespace",
+            ProtocolError::TooManyNamespaces(_) => "too_many_namespaces",
+            ProtocolError::MessageTooLarge { .. } => "message_too_large",
+            ProtocolError::DataTooDeep { .. } => "data_too_deep",
+            ProtocolError::BodyTimeout(_) => "body_timeout",
+            ProtocolError::TooManyPolls(_) => "too_many_polls",
+            ProtocolError::ServerBusy(_) => "server_busy",
+            ProtocolError::Storage(StorageError::Limit(Limit::ClientsPerUser(_))) => {
+                "too_many_clients"
+            }
+            ProtocolError::Storage(StorageError::Limit(_)) => "too_many_in_progress",
             ProtocolError::Storage(_) => "storage_unavailable",
             ProtocolError::Rejected(_) => "rejected",
         }
@@ -314,12 +359,25 @@ impl ProtocolError {
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
         }
-        if let ProtocolError::Storage(_) = self {
+        if let Some(seconds) = self.retry_after() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
+    }
+
+    /// `Retry-After`, in seconds, where waiting is what helps.
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            // A client id frees up only when one of the user's clients has been gone for the
+            // presence TTL: no use asking every second.
+            ProtocolError::Storage(StorageError::Limit(Limit::ClientsPerUser(_))) => Some("10"),
+            ProtocolError::Storage(_)
+            | ProtocolError::TooManyPolls(_)
+            | ProtocolError::ServerBusy(_) => Some("1"),
+            _ => None,
+        }
     }
 }
 

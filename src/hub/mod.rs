@@ -118,18 +118,31 @@ impl Hub {
     /// Subscribes a request of `user` to news of its user (a poll also to its announcements and
     /// volatile messages); dropping the watch unsubscribes.
     pub(crate) fn watch(self: &Arc<Self>, user: &UserId, poll: Option<PollInfo>) -> Watch {
+        self.watch_bounded(user, poll, usize::MAX)
+            .unwrap_or_else(|| unreachable!("no bound"))
+    }
+
+    /// [`watch`](Self::watch), unless `user` has `most` requests watching on this node already.
+    pub(crate) fn watch_bounded(
+        self: &Arc<Self>,
+        user: &UserId,
+        poll: Option<PollInfo>,
+        most: usize,
+    ) -> Option<Watch> {
         self.ensure_started();
+        let mut shard = self.shard_for(user);
+        let entry = shard.entry(user.clone()).or_default();
+        if entry.mailboxes.len() >= most {
+            return None;
+        }
         let mailbox = Arc::new(Mailbox::new(poll));
-        self.shard_for(user)
-            .entry(user.clone())
-            .or_default()
-            .mailboxes
-            .push(mailbox.clone());
-        Watch {
+        entry.mailboxes.push(mailbox.clone());
+        drop(shard);
+        Some(Watch {
             hub: self.clone(),
             user: user.clone(),
             mailbox,
-        }
+        })
     }
 
     /// Starts noting the confirmations of `users`' clients, before a message to them is

@@ -84,6 +84,11 @@ macro_rules! storage_conformance_tests {
             a_long_history_reads_and_confirms_from_any_point,
             a_broadcast_to_thousands_reaches_each_once_with_one_signal,
             a_lagging_subscriber_is_told_and_storage_still_answers,
+            a_sender_fills_only_its_share_of_a_queue,
+            dedup_records_are_bounded_per_client_and_per_user,
+            a_record_completed_with_no_ttl_is_handled_again,
+            a_user_has_at_most_max_clients,
+            a_cursor_beyond_the_log_reads_from_its_end,
         );
     };
     (optional $fresh:path) => {
@@ -117,6 +122,31 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
         event: event.into(),
         data: data(&format!("\"{event}\"")),
         expires_at: millis_after(ttl),
+        sender: None,
+    }
+}
+
+fn from(sender: &str, mut m: NewMessage) -> NewMessage {
+    m.sender = Some(user(sender));
+    m
+}
+
+/// A bound no check reaches unless it means to.
+const MANY: usize = 1_000_000;
+
+/// Dedup limits no check reaches unless it means to, with this lease.
+fn lease(lease: Duration) -> DedupLimits {
+    DedupLimits {
+        lease,
+        per_client: MANY,
+        per_user: MANY,
+    }
+}
+
+fn queue(per_user: usize) -> QueueLimits {
+    QueueLimits {
+        per_user,
+        per_sender: MANY,
     }
 }
 
@@ -148,7 +178,7 @@ async fn append_with_queue(
     messages: Vec<NewMessage>,
     max_queue: usize,
 ) -> (Epoch, Vec<Position>) {
-    let a = s.append(messages, max_queue).await.expect("append");
+    let a = s.append(messages, queue(max_queue)).await.expect("append");
     (a.epoch, positions(&a.outcomes))
 }
 
@@ -176,6 +206,7 @@ async fn fetch_limit(
         limit,
         presence_ttl: PRESENCE,
         announce: None,
+        max_clients: MANY,
     })
     .await
     .expect("fetch")
@@ -497,7 +528,7 @@ pub async fn a_full_queue_refuses_then_evicts_delivered_first(s: &impl Storage) 
                 message("ann", "b", LONG),
                 message("ann", "c", LONG),
             ],
-            2,
+            queue(2),
         )
         .await
         .expect("append");
@@ -508,7 +539,7 @@ pub async fn a_full_queue_refuses_then_evicts_delivered_first(s: &impl Storage) 
     fetch(s, "ann", "tab1", None).await;
     fetch(s, "ann", "tab1", Some((&a.epoch, pos[0]))).await;
     let again = s
-        .append(vec![message("ann", "d", LONG)], 2)
+        .append(vec![message("ann", "d", LONG)], queue(2))
         .await
         .expect("append");
     assert!(
@@ -553,18 +584,24 @@ pub async fn dedup_claims_complete_and_expire(s: &impl Storage) {
         client: client("tab1"),
         id: MessageId::new("m1").expect("id"),
     };
-    assert_eq!(s.claim(&key, LONG).await.expect("claim"), Claim::Acquired);
-    assert_eq!(s.claim(&key, LONG).await.expect("claim"), Claim::InProgress);
+    assert_eq!(
+        s.claim(&key, lease(LONG)).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s.claim(&key, lease(LONG)).await.expect("claim"),
+        Claim::InProgress
+    );
     s.complete(&key, r#"{"reply":1}"#, Duration::from_millis(300))
         .await
         .expect("complete");
     assert_eq!(
-        s.claim(&key, LONG).await.expect("claim"),
+        s.claim(&key, lease(LONG)).await.expect("claim"),
         Claim::Done(r#"{"reply":1}"#.into())
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        s.claim(&key, Duration::from_millis(200))
+        s.claim(&key, lease(Duration::from_millis(200)))
             .await
             .expect("claim"),
         Claim::Acquired,
@@ -572,7 +609,7 @@ pub async fn dedup_claims_complete_and_expire(s: &impl Storage) {
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        s.claim(&key, LONG).await.expect("claim"),
+        s.claim(&key, lease(LONG)).await.expect("claim"),
         Claim::Acquired,
         "a lapsed lease still blocked the message"
     );
@@ -586,7 +623,7 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
         client: client("tab1"),
         id: id.clone(),
     };
-    s.claim(&ann, LONG).await.expect("claim");
+    s.claim(&ann, lease(LONG)).await.expect("claim");
     s.complete(&ann, "\"done\"", LONG).await.expect("complete");
     let eve = DedupKey {
         user: user("eve"),
@@ -594,7 +631,7 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
         id: id.clone(),
     };
     assert_eq!(
-        s.claim(&eve, LONG).await.expect("claim"),
+        s.claim(&eve, lease(LONG)).await.expect("claim"),
         Claim::Acquired,
         "eve saw ann's dedup record"
     );
@@ -603,7 +640,10 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
         client: client("tab2"),
         id,
     };
-    assert_eq!(s.claim(&tab2, LONG).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.claim(&tab2, lease(LONG)).await.expect("claim"),
+        Claim::Acquired
+    );
 }
 
 /// An append publishes one `Appended` naming each user once, and completions publish
@@ -632,7 +672,7 @@ pub async fn appends_and_completions_are_signalled(s: &impl Storage) {
         client: client("tab1"),
         id: MessageId::new("m1").expect("id"),
     };
-    s.claim(&key, LONG).await.expect("claim");
+    s.claim(&key, lease(LONG)).await.expect("claim");
     s.complete(&key, "null", LONG).await.expect("complete");
     expect_signal(
         &mut rx,
@@ -686,6 +726,7 @@ pub async fn live_users_follow_presence(s: &impl Storage) {
         limit: 10,
         presence_ttl: Duration::from_millis(300),
         announce: None,
+        max_clients: MANY,
     })
     .await
     .expect("fetch");
@@ -749,6 +790,7 @@ async fn fetch_in(
         limit: 100,
         presence_ttl: PRESENCE,
         announce: None,
+        max_clients: MANY,
     })
     .await
     .expect("fetch")
@@ -763,6 +805,7 @@ async fn fetch_with_presence(s: &impl Storage, u: &str, c: &str, presence: Durat
         limit: 100,
         presence_ttl: presence,
         announce: None,
+        max_clients: MANY,
     })
     .await
     .expect("fetch")
@@ -1129,6 +1172,7 @@ pub async fn a_fetch_announces_its_poll(s: &impl Storage) {
         limit: 10,
         presence_ttl: PRESENCE,
         announce,
+        max_clients: MANY,
     };
     for announce in [Some(41), None, Some(42)] {
         s.fetch(request(announce)).await.expect("fetch");
@@ -1292,5 +1336,209 @@ pub async fn a_lagging_subscriber_is_told_and_storage_still_answers(s: &impl Sto
     assert_eq!(
         delivery(s, &epoch, "ann", None, pos).await,
         DeliveryState::Delivered
+    );
+}
+
+/// A sender at its share of a recipient's queue is refused while others still get in, and
+/// its delivered messages make room for more of its own.
+pub async fn a_sender_fills_only_its_share_of_a_queue(s: &impl Storage) {
+    let limits = QueueLimits {
+        per_user: 10,
+        per_sender: 3,
+    };
+    let flood: Vec<NewMessage> = (0..5)
+        .map(|i| from("eve", message("ann", &format!("e{i}"), LONG)))
+        .collect();
+    let a = s.append(flood, limits).await.expect("append");
+    let stored = a
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, AppendOutcome::Stored(_)))
+        .count();
+    assert_eq!(
+        stored, 3,
+        "a sender got more than its share of a queue: {:?}",
+        a.outcomes
+    );
+    assert_eq!(a.outcomes[3], AppendOutcome::QueueFull);
+    let others = s
+        .append(
+            vec![
+                from("bob", message("ann", "b0", LONG)),
+                message("ann", "server", LONG),
+            ],
+            limits,
+        )
+        .await
+        .expect("append");
+    assert!(
+        others
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, AppendOutcome::Stored(_))),
+        "one sender's flood kept others out: {:?}",
+        others.outcomes
+    );
+    // ann reads and confirms eve's first message: eve may send one more.
+    let first = positions(&a.outcomes[..1])[0];
+    fetch(s, "ann", "tab1", None).await;
+    fetch(s, "ann", "tab1", Some((&a.epoch, first))).await;
+    let again = s
+        .append(vec![from("eve", message("ann", "e5", LONG))], limits)
+        .await
+        .expect("append");
+    assert!(
+        matches!(again.outcomes[0], AppendOutcome::Stored(_)),
+        "a delivered message did not free its sender's share"
+    );
+    let refused = s
+        .append(vec![from("eve", message("ann", "e6", LONG))], limits)
+        .await
+        .expect("append");
+    assert_eq!(refused.outcomes[0], AppendOutcome::QueueFull);
+    let b = fetch(s, "ann", "fresh", None).await;
+    assert!(!events(&b).contains(&"e6"), "a refused message was stored");
+}
+
+fn dedup_key(u: &str, c: &str, id: &str) -> DedupKey {
+    DedupKey {
+        user: user(u),
+        client: client(c),
+        id: MessageId::new(id).expect("id"),
+    }
+}
+
+/// A client (or user) at its dedup limit forgets its oldest completed record for a new one,
+/// and refuses a new one while that oldest is still in progress.
+pub async fn dedup_records_are_bounded_per_client_and_per_user(s: &impl Storage) {
+    let limits = DedupLimits {
+        lease: LONG,
+        per_client: 3,
+        per_user: 5,
+    };
+    for i in 0..3 {
+        let key = dedup_key("ann", "tab1", &format!("m{i}"));
+        assert_eq!(s.claim(&key, limits).await.expect("claim"), Claim::Acquired);
+        s.complete(&key, "1", LONG).await.expect("complete");
+    }
+    let m3 = dedup_key("ann", "tab1", "m3");
+    assert_eq!(s.claim(&m3, limits).await.expect("claim"), Claim::Acquired);
+    assert_eq!(
+        s.claim(&dedup_key("ann", "tab1", "m1"), limits)
+            .await
+            .expect("claim"),
+        Claim::Done("1".into()),
+        "a record was forgotten before the oldest"
+    );
+    assert_eq!(
+        s.claim(&dedup_key("ann", "tab1", "m0"), limits)
+            .await
+            .expect("claim"),
+        Claim::Acquired,
+        "the oldest record of a client at its limit was not forgotten"
+    );
+    // tab1 now holds m1 (done), m3 and m0 (in progress). m1 goes for m4; then m3 is the
+    // oldest, in progress, and a new one is refused.
+    assert_eq!(
+        s.claim(&dedup_key("ann", "tab1", "m4"), limits)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    match s.claim(&dedup_key("ann", "tab1", "m5"), limits).await {
+        Err(StorageError::Limit(Limit::DedupRecords(_))) => {}
+        other => panic!("a claim past a client's limit with its oldest in progress gave {other:?}"),
+    }
+    // Per user: tab2 and tab3 add records until ann holds 5; then ann's oldest (tab1's m3,
+    // in progress) refuses a new one from any client.
+    for (c, id) in [("tab2", "n0"), ("tab2", "n1")] {
+        let key = dedup_key("ann", c, id);
+        assert_eq!(s.claim(&key, limits).await.expect("claim"), Claim::Acquired);
+        s.complete(&key, "2", LONG).await.expect("complete");
+    }
+    match s.claim(&dedup_key("ann", "tab3", "o0"), limits).await {
+        Err(StorageError::Limit(Limit::DedupRecords(_))) => {}
+        other => panic!("a claim past a user's limit with their oldest in progress gave {other:?}"),
+    }
+    assert_eq!(
+        s.claim(&dedup_key("bob", "tab1", "m9"), limits)
+            .await
+            .expect("claim"),
+        Claim::Acquired,
+        "one user's records limited another's"
+    );
+}
+
+/// Completing a record with a ttl of zero forgets it: the message is handled again.
+pub async fn a_record_completed_with_no_ttl_is_handled_again(s: &impl Storage) {
+    let key = dedup_key("ann", "tab1", "m1");
+    let mut signals = s.subscribe();
+    assert_eq!(
+        s.claim(&key, lease(LONG)).await.expect("claim"),
+        Claim::Acquired
+    );
+    s.complete(&key, "null", Duration::ZERO)
+        .await
+        .expect("complete");
+    assert_eq!(
+        s.claim(&key, lease(LONG)).await.expect("claim"),
+        Claim::Acquired,
+        "a record completed with no ttl was kept"
+    );
+    expect_signal(
+        &mut signals,
+        "Completed for ann",
+        |sig| matches!(sig, Signal::Completed { user } if user.as_str() == "ann"),
+    )
+    .await;
+}
+
+/// A user at `max_clients` gets no new client, while known ones keep polling.
+pub async fn a_user_has_at_most_max_clients(s: &impl Storage) {
+    let request = |c: &str| FetchRequest {
+        user: user("ann"),
+        client: client(c),
+        cursor: None,
+        namespaces: namespaces(&[DEFAULT_NAMESPACE]),
+        limit: 10,
+        presence_ttl: PRESENCE,
+        announce: None,
+        max_clients: 2,
+    };
+    s.fetch(request("tab1")).await.expect("fetch");
+    s.fetch(request("tab2")).await.expect("fetch");
+    match s.fetch(request("tab3")).await {
+        Err(StorageError::Limit(Limit::ClientsPerUser(2))) => {}
+        other => panic!("a third client of a user limited to two gave {other:?}"),
+    }
+    s.fetch(request("tab1"))
+        .await
+        .expect("a known client is still served");
+    let mut eve = request("tab3");
+    eve.user = user("eve");
+    s.fetch(eve)
+        .await
+        .expect("another user is not limited by ann's clients");
+    let live = s.live_clients(&user("ann")).await.expect("live");
+    assert_eq!(live.len(), 2, "the refused client was recorded: {live:?}");
+}
+
+/// A cursor beyond the log's last position reads as that position: the client does not skip
+/// messages appended after it, and its cursor comes back at the log's end.
+pub async fn a_cursor_beyond_the_log_reads_from_its_end(s: &impl Storage) {
+    let (epoch, pos) = append(s, vec![message("ann", "a", LONG)]).await;
+    fetch(s, "ann", "tab1", None).await;
+    let b = fetch(s, "ann", "tab1", Some((&epoch, (1 << 53) - 1))).await;
+    assert!(b.messages.is_empty());
+    assert_eq!(
+        b.cursor, pos[0],
+        "the cursor came back beyond the log's end"
+    );
+    append(s, vec![message("ann", "b", LONG)]).await;
+    let b = fetch(s, "ann", "tab1", Some((&epoch, b.cursor))).await;
+    assert_eq!(
+        events(&b),
+        ["b"],
+        "a message after a far cursor was skipped"
     );
 }

@@ -152,6 +152,44 @@ pub struct NewMessage {
     pub data: Arc<RawValue>,
     /// When the message stops being readable if nobody confirmed it, in [`Millis`].
     pub expires_at: Millis,
+    /// On whose behalf it is sent, if anyone's: the user whose message a handler relays. A
+    /// sender may hold only [`QueueLimits::per_sender`] of a recipient's queue, so that one
+    /// sender cannot fill it for everyone. `None` (the server's own messages) counts against
+    /// [`QueueLimits::per_user`] only.
+    #[serde(default)]
+    pub sender: Option<UserId>,
+}
+
+/// How many messages a user's queue holds: those neither expired nor delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// At most this many in all.
+    pub per_user: usize,
+    /// At most this many with the same [`NewMessage::sender`].
+    pub per_sender: usize,
+}
+
+/// How many dedup records one client and one user keep (see [`Storage::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupLimits {
+    /// How long a new record stays in progress if it is never completed.
+    pub lease: Duration,
+    /// At most this many records per client.
+    pub per_client: usize,
+    /// At most this many records per user, over all of their clients.
+    pub per_user: usize,
+}
+
+/// A bound that refused an operation (see [`StorageError::Limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Limit {
+    /// A new client of a user that has [`FetchRequest::max_clients`] clients already.
+    #[error("the user has {0} clients, the most allowed; a new client id is refused")]
+    ClientsPerUser(usize),
+    /// A new dedup record where the client's or user's oldest record is still in progress.
+    #[error("{0} messages of this user are in progress or remembered; wait for them to finish")]
+    DedupRecords(usize),
 }
 
 /// A message as read back from a log. Its serde form is the protocol's (`ns` left out for `/`).
@@ -187,7 +225,8 @@ fn is_default_namespace(ns: &Arc<str>) -> bool {
 pub enum AppendOutcome {
     /// Stored at this position of its user's log.
     Stored(Position),
-    /// Not stored: the user's log holds the maximum number of unexpired, unconfirmed messages.
+    /// Not stored: the user's queue holds [`QueueLimits::per_user`] messages neither expired
+    /// nor delivered, or [`QueueLimits::per_sender`] of them from this message's sender.
     QueueFull,
 }
 
@@ -209,7 +248,8 @@ pub struct FetchRequest {
     pub client: ClientId,
     /// The client's cursor and the epoch it came from, if it has one. If the epoch is the current
     /// one, the cursor is first recorded as confirmed (never beyond the log's last position; a
-    /// client's recorded cursor never moves back) and reading starts after it. Otherwise reading
+    /// client's recorded cursor never moves back) and reading starts after it (at the log's last
+    /// position, for a cursor beyond it: a client cannot skip messages not yet written). Otherwise reading
     /// starts at the client's recorded cursor, or for a client seen for the first time at the
     /// user's watermark — or just before the earliest unexpired message addressed to that client,
     /// if one lies at or below the watermark — and that start is recorded as the client's cursor.
@@ -223,6 +263,9 @@ pub struct FetchRequest {
     /// If set, publish [`Signal::PollStarted`] for this user, client and poll id in the same
     /// step: a new poll announces itself without a round trip of its own.
     pub announce: Option<u64>,
+    /// A client not known yet is refused with [`Limit::ClientsPerUser`] while the user has
+    /// this many clients (live, or lapsed and not yet reaped); nothing is changed then.
+    pub max_clients: usize,
 }
 
 /// What [`Storage::fetch`] read.
@@ -427,6 +470,10 @@ pub enum StorageError {
     /// The store answered with something this implementation cannot read.
     #[error("storage returned corrupt data: {0}")]
     Corrupt(String),
+    /// Not a failure of the store: a bound refused the operation, and nothing changed.
+    /// Requests that hit it answer `429`.
+    #[error("{0}")]
+    Limit(#[from] Limit),
 }
 
 /// Where simpleio keeps its state. See the [module docs](self) for the model it implements.
@@ -450,11 +497,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Positions of one user increase with each stored message, in the order given, and
     /// concurrent appends never interleave within one call's messages of a user. A user's log
     /// holding `max_queue` messages that are neither expired nor delivered refuses more with
-    /// [`AppendOutcome::QueueFull`]; delivered messages are evicted first to make room.
+    /// [`AppendOutcome::QueueFull`], and so does one holding `per_sender` such messages of the
+    /// new message's [`sender`](NewMessage::sender); delivered messages are evicted first to
+    /// make room.
     async fn append(
         &self,
         messages: Vec<NewMessage>,
-        max_queue: usize,
+        limits: QueueLimits,
     ) -> Result<Appended, StorageError>;
 
     /// Confirms the client's cursor (see [`FetchRequest::cursor`]), publishing
@@ -472,13 +521,20 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         targets: &[DeliveryTarget],
     ) -> Result<Vec<DeliveryState>, StorageError>;
 
-    /// Claims the dedup record `key`. If none exists, creates it in progress for `lease` (after
-    /// which, if never completed, it vanishes so a retry can handle the message) and returns
-    /// [`Claim::Acquired`].
-    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError>;
+    /// Claims the dedup record `key`. If none exists, creates it in progress for
+    /// `limits.lease` (after which, if never completed, it vanishes so a retry can handle the
+    /// message) and returns [`Claim::Acquired`].
+    ///
+    /// A new record is bounded: while its client holds `limits.per_client` records, or its
+    /// user `limits.per_user`, the oldest (by claim) is forgotten first if it was completed;
+    /// if it is still in progress, the claim fails with [`Limit::DedupRecords`] and nothing
+    /// changes. A client retries only its latest messages, so forgetting its oldest costs
+    /// nothing, while one that sends without end cannot grow the records without end.
+    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError>;
 
     /// Completes the dedup record `key` with `outcome`, keeps it for `ttl`, and publishes
-    /// [`Signal::Completed`].
+    /// [`Signal::Completed`]. A `ttl` of zero removes the record instead: the message's outcome
+    /// is not known, and a retry is to be handled again.
     async fn complete(
         &self,
         key: &DedupKey,
@@ -545,9 +601,9 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     async fn append(
         &self,
         messages: Vec<NewMessage>,
-        max_queue: usize,
+        limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
-        (**self).append(messages, max_queue).await
+        (**self).append(messages, limits).await
     }
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         (**self).fetch(request).await
@@ -559,8 +615,8 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     ) -> Result<Vec<DeliveryState>, StorageError> {
         (**self).delivery(epoch, targets).await
     }
-    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError> {
-        (**self).claim(key, lease).await
+    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
+        (**self).claim(key, limits).await
     }
     async fn complete(
         &self,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::super::{Millis, Position, StoredMessage};
 use crate::hash::HashMap;
-use crate::id::ClientId;
+use crate::id::{ClientId, UserId};
 
 /// How far a client's presence may run ahead of its place in the presence index: a poll moves
 /// the index (two ordered-set operations) only once per step, not on every poll.
@@ -23,6 +23,8 @@ pub(super) struct UserLog {
     pub(super) messages: BTreeMap<Position, Entry>,
     /// Positions of messages addressed to one client, per client: where a new client starts.
     addressed: HashMap<ClientId, BTreeSet<Position>>,
+    /// Positions of messages sent on a user's behalf, per sender: each sender's share.
+    by_sender: HashMap<UserId, BTreeSet<Position>>,
     /// The last position given to this user; confirmations never go beyond it.
     pub(super) last: Position,
     /// Per namespace, the highest cursor any client subscribed to it confirmed.
@@ -39,6 +41,7 @@ pub(super) struct UserLog {
 #[derive(Debug)]
 pub(super) struct Entry {
     pub(super) client: Option<ClientId>,
+    pub(super) sender: Option<UserId>,
     pub(super) message: StoredMessage,
     pub(super) expires_at: Millis,
 }
@@ -99,6 +102,12 @@ impl UserLog {
         if let Some(c) = &entry.client {
             self.addressed.entry(c.clone()).or_default().insert(pos);
         }
+        if let Some(sender) = &entry.sender {
+            self.by_sender
+                .entry(sender.clone())
+                .or_default()
+                .insert(pos);
+        }
         self.last = self.last.max(pos);
         self.messages.insert(pos, entry);
     }
@@ -113,7 +122,32 @@ impl UserLog {
                 self.addressed.remove(c);
             }
         }
+        if let Some(sender) = &entry.sender
+            && let Some(set) = self.by_sender.get_mut(sender)
+        {
+            set.remove(&pos);
+            if set.is_empty() {
+                self.by_sender.remove(sender);
+            }
+        }
         Some(entry)
+    }
+
+    /// How many messages of `sender` the log holds.
+    pub(super) fn held_for(&self, sender: &UserId) -> usize {
+        self.by_sender.get(sender).map_or(0, BTreeSet::len)
+    }
+
+    /// One message of `sender` that can go to make room for another of theirs: expired, or
+    /// delivered, among their oldest.
+    pub(super) fn evictable_of(&self, sender: &UserId, now: Millis) -> Option<(Position, Millis)> {
+        self.by_sender
+            .get(sender)?
+            .iter()
+            .take(EVICT_SCAN)
+            .filter_map(|pos| self.messages.get(pos))
+            .find(|e| e.expires_at <= now || self.is_delivered(e))
+            .map(|e| (e.message.pos, e.expires_at))
     }
 
     /// One message that can go to make room: expired, or delivered, among the oldest.

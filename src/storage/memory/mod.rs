@@ -10,6 +10,7 @@
 //! time, swept in bounded slices. So no call costs more than what it reads or writes, whatever
 //! the history or the number of users.
 
+mod dedup;
 mod log;
 mod rooms;
 
@@ -21,12 +22,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use self::dedup::Dedup;
 use self::log::{ClientRecord, Entry, PRESENCE_STEP, UserLog};
 use self::rooms::Rooms;
 use super::{
-    AppendOutcome, Appended, Arrival, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure,
-    Epoch, FetchBatch, FetchRequest, Member, Millis, NewMessage, Position, Signal, Storage,
-    StorageError, StoredMessage, now_millis,
+    AppendOutcome, Appended, Arrival, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget,
+    Departure, Epoch, FetchBatch, FetchRequest, Limit, Member, Millis, NewMessage, Position,
+    QueueLimits, Signal, Storage, StorageError, StoredMessage, now_millis,
 };
 use crate::hash::{HashMap, HashSet, RandomState};
 use crate::id::{ClientId, UserId};
@@ -95,26 +97,10 @@ struct Shard {
     /// Every user with a polled client, by the latest time one of them lapses: `live_users`
     /// reads the live ones off its end without looking anything up.
     online: BTreeSet<(Millis, UserId)>,
-    dedup: HashMap<DedupKey, DedupRecord>,
-    /// Every dedup record by the time it lapses.
-    dedup_expiries: BTreeSet<(Millis, DedupKey)>,
+    dedup: Dedup,
     /// Data of users (clients keep theirs in their record), by key.
     user_data: HashMap<UserId, HashMap<String, String>>,
     last_sweep: Millis,
-}
-
-#[derive(Debug)]
-enum DedupRecord {
-    InProgress { until: Millis },
-    Done { outcome: String, until: Millis },
-}
-
-impl DedupRecord {
-    fn until(&self) -> Millis {
-        match self {
-            DedupRecord::InProgress { until } | DedupRecord::Done { until, .. } => *until,
-        }
-    }
 }
 
 impl MemoryStorage {
@@ -223,17 +209,7 @@ impl Shard {
                 }
             }
         }
-        for _ in 0..SLICE {
-            let Some(first) = self.dedup_expiries.first() else {
-                break;
-            };
-            if first.0 > now {
-                break;
-            }
-            if let Some((_, key)) = self.dedup_expiries.pop_first() {
-                self.dedup.remove(&key);
-            }
-        }
+        self.dedup.sweep(now, SLICE);
     }
 
     /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
@@ -261,14 +237,6 @@ impl Shard {
                 indexed_until: seen_until,
                 ..ClientRecord::default()
             })
-    }
-
-    fn set_dedup(&mut self, key: &DedupKey, record: DedupRecord) {
-        if let Some(old) = self.dedup.get(key) {
-            self.dedup_expiries.remove(&(old.until(), key.clone()));
-        }
-        self.dedup_expiries.insert((record.until(), key.clone()));
-        self.dedup.insert(key.clone(), record);
     }
 
     /// Reaps up to a slice of clients whose presence lapsed by `now`; whether more may be left.
@@ -348,7 +316,7 @@ impl Storage for MemoryStorage {
     async fn append(
         &self,
         messages: Vec<NewMessage>,
-        max_queue: usize,
+        limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
         let now = now_millis();
         let epoch_guard = self.epoch_guard();
@@ -372,7 +340,17 @@ impl Storage for MemoryStorage {
                     Some(log) => log,
                     None => shard.logs.entry(m.user.clone()).or_default(),
                 };
-                if log.messages.len() >= max_queue {
+                // The sender's share first: a sender at theirs makes room among their own.
+                if let Some(sender) = &m.sender
+                    && log.held_for(sender) >= limits.per_sender
+                {
+                    let Some((pos, expires_at)) = log.evictable_of(sender, now) else {
+                        continue;
+                    };
+                    log.remove(pos);
+                    shard.expiries.remove(&(expires_at, pos));
+                }
+                if log.messages.len() >= limits.per_user {
                     let Some((pos, expires_at)) = log.evictable(now) else {
                         continue;
                     };
@@ -385,6 +363,7 @@ impl Storage for MemoryStorage {
                 shard.expiries.insert((m.expires_at, pos), m.user.clone());
                 log.insert(Entry {
                     client: m.client,
+                    sender: m.sender,
                     message: StoredMessage {
                         pos,
                         ns: m.namespace,
@@ -419,6 +398,9 @@ impl Storage for MemoryStorage {
         // Arrivals and departures pair up: a client has arrived from its first poll until `reap`
         // reports it gone, even if its presence lapsed meanwhile. A record made by `join` or
         // `set_data` alone has not arrived.
+        if !log.clients.contains_key(&req.client) && log.clients.len() >= req.max_clients {
+            return Err(Limit::ClientsPerUser(req.max_clients).into());
+        }
         let known = log.clients.get(&req.client).is_some_and(|r| r.polled);
         let arrival = (!known).then(|| Arrival {
             user_came_online: !log.has_polled_client(),
@@ -439,7 +421,7 @@ impl Storage for MemoryStorage {
                     advanced = Some(upto);
                 }
                 confirmed = Some(upto);
-                *cursor
+                upto
             }
             _ => match fresh_start {
                 Some(start) => {
@@ -549,22 +531,12 @@ impl Storage for MemoryStorage {
         Ok(states)
     }
 
-    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError> {
+    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
         let now = now_millis();
         let _epoch = self.epoch_guard();
         let mut shard = self.shard_for(&key.user);
         shard.maybe_sweep(now);
-        match shard.dedup.get(key) {
-            Some(DedupRecord::Done { outcome, until }) if *until > now => {
-                Ok(Claim::Done(outcome.clone()))
-            }
-            Some(DedupRecord::InProgress { until }) if *until > now => Ok(Claim::InProgress),
-            _ => {
-                let until = now.saturating_add(lease.as_millis() as Millis);
-                shard.set_dedup(key, DedupRecord::InProgress { until });
-                Ok(Claim::Acquired)
-            }
-        }
+        Ok(shard.dedup.claim(key, limits, now)?)
     }
 
     async fn complete(
@@ -576,13 +548,9 @@ impl Storage for MemoryStorage {
         let until = now_millis().saturating_add(ttl.as_millis() as Millis);
         {
             let _epoch = self.epoch_guard();
-            self.shard_for(&key.user).set_dedup(
-                key,
-                DedupRecord::Done {
-                    outcome: outcome.to_owned(),
-                    until,
-                },
-            );
+            self.shard_for(&key.user)
+                .dedup
+                .complete(key, outcome, until);
         }
         self.signal(Signal::Completed {
             user: key.user.clone(),

@@ -1,0 +1,245 @@
+//! One shard's dedup records: every client message id being handled or handled lately, bounded
+//! per client and per user, and swept by time.
+//!
+//! Records are numbered in the order they were claimed. Each user keeps their records by that
+//! number, overall and per client, so the oldest one to forget is the first of an ordered set:
+//! making room costs a lookup, never a scan, however many records there are.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::super::{Claim, DedupKey, DedupLimits, Limit, Millis};
+use crate::hash::HashMap;
+use crate::id::{ClientId, MessageId, UserId};
+
+#[derive(Debug, Default)]
+pub(super) struct Dedup {
+    records: HashMap<DedupKey, Record>,
+    /// Every record by the time it lapses.
+    expiries: BTreeSet<(Millis, DedupKey)>,
+    /// Every user's records in claim order.
+    users: HashMap<UserId, UserRecords>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct Record {
+    outcome: Option<Box<str>>,
+    until: Millis,
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct UserRecords {
+    by_seq: BTreeMap<u64, (ClientId, MessageId)>,
+    by_client: HashMap<ClientId, BTreeSet<u64>>,
+}
+
+impl Dedup {
+    pub(super) fn claim(
+        &mut self,
+        key: &DedupKey,
+        limits: DedupLimits,
+        now: Millis,
+    ) -> Result<Claim, Limit> {
+        match self.records.get(key) {
+            Some(r) if r.until > now => {
+                return Ok(match &r.outcome {
+                    Some(outcome) => Claim::Done(outcome.to_string()),
+                    None => Claim::InProgress,
+                });
+            }
+            Some(_) => self.remove(key),
+            None => {}
+        }
+        self.make_room(key, limits, now)?;
+        let until = now.saturating_add(limits.lease.as_millis() as Millis);
+        self.insert(key, None, until);
+        Ok(Claim::Acquired)
+    }
+
+    /// Records the outcome, for a record claimed earlier or (its lease having lapsed) anew.
+    pub(super) fn complete(&mut self, key: &DedupKey, outcome: &str, until: Millis) {
+        if let Some(record) = self.records.get_mut(key) {
+            self.expiries.remove(&(record.until, key.clone()));
+            record.outcome = Some(outcome.into());
+            record.until = until;
+            self.expiries.insert((until, key.clone()));
+            return;
+        }
+        // A handled message must be remembered, so this one is kept beyond the limits: it can
+        // only follow a lease that lapsed while the handler ran, which is rare, and the next
+        // claim of the user makes room again.
+        self.insert(key, Some(outcome.into()), until);
+    }
+
+    /// Removes up to `most` records that lapsed by `now`.
+    pub(super) fn sweep(&mut self, now: Millis, most: usize) {
+        for _ in 0..most {
+            match self.expiries.first() {
+                Some((until, _)) if *until <= now => {}
+                _ => break,
+            }
+            if let Some((_, key)) = self.expiries.pop_first() {
+                self.remove(&key);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Forgets the oldest completed records of the key's client, then of its user, until a new
+    /// one fits under both limits; refuses if the oldest is still in progress.
+    fn make_room(&mut self, key: &DedupKey, limits: DedupLimits, now: Millis) -> Result<(), Limit> {
+        loop {
+            let Some(user) = self.users.get(&key.user) else {
+                return Ok(());
+            };
+            let of_client = user.by_client.get(&key.client);
+            let (oldest, limit) = if of_client.is_some_and(|s| s.len() >= limits.per_client) {
+                (of_client.and_then(|s| s.first()), limits.per_client)
+            } else if user.by_seq.len() >= limits.per_user {
+                (user.by_seq.keys().next(), limits.per_user)
+            } else {
+                return Ok(());
+            };
+            let Some((client, id)) = oldest.and_then(|seq| user.by_seq.get(seq)) else {
+                return Ok(());
+            };
+            let oldest = DedupKey {
+                user: key.user.clone(),
+                client: client.clone(),
+                id: id.clone(),
+            };
+            let in_progress = self
+                .records
+                .get(&oldest)
+                .is_some_and(|r| r.outcome.is_none() && r.until > now);
+            if in_progress {
+                return Err(Limit::DedupRecords(limit));
+            }
+            self.remove(&oldest);
+        }
+    }
+
+    fn insert(&mut self, key: &DedupKey, outcome: Option<Box<str>>, until: Millis) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let user = self.users.entry(key.user.clone()).or_default();
+        user.by_seq
+            .insert(seq, (key.client.clone(), key.id.clone()));
+        user.by_client
+            .entry(key.client.clone())
+            .or_default()
+            .insert(seq);
+        self.expiries.insert((until, key.clone()));
+        self.records.insert(
+            key.clone(),
+            Record {
+                outcome,
+                until,
+                seq,
+            },
+        );
+    }
+
+    fn remove(&mut self, key: &DedupKey) {
+        let Some(record) = self.records.remove(key) else {
+            return;
+        };
+        self.expiries.remove(&(record.until, key.clone()));
+        let Some(user) = self.users.get_mut(&key.user) else {
+            return;
+        };
+        user.by_seq.remove(&record.seq);
+        if let Some(seqs) = user.by_client.get_mut(&key.client) {
+            seqs.remove(&record.seq);
+            if seqs.is_empty() {
+                user.by_client.remove(&key.client);
+            }
+        }
+        if user.by_seq.is_empty() {
+            self.users.remove(&key.user);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn key(client: &str, id: &str) -> DedupKey {
+        DedupKey {
+            user: UserId::from("ann"),
+            client: ClientId::new(client).expect("id"),
+            id: MessageId::new(id).expect("id"),
+        }
+    }
+
+    const LIMITS: DedupLimits = DedupLimits {
+        lease: Duration::from_secs(60),
+        per_client: 3,
+        per_user: 5,
+    };
+
+    #[test]
+    fn the_oldest_completed_record_of_a_client_makes_room() {
+        let mut d = Dedup::default();
+        for i in 0..3 {
+            let k = key("a", &format!("m{i}"));
+            assert_eq!(d.claim(&k, LIMITS, 0), Ok(Claim::Acquired));
+            d.complete(&k, "1", 1_000);
+        }
+        assert_eq!(d.claim(&key("a", "m3"), LIMITS, 0), Ok(Claim::Acquired));
+        assert_eq!(d.len(), 3);
+        // m0 was forgotten, m1 is remembered.
+        assert_eq!(
+            d.claim(&key("a", "m1"), LIMITS, 0),
+            Ok(Claim::Done("1".into()))
+        );
+        // m0 was forgotten: a retry of it now would be handled again.
+        assert_eq!(d.claim(&key("a", "m0"), LIMITS, 0), Ok(Claim::Acquired));
+        assert_eq!(d.len(), 3);
+    }
+
+    #[test]
+    fn an_oldest_record_in_progress_refuses_a_new_one() {
+        let mut d = Dedup::default();
+        for i in 0..3 {
+            assert_eq!(
+                d.claim(&key("a", &format!("m{i}")), LIMITS, 0),
+                Ok(Claim::Acquired)
+            );
+        }
+        assert_eq!(
+            d.claim(&key("a", "m3"), LIMITS, 0),
+            Err(Limit::DedupRecords(3))
+        );
+        // Once its lease lapsed, it no longer holds the place.
+        assert_eq!(
+            d.claim(&key("a", "m3"), LIMITS, 60_001),
+            Ok(Claim::Acquired)
+        );
+    }
+
+    #[test]
+    fn a_user_is_bounded_over_all_their_clients() {
+        let mut d = Dedup::default();
+        for i in 0..10 {
+            let k = key(&format!("c{i}"), "m");
+            assert_eq!(d.claim(&k, LIMITS, 0), Ok(Claim::Acquired));
+            d.complete(&k, "1", 1_000);
+        }
+        assert_eq!(d.len(), 5);
+        d.sweep(1_000, 100);
+        assert_eq!(d.len(), 0);
+        assert!(
+            d.users.is_empty(),
+            "no order is kept for a user without records"
+        );
+    }
+}
