@@ -25,11 +25,17 @@
 //! |---|---|---|
 //! | `chat` `{"text": "hi"}` | every user online and the sender get `chat` `{from, text, at}` | `{"ok": true}` |
 //! | `chat` `{"text": "hi", "to": "bob"}` | only `bob` and the sender get `chat` `{from, to, text, at}` | `{"ok": true}` |
+//! | either, when some recipients' queues are full | the others get it | `{"ok": true, "not_sent_to": [...]}`, or the error `queue_full` if it reached nobody |
 //! | `echo` any JSON | nothing is sent | the same JSON (for health checks and tests) |
 //!
 //! A `chat` is acknowledged once it is stored for its recipients, so a process that crashes
 //! after the acknowledgement has lost nothing; delivery failures (a recipient that never
-//! confirmed it within the message TTL) are logged.
+//! confirmed it within the message TTL) are logged. A storage failure while storing it is
+//! not answered as a final error: the client is told to send the line again.
+//!
+//! The server sets the timeouts a deployment needs (see `serve`): headers must arrive, and idle
+//! keep-alive connections close, within 10 s; the layer reads a body for at most its
+//! `body_timeout`.
 //!
 //! # Settings (environment variables)
 //!
@@ -117,8 +123,47 @@ async fn main() -> Result<(), BoxError> {
         }));
 
     tracing::info!(%node, "chat listening on http://{addr}/ (open http://{addr}/?user=ann and http://{addr}/?user=bob)");
-    axum::serve(listener, app).await?;
-    Ok(())
+    serve(listener, app).await
+}
+
+/// How long a connection may take to send a request's headers, and may sit idle between
+/// requests (hyper starts the same timer on an idle keep-alive connection). Above the client's
+/// pause between polls, far below what lets idle sockets pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 with the timeouts a deployment needs, which `axum::serve` does not set: a
+/// connection that never finishes its headers, or idles, is closed (a slow body is the simpleio
+/// layer's to refuse, with its `body_timeout`), and a connection's read buffer stays small.
+async fn serve(listener: tokio::net::TcpListener, app: Router) -> Result<(), BoxError> {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let service = TowerToHyperService::new(app);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: keep serving the connections there
+                // are, and try again shortly, as `axum::serve` does.
+                tracing::warn!(error = %e, "could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+        });
+    }
 }
 
 /// Reads an optional numeric setting; a value that does not parse is an error, not a default.
@@ -253,13 +298,29 @@ async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
     };
     // Acknowledge once the line is stored: from then on it is delivered or its failure logged,
     // even if this process dies. Waiting for every reader to confirm would hold up the POST.
-    let confirmation = sending.stored().await.map_err(|e| match e {
-        SendError::Storage(cause) => {
-            tracing::warn!(%cause, "a chat line could not be stored");
-            HandlerError::new("unavailable", "the chat is unavailable; try again")
+    let confirmation = match sending.stored().await {
+        Ok(confirmation) => confirmation,
+        // Whether it was stored is not known (a timeout may hide a success): returned as it is,
+        // the layer tells the client to send the line again, instead of a final error.
+        Err(e @ SendError::Storage(_)) => return Err(e.into()),
+        // Not stored for some recipients, whose queues are full (or this sender's share of
+        // them). Said as it is: a final error only when it reached nobody.
+        Err(SendError::QueueFull { failed, stored }) => {
+            let names: Vec<String> = failed.iter().map(ToString::to_string).collect();
+            if stored == 0 {
+                return Err(HandlerError::new(
+                    "queue_full",
+                    format!(
+                        "not sent: {} have too many unread messages",
+                        names.join(", ")
+                    ),
+                )
+                .into());
+            }
+            return Ok(Reply::json(&json!({ "ok": true, "not_sent_to": names }))?);
         }
-        other => HandlerError::new("bad_chat", other.to_string()),
-    })?;
+        Err(other) => return Err(HandlerError::new("bad_chat", other.to_string()).into()),
+    };
     tokio::spawn(async move {
         if let Err(e) = confirmation.await {
             tracing::info!(error = %e, "a chat line was not delivered to everyone");

@@ -206,7 +206,7 @@ impl HandlerError {
 /// The default handler: refuses every message, saying no handler is configured.
 pub(crate) fn no_handler() -> BoxHandler {
     BoxCloneSyncService::new(tower::service_fn(|msg: Incoming| async move {
-        tracing::warn!(event = %msg.event, "a client message arrived but no handler is configured");
+        tracing::warn!(event = ?msg.event, "a client message arrived but no handler is configured");
         Err::<Reply, BoxError>(Box::new(HandlerError::new(
             "no_handler",
             "this server does not accept messages",

@@ -244,7 +244,7 @@ async fn handle_once(
         Err(e) => {
             // The handler panicked. Its record stays in progress until the lease ends, as if
             // this request had died with it.
-            tracing::error!(%user, %client, error = %e, "the handler panicked");
+            tracing::error!(?user, %client, error = %e, "the handler panicked");
             Ok(AckOutcome::Error(ErrorBody {
                 code: "handler_error".to_owned(),
                 message: "the server failed to handle this message".to_owned(),
@@ -292,7 +292,7 @@ async fn call_handler(
             let reply = reply.into_raw();
             let max = shared.config.max_reply_bytes;
             if reply.get().len() > max {
-                tracing::warn!(%user, %client, ?event, size = reply.get().len(), max,
+                tracing::warn!(?user, %client, ?event, size = reply.get().len(), max,
                     "a handler reply is larger than max_reply_bytes; answering an error");
                 AckOutcome::Error(ErrorBody {
                     code: "reply_too_large".to_owned(),
@@ -303,19 +303,19 @@ async fn call_handler(
             }
         }
         Err(e) if failed_on_storage(&*e) => {
-            tracing::warn!(%user, %client, ?event, error = %e,
+            tracing::warn!(?user, %client, ?event, error = %e,
                 "the handler failed on the storage; the client will send the message again");
             return None;
         }
         Err(e) => {
             if let Some(chosen) = e.downcast_ref::<HandlerError>() {
-                tracing::debug!(%user, %client, ?event, error = %chosen, "the handler refused a message");
+                tracing::debug!(?user, %client, ?event, error = %chosen, "the handler refused a message");
                 AckOutcome::Error(ErrorBody {
                     code: chosen.code.clone(),
                     message: chosen.message.clone(),
                 })
             } else {
-                tracing::error!(%user, %client, ?event, error = %e, "the handler failed");
+                tracing::error!(?user, %client, ?event, error = %e, "the handler failed");
                 AckOutcome::Error(ErrorBody {
                     code: "handler_error".to_owned(),
                     message: "the server failed to handle this message".to_owned(),
@@ -365,7 +365,7 @@ async fn complete(
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
-                tracing::error!(error = %e, user = %key.user, client = %key.client, id = %key.id,
+                tracing::error!(error = %e, user = ?key.user, client = %key.client, id = %key.id,
                     "could not record a handled message; a retry after the lease may handle it again");
                 return Err(e);
             }

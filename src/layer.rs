@@ -178,7 +178,7 @@ where
             ProtocolError::Storage(cause) => {
                 tracing::warn!(%cause, "storage failed; answering 503")
             }
-            other => tracing::debug!(error = %other, "refused a bad request"),
+            other => tracing::debug!(error = ?other.to_string(), "refused a bad request"),
         }
         e.into_response()
     })

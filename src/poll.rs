@@ -112,7 +112,7 @@ pub(crate) async fn respond(
         volatile.append(&mut inbox.volatile);
         if handshake || !batch.messages.is_empty() || !volatile.is_empty() || inbox.taken_over {
             if inbox.taken_over {
-                tracing::debug!(%user, %client, "a newer poll of this client took over");
+                tracing::debug!(?user, %client, "a newer poll of this client took over");
             }
             return Ok(answer(batch, &volatile));
         }
@@ -131,7 +131,7 @@ pub(crate) async fn respond(
                     let mut inbox = watch.take();
                     volatile.append(&mut inbox.volatile);
                     if inbox.taken_over {
-                        tracing::debug!(%user, %client, "a newer poll of this client took over");
+                        tracing::debug!(?user, %client, "a newer poll of this client took over");
                         return Ok(answer(batch, &volatile));
                     }
                     if !volatile.is_empty() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use simpleio::storage::{
-    Appended, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure, Epoch, FetchBatch,
-    FetchRequest, NewMessage, Signal, StorageError,
+    Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
+    FetchBatch, FetchRequest, NewMessage, QueueLimits, Signal, StorageError,
 };
 use simpleio::{ClientId, Member, MemoryStorage, SimpleIoLayer, Storage, UserId};
 use support::server::TestServer;
@@ -235,9 +235,9 @@ impl Storage for SlowAnswers {
     async fn append(
         &self,
         messages: Vec<NewMessage>,
-        max_queue: usize,
+        limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
-        self.inner.append(messages, max_queue).await
+        self.inner.append(messages, limits).await
     }
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         let batch = self.inner.fetch(request).await;
@@ -254,8 +254,8 @@ impl Storage for SlowAnswers {
     ) -> Result<Vec<DeliveryState>, StorageError> {
         self.inner.delivery(epoch, targets).await
     }
-    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError> {
-        self.inner.claim(key, lease).await
+    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
+        self.inner.claim(key, limits).await
     }
     async fn complete(
         &self,
