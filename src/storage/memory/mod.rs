@@ -613,11 +613,17 @@ impl Storage for MemoryStorage {
                 }
             }
         }
-        if !removed.is_empty() {
-            for chunk in removed.chunks(SLICE) {
-                let mut rooms = self.rooms();
-                for member in chunk {
-                    rooms.remove_everywhere(member);
+        // Memberships go a slice at a time too: the lock is released after each SLICE of
+        // them, however many rooms each removed client was in.
+        let mut left = removed.iter().peekable();
+        while left.peek().is_some() {
+            let mut rooms = self.rooms();
+            let mut budget = SLICE;
+            while budget > 0
+                && let Some(member) = left.peek()
+            {
+                if rooms.remove_from_some(member, &mut budget) {
+                    left.next();
                 }
             }
         }

@@ -41,11 +41,29 @@ impl Rooms {
     }
 
     /// Removes `member` from every room it is in: as many steps as it has rooms.
+    #[cfg(test)]
     pub(super) fn remove_everywhere(&mut self, member: &Member) {
-        let Some(rooms) = self.of.remove(member) else {
-            return;
+        let mut unbounded = usize::MAX;
+        self.remove_from_some(member, &mut unbounded);
+    }
+
+    /// Removes `member` from up to `budget` of its rooms, taking what it spent from `budget`;
+    /// whether the member is in no room any more. So a caller holding the lock bounds its work
+    /// by memberships, not by members, who may be in thousands of rooms each.
+    pub(super) fn remove_from_some(&mut self, member: &Member, budget: &mut usize) -> bool {
+        let Some(rooms) = self.of.get_mut(member) else {
+            return true;
         };
-        for room in rooms {
+        let some: Vec<Arc<str>> = rooms.iter().take(*budget).cloned().collect();
+        for room in &some {
+            rooms.remove(room);
+        }
+        *budget -= some.len();
+        let done = rooms.is_empty();
+        if done {
+            self.of.remove(member);
+        }
+        for room in some {
             if let Some(members) = self.members.get_mut(&room) {
                 members.remove(member);
                 if members.is_empty() {
@@ -53,6 +71,7 @@ impl Rooms {
                 }
             }
         }
+        done
     }
 
     pub(super) fn members(&self, room: &str) -> Vec<Member> {
@@ -85,6 +104,12 @@ mod tests {
         let ann = Member::from("ann");
         rooms.join("a", &ann);
         rooms.join("b", &ann);
+        let mut budget = 1;
+        assert!(!rooms.remove_from_some(&ann, &mut budget), "one of two rooms");
+        assert_eq!(budget, 0);
+        let mut budget = 5;
+        assert!(rooms.remove_from_some(&ann, &mut budget));
+        assert_eq!(budget, 4);
         rooms.remove_everywhere(&ann);
         assert!(rooms.members("a").is_empty());
         assert!(rooms.rooms(&ann).is_empty());
