@@ -212,6 +212,22 @@ impl Builder {
         self
     }
 
+    /// How many bytes of message data one user's queue holds (default 64 MiB), beside the
+    /// [`max_queue`](Self::max_queue) count: a send beyond it fails with
+    /// [`Failure::QueueFull`](crate::Failure::QueueFull). A fan-out's payload is stored once,
+    /// but counts in each recipient's queue.
+    pub fn max_queue_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_queue_bytes = bytes;
+        self
+    }
+
+    /// How many of those bytes may come from one sender (default 8 MiB), as
+    /// [`max_queue_per_sender`](Self::max_queue_per_sender) for the count.
+    pub fn max_queue_bytes_per_sender(mut self, bytes: usize) -> Self {
+        self.config.max_queue_bytes_per_sender = bytes;
+        self
+    }
+
     /// How many message ids of one client are remembered, so that a retry is not handled twice
     /// (default 1,000). When a client has this many, its oldest handled one is forgotten: a
     /// client retries only its latest messages. Bounds memory against a client that sends

@@ -413,6 +413,8 @@ impl Emitter {
             let limits = QueueLimits {
                 per_user: shared.config.max_queue,
                 per_sender: shared.config.max_queue_per_sender,
+                bytes_per_user: shared.config.max_queue_bytes,
+                bytes_per_sender: shared.config.max_queue_bytes_per_sender,
             };
             let appended = shared
                 .storage

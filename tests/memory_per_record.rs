@@ -64,13 +64,19 @@ async fn what_a_dedup_record_and_a_client_id_cost() {
     for i in 0..100 {
         let k = key("warm", i);
         storage.claim(&k, limits).await.expect("claim");
-        storage.complete(&k, "{\"reply\":null}", window).await.expect("complete");
+        storage
+            .complete(&k, "{\"reply\":null}", window)
+            .await
+            .expect("complete");
     }
 
     let small = per_item(|i| {
         let (storage, k) = (storage.clone(), key("ann", i));
         async move {
-            assert_eq!(storage.claim(&k, limits).await.expect("claim"), Claim::Acquired);
+            assert_eq!(
+                storage.claim(&k, limits).await.expect("claim"),
+                Claim::Acquired
+            );
             storage
                 .complete(&k, "{\"reply\":{\"ok\":true}}", window)
                 .await
@@ -83,7 +89,10 @@ async fn what_a_dedup_record_and_a_client_id_cost() {
         let (storage, k, reply) = (storage.clone(), key("bob", i), reply.clone());
         async move {
             storage.claim(&k, limits).await.expect("claim");
-            storage.complete(&k, &reply, window).await.expect("complete");
+            storage
+                .complete(&k, &reply, window)
+                .await
+                .expect("complete");
         }
     })
     .await;
@@ -112,6 +121,9 @@ async fn what_a_dedup_record_and_a_client_id_cost() {
          8 KiB reply, {client:.0} bytes per client id of one user"
     );
     assert!(small < 700.0, "a dedup record costs {small:.0} bytes");
-    assert!(large < 8_192.0 + 700.0, "a dedup record with an 8 KiB reply costs {large:.0} bytes");
+    assert!(
+        large < 8_192.0 + 700.0,
+        "a dedup record with an 8 KiB reply costs {large:.0} bytes"
+    );
     assert!(client < 800.0, "a client id costs {client:.0} bytes");
 }

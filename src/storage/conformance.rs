@@ -89,6 +89,7 @@ macro_rules! storage_conformance_tests {
             a_record_completed_with_no_ttl_is_handled_again,
             a_user_has_at_most_max_clients,
             a_cursor_beyond_the_log_reads_from_its_end,
+            a_queue_is_bounded_in_bytes_too,
         );
     };
     (optional $fresh:path) => {
@@ -147,6 +148,8 @@ fn queue(per_user: usize) -> QueueLimits {
     QueueLimits {
         per_user,
         per_sender: MANY,
+        bytes_per_user: MANY,
+        bytes_per_sender: MANY,
     }
 }
 
@@ -1343,8 +1346,8 @@ pub async fn a_lagging_subscriber_is_told_and_storage_still_answers(s: &impl Sto
 /// its delivered messages make room for more of its own.
 pub async fn a_sender_fills_only_its_share_of_a_queue(s: &impl Storage) {
     let limits = QueueLimits {
-        per_user: 10,
         per_sender: 3,
+        ..queue(10)
     };
     let flood: Vec<NewMessage> = (0..5)
         .map(|i| from("eve", message("ann", &format!("e{i}"), LONG)))
@@ -1540,5 +1543,64 @@ pub async fn a_cursor_beyond_the_log_reads_from_its_end(s: &impl Storage) {
         events(&b),
         ["b"],
         "a message after a far cursor was skipped"
+    );
+}
+
+/// A message of `size` bytes of data (a JSON string), to `to`.
+fn sized(to: &str, event: &str, size: usize) -> NewMessage {
+    let mut m = message(to, event, LONG);
+    m.data = data(&format!("\"{}\"", "x".repeat(size - 2)));
+    m
+}
+
+/// The bytes of a user's queue are bounded, in all and per sender, as its count is; delivered
+/// messages make room.
+pub async fn a_queue_is_bounded_in_bytes_too(s: &impl Storage) {
+    let limits = QueueLimits {
+        bytes_per_user: 1_000,
+        bytes_per_sender: 400,
+        ..queue(MANY)
+    };
+    let a = s
+        .append(
+            vec![
+                from("eve", sized("ann", "e0", 200)),
+                from("eve", sized("ann", "e1", 200)),
+                from("eve", sized("ann", "e2", 200)),
+            ],
+            limits,
+        )
+        .await
+        .expect("append");
+    assert!(matches!(a.outcomes[1], AppendOutcome::Stored(_)));
+    assert_eq!(
+        a.outcomes[2],
+        AppendOutcome::QueueFull,
+        "a sender got more than its share of a queue's bytes"
+    );
+    let b = s
+        .append(
+            vec![sized("ann", "s0", 500), sized("ann", "s1", 200)],
+            limits,
+        )
+        .await
+        .expect("append");
+    assert!(matches!(b.outcomes[0], AppendOutcome::Stored(_)));
+    assert_eq!(
+        b.outcomes[1],
+        AppendOutcome::QueueFull,
+        "a queue held more bytes than its limit"
+    );
+    // ann reads and confirms everything: the bytes are free again.
+    let first = fetch(s, "ann", "tab1", None).await;
+    assert_eq!(events(&first), ["e0", "e1", "s0"]);
+    fetch(s, "ann", "tab1", Some((&first.epoch, first.cursor))).await;
+    let c = s
+        .append(vec![sized("ann", "s2", 900)], limits)
+        .await
+        .expect("append");
+    assert!(
+        matches!(c.outcomes[0], AppendOutcome::Stored(_)),
+        "delivered messages did not free their bytes"
     );
 }

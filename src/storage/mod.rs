@@ -160,13 +160,18 @@ pub struct NewMessage {
     pub sender: Option<UserId>,
 }
 
-/// How many messages a user's queue holds: those neither expired nor delivered.
+/// How much a user's queue holds: the messages in their log neither expired nor delivered,
+/// counted and in bytes of `data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// At most this many in all.
+    /// At most this many messages in all.
     pub per_user: usize,
     /// At most this many with the same [`NewMessage::sender`].
     pub per_sender: usize,
+    /// At most this many bytes of `data` in all.
+    pub bytes_per_user: usize,
+    /// At most this many bytes of `data` with the same [`NewMessage::sender`].
+    pub bytes_per_sender: usize,
 }
 
 /// How many dedup records one client and one user keep (see [`Storage::claim`]).
@@ -225,8 +230,8 @@ fn is_default_namespace(ns: &Arc<str>) -> bool {
 pub enum AppendOutcome {
     /// Stored at this position of its user's log.
     Stored(Position),
-    /// Not stored: the user's queue holds [`QueueLimits::per_user`] messages neither expired
-    /// nor delivered, or [`QueueLimits::per_sender`] of them from this message's sender.
+    /// Not stored: with it, the user's queue would hold more than its [`QueueLimits`] allow,
+    /// in all or from this message's sender, counted or in bytes.
     QueueFull,
 }
 
@@ -495,11 +500,12 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// [`FANOUT_CHUNK`] messages), so an implementation may run one call as one atomic step.
     ///
     /// Positions of one user increase with each stored message, in the order given, and
-    /// concurrent appends never interleave within one call's messages of a user. A user's log
-    /// holding `max_queue` messages that are neither expired nor delivered refuses more with
-    /// [`AppendOutcome::QueueFull`], and so does one holding `per_sender` such messages of the
-    /// new message's [`sender`](NewMessage::sender); delivered messages are evicted first to
-    /// make room.
+    /// concurrent appends never interleave within one call's messages of a user. A message
+    /// that would take the user's queue (its messages neither expired nor delivered) past
+    /// `limits` is refused with [`AppendOutcome::QueueFull`]: past `per_user` messages or
+    /// `bytes_per_user` bytes of `data`, or, from its [`sender`](NewMessage::sender), past
+    /// `per_sender` or `bytes_per_sender`. Expired and delivered messages are evicted first to
+    /// make room (the sender's own, for the sender's share).
     async fn append(
         &self,
         messages: Vec<NewMessage>,

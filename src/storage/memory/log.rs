@@ -23,8 +23,10 @@ pub(super) struct UserLog {
     pub(super) messages: BTreeMap<Position, Entry>,
     /// Positions of messages addressed to one client, per client: where a new client starts.
     addressed: HashMap<ClientId, BTreeSet<Position>>,
-    /// Positions of messages sent on a user's behalf, per sender: each sender's share.
-    by_sender: HashMap<UserId, BTreeSet<Position>>,
+    /// Messages sent on a user's behalf, per sender: each sender's share.
+    by_sender: HashMap<UserId, Share>,
+    /// Bytes of `data` of every message held.
+    pub(super) bytes: usize,
     /// The last position given to this user; confirmations never go beyond it.
     pub(super) last: Position,
     /// Per namespace, the highest cursor any client subscribed to it confirmed.
@@ -36,6 +38,13 @@ pub(super) struct UserLog {
     /// The user's time in the shard's online index (0: not in it): at most the latest
     /// seen-until of their polled clients, and less than [`PRESENCE_STEP`] below it.
     pub(super) online_indexed: Millis,
+}
+
+/// One sender's messages in a log.
+#[derive(Debug, Default)]
+struct Share {
+    positions: BTreeSet<Position>,
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -59,6 +68,13 @@ pub(super) struct ClientRecord {
     pub(super) polled: bool,
     pub(super) namespaces: Vec<Arc<str>>,
     pub(super) data: HashMap<String, String>,
+}
+
+impl Entry {
+    /// What it counts for in its queue's byte limits.
+    pub(super) fn size(&self) -> usize {
+        self.message.data.get().len()
+    }
 }
 
 impl ClientRecord {
@@ -102,12 +118,13 @@ impl UserLog {
         if let Some(c) = &entry.client {
             self.addressed.entry(c.clone()).or_default().insert(pos);
         }
+        let size = entry.size();
         if let Some(sender) = &entry.sender {
-            self.by_sender
-                .entry(sender.clone())
-                .or_default()
-                .insert(pos);
+            let share = self.by_sender.entry(sender.clone()).or_default();
+            share.positions.insert(pos);
+            share.bytes += size;
         }
+        self.bytes += size;
         self.last = self.last.max(pos);
         self.messages.insert(pos, entry);
     }
@@ -122,20 +139,25 @@ impl UserLog {
                 self.addressed.remove(c);
             }
         }
+        let size = entry.size();
         if let Some(sender) = &entry.sender
-            && let Some(set) = self.by_sender.get_mut(sender)
+            && let Some(share) = self.by_sender.get_mut(sender)
         {
-            set.remove(&pos);
-            if set.is_empty() {
+            share.positions.remove(&pos);
+            share.bytes -= size;
+            if share.positions.is_empty() {
                 self.by_sender.remove(sender);
             }
         }
+        self.bytes -= size;
         Some(entry)
     }
 
-    /// How many messages of `sender` the log holds.
-    pub(super) fn held_for(&self, sender: &UserId) -> usize {
-        self.by_sender.get(sender).map_or(0, BTreeSet::len)
+    /// How many messages of `sender` the log holds, and their bytes of `data`.
+    pub(super) fn held_for(&self, sender: &UserId) -> (usize, usize) {
+        self.by_sender
+            .get(sender)
+            .map_or((0, 0), |share| (share.positions.len(), share.bytes))
     }
 
     /// One message of `sender` that can go to make room for another of theirs: expired, or
@@ -143,6 +165,7 @@ impl UserLog {
     pub(super) fn evictable_of(&self, sender: &UserId, now: Millis) -> Option<(Position, Millis)> {
         self.by_sender
             .get(sender)?
+            .positions
             .iter()
             .take(EVICT_SCAN)
             .filter_map(|pos| self.messages.get(pos))

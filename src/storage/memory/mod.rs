@@ -307,6 +307,40 @@ impl Shard {
     }
 }
 
+/// Evicts expired or delivered messages until `m` fits in its user's queue: the sender's share
+/// first, among the sender's own, then the whole queue. Whether it fits. Each eviction removes
+/// a message for good, so the work is bounded by what was added before.
+fn make_room(
+    log: &mut UserLog,
+    expiries: &mut BTreeMap<(Millis, Position), UserId>,
+    m: &NewMessage,
+    limits: QueueLimits,
+    now: Millis,
+) -> bool {
+    let size = m.data.get().len();
+    if let Some(sender) = &m.sender {
+        loop {
+            let (count, bytes) = log.held_for(sender);
+            if count < limits.per_sender && bytes + size <= limits.bytes_per_sender {
+                break;
+            }
+            let Some((pos, expires_at)) = log.evictable_of(sender, now) else {
+                return false;
+            };
+            log.remove(pos);
+            expiries.remove(&(expires_at, pos));
+        }
+    }
+    while log.messages.len() >= limits.per_user || log.bytes + size > limits.bytes_per_user {
+        let Some((pos, expires_at)) = log.evictable(now) else {
+            return false;
+        };
+        log.remove(pos);
+        expiries.remove(&(expires_at, pos));
+    }
+    true
+}
+
 #[async_trait]
 impl Storage for MemoryStorage {
     async fn epoch(&self) -> Result<Epoch, StorageError> {
@@ -340,22 +374,8 @@ impl Storage for MemoryStorage {
                     Some(log) => log,
                     None => shard.logs.entry(m.user.clone()).or_default(),
                 };
-                // The sender's share first: a sender at theirs makes room among their own.
-                if let Some(sender) = &m.sender
-                    && log.held_for(sender) >= limits.per_sender
-                {
-                    let Some((pos, expires_at)) = log.evictable_of(sender, now) else {
-                        continue;
-                    };
-                    log.remove(pos);
-                    shard.expiries.remove(&(expires_at, pos));
-                }
-                if log.messages.len() >= limits.per_user {
-                    let Some((pos, expires_at)) = log.evictable(now) else {
-                        continue;
-                    };
-                    log.remove(pos);
-                    shard.expiries.remove(&(expires_at, pos));
+                if !make_room(log, &mut shard.expiries, &m, limits, now) {
+                    continue;
                 }
                 // Clock-based, and past anything given in this shard or to this user before.
                 let pos = (now * 1000).max(shard.last_pos + 1).max(log.last + 1);

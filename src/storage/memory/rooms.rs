@@ -105,7 +105,10 @@ mod tests {
         rooms.join("a", &ann);
         rooms.join("b", &ann);
         let mut budget = 1;
-        assert!(!rooms.remove_from_some(&ann, &mut budget), "one of two rooms");
+        assert!(
+            !rooms.remove_from_some(&ann, &mut budget),
+            "one of two rooms"
+        );
         assert_eq!(budget, 0);
         let mut budget = 5;
         assert!(rooms.remove_from_some(&ann, &mut budget));
