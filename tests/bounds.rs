@@ -118,11 +118,14 @@ async fn drain(tab: &mut Tab) -> Vec<Value> {
 /// once each, in order.
 async fn assert_honest_user_gets(io: &SimpleIo, tab: &mut Tab, count: usize) {
     for i in 0..count {
-        io.to(tab.user.as_str())
-            .emit("news", &i)
-            .stored()
-            .await
-            .expect("stored for the honest user");
+        // Stored is enough: the confirmation is the drain below.
+        drop(
+            io.to(tab.user.as_str())
+                .emit("news", &i)
+                .stored()
+                .await
+                .expect("stored for the honest user"),
+        );
     }
     let got = drain(tab).await;
     let expected: Vec<Value> = (0..count).map(|i| json!(i)).collect();
@@ -251,13 +254,15 @@ async fn one_sender_fills_only_its_share_of_an_offline_users_queue(backend: Back
         .send(json!([{"id": "c0", "event": "chat", "data": {"to": "bob", "text": "hi bob"}}]))
         .await;
     assert_eq!(acks[0]["reply"], json!({"ok": true}), "{acks:?}");
-    server
-        .io
-        .to("bob")
-        .emit("chat", &json!({"text": "from the server"}))
-        .stored()
-        .await
-        .expect("the server's own message still fits");
+    drop(
+        server
+            .io
+            .to("bob")
+            .emit("chat", &json!({"text": "from the server"}))
+            .stored()
+            .await
+            .expect("the server's own message still fits"),
+    );
 
     // bob comes back: he reads exactly what was acknowledged, once each, in order.
     let got: Vec<String> = drain(&mut bob)
@@ -280,12 +285,14 @@ async fn one_sender_fills_only_its_share_of_an_offline_users_queue(backend: Back
     // The whole queue is bounded too: a server send that does not fit fails at once.
     let server_io = server.io.clone();
     for i in 0..12 {
-        server_io
-            .to("dave")
-            .emit("fill", &i)
-            .stored()
-            .await
-            .expect("below the queue limit");
+        drop(
+            server_io
+                .to("dave")
+                .emit("fill", &i)
+                .stored()
+                .await
+                .expect("below the queue limit"),
+        );
     }
     match server_io.to("dave").emit("fill", &12).stored().await {
         Err(SendError::QueueFull { failed, stored }) => {
@@ -407,13 +414,15 @@ async fn waiting_polls_are_bounded_per_user_and_per_node() {
     assert!(busy.headers.contains_key("retry-after"));
 
     // A message still wakes the waiting ones, which answer as usual.
-    server
-        .io
-        .to("carol")
-        .emit("hi", &1)
-        .stored()
-        .await
-        .expect("stored");
+    drop(
+        server
+            .io
+            .to("carol")
+            .emit("hi", &1)
+            .stored()
+            .await
+            .expect("stored"),
+    );
     for task in waiting {
         assert_eq!(task.await.expect("poll").status, 200);
     }
