@@ -819,3 +819,32 @@ async fn wait_until(condition: impl Fn() -> bool) {
     .await
     .expect("the condition comes true");
 }
+
+/// A backlog larger than the client takes in one response (40 messages of 1 MB while the user
+/// was offline) comes in responses the server bounds by bytes, so the client reads all of it.
+#[tokio::test]
+async fn a_backlog_of_large_messages_reaches_the_client_in_bounded_responses() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen).max_message_bytes(1_100_000)).await;
+    let big = "z".repeat(1_000_000);
+    for i in 0..40 {
+        // Stored is enough here: the client confirms them below.
+        drop(
+            server
+                .io
+                .to("ann")
+                .emit("big", &format!("{i}:{big}"))
+                .stored()
+                .await
+                .expect("stored"),
+        );
+    }
+    let (client, mut events) = connect(&server, "ann");
+    for i in 0..40 {
+        let m = next_message(&mut events).await;
+        let text = m.data.as_str().unwrap_or_default();
+        assert!(text.starts_with(&format!("{i}:")), "message {i} out of order");
+        assert_eq!(text.len(), big.len() + format!("{i}:").len());
+    }
+    client.close().await;
+}
