@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use redis_server::RedisServer;
 use serde_json::value::RawValue;
 use simpleio::storage::{
-    AppendOutcome, DedupKey, DeliveryState, DeliveryTarget, Departure, Epoch, FetchRequest, Member,
-    NewMessage, Signal, StorageError, millis_after,
+    AppendOutcome, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
+    FetchRequest, Member, NewMessage, QueueLimits, Signal, StorageError, millis_after,
 };
 use simpleio::{ClientId, MessageId, RedisStorage, Storage, UserId};
 use tokio::sync::broadcast;
@@ -52,6 +52,25 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
         event: event.into(),
         data: Arc::from(RawValue::from_string(format!("\"{event}\"")).expect("JSON")),
         expires_at: millis_after(ttl),
+        sender: None,
+    }
+}
+
+/// Queue limits with this many messages per user and no limit per sender that a test reaches
+/// unless it means to.
+fn queue(per_user: usize) -> QueueLimits {
+    QueueLimits {
+        per_user,
+        per_sender: 1_000_000,
+    }
+}
+
+/// Dedup limits no test reaches unless it means to, with this lease.
+fn lease(lease: Duration) -> DedupLimits {
+    DedupLimits {
+        lease,
+        per_client: 1_000_000,
+        per_user: 1_000_000,
     }
 }
 
@@ -64,6 +83,7 @@ fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequ
         limit: 100,
         presence_ttl: Duration::from_secs(60),
         announce: None,
+        max_clients: 1_000_000,
     }
 }
 
@@ -144,7 +164,7 @@ async fn an_outage_fails_fast_then_heals_with_a_new_epoch() {
         .expect("connect");
     let mut rx = storage.subscribe();
     let before = storage
-        .append(vec![message("ann", "a", LONG)], 10)
+        .append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect("append");
     let pos = stored(before.outcomes[0]);
@@ -200,7 +220,7 @@ async fn an_outage_fails_fast_then_heals_with_a_new_epoch() {
 
     // And the subscription carries signals again.
     storage
-        .append(vec![message("ann", "b", LONG)], 10)
+        .append(vec![message("ann", "b", LONG)], queue(10))
         .await
         .expect("append after the outage");
     expect_signal(
@@ -230,7 +250,7 @@ async fn a_frozen_redis_gives_unavailable_within_the_deadline() {
     server.pause();
     let started = Instant::now();
     let err = storage
-        .append(vec![message("ann", "a", LONG)], 10)
+        .append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect_err("an append succeeded on a frozen Redis");
     let took = started.elapsed();
@@ -252,7 +272,7 @@ async fn with_persistence_the_epoch_and_messages_survive_a_restart() {
     let a = storage
         .append(
             vec![message("ann", "a", LONG), message("ann", "b", LONG)],
-            10,
+            queue(10),
         )
         .await
         .expect("append");
@@ -295,7 +315,7 @@ async fn a_flushed_redis_takes_a_new_epoch_and_tells_everyone() {
     let old = storage.epoch().await.expect("epoch");
     let pos = stored(
         storage
-            .append(vec![message("ann", "a", LONG)], 10)
+            .append(vec![message("ann", "a", LONG)], queue(10))
             .await
             .expect("append")
             .outcomes[0],
@@ -343,7 +363,7 @@ async fn signals_cross_nodes_over_one_subscription_per_node() {
         .expect("pubsub numsub");
     assert_eq!(subscribers[0].1, 2, "expected one subscription per node");
 
-    a.append(vec![message("ann", "a", LONG)], 10)
+    a.append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect("append");
     for rx in &mut waiters {
@@ -384,7 +404,7 @@ async fn the_subscription_survives_its_keepalive_pings() {
         );
     }
     storage
-        .append(vec![message("ann", "a", LONG)], 10)
+        .append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect("append");
     expect_signal(&mut rx, Duration::from_secs(2), "Appended", |s| {
@@ -405,7 +425,7 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
     let mut epoch = storage.epoch().await.expect("epoch");
     for round in 0..10 {
         let a = storage
-            .append(vec![message("ann", &format!("m{round}"), LONG)], 3)
+            .append(vec![message("ann", &format!("m{round}"), LONG)], queue(3))
             .await
             .expect("append");
         epoch = a.epoch;
@@ -431,7 +451,7 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
     storage
         .append(
             vec![message("bob", "short", Duration::from_millis(100))],
-            10,
+            queue(10),
         )
         .await
         .expect("append");
@@ -452,7 +472,7 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
         client: ClientId::new("tab1").expect("id"),
         id: MessageId::new("m1").expect("id"),
     };
-    storage.claim(&key, LONG).await.expect("claim");
+    storage.claim(&key, lease(LONG)).await.expect("claim");
 
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
@@ -741,7 +761,7 @@ async fn messages_keep_their_namespace_through_redis() {
     let mut odd = message("ann", "ev:1", LONG);
     odd.namespace = "/a:b 2".into();
     let a = storage
-        .append(vec![odd, message("ann", "root", LONG)], 10)
+        .append(vec![odd, message("ann", "root", LONG)], queue(10))
         .await
         .expect("append");
     let batch = storage
@@ -824,7 +844,7 @@ async fn signals_built_in_scripts_decode_exactly_whatever_the_ids() {
     let a = storage
         .append(
             vec![to_odd, message("bob", "b", LONG), message(odd, "c", LONG)],
-            10,
+            queue(10),
         )
         .await
         .expect("append");
@@ -899,7 +919,7 @@ async fn a_fan_out_stores_its_payload_once() {
         })
         .collect();
     let before = used_memory(&mut conn).await;
-    let a = storage.append(fan_out, 10).await.expect("append");
+    let a = storage.append(fan_out, queue(10)).await.expect("append");
     let at_once = used_memory(&mut conn).await - before;
     // The connection that sent the megabyte keeps a query buffer that large until Redis
     // trims it (a cron, within seconds): client memory, not stored data. Wait for it.
@@ -943,7 +963,7 @@ async fn a_fan_out_stores_its_payload_once() {
             ..message("ann", "big", LONG)
         },
     ];
-    storage.append(twice, 10).await.expect("append");
+    storage.append(twice, queue(10)).await.expect("append");
     let batch = storage
         .fetch(request("ann", "tab1", None))
         .await
@@ -983,7 +1003,7 @@ async fn chunked_fan_out(
                 ..message(&format!("{prefix}user{u}"), "big", LONG)
             })
             .collect();
-        let a = storage.append(messages, 10).await.expect("append");
+        let a = storage.append(messages, queue(10)).await.expect("append");
         assert!(
             a.outcomes
                 .iter()
@@ -1186,7 +1206,7 @@ async fn a_fetch_does_not_walk_entries_of_other_clients_and_namespaces() {
     let mut last = 0;
     for chunk in all.chunks(1024) {
         let a = storage
-            .append(chunk.to_vec(), 100_000)
+            .append(chunk.to_vec(), queue(100_000))
             .await
             .expect("append");
         epoch = a.epoch;
@@ -1239,12 +1259,12 @@ async fn a_log_full_of_expired_entries_takes_a_whole_call_of_new_ones() {
     let short: Vec<NewMessage> = (0..300)
         .map(|i| message("ann", &format!("s{i}"), Duration::from_millis(100)))
         .collect();
-    storage.append(short, 300).await.expect("append");
+    storage.append(short, queue(300)).await.expect("append");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let long: Vec<NewMessage> = (0..300)
         .map(|i| message("ann", &format!("l{i}"), LONG))
         .collect();
-    let a = storage.append(long, 300).await.expect("append");
+    let a = storage.append(long, queue(300)).await.expect("append");
     assert!(
         a.outcomes
             .iter()
@@ -1306,7 +1326,7 @@ async fn chunked_fan_out_to_100k_users_never_blocks_redis() {
         });
         if chunk.len() == simpleio::storage::FANOUT_CHUNK || u == users - 1 {
             let a = storage
-                .append(std::mem::take(&mut chunk), 10_000)
+                .append(std::mem::take(&mut chunk), queue(10_000))
                 .await
                 .expect("append");
             assert!(
@@ -1405,7 +1425,10 @@ async fn steady_broadcasts_cost_few_commands_per_fetch_and_message() {
     let mut epoch = storage.epoch().await.expect("epoch");
     let mut cursors = vec![0; users];
     for _ in 0..5 {
-        storage.append(broadcast(), 1000).await.expect("append");
+        storage
+            .append(broadcast(), queue(1000))
+            .await
+            .expect("append");
     }
     for (u, cursor) in cursors.iter_mut().enumerate() {
         let b = storage
@@ -1420,7 +1443,10 @@ async fn steady_broadcasts_cost_few_commands_per_fetch_and_message() {
     let (mut appends, mut fetches) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let before = command_stats(&mut conn).await;
-        storage.append(broadcast(), 1000).await.expect("append");
+        storage
+            .append(broadcast(), queue(1000))
+            .await
+            .expect("append");
         let after = command_stats(&mut conn).await;
         appends.push(commands_since(&before, &after));
         let before = after;
@@ -1492,7 +1518,7 @@ async fn keys_made_between_expiry_steps_get_their_expiry_too() {
         .expect("fetch");
     assert!(keys(&mut conn, &format!("{p}u:ann:wm")).await.is_empty());
     let a = storage
-        .append(vec![message("ann", "m", LONG)], 10)
+        .append(vec![message("ann", "m", LONG)], queue(10))
         .await
         .expect("append");
     // Within the same expiry step: the watermark, the user's data and a second client's
