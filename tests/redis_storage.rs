@@ -467,6 +467,14 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
         .expect("zcard");
     assert_eq!(len, 0, "an expired message stayed in the log");
 
+    // A sender's share of a queue, and the order of dedup records, expire too.
+    storage
+        .append(
+            vec![from("eve", message("ann", "relayed", LONG))],
+            queue(10),
+        )
+        .await
+        .expect("append");
     let key = DedupKey {
         user: UserId::from("ann"),
         client: ClientId::new("tab1").expect("id"),
@@ -480,6 +488,13 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
         .await
         .expect("keys");
     assert!(keys.len() > 5, "expected user and dedup keys, got {keys:?}");
+    for want in [
+        format!("{prefix}u:ann:{}:from", hex("eve")),
+        format!("{prefix}du:ann"),
+        format!("{prefix}dc:tab1:ann"),
+    ] {
+        assert!(keys.contains(&want), "no {want} in {keys:?}");
+    }
     for key in keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -1569,4 +1584,400 @@ async fn keys_made_between_expiry_steps_get_their_expiry_too() {
         // Client keys: at least the reap grace (10 min); user keys outlive them.
         assert!(ttl > 590_000, "{key} expires in {ttl} ms");
     }
+}
+
+fn from(sender: &str, mut m: NewMessage) -> NewMessage {
+    m.sender = Some(UserId::from(sender));
+    m
+}
+
+/// A user id in hex, as the storage names a sender in its keys.
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn zcard(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("zcard")
+}
+
+async fn zrange(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("zrange")
+}
+
+fn dedup(user: &str, client: &str, id: &str) -> DedupKey {
+    DedupKey {
+        user: UserId::from(user),
+        client: ClientId::new(client).expect("id"),
+        id: MessageId::new(id).expect("id"),
+    }
+}
+
+/// A sender's set of positions loses each entry that leaves the log, by expiry, by eviction of
+/// a delivered entry of anyone's, or by eviction among the sender's own; it expires with the
+/// log. The sender's id has a `:` and a suffix in it: it cannot reach another key.
+#[tokio::test]
+async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let eve = "eve:log";
+    let share = format!("{p}u:ann:{}:from", hex(eve));
+    let limits = QueueLimits {
+        per_user: 100,
+        per_sender: 100,
+    };
+    let a = storage
+        .append(
+            vec![
+                from(eve, message("ann", "s0", Duration::from_millis(100))),
+                from(eve, message("ann", "s1", Duration::from_millis(100))),
+                from(eve, message("ann", "l0", LONG)),
+                message("ann", "server", LONG),
+            ],
+            limits,
+        )
+        .await
+        .expect("append");
+    assert_eq!(zcard(&mut conn, &share).await, 3);
+    assert!(pttl(&mut conn, &share).await > 0, "the share has no TTL");
+    let epoch = a.epoch;
+
+    // Expired: a fetch drops them, and their places.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    let events: Vec<&str> = b.messages.iter().map(|m| &*m.event).collect();
+    assert_eq!(events, ["l0", "server"]);
+    assert_eq!(
+        zrange(&mut conn, &share).await,
+        [stored(a.outcomes[2]).to_string()]
+    );
+
+    // Delivered, then evicted to make room in a full log: its place goes with it.
+    storage
+        .fetch(request(
+            "ann",
+            "tab1",
+            Some((&epoch, stored(a.outcomes[2]))),
+        ))
+        .await
+        .expect("confirm");
+    let full = QueueLimits {
+        per_user: 2,
+        per_sender: 100,
+    };
+    let c = storage
+        .append(vec![message("ann", "server2", LONG)], full)
+        .await
+        .expect("append");
+    assert!(matches!(c.outcomes[0], AppendOutcome::Stored(_)));
+    assert_eq!(
+        zcard(&mut conn, &share).await,
+        0,
+        "an evicted entry kept its place"
+    );
+
+    // At the sender's share, one of their own delivered entries makes room, and only that one.
+    let two = QueueLimits {
+        per_user: 100,
+        per_sender: 2,
+    };
+    let d = storage
+        .append(
+            vec![
+                from(eve, message("ann", "e0", LONG)),
+                from(eve, message("ann", "e1", LONG)),
+                from(eve, message("ann", "e2", LONG)),
+                from("bob", message("ann", "b0", LONG)),
+            ],
+            two,
+        )
+        .await
+        .expect("append");
+    assert_eq!(d.outcomes[2], AppendOutcome::QueueFull);
+    storage
+        .fetch(request(
+            "ann",
+            "tab1",
+            Some((&epoch, stored(d.outcomes[0]))),
+        ))
+        .await
+        .expect("confirm");
+    let e = storage
+        .append(vec![from(eve, message("ann", "e3", LONG))], two)
+        .await
+        .expect("append");
+    let mut want = vec![
+        stored(d.outcomes[1]).to_string(),
+        stored(e.outcomes[0]).to_string(),
+    ];
+    want.sort();
+    let mut got = zrange(&mut conn, &share).await;
+    got.sort();
+    assert_eq!(got, want, "the share does not match the sender's entries");
+    assert_eq!(
+        zcard(&mut conn, &format!("{p}u:ann:{}:from", hex("bob"))).await,
+        1
+    );
+    let log: Vec<String> = zrange(&mut conn, &format!("{p}u:ann:log")).await;
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.contains(&format!(":={}:", hex(eve))))
+            .count(),
+        2,
+        "{log:?}"
+    );
+    assert!(pttl(&mut conn, &share).await > 0, "the share has no TTL");
+}
+
+/// A record is ordered in its user's and client's sets until it is forgotten: completed with
+/// no ttl, evicted to make room, or found gone. A refused claim writes nothing.
+#[tokio::test]
+async fn dedup_order_sets_follow_their_records() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let (du, dc) = (format!("{p}du:ann"), format!("{p}dc:tab1:ann"));
+    let limits = DedupLimits {
+        lease: LONG,
+        per_client: 2,
+        per_user: 10,
+    };
+    storage
+        .claim(&dedup("ann", "tab1", "m1"), limits)
+        .await
+        .expect("claim");
+    assert_eq!(zrange(&mut conn, &du).await, ["tab1:m1"]);
+    assert_eq!(zrange(&mut conn, &dc).await, ["m1"]);
+    assert!(pttl(&mut conn, &du).await > 0 && pttl(&mut conn, &dc).await > 0);
+    storage
+        .complete(&dedup("ann", "tab1", "m1"), "1", Duration::ZERO)
+        .await
+        .expect("complete");
+    assert!(keys(&mut conn, &format!("{p}d*")).await.is_empty());
+
+    for id in ["m1", "m2"] {
+        storage
+            .claim(&dedup("ann", "tab1", id), limits)
+            .await
+            .expect("claim");
+    }
+    let before = keys(&mut conn, &format!("{p}d*")).await;
+    let order = (zrange(&mut conn, &du).await, zrange(&mut conn, &dc).await);
+    assert!(matches!(
+        storage.claim(&dedup("ann", "tab1", "m3"), limits).await,
+        Err(StorageError::Limit(_))
+    ));
+    assert_eq!(keys(&mut conn, &format!("{p}d*")).await, before);
+    assert_eq!(
+        (zrange(&mut conn, &du).await, zrange(&mut conn, &dc).await),
+        order,
+        "a refused claim changed the order"
+    );
+
+    storage
+        .complete(&dedup("ann", "tab1", "m1"), "1", LONG)
+        .await
+        .expect("complete");
+    storage
+        .claim(&dedup("ann", "tab1", "m3"), limits)
+        .await
+        .expect("claim");
+    assert_eq!(zrange(&mut conn, &du).await, ["tab1:m2", "tab1:m3"]);
+    assert_eq!(zrange(&mut conn, &dc).await, ["m2", "m3"]);
+    assert!(keys(&mut conn, &format!("{p}d:tab1:m1:*")).await.is_empty());
+
+    // A lapsed lease leaves its place behind, which the next claim at the limit clears.
+    let short = DedupLimits {
+        lease: Duration::from_millis(100),
+        per_client: 1,
+        per_user: 10,
+    };
+    storage
+        .claim(&dedup("ann", "tab2", "n1"), short)
+        .await
+        .expect("claim");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        storage
+            .claim(&dedup("ann", "tab2", "n2"), short)
+            .await
+            .expect("claim"),
+        simpleio::storage::Claim::Acquired
+    );
+    assert_eq!(zrange(&mut conn, &format!("{p}dc:tab2:ann")).await, ["n2"]);
+    assert!(!zrange(&mut conn, &du).await.contains(&"tab2:n1".to_owned()));
+}
+
+/// A new client refused for its user's client limit leaves no trace: no record, no presence.
+#[tokio::test]
+async fn a_refused_client_leaves_nothing_behind() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let one = |c: &str| FetchRequest {
+        max_clients: 1,
+        ..request("ann", c, None)
+    };
+    storage.fetch(one("tab1")).await.expect("fetch");
+    let before = keys(&mut conn, &format!("{p}*")).await;
+    assert!(matches!(
+        storage.fetch(one("tab2")).await,
+        Err(StorageError::Limit(_))
+    ));
+    assert_eq!(keys(&mut conn, &format!("{p}*")).await, before);
+    let seen: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{p}presence"))
+        .arg("c:tab2:ann")
+        .query_async(&mut conn)
+        .await
+        .expect("zscore");
+    assert_eq!(seen, None);
+    // A client that joined a room has a record: it is known, and served.
+    let tab3 = Member::Client(UserId::from("ann"), ClientId::new("tab3").expect("id"));
+    storage
+        .join("lobby", &tab3, Duration::from_secs(60))
+        .await
+        .expect("join");
+    storage
+        .fetch(one("tab3"))
+        .await
+        .expect("a client with a record is known");
+}
+
+/// The log's last position is the last one given, not the last entry left: a cursor at a
+/// message that expired since is confirmed as it is, and comes back unchanged.
+#[tokio::test]
+async fn a_cursor_at_an_expired_last_message_stays_where_it_is() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let a = storage
+        .append(
+            vec![
+                message("ann", "long", LONG),
+                message("ann", "short", Duration::from_millis(100)),
+            ],
+            queue(10),
+        )
+        .await
+        .expect("append");
+    let last = stored(a.outcomes[1]);
+    storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = storage
+        .fetch(request("ann", "tab1", Some((&a.epoch, last))))
+        .await
+        .expect("fetch");
+    assert_eq!(b.cursor, last, "the cursor moved back");
+    assert!(b.messages.is_empty());
+    let states = storage
+        .delivery(&a.epoch, &[target("ann", stored(a.outcomes[0]))])
+        .await
+        .expect("delivery");
+    assert_eq!(states, [DeliveryState::Delivered]);
+}
+
+/// What the scripts run per call, on a server of its own: commands other than the scripts.
+async fn commands_of(conn: &mut redis::aio::MultiplexedConnection, f: impl AsyncFnOnce()) -> u64 {
+    let before = command_stats(conn).await;
+    f().await;
+    let after = command_stats(conn).await;
+    commands_since(&before, &after)
+        .iter()
+        .filter(|(name, _, _)| !name.starts_with("eval"))
+        .map(|(_, calls, _)| calls)
+        .sum()
+}
+
+/// A claim at a client's limit, with a thousand records, costs a few commands more than one
+/// far below it, and a sender at their share of a long queue is refused after a bounded look.
+#[tokio::test]
+async fn bounds_cost_the_same_whatever_the_number_of_records() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let limits = DedupLimits {
+        lease: LONG,
+        per_client: 1000,
+        per_user: 4000,
+    };
+    let first = commands_of(&mut conn, async || {
+        storage
+            .claim(&dedup("ann", "tab1", "m0"), limits)
+            .await
+            .expect("claim");
+    })
+    .await;
+    for i in 0..1000 {
+        let key = dedup("ann", "tab1", &format!("m{i}"));
+        storage.claim(&key, limits).await.expect("claim");
+        storage.complete(&key, "1", LONG).await.expect("complete");
+    }
+    let at_limit = commands_of(&mut conn, async || {
+        storage
+            .claim(&dedup("ann", "tab1", "n0"), limits)
+            .await
+            .expect("claim");
+    })
+    .await;
+    println!("commands per claim: {first} below the limits, {at_limit} at one");
+    assert!(first <= 16, "a claim ran {first} commands");
+    assert!(
+        at_limit <= first + 6,
+        "a claim at the limit ran {at_limit} commands"
+    );
+
+    let share = QueueLimits {
+        per_user: 10_000,
+        per_sender: 1000,
+    };
+    let flood: Vec<NewMessage> = (0..1000)
+        .map(|i| from("eve", message("ann", &format!("e{i}"), LONG)))
+        .collect();
+    for chunk in flood.chunks(simpleio::storage::FANOUT_CHUNK) {
+        storage.append(chunk.to_vec(), share).await.expect("append");
+    }
+    let mut refused = None;
+    let refusal = commands_of(&mut conn, async || {
+        let a = storage
+            .append(vec![from("eve", message("ann", "more", LONG))], share)
+            .await
+            .expect("append");
+        refused = Some(a.outcomes[0]);
+    })
+    .await;
+    assert_eq!(refused, Some(AppendOutcome::QueueFull));
+    println!("commands for a refused append at a sender's share of 1000: {refusal}");
+    assert!(
+        refusal <= 2 * 64 + 20,
+        "a refusal at a sender's share ran {refusal} commands"
+    );
 }
