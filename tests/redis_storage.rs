@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use redis_server::RedisServer;
 use serde_json::value::RawValue;
 use simpleio::storage::{
-    AppendOutcome, DedupKey, DeliveryState, DeliveryTarget, Departure, Epoch, FetchRequest, Member,
-    NewMessage, Signal, StorageError, millis_after,
+    AppendOutcome, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
+    FetchRequest, Member, NewMessage, QueueLimits, Signal, StorageError, millis_after,
 };
 use simpleio::{ClientId, MessageId, RedisStorage, Storage, UserId};
 use tokio::sync::broadcast;
@@ -52,6 +52,25 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
         event: event.into(),
         data: Arc::from(RawValue::from_string(format!("\"{event}\"")).expect("JSON")),
         expires_at: millis_after(ttl),
+        sender: None,
+    }
+}
+
+/// Queue limits with this many messages per user and no limit per sender that a test reaches
+/// unless it means to.
+fn queue(per_user: usize) -> QueueLimits {
+    QueueLimits {
+        per_user,
+        per_sender: 1_000_000,
+    }
+}
+
+/// Dedup limits no test reaches unless it means to, with this lease.
+fn lease(lease: Duration) -> DedupLimits {
+    DedupLimits {
+        lease,
+        per_client: 1_000_000,
+        per_user: 1_000_000,
     }
 }
 
@@ -64,6 +83,7 @@ fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequ
         limit: 100,
         presence_ttl: Duration::from_secs(60),
         announce: None,
+        max_clients: 1_000_000,
     }
 }
 
@@ -144,7 +164,7 @@ async fn an_outage_fails_fast_then_heals_with_a_new_epoch() {
         .expect("connect");
     let mut rx = storage.subscribe();
     let before = storage
-        .append(vec![message("ann", "a", LONG)], 10)
+        .append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect("append");
     let pos = stored(before.outcomes[0]);
@@ -200,7 +220,7 @@ async fn an_outage_fails_fast_then_heals_with_a_new_epoch() {
 
     // And the subscription carries signals again.
     storage
-        .append(vec![message("ann", "b", LONG)], 10)
+        .append(vec![message("ann", "b", LONG)], queue(10))
         .await
         .expect("append after the outage");
     expect_signal(
@@ -230,7 +250,7 @@ async fn a_frozen_redis_gives_unavailable_within_the_deadline() {
     server.pause();
     let started = Instant::now();
     let err = storage
-        .append(vec![message("ann", "a", LONG)], 10)
+        .append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect_err("an append succeeded on a frozen Redis");
     let took = started.elapsed();
@@ -252,7 +272,7 @@ async fn with_persistence_the_epoch_and_messages_survive_a_restart() {
     let a = storage
         .append(
             vec![message("ann", "a", LONG), message("ann", "b", LONG)],
-            10,
+            queue(10),
         )
         .await
         .expect("append");
@@ -295,7 +315,7 @@ async fn a_flushed_redis_takes_a_new_epoch_and_tells_everyone() {
     let old = storage.epoch().await.expect("epoch");
     let pos = stored(
         storage
-            .append(vec![message("ann", "a", LONG)], 10)
+            .append(vec![message("ann", "a", LONG)], queue(10))
             .await
             .expect("append")
             .outcomes[0],
@@ -343,7 +363,7 @@ async fn signals_cross_nodes_over_one_subscription_per_node() {
         .expect("pubsub numsub");
     assert_eq!(subscribers[0].1, 2, "expected one subscription per node");
 
-    a.append(vec![message("ann", "a", LONG)], 10)
+    a.append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect("append");
     for rx in &mut waiters {
@@ -384,7 +404,7 @@ async fn the_subscription_survives_its_keepalive_pings() {
         );
     }
     storage
-        .append(vec![message("ann", "a", LONG)], 10)
+        .append(vec![message("ann", "a", LONG)], queue(10))
         .await
         .expect("append");
     expect_signal(&mut rx, Duration::from_secs(2), "Appended", |s| {
@@ -405,7 +425,7 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
     let mut epoch = storage.epoch().await.expect("epoch");
     for round in 0..10 {
         let a = storage
-            .append(vec![message("ann", &format!("m{round}"), LONG)], 3)
+            .append(vec![message("ann", &format!("m{round}"), LONG)], queue(3))
             .await
             .expect("append");
         epoch = a.epoch;
@@ -431,7 +451,7 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
     storage
         .append(
             vec![message("bob", "short", Duration::from_millis(100))],
-            10,
+            queue(10),
         )
         .await
         .expect("append");
@@ -447,12 +467,20 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
         .expect("zcard");
     assert_eq!(len, 0, "an expired message stayed in the log");
 
+    // A sender's share of a queue, and the order of dedup records, expire too.
+    storage
+        .append(
+            vec![from("eve", message("ann", "relayed", LONG))],
+            queue(10),
+        )
+        .await
+        .expect("append");
     let key = DedupKey {
         user: UserId::from("ann"),
         client: ClientId::new("tab1").expect("id"),
         id: MessageId::new("m1").expect("id"),
     };
-    storage.claim(&key, LONG).await.expect("claim");
+    storage.claim(&key, lease(LONG)).await.expect("claim");
 
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
@@ -460,6 +488,13 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
         .await
         .expect("keys");
     assert!(keys.len() > 5, "expected user and dedup keys, got {keys:?}");
+    for want in [
+        format!("{prefix}u:ann:{}:from", hex("eve")),
+        format!("{prefix}du:ann"),
+        format!("{prefix}dc:tab1:ann"),
+    ] {
+        assert!(keys.contains(&want), "no {want} in {keys:?}");
+    }
     for key in keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -741,7 +776,7 @@ async fn messages_keep_their_namespace_through_redis() {
     let mut odd = message("ann", "ev:1", LONG);
     odd.namespace = "/a:b 2".into();
     let a = storage
-        .append(vec![odd, message("ann", "root", LONG)], 10)
+        .append(vec![odd, message("ann", "root", LONG)], queue(10))
         .await
         .expect("append");
     let batch = storage
@@ -824,7 +859,7 @@ async fn signals_built_in_scripts_decode_exactly_whatever_the_ids() {
     let a = storage
         .append(
             vec![to_odd, message("bob", "b", LONG), message(odd, "c", LONG)],
-            10,
+            queue(10),
         )
         .await
         .expect("append");
@@ -899,7 +934,7 @@ async fn a_fan_out_stores_its_payload_once() {
         })
         .collect();
     let before = used_memory(&mut conn).await;
-    let a = storage.append(fan_out, 10).await.expect("append");
+    let a = storage.append(fan_out, queue(10)).await.expect("append");
     let at_once = used_memory(&mut conn).await - before;
     // The connection that sent the megabyte keeps a query buffer that large until Redis
     // trims it (a cron, within seconds): client memory, not stored data. Wait for it.
@@ -943,7 +978,7 @@ async fn a_fan_out_stores_its_payload_once() {
             ..message("ann", "big", LONG)
         },
     ];
-    storage.append(twice, 10).await.expect("append");
+    storage.append(twice, queue(10)).await.expect("append");
     let batch = storage
         .fetch(request("ann", "tab1", None))
         .await
@@ -983,7 +1018,7 @@ async fn chunked_fan_out(
                 ..message(&format!("{prefix}user{u}"), "big", LONG)
             })
             .collect();
-        let a = storage.append(messages, 10).await.expect("append");
+        let a = storage.append(messages, queue(10)).await.expect("append");
         assert!(
             a.outcomes
                 .iter()
@@ -1186,7 +1221,7 @@ async fn a_fetch_does_not_walk_entries_of_other_clients_and_namespaces() {
     let mut last = 0;
     for chunk in all.chunks(1024) {
         let a = storage
-            .append(chunk.to_vec(), 100_000)
+            .append(chunk.to_vec(), queue(100_000))
             .await
             .expect("append");
         epoch = a.epoch;
@@ -1239,12 +1274,12 @@ async fn a_log_full_of_expired_entries_takes_a_whole_call_of_new_ones() {
     let short: Vec<NewMessage> = (0..300)
         .map(|i| message("ann", &format!("s{i}"), Duration::from_millis(100)))
         .collect();
-    storage.append(short, 300).await.expect("append");
+    storage.append(short, queue(300)).await.expect("append");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let long: Vec<NewMessage> = (0..300)
         .map(|i| message("ann", &format!("l{i}"), LONG))
         .collect();
-    let a = storage.append(long, 300).await.expect("append");
+    let a = storage.append(long, queue(300)).await.expect("append");
     assert!(
         a.outcomes
             .iter()
@@ -1306,7 +1341,7 @@ async fn chunked_fan_out_to_100k_users_never_blocks_redis() {
         });
         if chunk.len() == simpleio::storage::FANOUT_CHUNK || u == users - 1 {
             let a = storage
-                .append(std::mem::take(&mut chunk), 10_000)
+                .append(std::mem::take(&mut chunk), queue(10_000))
                 .await
                 .expect("append");
             assert!(
@@ -1405,7 +1440,10 @@ async fn steady_broadcasts_cost_few_commands_per_fetch_and_message() {
     let mut epoch = storage.epoch().await.expect("epoch");
     let mut cursors = vec![0; users];
     for _ in 0..5 {
-        storage.append(broadcast(), 1000).await.expect("append");
+        storage
+            .append(broadcast(), queue(1000))
+            .await
+            .expect("append");
     }
     for (u, cursor) in cursors.iter_mut().enumerate() {
         let b = storage
@@ -1420,7 +1458,10 @@ async fn steady_broadcasts_cost_few_commands_per_fetch_and_message() {
     let (mut appends, mut fetches) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let before = command_stats(&mut conn).await;
-        storage.append(broadcast(), 1000).await.expect("append");
+        storage
+            .append(broadcast(), queue(1000))
+            .await
+            .expect("append");
         let after = command_stats(&mut conn).await;
         appends.push(commands_since(&before, &after));
         let before = after;
@@ -1492,7 +1533,7 @@ async fn keys_made_between_expiry_steps_get_their_expiry_too() {
         .expect("fetch");
     assert!(keys(&mut conn, &format!("{p}u:ann:wm")).await.is_empty());
     let a = storage
-        .append(vec![message("ann", "m", LONG)], 10)
+        .append(vec![message("ann", "m", LONG)], queue(10))
         .await
         .expect("append");
     // Within the same expiry step: the watermark, the user's data and a second client's
@@ -1543,4 +1584,400 @@ async fn keys_made_between_expiry_steps_get_their_expiry_too() {
         // Client keys: at least the reap grace (10 min); user keys outlive them.
         assert!(ttl > 590_000, "{key} expires in {ttl} ms");
     }
+}
+
+fn from(sender: &str, mut m: NewMessage) -> NewMessage {
+    m.sender = Some(UserId::from(sender));
+    m
+}
+
+/// A user id in hex, as the storage names a sender in its keys.
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn zcard(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("zcard")
+}
+
+async fn zrange(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("zrange")
+}
+
+fn dedup(user: &str, client: &str, id: &str) -> DedupKey {
+    DedupKey {
+        user: UserId::from(user),
+        client: ClientId::new(client).expect("id"),
+        id: MessageId::new(id).expect("id"),
+    }
+}
+
+/// A sender's set of positions loses each entry that leaves the log, by expiry, by eviction of
+/// a delivered entry of anyone's, or by eviction among the sender's own; it expires with the
+/// log. The sender's id has a `:` and a suffix in it: it cannot reach another key.
+#[tokio::test]
+async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let eve = "eve:log";
+    let share = format!("{p}u:ann:{}:from", hex(eve));
+    let limits = QueueLimits {
+        per_user: 100,
+        per_sender: 100,
+    };
+    let a = storage
+        .append(
+            vec![
+                from(eve, message("ann", "s0", Duration::from_millis(100))),
+                from(eve, message("ann", "s1", Duration::from_millis(100))),
+                from(eve, message("ann", "l0", LONG)),
+                message("ann", "server", LONG),
+            ],
+            limits,
+        )
+        .await
+        .expect("append");
+    assert_eq!(zcard(&mut conn, &share).await, 3);
+    assert!(pttl(&mut conn, &share).await > 0, "the share has no TTL");
+    let epoch = a.epoch;
+
+    // Expired: a fetch drops them, and their places.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    let events: Vec<&str> = b.messages.iter().map(|m| &*m.event).collect();
+    assert_eq!(events, ["l0", "server"]);
+    assert_eq!(
+        zrange(&mut conn, &share).await,
+        [stored(a.outcomes[2]).to_string()]
+    );
+
+    // Delivered, then evicted to make room in a full log: its place goes with it.
+    storage
+        .fetch(request(
+            "ann",
+            "tab1",
+            Some((&epoch, stored(a.outcomes[2]))),
+        ))
+        .await
+        .expect("confirm");
+    let full = QueueLimits {
+        per_user: 2,
+        per_sender: 100,
+    };
+    let c = storage
+        .append(vec![message("ann", "server2", LONG)], full)
+        .await
+        .expect("append");
+    assert!(matches!(c.outcomes[0], AppendOutcome::Stored(_)));
+    assert_eq!(
+        zcard(&mut conn, &share).await,
+        0,
+        "an evicted entry kept its place"
+    );
+
+    // At the sender's share, one of their own delivered entries makes room, and only that one.
+    let two = QueueLimits {
+        per_user: 100,
+        per_sender: 2,
+    };
+    let d = storage
+        .append(
+            vec![
+                from(eve, message("ann", "e0", LONG)),
+                from(eve, message("ann", "e1", LONG)),
+                from(eve, message("ann", "e2", LONG)),
+                from("bob", message("ann", "b0", LONG)),
+            ],
+            two,
+        )
+        .await
+        .expect("append");
+    assert_eq!(d.outcomes[2], AppendOutcome::QueueFull);
+    storage
+        .fetch(request(
+            "ann",
+            "tab1",
+            Some((&epoch, stored(d.outcomes[0]))),
+        ))
+        .await
+        .expect("confirm");
+    let e = storage
+        .append(vec![from(eve, message("ann", "e3", LONG))], two)
+        .await
+        .expect("append");
+    let mut want = vec![
+        stored(d.outcomes[1]).to_string(),
+        stored(e.outcomes[0]).to_string(),
+    ];
+    want.sort();
+    let mut got = zrange(&mut conn, &share).await;
+    got.sort();
+    assert_eq!(got, want, "the share does not match the sender's entries");
+    assert_eq!(
+        zcard(&mut conn, &format!("{p}u:ann:{}:from", hex("bob"))).await,
+        1
+    );
+    let log: Vec<String> = zrange(&mut conn, &format!("{p}u:ann:log")).await;
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.contains(&format!(":={}:", hex(eve))))
+            .count(),
+        2,
+        "{log:?}"
+    );
+    assert!(pttl(&mut conn, &share).await > 0, "the share has no TTL");
+}
+
+/// A record is ordered in its user's and client's sets until it is forgotten: completed with
+/// no ttl, evicted to make room, or found gone. A refused claim writes nothing.
+#[tokio::test]
+async fn dedup_order_sets_follow_their_records() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let (du, dc) = (format!("{p}du:ann"), format!("{p}dc:tab1:ann"));
+    let limits = DedupLimits {
+        lease: LONG,
+        per_client: 2,
+        per_user: 10,
+    };
+    storage
+        .claim(&dedup("ann", "tab1", "m1"), limits)
+        .await
+        .expect("claim");
+    assert_eq!(zrange(&mut conn, &du).await, ["tab1:m1"]);
+    assert_eq!(zrange(&mut conn, &dc).await, ["m1"]);
+    assert!(pttl(&mut conn, &du).await > 0 && pttl(&mut conn, &dc).await > 0);
+    storage
+        .complete(&dedup("ann", "tab1", "m1"), "1", Duration::ZERO)
+        .await
+        .expect("complete");
+    assert!(keys(&mut conn, &format!("{p}d*")).await.is_empty());
+
+    for id in ["m1", "m2"] {
+        storage
+            .claim(&dedup("ann", "tab1", id), limits)
+            .await
+            .expect("claim");
+    }
+    let before = keys(&mut conn, &format!("{p}d*")).await;
+    let order = (zrange(&mut conn, &du).await, zrange(&mut conn, &dc).await);
+    assert!(matches!(
+        storage.claim(&dedup("ann", "tab1", "m3"), limits).await,
+        Err(StorageError::Limit(_))
+    ));
+    assert_eq!(keys(&mut conn, &format!("{p}d*")).await, before);
+    assert_eq!(
+        (zrange(&mut conn, &du).await, zrange(&mut conn, &dc).await),
+        order,
+        "a refused claim changed the order"
+    );
+
+    storage
+        .complete(&dedup("ann", "tab1", "m1"), "1", LONG)
+        .await
+        .expect("complete");
+    storage
+        .claim(&dedup("ann", "tab1", "m3"), limits)
+        .await
+        .expect("claim");
+    assert_eq!(zrange(&mut conn, &du).await, ["tab1:m2", "tab1:m3"]);
+    assert_eq!(zrange(&mut conn, &dc).await, ["m2", "m3"]);
+    assert!(keys(&mut conn, &format!("{p}d:tab1:m1:*")).await.is_empty());
+
+    // A lapsed lease leaves its place behind, which the next claim at the limit clears.
+    let short = DedupLimits {
+        lease: Duration::from_millis(100),
+        per_client: 1,
+        per_user: 10,
+    };
+    storage
+        .claim(&dedup("ann", "tab2", "n1"), short)
+        .await
+        .expect("claim");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        storage
+            .claim(&dedup("ann", "tab2", "n2"), short)
+            .await
+            .expect("claim"),
+        simpleio::storage::Claim::Acquired
+    );
+    assert_eq!(zrange(&mut conn, &format!("{p}dc:tab2:ann")).await, ["n2"]);
+    assert!(!zrange(&mut conn, &du).await.contains(&"tab2:n1".to_owned()));
+}
+
+/// A new client refused for its user's client limit leaves no trace: no record, no presence.
+#[tokio::test]
+async fn a_refused_client_leaves_nothing_behind() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let one = |c: &str| FetchRequest {
+        max_clients: 1,
+        ..request("ann", c, None)
+    };
+    storage.fetch(one("tab1")).await.expect("fetch");
+    let before = keys(&mut conn, &format!("{p}*")).await;
+    assert!(matches!(
+        storage.fetch(one("tab2")).await,
+        Err(StorageError::Limit(_))
+    ));
+    assert_eq!(keys(&mut conn, &format!("{p}*")).await, before);
+    let seen: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{p}presence"))
+        .arg("c:tab2:ann")
+        .query_async(&mut conn)
+        .await
+        .expect("zscore");
+    assert_eq!(seen, None);
+    // A client that joined a room has a record: it is known, and served.
+    let tab3 = Member::Client(UserId::from("ann"), ClientId::new("tab3").expect("id"));
+    storage
+        .join("lobby", &tab3, Duration::from_secs(60))
+        .await
+        .expect("join");
+    storage
+        .fetch(one("tab3"))
+        .await
+        .expect("a client with a record is known");
+}
+
+/// The log's last position is the last one given, not the last entry left: a cursor at a
+/// message that expired since is confirmed as it is, and comes back unchanged.
+#[tokio::test]
+async fn a_cursor_at_an_expired_last_message_stays_where_it_is() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let a = storage
+        .append(
+            vec![
+                message("ann", "long", LONG),
+                message("ann", "short", Duration::from_millis(100)),
+            ],
+            queue(10),
+        )
+        .await
+        .expect("append");
+    let last = stored(a.outcomes[1]);
+    storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = storage
+        .fetch(request("ann", "tab1", Some((&a.epoch, last))))
+        .await
+        .expect("fetch");
+    assert_eq!(b.cursor, last, "the cursor moved back");
+    assert!(b.messages.is_empty());
+    let states = storage
+        .delivery(&a.epoch, &[target("ann", stored(a.outcomes[0]))])
+        .await
+        .expect("delivery");
+    assert_eq!(states, [DeliveryState::Delivered]);
+}
+
+/// What the scripts run per call, on a server of its own: commands other than the scripts.
+async fn commands_of(conn: &mut redis::aio::MultiplexedConnection, f: impl AsyncFnOnce()) -> u64 {
+    let before = command_stats(conn).await;
+    f().await;
+    let after = command_stats(conn).await;
+    commands_since(&before, &after)
+        .iter()
+        .filter(|(name, _, _)| !name.starts_with("eval"))
+        .map(|(_, calls, _)| calls)
+        .sum()
+}
+
+/// A claim at a client's limit, with a thousand records, costs a few commands more than one
+/// far below it, and a sender at their share of a long queue is refused after a bounded look.
+#[tokio::test]
+async fn bounds_cost_the_same_whatever_the_number_of_records() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let limits = DedupLimits {
+        lease: LONG,
+        per_client: 1000,
+        per_user: 4000,
+    };
+    let first = commands_of(&mut conn, async || {
+        storage
+            .claim(&dedup("ann", "tab1", "m0"), limits)
+            .await
+            .expect("claim");
+    })
+    .await;
+    for i in 0..1000 {
+        let key = dedup("ann", "tab1", &format!("m{i}"));
+        storage.claim(&key, limits).await.expect("claim");
+        storage.complete(&key, "1", LONG).await.expect("complete");
+    }
+    let at_limit = commands_of(&mut conn, async || {
+        storage
+            .claim(&dedup("ann", "tab1", "n0"), limits)
+            .await
+            .expect("claim");
+    })
+    .await;
+    println!("commands per claim: {first} below the limits, {at_limit} at one");
+    assert!(first <= 16, "a claim ran {first} commands");
+    assert!(
+        at_limit <= first + 6,
+        "a claim at the limit ran {at_limit} commands"
+    );
+
+    let share = QueueLimits {
+        per_user: 10_000,
+        per_sender: 1000,
+    };
+    let flood: Vec<NewMessage> = (0..1000)
+        .map(|i| from("eve", message("ann", &format!("e{i}"), LONG)))
+        .collect();
+    for chunk in flood.chunks(simpleio::storage::FANOUT_CHUNK) {
+        storage.append(chunk.to_vec(), share).await.expect("append");
+    }
+    let mut refused = None;
+    let refusal = commands_of(&mut conn, async || {
+        let a = storage
+            .append(vec![from("eve", message("ann", "more", LONG))], share)
+            .await
+            .expect("append");
+        refused = Some(a.outcomes[0]);
+    })
+    .await;
+    assert_eq!(refused, Some(AppendOutcome::QueueFull));
+    println!("commands for a refused append at a sender's share of 1000: {refusal}");
+    assert!(
+        refusal <= 2 * 64 + 20,
+        "a refusal at a sender's share ran {refusal} commands"
+    );
 }

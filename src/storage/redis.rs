@@ -12,7 +12,10 @@
 //! Client ids cannot contain `:`, so the client ends at the first `:` after `c:` and the user,
 //! last, may be any string: no two members share a spelling. A member's own keys are the member
 //! followed by `:` and a fixed suffix, and no suffix ends with another one after a `:`, so no
-//! two keys collide either, whatever the user ids.
+//! two keys collide either, whatever the user ids. A sender's share of a user's queue adds the
+//! sender's id in hex (which has no `:`) before its suffix, `from`, so it is one key per user
+//! and sender too. Dedup keys end with the user for the same reason: client and message ids
+//! have no `:`.
 //!
 //! | key                      | type    | holds                                                  |
 //! |--------------------------|---------|--------------------------------------------------------|
@@ -28,16 +31,20 @@
 //! | `{P}u:USER:live`         | zset    | client that polled (and was not reaped) → seen until   |
 //! | `{P}u:USER:data`         | hash    | the user's data, key → JSON                            |
 //! | `{P}u:USER:rooms`        | set     | the rooms the user is in (no TTL: until `leave`)       |
+//! | `{P}u:USER:HEX:from`     | zset    | positions of the entries sent by user HEX (hex id)     |
 //! | `{P}c:CLIENT:USER:rec`   | hash    | the client's `cur`sor, `ns` (JSON), `w`, `kept`        |
 //! | `{P}c:CLIENT:USER:data`  | hash    | the client's data, key → JSON                          |
 //! | `{P}c:CLIENT:USER:rooms` | set     | the rooms the client is in                             |
 //! | `{P}room:ROOM`           | set     | the room's members (no TTL: until its members leave)   |
 //! | `{P}d:CLIENT:ID:USER`    | string  | dedup record: `p` (in progress) or `d` + the outcome   |
+//! | `{P}du:USER`             | zset    | the user's dedup records, `CLIENT:ID` → claim number   |
+//! | `{P}dc:CLIENT:USER`      | zset    | the client's dedup records, `ID` → claim number        |
 //! | `{P}p:ID`                | string  | a payload shared by the entries of one fan-out         |
 //!
-//! A log entry is `pos:expires_at:client:`, the namespace's byte length, `:`, the namespace,
-//! `:`, then the event's byte length, `:`, the event and the JSON payload, so the scripts can
-//! filter and expire without touching the payload.
+//! A log entry is `pos:expires_at:client:`, `=HEX:` if it has a sender (their id in hex), the
+//! namespace's byte length, `:`, the namespace, `:`, then the event's byte length, `:`, the
+//! event and the JSON payload, so the scripts can filter and expire without touching the
+//! payload. (An entry without a sender is written as before senders existed.)
 //!
 //! **No script walks the history.** An entry's *name* is `nslen:ns:client:` and its position
 //! in 16 digits, so in `{P}u:USER:ix` the entries of one namespace addressed to one client (or
@@ -49,6 +56,20 @@
 //! is cleared over several calls (a fetch removes all its user's, before reading). An append
 //! into a full log looks at no more than `EVICT_SCAN` undelivered entries per user for a
 //! delivered one to evict.
+//!
+//! **A sender holds a share of a queue.** Each entry with a sender has its position in the
+//! sender's set, `{P}u:USER:HEX:from`, and its `exp` name ends with `:=HEX`, so that every
+//! removal (expiry, eviction) takes it out of the set too, without reading the entry. An append
+//! from a sender counts their set (`ZCARD`) only once the user's log holds `per_sender`
+//! entries, and at their share looks at no more than `EVICT_SCAN` of their own oldest entries
+//! per user and call for one that expired or was delivered: a few `O(log n)` commands per
+//! message (a `ZADD` to the set, and once per user and sender a `PEXPIREAT`), no scan.
+//!
+//! **Dedup records are bounded.** A claim orders its record in the user's `{P}du:USER` and the
+//! client's `{P}dc:CLIENT:USER` by a claim number (ms × 1000, increasing per user). At a limit,
+//! the oldest record goes first if it was completed or is gone, and the claim is refused if it
+//! is in progress: a claim is about a dozen `O(log n)` commands, plus five per record forgotten
+//! (one per limit at most, while the limits hold). The sets expire when their last record can.
 //!
 //! **A fan-out stores its payload once.** The messages that share a payload (the same `data`
 //! `Arc`, event and namespace, as simpleio builds a fan-out) end their entries with `*ID`
@@ -76,18 +97,22 @@
 //! again after its presence lapsed but before it was reaped has not left (no departure was
 //! reported), so it does not arrive again either.
 //!
-//! **Memory stays bounded.** A log never holds more than `max_queue` entries, and expired
-//! entries go on the next fetch of their user (and, a call's worth at a time, on appends). Every key but the epoch and the room
-//! keys carries an absolute expiry, a safety net behind `reap`: a client's keys expire a grace
-//! after its seen-until (the longer of [`REAP_GRACE`] and twice the presence TTL, while every
-//! node reaps every quarter of the presence TTL), the global zsets a grace after their newest
-//! score, and a user's keys after `meta.until` (the last message's expiry and the last client's
-//! seen-until plus grace) plus [`IDLE_GRACE`], so they outlive the client records that need them.
-//! Only if no node reaps for a whole grace do a client's keys expire unreported; `members` then
-//! drops the client from its rooms. Expiries move in steps of `EXPIRY_STEP` (later than needed,
-//! never earlier), so that a busy client or user has its keys' expiries moved once a step, not
-//! on every fetch and append: the client's record keeps the step its keys (and the global
-//! zsets) were given (`kept`), the user's `meta` the user's (`until`).
+//! **Memory stays bounded.** A log never holds more than `per_user` entries, nor more than
+//! `per_sender` from one sender, and expired entries go on the next fetch of their user (and, a
+//! call's worth at a time, on appends). A user has at most `max_clients` polled clients: a fetch
+//! by a new client beyond them is refused before it writes anything. Every key but the epoch
+//! and the room keys carries an absolute expiry, a safety net behind `reap`: a client's keys
+//! expire a grace after its seen-until (the longer of [`REAP_GRACE`] and twice the presence
+//! TTL, while every node reaps every quarter of the presence TTL), the global zsets a grace
+//! after their newest score, and a user's keys after `meta.until` (the last message's expiry
+//! and the last client's seen-until plus grace) plus [`IDLE_GRACE`], so they outlive the client
+//! records that need them. A sender's set takes the user's expiry whenever an entry joins it,
+//! so it outlives every entry in it; the dedup sets expire (in steps) once their latest record
+//! has. Only if no node reaps for a whole grace do a client's keys expire unreported; `members`
+//! then drops the client from its rooms. Expiries move in steps of `EXPIRY_STEP` (later than
+//! needed, never earlier), so that a busy client or user has its keys' expiries moved once a
+//! step, not on every fetch and append: the client's record keeps the step its keys (and the
+//! global zsets) were given (`kept`), the user's `meta` the user's (`until`).
 //!
 //! **A fetch writes what changed.** The client's record keeps its namespaces as given (JSON)
 //! and the cursor `w` that all their watermarks are known to have reached, so a poll that
@@ -116,9 +141,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{
-    AppendOutcome, Appended, Arrival, Claim, DedupKey, DeliveryState, DeliveryTarget, Departure,
-    Epoch, FetchBatch, FetchRequest, Member, NewMessage, Signal, Storage, StorageError,
-    StoredMessage,
+    AppendOutcome, Appended, Arrival, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget,
+    Departure, Epoch, FetchBatch, FetchRequest, Limit, Member, NewMessage, QueueLimits, Signal,
+    Storage, StorageError, StoredMessage,
 };
 use crate::id::{ClientId, UserId, random_token};
 
@@ -142,15 +167,20 @@ const REAP_GRACE: Duration = Duration::from_secs(600);
 const REAP_BATCH: usize = 500;
 
 /// The most undelivered log entries one append call looks at, per user, for a delivered one
-/// to evict from a full log (from the oldest on). A log whose delivered entries all lie behind
-/// more undelivered ones than this refuses new messages ([`AppendOutcome::QueueFull`]) until
-/// those expire, rather than search the whole log.
+/// to evict from a full log (from the oldest on), and per user and sender, for one of the
+/// sender's own to evict when they hold their share. A log whose delivered entries all lie
+/// behind more undelivered ones than this refuses new messages ([`AppendOutcome::QueueFull`])
+/// until those expire, rather than search the whole log.
 const EVICT_SCAN: usize = 64;
 
 /// How many expired entries an append removes per user beyond one per message it appends:
 /// the work is bounded by the call's size, and a mass expiry is cleared over several calls
 /// (fetches clear their own user's, all of them, before reading).
 const EXPIRE_SLACK: usize = 64;
+
+/// The most dedup records one claim looks at to make room for a new one (see [`CLAIM`]): one
+/// per limit when the limits hold, more only after they were lowered.
+const CLAIM_EVICT: usize = 64;
 
 /// An append moves its users' key expiries in steps this long (later, never earlier, than
 /// needed), so that a busy user's keys get new expiries once a step rather than per message.
@@ -412,7 +442,7 @@ impl RedisStorage {
     /// Runs the append script (see [`APPEND`]); an empty reply means a known payload is gone.
     async fn append_script(
         &self,
-        max_queue: usize,
+        limits: QueueLimits,
         messages: &[NewMessage],
         users: &[(&str, String)],
         message_users: &[usize],
@@ -420,7 +450,8 @@ impl RedisStorage {
         payloads: &[SharedPayload],
     ) -> Result<Vec<String>, StorageError> {
         self.eval(&APPEND, |inv| {
-            inv.arg(max_queue.min(MAX_EXACT as usize))
+            inv.arg(limits.per_user.min(MAX_EXACT as usize))
+                .arg(limits.per_sender.min(MAX_EXACT as usize))
                 .arg(users.len())
                 .arg(payloads.len())
                 .arg(messages.len());
@@ -437,21 +468,11 @@ impl RedisStorage {
                     .arg(m.client.as_ref().map_or("", |c| c.as_str()))
                     .arg(m.expires_at.min(MAX_EXACT))
                     .arg(*payload)
-                    .arg(body.as_str());
+                    .arg(body.as_str())
+                    .arg(sender_arg(m.sender.as_ref()));
             }
         })
         .await
-    }
-
-    fn dedup_key(&self, key: &DedupKey) -> String {
-        // Client and message ids cannot contain ':', so the user, last, may contain anything.
-        format!(
-            "{}d:{}:{}:{}",
-            self.inner.prefix,
-            key.client.as_str(),
-            key.id.as_str(),
-            key.user.as_str()
-        )
     }
 }
 
@@ -487,6 +508,23 @@ fn corrupt(what: &str) -> StorageError {
 fn json_string(s: &str) -> Result<String, StorageError> {
     serde_json::to_string(s)
         .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
+}
+
+/// A user id in hex: what names a sender in keys and log entries, where it must not contain
+/// `:` (see the module docs).
+fn hex(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() * 2);
+    for b in s.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// A message's sender as the append script takes it: hex, or `-` for none (hex has no `-`,
+/// and the empty user id is a sender too: the empty string).
+fn sender_arg(sender: Option<&UserId>) -> String {
+    sender.map_or_else(|| "-".to_owned(), |s| hex(s.as_str()))
 }
 
 fn signal_json(signal: Signal) -> Result<String, StorageError> {
@@ -704,8 +742,9 @@ fn parse_payloads(
     Ok(payloads)
 }
 
-/// Decodes a log entry: `pos:expires_at:client:ns_len:ns:`, then `event_len:event` followed
-/// by the JSON payload, or `*ID` for the shared payload `ID` (in `shared`).
+/// Decodes a log entry: `pos:expires_at:client:`, `=SENDER:` (hex) if it has a sender,
+/// `ns_len:ns:`, then `event_len:event` followed by the JSON payload, or `*ID` for the shared
+/// payload `ID` (in `shared`).
 fn parse_entry(
     entry: &str,
     shared: &HashMap<String, Payload>,
@@ -715,7 +754,14 @@ fn parse_entry(
     let pos = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
     let _expires_at = parts.next().ok_or_else(bad)?;
     let _client = parts.next().ok_or_else(bad)?;
-    let rest = parts.next().ok_or_else(bad)?;
+    let mut rest = parts.next().ok_or_else(bad)?;
+    if let Some(after) = rest.strip_prefix('=') {
+        let (sender, after) = after.split_once(':').ok_or_else(bad)?;
+        if !sender.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        rest = after;
+    }
     let (ns, rest) = prefixed(rest).ok_or_else(bad)?;
     let rest = rest.strip_prefix(':').ok_or_else(bad)?;
     let (event, data) = match rest.strip_prefix('*') {
@@ -729,6 +775,14 @@ fn parse_entry(
         event,
         data,
     })
+}
+
+/// The user, client and message id of a dedup record, as the dedup scripts take them (see
+/// [`DEDUP`]).
+fn dedup_args(inv: &mut ScriptInvocation<'_>, key: &DedupKey) {
+    inv.arg(key.user.as_str())
+        .arg(key.client.as_str())
+        .arg(key.id.as_str());
 }
 
 /// The user and client (`""` for a user) of a member, as the scripts take them.
@@ -872,15 +926,20 @@ local function member(u, c)
 end
 local function mkey(m, what) return P .. m .. ':' .. what end
 local function key(u, what) return P .. 'u:' .. u .. ':' .. what end
--- pos, expires_at, client ('' for all) and namespace of a log entry, and the id of its shared
--- payload (`{P}p:ID`) if it refers to one.
+-- pos, expires_at, client ('' for all) and namespace of a log entry, the id of its shared
+-- payload (`{P}p:ID`) if it refers to one, and its sender (hex) if it has one.
 local function parse(entry)
-  local pos, exp, client, nslen, at = string.match(entry, '^(%d+):(%d+):([%w_%-]*):(%d+):()')
-  local after = at + tonumber(nslen)
+  local pos, exp, client, at = string.match(entry, '^(%d+):(%d+):([%w_%-]*):()')
+  local sender, after_sender = string.match(entry, '^=(%x*):()', at)
+  if sender then at = after_sender end
+  local nslen, ns_at = string.match(entry, '^(%d+):()', at)
+  local after = ns_at + tonumber(nslen)
   local shared
   if string.sub(entry, after, after + 1) == ':*' then shared = string.sub(entry, after + 2) end
-  return tonumber(pos), tonumber(exp), client, string.sub(entry, at, after - 1), shared
+  return tonumber(pos), tonumber(exp), client, string.sub(entry, ns_at, after - 1), shared, sender
 end
+-- The set of the positions of a user's entries sent by `s` (hex), their share of the queue.
+local function skey(u, s) return key(u, s .. ':from') end
 -- The cursor by which client `c` confirms its own messages in `ns`: 0 unless it reads `ns`.
 local function client_confirmed(u, c, ns)
   local rec = redis.call('HMGET', mkey(cmember(u, c), 'rec'), 'cur', 'ns')
@@ -895,12 +954,20 @@ end
 -- (or to the user, client ''), in position order. Positions are below 2^53: 16 digits.
 local function ixm(ns, c, pos) return #ns .. ':' .. ns .. ':' .. c .. ':' .. string.format('%016.0f', pos) end
 local function ix_prefix(ns, c) return #ns .. ':' .. ns .. ':' .. c .. ':' end
--- namespace, client and position of an `ixm` name.
+-- An entry's name in `exp`: its `ixm` name, and `:=` and its sender (hex) if it has one, so
+-- that expiring it finds the sender's set without reading the entry.
+local function expm(m, s)
+  if s then return m .. ':=' .. s end
+  return m
+end
+-- namespace, client, position and sender (hex, or nil) of an `ixm` or `expm` name.
 local function parse_ixm(m)
   local nslen, at = string.match(m, '^(%d+):()')
   local after = at + tonumber(nslen)
-  local c, pos = string.match(string.sub(m, after + 1), '^([%w_%-]*):(%d+)$')
-  return string.sub(m, at, after - 1), c, tonumber(pos)
+  local c, pos, rest = string.match(string.sub(m, after + 1), '^([%w_%-]*):(%d+)(.*)$')
+  local s
+  if rest ~= '' then s = string.match(rest, '^:=(%x*)$') end
+  return string.sub(m, at, after - 1), c, tonumber(pos), s
 end
 -- The entries of `ix` under `prefix` after position `after`, at most `limit`, as positions.
 local function ix_after(ik, prefix, after, limit)
@@ -910,12 +977,13 @@ local function ix_after(ik, prefix, after, limit)
   for i, m in ipairs(got) do out[i] = tonumber(string.sub(m, -16)) end
   return out
 end
--- Removes one entry with its index names.
-local function remove_entry(u, ns, c, pos)
+-- Removes one entry with its index names and its place in its sender's share.
+local function remove_entry(u, ns, c, pos, s)
   local m = ixm(ns, c, pos)
   redis.call('ZREMRANGEBYSCORE', key(u, 'log'), str(pos), str(pos))
   redis.call('ZREM', key(u, 'ix'), m)
-  redis.call('ZREM', key(u, 'exp'), m)
+  redis.call('ZREM', key(u, 'exp'), expm(m, s))
+  if s then redis.call('ZREM', skey(u, s), str(pos)) end
 end
 -- Removes up to `most` expired entries, those expiring first: the work is what it removes.
 local function drop_expired(u, now, most)
@@ -924,9 +992,14 @@ local function drop_expired(u, now, most)
   if #gone == 0 then return end
   local lk, ik = key(u, 'log'), key(u, 'ix')
   for _, m in ipairs(gone) do
-    local _, _, pos = parse_ixm(m)
+    local ns, c, pos, s = parse_ixm(m)
     redis.call('ZREMRANGEBYSCORE', lk, str(pos), str(pos))
-    redis.call('ZREM', ik, m)
+    if s then
+      redis.call('ZREM', ik, ixm(ns, c, pos))
+      redis.call('ZREM', skey(u, s), str(pos))
+    else
+      redis.call('ZREM', ik, m)
+    end
   end
   -- They are the lowest scores of `exp`.
   redis.call('ZREMRANGEBYRANK', ek, 0, #gone - 1)
@@ -988,30 +1061,32 @@ fn source(body: &str) -> String {
         .replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string())
         .replace("EVICT_SCAN", &EVICT_SCAN.to_string())
         .replace("EXPIRE_SLACK", &EXPIRE_SLACK.to_string())
+        .replace("CLAIM_EVICT", &CLAIM_EVICT.to_string())
         .replace("EXPIRY_STEP_MS", &EXPIRY_STEP.as_millis().to_string())
 }
 
 /// `ARGV[4]`: nothing. Returns the epoch.
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
-/// `ARGV[4]` max_queue, `[5]` nu, `[6]` np, `[7]` n, then two per user: its id and its id as
-/// JSON text; three per shared payload: its id, the latest expiry its key covers if an earlier
-/// call stored it (else 0), and its value (empty if stored earlier; see [`share_payloads`]);
-/// five per message: the index of its user (from 1), client (or ''), expires_at, the index of
-/// its shared payload (from 1, or 0), body. Publishes one `Appended` naming each user that
-/// stored a message. Returns the epoch, then per message its position or 'full'; or nothing,
-/// having written nothing, if a payload stored earlier is gone (send its value then).
+/// `ARGV[4]` the most messages per user, `[5]` per sender, `[6]` nu, `[7]` np, `[8]` n, then
+/// two per user: its id and its id as JSON text; three per shared payload: its id, the latest
+/// expiry its key covers if an earlier call stored it (else 0), and its value (empty if stored
+/// earlier; see [`share_payloads`]); six per message: the index of its user (from 1), client
+/// (or ''), expires_at, the index of its shared payload (from 1, or 0), body, and its sender
+/// in hex (see [`sender_arg`]) or '-'. Publishes one `Appended` naming each user that stored a
+/// message. Returns the epoch, then per message its position or 'full'; or nothing, having
+/// written nothing, if a payload stored earlier is gone (send its value then).
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local nu, np, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local nu, np, n = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 -- A shared payload is written once, if a message stored uses it, to expire a grace after the
 -- last of them: its entries are gone by then (expired), unless they went earlier. One that an
 -- earlier call stored (an earlier chunk of the fan-out) is only referred to, if its key is
 -- still there (no eviction, no flush took it), and its expiry moved if this call needs it later.
 local shared = {}
 for j = 1, np do
-  local b = 5 + nu * 2 + j * 3
+  local b = 6 + nu * 2 + j * 3
   shared[j] = {id = ARGV[b], known = tonumber(ARGV[b + 1]), value = ARGV[b + 2], upto = 0}
   if shared[j].known > 0 and redis.call('EXISTS', P .. 'p:' .. shared[j].id) == 0 then
     return {}
@@ -1019,19 +1094,14 @@ for j = 1, np do
 end
 local now = now_ms()
 local epoch = current_epoch()
-local maxq = tonumber(ARGV[4])
+local maxq, per_sender = tonumber(ARGV[4]), tonumber(ARGV[5])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
--- client once that client's cursor does while it reads the namespace. No cursor is above the
--- highest watermark, so the search for one to evict stops there. The search goes from the
--- oldest entry on, and looks at no more than EVICT_SCAN undelivered entries per user and call:
--- what it passed stays undelivered within the call, so each search resumes where the last
--- one stopped, and a log whose delivered entries lie behind more undelivered ones than that
--- refuses the message (QueueFull) until they expire.
-local function evict_one_delivered(seen)
-  local u = seen.id
+-- client once that client's cursor does while it reads the namespace. What a user's
+-- watermarks and clients' cursors are is read once per call, when first needed.
+local function evict_state(seen)
   local ev = seen.evict
   if not ev then
-    local pairs_ = redis.call('HGETALL', key(u, 'wm'))
+    local pairs_ = redis.call('HGETALL', key(seen.id, 'wm'))
     ev = {wm = {}, bound = 0, confirmed = {}, from = '-inf', budget = EVICT_SCAN}
     for i = 1, #pairs_, 2 do
       local w = tonumber(pairs_[i + 1])
@@ -1040,27 +1110,46 @@ local function evict_one_delivered(seen)
     end
     seen.evict = ev
   end
-  local lk = key(u, 'log')
+  return ev
+end
+local function delivered(seen, ev, pos, c, ns)
+  local upto
+  if c == '' then
+    upto = ev.wm[ns] or 0
+  else
+    local k = c .. ':' .. ns
+    upto = ev.confirmed[k]
+    if not upto then
+      upto = client_confirmed(seen.id, c, ns)
+      ev.confirmed[k] = upto
+    end
+  end
+  return upto >= pos
+end
+-- Removes an entry, keeping the call's counts of the user's log and of its sender's share.
+local function forget(seen, ns, c, pos, s)
+  remove_entry(seen.id, ns, c, pos, s)
+  seen.card = seen.card - 1
+  local share = s and seen.shares[s]
+  if share then share.count = share.count - 1 end
+end
+-- No cursor is above the highest watermark, so the search for a delivered entry to evict
+-- stops there. The search goes from the oldest entry on, and looks at no more than
+-- EVICT_SCAN undelivered entries per user and call: what it passed stays undelivered within
+-- the call, so each search resumes where the last one stopped, and a log whose delivered
+-- entries lie behind more undelivered ones than that refuses the message (QueueFull) until
+-- they expire.
+local function evict_one_delivered(seen)
+  local ev = evict_state(seen)
+  local lk = key(seen.id, 'log')
   while ev.budget > 0 and ev.bound > 0 do
     local chunk = redis.call('ZRANGEBYSCORE', lk, ev.from, str(ev.bound), 'LIMIT', 0, ev.budget)
     if #chunk == 0 then break end
     for _, entry in ipairs(chunk) do
-      local pos, _, c, ns = parse(entry)
+      local pos, _, c, ns, _, s = parse(entry)
       ev.from = '(' .. str(pos)
-      local upto
-      if c == '' then
-        upto = ev.wm[ns] or 0
-      else
-        local k = c .. ':' .. ns
-        upto = ev.confirmed[k]
-        if not upto then
-          upto = client_confirmed(u, c, ns)
-          ev.confirmed[k] = upto
-        end
-      end
-      if upto >= pos then
-        remove_entry(u, ns, c, pos)
-        seen.card = seen.card - 1
+      if delivered(seen, ev, pos, c, ns) then
+        forget(seen, ns, c, pos, s)
         return true
       end
       ev.budget = ev.budget - 1
@@ -1069,22 +1158,53 @@ local function evict_one_delivered(seen)
   ev.budget = 0
   return false
 end
+-- The same for a sender at their share of the user's queue, among their own entries only
+-- (their set of positions, from the oldest on): one that expired or was delivered makes room.
+-- At most EVICT_SCAN entries that could not go are looked at per user, sender and call.
+local function evict_one_of(seen, s, share)
+  local ev = evict_state(seen)
+  local lk, sk = key(seen.id, 'log'), skey(seen.id, s)
+  while share.budget > 0 do
+    local chunk = redis.call('ZRANGEBYSCORE', sk, share.from, '+inf', 'LIMIT', 0, share.budget)
+    if #chunk == 0 then break end
+    for _, p in ipairs(chunk) do
+      share.from = '(' .. p
+      local entry = redis.call('ZRANGEBYSCORE', lk, p, p)[1]
+      if not entry then
+        -- A place whose entry is gone holds nothing: it goes, which is the room needed.
+        redis.call('ZREM', sk, p)
+        share.count = share.count - 1
+        return true
+      end
+      local pos, exp, c, ns = parse(entry)
+      if exp <= now or delivered(seen, ev, pos, c, ns) then
+        forget(seen, ns, c, pos, s)
+        return true
+      end
+      share.budget = share.budget - 1
+    end
+  end
+  share.budget = 0
+  return false
+end
 local out = {epoch}
 local users = {}
 for i = 1, nu do
-  users[i] = {id = ARGV[6 + i * 2], json = ARGV[7 + i * 2], upto = 0, stored = false, count = 0}
+  users[i] = {id = ARGV[7 + i * 2], json = ARGV[8 + i * 2], upto = 0, stored = false, count = 0,
+    shares = {}, sent = {}, senders = {}}
 end
-local first = 8 + nu * 2 + np * 3
+local first = 9 + nu * 2 + np * 3
 for i = 0, n - 1 do
-  local seen = users[tonumber(ARGV[first + i * 5])]
+  local seen = users[tonumber(ARGV[first + i * 6])]
   seen.count = seen.count + 1
 end
 -- Per user, what the call needs of its keys is read once, and written back once at the end:
 -- a fan-out costs a few commands per message.
 for i = 0, n - 1 do
-  local b = first + i * 5
+  local b = first + i * 6
   local seen, c, exp = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2])
-  local payload, body = shared[tonumber(ARGV[b + 3])], ARGV[b + 4]
+  local payload, body, s = shared[tonumber(ARGV[b + 3])], ARGV[b + 4], ARGV[b + 5]
+  if s == '-' then s = nil end
   local u = seen.id
   if not seen.last then
     local got = redis.call('HMGET', key(u, 'meta'), 'last', 'until', 'k')
@@ -1100,7 +1220,19 @@ for i = 0, n - 1 do
     end
     seen.was_empty = seen.card == 0
   end
-  if seen.card >= maxq and not evict_one_delivered(seen) then
+  -- The sender's share first: a sender at theirs makes room among their own entries. Their
+  -- count is read only once the log is large enough for it to matter, and kept for the call.
+  local full = false
+  if s and seen.card >= per_sender then
+    local share = seen.shares[s]
+    if not share then
+      share = {count = redis.call('ZCARD', skey(u, s)), from = '-inf', budget = EVICT_SCAN}
+      seen.shares[s] = share
+    end
+    if share.count >= per_sender and not evict_one_of(seen, s, share) then full = true end
+  end
+  if not full and seen.card >= maxq and not evict_one_delivered(seen) then full = true end
+  if full then
     table.insert(out, 'full')
   else
     -- Clock-based, so positions never start over below a cursor a client still holds, even
@@ -1109,11 +1241,22 @@ for i = 0, n - 1 do
     seen.last = pos
     seen.card = seen.card + 1
     local p = str(pos)
-    redis.call('ZADD', key(u, 'log'), p, p .. ':' .. str(exp) .. ':' .. c .. ':' .. body)
+    local from = ''
+    if s then from = '=' .. s .. ':' end
+    redis.call('ZADD', key(u, 'log'), p, p .. ':' .. str(exp) .. ':' .. c .. ':' .. from .. body)
     local nslen, at = string.match(body, '^(%d+):()')
     local m = ixm(string.sub(body, at, at + tonumber(nslen) - 1), c, pos)
     redis.call('ZADD', key(u, 'ix'), 0, m)
-    redis.call('ZADD', key(u, 'exp'), str(exp), m)
+    redis.call('ZADD', key(u, 'exp'), str(exp), expm(m, s))
+    if s then
+      redis.call('ZADD', skey(u, s), p, p)
+      local share = seen.shares[s]
+      if share then share.count = share.count + 1 end
+      if not seen.sent[s] then
+        seen.sent[s] = true
+        table.insert(seen.senders, s)
+      end
+    end
     table.insert(out, p)
     seen.stored = true
     seen.upto = math.max(seen.upto, exp)
@@ -1156,6 +1299,10 @@ for _, seen in ipairs(users) do
     end
     local at = str(seen.until_ + GRACE_MS)
     for _, what in ipairs(whats) do redis.call('PEXPIREAT', key(u, what), at) end
+    -- A sender's set expires with the log as it is now, after every entry in it: `until` is
+    -- past their expiries, and only moves later. So a set outlives its entries, whatever
+    -- moves the user's other keys afterwards.
+    for _, s in ipairs(seen.senders) do redis.call('PEXPIREAT', skey(u, s), at) end
   end
 end
 -- One signal for the whole call, naming each user that stored a message once.
@@ -1174,9 +1321,10 @@ return out
 /// `ARGV[4]` user, `[5]` client, `[6]` '1' if a cursor was sent, `[7]` its epoch, `[8]` its
 /// position, `[9]` limit, `[10]` presence ttl (ms), `[11]` reap grace (ms), `[12]` the
 /// `Confirmed` signal, `[13]` the `PollStarted` signal to publish or '', `[14]` the namespaces
-/// as a JSON array, `[15]` n, then the n namespaces read. Returns the epoch, the new cursor, the
-/// arrival ('online', 'arrived' or ''), the number of shared payloads, then two per payload
-/// (its id and value), each once, then the entries read.
+/// as a JSON array, `[15]` the most clients of the user, `[16]` n, then the n namespaces read.
+/// Returns the epoch, the new cursor, the arrival ('online', 'arrived' or ''), the number of
+/// shared payloads, then two per payload (its id and value), each once, then the entries read;
+/// or {'limit'}, having changed nothing, for a new client of a user with the most clients.
 ///
 /// A poll that finds nothing and the one that reads the next message are a few commands each:
 /// what did not change is not written again (the client's cursor and namespaces, watermarks
@@ -1189,8 +1337,8 @@ local limit, ttl, grace = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[1
 local nsjson = ARGV[14]
 -- `nsl` as given (recorded, and confirmed in); `distinct` each once (read).
 local nsl, distinct, wanted = {}, {}, {}
-for i = 1, tonumber(ARGV[15]) do
-  nsl[i] = ARGV[15 + i]
+for i = 1, tonumber(ARGV[16]) do
+  nsl[i] = ARGV[16 + i]
   if not wanted[nsl[i]] then
     wanted[nsl[i]] = true
     table.insert(distinct, nsl[i])
@@ -1198,19 +1346,25 @@ for i = 1, tonumber(ARGV[15]) do
 end
 local now = now_ms()
 local epoch = current_epoch()
--- All of them: the index read below must find no expired entry. The work is what it removes.
-drop_expired(u, now, -1)
 local lk, wk, lv, ik = key(u, 'log'), key(u, 'wm'), key(u, 'live'), key(u, 'ix')
 local m = cmember(u, c)
 local rk = mkey(m, 'rec')
-local head = 0
-local top = redis.call('ZRANGE', lk, -1, -1)
-if #top > 0 then head = parse(top[1]) end
-
 -- The client's record: its cursor, its namespaces (as JSON), the cursor `w` that every
 -- watermark of those namespaces is known to have reached, and `kept`, the time its keys
 -- expire at. Fields that change are written at once, below.
 local rec = redis.call('HMGET', rk, 'cur', 'ns', 'w', 'kept')
+-- A client with no record is refused while its user has the most clients: those in `live`
+-- (polled and not reaped, lapsed or not). One that polled before has a cursor, so a poll
+-- costs nothing more; one with a record made by join or set_data is in `presence`. Nothing is
+-- written before this.
+if not rec[1] and redis.call('ZCARD', lv) >= tonumber(ARGV[15])
+    and not redis.call('ZSCORE', lv, c) and not redis.call('ZSCORE', P .. 'presence', m) then
+  return {'limit'}
+end
+-- All of them: the index read below must find no expired entry. The work is what it removes.
+drop_expired(u, now, -1)
+-- The last position given: no cursor is confirmed beyond it, and one beyond it reads from it.
+local head = num(redis.call('HGET', key(u, 'meta'), 'last'))
 local recorded, same_ns, kept = rec[1], rec[2] == nsjson, num(rec[4])
 local fields = {}
 local function set(f, v) table.insert(fields, f) table.insert(fields, v) end
@@ -1246,7 +1400,8 @@ if ARGV[6] == '1' and ARGV[7] == epoch then
     end
     w = str(confirmed)
   end
-  start = cursor
+  -- A cursor beyond the log reads from its end: nothing written later is skipped.
+  start = confirmed
 elseif recorded then
   start = tonumber(recorded)
 else
@@ -1399,28 +1554,122 @@ return out
     )
 });
 
-/// `ARGV[4]` the dedup key, `[5]` lease (ms). Returns {'acquired'}, {'progress'} or
-/// {'done', outcome}.
+/// Shared by the dedup scripts: `ARGV[4]` user, `[5]` client, `[6]` message id. A user's
+/// records are ordered by claim in `{P}du:USER` (`CLIENT:ID` → claim number) and a client's in
+/// `{P}dc:CLIENT:USER` (`ID` → the same number); each expires once the last record it orders
+/// could have: its expiry moves, in steps, to the latest record expiry set.
+const DEDUP: &str = r#"
+local u, c, id = ARGV[4], ARGV[5], ARGV[6]
+local function dkey(c_, id_) return P .. 'd:' .. c_ .. ':' .. id_ .. ':' .. u end
+local uk, ck = P .. 'du:' .. u, P .. 'dc:' .. c .. ':' .. u
+local name = c .. ':' .. id
+local rk = dkey(c, id)
+-- Claim numbers follow the clock (ms × 1000), one past the user's latest if that is not less.
+local function next_seq(now)
+  local top = redis.call('ZRANGE', uk, -1, -1, 'WITHSCORES')
+  local seq = now * 1000
+  if top[2] and tonumber(top[2]) >= seq then seq = tonumber(top[2]) + 1 end
+  return seq
+end
+local function order(now, seq, until_)
+  redis.call('ZADD', uk, str(seq), name)
+  redis.call('ZADD', ck, str(seq), id)
+  local at = math.ceil(until_ / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
+  extend(uk, at, now)
+  extend(ck, at, now)
+end
+"#;
+
+/// `ARGV[4..6]` (see [`DEDUP`]), `[7]` lease (ms), `[8]` the most records per client, `[9]`
+/// per user. Returns {'acquired'}, {'progress'}, {'done', outcome} or {'limit', the limit}.
+///
+/// A new record needs room under both limits: the client's oldest records go first while the
+/// client is at its limit, then the user's oldest while the user is at theirs. One still in
+/// progress refuses the claim; one completed, or gone (its key expired), is forgotten. What to
+/// forget is decided before anything is written, so a refused claim changes nothing. At most
+/// CLAIM_EVICT records are looked at; a user far above a limit (it was lowered) gets the new
+/// record anyway and comes down by that many per claim.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    script(&format!(
+        "{DEDUP}{}",
         r#"
-if redis.call('SET', ARGV[4], 'p', 'NX', 'PX', ARGV[5]) then return {'acquired'} end
-local v = redis.call('GET', ARGV[4])
-if v and string.sub(v, 1, 1) == 'd' then return {'done', string.sub(v, 2)} end
-return {'progress'}
-"#,
-    )
+local lease, per_client, per_user = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local v = redis.call('GET', rk)
+if v then
+  if string.sub(v, 1, 1) == 'd' then return {'done', string.sub(v, 2)} end
+  return {'progress'}
+end
+-- No record: one whose key expired may still have its place in the order. A new claim
+-- takes a new place.
+redis.call('ZREM', uk, name)
+redis.call('ZREM', ck, id)
+local in_client, in_user = redis.call('ZCARD', ck), redis.call('ZCARD', uk)
+local forget, planned = {}, {}
+local crank, urank, budget = 0, 0, CLAIM_EVICT
+while budget > 0 do
+  local oldest, limit
+  if in_client >= per_client then
+    -- The client's records are the user's too: while the client is over, only its own go.
+    local got = redis.call('ZRANGE', ck, crank, crank)[1]
+    if not got then break end
+    crank = crank + 1
+    oldest, limit = c .. ':' .. got, per_client
+  elseif in_user >= per_user then
+    local got = redis.call('ZRANGE', uk, urank, urank)[1]
+    if not got then break end
+    urank = urank + 1
+    if not planned[got] then oldest, limit = got, per_user end
+  else
+    break
+  end
+  if oldest then
+    budget = budget - 1
+    local oc, oid = string.match(oldest, '^([^:]*):(.*)$')
+    local ov = redis.call('GET', dkey(oc, oid))
+    if ov and string.sub(ov, 1, 1) == 'p' then return {'limit', str(limit)} end
+    planned[oldest] = true
+    table.insert(forget, {oc, oid})
+    if oc == c then in_client = in_client - 1 end
+    in_user = in_user - 1
+  end
+end
+for _, f in ipairs(forget) do
+  redis.call('DEL', dkey(f[1], f[2]))
+  redis.call('ZREM', uk, f[1] .. ':' .. f[2])
+  redis.call('ZREM', P .. 'dc:' .. f[1] .. ':' .. u, f[2])
+end
+local now = now_ms()
+redis.call('SET', rk, 'p', 'PX', lease)
+order(now, next_seq(now), now + lease)
+return {'acquired'}
+"#
+    ))
 });
 
-/// `ARGV[4]` the dedup key, `[5]` the outcome, `[6]` ttl (ms), `[7]` the `Completed` signal.
+/// `ARGV[4..6]` (see [`DEDUP`]), `[7]` the outcome, `[8]` ttl (ms), `[9]` the `Completed`
+/// signal. A ttl of 0 forgets the record instead.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    script(&format!(
+        "{DEDUP}{}",
         r#"
-redis.call('SET', ARGV[4], 'd' .. ARGV[5], 'PX', ARGV[6])
-redis.call('PUBLISH', P .. 'signals', ARGV[7])
+local ttl = tonumber(ARGV[8])
+if ttl <= 0 then
+  redis.call('DEL', rk)
+  redis.call('ZREM', uk, name)
+  redis.call('ZREM', ck, id)
+else
+  local now = now_ms()
+  redis.call('SET', rk, 'd' .. ARGV[7], 'PX', ARGV[8])
+  -- A record whose lease lapsed may have lost its place: it takes a new one, beyond the
+  -- limits (a handled message must be remembered), and the next claim makes room again.
+  local seq = redis.call('ZSCORE', uk, name)
+  if not seq then seq = next_seq(now) end
+  order(now, tonumber(seq), now + ttl)
+end
+redis.call('PUBLISH', P .. 'signals', ARGV[9])
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 /// No more arguments. Returns the users with a polled client within its presence ttl.
@@ -1592,7 +1841,7 @@ impl Storage for RedisStorage {
     async fn append(
         &self,
         messages: Vec<NewMessage>,
-        max_queue: usize,
+        limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
         let count = messages.len();
         // Each user once, with their id as JSON text: the script builds the one `Appended`
@@ -1635,7 +1884,7 @@ impl Storage for RedisStorage {
             }
             reply = self
                 .append_script(
-                    max_queue,
+                    limits,
                     &messages,
                     &users,
                     &message_users,
@@ -1710,12 +1959,18 @@ impl Storage for RedisStorage {
                     .arg(confirmed.as_str())
                     .arg(announcement.as_str())
                     .arg(namespaces.as_str())
+                    .arg(request.max_clients.min(MAX_EXACT as usize))
                     .arg(request.namespaces.len());
                 for ns in &request.namespaces {
                     inv.arg(&**ns);
                 }
             })
             .await?;
+        if let [only] = reply.as_slice()
+            && only == "limit"
+        {
+            return Err(Limit::ClientsPerUser(request.max_clients).into());
+        }
         let mut reply = reply.into_iter();
         let epoch = Epoch::new(reply.next().ok_or_else(|| corrupt("no epoch"))?);
         let cursor = parse_u64(
@@ -1777,13 +2032,15 @@ impl Storage for RedisStorage {
             .collect()
     }
 
-    async fn claim(&self, key: &DedupKey, lease: Duration) -> Result<Claim, StorageError> {
-        let redis_key = self.dedup_key(key);
+    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
         // PX 0 is an error in Redis; a zero lease means "gone at once" anyway.
-        let lease = millis(lease).max(1);
+        let lease = millis(limits.lease).max(1);
         let reply: Vec<String> = self
             .eval(&CLAIM, |inv| {
-                inv.arg(redis_key.as_str()).arg(lease);
+                dedup_args(inv, key);
+                inv.arg(lease)
+                    .arg(limits.per_client.min(MAX_EXACT as usize))
+                    .arg(limits.per_user.min(MAX_EXACT as usize));
             })
             .await?;
         let mut reply = reply.into_iter();
@@ -1791,6 +2048,10 @@ impl Storage for RedisStorage {
             (Some("acquired"), None) => Ok(Claim::Acquired),
             (Some("progress"), None) => Ok(Claim::InProgress),
             (Some("done"), Some(outcome)) => Ok(Claim::Done(outcome)),
+            (Some("limit"), Some(limit)) => {
+                let limit = parse_u64(&limit, "a dedup limit")?;
+                Err(Limit::DedupRecords(usize::try_from(limit).unwrap_or(usize::MAX)).into())
+            }
             _ => Err(corrupt("a dedup claim")),
         }
     }
@@ -1801,16 +2062,14 @@ impl Storage for RedisStorage {
         outcome: &str,
         ttl: Duration,
     ) -> Result<(), StorageError> {
-        let redis_key = self.dedup_key(key);
         let signal = signal_json(Signal::Completed {
             user: key.user.clone(),
         })?;
         let _: i64 = self
             .eval(&COMPLETE, |inv| {
-                inv.arg(redis_key.as_str())
-                    .arg(outcome)
-                    .arg(millis(ttl).max(1))
-                    .arg(signal.as_str());
+                dedup_args(inv, key);
+                // 0 (or under a millisecond) forgets the record: Redis refuses `PX 0`.
+                inv.arg(outcome).arg(millis(ttl)).arg(signal.as_str());
             })
             .await?;
         Ok(())
@@ -1969,6 +2228,7 @@ mod tests {
             event: event.into(),
             data: Arc::from(RawValue::from_string(data.into()).expect("JSON")),
             expires_at: 0,
+            sender: None,
         }
     }
 
@@ -1992,6 +2252,30 @@ mod tests {
         )
         .expect("valid entry");
         assert_eq!((&*m.ns, &*m.event, m.data.get()), ("/", "", "1"));
+    }
+
+    #[test]
+    fn entries_with_a_sender_decode_and_entries_without_one_are_unchanged() {
+        assert_eq!(hex("eve:log"), "6576653a6c6f67");
+        assert_eq!(sender_arg(None), "-");
+        assert_eq!(sender_arg(Some(&UserId::from(""))), "");
+        assert_eq!(sender_arg(Some(&UserId::from("é"))), "c3a9");
+        let body = entry_body(&new_message("/", "say", "1"));
+        let none = HashMap::new();
+        for (entry, pos) in [
+            (format!("7:9::{body}"), 7),
+            (format!("8:9::=6576653a6c6f67:{body}"), 8),
+            (format!("9:9:tab1:=:{body}"), 9),
+        ] {
+            let m = parse_entry(&entry, &none).expect("valid entry");
+            assert_eq!((m.pos, &*m.ns, &*m.event), (pos, "/", "say"));
+        }
+        for bad in ["1:2::=zz:1:/:1:a1", "1:2::=61", "1:2::=61:"] {
+            assert!(
+                matches!(parse_entry(bad, &none), Err(StorageError::Corrupt(_))),
+                "{bad:?} was accepted"
+            );
+        }
     }
 
     #[test]
