@@ -843,7 +843,10 @@ async fn a_backlog_of_large_messages_reaches_the_client_in_bounded_responses() {
     for i in 0..40 {
         let m = next_message(&mut events).await;
         let text = m.data.as_str().unwrap_or_default();
-        assert!(text.starts_with(&format!("{i}:")), "message {i} out of order");
+        assert!(
+            text.starts_with(&format!("{i}:")),
+            "message {i} out of order"
+        );
         assert_eq!(text.len(), big.len() + format!("{i}:").len());
     }
     client.close().await;

@@ -11,6 +11,9 @@ use super::super::{Claim, DedupKey, DedupLimits, Limit, Millis};
 use crate::hash::HashMap;
 use crate::id::{ClientId, MessageId, UserId};
 
+/// The most records one claim forgets.
+const EVICT_MOST: usize = 64;
+
 #[derive(Debug, Default)]
 pub(super) struct Dedup {
     records: HashMap<DedupKey, Record>,
@@ -91,37 +94,58 @@ impl Dedup {
     }
 
     /// Forgets the oldest completed records of the key's client, then of its user, until a new
-    /// one fits under both limits; refuses if the oldest is still in progress.
+    /// one fits under both limits; refuses, changing nothing, if one it would forget is still
+    /// in progress. The records to forget are chosen before any is, at most `EVICT_MOST` per
+    /// claim (a limit lowered since records were made is caught up with over several claims).
     fn make_room(&mut self, key: &DedupKey, limits: DedupLimits, now: Millis) -> Result<(), Limit> {
-        loop {
-            let Some(user) = self.users.get(&key.user) else {
-                return Ok(());
-            };
-            let of_client = user.by_client.get(&key.client);
-            let (oldest, limit) = if of_client.is_some_and(|s| s.len() >= limits.per_client) {
-                (of_client.and_then(|s| s.first()), limits.per_client)
-            } else if user.by_seq.len() >= limits.per_user {
-                (user.by_seq.keys().next(), limits.per_user)
+        let Some(user) = self.users.get(&key.user) else {
+            return Ok(());
+        };
+        let of_client = user.by_client.get(&key.client);
+        let mut client_count = of_client.map_or(0, BTreeSet::len);
+        let mut user_count = user.by_seq.len();
+        let mut client_oldest = of_client.into_iter().flatten();
+        let mut user_oldest = user.by_seq.iter();
+        let mut victims: Vec<DedupKey> = Vec::new();
+        while victims.len() < EVICT_MOST {
+            let (client, id, limit) = if client_count >= limits.per_client {
+                let Some((c, id)) = client_oldest.next().and_then(|seq| user.by_seq.get(seq))
+                else {
+                    break;
+                };
+                (c, id, limits.per_client)
+            } else if user_count >= limits.per_user {
+                let next = user_oldest
+                    .find(|(_, (c, id))| !victims.iter().any(|v| v.client == *c && v.id == *id));
+                let Some((_, (c, id))) = next else {
+                    break;
+                };
+                (c, id, limits.per_user)
             } else {
-                return Ok(());
+                break;
             };
-            let Some((client, id)) = oldest.and_then(|seq| user.by_seq.get(seq)) else {
-                return Ok(());
-            };
-            let oldest = DedupKey {
+            let victim = DedupKey {
                 user: key.user.clone(),
                 client: client.clone(),
                 id: id.clone(),
             };
             let in_progress = self
                 .records
-                .get(&oldest)
+                .get(&victim)
                 .is_some_and(|r| r.outcome.is_none() && r.until > now);
             if in_progress {
                 return Err(Limit::DedupRecords(limit));
             }
-            self.remove(&oldest);
+            if *client == key.client {
+                client_count -= 1;
+            }
+            user_count -= 1;
+            victims.push(victim);
         }
+        for victim in victims {
+            self.remove(&victim);
+        }
+        Ok(())
     }
 
     fn insert(&mut self, key: &DedupKey, outcome: Option<Box<str>>, until: Millis) {
@@ -219,6 +243,38 @@ mod tests {
             d.claim(&key("a", "m3"), LIMITS, 0),
             Err(Limit::DedupRecords(3))
         );
+        // A refusal changes nothing.
+        let mut d = Dedup::default();
+        let a0 = key("a", "m0");
+        assert_eq!(d.claim(&key("b", "x0"), LIMITS, 0), Ok(Claim::Acquired));
+        for i in 0..3 {
+            let k = key("a", &format!("m{i}"));
+            assert_eq!(d.claim(&k, LIMITS, 0), Ok(Claim::Acquired));
+            d.complete(&k, "1", 1_000);
+        }
+        assert_eq!(d.claim(&key("b", "x1"), LIMITS, 0), Ok(Claim::Acquired));
+        // With the user's limit lowered to 4, a's claim would forget m0 for a, then must forget
+        // the user's oldest, x0, still in progress.
+        let lowered = DedupLimits {
+            per_user: 4,
+            ..LIMITS
+        };
+        assert_eq!(
+            d.claim(&key("a", "m3"), lowered, 0),
+            Err(Limit::DedupRecords(4))
+        );
+        assert_eq!(
+            d.claim(&a0, LIMITS, 0),
+            Ok(Claim::Done("1".into())),
+            "a refusal forgot a record"
+        );
+        let mut d = Dedup::default();
+        for i in 0..3 {
+            assert_eq!(
+                d.claim(&key("a", &format!("m{i}")), LIMITS, 0),
+                Ok(Claim::Acquired)
+            );
+        }
         // Once its lease lapsed, it no longer holds the place.
         assert_eq!(
             d.claim(&key("a", "m3"), LIMITS, 60_001),
