@@ -268,10 +268,10 @@ pub struct FetchRequest {
     /// If set, publish [`Signal::PollStarted`] for this user, client and poll id in the same
     /// step: a new poll announces itself without a round trip of its own.
     pub announce: Option<u64>,
-    /// A client that has not polled yet is refused with [`Limit::ClientsPerUser`] while the
-    /// user has this many clients that polled (live, or lapsed and not yet reaped); nothing is
-    /// changed then. Records made by [`Storage::join`] or [`Storage::set_data`] alone do not
-    /// count: the application made them.
+    /// A client not known yet is refused with [`Limit::ClientsPerUser`] while the user has this
+    /// many clients that polled (live, or lapsed and not yet reaped); nothing is changed then.
+    /// Records made by [`Storage::join`] or [`Storage::set_data`] alone do not count (the
+    /// application made them), and such a client is known.
     pub max_clients: usize,
 }
 

@@ -419,9 +419,8 @@ impl Storage for MemoryStorage {
         // reports it gone, even if its presence lapsed meanwhile. A record made by `join` or
         // `set_data` alone has not arrived.
         // Counted only when it could matter: clients that polled (a record made by `join` or
-        // `set_data` alone is the application's, not the client's).
-        let known_client = log.clients.get(&req.client).is_some_and(|r| r.polled);
-        if !known_client
+        // `set_data` alone is the application's, not the client's, and is served).
+        if !log.clients.contains_key(&req.client)
             && log.clients.len() >= req.max_clients
             && log.clients.values().filter(|r| r.polled).count() >= req.max_clients
         {
