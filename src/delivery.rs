@@ -223,7 +223,7 @@ async fn check(shared: &Shared, expectation: &Expectation, last: bool) -> bool {
     true
 }
 
-fn member_of(target: &DeliveryTarget) -> Member {
+pub(crate) fn member_of(target: &DeliveryTarget) -> Member {
     match &target.client {
         None => Member::User(target.user.clone()),
         Some(client) => Member::Client(target.user.clone(), client.clone()),

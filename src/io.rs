@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::delivery::{self, Delivered, Failure, SendError};
@@ -19,8 +19,8 @@ use crate::hub::Expectation;
 use crate::id::{ClientId, UserId};
 use crate::shared::Shared;
 use crate::storage::{
-    AppendOutcome, DEFAULT_NAMESPACE, DeliveryTarget, FANOUT_CHUNK, Member, Millis, NewMessage,
-    QueueLimits, Signal, Storage, StorageError, millis_after,
+    AppendOutcome, DEFAULT_NAMESPACE, DeliveryState, DeliveryTarget, Epoch, FANOUT_CHUNK, Member,
+    Millis, NewMessage, Position, QueueLimits, Signal, Storage, StorageError, millis_after,
 };
 
 /// How long a fan-out works before it lets other tasks run: a send to a big room never holds
@@ -168,6 +168,34 @@ impl SimpleIo {
     /// looked up when the message is sent.
     pub fn everyone(&self) -> Emitter {
         self.emitter().everyone()
+    }
+
+    /// What became of stored messages, from their [`Receipt`]s, in the order given: asked of
+    /// the storage, so it works on any node and after the sending process is gone. A message
+    /// past its TTL that nobody confirmed is [`Expired`](DeliveryState::Expired).
+    pub async fn delivery(&self, receipts: &[Receipt]) -> Result<Vec<DeliveryState>, StorageError> {
+        let mut states = Vec::with_capacity(receipts.len());
+        // One storage call per run of one epoch, in chunks: no call for a whole fan-out.
+        for same_epoch in receipts.chunk_by(|a, b| a.epoch == b.epoch) {
+            for chunk in same_epoch.chunks(FANOUT_CHUNK) {
+                let targets: Vec<DeliveryTarget> = chunk
+                    .iter()
+                    .map(|r| DeliveryTarget {
+                        user: r.recipient.user().clone(),
+                        client: client_of(&r.recipient),
+                        namespace: r.namespace.clone(),
+                        pos: r.pos,
+                    })
+                    .collect();
+                states.extend(
+                    self.shared
+                        .storage
+                        .delivery(&chunk[0].epoch, &targets)
+                        .await?,
+                );
+            }
+        }
+        Ok(states)
     }
 
     /// Adds `member` (a user, or one client of a user) to `room`. Rooms live in storage, so every
@@ -371,6 +399,7 @@ impl Emitter {
         let event: String = event.into();
         let data = serde_json::value::to_raw_value(data);
         Sending {
+            receipts: Vec::new(),
             stage: Stage::Storing(Box::pin(async move {
                 let data: Arc<RawValue> = Arc::from(data.map_err(SendError::Serialize)?);
                 check_event(&event, &self.io)?;
@@ -633,6 +662,34 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[must_use = "the message is not sent unless the future is awaited or spawned"]
 pub struct Sending {
     stage: Stage,
+    /// One per recipient it was stored for, once stored (see [`Sending::receipts`]).
+    receipts: Vec<Receipt>,
+}
+
+/// A message stored for one recipient, as any node can later ask about it
+/// ([`SimpleIo::delivery`]): the sender keeps it (in its database, beside what it sent), and a
+/// process that restarted learns what became of its unconfirmed sends. Its serde form is
+/// stable JSON.
+///
+/// ```no_run
+/// # async fn demo(io: simpleio::SimpleIo) -> Result<(), Box<dyn std::error::Error>> {
+/// let sending = io.to("bob").emit("invoice", &42).stored().await?;
+/// let kept = serde_json::to_string(sending.receipts())?;
+/// // Later, on any node, even after this process died:
+/// let receipts: Vec<simpleio::Receipt> = serde_json::from_str(&kept)?;
+/// let states = io.delivery(&receipts).await?;
+/// # let _ = states; Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The storage epoch it was stored in: if the storage lost its data since, it is lost.
+    pub epoch: Epoch,
+    /// Who it went to.
+    pub recipient: Member,
+    /// Its namespace.
+    pub namespace: Arc<str>,
+    /// Its position in the recipient user's log.
+    pub pos: Position,
 }
 
 enum Stage {
@@ -683,12 +740,35 @@ impl Sending {
                         failed: stored.not_stored.into_iter().map(|(m, _)| m).collect(),
                     });
                 }
+                let receipts = stored
+                    .expectation
+                    .targets()
+                    .iter()
+                    .map(|(epoch, target)| Receipt {
+                        epoch: epoch.clone(),
+                        recipient: delivery::member_of(target),
+                        namespace: target.namespace.clone(),
+                        pos: target.pos,
+                    })
+                    .collect();
                 Ok(Sending {
                     stage: Stage::Waiting(stored.wait()),
+                    receipts,
                 })
             }
-            stage => Ok(Sending { stage }),
+            stage => Ok(Sending {
+                stage,
+                receipts: self.receipts,
+            }),
         }
+    }
+}
+
+impl Sending {
+    /// One [`Receipt`] per recipient the message was stored for, to ask about it later from any
+    /// node with [`SimpleIo::delivery`]. Empty until [`stored`](Self::stored) resolved.
+    pub fn receipts(&self) -> &[Receipt] {
+        &self.receipts
     }
 }
 

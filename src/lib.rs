@@ -38,7 +38,7 @@ pub use delivery::{Delivered, Failure, SendError, Undelivered};
 pub use handler::{HandlerError, Incoming, Reply};
 pub use id::{ClientId, InvalidId, MAX_ID_LEN, MessageId, UserId};
 pub use identity::{Identify, IdentityFuture, Rejection};
-pub use io::{DataError, Emitter, MAX_DATA_LEN, Sending, SimpleIo, VolatileEmitter};
+pub use io::{DataError, Emitter, MAX_DATA_LEN, Receipt, Sending, SimpleIo, VolatileEmitter};
 pub use layer::{ResponseFuture, SimpleIoBody, SimpleIoLayer, SimpleIoService};
 pub use namespace::{Authorize, AuthorizeFuture, Namespace};
 pub use presence::{OnPresence, Presence, PresenceFuture};

@@ -150,3 +150,63 @@ async fn a_message_to_one_client_reaches_only_that_tab() {
     let late = wire.tab("ann", "tab3").receive().await;
     assert!(late.messages.is_empty(), "tab3 got {late:?}");
 }
+
+/// A sender's outcomes outlive it: the receipts of a message, kept as JSON, tell a new process
+/// on the same storage what became of it — pending, then delivered once the recipient confirms;
+/// expired when nobody did in time; lost when the storage lost its data.
+#[tokio::test]
+async fn receipts_tell_any_process_what_became_of_a_message() {
+    use simpleio::storage::DeliveryState;
+    use simpleio::{MemoryStorage, Receipt};
+
+    let storage = MemoryStorage::new();
+    let mut first = TestServer::start(builder().storage(storage.clone())).await;
+    let kept = {
+        let sending = first
+            .io
+            .recipients(["bob", "carol"])
+            .emit("invoice", &42)
+            .stored()
+            .await
+            .expect("stored");
+        let short = first
+            .io
+            .to("dave")
+            .ttl(Duration::from_millis(200))
+            .emit("flash", &1)
+            .stored()
+            .await
+            .expect("stored");
+        let mut all = sending.receipts().to_vec();
+        all.extend_from_slice(short.receipts());
+        serde_json::to_string(&all).expect("receipts are JSON")
+        // The sending futures go with this block, as they would with a process that died.
+    };
+    first.stop().await;
+    drop(first);
+
+    let second = TestServer::start(builder().storage(storage.clone())).await;
+    let receipts: Vec<Receipt> = serde_json::from_str(&kept).expect("receipts read back");
+    assert_eq!(receipts.len(), 3);
+    assert_eq!(receipts[0].recipient, Member::from("bob"));
+    let states = second.io.delivery(&receipts).await.expect("asked");
+    assert_eq!(states[..2], [DeliveryState::Pending, DeliveryState::Pending]);
+
+    let mut bob = Wire::new(&second).tab("bob", "bob-tab");
+    assert_eq!(bob.receive().await.data(), [json!(42)]);
+    bob.receive().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let states = second.io.delivery(&receipts).await.expect("asked");
+    assert_eq!(
+        states,
+        [
+            DeliveryState::Delivered,
+            DeliveryState::Pending,
+            DeliveryState::Expired
+        ]
+    );
+
+    storage.reset();
+    let states = second.io.delivery(&receipts).await.expect("asked");
+    assert_eq!(states, [DeliveryState::Lost; 3]);
+}
