@@ -46,7 +46,7 @@
 //! | `SIMPLEIO_NODE` | `chat-PORT` | this process's name, sent in an `x-simpleio-node` header on every response, so you can see which process answered |
 //! | `SIMPLEIO_HOLD_MS` | 25000 | how long a poll waits for a message |
 //! | `SIMPLEIO_RECHECK_MS` | 10000 | how often a waiting poll looks at storage without a wakeup |
-//! | `SIMPLEIO_LEASE_MS` | 60000 | how long a crashed request's claim on a message blocks its retries |
+//! | `SIMPLEIO_LEASE_MS` | 10000 | how long a crashed request's claim on a message blocks its retries |
 //! | `RUST_LOG` | `info` | log filter (tracing's `EnvFilter`) |
 //!
 //! **Identity here is demo-only**: the user is whatever the `user` query parameter or cookie

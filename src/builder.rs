@@ -172,8 +172,10 @@ impl Builder {
         self
     }
 
-    /// How long one request may handle a message before a retry may handle it again (default
-    /// 60 s). Keep it above your handler's timeout: it only matters when a handling request died.
+    /// How long a request that died while handling a message blocks the message's retries
+    /// (default 10 s). A live request renews its claim every third of this while the handler
+    /// runs, so a handler may take longer; the message is handled twice only if its request
+    /// died mid-handling, or could not reach the storage for this long while the handler ran.
     pub fn handler_lease(mut self, lease: Duration) -> Self {
         self.config.handler_lease = lease;
         self

@@ -50,7 +50,7 @@ impl Default for Config {
             max_messages: 100,
             max_event_len: 128,
             dedup_window: Duration::from_secs(10 * 60),
-            handler_lease: Duration::from_secs(60),
+            handler_lease: Duration::from_secs(10),
             pending_wait: Duration::from_secs(5),
             message_ttl: Duration::from_secs(5 * 60),
             max_queue: 10_000,

@@ -24,7 +24,7 @@ use crate::protocol::{
     json_response,
 };
 use crate::shared::Shared;
-use crate::storage::{Claim, DEFAULT_NAMESPACE, DedupKey, DedupLimits, StorageError};
+use crate::storage::{Claim, DEFAULT_NAMESPACE, DedupKey, DedupLimits, Storage, StorageError};
 
 pub(crate) async fn respond<B>(
     shared: &Shared,
@@ -115,17 +115,32 @@ where
     // One after another: the handler sees a client's messages in the order it sent them. So a
     // batch stops at a message still in progress elsewhere: the ones after it are not handled
     // before it, and answer `pending` too, to be sent again after it.
-    let mut blocked = false;
+    let mut blocked: Option<Duration> = None;
     for message in request.messages {
         let id = message.id.clone();
         let ns = message.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-        let outcome = match refused.iter().find(|(n, _)| &**n == ns) {
-            Some((_, error)) => AckOutcome::Error(error.clone()),
-            None if blocked => AckOutcome::Pending(true),
-            None => handle_once(shared, &io, &user, &request.client, message).await?,
+        let handled = match refused.iter().find(|(n, _)| &**n == ns) {
+            Some((_, error)) => Handled::Done(AckOutcome::Error(error.clone())),
+            None => match blocked {
+                Some(wait) => Handled::Pending(wait),
+                None => handle_once(shared, &io, &user, &request.client, message).await?,
+            },
         };
-        blocked |= matches!(outcome, AckOutcome::Pending(_));
-        acks.push(Ack { id, outcome });
+        acks.push(match handled {
+            Handled::Done(outcome) => Ack {
+                id,
+                outcome,
+                retry_after_ms: None,
+            },
+            Handled::Pending(wait) => {
+                blocked = Some(wait);
+                Ack {
+                    id,
+                    outcome: AckOutcome::Pending(true),
+                    retry_after_ms: Some(wait.as_millis() as u64),
+                }
+            }
+        });
     }
     Ok(json_response(&SendResponse { acks }))
 }
@@ -174,31 +189,45 @@ async fn handle_once(
     user: &UserId,
     client: &ClientId,
     message: ClientMessage,
-) -> Result<AckOutcome, ProtocolError> {
+) -> Result<Handled, ProtocolError> {
     let config = &shared.config;
     let key = DedupKey {
         user: user.clone(),
         client: client.clone(),
         id: message.id.clone(),
     };
+    let limits = DedupLimits {
+        lease: config.handler_lease,
+        per_client: config.max_dedup_per_client,
+        per_user: config.max_dedup_per_user,
+    };
+    // This request's claim: asked again with the same owner, a claim that ran but whose answer
+    // was lost is resumed, not left in progress until its lease ends.
+    let owner = fastrand::u64(..);
     let give_up = Instant::now() + config.pending_wait;
     // Watched only once a claim finds the id in progress (rare: a retry raced the original);
     // the claim right after the watch starts catches a completion in between.
     let mut watch = None;
     loop {
-        let limits = DedupLimits {
-            lease: config.handler_lease,
-            per_client: config.max_dedup_per_client,
-            per_user: config.max_dedup_per_user,
+        let claim = match shared.storage.claim(&key, owner, limits).await {
+            Ok(claim) => claim,
+            Err(StorageError::Unavailable(e)) if Instant::now() + CLAIM_RETRY < give_up => {
+                tracing::warn!(error = %e, "a claim failed; asking again, as the same owner");
+                sleep(CLAIM_RETRY).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
-        match shared.storage.claim(&key, limits).await? {
+        match claim {
             Claim::Acquired => break,
-            Claim::Done(stored) => return Ok(decode_stored(&stored)),
-            Claim::InProgress => match &watch {
+            Claim::Done(stored) => return Ok(Handled::Done(decode_stored(&stored))),
+            Claim::InProgress { retry_after } => match &watch {
                 None => watch = Some(shared.hub.watch(user, None)),
-                // Another request is handling this id now. Wait for it to complete, briefly;
-                // then tell the client to ask again later.
+                // Another request is handling this id now. Wait for it to complete, or for its
+                // lease to end (its request died: this one takes over), within the pending
+                // wait; then tell the client when to ask again.
                 Some(watch) => {
+                    let lease_ends = Instant::now() + retry_after;
                     let completed = async {
                         loop {
                             let inbox = watch.take();
@@ -209,8 +238,13 @@ async fn handle_once(
                             watch.changed().await;
                         }
                     };
-                    if timeout_at(give_up, completed).await.is_err() {
-                        return Ok(AckOutcome::Pending(true));
+                    if timeout_at(lease_ends.min(give_up), completed)
+                        .await
+                        .is_err()
+                        && lease_ends >= give_up
+                    {
+                        let left = lease_ends.saturating_duration_since(Instant::now());
+                        return Ok(Handled::Pending(left.max(MIN_RETRY_AFTER)));
                     }
                 }
             },
@@ -227,16 +261,25 @@ async fn handle_once(
         let (user, client) = (user.clone(), client.clone());
         async move {
             let shared = &io.shared;
+            // The lease is kept while the handler runs, however long: it only has to outlast
+            // the time a request that died blocks its retries. Stopped when this task ends,
+            // a panic included.
+            let _renewing = AbortOnDrop(tokio::spawn(renew(
+                shared.storage.clone(),
+                key.clone(),
+                owner,
+                shared.config.handler_lease,
+            )));
             let outcome = call_handler(shared, &io, &user, &client, message).await;
             let Some(outcome) = outcome else {
                 // Not known whether the handler's work was done: the message is forgotten, so
                 // that the client's retry is handled again rather than told a final error.
                 complete(shared, &key, "null", Duration::ZERO).await?;
-                return Ok(AckOutcome::Pending(true));
+                return Ok(Handled::Pending(MIN_RETRY_AFTER));
             };
             let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
             complete(shared, &key, &stored, shared.config.dedup_window).await?;
-            Ok::<_, StorageError>(outcome)
+            Ok::<_, StorageError>(Handled::Done(outcome))
         }
     });
     match task.await {
@@ -245,10 +288,51 @@ async fn handle_once(
             // The handler panicked. Its record stays in progress until the lease ends, as if
             // this request had died with it.
             tracing::error!(?user, %client, error = %e, "the handler panicked");
-            Ok(AckOutcome::Error(ErrorBody {
+            Ok(Handled::Done(AckOutcome::Error(ErrorBody {
                 code: "handler_error".to_owned(),
                 message: "the server failed to handle this message".to_owned(),
-            }))
+            })))
+        }
+    }
+}
+
+/// How a message of a `POST` ended in this request.
+#[derive(Debug)]
+enum Handled {
+    /// Handled (now or before): its acknowledgement.
+    Done(AckOutcome),
+    /// Not handled yet: the client sends it again after this long.
+    Pending(Duration),
+}
+
+/// How soon a claim that failed on the storage is asked again, within the pending wait.
+const CLAIM_RETRY: Duration = Duration::from_millis(200);
+
+/// The least delay a `pending` acknowledgement asks for.
+const MIN_RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews a claim's lease every third of it, until aborted.
+async fn renew(storage: Arc<dyn Storage>, key: DedupKey, owner: u64, lease: Duration) {
+    let every = (lease / 3).max(Duration::from_millis(10));
+    loop {
+        sleep(every).await;
+        match storage.renew(&key, owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(user = ?key.user, client = %key.client, id = %key.id,
+                    "a handler outlived its claim (its lease lapsed while the storage was out of reach); a retry may handle the message again");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew a claim; will retry"),
         }
     }
 }

@@ -224,6 +224,9 @@ pub(crate) struct Ack {
     pub(crate) id: MessageId,
     #[serde(flatten)]
     pub(crate) outcome: AckOutcome,
+    /// For `pending`: how long to wait before sending the message again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 /// How a client message ended; stored verbatim in its dedup record so a retry gets it again.
@@ -462,6 +465,7 @@ mod tests {
         let reply = Ack {
             id: MessageId::new("m1").expect("id"),
             outcome: AckOutcome::Reply(RawValue::from_string("3".into()).expect("json")),
+            retry_after_ms: None,
         };
         assert_eq!(
             serde_json::to_string(&reply).expect("json"),
@@ -470,10 +474,11 @@ mod tests {
         let pending = Ack {
             id: MessageId::new("m2").expect("id"),
             outcome: AckOutcome::Pending(true),
+            retry_after_ms: Some(250),
         };
         assert_eq!(
             serde_json::to_string(&pending).expect("json"),
-            r#"{"id":"m2","pending":true}"#
+            r#"{"id":"m2","pending":true,"retry_after_ms":250}"#
         );
     }
 

@@ -190,7 +190,10 @@ async fn receipts_tell_any_process_what_became_of_a_message() {
     assert_eq!(receipts.len(), 3);
     assert_eq!(receipts[0].recipient, Member::from("bob"));
     let states = second.io.delivery(&receipts).await.expect("asked");
-    assert_eq!(states[..2], [DeliveryState::Pending, DeliveryState::Pending]);
+    assert_eq!(
+        states[..2],
+        [DeliveryState::Pending, DeliveryState::Pending]
+    );
 
     let mut bob = Wire::new(&second).tab("bob", "bob-tab");
     assert_eq!(bob.receive().await.data(), [json!(42)]);

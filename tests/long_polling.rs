@@ -254,8 +254,21 @@ impl Storage for SlowAnswers {
     ) -> Result<Vec<DeliveryState>, StorageError> {
         self.inner.delivery(epoch, targets).await
     }
-    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
-        self.inner.claim(key, limits).await
+    async fn claim(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        limits: DedupLimits,
+    ) -> Result<Claim, StorageError> {
+        self.inner.claim(key, owner, limits).await
+    }
+    async fn renew(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        lease: Duration,
+    ) -> Result<bool, StorageError> {
+        self.inner.renew(key, owner, lease).await
     }
     async fn complete(
         &self,

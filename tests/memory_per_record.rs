@@ -63,7 +63,7 @@ async fn what_a_dedup_record_and_a_client_id_cost() {
     // Warm-up: the shards' maps and the signal channel's first allocations.
     for i in 0..100 {
         let k = key("warm", i);
-        storage.claim(&k, limits).await.expect("claim");
+        storage.claim(&k, 1, limits).await.expect("claim");
         storage
             .complete(&k, "{\"reply\":null}", window)
             .await
@@ -74,7 +74,7 @@ async fn what_a_dedup_record_and_a_client_id_cost() {
         let (storage, k) = (storage.clone(), key("ann", i));
         async move {
             assert_eq!(
-                storage.claim(&k, limits).await.expect("claim"),
+                storage.claim(&k, 1, limits).await.expect("claim"),
                 Claim::Acquired
             );
             storage
@@ -88,7 +88,7 @@ async fn what_a_dedup_record_and_a_client_id_cost() {
     let large = per_item(|i| {
         let (storage, k, reply) = (storage.clone(), key("bob", i), reply.clone());
         async move {
-            storage.claim(&k, limits).await.expect("claim");
+            storage.claim(&k, 1, limits).await.expect("claim");
             storage
                 .complete(&k, &reply, window)
                 .await

@@ -284,9 +284,10 @@ export function SimpleIO(url, options) {
         for (const ack of acks) {
           const m = batch.find((m) => m.id == ack.id);
           if (!m) continue;
-          // `pending`: an earlier POST with this id is still being handled. Keep the message
-          // (same id) and ask again shortly (250 ms) to learn its outcome.
-          if (ack.pending) wait = 250;
+          // `pending`: not handled yet (an earlier POST with this id is still being handled,
+          // or one before it in the batch is). Keep the message (same id) and ask again after
+          // the server's `retry_after_ms` (250 ms from a server that does not say).
+          if (ack.pending) wait = ack.retry_after_ms || 250;
           else if (ack.error) settle(m, fail(ack.error.code, ack.error.message));
           else settle(m, 0, ack.reply);
         }

@@ -118,13 +118,21 @@ pub(crate) async fn run(
                 backoff.reset();
                 healthy = true;
                 limit = config.batch_limit;
+                // The server says how long to wait; `pending_delay` if it does not.
+                let asked = acks
+                    .acks
+                    .iter()
+                    .filter(|a| a.pending)
+                    .filter_map(|a| a.retry_after_ms)
+                    .max()
+                    .map(std::time::Duration::from_millis);
                 let pending = settle(&mut queue, n, acks.acks);
                 if pending > 0 {
                     tracing::debug!(
                         pending,
                         "the server is still handling messages; asking again"
                     );
-                    Some(config.pending_delay)
+                    Some(asked.unwrap_or(config.pending_delay))
                 } else {
                     None
                 }

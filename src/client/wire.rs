@@ -77,6 +77,9 @@ pub(crate) struct WireAck {
     pub(crate) error: Option<WireError>,
     #[serde(default)]
     pub(crate) pending: bool,
+    /// With `pending`: how long the server asks to wait before sending it again.
+    #[serde(default)]
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 /// `{"code": …, "message": …}`.

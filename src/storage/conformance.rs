@@ -90,6 +90,7 @@ macro_rules! storage_conformance_tests {
             a_user_has_at_most_max_clients,
             a_cursor_beyond_the_log_reads_from_its_end,
             a_queue_is_bounded_in_bytes_too,
+            a_claim_is_resumed_by_its_owner_and_renewed_while_held,
         );
     };
     (optional $fresh:path) => {
@@ -130,6 +131,11 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
 fn from(sender: &str, mut m: NewMessage) -> NewMessage {
     m.sender = Some(user(sender));
     m
+}
+
+/// A new claim owner, as each request has its own.
+fn owner() -> u64 {
+    fastrand::u64(..)
 }
 
 /// A bound no check reaches unless it means to.
@@ -588,23 +594,23 @@ pub async fn dedup_claims_complete_and_expire(s: &impl Storage) {
         id: MessageId::new("m1").expect("id"),
     };
     assert_eq!(
-        s.claim(&key, lease(LONG)).await.expect("claim"),
+        s.claim(&key, owner(), lease(LONG)).await.expect("claim"),
         Claim::Acquired
     );
-    assert_eq!(
-        s.claim(&key, lease(LONG)).await.expect("claim"),
-        Claim::InProgress
-    );
+    assert!(matches!(
+        s.claim(&key, owner(), lease(LONG)).await.expect("claim"),
+        Claim::InProgress { .. }
+    ));
     s.complete(&key, r#"{"reply":1}"#, Duration::from_millis(300))
         .await
         .expect("complete");
     assert_eq!(
-        s.claim(&key, lease(LONG)).await.expect("claim"),
+        s.claim(&key, owner(), lease(LONG)).await.expect("claim"),
         Claim::Done(r#"{"reply":1}"#.into())
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        s.claim(&key, lease(Duration::from_millis(200)))
+        s.claim(&key, owner(), lease(Duration::from_millis(200)))
             .await
             .expect("claim"),
         Claim::Acquired,
@@ -612,7 +618,7 @@ pub async fn dedup_claims_complete_and_expire(s: &impl Storage) {
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        s.claim(&key, lease(LONG)).await.expect("claim"),
+        s.claim(&key, owner(), lease(LONG)).await.expect("claim"),
         Claim::Acquired,
         "a lapsed lease still blocked the message"
     );
@@ -626,7 +632,7 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
         client: client("tab1"),
         id: id.clone(),
     };
-    s.claim(&ann, lease(LONG)).await.expect("claim");
+    s.claim(&ann, owner(), lease(LONG)).await.expect("claim");
     s.complete(&ann, "\"done\"", LONG).await.expect("complete");
     let eve = DedupKey {
         user: user("eve"),
@@ -634,7 +640,7 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
         id: id.clone(),
     };
     assert_eq!(
-        s.claim(&eve, lease(LONG)).await.expect("claim"),
+        s.claim(&eve, owner(), lease(LONG)).await.expect("claim"),
         Claim::Acquired,
         "eve saw ann's dedup record"
     );
@@ -644,7 +650,7 @@ pub async fn dedup_keys_are_scoped_by_user_and_client(s: &impl Storage) {
         id,
     };
     assert_eq!(
-        s.claim(&tab2, lease(LONG)).await.expect("claim"),
+        s.claim(&tab2, owner(), lease(LONG)).await.expect("claim"),
         Claim::Acquired
     );
 }
@@ -675,7 +681,7 @@ pub async fn appends_and_completions_are_signalled(s: &impl Storage) {
         client: client("tab1"),
         id: MessageId::new("m1").expect("id"),
     };
-    s.claim(&key, lease(LONG)).await.expect("claim");
+    s.claim(&key, owner(), lease(LONG)).await.expect("claim");
     s.complete(&key, "null", LONG).await.expect("complete");
     expect_signal(
         &mut rx,
@@ -1421,20 +1427,26 @@ pub async fn dedup_records_are_bounded_per_client_and_per_user(s: &impl Storage)
     };
     for i in 0..3 {
         let key = dedup_key("ann", "tab1", &format!("m{i}"));
-        assert_eq!(s.claim(&key, limits).await.expect("claim"), Claim::Acquired);
+        assert_eq!(
+            s.claim(&key, owner(), limits).await.expect("claim"),
+            Claim::Acquired
+        );
         s.complete(&key, "1", LONG).await.expect("complete");
     }
     let m3 = dedup_key("ann", "tab1", "m3");
-    assert_eq!(s.claim(&m3, limits).await.expect("claim"), Claim::Acquired);
     assert_eq!(
-        s.claim(&dedup_key("ann", "tab1", "m1"), limits)
+        s.claim(&m3, owner(), limits).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s.claim(&dedup_key("ann", "tab1", "m1"), owner(), limits)
             .await
             .expect("claim"),
         Claim::Done("1".into()),
         "a record was forgotten before the oldest"
     );
     assert_eq!(
-        s.claim(&dedup_key("ann", "tab1", "m0"), limits)
+        s.claim(&dedup_key("ann", "tab1", "m0"), owner(), limits)
             .await
             .expect("claim"),
         Claim::Acquired,
@@ -1443,12 +1455,15 @@ pub async fn dedup_records_are_bounded_per_client_and_per_user(s: &impl Storage)
     // tab1 now holds m1 (done), m3 and m0 (in progress). m1 goes for m4; then m3 is the
     // oldest, in progress, and a new one is refused.
     assert_eq!(
-        s.claim(&dedup_key("ann", "tab1", "m4"), limits)
+        s.claim(&dedup_key("ann", "tab1", "m4"), owner(), limits)
             .await
             .expect("claim"),
         Claim::Acquired
     );
-    match s.claim(&dedup_key("ann", "tab1", "m5"), limits).await {
+    match s
+        .claim(&dedup_key("ann", "tab1", "m5"), owner(), limits)
+        .await
+    {
         Err(StorageError::Limit(Limit::DedupRecords(_))) => {}
         other => panic!("a claim past a client's limit with its oldest in progress gave {other:?}"),
     }
@@ -1456,15 +1471,21 @@ pub async fn dedup_records_are_bounded_per_client_and_per_user(s: &impl Storage)
     // in progress) refuses a new one from any client.
     for (c, id) in [("tab2", "n0"), ("tab2", "n1")] {
         let key = dedup_key("ann", c, id);
-        assert_eq!(s.claim(&key, limits).await.expect("claim"), Claim::Acquired);
+        assert_eq!(
+            s.claim(&key, owner(), limits).await.expect("claim"),
+            Claim::Acquired
+        );
         s.complete(&key, "2", LONG).await.expect("complete");
     }
-    match s.claim(&dedup_key("ann", "tab3", "o0"), limits).await {
+    match s
+        .claim(&dedup_key("ann", "tab3", "o0"), owner(), limits)
+        .await
+    {
         Err(StorageError::Limit(Limit::DedupRecords(_))) => {}
         other => panic!("a claim past a user's limit with their oldest in progress gave {other:?}"),
     }
     assert_eq!(
-        s.claim(&dedup_key("bob", "tab1", "m9"), limits)
+        s.claim(&dedup_key("bob", "tab1", "m9"), owner(), limits)
             .await
             .expect("claim"),
         Claim::Acquired,
@@ -1477,14 +1498,14 @@ pub async fn a_record_completed_with_no_ttl_is_handled_again(s: &impl Storage) {
     let key = dedup_key("ann", "tab1", "m1");
     let mut signals = s.subscribe();
     assert_eq!(
-        s.claim(&key, lease(LONG)).await.expect("claim"),
+        s.claim(&key, owner(), lease(LONG)).await.expect("claim"),
         Claim::Acquired
     );
     s.complete(&key, "null", Duration::ZERO)
         .await
         .expect("complete");
     assert_eq!(
-        s.claim(&key, lease(LONG)).await.expect("claim"),
+        s.claim(&key, owner(), lease(LONG)).await.expect("claim"),
         Claim::Acquired,
         "a record completed with no ttl was kept"
     );
@@ -1602,5 +1623,65 @@ pub async fn a_queue_is_bounded_in_bytes_too(s: &impl Storage) {
     assert!(
         matches!(c.outcomes[0], AppendOutcome::Stored(_)),
         "delivered messages did not free their bytes"
+    );
+}
+
+/// The owner of a claim gets it again (its first answer may have been lost); others are told
+/// how long its lease has left; renewing keeps it, and only its owner can.
+pub async fn a_claim_is_resumed_by_its_owner_and_renewed_while_held(s: &impl Storage) {
+    let key = dedup_key("ann", "tab1", "m1");
+    let short = lease(Duration::from_millis(400));
+    assert_eq!(
+        s.claim(&key, 7, short).await.expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        s.claim(&key, 7, short).await.expect("claim"),
+        Claim::Acquired,
+        "the owner of a claim was not given it again"
+    );
+    match s.claim(&key, 8, short).await.expect("claim") {
+        Claim::InProgress { retry_after } => assert!(
+            retry_after <= Duration::from_millis(400) && retry_after > Duration::ZERO,
+            "retry_after {retry_after:?} is not what the lease has left"
+        ),
+        other => panic!("another owner got {other:?}"),
+    }
+    assert!(
+        !s.renew(&key, 8, Duration::from_secs(10))
+            .await
+            .expect("renew"),
+        "a claim was renewed by another owner"
+    );
+    // Renewed past its first lease, it still holds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        s.renew(&key, 7, Duration::from_millis(800))
+            .await
+            .expect("renew")
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        matches!(
+            s.claim(&key, 8, short).await.expect("claim"),
+            Claim::InProgress { .. }
+        ),
+        "a renewed lease ended at its first deadline"
+    );
+    // Not renewed, it lapses; completed, it cannot be renewed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        s.claim(&key, 8, short).await.expect("claim"),
+        Claim::Acquired,
+        "a lapsed lease still held"
+    );
+    s.complete(&key, "1", LONG).await.expect("complete");
+    assert!(
+        !s.renew(&key, 8, LONG).await.expect("renew"),
+        "a completed record was renewed"
+    );
+    assert_eq!(
+        s.claim(&key, 8, short).await.expect("claim"),
+        Claim::Done("1".into())
     );
 }

@@ -177,7 +177,7 @@ pub struct QueueLimits {
 /// How many dedup records one client and one user keep (see [`Storage::claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupLimits {
-    /// How long a new record stays in progress if it is never completed.
+    /// How long a new record stays in progress if it is neither completed nor renewed.
     pub lease: Duration,
     /// At most this many records per client.
     pub per_client: usize,
@@ -400,8 +400,12 @@ pub enum Claim {
     /// No record existed; the caller now holds a lease and must handle the message, then call
     /// [`Storage::complete`].
     Acquired,
-    /// Another request holds the lease and is handling the message now.
-    InProgress,
+    /// Another request holds the lease and is handling the message now; its lease ends in
+    /// `retry_after` unless renewed ([`Storage::renew`]).
+    InProgress {
+        /// What is left of the holder's lease.
+        retry_after: Duration,
+    },
     /// The message was handled; here is the stored outcome (opaque JSON text).
     Done(String),
 }
@@ -529,16 +533,34 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         targets: &[DeliveryTarget],
     ) -> Result<Vec<DeliveryState>, StorageError>;
 
-    /// Claims the dedup record `key`. If none exists, creates it in progress for
-    /// `limits.lease` (after which, if never completed, it vanishes so a retry can handle the
-    /// message) and returns [`Claim::Acquired`].
+    /// Claims the dedup record `key` for `owner`, a random number the claiming request keeps.
+    /// If none exists, creates it in progress for `limits.lease` (after which, unless renewed
+    /// with [`Storage::renew`], it vanishes so a retry can handle the message) and returns
+    /// [`Claim::Acquired`]. If it is in progress for the same `owner`, returns
+    /// [`Claim::Acquired`] too and restarts the lease: a claim whose answer was lost is asked
+    /// again by its request and resumed, not left for its lease to end.
     ///
     /// A new record is bounded: while its client holds `limits.per_client` records, or its
     /// user `limits.per_user`, the oldest (by claim) is forgotten first if it was completed;
     /// if it is still in progress, the claim fails with [`Limit::DedupRecords`] and nothing
     /// changes. A client retries only its latest messages, so forgetting its oldest costs
     /// nothing, while one that sends without end cannot grow the records without end.
-    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError>;
+    async fn claim(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        limits: DedupLimits,
+    ) -> Result<Claim, StorageError>;
+
+    /// Restarts the lease of `key`'s record for `lease`, if it is in progress for `owner`;
+    /// whether it was. A request renews while its handler runs, so a lease only has to outlast
+    /// the time a dead request blocks its retries, not the handler.
+    async fn renew(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        lease: Duration,
+    ) -> Result<bool, StorageError>;
 
     /// Completes the dedup record `key` with `outcome`, keeps it for `ttl`, and publishes
     /// [`Signal::Completed`]. A `ttl` of zero removes the record instead: the message's outcome
@@ -623,8 +645,21 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     ) -> Result<Vec<DeliveryState>, StorageError> {
         (**self).delivery(epoch, targets).await
     }
-    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
-        (**self).claim(key, limits).await
+    async fn claim(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        limits: DedupLimits,
+    ) -> Result<Claim, StorageError> {
+        (**self).claim(key, owner, limits).await
+    }
+    async fn renew(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        lease: Duration,
+    ) -> Result<bool, StorageError> {
+        (**self).renew(key, owner, lease).await
     }
     async fn complete(
         &self,

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::time::Duration;
+
 use super::super::{Claim, DedupKey, DedupLimits, Limit, Millis};
 use crate::hash::HashMap;
 use crate::id::{ClientId, MessageId, UserId};
@@ -29,6 +31,8 @@ struct Record {
     outcome: Option<Box<str>>,
     until: Millis,
     seq: u64,
+    /// The request holding it, while in progress.
+    owner: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,23 +45,50 @@ impl Dedup {
     pub(super) fn claim(
         &mut self,
         key: &DedupKey,
+        owner: u64,
         limits: DedupLimits,
         now: Millis,
     ) -> Result<Claim, Limit> {
+        let until = now.saturating_add(limits.lease.as_millis() as Millis);
         match self.records.get(key) {
             Some(r) if r.until > now => {
                 return Ok(match &r.outcome {
                     Some(outcome) => Claim::Done(outcome.to_string()),
-                    None => Claim::InProgress,
+                    None if r.owner == owner => {
+                        self.set_until(key, until);
+                        Claim::Acquired
+                    }
+                    None => Claim::InProgress {
+                        retry_after: Duration::from_millis(r.until - now),
+                    },
                 });
             }
             Some(_) => self.remove(key),
             None => {}
         }
         self.make_room(key, limits, now)?;
-        let until = now.saturating_add(limits.lease.as_millis() as Millis);
-        self.insert(key, None, until);
+        self.insert(key, None, until, owner);
         Ok(Claim::Acquired)
+    }
+
+    /// Restarts the lease of an in-progress record of `owner`; whether there was one.
+    pub(super) fn renew(&mut self, key: &DedupKey, owner: u64, until: Millis, now: Millis) -> bool {
+        let held = self
+            .records
+            .get(key)
+            .is_some_and(|r| r.outcome.is_none() && r.owner == owner && r.until > now);
+        if held {
+            self.set_until(key, until);
+        }
+        held
+    }
+
+    fn set_until(&mut self, key: &DedupKey, until: Millis) {
+        if let Some(record) = self.records.get_mut(key) {
+            self.expiries.remove(&(record.until, key.clone()));
+            record.until = until;
+            self.expiries.insert((until, key.clone()));
+        }
     }
 
     /// Records the outcome, for a record claimed earlier or (its lease having lapsed) anew.
@@ -72,7 +103,7 @@ impl Dedup {
         // A handled message must be remembered, so this one is kept beyond the limits: it can
         // only follow a lease that lapsed while the handler ran, which is rare, and the next
         // claim of the user makes room again.
-        self.insert(key, Some(outcome.into()), until);
+        self.insert(key, Some(outcome.into()), until, 0);
     }
 
     /// Removes up to `most` records that lapsed by `now`.
@@ -148,7 +179,7 @@ impl Dedup {
         Ok(())
     }
 
-    fn insert(&mut self, key: &DedupKey, outcome: Option<Box<str>>, until: Millis) {
+    fn insert(&mut self, key: &DedupKey, outcome: Option<Box<str>>, until: Millis, owner: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let user = self.users.entry(key.user.clone()).or_default();
@@ -165,6 +196,7 @@ impl Dedup {
                 outcome,
                 until,
                 seq,
+                owner,
             },
         );
     }
@@ -192,8 +224,6 @@ impl Dedup {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn key(client: &str, id: &str) -> DedupKey {
@@ -202,6 +232,11 @@ mod tests {
             client: ClientId::new(client).expect("id"),
             id: MessageId::new(id).expect("id"),
         }
+    }
+
+    /// A new owner for each claim, as each request has its own.
+    fn fresh() -> u64 {
+        fastrand::u64(..)
     }
 
     const LIMITS: DedupLimits = DedupLimits {
@@ -215,18 +250,24 @@ mod tests {
         let mut d = Dedup::default();
         for i in 0..3 {
             let k = key("a", &format!("m{i}"));
-            assert_eq!(d.claim(&k, LIMITS, 0), Ok(Claim::Acquired));
+            assert_eq!(d.claim(&k, fresh(), LIMITS, 0), Ok(Claim::Acquired));
             d.complete(&k, "1", 1_000);
         }
-        assert_eq!(d.claim(&key("a", "m3"), LIMITS, 0), Ok(Claim::Acquired));
+        assert_eq!(
+            d.claim(&key("a", "m3"), fresh(), LIMITS, 0),
+            Ok(Claim::Acquired)
+        );
         assert_eq!(d.len(), 3);
         // m0 was forgotten, m1 is remembered.
         assert_eq!(
-            d.claim(&key("a", "m1"), LIMITS, 0),
+            d.claim(&key("a", "m1"), fresh(), LIMITS, 0),
             Ok(Claim::Done("1".into()))
         );
         // m0 was forgotten: a retry of it now would be handled again.
-        assert_eq!(d.claim(&key("a", "m0"), LIMITS, 0), Ok(Claim::Acquired));
+        assert_eq!(
+            d.claim(&key("a", "m0"), fresh(), LIMITS, 0),
+            Ok(Claim::Acquired)
+        );
         assert_eq!(d.len(), 3);
     }
 
@@ -235,24 +276,30 @@ mod tests {
         let mut d = Dedup::default();
         for i in 0..3 {
             assert_eq!(
-                d.claim(&key("a", &format!("m{i}")), LIMITS, 0),
+                d.claim(&key("a", &format!("m{i}")), fresh(), LIMITS, 0),
                 Ok(Claim::Acquired)
             );
         }
         assert_eq!(
-            d.claim(&key("a", "m3"), LIMITS, 0),
+            d.claim(&key("a", "m3"), fresh(), LIMITS, 0),
             Err(Limit::DedupRecords(3))
         );
         // A refusal changes nothing.
         let mut d = Dedup::default();
         let a0 = key("a", "m0");
-        assert_eq!(d.claim(&key("b", "x0"), LIMITS, 0), Ok(Claim::Acquired));
+        assert_eq!(
+            d.claim(&key("b", "x0"), fresh(), LIMITS, 0),
+            Ok(Claim::Acquired)
+        );
         for i in 0..3 {
             let k = key("a", &format!("m{i}"));
-            assert_eq!(d.claim(&k, LIMITS, 0), Ok(Claim::Acquired));
+            assert_eq!(d.claim(&k, fresh(), LIMITS, 0), Ok(Claim::Acquired));
             d.complete(&k, "1", 1_000);
         }
-        assert_eq!(d.claim(&key("b", "x1"), LIMITS, 0), Ok(Claim::Acquired));
+        assert_eq!(
+            d.claim(&key("b", "x1"), fresh(), LIMITS, 0),
+            Ok(Claim::Acquired)
+        );
         // With the user's limit lowered to 4, a's claim would forget m0 for a, then must forget
         // the user's oldest, x0, still in progress.
         let lowered = DedupLimits {
@@ -260,24 +307,24 @@ mod tests {
             ..LIMITS
         };
         assert_eq!(
-            d.claim(&key("a", "m3"), lowered, 0),
+            d.claim(&key("a", "m3"), fresh(), lowered, 0),
             Err(Limit::DedupRecords(4))
         );
         assert_eq!(
-            d.claim(&a0, LIMITS, 0),
+            d.claim(&a0, fresh(), LIMITS, 0),
             Ok(Claim::Done("1".into())),
             "a refusal forgot a record"
         );
         let mut d = Dedup::default();
         for i in 0..3 {
             assert_eq!(
-                d.claim(&key("a", &format!("m{i}")), LIMITS, 0),
+                d.claim(&key("a", &format!("m{i}")), fresh(), LIMITS, 0),
                 Ok(Claim::Acquired)
             );
         }
         // Once its lease lapsed, it no longer holds the place.
         assert_eq!(
-            d.claim(&key("a", "m3"), LIMITS, 60_001),
+            d.claim(&key("a", "m3"), fresh(), LIMITS, 60_001),
             Ok(Claim::Acquired)
         );
     }
@@ -287,7 +334,7 @@ mod tests {
         let mut d = Dedup::default();
         for i in 0..10 {
             let k = key(&format!("c{i}"), "m");
-            assert_eq!(d.claim(&k, LIMITS, 0), Ok(Claim::Acquired));
+            assert_eq!(d.claim(&k, fresh(), LIMITS, 0), Ok(Claim::Acquired));
             d.complete(&k, "1", 1_000);
         }
         assert_eq!(d.len(), 5);
@@ -296,6 +343,49 @@ mod tests {
         assert!(
             d.users.is_empty(),
             "no order is kept for a user without records"
+        );
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_resumes_its_claim_and_others_are_told_how_long_to_wait() {
+        let limits = DedupLimits {
+            lease: Duration::from_millis(1_000),
+            per_client: 10,
+            per_user: 10,
+        };
+        let key = DedupKey {
+            user: UserId::from("ann"),
+            client: ClientId::new("tab").expect("id"),
+            id: MessageId::new("m1").expect("id"),
+        };
+        let mut d = Dedup::default();
+        assert_eq!(d.claim(&key, 7, limits, 0), Ok(Claim::Acquired));
+        assert_eq!(
+            d.claim(&key, 7, limits, 100),
+            Ok(Claim::Acquired),
+            "not resumed"
+        );
+        assert_eq!(
+            d.claim(&key, 8, limits, 300),
+            Ok(Claim::InProgress {
+                retry_after: Duration::from_millis(800)
+            })
+        );
+        assert!(d.renew(&key, 7, 2_000, 900));
+        assert!(!d.renew(&key, 8, 2_000, 900), "renewed by another owner");
+        assert!(matches!(
+            d.claim(&key, 8, limits, 1_500),
+            Ok(Claim::InProgress { .. })
+        ));
+        assert_eq!(
+            d.claim(&key, 8, limits, 2_000),
+            Ok(Claim::Acquired),
+            "a lapsed lease held"
         );
     }
 }

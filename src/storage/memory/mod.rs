@@ -556,12 +556,32 @@ impl Storage for MemoryStorage {
         Ok(states)
     }
 
-    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
+    async fn claim(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        limits: DedupLimits,
+    ) -> Result<Claim, StorageError> {
         let now = now_millis();
         let _epoch = self.epoch_guard();
         let mut shard = self.shard_for(&key.user);
         shard.maybe_sweep(now);
-        Ok(shard.dedup.claim(key, limits, now)?)
+        Ok(shard.dedup.claim(key, owner, limits, now)?)
+    }
+
+    async fn renew(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        lease: Duration,
+    ) -> Result<bool, StorageError> {
+        let now = now_millis();
+        let until = now.saturating_add(lease.as_millis() as Millis);
+        let _epoch = self.epoch_guard();
+        Ok(self
+            .shard_for(&key.user)
+            .dedup
+            .renew(key, owner, until, now))
     }
 
     async fn complete(
