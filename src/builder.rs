@@ -377,6 +377,7 @@ impl Builder {
         }
         let hub = Hub::new(&*storage);
         let presence = PresenceQueue::new(self.config.max_presence_queue);
+        let limits = self.config.advertised();
         let shared = Arc::new(Shared {
             config: self.config,
             storage,
@@ -386,6 +387,7 @@ impl Builder {
             presence,
             hub,
             waiting: AtomicUsize::new(0),
+            limits,
         });
         Ok((
             SimpleIoLayer {

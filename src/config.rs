@@ -107,6 +107,21 @@ pub enum BuildError {
 }
 
 impl Config {
+    /// The limits a handshake tells clients.
+    pub(crate) fn advertised(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            hold_ms: self.hold.as_millis() as u64,
+            max_body: self.max_body,
+            max_messages: self.max_messages,
+            max_event_len: self.max_event_len,
+            max_message_bytes: self.max_message_bytes,
+            max_data_depth: self.max_data_depth,
+            batch_limit: self.batch_limit,
+            max_batch_bytes: self.max_batch_bytes,
+            max_namespaces: self.max_namespaces,
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         if !self.path.starts_with('/') || (self.path.len() > 1 && self.path.ends_with('/')) {
             return Err(BuildError::Path(self.path.clone()));

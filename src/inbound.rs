@@ -69,6 +69,15 @@ where
             got: request.messages.len(),
         });
     }
+    // Two messages with one id would be one message to the dedup records: the second's data
+    // would be silently dropped. A client that does this has a bug; say so.
+    let mut ids = crate::hash::HashSet::default();
+    for m in &request.messages {
+        if !ids.insert(m.id.as_str()) {
+            return Err(ProtocolError::DuplicateId(m.id.to_string()));
+        }
+    }
+    drop(ids);
     let mut namespaces: Vec<Arc<str>> = Vec::new();
     for m in &request.messages {
         if m.event.is_empty() || m.event.len() > config.max_event_len {
@@ -142,7 +151,9 @@ where
             }
         });
     }
-    Ok(json_response(&SendResponse { acks }))
+    // After the messages: if the storage lost its data meanwhile, the client learns it here.
+    let epoch = shared.storage.epoch().await?;
+    Ok(json_response(&SendResponse { epoch, acks }))
 }
 
 /// `application/json`, with or without parameters. Requiring it makes a cross-site form or a

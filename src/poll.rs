@@ -15,7 +15,7 @@ use crate::id::UserId;
 use crate::namespace::authorize_all;
 use crate::presence;
 use crate::protocol::{
-    Poll, PollQuery, PollResponse, ProtocolError, WireVolatile, json_response_sized,
+    Limits, Poll, PollQuery, PollResponse, ProtocolError, WireVolatile, json_response_sized,
 };
 use crate::shared::Shared;
 use crate::storage::{FetchBatch, FetchRequest};
@@ -114,7 +114,8 @@ pub(crate) async fn respond(
             if inbox.taken_over {
                 tracing::debug!(?user, %client, "a newer poll of this client took over");
             }
-            return Ok(answer(batch, &volatile));
+            let limits = handshake.then_some(&shared.limits);
+            return Ok(answer(batch, &volatile, limits, inbox.taken_over));
         }
         // From here on the cursor the client holds is the batch's (the epoch may have changed).
         cursor = Some((batch.epoch.clone(), batch.cursor));
@@ -132,10 +133,10 @@ pub(crate) async fn respond(
                     volatile.append(&mut inbox.volatile);
                     if inbox.taken_over {
                         tracing::debug!(?user, %client, "a newer poll of this client took over");
-                        return Ok(answer(batch, &volatile));
+                        return Ok(answer(batch, &volatile, None, true));
                     }
                     if !volatile.is_empty() {
-                        return Ok(answer(batch, &volatile));
+                        return Ok(answer(batch, &volatile, None, false));
                     }
                     if inbox.read_again {
                         break;
@@ -143,7 +144,7 @@ pub(crate) async fn respond(
                 }
                 () = sleep_until(next_recheck.min(deadline)) => {
                     if !recheck {
-                        return Ok(answer(batch, &volatile));
+                        return Ok(answer(batch, &volatile, None, false));
                     }
                     next_recheck = Instant::now() + config.recheck;
                     break;
@@ -172,7 +173,12 @@ fn fit_bytes(mut batch: FetchBatch, max: usize) -> FetchBatch {
     batch
 }
 
-fn answer(batch: FetchBatch, volatile: &[WireVolatile]) -> Response<Full<Bytes>> {
+fn answer(
+    batch: FetchBatch,
+    volatile: &[WireVolatile],
+    limits: Option<&Limits>,
+    taken_over: bool,
+) -> Response<Full<Bytes>> {
     // The envelope and each message's fields, beside the payloads themselves.
     let size = 96
         + batch
@@ -190,7 +196,9 @@ fn answer(batch: FetchBatch, volatile: &[WireVolatile]) -> Response<Full<Bytes>>
             cursor: batch.cursor,
             messages: &batch.messages,
             volatile,
+            limits,
+            taken_over,
         },
-        size,
+        size + if limits.is_some() { 256 } else { 0 },
     )
 }

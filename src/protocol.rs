@@ -181,6 +181,28 @@ pub(crate) struct PollResponse<'a> {
     /// Stored messages serialize as the spec's `{pos, event, data}`.
     pub(crate) messages: &'a [StoredMessage],
     pub(crate) volatile: &'a [WireVolatile],
+    /// In the answer to a first poll (no cursor): the server's limits, so a client need not
+    /// guess them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) limits: Option<&'a Limits>,
+    /// Set when a newer poll of the same client id ended this one: if the client did not
+    /// send a newer poll itself, another instance (a duplicated tab) uses its id.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) taken_over: bool,
+}
+
+/// The limits a server advertises in its handshake (spec §6).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Limits {
+    pub(crate) hold_ms: u64,
+    pub(crate) max_body: usize,
+    pub(crate) max_messages: usize,
+    pub(crate) max_event_len: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_data_depth: usize,
+    pub(crate) batch_limit: usize,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) max_namespaces: usize,
 }
 
 /// A volatile message as a client receives it.
@@ -192,9 +214,9 @@ pub(crate) struct WireVolatile {
     pub(crate) data: Arc<RawValue>,
 }
 
-/// The body of a sending `POST`.
+/// The body of a sending `POST`. Unknown fields are ignored, here and in each message, so that a
+/// client of a later protocol version can talk to this server.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct SendRequest {
     pub(crate) client: ClientId,
     pub(crate) messages: Vec<ClientMessage>,
@@ -202,7 +224,6 @@ pub(crate) struct SendRequest {
 
 /// One message of a [`SendRequest`].
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct ClientMessage {
     pub(crate) id: MessageId,
     #[serde(default)]
@@ -215,6 +236,8 @@ pub(crate) struct ClientMessage {
 /// The body of a `POST` response.
 #[derive(Debug, Serialize)]
 pub(crate) struct SendResponse {
+    /// The storage's epoch: message ids are remembered within one epoch only.
+    pub(crate) epoch: Epoch,
     pub(crate) acks: Vec<Ack>,
 }
 
@@ -283,6 +306,8 @@ pub(crate) enum ProtocolError {
     },
     #[error("message {id:?} nests its data deeper than {limit} levels")]
     DataTooDeep { id: String, limit: usize },
+    #[error("the message id {0:?} is given twice in one request")]
+    DuplicateId(String),
     #[error("the request body did not arrive within {0} ms")]
     BodyTimeout(u128),
     #[error("this user has {0} polls waiting already, the most allowed")]
@@ -305,6 +330,7 @@ impl ProtocolError {
             | ProtocolError::UnknownNamespace(_)
             | ProtocolError::TooManyNamespaces(_)
             | ProtocolError::DataTooDeep { .. }
+            | ProtocolError::DuplicateId(_)
             | ProtocolError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ProtocolError::BodyTooLarge(_)
             | ProtocolError::TooManyMessages { .. }
@@ -335,6 +361,7 @@ impl ProtocolError {
             ProtocolError::TooManyNamespaces(_) => "too_many_namespaces",
             ProtocolError::MessageTooLarge { .. } => "message_too_large",
             ProtocolError::DataTooDeep { .. } => "data_too_deep",
+            ProtocolError::DuplicateId(_) => "duplicate_id",
             ProtocolError::BodyTimeout(_) => "body_timeout",
             ProtocolError::TooManyPolls(_) => "too_many_polls",
             ProtocolError::ServerBusy(_) => "server_busy",

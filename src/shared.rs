@@ -10,6 +10,7 @@ use crate::hub::Hub;
 use crate::identity::Identify;
 use crate::namespace::NamespaceEntry;
 use crate::presence::{OnPresence, PresenceQueue};
+use crate::protocol::Limits;
 use crate::storage::Storage;
 
 pub(crate) struct Shared {
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     /// Polls waiting on this node now.
     pub(crate) waiting: AtomicUsize,
+    /// What a handshake advertises, made once from `config`.
+    pub(crate) limits: Limits,
 }
 
 impl fmt::Debug for Shared {

@@ -107,7 +107,6 @@ async fn json_of_the_wrong_shape_is_refused() {
         json!({"client": "tab1", "messages": [{"id": "bad id", "event": "e"}]}),
         json!({"client": "tab1", "messages": [{"id": "m-1", "event": ""}]}),
         json!({"client": "tab1", "messages": [{"id": "m-1", "event": "e".repeat(17)}]}),
-        json!({"client": "tab1", "messages": [{"id": "m-1", "event": "e", "extra": 1}]}),
         json!({"client": "bad id", "messages": [message(1)]}),
         json!({"client": "c".repeat(65), "messages": [message(1)]}),
     ];
@@ -117,6 +116,19 @@ async fn json_of_the_wrong_shape_is_refused() {
         answer.assert_error(400, "invalid_field");
     }
     assert_eq!(s.handler_calls(), 0);
+}
+
+/// Fields this server does not know are ignored, in the body and in each message: a client of
+/// a later protocol version still talks to it.
+#[tokio::test]
+async fn unknown_fields_are_ignored() {
+    let s = setup().await;
+    let body = json!({"client": "tab1", "v": 2, "messages": [
+        {"id": "m-1", "event": "e", "data": 1, "extra": {"later": true}}
+    ]});
+    let acks = s.wire.post(Some("ann"), &body).await.acks();
+    assert!(acks[0].get("reply").is_some(), "{acks:?}");
+    assert_eq!(s.handler_calls(), 1);
 }
 
 #[tokio::test]

@@ -209,17 +209,16 @@ async fn many_messages_in_one_post_are_handled_and_acked_in_order() {
 }
 
 #[tokio::test]
-async fn a_message_id_repeated_within_one_post_is_handled_once() {
+async fn a_message_id_repeated_within_one_post_is_refused() {
     let calls = Calls::default();
     let server = server(&calls).await;
-    let acks = Wire::new(&server)
+    Wire::new(&server)
         .tab("ann", "tab1")
-        .send(json!([
+        .post(json!([
             {"id": "tab1-1", "event": "e", "data": 1},
-            {"id": "tab1-1", "event": "e", "data": 1},
+            {"id": "tab1-1", "event": "e", "data": 2},
         ]))
-        .await;
-    assert_eq!(acks.len(), 2);
-    assert_eq!(acks[0], acks[1]);
-    assert_eq!(calls.started(), 1);
+        .await
+        .assert_error(400, "duplicate_id");
+    assert_eq!(calls.started(), 0, "a refused request reached the handler");
 }

@@ -109,6 +109,12 @@ pub struct Batch {
     pub cursor: u64,
     pub messages: Vec<Message>,
     pub volatile: Vec<Volatile>,
+    /// In the answer to a first poll: the server's limits (§6).
+    #[serde(default)]
+    pub limits: Option<Value>,
+    /// A newer poll of this client id ended this one.
+    #[serde(default)]
+    pub taken_over: bool,
 }
 
 impl Batch {
