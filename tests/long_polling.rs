@@ -124,6 +124,10 @@ async fn a_newer_poll_of_the_same_client_ends_the_older_one() {
     let ended = finish(older, "the older poll").await;
     assert!(ended.messages.is_empty(), "{ended:?}");
     assert_eq!(Some(ended.cursor), tab.cursor);
+    assert!(
+        ended.taken_over,
+        "the ended poll does not say a newer one took over"
+    );
     assert_eq!(
         io.waiting_polls(),
         3,
@@ -391,4 +395,29 @@ async fn a_first_poll_without_a_cursor_is_answered_at_once() {
     assert!(batch.messages.is_empty(), "{batch:?}");
     assert!(!batch.epoch.is_empty(), "the handshake must name the epoch");
     assert_eq!(server.io.waiting_polls(), 0);
+}
+
+#[tokio::test]
+async fn a_handshake_advertises_the_servers_limits() {
+    let server = TestServer::start(
+        long_holds()
+            .batch_limit(7)
+            .max_body(4_096)
+            .max_messages_per_request(9),
+    )
+    .await;
+    let mut tab = Wire::new(&server).tab("ann", "tab1");
+    let handshake = tab.receive().await;
+    let limits = handshake.limits.expect("the handshake carries the limits");
+    assert_eq!(limits["batch_limit"], 7);
+    assert_eq!(limits["max_body"], 4_096);
+    assert_eq!(limits["max_messages"], 9);
+    assert!(limits["hold_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert!(!handshake.taken_over);
+    // Later polls do not repeat them.
+    let io = server.io.clone();
+    let sent = start(io.to("ann").emit("n", &1)).await;
+    let next = tab.receive().await;
+    assert!(next.limits.is_none());
+    drop(sent);
 }
