@@ -1581,7 +1581,11 @@ end
 "#;
 
 /// `ARGV[4..6]` (see [`DEDUP`]), `[7]` lease (ms), `[8]` the most records per client, `[9]`
-/// per user. Returns {'acquired'}, {'progress'}, {'done', outcome} or {'limit', the limit}.
+/// per user, `[10]` the owner. Returns {'acquired'}, {'progress', ms left on the lease},
+/// {'done', outcome} or {'limit', the limit}.
+///
+/// A record in progress holds `p` and its owner's number: the same owner claiming again (its
+/// first answer was lost) gets it back, with its lease restarted.
 ///
 /// A new record needs room under both limits: the client's oldest records go first while the
 /// client is at its limit, then the user's oldest while the user is at theirs. One still in
@@ -1594,10 +1598,15 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
         "{DEDUP}{}",
         r#"
 local lease, per_client, per_user = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local held = 'p' .. ARGV[10]
 local v = redis.call('GET', rk)
 if v then
   if string.sub(v, 1, 1) == 'd' then return {'done', string.sub(v, 2)} end
-  return {'progress'}
+  if v == held then
+    redis.call('PEXPIRE', rk, lease)
+    return {'acquired'}
+  end
+  return {'progress', str(math.max(redis.call('PTTL', rk), 0))}
 end
 -- No record: one whose key expired may still have its place in the order. A new claim
 -- takes a new place.
@@ -1639,9 +1648,27 @@ for _, f in ipairs(forget) do
   redis.call('ZREM', P .. 'dc:' .. f[1] .. ':' .. u, f[2])
 end
 local now = now_ms()
-redis.call('SET', rk, 'p', 'PX', lease)
+redis.call('SET', rk, held, 'PX', lease)
 order(now, next_seq(now), now + lease)
 return {'acquired'}
+"#
+    ))
+});
+
+/// `ARGV[4..6]` (see [`DEDUP`]), `[7]` lease (ms), `[8]` the owner. Restarts the lease of a
+/// record in progress for that owner; returns 1 if it was, else 0.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    script(&format!(
+        "{DEDUP}{}",
+        r#"
+if redis.call('GET', rk) ~= 'p' .. ARGV[8] then return 0 end
+local now = now_ms()
+redis.call('PEXPIRE', rk, ARGV[7])
+-- The order sets outlive the record they hold.
+local at = math.ceil((now + tonumber(ARGV[7])) / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
+extend(uk, at, now)
+extend(ck, at, now)
+return 1
 "#
     ))
 });
@@ -2032,7 +2059,12 @@ impl Storage for RedisStorage {
             .collect()
     }
 
-    async fn claim(&self, key: &DedupKey, limits: DedupLimits) -> Result<Claim, StorageError> {
+    async fn claim(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        limits: DedupLimits,
+    ) -> Result<Claim, StorageError> {
         // PX 0 is an error in Redis; a zero lease means "gone at once" anyway.
         let lease = millis(limits.lease).max(1);
         let reply: Vec<String> = self
@@ -2040,13 +2072,17 @@ impl Storage for RedisStorage {
                 dedup_args(inv, key);
                 inv.arg(lease)
                     .arg(limits.per_client.min(MAX_EXACT as usize))
-                    .arg(limits.per_user.min(MAX_EXACT as usize));
+                    .arg(limits.per_user.min(MAX_EXACT as usize))
+                    // As text: Lua's numbers hold 53 bits.
+                    .arg(owner.to_string());
             })
             .await?;
         let mut reply = reply.into_iter();
         match (reply.next().as_deref(), reply.next()) {
             (Some("acquired"), None) => Ok(Claim::Acquired),
-            (Some("progress"), None) => Ok(Claim::InProgress),
+            (Some("progress"), Some(left)) => Ok(Claim::InProgress {
+                retry_after: Duration::from_millis(parse_u64(&left, "a lease")?),
+            }),
             (Some("done"), Some(outcome)) => Ok(Claim::Done(outcome)),
             (Some("limit"), Some(limit)) => {
                 let limit = parse_u64(&limit, "a dedup limit")?;
@@ -2054,6 +2090,21 @@ impl Storage for RedisStorage {
             }
             _ => Err(corrupt("a dedup claim")),
         }
+    }
+
+    async fn renew(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        lease: Duration,
+    ) -> Result<bool, StorageError> {
+        let renewed: i64 = self
+            .eval(&RENEW, |inv| {
+                dedup_args(inv, key);
+                inv.arg(millis(lease).max(1)).arg(owner.to_string());
+            })
+            .await?;
+        Ok(renewed == 1)
     }
 
     async fn complete(
