@@ -56,12 +56,14 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
     }
 }
 
-/// Queue limits with this many messages per user and no limit per sender that a test reaches
-/// unless it means to.
+/// Queue limits with this many messages per user and no other limit (per sender, in bytes)
+/// that a test reaches unless it means to.
 fn queue(per_user: usize) -> QueueLimits {
     QueueLimits {
         per_user,
         per_sender: 1_000_000,
+        bytes_per_user: usize::MAX,
+        bytes_per_sender: usize::MAX,
     }
 }
 
@@ -1636,8 +1638,8 @@ async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
     let eve = "eve:log";
     let share = format!("{p}u:ann:{}:from", hex(eve));
     let limits = QueueLimits {
-        per_user: 100,
         per_sender: 100,
+        ..queue(100)
     };
     let a = storage
         .append(
@@ -1678,8 +1680,8 @@ async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
         .await
         .expect("confirm");
     let full = QueueLimits {
-        per_user: 2,
         per_sender: 100,
+        ..queue(2)
     };
     let c = storage
         .append(vec![message("ann", "server2", LONG)], full)
@@ -1694,8 +1696,8 @@ async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
 
     // At the sender's share, one of their own delivered entries makes room, and only that one.
     let two = QueueLimits {
-        per_user: 100,
         per_sender: 2,
+        ..queue(100)
     };
     let d = storage
         .append(
@@ -1956,8 +1958,8 @@ async fn bounds_cost_the_same_whatever_the_number_of_records() {
     );
 
     let share = QueueLimits {
-        per_user: 10_000,
         per_sender: 1000,
+        ..queue(10_000)
     };
     let flood: Vec<NewMessage> = (0..1000)
         .map(|i| from("eve", message("ann", &format!("e{i}"), LONG)))
