@@ -56,12 +56,14 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
     }
 }
 
-/// Queue limits with this many messages per user and no limit per sender that a test reaches
-/// unless it means to.
+/// Queue limits with this many messages per user and no other limit (per sender, in bytes)
+/// that a test reaches unless it means to.
 fn queue(per_user: usize) -> QueueLimits {
     QueueLimits {
         per_user,
         per_sender: 1_000_000,
+        bytes_per_user: usize::MAX,
+        bytes_per_sender: usize::MAX,
     }
 }
 
@@ -1636,8 +1638,8 @@ async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
     let eve = "eve:log";
     let share = format!("{p}u:ann:{}:from", hex(eve));
     let limits = QueueLimits {
-        per_user: 100,
         per_sender: 100,
+        ..queue(100)
     };
     let a = storage
         .append(
@@ -1678,8 +1680,8 @@ async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
         .await
         .expect("confirm");
     let full = QueueLimits {
-        per_user: 2,
         per_sender: 100,
+        ..queue(2)
     };
     let c = storage
         .append(vec![message("ann", "server2", LONG)], full)
@@ -1694,8 +1696,8 @@ async fn a_senders_share_loses_every_entry_that_leaves_the_log() {
 
     // At the sender's share, one of their own delivered entries makes room, and only that one.
     let two = QueueLimits {
-        per_user: 100,
         per_sender: 2,
+        ..queue(100)
     };
     let d = storage
         .append(
@@ -1916,7 +1918,8 @@ async fn commands_of(conn: &mut redis::aio::MultiplexedConnection, f: impl Async
 }
 
 /// A claim at a client's limit, with a thousand records, costs a few commands more than one
-/// far below it, and a sender at their share of a long queue is refused after a bounded look.
+/// far below it, and a sender at their share of a long queue, counted or in bytes, is refused
+/// after a bounded look; so is a message into a queue whose bytes are all in expired messages.
 #[tokio::test]
 async fn bounds_cost_the_same_whatever_the_number_of_records() {
     let Some(server) = RedisServer::start() else {
@@ -1956,8 +1959,8 @@ async fn bounds_cost_the_same_whatever_the_number_of_records() {
     );
 
     let share = QueueLimits {
-        per_user: 10_000,
         per_sender: 1000,
+        ..queue(10_000)
     };
     let flood: Vec<NewMessage> = (0..1000)
         .map(|i| from("eve", message("ann", &format!("e{i}"), LONG)))
@@ -1980,4 +1983,500 @@ async fn bounds_cost_the_same_whatever_the_number_of_records() {
         refusal <= 2 * 64 + 20,
         "a refusal at a sender's share ran {refusal} commands"
     );
+
+    // The same in bytes: eve's 1000 entries hold her share, and nobody's is delivered.
+    let held = flood.iter().map(|m| m.data.get().len()).sum();
+    let in_bytes = bytes(1 << 30, held);
+    let mut refused = None;
+    let refusal = commands_of(&mut conn, async || {
+        let a = storage
+            .append(vec![from("eve", message("ann", "more", LONG))], in_bytes)
+            .await
+            .expect("append");
+        refused = Some(a.outcomes[0]);
+    })
+    .await;
+    assert_eq!(refused, Some(AppendOutcome::QueueFull));
+    println!("commands for a refused append at a sender's share of {held} bytes: {refusal}");
+    assert!(
+        refusal <= 2 * 64 + 20,
+        "a refusal at a sender's share in bytes ran {refusal} commands"
+    );
+
+    // A queue full in bytes of a thousand expired messages: one append takes what it may of
+    // them, no more, however many are left.
+    let short = Duration::from_millis(100);
+    let expiring: Vec<NewMessage> = (0..1000)
+        .map(|i| sized("bob", &format!("b{i}"), 100, short))
+        .collect();
+    for chunk in expiring.chunks(simpleio::storage::FANOUT_CHUNK) {
+        storage
+            .append(chunk.to_vec(), bytes(100_000, 100_000))
+            .await
+            .expect("append");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut outcome = None;
+    let sweep = commands_of(&mut conn, async || {
+        let a = storage
+            .append(
+                vec![sized("bob", "big", 50_000, LONG)],
+                bytes(100_000, 100_000),
+            )
+            .await
+            .expect("append");
+        outcome = Some(a.outcomes[0]);
+    })
+    .await;
+    println!(
+        "commands for an append of 50,000 bytes into 100,000 bytes of expired messages: {sweep} \
+         ({outcome:?})"
+    );
+    assert!(
+        sweep <= (1 + 2 * 64) * 4 + 20,
+        "an append into an expired queue ran {sweep} commands"
+    );
+}
+
+/// A broadcast relayed on behalf of a user (every message has the same sender) costs the
+/// sender's set and their bytes, read and written with what a plain broadcast does anyway.
+#[tokio::test]
+async fn a_relayed_broadcast_costs_a_few_commands_per_message() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let users = 200;
+    let data: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"text":"hello, everyone"}"#.into()).expect("JSON"));
+    let broadcast = || -> Vec<NewMessage> {
+        (0..users)
+            .map(|u| {
+                from(
+                    "eve",
+                    NewMessage {
+                        data: data.clone(),
+                        ..message(&format!("user{u}"), "hello", LONG)
+                    },
+                )
+            })
+            .collect()
+    };
+    for _ in 0..5 {
+        storage
+            .append(broadcast(), queue(1000))
+            .await
+            .expect("append");
+    }
+    let rounds = 20;
+    let mut total = 0;
+    for _ in 0..rounds {
+        total += commands_of(&mut conn, async || {
+            storage
+                .append(broadcast(), queue(1000))
+                .await
+                .expect("append");
+        })
+        .await;
+    }
+    let per = total as f64 / (rounds * users) as f64;
+    println!("per message of a relayed broadcast: {per:.2} commands");
+    assert!(per < 10.0, "a relayed message cost {per:.2} commands");
+}
+
+/// A message to `to` whose data (a JSON string) is `size` bytes long.
+fn sized(to: &str, event: &str, size: usize, ttl: Duration) -> NewMessage {
+    let data = format!("\"{}\"", "x".repeat(size - 2));
+    NewMessage {
+        data: Arc::from(RawValue::from_string(data).expect("JSON")),
+        ..message(to, event, ttl)
+    }
+}
+
+/// Queue limits in bytes only (counts no test reaches).
+fn bytes(per_user: usize, per_sender: usize) -> QueueLimits {
+    QueueLimits {
+        bytes_per_user: per_user,
+        bytes_per_sender: per_sender,
+        ..queue(1_000_000)
+    }
+}
+
+/// The bytes `user`'s `meta` holds for their queue (`b`, and `=HEX` per sender), and what the
+/// entries of their log add up to, both as field → bytes without zeros: they must agree.
+async fn queue_bytes(
+    conn: &mut redis::aio::MultiplexedConnection,
+    p: &str,
+    user: &str,
+) -> (
+    std::collections::BTreeMap<String, i64>,
+    std::collections::BTreeMap<String, i64>,
+) {
+    let meta: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{p}u:{user}:meta"))
+        .query_async(conn)
+        .await
+        .expect("hgetall");
+    let kept = meta
+        .into_iter()
+        .filter(|(f, _)| f == "b" || f.starts_with('='))
+        .map(|(f, v)| (f, v.parse::<i64>().expect("a byte count")))
+        .filter(|(_, v)| *v != 0)
+        .collect();
+    let mut logged = std::collections::BTreeMap::new();
+    for entry in zrange(conn, &format!("{p}u:{user}:log")).await {
+        let mut rest = entry.splitn(4, ':').nth(3).expect("an entry").to_owned();
+        let mut sender = None;
+        if let Some(after) = rest.strip_prefix('=') {
+            let (hex, after) = after.split_once(':').expect("a sender");
+            sender = Some(format!("={hex}"));
+            rest = after.to_owned();
+        }
+        let size: i64 = rest
+            .strip_prefix('#')
+            .and_then(|r| r.split_once(':'))
+            .map_or(0, |(size, _)| size.parse().expect("a size"));
+        for field in std::iter::once("b".to_owned()).chain(sender) {
+            *logged.entry(field).or_insert(0) += size;
+        }
+    }
+    logged.retain(|_, v| *v != 0);
+    (kept, logged)
+}
+
+async fn assert_bytes_agree(conn: &mut redis::aio::MultiplexedConnection, p: &str, what: &str) {
+    let (kept, logged) = queue_bytes(conn, p, "ann").await;
+    assert_eq!(kept, logged, "the bytes kept do not match the log {what}");
+}
+
+/// The bytes of a queue, in all and per sender, lose every entry that leaves the log: by the
+/// expiry sweep of a fetch and of an append, by eviction of a delivered entry of anyone's
+/// (the sender's field goes when it comes to 0), by eviction among a sender's own.
+#[tokio::test]
+async fn a_queues_bytes_follow_every_entry_that_leaves_the_log() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let short = Duration::from_millis(100);
+    let eve = format!("={}", hex("eve"));
+    let a = storage
+        .append(
+            vec![
+                from("eve", sized("ann", "s0", 100, short)),
+                from("eve", sized("ann", "s1", 100, short)),
+                from("eve", sized("ann", "l0", 100, LONG)),
+                from("bob", sized("ann", "b0", 50, LONG)),
+                sized("ann", "x0", 30, LONG),
+            ],
+            queue(100),
+        )
+        .await
+        .expect("append");
+    assert_bytes_agree(&mut conn, &p, "after an append").await;
+    let (kept, _) = queue_bytes(&mut conn, &p, "ann").await;
+    assert_eq!((kept["b"], kept[&eve]), (380, 300));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    assert_eq!(b.messages.len(), 3);
+    assert_bytes_agree(&mut conn, &p, "after a fetch's expiry sweep").await;
+    assert_eq!(queue_bytes(&mut conn, &p, "ann").await.0["b"], 180);
+
+    // Delivered: the oldest (eve's, though eve sends nothing now) makes room for 200 bytes.
+    storage
+        .fetch(request("ann", "tab1", Some((&a.epoch, b.cursor))))
+        .await
+        .expect("confirm");
+    let c = storage
+        .append(vec![sized("ann", "x1", 200, LONG)], bytes(300, 300))
+        .await
+        .expect("append");
+    assert!(matches!(c.outcomes[0], AppendOutcome::Stored(_)));
+    assert_bytes_agree(&mut conn, &p, "after evicting a delivered entry").await;
+    let (kept, _) = queue_bytes(&mut conn, &p, "ann").await;
+    assert_eq!(kept["b"], 280);
+    assert!(!kept.contains_key(&eve), "a sender's 0 bytes kept a field");
+
+    // At their share in bytes, one of eve's own delivered entries makes room for another.
+    let d = storage
+        .append(
+            vec![
+                from("eve", sized("ann", "e0", 100, LONG)),
+                from("eve", sized("ann", "e1", 100, LONG)),
+                from("eve", sized("ann", "e2", 100, LONG)),
+            ],
+            bytes(10_000, 250),
+        )
+        .await
+        .expect("append");
+    assert_eq!(d.outcomes[2], AppendOutcome::QueueFull);
+    storage
+        .fetch(request(
+            "ann",
+            "tab1",
+            Some((&a.epoch, stored(d.outcomes[0]))),
+        ))
+        .await
+        .expect("confirm");
+    let e = storage
+        .append(
+            vec![from("eve", sized("ann", "e3", 100, LONG))],
+            bytes(10_000, 250),
+        )
+        .await
+        .expect("append");
+    assert!(matches!(e.outcomes[0], AppendOutcome::Stored(_)));
+    assert_bytes_agree(&mut conn, &p, "after evicting among a sender's own").await;
+    assert_eq!(queue_bytes(&mut conn, &p, "ann").await.0[&eve], 200);
+
+    // An append's expiry sweep takes bob's short message, though bob sends nothing in it.
+    storage
+        .append(vec![from("bob", sized("ann", "b1", 40, short))], queue(100))
+        .await
+        .expect("append");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    storage
+        .append(vec![sized("ann", "x2", 10, LONG)], queue(100))
+        .await
+        .expect("append");
+    assert_bytes_agree(&mut conn, &p, "after an append's expiry sweep").await;
+    let (kept, _) = queue_bytes(&mut conn, &p, "ann").await;
+    assert_eq!((kept["b"], kept[&format!("={}", hex("bob"))]), (490, 50));
+
+    // A message larger than a limit by itself is refused, and evicts nothing for it.
+    let before = zrange(&mut conn, &format!("{p}u:ann:log")).await;
+    let f = storage
+        .append(
+            vec![
+                sized("ann", "huge", 301, LONG),
+                from("eve", sized("ann", "big", 251, LONG)),
+            ],
+            bytes(300, 250),
+        )
+        .await
+        .expect("append");
+    assert_eq!(f.outcomes, [AppendOutcome::QueueFull; 2]);
+    assert_eq!(zrange(&mut conn, &format!("{p}u:ann:log")).await, before);
+}
+
+/// Entries written before byte limits (no size in the entry nor in its `exp` name) are read,
+/// count as 0 bytes, and go by expiry and eviction without taking anything off the counts.
+#[tokio::test]
+async fn entries_written_before_byte_limits_count_as_nothing() {
+    let Some(server) = RedisServer::shared() else {
+        return;
+    };
+    let storage = connect(server).await;
+    let p = storage.key_prefix().to_owned();
+    let mut conn = raw(server).await;
+    let a = storage
+        .append(
+            vec![from("eve", sized("ann", "new", 100, LONG))],
+            queue(100),
+        )
+        .await
+        .expect("append");
+    let after = stored(a.outcomes[0]);
+    // As the previous release wrote them: one from eve expiring soon, one without a sender.
+    let soon = millis_after(Duration::from_millis(100));
+    let eve = hex("eve");
+    let old = [
+        (after + 1, soon, format!("={eve}:1:/:3:old\"o\""), true),
+        (
+            after + 2,
+            millis_after(LONG),
+            "1:/:4:old2\"o\"".to_owned(),
+            false,
+        ),
+    ];
+    for (pos, exp, rest, from_eve) in &old {
+        let ixm = format!("1:/::{pos:016}");
+        let expm = if *from_eve {
+            format!("{ixm}:={eve}")
+        } else {
+            ixm.clone()
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(format!("{p}u:ann:log"))
+            .arg(*pos)
+            .arg(format!("{pos}:{exp}::{rest}"))
+            .cmd("ZADD")
+            .arg(format!("{p}u:ann:ix"))
+            .arg(0)
+            .arg(&ixm)
+            .cmd("ZADD")
+            .arg(format!("{p}u:ann:exp"))
+            .arg(*exp)
+            .arg(&expm)
+            .cmd("HSET")
+            .arg(format!("{p}u:ann:meta"))
+            .arg("last")
+            .arg(*pos);
+        if *from_eve {
+            pipe.cmd("ZADD")
+                .arg(format!("{p}u:ann:{eve}:from"))
+                .arg(*pos)
+                .arg(*pos);
+        }
+        let _: () = pipe.query_async(&mut conn).await.expect("old entries");
+    }
+    let b = storage
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch");
+    let events: Vec<&str> = b.messages.iter().map(|m| &*m.event).collect();
+    assert_eq!(events, ["new", "old", "old2"]);
+    assert_bytes_agree(&mut conn, &p, "with old entries").await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = storage
+        .fetch(request("ann", "tab1", Some((&a.epoch, b.cursor))))
+        .await
+        .expect("fetch");
+    assert!(c.messages.is_empty());
+    assert_eq!(zcard(&mut conn, &format!("{p}u:ann:exp")).await, 2);
+    assert_eq!(zcard(&mut conn, &format!("{p}u:ann:ix")).await, 2);
+    assert_eq!(zcard(&mut conn, &format!("{p}u:ann:{eve}:from")).await, 1);
+    assert_bytes_agree(&mut conn, &p, "after an old entry expired").await;
+
+    // Both delivered: making room for 150 bytes under 200 evicts the new entry, and the old
+    // one frees nothing, but goes if a count needs it.
+    let d = storage
+        .append(vec![sized("ann", "x", 150, LONG)], bytes(200, 200))
+        .await
+        .expect("append");
+    assert!(matches!(d.outcomes[0], AppendOutcome::Stored(_)));
+    let e = storage
+        .append(
+            vec![sized("ann", "y", 10, LONG)],
+            QueueLimits {
+                per_user: 2,
+                ..bytes(200, 200)
+            },
+        )
+        .await
+        .expect("append");
+    assert!(matches!(e.outcomes[0], AppendOutcome::Stored(_)));
+    let log = zrange(&mut conn, &format!("{p}u:ann:log")).await;
+    assert!(log.iter().all(|e| !e.contains("old")), "{log:?}");
+    assert_bytes_agree(&mut conn, &p, "after evicting old entries").await;
+    let (kept, _) = queue_bytes(&mut conn, &p, "ann").await;
+    assert_eq!(kept["b"], 160);
+    assert_eq!(zcard(&mut conn, &format!("{p}u:ann:exp")).await, 2);
+}
+
+/// How many of each thing [`what_a_dedup_record_and_a_client_id_cost_in_redis`] makes.
+const MEMORY_N: usize = 20_000;
+
+/// What Redis's `used_memory` grew by per call of `add(i)`, for `i` in `0..MEMORY_N`, made 32 at
+/// a time. (Connection buffers are a few KiB in all: nothing per item.)
+async fn redis_bytes_per_item<F, Fut>(conn: &mut redis::aio::MultiplexedConnection, add: F) -> f64
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use futures_util::StreamExt;
+    let before = used_memory(conn).await;
+    futures_util::stream::iter(0..MEMORY_N)
+        .for_each_concurrent(32, add)
+        .await;
+    (used_memory(conn).await - before) as f64 / MEMORY_N as f64
+}
+
+/// What each bounded resource costs in Redis, by `INFO memory`'s `used_memory` on a fresh
+/// server for each: a dedup record with a small reply and with an 8 KiB one, a client id of
+/// one user (as `memory_per_record.rs` measures `MemoryStorage`). The figures multiply with
+/// the bounds (records per user, clients per user) to say what those cost in Redis.
+#[tokio::test]
+async fn what_a_dedup_record_and_a_client_id_cost_in_redis() {
+    let limits = DedupLimits {
+        lease: Duration::from_secs(60),
+        per_client: usize::MAX,
+        per_user: usize::MAX,
+    };
+    let window = Duration::from_secs(600);
+    // Ids as the JS client makes them: the client id and a counter.
+    let key = |user: &str, i: usize| DedupKey {
+        user: UserId::from(user),
+        client: ClientId::new("k2J8mW0qZr5tYb1x").expect("id"),
+        id: MessageId::new(format!("k2J8mW0qZr5tYb1x-{i}")).expect("id"),
+    };
+    let record = async |reply: String| -> Option<f64> {
+        let server = RedisServer::start()?;
+        let storage = connect(&server).await;
+        let mut conn = raw(&server).await;
+        // Warm-up: the scripts are loaded, the epoch is set.
+        for i in 0..100 {
+            let k = key("warm", i);
+            storage.claim(&k, limits).await.expect("claim");
+            storage
+                .complete(&k, &reply, window)
+                .await
+                .expect("complete");
+        }
+        let figures = redis_bytes_per_item(&mut conn, |i| {
+            let (storage, k, reply) = (storage.clone(), key("ann", i), reply.clone());
+            async move {
+                let claim = storage.claim(&k, limits).await.expect("claim");
+                assert_eq!(claim, simpleio::storage::Claim::Acquired);
+                storage
+                    .complete(&k, &reply, window)
+                    .await
+                    .expect("complete");
+            }
+        })
+        .await;
+        Some(figures)
+    };
+    let Some(small) = record("{\"reply\":{\"ok\":true}}".to_owned()).await else {
+        return;
+    };
+    let large_reply = format!("{{\"reply\":\"{}\"}}", "x".repeat(8 * 1024 - 12));
+    let Some(large) = record(large_reply).await else {
+        return;
+    };
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let fetch = |user: &str, client: String| FetchRequest {
+        max_clients: usize::MAX,
+        ..request(user, &client, None)
+    };
+    for i in 0..100 {
+        storage
+            .fetch(fetch("warm", format!("warm{i}")))
+            .await
+            .expect("fetch");
+    }
+    let client = redis_bytes_per_item(&mut conn, |i| {
+        let storage = storage.clone();
+        let request = fetch("carol", format!("k2J8mW0qZr5t{i:06}"));
+        async move {
+            storage.fetch(request).await.expect("fetch");
+        }
+    })
+    .await;
+    println!(
+        "RedisStorage, used_memory per item of {MEMORY_N}: {small:.0} bytes per dedup record with \
+         a small reply, {large:.0} with an 8 KiB reply, {client:.0} bytes per client id of one user"
+    );
+    assert!(small < 1_000.0, "a dedup record costs {small:.0} bytes");
+    // The record's value is `d` and the reply: just over 8 KiB, which the allocator (jemalloc)
+    // rounds up to its next size class, 10 KiB.
+    assert!(
+        large < 10_240.0 + 1_000.0,
+        "a dedup record with an 8 KiB reply costs {large:.0} bytes"
+    );
+    assert!(client < 1_000.0, "a client id costs {client:.0} bytes");
 }

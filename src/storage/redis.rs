@@ -26,7 +26,7 @@
 //! | `{P}u:USER:log`          | zset    | the user's messages: score = position, member = entry  |
 //! | `{P}u:USER:exp`          | zset    | entry name (below) → `expires_at`, to expire fast      |
 //! | `{P}u:USER:ix`           | zset    | entry names, all scored 0: read by lexical range       |
-//! | `{P}u:USER:meta`         | hash    | `last` position given, `until` (below)                 |
+//! | `{P}u:USER:meta`         | hash    | `last` position given, `until` (below), bytes (below)  |
 //! | `{P}u:USER:wm`           | hash    | namespace → the user's watermark in it                 |
 //! | `{P}u:USER:live`         | zset    | client that polled (and was not reaped) → seen until   |
 //! | `{P}u:USER:data`         | hash    | the user's data, key → JSON                            |
@@ -41,10 +41,12 @@
 //! | `{P}dc:CLIENT:USER`      | zset    | the client's dedup records, `ID` → claim number        |
 //! | `{P}p:ID`                | string  | a payload shared by the entries of one fan-out         |
 //!
-//! A log entry is `pos:expires_at:client:`, `=HEX:` if it has a sender (their id in hex), the
-//! namespace's byte length, `:`, the namespace, `:`, then the event's byte length, `:`, the
-//! event and the JSON payload, so the scripts can filter and expire without touching the
-//! payload. (An entry without a sender is written as before senders existed.)
+//! A log entry is `pos:expires_at:client:`, `=HEX:` if it has a sender (their id in hex),
+//! `#SIZE:` (the byte length of its JSON payload), the namespace's byte length, `:`, the
+//! namespace, `:`, then the event's byte length, `:`, the event and the JSON payload, so the
+//! scripts can filter, expire and count bytes without touching the payload. (Entries written
+//! before senders, or before byte limits, lack those parts; one without a size counts as 0
+//! bytes, on its way in and out alike.)
 //!
 //! **No script walks the history.** An entry's *name* is `nslen:ns:client:` and its position
 //! in 16 digits, so in `{P}u:USER:ix` the entries of one namespace addressed to one client (or
@@ -52,10 +54,10 @@
 //! ranges of its namespaces, for the user and for itself, from its cursor on, and never looks
 //! at entries of other namespaces or clients; a new client finds its earliest message in the
 //! same way. Expired entries are found by `exp`, and each one costs its removal; an append
-//! removes at most its own number of messages plus `EXPIRE_SLACK` per user, so a mass expiry
-//! is cleared over several calls (a fetch removes all its user's, before reading). An append
-//! into a full log looks at no more than `EVICT_SCAN` undelivered entries per user for a
-//! delivered one to evict.
+//! removes at most its own number of messages plus twice `EXPIRE_SLACK` per user, so a mass
+//! expiry is cleared over several calls (a fetch removes all its user's, before reading). An
+//! append into a full log looks at no more than `EVICT_SCAN` undelivered entries per user for
+//! a delivered one to evict.
 //!
 //! **A sender holds a share of a queue.** Each entry with a sender has its position in the
 //! sender's set, `{P}u:USER:HEX:from`, and its `exp` name ends with `:=HEX`, so that every
@@ -64,6 +66,20 @@
 //! entries, and at their share looks at no more than `EVICT_SCAN` of their own oldest entries
 //! per user and call for one that expired or was delivered: a few `O(log n)` commands per
 //! message (a `ZADD` to the set, and once per user and sender a `PEXPIREAT`), no scan.
+//!
+//! **A queue is bounded in bytes too.** The user's `meta` keeps the bytes of data of every
+//! entry in the log (`b`) and of each sender's (`=HEX`, gone when it comes to 0). An entry
+//! carries its size, and its `exp` name ends with `:#SIZE` (after the sender), so that every
+//! removal — the expiry sweep, either eviction — subtracts it without reading the payload. An
+//! append reads `b` and the fields of the senders of its messages with the `HMGET` of `meta` it
+//! makes anyway, and writes them back with its `HSET`: no command more for a plain message. A
+//! message that does not fit evicts as one over a count limit does, again until it fits (each
+//! eviction removes an entry for good, within the same `EVICT_SCAN` bounds; if the call's
+//! first expiry sweep of the user took all it was allowed, up to `EXPIRE_SLACK` more expired
+//! entries go first); one larger than a limit by itself is refused at once. Bytes removed of a
+//! sender with no message in the call, or by a fetch's expiry sweep, come off with an
+//! `HINCRBY` per sender. A shared payload counts in each of its recipients' queues, as the
+//! limits are per queue, though Redis holds it once.
 //!
 //! **Dedup records are bounded.** A claim orders its record in the user's `{P}du:USER` and the
 //! client's `{P}dc:CLIENT:USER` by a claim number (ms × 1000, increasing per user). At a limit,
@@ -97,8 +113,9 @@
 //! again after its presence lapsed but before it was reaped has not left (no departure was
 //! reported), so it does not arrive again either.
 //!
-//! **Memory stays bounded.** A log never holds more than `per_user` entries, nor more than
-//! `per_sender` from one sender, and expired entries go on the next fetch of their user (and, a
+//! **Memory stays bounded.** A log never holds more than `per_user` entries or
+//! `bytes_per_user` bytes of data, nor more than `per_sender` entries or `bytes_per_sender`
+//! bytes from one sender, and expired entries go on the next fetch of their user (and, a
 //! call's worth at a time, on appends). A user has at most `max_clients` polled clients: a fetch
 //! by a new client beyond them is refused before it writes anything. Every key but the epoch
 //! and the room keys carries an absolute expiry, a safety net behind `reap`: a client's keys
@@ -173,9 +190,10 @@ const REAP_BATCH: usize = 500;
 /// until those expire, rather than search the whole log.
 const EVICT_SCAN: usize = 64;
 
-/// How many expired entries an append removes per user beyond one per message it appends:
-/// the work is bounded by the call's size, and a mass expiry is cleared over several calls
-/// (fetches clear their own user's, all of them, before reading).
+/// How many expired entries an append removes per user beyond one per message it appends, and
+/// then as many again, one at a time, while a message still needs room (one over a byte limit
+/// may need several): the work is bounded by the call's size, and a mass expiry is cleared over
+/// several calls (fetches clear their own user's, all of them, before reading).
 const EXPIRE_SLACK: usize = 64;
 
 /// The most dedup records one claim looks at to make room for a new one (see [`CLAIM`]): one
@@ -452,6 +470,8 @@ impl RedisStorage {
         self.eval(&APPEND, |inv| {
             inv.arg(limits.per_user.min(MAX_EXACT as usize))
                 .arg(limits.per_sender.min(MAX_EXACT as usize))
+                .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
+                .arg(limits.bytes_per_sender.min(MAX_EXACT as usize))
                 .arg(users.len())
                 .arg(payloads.len())
                 .arg(messages.len());
@@ -469,7 +489,8 @@ impl RedisStorage {
                     .arg(m.expires_at.min(MAX_EXACT))
                     .arg(*payload)
                     .arg(body.as_str())
-                    .arg(sender_arg(m.sender.as_ref()));
+                    .arg(sender_arg(m.sender.as_ref()))
+                    .arg(data_size(m));
             }
         })
         .await
@@ -569,6 +590,11 @@ fn reap_grace(presence_ttl: Duration) -> u64 {
 /// module docs): the namespace, then [`payload_value`].
 fn entry_body(m: &NewMessage) -> String {
     format!("{}:{}:{}", m.namespace.len(), m.namespace, payload_value(m))
+}
+
+/// What a message counts for in its queue's byte limits: the length of its JSON payload.
+fn data_size(m: &NewMessage) -> usize {
+    m.data.get().len()
 }
 
 /// The event and the JSON payload of a message, as a log entry or a payload key holds them.
@@ -743,8 +769,9 @@ fn parse_payloads(
 }
 
 /// Decodes a log entry: `pos:expires_at:client:`, `=SENDER:` (hex) if it has a sender,
-/// `ns_len:ns:`, then `event_len:event` followed by the JSON payload, or `*ID` for the shared
-/// payload `ID` (in `shared`).
+/// `#SIZE:` (the data's length) unless it was written before byte limits, `ns_len:ns:`, then
+/// `event_len:event` followed by the JSON payload, or `*ID` for the shared payload `ID` (in
+/// `shared`).
 fn parse_entry(
     entry: &str,
     shared: &HashMap<String, Payload>,
@@ -758,6 +785,13 @@ fn parse_entry(
     if let Some(after) = rest.strip_prefix('=') {
         let (sender, after) = after.split_once(':').ok_or_else(bad)?;
         if !sender.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        rest = after;
+    }
+    if let Some(after) = rest.strip_prefix('#') {
+        let (size, after) = after.split_once(':').ok_or_else(bad)?;
+        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         rest = after;
@@ -927,16 +961,21 @@ end
 local function mkey(m, what) return P .. m .. ':' .. what end
 local function key(u, what) return P .. 'u:' .. u .. ':' .. what end
 -- pos, expires_at, client ('' for all) and namespace of a log entry, the id of its shared
--- payload (`{P}p:ID`) if it refers to one, and its sender (hex) if it has one.
+-- payload (`{P}p:ID`) if it refers to one, its sender (hex) if it has one, and the size of its
+-- data as written (digits), if it was (nil for an entry older than byte limits: it counts as
+-- 0).
 local function parse(entry)
   local pos, exp, client, at = string.match(entry, '^(%d+):(%d+):([%w_%-]*):()')
   local sender, after_sender = string.match(entry, '^=(%x*):()', at)
   if sender then at = after_sender end
+  local size, after_size = string.match(entry, '^#(%d+):()', at)
+  if size then at = after_size end
   local nslen, ns_at = string.match(entry, '^(%d+):()', at)
   local after = ns_at + tonumber(nslen)
   local shared
   if string.sub(entry, after, after + 1) == ':*' then shared = string.sub(entry, after + 2) end
-  return tonumber(pos), tonumber(exp), client, string.sub(entry, ns_at, after - 1), shared, sender
+  return tonumber(pos), tonumber(exp), client, string.sub(entry, ns_at, after - 1), shared, sender,
+    size
 end
 -- The set of the positions of a user's entries sent by `s` (hex), their share of the queue.
 local function skey(u, s) return key(u, s .. ':from') end
@@ -954,20 +993,28 @@ end
 -- (or to the user, client ''), in position order. Positions are below 2^53: 16 digits.
 local function ixm(ns, c, pos) return #ns .. ':' .. ns .. ':' .. c .. ':' .. string.format('%016.0f', pos) end
 local function ix_prefix(ns, c) return #ns .. ':' .. ns .. ':' .. c .. ':' end
--- An entry's name in `exp`: its `ixm` name, and `:=` and its sender (hex) if it has one, so
--- that expiring it finds the sender's set without reading the entry.
-local function expm(m, s)
-  if s then return m .. ':=' .. s end
+-- An entry's name in `exp`: its `ixm` name, `:=` and its sender (hex) if it has one, and `:#`
+-- and the size of its data (if it has one: entries older than byte limits have none), so that
+-- expiring it finds the sender's set and the bytes it held without reading the entry.
+local function expm(m, s, size)
+  if s then m = m .. ':=' .. s end
+  if size then m = m .. ':#' .. size end
   return m
 end
--- namespace, client, position and sender (hex, or nil) of an `ixm` or `expm` name.
+-- namespace, client, position, sender (hex, or nil) and size (digits, or nil) of an `ixm` or
+-- `expm` name.
 local function parse_ixm(m)
   local nslen, at = string.match(m, '^(%d+):()')
   local after = at + tonumber(nslen)
   local c, pos, rest = string.match(string.sub(m, after + 1), '^([%w_%-]*):(%d+)(.*)$')
-  local s
-  if rest ~= '' then s = string.match(rest, '^:=(%x*)$') end
-  return string.sub(m, at, after - 1), c, tonumber(pos), s
+  local s, size
+  if rest ~= '' then
+    local after_s
+    s, after_s = string.match(rest, '^:=(%x*)()')
+    if s then rest = string.sub(rest, after_s) end
+    size = string.match(rest, '^:#(%d+)$')
+  end
+  return string.sub(m, at, after - 1), c, tonumber(pos), s, size
 end
 -- The entries of `ix` under `prefix` after position `after`, at most `limit`, as positions.
 local function ix_after(ik, prefix, after, limit)
@@ -977,32 +1024,60 @@ local function ix_after(ik, prefix, after, limit)
   for i, m in ipairs(got) do out[i] = tonumber(string.sub(m, -16)) end
   return out
 end
--- Removes one entry with its index names and its place in its sender's share.
-local function remove_entry(u, ns, c, pos, s)
+-- Removes one entry with its index names and its place in its sender's share. (Its bytes are
+-- the caller's to subtract.)
+local function remove_entry(u, ns, c, pos, s, size)
   local m = ixm(ns, c, pos)
   redis.call('ZREMRANGEBYSCORE', key(u, 'log'), str(pos), str(pos))
   redis.call('ZREM', key(u, 'ix'), m)
-  redis.call('ZREM', key(u, 'exp'), expm(m, s))
+  redis.call('ZREM', key(u, 'exp'), expm(m, s, size))
   if s then redis.call('ZREM', skey(u, s), str(pos)) end
 end
 -- Removes up to `most` expired entries, those expiring first: the work is what it removes.
+-- Returns how many it removed and, if any, their senders and sizes, two per entry in one list:
+-- the sender (hex, or false) and the size (0 for an entry written without one), so that the
+-- caller subtracts their bytes.
 local function drop_expired(u, now, most)
   local ek = key(u, 'exp')
-  local gone = redis.call('ZRANGEBYSCORE', ek, '-inf', str(now), 'LIMIT', 0, most)
-  if #gone == 0 then return end
+  local names = redis.call('ZRANGEBYSCORE', ek, '-inf', str(now), 'LIMIT', 0, most)
+  if #names == 0 then return 0 end
   local lk, ik = key(u, 'log'), key(u, 'ix')
-  for _, m in ipairs(gone) do
-    local ns, c, pos, s = parse_ixm(m)
+  local removed = {}
+  for i, m in ipairs(names) do
+    local ns, c, pos, s, size = parse_ixm(m)
     redis.call('ZREMRANGEBYSCORE', lk, str(pos), str(pos))
-    if s then
-      redis.call('ZREM', ik, ixm(ns, c, pos))
-      redis.call('ZREM', skey(u, s), str(pos))
-    else
-      redis.call('ZREM', ik, m)
-    end
+    redis.call('ZREM', ik, ixm(ns, c, pos))
+    if s then redis.call('ZREM', skey(u, s), str(pos)) end
+    removed[2 * i - 1], removed[2 * i] = s or false, num(size)
   end
   -- They are the lowest scores of `exp`.
-  redis.call('ZREMRANGEBYRANK', ek, 0, #gone - 1)
+  redis.call('ZREMRANGEBYRANK', ek, 0, #names - 1)
+  return #names, removed
+end
+-- The bytes of a user's queue are in `meta`: `b` for all of it, `=HEX` for what sender HEX
+-- sent (no field once it is 0). Subtracts what `drop_expired` removed outside an append: a
+-- command for the total and one per sender (two if that sender's bytes come to 0).
+local function subtract_bytes(u, removed)
+  local mk = key(u, 'meta')
+  local total, senders, order = 0, {}, {}
+  for i = 1, #removed, 2 do
+    local s, size = removed[i], removed[i + 1]
+    total = total + size
+    if s then
+      if not senders[s] then
+        senders[s] = 0
+        table.insert(order, s)
+      end
+      senders[s] = senders[s] + size
+    end
+  end
+  if total > 0 then redis.call('HINCRBY', mk, 'b', -total) end
+  for _, s in ipairs(order) do
+    local f = '=' .. s
+    if senders[s] > 0 and redis.call('HINCRBY', mk, f, -senders[s]) <= 0 then
+      redis.call('HDEL', mk, f)
+    end
+  end
 end
 -- Every user key but `rooms` expires together once nothing needs it: a grace after `until`
 -- in `meta`, which is at least `t` (the latest message expiry or client record expiry seen so
@@ -1068,25 +1143,27 @@ fn source(body: &str) -> String {
 /// `ARGV[4]`: nothing. Returns the epoch.
 static EPOCH: LazyLock<Script> = LazyLock::new(|| script("return current_epoch()"));
 
-/// `ARGV[4]` the most messages per user, `[5]` per sender, `[6]` nu, `[7]` np, `[8]` n, then
-/// two per user: its id and its id as JSON text; three per shared payload: its id, the latest
-/// expiry its key covers if an earlier call stored it (else 0), and its value (empty if stored
-/// earlier; see [`share_payloads`]); six per message: the index of its user (from 1), client
-/// (or ''), expires_at, the index of its shared payload (from 1, or 0), body, and its sender
-/// in hex (see [`sender_arg`]) or '-'. Publishes one `Appended` naming each user that stored a
-/// message. Returns the epoch, then per message its position or 'full'; or nothing, having
-/// written nothing, if a payload stored earlier is gone (send its value then).
+/// `ARGV[4]` the most messages per user, `[5]` per sender, `[6]` the most bytes of data per
+/// user, `[7]` per sender, `[8]` nu, `[9]` np, `[10]` n, then two per user: its id and its id as
+/// JSON text; three per shared payload: its id, the latest expiry its key covers if an earlier
+/// call stored it (else 0), and its value (empty if stored earlier; see [`share_payloads`]);
+/// seven per message: the index of its user (from 1), client (or ''), expires_at, the index of
+/// its shared payload (from 1, or 0), body, its sender in hex (see [`sender_arg`]) or '-', and
+/// the size of its data (what it counts for in the byte limits). Publishes one `Appended`
+/// naming each user that stored a message. Returns the epoch, then per message its position or
+/// 'full'; or nothing, having written nothing, if a payload stored earlier is gone (send its
+/// value then).
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local nu, np, n = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local nu, np, n = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 -- A shared payload is written once, if a message stored uses it, to expire a grace after the
 -- last of them: its entries are gone by then (expired), unless they went earlier. One that an
 -- earlier call stored (an earlier chunk of the fan-out) is only referred to, if its key is
 -- still there (no eviction, no flush took it), and its expiry moved if this call needs it later.
 local shared = {}
 for j = 1, np do
-  local b = 6 + nu * 2 + j * 3
+  local b = 8 + nu * 2 + j * 3
   shared[j] = {id = ARGV[b], known = tonumber(ARGV[b + 1]), value = ARGV[b + 2], upto = 0}
   if shared[j].known > 0 and redis.call('EXISTS', P .. 'p:' .. shared[j].id) == 0 then
     return {}
@@ -1095,6 +1172,7 @@ end
 local now = now_ms()
 local epoch = current_epoch()
 local maxq, per_sender = tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_bytes, sender_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
 -- A message to the user is delivered once its namespace's watermark reaches it, one to a
 -- client once that client's cursor does while it reads the namespace. What a user's
 -- watermarks and clients' cursors are is read once per call, when first needed.
@@ -1126,19 +1204,47 @@ local function delivered(seen, ev, pos, c, ns)
   end
   return upto >= pos
 end
--- Removes an entry, keeping the call's counts of the user's log and of its sender's share.
-local function forget(seen, ns, c, pos, s)
-  remove_entry(seen.id, ns, c, pos, s)
+-- What the call knows of sender `s`'s share of a user's queue: their count (`ZCARD` of their
+-- set), read only once it matters and nil until then; their bytes, read with the user's
+-- `meta` if the call has a message of theirs (`known`), else only what the call removed, to
+-- subtract at the end; and where the search for one of their entries to evict stands.
+local function share_of(seen, s)
+  local share = seen.shares[s]
+  if not share then
+    share = {bytes = 0, known = false, from = '-inf', budget = EVICT_SCAN}
+    seen.shares[s] = share
+    if not seen.share_order then seen.share_order = {} end
+    table.insert(seen.share_order, s)
+  end
+  return share
+end
+-- Takes an entry that left the log (of sender `s` or nil, `size` bytes) off the call's bytes
+-- of the user's queue and of the sender's share, and off the sender's count.
+local function gone(seen, s, size)
+  seen.bytes = seen.bytes - size
+  if s then
+    local share = share_of(seen, s)
+    share.bytes = share.bytes - size
+    if share.count then share.count = share.count - 1 end
+  end
+end
+-- Takes what `drop_expired` removed off the call's bytes and counts (see `gone`).
+local function gone_all(seen, removed)
+  for i = 1, #removed, 2 do gone(seen, removed[i] or nil, removed[i + 1]) end
+end
+-- Removes an entry, keeping the call's counts and bytes of the user's log and of its sender's
+-- share.
+local function forget(seen, ns, c, pos, s, size)
+  remove_entry(seen.id, ns, c, pos, s, size)
   seen.card = seen.card - 1
-  local share = s and seen.shares[s]
-  if share then share.count = share.count - 1 end
+  gone(seen, s, num(size))
 end
 -- No cursor is above the highest watermark, so the search for a delivered entry to evict
--- stops there. The search goes from the oldest entry on, and looks at no more than
--- EVICT_SCAN undelivered entries per user and call: what it passed stays undelivered within
--- the call, so each search resumes where the last one stopped, and a log whose delivered
--- entries lie behind more undelivered ones than that refuses the message (QueueFull) until
--- they expire.
+-- stops there (an expired one it passes goes too). The search goes from the oldest entry on,
+-- and looks at no more than EVICT_SCAN undelivered entries per user and call: what it passed
+-- stays undelivered within the call, so each search resumes where the last one stopped, and a
+-- log whose delivered entries lie behind more undelivered ones than that refuses the message
+-- (QueueFull) until they expire.
 local function evict_one_delivered(seen)
   local ev = evict_state(seen)
   local lk = key(seen.id, 'log')
@@ -1146,10 +1252,10 @@ local function evict_one_delivered(seen)
     local chunk = redis.call('ZRANGEBYSCORE', lk, ev.from, str(ev.bound), 'LIMIT', 0, ev.budget)
     if #chunk == 0 then break end
     for _, entry in ipairs(chunk) do
-      local pos, _, c, ns, _, s = parse(entry)
+      local pos, exp, c, ns, _, s, size = parse(entry)
       ev.from = '(' .. str(pos)
-      if delivered(seen, ev, pos, c, ns) then
-        forget(seen, ns, c, pos, s)
+      if exp <= now or delivered(seen, ev, pos, c, ns) then
+        forget(seen, ns, c, pos, s, size)
         return true
       end
       ev.budget = ev.budget - 1
@@ -1157,6 +1263,22 @@ local function evict_one_delivered(seen)
   end
   ev.budget = 0
   return false
+end
+-- One entry of the user's log that can go: an expired one while the call may remove more of
+-- them (the first removal took all it was allowed to, so some may be left; up to
+-- EXPIRE_SLACK more per user and call), else a delivered one.
+local function evict_one(seen)
+  if seen.more_expired > 0 then
+    local expired, removed = drop_expired(seen.id, now, 1)
+    if expired > 0 then
+      gone_all(seen, removed)
+      seen.card = seen.card - 1
+      seen.more_expired = seen.more_expired - 1
+      return true
+    end
+    seen.more_expired = 0
+  end
+  return evict_one_delivered(seen)
 end
 -- The same for a sender at their share of the user's queue, among their own entries only
 -- (their set of positions, from the oldest on): one that expired or was delivered makes room.
@@ -1173,12 +1295,12 @@ local function evict_one_of(seen, s, share)
       if not entry then
         -- A place whose entry is gone holds nothing: it goes, which is the room needed.
         redis.call('ZREM', sk, p)
-        share.count = share.count - 1
+        if share.count then share.count = share.count - 1 end
         return true
       end
-      local pos, exp, c, ns = parse(entry)
+      local pos, exp, c, ns, _, _, size = parse(entry)
       if exp <= now or delivered(seen, ev, pos, c, ns) then
-        forget(seen, ns, c, pos, s)
+        forget(seen, ns, c, pos, s, size)
         return true
       end
       share.budget = share.budget - 1
@@ -1187,51 +1309,95 @@ local function evict_one_of(seen, s, share)
   share.budget = 0
   return false
 end
+-- Whether a message of `size` bytes from `s` fits in their share of the user's queue, as far
+-- as the call knows. Their count is read only once the log is large enough for it to matter.
+local function fits_share(seen, s, share, size)
+  if share.bytes + size > sender_bytes then return false end
+  if seen.card < per_sender then return true end
+  if not share.count then share.count = redis.call('ZCARD', skey(seen.id, s)) end
+  return share.count < per_sender
+end
 local out = {epoch}
 local users = {}
 for i = 1, nu do
-  users[i] = {id = ARGV[7 + i * 2], json = ARGV[8 + i * 2], upto = 0, stored = false, count = 0,
-    shares = {}, sent = {}, senders = {}}
+  users[i] = {id = ARGV[9 + i * 2], json = ARGV[10 + i * 2], upto = 0, stored = false, count = 0,
+    shares = {}, sent = {}, senders = {}, more_expired = 0}
 end
-local first = 9 + nu * 2 + np * 3
+local first = 11 + nu * 2 + np * 3
+-- Per user, the number of the call's messages and their senders, whose bytes are read once.
 for i = 0, n - 1 do
-  local seen = users[tonumber(ARGV[first + i * 6])]
+  local b = first + i * 7
+  local seen, s = users[tonumber(ARGV[b])], ARGV[b + 5]
   seen.count = seen.count + 1
+  if s ~= '-' then
+    if not seen.wanted then seen.wanted, seen.wants = {}, {} end
+    if not seen.wants[s] then
+      seen.wants[s] = true
+      table.insert(seen.wanted, s)
+    end
+  end
 end
 -- Per user, what the call needs of its keys is read once, and written back once at the end:
 -- a fan-out costs a few commands per message.
 for i = 0, n - 1 do
-  local b = first + i * 6
+  local b = first + i * 7
   local seen, c, exp = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2])
   local payload, body, s = shared[tonumber(ARGV[b + 3])], ARGV[b + 4], ARGV[b + 5]
+  local size_s = ARGV[b + 6]
+  local size = tonumber(size_s)
   if s == '-' then s = nil end
   local u = seen.id
   if not seen.last then
-    local got = redis.call('HMGET', key(u, 'meta'), 'last', 'until', 'k')
+    -- One read: the last position, the keys' expiry, the bytes of the queue and those of
+    -- each sender of the call's messages to this user.
+    local got
+    if seen.wanted then
+      local fields = {'last', 'until', 'k', 'b'}
+      for _, w in ipairs(seen.wanted) do table.insert(fields, '=' .. w) end
+      got = redis.call('HMGET', key(u, 'meta'), unpack(fields))
+    else
+      got = redis.call('HMGET', key(u, 'meta'), 'last', 'until', 'k', 'b')
+    end
     seen.last, seen.until_, seen.more = num(got[1]), num(got[2]), got[3]
-    -- The log, `exp`, `ix` and `meta` expire together: no `last`, no log.
-    if got[1] then
+    -- The log, `exp`, `ix` and `meta` expire together: no `last`, no log, no bytes.
+    local logged = got[1] and true or false
+    seen.bytes = logged and num(got[4]) or 0
+    seen.bytes_read = seen.bytes
+    for j, w in ipairs(seen.wanted or {}) do
+      local share = share_of(seen, w)
+      share.known = true
+      share.bytes = logged and num(got[4 + j]) or 0
+      share.bytes_read = share.bytes
+    end
+    if logged then
       -- Enough expired entries to make room for this call's messages, and some more: a mass
       -- expiry is cleared over several calls, never by one.
-      drop_expired(u, now, seen.count + EXPIRE_SLACK)
+      local most = seen.count + EXPIRE_SLACK
+      local expired, removed = drop_expired(u, now, most)
+      if expired > 0 then gone_all(seen, removed) end
+      if expired >= most then seen.more_expired = EXPIRE_SLACK end
       seen.card = redis.call('ZCARD', key(u, 'log'))
     else
       seen.card = 0
     end
     seen.was_empty = seen.card == 0
   end
-  -- The sender's share first: a sender at theirs makes room among their own entries. Their
-  -- count is read only once the log is large enough for it to matter, and kept for the call.
+  -- The sender's share first: a sender at theirs, in count or in bytes, makes room among
+  -- their own entries; then the user's queue, among everyone's. Each eviction removes an
+  -- entry for good, so the loops are bounded by what was added before. A message larger than
+  -- a limit by itself is refused at once, evicting nothing.
   local full = false
-  if s and seen.card >= per_sender then
+  if s then
     local share = seen.shares[s]
-    if not share then
-      share = {count = redis.call('ZCARD', skey(u, s)), from = '-inf', budget = EVICT_SCAN}
-      seen.shares[s] = share
+    if size > sender_bytes then full = true end
+    while not full and not fits_share(seen, s, share, size) do
+      if not evict_one_of(seen, s, share) then full = true end
     end
-    if share.count >= per_sender and not evict_one_of(seen, s, share) then full = true end
   end
-  if not full and seen.card >= maxq and not evict_one_delivered(seen) then full = true end
+  if not full and size > max_bytes then full = true end
+  while not full and (seen.card >= maxq or seen.bytes + size > max_bytes) do
+    if not evict_one(seen) then full = true end
+  end
   if full then
     table.insert(out, 'full')
   else
@@ -1240,18 +1406,21 @@ for i = 0, n - 1 do
     local pos = math.max(now * 1000, seen.last + 1)
     seen.last = pos
     seen.card = seen.card + 1
+    seen.bytes = seen.bytes + size
     local p = str(pos)
     local from = ''
     if s then from = '=' .. s .. ':' end
-    redis.call('ZADD', key(u, 'log'), p, p .. ':' .. str(exp) .. ':' .. c .. ':' .. from .. body)
+    redis.call('ZADD', key(u, 'log'), p,
+      p .. ':' .. str(exp) .. ':' .. c .. ':' .. from .. '#' .. size_s .. ':' .. body)
     local nslen, at = string.match(body, '^(%d+):()')
     local m = ixm(string.sub(body, at, at + tonumber(nslen) - 1), c, pos)
     redis.call('ZADD', key(u, 'ix'), 0, m)
-    redis.call('ZADD', key(u, 'exp'), str(exp), expm(m, s))
+    redis.call('ZADD', key(u, 'exp'), str(exp), expm(m, s, size_s))
     if s then
       redis.call('ZADD', skey(u, s), p, p)
       local share = seen.shares[s]
-      if share then share.count = share.count + 1 end
+      share.bytes = share.bytes + size
+      if share.count then share.count = share.count + 1 end
       if not seen.sent[s] then
         seen.sent[s] = true
         table.insert(seen.senders, s)
@@ -1277,28 +1446,56 @@ for _, payload in ipairs(shared) do
     end
   end
 end
+-- Per user, what changed in `meta` is written in one HSET: the last position, `until`, the
+-- bytes of the queue and of the shares the call read (see `subtract_bytes`). The shares of
+-- senders with no message in the call only lost entries: their bytes go down by HINCRBY.
 -- A user's keys expire together (see `touch`). `until` moves in steps of EXPIRY_STEP_MS, so
 -- that a user receiving many messages has their expiries moved once a step, not per message;
 -- keys this call created (an empty log) get theirs at once.
+local function push(t, a, b)
+  t[#t + 1] = a
+  t[#t + 1] = b
+end
 for _, seen in ipairs(users) do
+  local u = seen.id
+  local mk = key(u, 'meta')
+  local fields = {}
+  if seen.bytes ~= seen.bytes_read then push(fields, 'b', str(math.max(seen.bytes, 0))) end
+  if seen.share_order then
+    local dels = {}
+    for _, s in ipairs(seen.share_order) do
+      local share, f = seen.shares[s], '=' .. s
+      if share.known then
+        if share.bytes ~= share.bytes_read then
+          if share.bytes > 0 then push(fields, f, str(share.bytes)) else table.insert(dels, f) end
+        end
+      elseif share.bytes < 0 and redis.call('HINCRBY', mk, f, str(share.bytes)) <= 0 then
+        table.insert(dels, f)
+      end
+    end
+    if #dels > 0 then redis.call('HDEL', mk, unpack(dels)) end
+  end
+  local whats
   if seen.stored then
-    local u = seen.id
-    local mk = key(u, 'meta')
-    local whats
+    push(fields, 'last', str(seen.last))
     if seen.upto > seen.until_ then
       seen.until_ = math.ceil(seen.upto / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
-      redis.call('HSET', mk, 'last', str(seen.last), 'until', str(seen.until_))
+      push(fields, 'until', str(seen.until_))
       if seen.more then
         whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}
       else
         whats = {'log', 'exp', 'ix', 'meta'}
       end
-    else
-      redis.call('HSET', mk, 'last', str(seen.last))
-      if seen.was_empty then whats = {'log', 'exp', 'ix'} else whats = {} end
+    elseif seen.was_empty then
+      whats = {'log', 'exp', 'ix'}
     end
+  end
+  -- Only a user whose log existed, or that stored a message, has anything to write: `meta`
+  -- exists then, or gets its expiry below.
+  if #fields > 0 then redis.call('HSET', mk, unpack(fields)) end
+  if seen.stored then
     local at = str(seen.until_ + GRACE_MS)
-    for _, what in ipairs(whats) do redis.call('PEXPIREAT', key(u, what), at) end
+    for _, what in ipairs(whats or {}) do redis.call('PEXPIREAT', key(u, what), at) end
     -- A sender's set expires with the log as it is now, after every entry in it: `until` is
     -- past their expiries, and only moves later. So a set outlives its entries, whatever
     -- moves the user's other keys afterwards.
@@ -1361,8 +1558,10 @@ if not rec[1] and redis.call('ZCARD', lv) >= tonumber(ARGV[15])
     and not redis.call('ZSCORE', lv, c) and not redis.call('ZSCORE', P .. 'presence', m) then
   return {'limit'}
 end
--- All of them: the index read below must find no expired entry. The work is what it removes.
-drop_expired(u, now, -1)
+-- All of them: the index read below must find no expired entry. The work is what it removes,
+-- and their bytes come off the queue's, in a command per sender (none if nothing expired).
+local expired, removed = drop_expired(u, now, -1)
+if expired > 0 then subtract_bytes(u, removed) end
 -- The last position given: no cursor is confirmed beyond it, and one beyond it reads from it.
 local head = num(redis.call('HGET', key(u, 'meta'), 'last'))
 local recorded, same_ns, kept = rec[1], rec[2] == nsjson, num(rec[4])
@@ -2306,7 +2505,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_with_a_sender_decode_and_entries_without_one_are_unchanged() {
+    fn entries_with_a_sender_or_a_size_decode_and_entries_without_them_too() {
         assert_eq!(hex("eve:log"), "6576653a6c6f67");
         assert_eq!(sender_arg(None), "-");
         assert_eq!(sender_arg(Some(&UserId::from(""))), "");
@@ -2317,11 +2516,22 @@ mod tests {
             (format!("7:9::{body}"), 7),
             (format!("8:9::=6576653a6c6f67:{body}"), 8),
             (format!("9:9:tab1:=:{body}"), 9),
+            (format!("10:9::#1:{body}"), 10),
+            (format!("11:9:tab1:=61:#1:{body}"), 11),
         ] {
             let m = parse_entry(&entry, &none).expect("valid entry");
             assert_eq!((m.pos, &*m.ns, &*m.event), (pos, "/", "say"));
         }
-        for bad in ["1:2::=zz:1:/:1:a1", "1:2::=61", "1:2::=61:"] {
+        assert_eq!(data_size(&new_message("/", "say", r#"{"t":"é"}"#)), 10);
+        for bad in [
+            "1:2::=zz:1:/:1:a1",
+            "1:2::=61",
+            "1:2::=61:",
+            "1:2::#:1:/:1:a1",
+            "1:2::#x:1:/:1:a1",
+            "1:2::#1",
+            "1:2::#1:=61:1:/:1:a1",
+        ] {
             assert!(
                 matches!(parse_entry(bad, &none), Err(StorageError::Corrupt(_))),
                 "{bad:?} was accepted"
