@@ -482,7 +482,10 @@ async fn every_key_but_the_epoch_expires_and_logs_stay_bounded() {
         client: ClientId::new("tab1").expect("id"),
         id: MessageId::new("m1").expect("id"),
     };
-    storage.claim(&key, lease(LONG)).await.expect("claim");
+    storage
+        .claim(&key, fastrand::u64(..), lease(LONG))
+        .await
+        .expect("claim");
 
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
@@ -1764,7 +1767,7 @@ async fn dedup_order_sets_follow_their_records() {
         per_user: 10,
     };
     storage
-        .claim(&dedup("ann", "tab1", "m1"), limits)
+        .claim(&dedup("ann", "tab1", "m1"), fastrand::u64(..), limits)
         .await
         .expect("claim");
     assert_eq!(zrange(&mut conn, &du).await, ["tab1:m1"]);
@@ -1778,14 +1781,16 @@ async fn dedup_order_sets_follow_their_records() {
 
     for id in ["m1", "m2"] {
         storage
-            .claim(&dedup("ann", "tab1", id), limits)
+            .claim(&dedup("ann", "tab1", id), fastrand::u64(..), limits)
             .await
             .expect("claim");
     }
     let before = keys(&mut conn, &format!("{p}d*")).await;
     let order = (zrange(&mut conn, &du).await, zrange(&mut conn, &dc).await);
     assert!(matches!(
-        storage.claim(&dedup("ann", "tab1", "m3"), limits).await,
+        storage
+            .claim(&dedup("ann", "tab1", "m3"), fastrand::u64(..), limits)
+            .await,
         Err(StorageError::Limit(_))
     ));
     assert_eq!(keys(&mut conn, &format!("{p}d*")).await, before);
@@ -1800,7 +1805,7 @@ async fn dedup_order_sets_follow_their_records() {
         .await
         .expect("complete");
     storage
-        .claim(&dedup("ann", "tab1", "m3"), limits)
+        .claim(&dedup("ann", "tab1", "m3"), fastrand::u64(..), limits)
         .await
         .expect("claim");
     assert_eq!(zrange(&mut conn, &du).await, ["tab1:m2", "tab1:m3"]);
@@ -1814,13 +1819,13 @@ async fn dedup_order_sets_follow_their_records() {
         per_user: 10,
     };
     storage
-        .claim(&dedup("ann", "tab2", "n1"), short)
+        .claim(&dedup("ann", "tab2", "n1"), fastrand::u64(..), short)
         .await
         .expect("claim");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         storage
-            .claim(&dedup("ann", "tab2", "n2"), short)
+            .claim(&dedup("ann", "tab2", "n2"), fastrand::u64(..), short)
             .await
             .expect("claim"),
         simpleio::storage::Claim::Acquired
@@ -1934,19 +1939,22 @@ async fn bounds_cost_the_same_whatever_the_number_of_records() {
     };
     let first = commands_of(&mut conn, async || {
         storage
-            .claim(&dedup("ann", "tab1", "m0"), limits)
+            .claim(&dedup("ann", "tab1", "m0"), fastrand::u64(..), limits)
             .await
             .expect("claim");
     })
     .await;
     for i in 0..1000 {
         let key = dedup("ann", "tab1", &format!("m{i}"));
-        storage.claim(&key, limits).await.expect("claim");
+        storage
+            .claim(&key, fastrand::u64(..), limits)
+            .await
+            .expect("claim");
         storage.complete(&key, "1", LONG).await.expect("complete");
     }
     let at_limit = commands_of(&mut conn, async || {
         storage
-            .claim(&dedup("ann", "tab1", "n0"), limits)
+            .claim(&dedup("ann", "tab1", "n0"), fastrand::u64(..), limits)
             .await
             .expect("claim");
     })
@@ -2416,7 +2424,10 @@ async fn what_a_dedup_record_and_a_client_id_cost_in_redis() {
         // Warm-up: the scripts are loaded, the epoch is set.
         for i in 0..100 {
             let k = key("warm", i);
-            storage.claim(&k, limits).await.expect("claim");
+            storage
+                .claim(&k, fastrand::u64(..), limits)
+                .await
+                .expect("claim");
             storage
                 .complete(&k, &reply, window)
                 .await
@@ -2425,7 +2436,10 @@ async fn what_a_dedup_record_and_a_client_id_cost_in_redis() {
         let figures = redis_bytes_per_item(&mut conn, |i| {
             let (storage, k, reply) = (storage.clone(), key("ann", i), reply.clone());
             async move {
-                let claim = storage.claim(&k, limits).await.expect("claim");
+                let claim = storage
+                    .claim(&k, fastrand::u64(..), limits)
+                    .await
+                    .expect("claim");
                 assert_eq!(claim, simpleio::storage::Claim::Acquired);
                 storage
                     .complete(&k, &reply, window)
