@@ -577,6 +577,42 @@ async fn a_redis_restart_with_persistence_loses_nothing() {
     );
 }
 
+/// Redis frozen mid-run for longer than the nodes' response timeout (2 s): claims, appends and
+/// polls time out, some of them after Redis ran them. A claim whose answer was lost is resumed
+/// by its own request, so every sender's lines still reach the handler, and the recipient, in
+/// the order sent. A line whose append timed out is answered `pending` and handled again,
+/// which may surface it twice in a row (counted as redone), never out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_mid_run_keeps_every_senders_lines_in_order() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&redis, 3, &short_hold()).await;
+    let (io, _storage) = sender(&redis).await;
+    let traffic = Traffic {
+        users: 20,
+        dms: 40,
+        news: 10,
+        pipelined: false,
+    };
+    let report = exchange(
+        &cluster.balancer,
+        &io,
+        traffic,
+        2 * traffic.users,
+        async || {
+            redis.pause();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            redis.resume();
+        },
+    )
+    .await;
+    eprintln!("Redis frozen for 3 s, {traffic:?}: {report:?}");
+    assert_eq!(report.dms_acked, traffic.users * traffic.dms);
+    assert_eq!(report.dms_received, traffic.users * traffic.dms);
+    assert_eq!(report.news_delivered, traffic.users * traffic.news);
+}
+
 /// One request straight to a node or through the balancer, as `user`.
 async fn request(
     http: &reqwest::Client,
