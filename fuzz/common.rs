@@ -4,18 +4,21 @@
 //! libFuzzer) and its replay on stable (`tests/fuzz_service.rs`), so both check the same things.
 //!
 //! One fuzz input is one [`Case`]: a few requests against a layer built for that case alone, so
-//! that an input that fails fails again on its own. The requests are decoded with `arbitrary`
-//! from the bytes; where the fuzzer would take long to find structure (a batch of messages, a
-//! query with a cursor from the last answer), the bytes pick among pieces close to valid ones.
+//! that an input that fails fails again on its own, with bounds set small enough for the fuzzer
+//! to meet each of them. The requests are decoded with `arbitrary` from the bytes; where the
+//! fuzzer would take long to find structure (a batch of messages, a query with a cursor from
+//! the last answer), the bytes pick among pieces close to valid ones.
 //!
 //! Every answer is checked:
 //! * nothing panics, in the request or in any task it spawned (libFuzzer aborts on any panic;
 //!   the replay counts them);
 //! * every request is answered, within the hold time and a margin (virtual time: the runtime's
 //!   clock is paused, so a 1 ms hold and the layer's timers cost no wall time);
-//! * an answer on the route is JSON: a `200` of the shape the spec gives for its method, or an
-//!   error `{"error": {"code", "message"}}` whose status is in the spec's error table and whose
-//!   code is one the table lists for that status (`401`/`403` are the application's to choose);
+//! * an answer on the route is JSON that serde_json reads with its default nesting limit: a
+//!   `200` of the shape the spec gives for its method, or an error `{"error": {"code",
+//!   "message"}}` whose status is in the spec's error table and whose code is one the table
+//!   lists for that status (`401`/`403` are the application's to choose), with `Allow` on a
+//!   `405` and `Retry-After` on a `429` or `503`;
 //! * an answer off the route is the inner service's, untouched (or the browser client script);
 //! * once the layer is dropped, none of the tasks it started outlives it.
 
@@ -35,7 +38,6 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, heade
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use simpleio::{
@@ -52,6 +54,10 @@ pub const ROUTE: &str = "/simpleio";
 pub const MAX_BODY: usize = 512;
 pub const MAX_MESSAGES: usize = 3;
 pub const MAX_EVENT_LEN: usize = 16;
+pub const MAX_DATA_DEPTH: usize = 8;
+pub const MAX_MESSAGE_BYTES: usize = 160;
+/// Above the scan of a short list (16), so that repeats are also found by a set.
+pub const MAX_NAMESPACES: usize = 20;
 /// The hold of a poll with a cursor: tiny, so a case never waits out a real one.
 pub const HOLD: Duration = Duration::from_millis(1);
 /// How long any request may take, in the runtime's virtual time: the hold, the short waits this
@@ -94,9 +100,20 @@ pub struct Req {
     pub query: Option<Vec<QueryPart>>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Vec<u8>,
-    /// How the body arrives: its chunks' sizes, and whether reading it fails after them.
+    /// How the body arrives: in chunks of these sizes, then its end.
     pub chunks: Vec<usize>,
-    pub body_fails: bool,
+    pub end: BodyEnd,
+}
+
+/// What comes after a body's last chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The end of the body.
+    Done,
+    /// An error: the client went away.
+    Fails,
+    /// Nothing, ever: a client that stopped sending.
+    Stalls,
 }
 
 /// A piece of a query string, filled in when the request is sent: the epoch and cursor of the
@@ -142,7 +159,7 @@ impl Req {
         let mut request = Request::builder()
             .method(self.method.clone())
             .uri(self.uri(state))
-            .body(FuzzBody::new(&self.body, &self.chunks, self.body_fails))
+            .body(FuzzBody::new(&self.body, &self.chunks, self.end))
             .ok()?;
         for (name, value) in &self.headers {
             request.headers_mut().append(name.clone(), value.clone());
@@ -302,7 +319,11 @@ fn request(g: &mut Gen) -> ArbResult<Req> {
             left -= size;
         }
     }
-    let body_fails = g.flaw()? && g.ratio(1, 3)?;
+    let end = if g.flaw()? && g.ratio(1, 2)? {
+        g.pick(&[BodyEnd::Fails, BodyEnd::Stalls])?
+    } else {
+        BodyEnd::Done
+    };
     Ok(Req {
         method,
         target,
@@ -310,7 +331,7 @@ fn request(g: &mut Gen) -> ArbResult<Req> {
         headers,
         body,
         chunks,
-        body_fails,
+        end,
     })
 }
 
@@ -465,10 +486,8 @@ fn client_query(g: &mut Gen) -> ArbResult<QueryPart> {
             2 => "a".repeat(65),
             _ => encode(&g.text(70)?),
         }
-    } else if g.ratio(3, 4)? {
-        "tab1".to_owned()
     } else {
-        "tab2".to_owned()
+        tab(g)?.to_owned()
     };
     Ok(QueryPart::Raw(value))
 }
@@ -535,7 +554,7 @@ fn ns_query(g: &mut Gen) -> ArbResult<String> {
             4 => "/chat,/,/chat".to_owned(),
             // Longer than the scan of a short list: repeats are then found by a set.
             _ => {
-                let n = g.int(15..=40)?;
+                let n = g.int(15..=MAX_NAMESPACES + 3)?;
                 let mut names = Vec::with_capacity(n);
                 for _ in 0..n {
                     names.push(g.pick(&["/", "/chat"])?);
@@ -611,11 +630,18 @@ fn client_id(g: &mut Gen) -> ArbResult<Value> {
             1 => json!("c".repeat(g.int(63..=65)?)),
             _ => json!(g.text(70)?),
         }
-    } else if g.ratio(3, 4)? {
-        json!("tab1")
     } else {
-        json!("tab2")
+        json!(tab(g)?)
     })
+}
+
+/// A valid client id: mostly one, sometimes others of the same user, more than it may have.
+fn tab(g: &mut Gen) -> ArbResult<&'static str> {
+    if g.ratio(1, 2)? {
+        Ok("tab1")
+    } else {
+        g.pick(&["tab2", "tab3", "tab4"])
+    }
 }
 
 fn message(g: &mut Gen) -> ArbResult<Value> {
@@ -693,11 +719,20 @@ fn data(g: &mut Gen) -> ArbResult<Value> {
         return Ok(match g.int(0..=2)? {
             // Big enough that a batch of it passes the body limit.
             0 => json!("d".repeat(g.int(100..=600)?)),
-            // Around serde_json's nesting limit of 128.
+            // Around the layer's depth limit, and serde_json's of 128.
             1 => {
+                let depth = if g.ratio(3, 4)? {
+                    g.int(MAX_DATA_DEPTH - 2..=MAX_DATA_DEPTH + 2)?
+                } else {
+                    g.int(120..=140)?
+                };
                 let mut v = json!(0);
-                for _ in 0..g.int(120..=140)? {
-                    v = json!([v]);
+                for _ in 0..depth {
+                    v = if g.ratio(1, 2)? {
+                        json!([v])
+                    } else {
+                        json!({"a": v})
+                    };
                 }
                 v
             }
@@ -720,16 +755,15 @@ fn data(g: &mut Gen) -> ArbResult<Value> {
 
 // --- the request body -----------------------------------------------------------------------
 
-/// A request body as hyper would hand it over: in chunks, perhaps failing partway (the client
-/// went away).
+/// A request body as hyper would hand it over: in chunks, perhaps failing or stalling partway.
 #[derive(Debug)]
 pub struct FuzzBody {
     chunks: VecDeque<Bytes>,
-    fails: bool,
+    end: BodyEnd,
 }
 
 impl FuzzBody {
-    fn new(body: &[u8], sizes: &[usize], fails: bool) -> Self {
+    fn new(body: &[u8], sizes: &[usize], end: BodyEnd) -> Self {
         let body = Bytes::copy_from_slice(body);
         let mut chunks = VecDeque::new();
         let mut at = 0;
@@ -740,7 +774,7 @@ impl FuzzBody {
         if at < body.len() {
             chunks.push_back(body.slice(at..));
         }
-        FuzzBody { chunks, fails }
+        FuzzBody { chunks, end }
     }
 }
 
@@ -755,13 +789,18 @@ impl http_body::Body for FuzzBody {
         if let Some(chunk) = self.chunks.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        if std::mem::take(&mut self.fails) {
-            return Poll::Ready(Some(Err(std::io::Error::new(
+        match std::mem::replace(&mut self.end, BodyEnd::Done) {
+            BodyEnd::Done => Poll::Ready(None),
+            BodyEnd::Fails => Poll::Ready(Some(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
                 "the client went away",
-            ))));
+            )))),
+            BodyEnd::Stalls => {
+                // Never woken: only the layer's body deadline ends the wait.
+                self.end = BodyEnd::Stalls;
+                Poll::Pending
+            }
         }
-        Poll::Ready(None)
     }
 }
 
@@ -843,8 +882,23 @@ fn build() -> (Service, SimpleIo) {
         .max_body(MAX_BODY)
         .max_messages_per_request(MAX_MESSAGES)
         .max_event_len(MAX_EVENT_LEN)
+        .max_data_depth(MAX_DATA_DEPTH)
+        .max_message_bytes(MAX_MESSAGE_BYTES)
+        .max_reply_bytes(96)
+        .max_namespaces_per_poll(MAX_NAMESPACES)
+        .body_timeout(Duration::from_secs(1))
         .batch_limit(2)
+        .max_batch_bytes(64)
         .max_queue(4)
+        .max_queue_per_sender(2)
+        .max_queue_bytes(512)
+        .max_queue_bytes_per_sender(256)
+        .max_dedup_per_client(2)
+        .max_dedup_per_user(4)
+        .max_clients_per_user(2)
+        .max_polls_per_user(2)
+        .max_polls(3)
+        .max_presence_queue(4)
         .message_ttl(MESSAGE_TTL)
         .dedup_window(Duration::from_secs(5))
         .handler_lease(Duration::from_millis(500))
@@ -927,30 +981,6 @@ fn spec_allows(status: u16, code: &str) -> bool {
         .iter()
         .filter(|row| row.statuses.contains(&status))
         .any(|row| row.codes.is_empty() || row.codes.iter().any(|c| c == code))
-}
-
-/// Codes the layer answers with that the spec's table does not list yet, each with why it is
-/// let through for now. The replay fails once the spec lists one, so that it is taken off.
-pub const NOT_YET_IN_SPEC: &[(u16, &str, &str)] = &[(
-    400,
-    "body_unreadable",
-    "the request body failed partway (the client went away); the answer rarely reaches anyone",
-)];
-
-/// The entries of [`NOT_YET_IN_SPEC`] that the spec lists by now.
-pub fn listed_by_now() -> Vec<(u16, &'static str)> {
-    NOT_YET_IN_SPEC
-        .iter()
-        .filter(|&&(status, code, _)| spec_allows(status, code))
-        .map(|&(status, code, _)| (status, code))
-        .collect()
-}
-
-fn allowed(status: u16, code: &str) -> bool {
-    spec_allows(status, code)
-        || NOT_YET_IN_SPEC
-            .iter()
-            .any(|&(s, c, _)| s == status && c == code)
 }
 
 // --- running and checking a case ------------------------------------------------------------
@@ -1091,18 +1121,17 @@ fn check_route(req: &Req, answer: &Answer, state: &mut ClientState) -> String {
     if !is_json_type {
         fail("an answer on the route is not `Content-Type: application/json`");
     }
-    // JSON of any depth: the layer passes `data` through as it came, so an answer may nest
-    // deeper than serde_json's default limit (128) for a `Value`. Skipping a value, as
-    // `IgnoredAny` and `RawValue` do, has no limit.
-    if serde_json::from_slice::<IgnoredAny>(&answer.body).is_err() {
-        fail("an answer on the route is not JSON");
+    // Read as a `Value`, within serde_json's default nesting limit: the layer bounds the depth
+    // of `data` both ways so that every client can parse what it is sent.
+    if serde_json::from_slice::<Value>(&answer.body).is_err() {
+        fail("an answer on the route is not JSON a default serde_json can read");
     }
     let status = answer.status.as_u16();
     if status != 200 {
         let Ok(ErrorAnswer { error }) = serde_json::from_slice(&answer.body) else {
             fail("an error answer is not `{\"error\": {\"code\", \"message\"}}`");
         };
-        if !allowed(status, &error.code) {
+        if !spec_allows(status, &error.code) {
             fail("the spec's error table does not list this status with this code");
         }
         if status == 405 {
@@ -1112,6 +1141,17 @@ fn check_route(req: &Req, answer: &Answer, state: &mut ClientState) -> String {
                 .and_then(|v| v.to_str().ok());
             if allow != Some("GET, POST") {
                 fail("a 405 without `Allow: GET, POST`");
+            }
+        }
+        // The spec has the client wait `Retry-After` seconds before it tries again.
+        if matches!(status, 429 | 503) {
+            let retry_after = answer
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if retry_after.is_none() {
+                fail("a 429 or 503 without `Retry-After` in seconds");
             }
         }
         return error.code;
