@@ -132,6 +132,20 @@ struct ClientState {
     cursor: Option<u64>,
 }
 
+impl ClientState {
+    /// Keeps the storage's epoch; a case's storage never loses its data, so it never changes.
+    fn same_epoch(&mut self, epoch: &str) -> Result<(), &'static str> {
+        match &self.epoch {
+            Some(known) if known != epoch => Err("the epoch changed, with nothing lost"),
+            Some(_) => Ok(()),
+            None => {
+                self.epoch = Some(epoch.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Req {
     fn uri(&self, state: &ClientState) -> String {
         let Some(parts) = &self.query else {
@@ -1158,21 +1172,22 @@ fn check_route(req: &Req, answer: &Answer, state: &mut ClientState) -> String {
     }
     let checked = match req.method {
         Method::GET => check_poll(&answer.body, state),
-        Method::POST => check_send(&req.body, &answer.body),
+        Method::POST => check_send(&req.body, &answer.body, state),
         _ => fail("a method other than GET and POST was answered 200"),
     };
     checked.unwrap_or_else(|why| fail(why))
 }
 
-/// `{"error": {"code", "message"}}` and nothing else (§5).
+// The answers' shapes. Fields besides these are let be: the spec has clients ignore fields
+// they do not know, in every response, so that later versions can add some.
+
+/// `{"error": {"code", "message"}}` (§5).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ErrorAnswer {
     error: ErrorObject,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ErrorObject {
     code: String,
     #[allow(dead_code, reason = "only its presence is checked")]
@@ -1181,7 +1196,6 @@ struct ErrorObject {
 
 /// A poll's `200` (§3).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PollAnswer<'a> {
     epoch: String,
     cursor: u64,
@@ -1189,10 +1203,13 @@ struct PollAnswer<'a> {
     messages: Vec<StoredAnswer<'a>>,
     #[serde(borrow)]
     volatile: Vec<VolatileAnswer<'a>>,
+    /// Only in the answer to a handshake: the server's limits, by name.
+    limits: Option<Map<String, Value>>,
+    /// Present, and `true`, only when a newer poll of the client ended this one.
+    taken_over: Option<bool>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StoredAnswer<'a> {
     pos: u64,
     ns: Option<String>,
@@ -1204,7 +1221,6 @@ struct StoredAnswer<'a> {
 
 /// As a stored message, without `pos`.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VolatileAnswer<'a> {
     ns: Option<String>,
     event: String,
@@ -1215,14 +1231,13 @@ struct VolatileAnswer<'a> {
 
 /// A send's `200` (§4).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SendAnswer<'a> {
+    epoch: String,
     #[serde(borrow)]
     acks: Vec<AckAnswer<'a>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct AckAnswer<'a> {
     id: String,
     /// `Some` for `"reply": null` too.
@@ -1230,6 +1245,8 @@ struct AckAnswer<'a> {
     reply: Option<&'a RawValue>,
     error: Option<ErrorObject>,
     pending: Option<bool>,
+    /// With every `pending`: when to send the message again.
+    retry_after_ms: Option<u64>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -1280,7 +1297,15 @@ fn check_poll(body: &[u8], state: &mut ClientState) -> Result<String, &'static s
         }
         check_namespace_field(&v.ns)?;
     }
-    state.epoch = Some(poll.epoch);
+    if let Some(limits) = &poll.limits
+        && !limits.values().all(|v| v.is_u64())
+    {
+        return Err("`limits` holds something other than non-negative integers");
+    }
+    if poll.taken_over == Some(false) {
+        return Err("`taken_over` is present but not `true`");
+    }
+    state.same_epoch(&poll.epoch)?;
     state.cursor = Some(poll.cursor);
     Ok(match (poll.messages.is_empty(), poll.volatile.is_empty()) {
         (true, true) => "empty",
@@ -1292,11 +1317,12 @@ fn check_poll(body: &[u8], state: &mut ClientState) -> Result<String, &'static s
 }
 
 /// A send's `200`: one ack per message sent, in order, each with exactly one outcome.
-fn check_send(sent: &[u8], body: &[u8]) -> Result<String, &'static str> {
+fn check_send(sent: &[u8], body: &[u8], state: &mut ClientState) -> Result<String, &'static str> {
     let sent: SentBatch =
         serde_json::from_slice(sent).map_err(|_| "a body that is not a batch got 200")?;
-    let answer: SendAnswer =
-        serde_json::from_slice(body).map_err(|_| "a send's 200 is not `{acks: [{id, …}]}`")?;
+    let answer: SendAnswer = serde_json::from_slice(body)
+        .map_err(|_| "a send's 200 is not `{epoch, acks: [{id, …}]}`")?;
+    state.same_epoch(&answer.epoch)?;
     let sent: Vec<&str> = sent.messages.iter().map(|m| m.id.as_str()).collect();
     let acked: Vec<&str> = answer.acks.iter().map(|a| a.id.as_str()).collect();
     if acked != sent {
@@ -1307,7 +1333,8 @@ fn check_send(sent: &[u8], body: &[u8]) -> Result<String, &'static str> {
         let outcome = match (&ack.reply, &ack.error, ack.pending) {
             (Some(_), None, None) => "reply",
             (None, Some(_), None) => "error",
-            (None, None, Some(true)) => "pending",
+            (None, None, Some(true)) if ack.retry_after_ms.is_some() => "pending",
+            (None, None, Some(true)) => return Err("a `pending` ack without `retry_after_ms`"),
             _ => return Err("an ack has not exactly one of `reply`, `error`, `pending: true`"),
         };
         if !outcomes.contains(&outcome) {

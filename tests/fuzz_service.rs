@@ -125,6 +125,7 @@ fn random_inputs_pass_and_reach_every_kind_of_answer() {
         (400, "unknown_namespace"),
         (400, "too_many_namespaces"),
         (400, "data_too_deep"),
+        (400, "duplicate_id"),
         (400, "body_unreadable"),
         (401, "unauthorized"),
         (403, "forbidden"),
