@@ -119,6 +119,10 @@ impl Config {
             batch_limit: self.batch_limit,
             max_batch_bytes: self.max_batch_bytes,
             max_namespaces: self.max_namespaces,
+            dedup_window_ms: self.dedup_window.as_millis() as u64,
+            pending_wait_ms: self.pending_wait.as_millis() as u64,
+            handler_lease_ms: self.handler_lease.as_millis() as u64,
+            presence_ttl_ms: self.presence_ttl.as_millis() as u64,
         }
     }
 

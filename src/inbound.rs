@@ -267,6 +267,7 @@ async fn handle_once(
     // away mid-call, hyper drops this request's future; the call must still run to its end and
     // be recorded, or its retry would be told `pending` until the lease ends and then run the
     // handler a second time, after a first call that may have done its work.
+    let recorded_key = key.clone();
     let task = tokio::spawn({
         let io = io.clone();
         let (user, client) = (user.clone(), client.clone());
@@ -296,13 +297,16 @@ async fn handle_once(
     match task.await {
         Ok(result) => Ok(result?),
         Err(e) => {
-            // The handler panicked. Its record stays in progress until the lease ends, as if
-            // this request had died with it.
+            // The handler panicked: a final error, recorded like any other, so that a resend
+            // gets it again rather than a second run.
             tracing::error!(?user, %client, error = %e, "the handler panicked");
-            Ok(Handled::Done(AckOutcome::Error(ErrorBody {
+            let outcome = AckOutcome::Error(ErrorBody {
                 code: "handler_error".to_owned(),
                 message: "the server failed to handle this message".to_owned(),
-            })))
+            });
+            let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
+            complete(shared, &recorded_key, &stored, config.dedup_window).await?;
+            Ok(Handled::Done(outcome))
         }
     }
 }
@@ -386,7 +390,15 @@ async fn call_handler(
         Ok(reply) => {
             let reply = reply.into_raw();
             let max = shared.config.max_reply_bytes;
-            if reply.get().len() > max {
+            let depth = shared.config.max_data_depth;
+            if crate::json::depth_exceeds(reply.get().as_bytes(), depth) {
+                tracing::warn!(?user, %client, ?event, depth,
+                    "a handler reply nests deeper than max_data_depth; answering an error");
+                AckOutcome::Error(ErrorBody {
+                    code: "reply_too_deep".to_owned(),
+                    message: format!("the server's reply nests deeper than {depth} levels"),
+                })
+            } else if reply.get().len() > max {
                 tracing::warn!(?user, %client, ?event, size = reply.get().len(), max,
                     "a handler reply is larger than max_reply_bytes; answering an error");
                 AckOutcome::Error(ErrorBody {

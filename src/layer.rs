@@ -110,8 +110,9 @@ where
         let path = req.uri().path();
         if path != self.shared.config.path {
             // The browser client, public like any static file: no identity needed.
-            let is_script = path.strip_prefix(self.shared.config.path.as_str())
-                == Some(SCRIPT_SUFFIX)
+            // Under `/`, the script is `/simpleio.js`, not `//simpleio.js`.
+            let route = self.shared.config.path.trim_end_matches('/');
+            let is_script = path.strip_prefix(route) == Some(SCRIPT_SUFFIX)
                 && (req.method() == Method::GET || req.method() == Method::HEAD);
             if is_script {
                 let response = crate::script::serve(req.headers());
@@ -171,7 +172,9 @@ where
         poll::respond(&shared, user, parts).await
     } else {
         let io = SimpleIo::new(shared.clone());
-        inbound::respond(&shared, io, user, &parts, body).await
+        // Boxed: a POST's state is larger than a poll's, and would otherwise size every
+        // waiting poll's future too.
+        Box::pin(inbound::respond(&shared, io, user, &parts, body)).await
     };
     result.unwrap_or_else(|e| {
         match &e {
@@ -320,6 +323,28 @@ mod tests {
         let size = std::mem::size_of_val(&route(service.shared.clone(), Box::new(parts), body));
         eprintln!("the route's future is {size} bytes");
         assert!(size <= 1536, "the route's future is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn under_the_root_path_the_script_is_at_slash_simpleio_js() {
+        let (layer, _io) = crate::SimpleIoLayer::builder().path("/").build();
+        let mut service = tower_layer::Layer::layer(
+            &layer,
+            tower::service_fn(|_: Request<Full<Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            }),
+        );
+        let request = Request::get("/simpleio.js")
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        let response = service.call(request).await.expect("infallible");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let kind = response.headers().get(http::header::CONTENT_TYPE);
+        assert!(
+            kind.and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("javascript")),
+            "{kind:?}"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub(crate) async fn respond(
     // A client without a cursor is new (or lost its state): answer at once, so it learns its
     // epoch and cursor — and that it is connected — without waiting out a hold.
     let handshake = cursor.is_none();
+    let mut sent_epoch = cursor.as_ref().map(|(epoch, _)| epoch.clone());
     let mut cursor = cursor;
     let mut volatile: Vec<WireVolatile> = Vec::new();
     let mut next_recheck = Instant::now() + config.recheck;
@@ -110,12 +111,26 @@ pub(crate) async fn respond(
         // while waiting.
         let mut inbox = watch.take();
         volatile.append(&mut inbox.volatile);
-        if handshake || !batch.messages.is_empty() || !volatile.is_empty() || inbox.taken_over {
+        // A cursor of another epoch: the storage lost its data, which the client learns now,
+        // not after a hold.
+        let new_epoch = sent_epoch.take().is_some_and(|e| e != batch.epoch);
+        if handshake
+            || new_epoch
+            || !batch.messages.is_empty()
+            || !volatile.is_empty()
+            || inbox.taken_over
+        {
             if inbox.taken_over {
                 tracing::debug!(?user, %client, "a newer poll of this client took over");
             }
             let limits = handshake.then_some(&shared.limits);
-            return Ok(answer(batch, &volatile, limits, inbox.taken_over));
+            return Ok(answer(
+                batch,
+                &volatile,
+                config.max_batch_bytes,
+                limits,
+                inbox.taken_over,
+            ));
         }
         // From here on the cursor the client holds is the batch's (the epoch may have changed).
         cursor = Some((batch.epoch.clone(), batch.cursor));
@@ -133,10 +148,10 @@ pub(crate) async fn respond(
                     volatile.append(&mut inbox.volatile);
                     if inbox.taken_over {
                         tracing::debug!(?user, %client, "a newer poll of this client took over");
-                        return Ok(answer(batch, &volatile, None, true));
+                        return Ok(answer(batch, &volatile, config.max_batch_bytes, None, true));
                     }
                     if !volatile.is_empty() {
-                        return Ok(answer(batch, &volatile, None, false));
+                        return Ok(answer(batch, &volatile, config.max_batch_bytes, None, false));
                     }
                     if inbox.read_again {
                         break;
@@ -144,7 +159,7 @@ pub(crate) async fn respond(
                 }
                 () = sleep_until(next_recheck.min(deadline)) => {
                     if !recheck {
-                        return Ok(answer(batch, &volatile, None, false));
+                        return Ok(answer(batch, &volatile, config.max_batch_bytes, None, false));
                     }
                     next_recheck = Instant::now() + config.recheck;
                     break;
@@ -173,12 +188,48 @@ fn fit_bytes(mut batch: FetchBatch, max: usize) -> FetchBatch {
     batch
 }
 
+/// The volatile messages that fit beside the batch's stored ones within `max` bytes (at least
+/// one when there is no stored message): volatile messages are at most once, and a response must
+/// stay one every client can take. The rest are dropped, as for a client between two polls.
+fn fit_volatile<'a>(
+    batch: &FetchBatch,
+    volatile: &'a [WireVolatile],
+    max: usize,
+) -> &'a [WireVolatile] {
+    let mut total: usize = batch
+        .messages
+        .iter()
+        .map(|m| m.data.get().len() + m.event.len())
+        .sum();
+    let fits = volatile
+        .iter()
+        .position(|m| {
+            total = total.saturating_add(m.data.get().len() + m.event.len());
+            total > max
+        })
+        .unwrap_or(volatile.len());
+    let keep = if batch.messages.is_empty() {
+        fits.max(1).min(volatile.len())
+    } else {
+        fits
+    };
+    if keep < volatile.len() {
+        tracing::debug!(
+            dropped = volatile.len() - keep,
+            "volatile messages over the response's byte limit were dropped"
+        );
+    }
+    &volatile[..keep]
+}
+
 fn answer(
     batch: FetchBatch,
     volatile: &[WireVolatile],
+    max_bytes: usize,
     limits: Option<&Limits>,
     taken_over: bool,
 ) -> Response<Full<Bytes>> {
+    let volatile = fit_volatile(&batch, volatile, max_bytes);
     // The envelope and each message's fields, beside the payloads themselves.
     let size = 96
         + batch

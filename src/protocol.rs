@@ -203,6 +203,10 @@ pub(crate) struct Limits {
     pub(crate) batch_limit: usize,
     pub(crate) max_batch_bytes: usize,
     pub(crate) max_namespaces: usize,
+    pub(crate) dedup_window_ms: u64,
+    pub(crate) pending_wait_ms: u64,
+    pub(crate) handler_lease_ms: u64,
+    pub(crate) presence_ttl_ms: u64,
 }
 
 /// A volatile message as a client receives it.

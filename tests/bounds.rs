@@ -87,6 +87,9 @@ on_each_storage!(
 async fn relay(msg: Incoming) -> Result<Reply, BoxError> {
     match msg.event.as_str() {
         "echo" => Ok(Reply::from(msg.data)),
+        "deep_reply" => Ok(Reply::from(serde_json::value::RawValue::from_string(
+            "[".repeat(100) + &"]".repeat(100),
+        )?)),
         "chat" => {
             let line: Value = msg.json()?;
             let to = line["to"].as_str().unwrap_or_default().to_owned();
@@ -502,6 +505,10 @@ async fn deep_or_large_data_is_refused_both_ways_and_backlogs_come_in_bounded_re
         .await
         .assert_error(413, "message_too_large");
 
+    // So do the handler's replies.
+    let acks = eve.send(json!([{"id": "r1", "event": "deep_reply"}])).await;
+    assert_eq!(acks[0]["error"]["code"], "reply_too_deep", "{acks:?}");
+
     // The server's own sends hold to the same bounds.
     let deep_value: Value =
         serde_json::from_str(&("[".repeat(20) + &"]".repeat(20))).expect("json");
@@ -642,4 +649,49 @@ async fn a_slow_presence_handler_queues_only_so_many_changes() {
         counter.load(Ordering::Relaxed) > total
     })
     .await;
+}
+
+#[tokio::test]
+async fn volatile_messages_stay_within_a_responses_byte_limit() {
+    let server = TestServer::start(
+        SimpleIoLayer::builder()
+            .hold_time(Duration::from_secs(5))
+            .max_message_bytes(300_000)
+            .max_batch_bytes(700_000),
+    )
+    .await;
+    let wire = Wire::new(&server);
+    let mut ann = wire.tab("ann", "ann-tab");
+    ann.receive().await;
+    // Ten volatile messages of 250 KB come while ann's poll is being answered; the response
+    // carries what fits in 700 KB.
+    let query = ann.query();
+    let poll = tokio::spawn({
+        let wire = wire.clone();
+        async move { wire.get(Some("ann"), &query).await }
+    });
+    let io = server.io.clone();
+    support::wire::eventually("ann's poll waits", || io.waiting_polls() == 1).await;
+    let big = "v".repeat(250_000);
+    for _ in 0..10 {
+        server
+            .io
+            .to("ann")
+            .volatile()
+            .emit("big", &big)
+            .await
+            .expect("published");
+    }
+    let answer = poll.await.expect("poll");
+    assert!(
+        answer.text.len() < 800_000,
+        "a response of {} bytes",
+        answer.text.len()
+    );
+    let batch = answer.batch();
+    assert!(
+        !batch.volatile.is_empty() && batch.volatile.len() <= 2,
+        "{}",
+        batch.volatile.len()
+    );
 }

@@ -106,3 +106,20 @@ async fn a_sender_waiting_on_an_unconfirmed_message_learns_it_was_lost() {
         other => panic!("expected NotDelivered, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_poll_with_a_stale_epoch_answers_at_once() {
+    let storage = MemoryStorage::new();
+    let server = TestServer::start(builder(&storage, Duration::from_secs(20))).await;
+    let mut tab = Wire::new(&server).tab("ann", "tab1");
+    tab.receive().await;
+    storage.reset();
+    // A hold of 20 s, and nothing to deliver: the new epoch alone is worth answering for.
+    let started = std::time::Instant::now();
+    let resynced = tab.peek().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a poll with a stale epoch waited out its hold"
+    );
+    assert_ne!(Some(resynced.epoch), tab.epoch);
+}

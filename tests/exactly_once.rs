@@ -222,3 +222,36 @@ async fn a_message_id_repeated_within_one_post_is_refused() {
         .assert_error(400, "duplicate_id");
     assert_eq!(calls.started(), 0, "a refused request reached the handler");
 }
+
+#[tokio::test]
+async fn a_handler_that_panicked_is_not_run_again_by_a_resend() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let server = TestServer::start(
+        SimpleIoLayer::builder()
+            .hold_time(Duration::from_millis(300))
+            .handler_lease(Duration::from_millis(200))
+            .handler(service_fn(move |_msg: Incoming| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if true {
+                        panic!("a bug in the handler");
+                    }
+                    Ok::<_, BoxError>(Reply::from(json!(null)))
+                }
+            })),
+    )
+    .await;
+    let tab = Wire::new(&server).tab("ann", "tab1");
+    let first = tab.send(json!([{"id": "m1", "event": "e"}])).await;
+    assert_eq!(first[0]["error"]["code"], "handler_error", "{first:?}");
+    // Past the lease, a resend (the first answer was lost, say) gets the recorded outcome.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = tab.send(json!([{"id": "m1", "event": "e"}])).await;
+    assert_eq!(again, first);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a resend ran the handler again"
+    );
+}
