@@ -97,7 +97,7 @@ impl ClientBuilder {
             send_timeout: Duration::from_secs(30),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
-            pending_delay: Duration::from_secs(1),
+            pending_delay: Duration::from_millis(250),
             batch_limit: 100,
             retry_window: Duration::from_secs(9 * 60),
             max_event_len: 128,
@@ -238,7 +238,8 @@ impl ClientBuilder {
     }
 
     /// How long to wait before asking again about a message the server acknowledged as
-    /// `pending` (an earlier request is still handling it; default 1 s).
+    /// `pending`, when the server does not say (its `retry_after_ms`, which is used when given;
+    /// default 250 ms, as the spec's §4).
     ///
     /// ```
     /// # use std::time::Duration;

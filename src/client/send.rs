@@ -58,11 +58,20 @@ fn next_after(error: &ConnectionError, batch: usize) -> Next {
         ConnectionError::Rejected {
             status: 401 | 403, ..
         } => Next::RetryLongest,
-        // A proxy's timeout or rate limit: nothing wrong with the request itself.
+        // A proxy's timeout or rate limit, or an upload that broke: nothing wrong with the
+        // request itself.
         ConnectionError::Rejected {
             status: 408 | 425 | 429,
             ..
         } => Next::Retry,
+        ConnectionError::Rejected {
+            status: 400, code, ..
+        } if code == "body_unreadable" => Next::Retry,
+        // Never split (spec §5): the halves would carry one id with two contents. The client's
+        // ids are unique, so this is a bug; the batch fails loudly.
+        ConnectionError::Rejected {
+            status: 400, code, ..
+        } if code == "duplicate_id" => Next::Fail,
         // The server validates the whole batch before handling any of it, so none of these
         // messages were handled: sending them in smaller groups is safe.
         ConnectionError::Rejected {
@@ -360,6 +369,14 @@ mod tests {
         assert_eq!(next_after(&rejected(400), 2), Next::Split);
         assert_eq!(next_after(&rejected(415), 2), Next::Fail);
         assert_eq!(next_after(&rejected(429), 2), Next::Retry);
+        let with_code = |code: &str| ConnectionError::Rejected {
+            status: 400,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert_eq!(next_after(&with_code("body_unreadable"), 2), Next::Retry);
+        assert_eq!(next_after(&with_code("duplicate_id"), 2), Next::Fail);
+        assert_eq!(next_after(&with_code("data_too_deep"), 2), Next::Split);
         let unavailable = ConnectionError::Server {
             status: 503,
             code: "storage_unavailable".into(),
