@@ -2494,3 +2494,69 @@ async fn what_a_dedup_record_and_a_client_id_cost_in_redis() {
     );
     assert!(client < 1_000.0, "a client id costs {client:.0} bytes");
 }
+
+/// A client in 30,000 rooms is reaped in scripts of bounded work: no command Redis runs takes
+/// 20 ms (its slow log says so), and every membership is gone at the end, the departure
+/// reported once.
+#[tokio::test]
+async fn reaping_a_client_in_thousands_of_rooms_runs_no_long_script() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let tab = Member::Client(UserId::from("ann"), ClientId::new("tab1").expect("id"));
+    let rooms: Vec<String> = (0..30_000).map(|i| format!("room{i}")).collect();
+    for chunk in rooms.chunks(1_000) {
+        let joins = chunk
+            .iter()
+            .map(|room| storage.join(room, &tab, Duration::from_secs(60)));
+        for joined in futures_util::future::join_all(joins).await {
+            joined.expect("join");
+        }
+    }
+    storage
+        .fetch(request_with_presence(
+            "ann",
+            "tab1",
+            Duration::from_millis(300),
+        ))
+        .await
+        .expect("fetch");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (arg, value) in [
+        ("slowlog-log-slower-than", "20000"),
+        ("slowlog-max-len", "128"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(arg)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .expect("config set");
+    }
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .expect("slowlog reset");
+
+    let gone = storage.reap().await.expect("reap");
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(gone[0].user_went_offline);
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .query_async(&mut conn)
+        .await
+        .expect("slowlog get");
+    assert!(slow.is_empty(), "commands of 20 ms or more: {slow:?}");
+    for room in ["room0", "room14999", "room29999"] {
+        assert!(
+            storage.members(room).await.expect("members").is_empty(),
+            "{room} kept a reaped client"
+        );
+    }
+    assert!(storage.rooms(&tab).await.expect("rooms").is_empty());
+    assert!(storage.reap().await.expect("reap").is_empty());
+}

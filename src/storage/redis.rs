@@ -183,6 +183,10 @@ const REAP_GRACE: Duration = Duration::from_secs(600);
 /// one script never blocks Redis for long.
 const REAP_BATCH: usize = 500;
 
+/// The most room memberships one reap script removes, over all its clients: a client may be in
+/// thousands of rooms, so the clients alone do not bound a script's work.
+const REAP_ROOMS: usize = 4_096;
+
 /// The most undelivered log entries one append call looks at, per user, for a delivered one
 /// to evict from a full log (from the oldest on), and per user and sender, for one of the
 /// sender's own to evict when they hold their share. A log whose delivered entries all lie
@@ -1137,6 +1141,7 @@ fn source(body: &str) -> String {
         .replace("EVICT_SCAN", &EVICT_SCAN.to_string())
         .replace("EXPIRE_SLACK", &EXPIRE_SLACK.to_string())
         .replace("CLAIM_EVICT", &CLAIM_EVICT.to_string())
+        .replace("REAP_ROOMS", &REAP_ROOMS.to_string())
         .replace("EXPIRY_STEP_MS", &EXPIRY_STEP.as_millis().to_string())
 }
 
@@ -1929,14 +1934,29 @@ local limit = tonumber(ARGV[4])
 local pk = P .. 'presence'
 local lapsed = redis.call('ZRANGEBYSCORE', pk, '-inf', str(now), 'LIMIT', 0, limit)
 local departed, order = {}, {}
+-- Memberships go at most REAP_ROOMS per script: a client whose rooms are not all gone yet stays
+-- lapsed in the presence index, and the next script goes on with it.
+local budget, unfinished = REAP_ROOMS, false
 for _, m in ipairs(lapsed) do
-  redis.call('ZREM', pk, m)
   local c, u = string.match(m, '^c:([%w_%-]+):(.*)$')
+  local rooms = c and mkey(m, 'rooms')
   if c then
-    local rooms = mkey(m, 'rooms')
-    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+    if budget <= 0 then
+      unfinished = true
+      break
+    end
+    local popped = redis.call('SPOP', rooms, budget)
+    for _, room in ipairs(popped) do
       redis.call('SREM', P .. 'room:' .. room, m)
     end
+    budget = budget - #popped
+    if redis.call('SCARD', rooms) > 0 then
+      unfinished = true
+      break
+    end
+  end
+  redis.call('ZREM', pk, m)
+  if c then
     redis.call('DEL', mkey(m, 'rec'), mkey(m, 'data'), rooms)
     -- Only clients that polled arrived, so only they depart; the rest just go.
     if redis.call('ZREM', key(u, 'live'), c) == 1 then
@@ -1948,7 +1968,7 @@ for _, m in ipairs(lapsed) do
     end
   end
 end
-local out = {#lapsed >= limit and '1' or '0'}
+local out = {(unfinished or #lapsed >= limit) and '1' or '0'}
 for _, u in ipairs(order) do
   local latest = redis.call('ZRANGE', key(u, 'live'), -1, -1, 'WITHSCORES')
   local offline = #latest == 0
