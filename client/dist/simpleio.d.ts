@@ -13,14 +13,17 @@ export interface Options {
   credentials?: RequestCredentials;
   /** The `fetch` to use (default: the global one). */
   fetch?: typeof fetch;
-  /** Request timeout in ms, a little above the server's hold time. Default 35000. */
+  /** `GET` timeout in ms, a little above the server's hold time. Default 35000. */
   timeout?: number;
+  /** `POST` timeout in ms: the server may hold one for its pending wait plus the handler's
+   * time. Default 30000 (spec §4). */
+  postTimeout?: number;
   /** Backoff after a failure: min(backoffMax, backoffBase × 2^attempts) × random(0.5, 1).
    * Defaults 500 and 30000 ms. */
   backoffBase?: number;
   backoffMax?: number;
-  /** The server's dedup window in ms (default 600000): a message sent but not answered
-   * within it rejects with code `expired` instead of being resent. */
+  /** How long in ms a message sent but not answered is resent (default 540000, inside the
+   * server's 10-minute dedup window); past it, it rejects with code `expired`. */
   dedupWindow?: number;
 }
 
@@ -32,6 +35,8 @@ export interface SimpleIOError extends Error {
   code?: string;
   /** The HTTP status, when the error came with a response. */
   status?: number;
+  /** The response's `Retry-After`, in seconds, if it had one (`429`, `503`). */
+  after?: string | null;
 }
 
 /**

@@ -1,6 +1,6 @@
 // simpleio browser client: reliable realtime messaging over HTTP long-polling.
 //
-// This file implements docs/spec.md (client protocol v1) and nothing else; read the two side by
+// This file implements docs/spec.md (client protocol v1.1) and nothing else; read the two side by
 // side. It has no dependencies: `fetch`, `AbortController`, `URL` and `crypto.getRandomValues`
 // are in every current browser and in Node 20+. The readable source is what people audit; the
 // minifier does the squeezing, so prefer clarity over clever short code here. (Concessions to
@@ -21,9 +21,11 @@
 
 const g = globalThis;
 
-// An Error carrying the protocol's machine-readable `code` (and the HTTP `status` when there is
-// one), so applications can branch on `err.code` as the spec intends.
-const fail = (code, message, status) => Object.assign(new Error(message), { code, status });
+// An Error carrying the protocol's machine-readable `code` (and the HTTP `status` and the
+// `Retry-After` seconds when there are), so applications can branch on `err.code` as the spec
+// intends.
+const fail = (code, message, status, after) =>
+  Object.assign(new Error(message), { code, status, after });
 
 // 4xx statuses that mean "this request, as it is, will never succeed" (spec §5). 408 and 429 are
 // the server asking us to come back later, so they are retried like a 5xx.
@@ -77,13 +79,15 @@ export function SimpleIO(url, options) {
     // use it too: a handler slower than this is treated like a lost response and retried
     // (same ids).
     timeout: 35e3,
+    // POSTs: the server may hold one for its pending wait plus the handler's time (spec §4).
+    postTimeout: 3e4,
     // Backoff: min(max, base * 2^attempts) * random(0.5, 1.0) (spec §5).
     backoffBase: 500,
     backoffMax: 30e3,
-    // The server remembers a message id this long (spec §4, §6). A message sent but never
-    // answered within it is reported as failed instead of being resent, since a resend after
-    // the window could be handled a second time.
-    dedupWindow: 6e5,
+    // How long a message sent but never answered is resent (spec §4: 9 minutes, inside the
+    // server's 10-minute dedup window). Past it, it is reported as failed instead, since a
+    // resend after the window could be handled a second time.
+    dedupWindow: 54e4,
     ...options,
   };
   // Relative URLs resolve against the page; outside a browser (Node) the URL must be absolute.
@@ -156,9 +160,13 @@ export function SimpleIO(url, options) {
 
   // Spec §5: min(max, base * 2^attempts) * random(0.5, 1.0); the longest wait for a request
   // the server refuses (a bug or a signed-out user), so a client never hammers the server.
-  const backoff = (attempts, status) =>
-    (refused(status) ? o.backoffMax : Math.min(o.backoffMax, o.backoffBase * 2 ** attempts)) *
-    (0.5 + Math.random() / 2);
+  // A `Retry-After` (429, 503) is a floor.
+  const backoff = (attempts, err) =>
+    Math.max(
+      (refused(err.status) ? o.backoffMax : Math.min(o.backoffMax, o.backoffBase * 2 ** attempts)) *
+        (0.5 + Math.random() / 2),
+      err.after * 1e3 || 0,
+    );
 
   // A sleep that wake() can cut short.
   const sleep = (ms) =>
@@ -177,7 +185,7 @@ export function SimpleIO(url, options) {
   // of a 2xx; rejects with a network error, a timeout, or a `fail()` built from the error body.
   const request = async (body) => {
     const ctl = new AbortController();
-    const timer = setTimeout(() => ctl.abort(), o.timeout);
+    const timer = setTimeout(() => ctl.abort(), body ? o.postTimeout : o.timeout);
     const url = new URL(route);
     if (body) {
       posting = ctl;
@@ -209,7 +217,12 @@ export function SimpleIO(url, options) {
         // Every error on the route has a {"error": {code, message}} body (spec §5), except
         // perhaps one from a proxy in between, or the application's own 401/403.
         const { error = {} } = (await res.json().catch(() => 0)) || {};
-        throw fail(error.code, error.message || `HTTP ${res.status}`, res.status);
+        throw fail(
+          error.code,
+          error.message || `HTTP ${res.status}`,
+          res.status,
+          res.headers.get("retry-after"),
+        );
       }
       return JSON.parse(await res.text(), fromWire);
     } finally {
@@ -230,16 +243,19 @@ export function SimpleIO(url, options) {
         if (woken) continue; // we aborted it to re-poll at once
         setConnected(false, err);
         if (refused(err.status)) report("error", err);
-        await sleep(backoff(attempts++, err.status));
+        await sleep(backoff(attempts++, err));
         continue;
       }
       attempts = 0;
+      // The server's limits, from the handshake (spec §6): at most this many per POST.
+      if (res.limits) maxBatch = res.limits.max_messages;
       if (!this.connected) {
         setConnected(true);
         // The server is back: the send loop need not finish its backoff.
         wake();
       }
-      // Step 1: a new epoch means the server's storage was reset; positions start again.
+      // Step 2: a new epoch means the server's storage lost its data: every message of this
+      // answer is new to us (positions do not start again; they stay above old cursors).
       if (epoch != null && res.epoch !== epoch) cursor = null;
       // Step 2: deliver in order what is past the cursor; the rest are duplicates. The local
       // cursor also moves per message, so even a repeat inside one answer is dropped.
@@ -294,7 +310,8 @@ export function SimpleIO(url, options) {
       } catch (err) {
         if (closed) break;
         const status = err.status;
-        if (refused(status) && !unauthorized(status)) {
+        // `body_unreadable`: the upload broke on the way; sent again, it goes through.
+        if (refused(status) && !unauthorized(status) && err.code != "body_unreadable") {
           // This request will never succeed as it is (spec §5: 400, 405, 413, 415). Split the
           // batch until the culprit is alone, then fail that one message: the others must not
           // be dropped with it.
@@ -307,7 +324,7 @@ export function SimpleIO(url, options) {
           continue;
         }
         if (unauthorized(status)) report("error", err);
-        wait = backoff(attempts++, status);
+        wait = backoff(attempts++, err);
       }
       if (wait) await sleep(wait);
     }

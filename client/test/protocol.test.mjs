@@ -57,7 +57,7 @@ test("messages at or below the cursor are dropped as duplicates", async (t) => {
   assert.deepEqual(got, ["a", "b", "c"]);
 });
 
-test("a new epoch resets the cursor: positions start again and are delivered", async (t) => {
+test("a new epoch resets the cursor: every message of its answer is delivered", async (t) => {
   const got = [];
   const s = scripted([
     { epoch: "e1", cursor: 5, messages: [msg(5, "old")], volatile: [] },
@@ -305,4 +305,58 @@ test("the `credentials` option is passed to fetch", async (t) => {
 
 test("a relative or default URL needs a page; in Node the URL must be absolute", () => {
   assert.throws(() => new SimpleIO(), TypeError);
+});
+
+test("a handshake's limits size the POSTs (spec v1.1 §6)", async (t) => {
+  const s = scripted([{ epoch: "e", cursor: 0, messages: [], volatile: [], limits: { max_messages: 2 } }]);
+  const io = new SimpleIO(URL_, { fetch: s.fetch });
+  t.after(() => io.close());
+  await until("the handshake", () => s.gets().length == 2);
+  const replies = await Promise.all([1, 2, 3, 4, 5].map((n) => io.emit("e", n)));
+  assert.deepEqual(replies, [1, 2, 3, 4, 5]);
+  const posts = s.requests.filter((r) => r.init.method == "POST");
+  const sizes = posts.map((p) => JSON.parse(p.init.body).messages.length);
+  assert.ok(sizes.every((n) => n <= 2), `POST sizes ${sizes}`);
+});
+
+test("a 429's Retry-After is waited for before the POST is sent again (spec v1.1 §5)", async (t) => {
+  const s = scripted([]);
+  let refusals = 1;
+  const times = [];
+  const fetch = (url, init) => {
+    if (init.method == "POST") {
+      times.push(Date.now());
+      if (refusals-- > 0) {
+        const body = { error: { code: "too_many_in_progress", message: "later" } };
+        return Promise.resolve(Response.json(body, { status: 429, headers: { "retry-after": "1" } }));
+      }
+    }
+    return s.fetch(url, init);
+  };
+  const io = new SimpleIO(URL_, { fetch, backoffBase: 10 });
+  t.after(() => io.close());
+  assert.equal(await io.emit("e", "once"), "once");
+  assert.equal(times.length, 2);
+  assert.ok(times[1] - times[0] >= 950, `sent again after ${times[1] - times[0]} ms`);
+});
+
+test("body_unreadable is sent again as it is, not split or failed (spec v1.1 §5)", async (t) => {
+  const s = scripted([]);
+  let refusals = 1;
+  const bodies = [];
+  const fetch = (url, init) => {
+    if (init.method == "POST") {
+      bodies.push(JSON.parse(init.body).messages.length);
+      if (refusals-- > 0) {
+        const body = { error: { code: "body_unreadable", message: "the upload broke" } };
+        return Promise.resolve(Response.json(body, { status: 400 }));
+      }
+    }
+    return s.fetch(url, init);
+  };
+  const io = new SimpleIO(URL_, { fetch, backoffBase: 10 });
+  t.after(() => io.close());
+  const replies = await Promise.all([io.emit("e", 1), io.emit("e", 2)]);
+  assert.deepEqual(replies, [1, 2]);
+  assert.deepEqual(bodies, [2, 2], "the same batch, whole, twice");
 });

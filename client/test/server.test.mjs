@@ -162,7 +162,7 @@ test("a message still being handled is reported pending and asked for again", { 
   // The first POST gives up (client timeout) while the handler runs on; the retries, same id,
   // are told `pending` (the harness's server waits only 200 ms for the first to finish) until
   // the handler is done, then get its reply. The handler ran once.
-  const io = clients(t)(uniqueUser(), { fetch: watching, timeout: 700 });
+  const io = clients(t)(uniqueUser(), { fetch: watching, postTimeout: 700 });
   assert.equal(await io.emit("slow", { ms: 2000 }), "slept");
   assert.ok(pending >= 1, `told pending (${posts} POSTs, ${pending} pending)`);
 });
