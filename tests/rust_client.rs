@@ -851,3 +851,42 @@ async fn a_backlog_of_large_messages_reaches_the_client_in_bounded_responses() {
     }
     client.close().await;
 }
+
+/// Spec v1.1 §6: the client sizes its POSTs by the limits of the server's handshake, so it never
+/// meets `413 too_many_messages` to learn them.
+#[tokio::test]
+async fn the_handshakes_limits_size_the_batches() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let seen = Seen::default();
+    let (layer, _io) = recording_server(&seen)
+        .max_messages_per_request(2)
+        .identity(support::server::header_identity)
+        .build();
+    let too_large = Arc::new(AtomicUsize::new(0));
+    let counted = too_large.clone();
+    let app = axum::Router::new()
+        .layer(layer)
+        .layer(axum::middleware::map_response(
+            move |response: axum::response::Response| {
+                if response.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                std::future::ready(response)
+            },
+        ));
+    let running = support::server::RunningApp::start(app).await;
+    let (client, mut events) = Client::builder(running.url("/simpleio"))
+        .header("x-user", "ann")
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .expect("the client starts");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+    let replies = timeout(SOON, join_all((0..7).map(|i| client.emit("n", &i))))
+        .await
+        .expect("all acked");
+    assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    assert_eq!(lock(&seen).len(), 7);
+    assert_eq!(too_large.load(Ordering::SeqCst), 0, "the client met a 413");
+    client.close().await;
+}

@@ -395,6 +395,7 @@ impl ClientBuilder {
             http,
             headers: self.headers,
             config: config.clone(),
+            server_max_messages: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (events_tx, events_rx) = mpsc::channel(self.event_buffer);

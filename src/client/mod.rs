@@ -469,6 +469,9 @@ pub(crate) struct Transport {
     http: reqwest::Client,
     headers: HeaderMap,
     config: Arc<Config>,
+    /// The most messages per `POST` the server's handshake allows (spec §6; `usize::MAX` until
+    /// one said): the receive loop learns it, the send loop keeps to it.
+    server_max_messages: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Resolves once the client is told to stop, or every handle to it is gone.

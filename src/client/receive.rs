@@ -101,6 +101,11 @@ pub(crate) async fn run(
         match result {
             Ok(body) => {
                 backoff.reset();
+                if let Some(most) = body.limits.as_ref().and_then(|l| l.max_messages) {
+                    transport
+                        .server_max_messages
+                        .store(most.max(1), std::sync::atomic::Ordering::Relaxed);
+                }
                 let epoch = body.epoch.clone();
                 let (resynced, messages) = position.take(body);
                 let mut out = Vec::with_capacity(messages.len() + 2);

@@ -112,7 +112,11 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        let n = queue.len().min(limit);
+        // Within what the server's handshake allows, too (spec §6).
+        let allowed = transport
+            .server_max_messages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let n = queue.len().min(limit).min(allowed);
         let now = Instant::now();
         for message in queue.iter_mut().take(n) {
             message.first_try.get_or_insert(now);

@@ -17,6 +17,15 @@ pub(crate) struct PollBody {
     pub(crate) messages: Vec<WireMessage>,
     #[serde(default)]
     pub(crate) volatile: Vec<WireVolatile>,
+    /// In a handshake's answer: the server's limits (spec §6).
+    #[serde(default)]
+    pub(crate) limits: Option<WireLimits>,
+}
+
+/// The part of a handshake's `limits` this client uses.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireLimits {
+    pub(crate) max_messages: Option<usize>,
 }
 
 /// A stored message in a [`PollBody`].
