@@ -890,3 +890,62 @@ async fn the_handshakes_limits_size_the_batches() {
     assert_eq!(too_large.load(Ordering::SeqCst), 0, "the client met a 413");
     client.close().await;
 }
+
+/// Spec v1.1 §5: a `429`'s `Retry-After` is a floor under the client's backoff.
+#[tokio::test]
+async fn a_429s_retry_after_is_waited_for() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let seen = Seen::default();
+    let (layer, _io) = recording_server(&seen)
+        .identity(support::server::header_identity)
+        .build();
+    let refusals = Arc::new(AtomicUsize::new(1));
+    let posts = Arc::new(Mutex::new(Vec::new()));
+    let (left, times) = (refusals.clone(), posts.clone());
+    let app = axum::Router::new()
+        .layer(layer)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let (left, times) = (left.clone(), times.clone());
+                async move {
+                    if request.method() == http::Method::POST {
+                        times.lock().expect("lock").push(std::time::Instant::now());
+                        let refuse = left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        if refuse {
+                            let body =
+                                r#"{"error":{"code":"too_many_in_progress","message":"later"}}"#;
+                            return axum::response::Response::builder()
+                                .status(429)
+                                .header("retry-after", "1")
+                                .header("content-type", "application/json")
+                                .body(axum::body::Body::from(body))
+                                .expect("a response");
+                        }
+                    }
+                    next.run(request).await
+                }
+            },
+        ));
+    let running = support::server::RunningApp::start(app).await;
+    let (client, _events) = Client::builder(running.url("/simpleio"))
+        .header("x-user", "ann")
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .connect()
+        .expect("the client starts");
+    let reply = timeout(SOON, client.emit("n", &1))
+        .await
+        .expect("acked")
+        .expect("a reply");
+    assert_eq!(reply, json!({"echo": 1}));
+    let times = posts.lock().expect("lock").clone();
+    assert_eq!(times.len(), 2, "{times:?}");
+    let waited = times[1] - times[0];
+    assert!(
+        waited >= Duration::from_millis(950),
+        "sent again after {waited:?}"
+    );
+    client.close().await;
+}

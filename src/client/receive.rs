@@ -7,7 +7,7 @@ use tokio::time::sleep;
 use super::backoff::Backoff;
 use super::error::ConnectionError;
 use super::event::{Event, Message, MessageKind};
-use super::wire::{PollBody, exchange};
+use super::wire::{Failed, PollBody, exchange};
 use super::{Transport, stopped};
 
 /// Where the loop stands, for telling the application about changes only.
@@ -125,13 +125,15 @@ pub(crate) async fn run(
                 // Everything is with the application: the next poll may confirm it.
                 position.commit();
             }
-            Err(error) => {
+            Err(Failed { error, retry_after }) => {
                 // A refused sign-in or request will not clear up soon (spec §5): wait longest.
                 let delay = if is_permanent(&error) {
                     backoff.longest_delay()
                 } else {
                     backoff.next_delay()
                 };
+                // The server's `Retry-After` is a floor (spec §5).
+                let delay = retry_after.map_or(delay, |asked| delay.max(asked));
                 // Loud once per outage; the retries that follow are routine.
                 if state == State::Down {
                     tracing::debug!(%error, ?delay, "a poll failed again; retrying");

@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep};
 
 use super::backoff::Backoff;
 use super::error::{ConnectionError, EmitError};
-use super::wire::{AcksBody, OutMessage, SendBody, WireAck, exchange};
+use super::wire::{AcksBody, Failed, OutMessage, SendBody, WireAck, exchange};
 use super::{Transport, stopped};
 
 /// A message in the outbox.
@@ -150,13 +150,15 @@ pub(crate) async fn run(
                     None
                 }
             }
-            Err(error) => match next_after(&error, n) {
+            Err(Failed { error, retry_after }) => match next_after(&error, n) {
                 next @ (Next::Retry | Next::RetryLongest) => {
                     let delay = if next == Next::Retry {
                         backoff.next_delay()
                     } else {
                         backoff.longest_delay()
                     };
+                    // The server's `Retry-After` is a floor (spec §5).
+                    let delay = retry_after.map_or(delay, |asked| delay.max(asked));
                     if healthy {
                         tracing::warn!(%error, ?delay, messages = n, "sending failed; retrying");
                     } else {
@@ -200,7 +202,7 @@ pub(crate) async fn run(
 async fn post(
     transport: &Transport,
     batch: std::collections::vec_deque::Iter<'_, Outgoing>,
-) -> Result<AcksBody, ConnectionError> {
+) -> Result<AcksBody, Failed> {
     let config = &transport.config;
     let body = SendBody {
         client: &config.client_id,

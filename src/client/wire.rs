@@ -1,5 +1,7 @@
 //! The wire format of `docs/spec.md` as the client sees it, and one request/response exchange.
 
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -115,13 +117,52 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
-/// Sends `request` and reads a `200` body as `T`, or turns the outcome into a
-/// [`ConnectionError`]. Bodies past `limit` bytes are refused rather than buffered.
+/// A failed exchange: the error, and the `Retry-After` the server asked for, if any (spec §5:
+/// a floor under the backoff).
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: ConnectionError,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl From<ConnectionError> for Failed {
+    fn from(error: ConnectionError) -> Self {
+        Failed {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<reqwest::Error> for Failed {
+    fn from(error: reqwest::Error) -> Self {
+        ConnectionError::from(error).into()
+    }
+}
+
+/// Sends `request` and reads a `200` body as `T`, or turns the outcome into a [`Failed`].
+/// Bodies past `limit` bytes are refused rather than buffered.
 pub(crate) async fn exchange<T: DeserializeOwned>(
     request: reqwest::RequestBuilder,
     limit: usize,
+) -> Result<T, Failed> {
+    let response = request.send().await?;
+    // Whole seconds, as this server sends it (an HTTP date is not worth parsing here).
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    read(response, limit)
+        .await
+        .map_err(|error| Failed { error, retry_after })
+}
+
+async fn read<T: DeserializeOwned>(
+    mut response: reqwest::Response,
+    limit: usize,
 ) -> Result<T, ConnectionError> {
-    let mut response = request.send().await?;
     let status = response.status();
     // An error body is for people; a few KiB of it is plenty.
     let body_limit = if status.is_success() {
