@@ -26,7 +26,7 @@ mod script;
 mod shared;
 pub mod storage;
 
-/// The client protocol, version 1 (`docs/spec.md`): everything needed to write a client.
+/// The client protocol, version 1.1 (`docs/spec.md`): everything needed to write a client.
 pub mod spec {
     #![doc = include_str!("../docs/spec.md")]
 }
