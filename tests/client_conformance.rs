@@ -439,12 +439,12 @@ async fn through_faults(
 }
 
 /// For each exchange of `method` that `is_cause` picks, the gap from its answer to the arrival
-/// of the same client's next request of that method (none if there was no next).
-fn gaps_after(
-    log: &[Exchange],
+/// of the same client's next request of that method (if one came and ended).
+fn gaps_after<'a>(
+    log: &'a [Exchange],
     method: &Method,
     is_cause: impl Fn(&Exchange) -> bool,
-) -> Vec<Duration> {
+) -> Vec<(&'a Exchange, Duration)> {
     log.iter()
         .filter(|e| e.method == *method && is_cause(e))
         .filter_map(|cause| {
@@ -452,9 +452,14 @@ fn gaps_after(
                 .find(|e| {
                     e.method == *method && e.client == cause.client && e.arrived >= cause.answered
                 })
-                .map(|next| next.arrived - cause.answered)
+                .map(|next| (cause, next.arrived - cause.answered))
         })
         .collect()
+}
+
+/// The gaps alone.
+fn gaps(pairs: Vec<(&Exchange, Duration)>) -> Vec<Duration> {
+    pairs.into_iter().map(|(_, gap)| gap).collect()
 }
 
 // --- the adapters ------------------------------------------------------------------------------------
@@ -868,13 +873,9 @@ async fn pending(kind: Kind) {
         "the handler ran once"
     );
     let log = case.server.log();
-    for (exchange, gap) in log
-        .iter()
-        .filter(|e| e.method == Method::POST && !e.pending_acks().is_empty())
-        .zip(gaps_after(&log, &Method::POST, |e| {
-            !e.pending_acks().is_empty()
-        }))
-    {
+    let resends = gaps_after(&log, &Method::POST, |e| !e.pending_acks().is_empty());
+    assert!(!resends.is_empty(), "a pending message was sent again");
+    for (exchange, gap) in resends {
         let asked = Duration::from_millis(exchange.pending_acks().into_iter().max().unwrap_or(250));
         assert!(
             gap + SLACK >= asked,
@@ -976,6 +977,30 @@ async fn sizes_posts_by_limits(kind: Kind) {
     );
 }
 
+/// §6 and §9: a limit the handshake does not give takes its default. The `limits` lack
+/// `max_messages` (the server's is the default, 100): 120 messages emitted together go out in
+/// POSTs of at most 100, and none is refused.
+async fn defaults_for_limits_not_given(kind: Kind) {
+    let mut case = Case::start_with(kind, |b| b, hide_max_messages).await;
+    case.client.connected().await;
+    burst(&mut case.client, 0..120).await;
+    assert_eq!(
+        case.server.seen("seq"),
+        (0..120).map(|n| json!(n)).collect::<Vec<_>>()
+    );
+    let sizes: Vec<usize> = case
+        .server
+        .log()
+        .iter()
+        .filter(|e| e.method == Method::POST)
+        .map(|e| e.sent)
+        .collect();
+    assert!(
+        sizes.iter().all(|&n| n <= 100),
+        "POSTs of {sizes:?} messages, with the default max_messages of 100"
+    );
+}
+
 /// §5 `401`: slow retry, both loops — report the error, retry after the longest backoff (never
 /// sooner), and resume by itself once the user is signed in again: the emit made meanwhile
 /// resolves, and messages arrive.
@@ -1008,7 +1033,7 @@ async fn unauthorized_401(kind: Kind) {
     // The longest backoff is `max × random(0.5, 1.0)`: never below half the max.
     let log = case.server.log();
     for method in [Method::GET, Method::POST] {
-        let gaps = gaps_after(&log, &method, |e| e.status == Some(401));
+        let gaps = gaps(gaps_after(&log, &method, |e| e.status == Some(401)));
         assert!(
             gaps.iter().all(|&gap| gap + SLACK >= BACKOFF_MAX / 2),
             "{method} after a 401 waits the longest backoff (at least {:?}): waited {gaps:?}",
@@ -1039,7 +1064,8 @@ async fn retry_after_429_post(kind: Kind) {
         [json!("later")],
         "the handler ran once"
     );
-    let gaps = gaps_after(&case.server.log(), &Method::POST, |e| e.status == Some(429));
+    let log = case.server.log();
+    let gaps = gaps(gaps_after(&log, &Method::POST, |e| e.status == Some(429)));
     assert_eq!(gaps.len(), 2, "two refusals, each followed by a resend");
     assert!(
         gaps.iter()
@@ -1068,7 +1094,8 @@ async fn retry_after_429_get(kind: Kind) {
     )
     .await;
     case.client.connected().await;
-    let gaps = gaps_after(&case.server.log(), &Method::GET, |e| e.status == Some(429));
+    let log = case.server.log();
+    let gaps = gaps(gaps_after(&log, &Method::GET, |e| e.status == Some(429)));
     assert_eq!(gaps.len(), 2, "two refusals, each followed by a retry");
     assert!(
         gaps.iter()
@@ -1215,9 +1242,14 @@ mod js {
         split_413,
         split_413_lowers_max_messages,
         sizes_posts_by_limits,
+        #[ignore = "JS client does not yet fall back to the default max_messages (100) when the \
+                    handshake's limits lack the key: it sends every queued message in one POST"]
+        defaults_for_limits_not_given,
         unauthorized_401,
         retry_after_429_post,
         retry_after_429_get,
+        #[ignore = "JS client does not yet take a new client id on taken_over (§3 step 6): it \
+                    and the other instance end each other's polls without end"]
         take_over,
     );
 }
@@ -1232,11 +1264,16 @@ mod rust {
         epoch_change,
         pending,
         split_413,
+        #[ignore = "Rust client does not yet lower its max_messages after 413 too_many_messages \
+                    (§5): its next full batch is refused again"]
         split_413_lowers_max_messages,
         sizes_posts_by_limits,
+        defaults_for_limits_not_given,
         unauthorized_401,
         retry_after_429_post,
         retry_after_429_get,
+        #[ignore = "Rust client does not yet take a new client id on taken_over (§3 step 6): it \
+                    and the other instance end each other's polls without end"]
         take_over,
     );
 }

@@ -42,12 +42,13 @@ impl Settings {
         };
         let base = millis("SIMPLEIO_BACKOFF_BASE_MS")?;
         let max = millis("SIMPLEIO_BACKOFF_MAX_MS")?;
+        // One given alone keeps the client's default for the other, within the one given.
         let backoff = match (base, max) {
             (None, None) => None,
-            (base, max) => Some((
-                base.unwrap_or(Duration::from_millis(500)),
-                max.unwrap_or(Duration::from_secs(30)),
-            )),
+            (base, max) => {
+                let max = max.unwrap_or(Duration::from_secs(30).max(base.unwrap_or_default()));
+                Some((base.unwrap_or(Duration::from_millis(500).min(max)), max))
+            }
         };
         Ok(Settings {
             url: required("SIMPLEIO_URL")?,
