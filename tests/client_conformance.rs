@@ -1242,14 +1242,10 @@ mod js {
         split_413,
         split_413_lowers_max_messages,
         sizes_posts_by_limits,
-        #[ignore = "JS client does not yet fall back to the default max_messages (100) when the \
-                    handshake's limits lack the key: it sends every queued message in one POST"]
         defaults_for_limits_not_given,
         unauthorized_401,
         retry_after_429_post,
         retry_after_429_get,
-        #[ignore = "JS client does not yet take a new client id on taken_over (§3 step 6): it \
-                    and the other instance end each other's polls without end"]
         take_over,
     );
 }

@@ -95,7 +95,9 @@ export function SimpleIO(url, options) {
   // The client id (spec §2): 128 random bits as four decimal numbers joined by `_` (16+
   // characters, but for odds of about 2^-40), kept for this object's life. getRandomValues,
   // unlike randomUUID, also works on plain-http pages.
-  const id = (this.id = crypto.getRandomValues(new Uint32Array(4)).join("_"));
+  // A new one on `taken_over` (spec §3 step 6): then another instance polls with ours.
+  const newId = () => (this.id = crypto.getRandomValues(new Uint32Array(4)).join("_"));
+  let id = newId();
   /** True between a `connect` and the next `disconnect`: the last poll got an answer. */
   this.connected = false;
 
@@ -248,7 +250,7 @@ export function SimpleIO(url, options) {
       }
       attempts = 0;
       // The server's limits, from the handshake (spec §6): at most this many per POST.
-      if (res.limits) maxBatch = res.limits.max_messages;
+      if (res.limits) maxBatch = res.limits.max_messages || maxBatch;
       if (!this.connected) {
         setConnected(true);
         // The server is back: the send loop need not finish its backoff.
@@ -268,9 +270,12 @@ export function SimpleIO(url, options) {
       }
       // Step 3: volatile messages have no position; each comes once.
       for (const m of res.volatile || []) fire(m);
-      // Step 4: the next GET carries these, and so confirms what we just delivered.
+      // Step 5: the next GET carries these, and so confirms what we just delivered.
       epoch = res.epoch;
       cursor = res.cursor;
+      // Step 6: another instance uses our id (a copy of this page's state); take a new one
+      // rather than end each other's polls without end.
+      if (res.taken_over) id = newId();
     }
   };
 
@@ -287,13 +292,16 @@ export function SimpleIO(url, options) {
           settle(m, fail("expired", "no answer in time"));
         }
       }
-      const batch = outbox.slice(0, limit);
+      // A message goes out, and out again, under the client id it was first sent with: the
+      // server tells messages apart by client id and message id (spec §4).
+      const c = (outbox[0].c ??= id);
+      const batch = outbox.slice(0, limit).filter((m) => (m.c ??= c) == c);
       if (!batch.length) break;
       for (const m of batch) m.t ??= now;
       let wait = 0;
       try {
         // The messages are already JSON; an array's toString joins them with commas.
-        const body = `{"client":"${id}","messages":[${batch.map((m) => m.json)}]}`;
+        const body = `{"client":"${c}","messages":[${batch.map((m) => m.json)}]}`;
         const { acks } = await request(body);
         attempts = 0;
         limit = maxBatch;
