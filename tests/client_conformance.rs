@@ -1260,16 +1260,12 @@ mod rust {
         epoch_change,
         pending,
         split_413,
-        #[ignore = "Rust client does not yet lower its max_messages after 413 too_many_messages \
-                    (§5): its next full batch is refused again"]
         split_413_lowers_max_messages,
         sizes_posts_by_limits,
         defaults_for_limits_not_given,
         unauthorized_401,
         retry_after_429_post,
         retry_after_429_get,
-        #[ignore = "Rust client does not yet take a new client id on taken_over (§3 step 6): it \
-                    and the other instance end each other's polls without end"]
         take_over,
     );
 }

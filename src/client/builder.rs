@@ -396,6 +396,7 @@ impl ClientBuilder {
             headers: self.headers,
             config: config.clone(),
             server_max_messages: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+            current_id: Arc::new(std::sync::Mutex::new(Arc::from(config.client_id.as_str()))),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (events_tx, events_rx) = mpsc::channel(self.event_buffer);
@@ -459,7 +460,7 @@ fn ns_query(namespaces: &[String]) -> Result<String, ConnectError> {
 }
 
 /// 22 random characters from `A–Z a–z 0–9` (about 131 bits), as the spec's §2 asks.
-fn new_client_id() -> String {
+pub(crate) fn new_client_id() -> String {
     (0..22).map(|_| fastrand::alphanumeric()).collect()
 }
 

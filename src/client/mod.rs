@@ -228,6 +228,7 @@ impl Inner {
             data,
             reply,
             first_try: None,
+            sent_as: None,
         };
         self.outbox
             .send(message)
@@ -265,7 +266,8 @@ impl Client {
         ClientBuilder::new(url)
     }
 
-    /// This client's id: random, fixed for its lifetime, sent with every request.
+    /// This client's id: random, sent with every request. (If another instance ever polls
+    /// with it, the client takes a new one, spec §3 step 6; this stays the first.)
     ///
     /// ```no_run
     /// # fn demo(client: simpleio::client::Client) {
@@ -470,8 +472,24 @@ pub(crate) struct Transport {
     headers: HeaderMap,
     config: Arc<Config>,
     /// The most messages per `POST` the server's handshake allows (spec §6; `usize::MAX` until
-    /// one said): the receive loop learns it, the send loop keeps to it.
+    /// one said, lowered by a `413 too_many_messages`): the send loop keeps to it.
     server_max_messages: Arc<std::sync::atomic::AtomicUsize>,
+    /// The client id polls go out with: the configured one, until a poll is taken over by
+    /// another instance with the same id (spec §3 step 6) and the receive loop takes a new one.
+    current_id: Arc<std::sync::Mutex<Arc<str>>>,
+}
+
+impl Transport {
+    fn current_id(&self) -> Arc<str> {
+        self.current_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace_id(&self, id: Arc<str>) {
+        *self.current_id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+    }
 }
 
 /// Resolves once the client is told to stop, or every handle to it is gone.

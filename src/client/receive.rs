@@ -1,6 +1,8 @@
 //! The receiving loop (spec §3): one long poll after another, each confirming what the one
 //! before delivered.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep;
 
@@ -79,14 +81,12 @@ pub(crate) async fn run(
     let mut position = Position::default();
     let mut state = State::Starting;
     loop {
+        let id = transport.current_id();
         let mut request = transport
             .http
             .get(config.url.clone())
             .headers(transport.headers.clone())
-            .query(&[
-                ("client", config.client_id.as_str()),
-                ("ns", config.namespaces.as_str()),
-            ])
+            .query(&[("client", &*id), ("ns", config.namespaces.as_str())])
             .timeout(config.poll_timeout);
         if let Some((epoch, cursor)) = &position.held {
             request = request.query(&[("cursor", cursor.to_string().as_str()), ("epoch", epoch)]);
@@ -105,6 +105,13 @@ pub(crate) async fn run(
                     transport
                         .server_max_messages
                         .store(most.max(1), std::sync::atomic::Ordering::Relaxed);
+                }
+                // Another instance polls with this id: take a new one, keeping the cursor, or
+                // the two end each other's polls without end (spec §3 step 6).
+                if body.taken_over {
+                    let fresh: Arc<str> = super::builder::new_client_id().into();
+                    tracing::warn!(old = %id, new = %fresh, "another instance polls with this client id; taking a new one");
+                    transport.replace_id(fresh);
                 }
                 let epoch = body.epoch.clone();
                 let (resynced, messages) = position.take(body);

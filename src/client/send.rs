@@ -27,6 +27,9 @@ pub(crate) struct Outgoing {
     pub(crate) reply: oneshot::Sender<Result<Value, EmitError>>,
     /// When it was first sent; the retry window counts from there.
     pub(crate) first_try: Option<Instant>,
+    /// The client id it was first sent with: it is resent with the same one, since the server
+    /// tells messages apart by client id and message id (spec §4).
+    pub(crate) sent_as: Option<Arc<str>>,
 }
 
 impl Outgoing {
@@ -117,14 +120,26 @@ pub(crate) async fn run(
             .server_max_messages
             .load(std::sync::atomic::Ordering::Relaxed);
         let n = queue.len().min(limit).min(allowed);
+        // One client id per POST: the first message's (once sent, always the same), and the
+        // messages after it that were sent with it or not yet sent at all.
+        let client: Arc<str> = queue
+            .front()
+            .and_then(|m| m.sent_as.clone())
+            .unwrap_or_else(|| transport.current_id());
+        let n = queue
+            .iter()
+            .take(n)
+            .take_while(|m| m.sent_as.as_ref().is_none_or(|c| *c == client))
+            .count();
         let now = Instant::now();
         for message in queue.iter_mut().take(n) {
             message.first_try.get_or_insert(now);
+            message.sent_as.get_or_insert_with(|| client.clone());
         }
         let result = tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
-            result = post(&transport, queue.range(..n)) => result,
+            result = post(&transport, &client, queue.range(..n)) => result,
         };
         let wait = match result {
             Ok(acks) => {
@@ -170,6 +185,13 @@ pub(crate) async fn run(
                 }
                 Next::Split => {
                     limit = (n / 2).max(1);
+                    // The server's own limit, learned the hard way: kept for later batches.
+                    if matches!(&error, ConnectionError::Rejected { code, .. } if code == "too_many_messages")
+                    {
+                        transport
+                            .server_max_messages
+                            .fetch_min(limit, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tracing::debug!(%error, limit, "the server refused a batch; sending fewer at once");
                     None
                 }
@@ -201,11 +223,12 @@ pub(crate) async fn run(
 
 async fn post(
     transport: &Transport,
+    client: &str,
     batch: std::collections::vec_deque::Iter<'_, Outgoing>,
 ) -> Result<AcksBody, Failed> {
     let config = &transport.config;
     let body = SendBody {
-        client: &config.client_id,
+        client,
         messages: batch
             .map(|m| OutMessage {
                 id: &m.id,
@@ -325,6 +348,7 @@ mod tests {
             data: serde_json::value::to_raw_value(&1).expect("json"),
             reply,
             first_try: None,
+            sent_as: None,
         };
         (message, replied)
     }

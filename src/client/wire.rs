@@ -22,6 +22,9 @@ pub(crate) struct PollBody {
     /// In a handshake's answer: the server's limits (spec §6).
     #[serde(default)]
     pub(crate) limits: Option<WireLimits>,
+    /// A newer poll with this client's id ended this one (spec §3 step 6).
+    #[serde(default)]
+    pub(crate) taken_over: bool,
 }
 
 /// The part of a handshake's `limits` this client uses.
