@@ -24,6 +24,7 @@ use cluster::{BALANCE_KEY, Balancer, NODE_HEADER, Node};
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 use simpleio::client::{Client, EmitError, Event, MessageKind};
+use simpleio::storage::DeliveryState;
 use simpleio::{Failure, RedisStorage, SendError, SimpleIo, SimpleIoLayer, Storage};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
@@ -611,6 +612,66 @@ async fn a_frozen_redis_mid_run_keeps_every_senders_lines_in_order() {
     assert_eq!(report.dms_acked, traffic.users * traffic.dms);
     assert_eq!(report.dms_received, traffic.users * traffic.dms);
     assert_eq!(report.news_delivered, traffic.users * traffic.news);
+}
+
+/// Outcomes outlive the sending process: messages are stored from one process's `SimpleIo`,
+/// which then goes away with its sending futures (as a process that died would); the
+/// recipient reads and confirms through the chat nodes; a new connection, from the receipts
+/// alone, learns one message was delivered and the other expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_tell_a_new_process_what_became_of_its_sends() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let cluster = Cluster::start(&redis, 2, &short_hold()).await;
+    let kept = {
+        let (io, _storage) = sender(&redis).await;
+        let mut receipts = Vec::new();
+        let invoice = io
+            .to("u00")
+            .emit("news", &json!({"seq": 0}))
+            .stored()
+            .await
+            .expect("stored");
+        receipts.extend_from_slice(invoice.receipts());
+        let flash = io
+            .to("nobody")
+            .ttl(Duration::from_millis(500))
+            .emit("news", &json!({"seq": 0}))
+            .stored()
+            .await
+            .expect("stored");
+        receipts.extend_from_slice(flash.receipts());
+        serde_json::to_string(&receipts).expect("receipts are JSON")
+        // `io`, its storage connection and both sending futures are dropped here.
+    };
+
+    let progress = Arc::new(Progress::default());
+    let user = User::connect(&cluster.balancer.url(), "u00", progress.clone());
+    let inbox = user.inbox.clone();
+    let received = wait_for(&progress, SOON, || {
+        inbox
+            .lock()
+            .expect("inbox")
+            .seen
+            .contains(&("news".to_owned(), 0))
+    })
+    .await;
+    assert!(received, "the recipient never got the message");
+
+    let (later, _storage) = sender(&redis).await;
+    let receipts: Vec<simpleio::Receipt> = serde_json::from_str(&kept).expect("receipts");
+    let deadline = Instant::now() + SOON;
+    let states = loop {
+        let states = later.delivery(&receipts).await.expect("asked");
+        if states == [DeliveryState::Delivered, DeliveryState::Expired] || Instant::now() > deadline
+        {
+            break states;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(states, [DeliveryState::Delivered, DeliveryState::Expired]);
+    user.close().await;
 }
 
 /// One request straight to a node or through the balancer, as `user`.
