@@ -9,122 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::json;
-use simpleio::storage::{
-    Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
-    FetchBatch, FetchRequest, NewMessage, QueueLimits, Signal, StorageError,
-};
+use simpleio::storage::{Claim, DedupKey, DedupLimits};
 use simpleio::{
-    ClientId, Incoming, Member, MemoryStorage, MessageId, Reply, SimpleIoLayer, Storage, UserId,
+    ClientId, Incoming, MemoryStorage, MessageId, Reply, SimpleIoLayer, Storage, UserId,
 };
+use support::faulty::FaultyStorage;
 use support::server::TestServer;
 use support::wire::Wire;
-use tokio::sync::broadcast;
 use tower::{BoxError, service_fn};
-
-/// A `MemoryStorage` whose next claims run but whose answers are lost, as a networked store's
-/// can be (the command ran; the reply timed out).
-#[derive(Debug, Clone)]
-struct LosesClaimAnswers {
-    inner: MemoryStorage,
-    lose: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl Storage for LosesClaimAnswers {
-    async fn epoch(&self) -> Result<Epoch, StorageError> {
-        self.inner.epoch().await
-    }
-    async fn append(
-        &self,
-        messages: Vec<NewMessage>,
-        limits: QueueLimits,
-    ) -> Result<Appended, StorageError> {
-        self.inner.append(messages, limits).await
-    }
-    async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        self.inner.fetch(request).await
-    }
-    async fn delivery(
-        &self,
-        epoch: &Epoch,
-        targets: &[DeliveryTarget],
-    ) -> Result<Vec<DeliveryState>, StorageError> {
-        self.inner.delivery(epoch, targets).await
-    }
-    async fn claim(
-        &self,
-        key: &DedupKey,
-        owner: u64,
-        limits: DedupLimits,
-    ) -> Result<Claim, StorageError> {
-        let claim = self.inner.claim(key, owner, limits).await;
-        let lost = self
-            .lose
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if lost {
-            return Err(StorageError::Unavailable("the answer timed out".into()));
-        }
-        claim
-    }
-    async fn renew(
-        &self,
-        key: &DedupKey,
-        owner: u64,
-        lease: Duration,
-    ) -> Result<bool, StorageError> {
-        self.inner.renew(key, owner, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &DedupKey,
-        outcome: &str,
-        ttl: Duration,
-    ) -> Result<(), StorageError> {
-        self.inner.complete(key, outcome, ttl).await
-    }
-    async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
-        self.inner.live_users().await
-    }
-    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
-        self.inner.live_clients(user).await
-    }
-    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
-        self.inner.reap().await
-    }
-    async fn join(&self, room: &str, member: &Member, ttl: Duration) -> Result<(), StorageError> {
-        self.inner.join(room, member, ttl).await
-    }
-    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
-        self.inner.leave(room, member).await
-    }
-    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
-        self.inner.members(room).await
-    }
-    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
-        self.inner.rooms(member).await
-    }
-    async fn set_data(
-        &self,
-        member: &Member,
-        key: &str,
-        value: Option<&str>,
-        ttl: Duration,
-    ) -> Result<(), StorageError> {
-        self.inner.set_data(member, key, value, ttl).await
-    }
-    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
-        self.inner.get_data(member, key).await
-    }
-    async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
-        self.inner.publish(signal).await
-    }
-    fn subscribe(&self) -> broadcast::Receiver<Signal> {
-        self.inner.subscribe()
-    }
-}
 
 /// Every message id the handler saw, in order.
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -145,10 +38,7 @@ fn seen(seen: &Seen) -> Vec<String> {
 
 #[tokio::test]
 async fn a_claim_whose_answer_was_lost_is_resumed_by_its_request() {
-    let storage = LosesClaimAnswers {
-        inner: MemoryStorage::new(),
-        lose: Arc::new(AtomicUsize::new(0)),
-    };
+    let storage = FaultyStorage::new();
     let handled = Seen::default();
     let server = TestServer::start(
         SimpleIoLayer::builder()
@@ -159,7 +49,7 @@ async fn a_claim_whose_answer_was_lost_is_resumed_by_its_request() {
     .await;
     let tab = Wire::new(&server).tab("ann", "tab1");
     // The first claim of m1 runs, but its answer is lost twice.
-    storage.lose.store(2, Ordering::SeqCst);
+    storage.lose_claim_answers(2);
     let acks = tab
         .send(json!([{"id": "m1", "event": "e"}, {"id": "m2", "event": "e"}]))
         .await;

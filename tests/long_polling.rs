@@ -5,22 +5,16 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{Value, json};
-use simpleio::storage::{
-    Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
-    FetchBatch, FetchRequest, NewMessage, QueueLimits, Signal, StorageError,
-};
-use simpleio::{ClientId, Member, MemoryStorage, SimpleIoLayer, Storage, UserId};
+use simpleio::SimpleIoLayer;
+use support::faulty::FaultyStorage;
 use support::server::TestServer;
 use support::wire::{
     SOON, Wire, assert_pending, eventually, finish, get_request, raw_request, start,
 };
-use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 
 /// Polls held long, and no timer that could stand in for a wakeup within the tests' bounds.
@@ -206,126 +200,9 @@ async fn a_response_carries_at_most_the_batch_limit_and_the_rest_follow() {
     assert!(finish(sends.remove(0), "the last emit").await.is_ok());
 }
 
-/// A storage whose next `fetch` takes a while to come back after reading, as a networked
-/// store's answer does: signals published meanwhile reach the poll before the answer.
-#[derive(Debug, Clone)]
-struct SlowAnswers {
-    inner: MemoryStorage,
-    slow_next: Arc<AtomicBool>,
-    read_done: Arc<AtomicBool>,
-}
-
-impl SlowAnswers {
-    fn new() -> Self {
-        SlowAnswers {
-            inner: MemoryStorage::new(),
-            slow_next: Arc::new(AtomicBool::new(false)),
-            read_done: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Makes the next fetch slow; `read_done` turns true once it has read.
-    fn slow_down_next_fetch(&self) {
-        self.read_done.store(false, Ordering::SeqCst);
-        self.slow_next.store(true, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Storage for SlowAnswers {
-    async fn epoch(&self) -> Result<Epoch, StorageError> {
-        self.inner.epoch().await
-    }
-    async fn append(
-        &self,
-        messages: Vec<NewMessage>,
-        limits: QueueLimits,
-    ) -> Result<Appended, StorageError> {
-        self.inner.append(messages, limits).await
-    }
-    async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        let batch = self.inner.fetch(request).await;
-        if self.slow_next.swap(false, Ordering::SeqCst) {
-            self.read_done.store(true, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        batch
-    }
-    async fn delivery(
-        &self,
-        epoch: &Epoch,
-        targets: &[DeliveryTarget],
-    ) -> Result<Vec<DeliveryState>, StorageError> {
-        self.inner.delivery(epoch, targets).await
-    }
-    async fn claim(
-        &self,
-        key: &DedupKey,
-        owner: u64,
-        limits: DedupLimits,
-    ) -> Result<Claim, StorageError> {
-        self.inner.claim(key, owner, limits).await
-    }
-    async fn renew(
-        &self,
-        key: &DedupKey,
-        owner: u64,
-        lease: Duration,
-    ) -> Result<bool, StorageError> {
-        self.inner.renew(key, owner, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &DedupKey,
-        outcome: &str,
-        ttl: Duration,
-    ) -> Result<(), StorageError> {
-        self.inner.complete(key, outcome, ttl).await
-    }
-    async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
-        self.inner.live_users().await
-    }
-    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
-        self.inner.live_clients(user).await
-    }
-    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
-        self.inner.reap().await
-    }
-    async fn join(&self, room: &str, member: &Member, ttl: Duration) -> Result<(), StorageError> {
-        self.inner.join(room, member, ttl).await
-    }
-    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
-        self.inner.leave(room, member).await
-    }
-    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
-        self.inner.members(room).await
-    }
-    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
-        self.inner.rooms(member).await
-    }
-    async fn set_data(
-        &self,
-        member: &Member,
-        key: &str,
-        value: Option<&str>,
-        ttl: Duration,
-    ) -> Result<(), StorageError> {
-        self.inner.set_data(member, key, value, ttl).await
-    }
-    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
-        self.inner.get_data(member, key).await
-    }
-    async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
-        self.inner.publish(signal).await
-    }
-    fn subscribe(&self) -> broadcast::Receiver<Signal> {
-        self.inner.subscribe()
-    }
-}
-
 #[tokio::test]
 async fn a_message_stored_while_the_poll_reads_still_wakes_it() {
-    let storage = SlowAnswers::new();
+    let storage = FaultyStorage::new();
     let server = TestServer::start(long_holds().storage(storage.clone())).await;
     let mut tab = Wire::new(&server).tab("ann", "tab1");
     let first = start(server.io.to("ann").emit("n", &0)).await;
@@ -353,7 +230,7 @@ async fn a_message_stored_while_the_poll_reads_still_wakes_it() {
 
 #[tokio::test]
 async fn a_newer_poll_that_starts_while_the_older_reads_still_ends_it() {
-    let storage = SlowAnswers::new();
+    let storage = FaultyStorage::new();
     let server = TestServer::start(long_holds().storage(storage.clone())).await;
     let wire = Wire::new(&server);
     let mut tab = wire.tab("ann", "tab1");
