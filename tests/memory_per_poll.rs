@@ -2,10 +2,8 @@
 //! Tower service (no HTTP server, so no connection buffers), each poll by its own user, and
 //! the bytes still allocated while they all wait are counted by a counting allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -14,25 +12,8 @@ use http_body_util::Full;
 use simpleio::{SimpleIoLayer, UserId};
 use tower::{Layer, Service, ServiceExt};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; only a counter is kept.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
 /// Polls a future once: enough for a poll to register and start waiting.
 fn poll_once<F: Future + Unpin>(f: &mut F) -> bool {
@@ -72,7 +53,7 @@ async fn a_waiting_poll_costs_simpleio_under_two_kilobytes() {
     // connected client). What those records cost is counted apart.
     let warm = service.ready().await.expect("ready");
     drop(warm.call(request(POLLS, None)).await.expect("answer"));
-    let unknown = LIVE.load(Ordering::Relaxed);
+    let unknown = counting::live();
     let mut handshakes = Vec::new();
     for i in 0..POLLS {
         let ready = service.ready().await.expect("ready");
@@ -90,18 +71,18 @@ async fn a_waiting_poll_costs_simpleio_under_two_kilobytes() {
     let epoch = answer["epoch"].as_str().expect("epoch").to_owned();
     let cursor = answer["cursor"].as_u64().expect("cursor");
     drop(handshakes);
-    let known = LIVE.load(Ordering::Relaxed);
+    let known = counting::live();
     let records = (known - unknown) as f64 / POLLS as f64;
 
     // The requests are made before counting: the HTTP server allocates them, its part and not
     // simpleio's. simpleio frees a poll's headers once it has read them; that saving is not
     // counted in simpleio's favour below.
     let mut requests = Vec::with_capacity(POLLS);
-    let made = LIVE.load(Ordering::Relaxed);
+    let made = counting::live();
     requests.extend((0..POLLS).map(|i| request(i, Some((&epoch, cursor)))));
-    let request_bytes = (LIVE.load(Ordering::Relaxed) - made) as f64 / POLLS as f64;
+    let request_bytes = (counting::live() - made) as f64 / POLLS as f64;
     let mut waiting = Vec::with_capacity(POLLS);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     for request in requests.drain(..) {
         let ready = service.ready().await.expect("ready");
         let mut poll = Box::pin(ready.call(request));
@@ -111,7 +92,7 @@ async fn a_waiting_poll_costs_simpleio_under_two_kilobytes() {
     // Let the hub's task handle the polls' announcements, as a server would.
     tokio::task::yield_now().await;
     assert_eq!(io.waiting_polls(), POLLS);
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = counting::live();
     // What the request held is freed while the poll waits: add it back, so that the figure is
     // what simpleio itself keeps.
     let per_poll = (after - before) as f64 / POLLS as f64 + request_bytes;

@@ -2,33 +2,14 @@
 //! dedup record, a client id. The guide's "Running in production" multiplies these by the
 //! bounds to say what the bounds cost. One test, so nothing else allocates meanwhile.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use simpleio::storage::{Claim, DEFAULT_NAMESPACE, DedupKey, DedupLimits, FetchRequest};
 use simpleio::{ClientId, MemoryStorage, MessageId, Storage, UserId};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; only a counter is kept.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
 const N: usize = 20_000;
 
@@ -38,11 +19,11 @@ where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting::live();
     for i in 0..N {
         add(i).await;
     }
-    (LIVE.load(Ordering::Relaxed) - before) as f64 / N as f64
+    (counting::live() - before) as f64 / N as f64
 }
 
 #[tokio::test(flavor = "current_thread")]
