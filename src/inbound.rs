@@ -71,13 +71,14 @@ where
     }
     // Two messages with one id would be one message to the dedup records: the second's data
     // would be silently dropped. A client that does this has a bug; say so.
-    let mut ids = crate::hash::HashSet::default();
-    for m in &request.messages {
-        if !ids.insert(m.id.as_str()) {
-            return Err(ProtocolError::DuplicateId(m.id.to_string()));
+    if request.messages.len() > 1 {
+        let mut ids = crate::hash::HashSet::default();
+        for m in &request.messages {
+            if !ids.insert(m.id.as_str()) {
+                return Err(ProtocolError::DuplicateId(m.id.to_string()));
+            }
         }
     }
-    drop(ids);
     let mut namespaces: Vec<Arc<str>> = Vec::new();
     for m in &request.messages {
         if m.event.is_empty() || m.event.len() > config.max_event_len {
@@ -273,25 +274,28 @@ async fn handle_once(
         let (user, client) = (user.clone(), client.clone());
         async move {
             let shared = &io.shared;
-            // The lease is kept while the handler runs, however long: it only has to outlast
-            // the time a request that died blocks its retries. Stopped when this task ends,
-            // a panic included.
-            let _renewing = AbortOnDrop(tokio::spawn(renew(
-                shared.storage.clone(),
-                key.clone(),
-                owner,
-                shared.config.handler_lease,
-            )));
-            let outcome = call_handler(shared, &io, &user, &client, message).await;
-            let Some(outcome) = outcome else {
-                // Not known whether the handler's work was done: the message is forgotten, so
-                // that the client's retry is handled again rather than told a final error.
-                complete(shared, &key, "null", Duration::ZERO).await?;
-                return Ok(Handled::Pending(MIN_RETRY_AFTER));
+            let work = async {
+                let outcome = call_handler(shared, &io, &user, &client, message).await;
+                let Some(outcome) = outcome else {
+                    // Not known whether the handler's work was done: the message is forgotten,
+                    // so that the client's retry is handled again rather than told a final error.
+                    complete(shared, &key, "null", Duration::ZERO).await?;
+                    return Ok(Handled::Pending(MIN_RETRY_AFTER));
+                };
+                let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
+                complete(shared, &key, &stored, shared.config.dedup_window).await?;
+                Ok::<_, StorageError>(Handled::Done(outcome))
             };
-            let stored = serde_json::to_string(&outcome).unwrap_or_else(|_| "null".to_owned());
-            complete(shared, &key, &stored, shared.config.dedup_window).await?;
-            Ok::<_, StorageError>(Handled::Done(outcome))
+            // The lease is kept while the handler runs and its outcome is recorded, however
+            // long: it only has to outlast the time a request that died blocks its retries.
+            // Renewed beside the work, in the same task, so a quick handler costs no more than
+            // a timer, and a panic stops both.
+            let renewing = renew(&*shared.storage, &key, owner, shared.config.handler_lease);
+            tokio::select! {
+                biased;
+                result = work => result,
+                never = renewing => match never {},
+            }
         }
     });
     match task.await {
@@ -326,26 +330,23 @@ const CLAIM_RETRY: Duration = Duration::from_millis(200);
 /// The least delay a `pending` acknowledgement asks for.
 const MIN_RETRY_AFTER: Duration = Duration::from_millis(100);
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Renews a claim's lease every third of it, until aborted.
-async fn renew(storage: Arc<dyn Storage>, key: DedupKey, owner: u64, lease: Duration) {
+/// Renews a claim's lease every third of it, for as long as it is polled: it never ends.
+async fn renew(
+    storage: &dyn Storage,
+    key: &DedupKey,
+    owner: u64,
+    lease: Duration,
+) -> std::convert::Infallible {
     let every = (lease / 3).max(Duration::from_millis(10));
     loop {
         sleep(every).await;
-        match storage.renew(&key, owner, lease).await {
+        match storage.renew(key, owner, lease).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(user = ?key.user, client = %key.client, id = %key.id,
                     "a handler outlived its claim (its lease lapsed while the storage was out of reach); a retry may handle the message again");
-                return;
+                // Nothing left to renew: wait for the work to end.
+                std::future::pending::<()>().await;
             }
             Err(e) => tracing::warn!(error = %e, "could not renew a claim; will retry"),
         }
