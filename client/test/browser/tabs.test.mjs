@@ -27,16 +27,21 @@ test("a duplicated tab takes a client id of its own; neither ends the other's po
   const origin = new URL(serverUrl()).origin;
   const user = uniqueUser("ann");
 
-  // Every GET of the route, per page, by its `client` parameter.
+  // Every GET of the route, per page, by its `client` parameter. Recorded on the context, not
+  // on each page, so that a copy's first poll (sent before `window.open` returns here) is seen.
+  const byPage = new Map();
+  context.on("request", (req) => {
+    const url = new URL(req.url());
+    if (req.method() == "GET" && url.pathname == "/simpleio") {
+      const page = req.frame().page();
+      if (!byPage.has(page)) byPage.set(page, []);
+      byPage.get(page).push(url.searchParams.get("client"));
+    }
+  });
   const polls = new Map();
   const watch = (page, name) => {
-    polls.set(name, []);
-    page.on("request", (req) => {
-      const url = new URL(req.url());
-      if (req.method() == "GET" && url.pathname == "/simpleio") {
-        polls.get(name).push(url.searchParams.get("client"));
-      }
-    });
+    if (!byPage.has(page)) byPage.set(page, []);
+    polls.set(name, byPage.get(page));
   };
   const first = await context.newPage();
   watch(first, "first");
