@@ -1,8 +1,12 @@
-//! A chat server: an axum app with simpleio, on the in-memory storage or on Redis.
+//! A chat server: an axum app with simpleio, on a durable local file, in memory, or on Redis.
 //!
 //! ```text
 //! cargo run --example chat
 //! ```
+//!
+//! It keeps its data in the folder `simpleio-data` (`DurableStorage`): stop the server mid-chat
+//! (even with `kill -9`), start it again, and every page reconnects with nothing lost. To start
+//! afresh, stop it and delete the folder: `rm -r simpleio-data`.
 //!
 //! Then open <http://127.0.0.1:3000/?user=ann> and <http://127.0.0.1:3000/?user=bob> in two
 //! windows, or chat from a terminal with the Rust client:
@@ -42,7 +46,8 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PORT` | `3000` | the port on 127.0.0.1; `0` picks a free one (the log names it) |
-//! | `REDIS_URL` | unset: in-memory storage | use `RedisStorage` at this URL (feature `redis`) |
+//! | `REDIS_URL` | unset | use `RedisStorage` at this URL (feature `redis`), for several processes |
+//! | `SIMPLEIO_DATA` | `simpleio-data` | without `REDIS_URL`: the folder of the storage file (feature `durable`, on by default); `memory` keeps everything in memory instead |
 //! | `SIMPLEIO_NODE` | `chat-PORT` | this process's name, sent in an `x-simpleio-node` header on every response, so you can see which process answered |
 //! | `SIMPLEIO_HOLD_MS` | 25000 | how long a poll waits for a message |
 //! | `SIMPLEIO_RECHECK_MS` | 10000 | how often a waiting poll looks at storage without a wakeup |
@@ -178,11 +183,12 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, BoxError> {
     }
 }
 
-/// Redis if `REDIS_URL` is set (and this build has the `redis` feature), else memory.
+/// Redis if `REDIS_URL` is set (and this build has the `redis` feature); else a file in the
+/// folder `SIMPLEIO_DATA` (default `simpleio-data`), or memory if that is `memory` or this build
+/// has no `durable` feature.
 async fn storage(builder: Builder) -> Result<Builder, BoxError> {
     let Ok(url) = std::env::var("REDIS_URL") else {
-        tracing::info!("storage: in memory (set REDIS_URL to share one Redis between processes)");
-        return Ok(builder.storage(MemoryStorage::new()));
+        return local_storage(builder).await;
     };
     #[cfg(feature = "redis")]
     {
@@ -209,6 +215,35 @@ async fn storage(builder: Builder) -> Result<Builder, BoxError> {
         Err("REDIS_URL is set, but this build has no Redis support: \
              run with `--features redis`"
             .into())
+    }
+}
+
+/// The storage of a single process: durable in a local folder unless told otherwise.
+async fn local_storage(builder: Builder) -> Result<Builder, BoxError> {
+    let folder = std::env::var("SIMPLEIO_DATA").unwrap_or_else(|_| "simpleio-data".to_owned());
+    if folder == "memory" {
+        tracing::info!("storage: in memory (SIMPLEIO_DATA=memory); a restart forgets everything");
+        return Ok(builder.storage(MemoryStorage::new()));
+    }
+    #[cfg(feature = "durable")]
+    {
+        std::fs::create_dir_all(&folder)?;
+        let path = std::path::Path::new(&folder).join("simpleio.redb");
+        let storage = simpleio::DurableStorage::open(&path).await?;
+        tracing::info!(
+            path = %path.display(),
+            "storage: durable file (delete the folder to start afresh; \
+             set REDIS_URL to share one Redis between processes)"
+        );
+        Ok(builder.storage(storage))
+    }
+    #[cfg(not(feature = "durable"))]
+    {
+        tracing::info!(
+            folder,
+            "storage: in memory (this build has no `durable` feature); a restart forgets everything"
+        );
+        Ok(builder.storage(MemoryStorage::new()))
     }
 }
 

@@ -43,6 +43,8 @@ pub use layer::{ResponseFuture, SimpleIoBody, SimpleIoLayer, SimpleIoService};
 pub use namespace::{Authorize, AuthorizeFuture, Namespace};
 pub use presence::{OnPresence, Presence, PresenceFuture};
 pub use protocol::ErrorBody;
+#[cfg(feature = "durable")]
+pub use storage::DurableStorage;
 #[cfg(feature = "redis")]
 pub use storage::RedisStorage;
 pub use storage::{Member, MemoryStorage, Storage};

@@ -47,6 +47,12 @@
 mod memory;
 pub use memory::MemoryStorage;
 
+#[cfg(feature = "durable")]
+mod durable;
+#[cfg(feature = "durable")]
+#[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
+pub use self::durable::DurableStorage;
+
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]

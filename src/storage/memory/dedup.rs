@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::super::{Claim, DedupKey, DedupLimits, Limit, Millis};
+use super::journal::{Change, Changes};
 use crate::hash::HashMap;
 use crate::id::{ClientId, MessageId, UserId};
 
@@ -24,6 +25,8 @@ pub(super) struct Dedup {
     /// Every user's records in claim order.
     users: HashMap<UserId, UserRecords>,
     next_seq: u64,
+    /// What changed, for a journaled storage.
+    pub(super) changes: Changes,
 }
 
 #[derive(Debug)]
@@ -33,6 +36,18 @@ struct Record {
     seq: u64,
     /// The request holding it, while in progress.
     owner: u64,
+}
+
+impl Record {
+    fn change(&self, key: &DedupKey) -> Change {
+        Change::Dedup {
+            key: key.clone(),
+            seq: self.seq,
+            owner: self.owner,
+            until: self.until,
+            outcome: self.outcome.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +103,7 @@ impl Dedup {
             self.expiries.remove(&(record.until, key.clone()));
             record.until = until;
             self.expiries.insert((until, key.clone()));
+            self.changes.push(|| record.change(key));
         }
     }
 
@@ -98,6 +114,7 @@ impl Dedup {
             record.outcome = Some(outcome.into());
             record.until = until;
             self.expiries.insert((until, key.clone()));
+            self.changes.push(|| record.change(key));
             return;
         }
         // A handled message must be remembered, so this one is kept beyond the limits: it can
@@ -181,7 +198,32 @@ impl Dedup {
 
     fn insert(&mut self, key: &DedupKey, outcome: Option<Box<str>>, until: Millis, owner: u64) {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.insert_numbered(key, outcome, until, owner, seq);
+    }
+
+    /// Puts back a record a durable storage kept, under the number it was claimed with.
+    #[cfg(feature = "durable")]
+    pub(super) fn restore(
+        &mut self,
+        key: &DedupKey,
+        outcome: Option<Box<str>>,
+        until: Millis,
+        owner: u64,
+        seq: u64,
+    ) {
+        self.remove(key);
+        self.insert_numbered(key, outcome, until, owner, seq);
+    }
+
+    fn insert_numbered(
+        &mut self,
+        key: &DedupKey,
+        outcome: Option<Box<str>>,
+        until: Millis,
+        owner: u64,
+        seq: u64,
+    ) {
+        self.next_seq = self.next_seq.max(seq + 1);
         let user = self.users.entry(key.user.clone()).or_default();
         user.by_seq
             .insert(seq, (key.client.clone(), key.id.clone()));
@@ -190,21 +232,21 @@ impl Dedup {
             .or_default()
             .insert(seq);
         self.expiries.insert((until, key.clone()));
-        self.records.insert(
-            key.clone(),
-            Record {
-                outcome,
-                until,
-                seq,
-                owner,
-            },
-        );
+        let record = Record {
+            outcome,
+            until,
+            seq,
+            owner,
+        };
+        self.changes.push(|| record.change(key));
+        self.records.insert(key.clone(), record);
     }
 
     fn remove(&mut self, key: &DedupKey) {
         let Some(record) = self.records.remove(key) else {
             return;
         };
+        self.changes.push(|| Change::Undedup { key: key.clone() });
         self.expiries.remove(&(record.until, key.clone()));
         let Some(user) = self.users.get_mut(&key.user) else {
             return;

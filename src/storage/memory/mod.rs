@@ -11,11 +11,17 @@
 //! the history or the number of users.
 
 mod dedup;
+// Without a durable storage nothing reads the journal's changes: they are never recorded.
+#[cfg_attr(not(feature = "durable"), allow(dead_code))]
+pub(crate) mod journal;
 mod log;
+#[cfg(feature = "durable")]
+pub(crate) mod restore;
 mod rooms;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -23,6 +29,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use self::dedup::Dedup;
+use self::journal::{Change, Changes, Journal};
 use self::log::{ClientRecord, Entry, PRESENCE_STEP, UserLog};
 use self::rooms::Rooms;
 use super::{
@@ -80,6 +87,8 @@ struct Shared {
     rooms: Mutex<Rooms>,
     /// Signals to every subscriber; in one process "every node" is just this channel.
     signals: broadcast::Sender<Signal>,
+    /// Where changes and signals go first, if a durable storage is built on this one.
+    journal: Option<Arc<dyn Journal>>,
 }
 
 #[derive(Debug, Default)]
@@ -101,21 +110,98 @@ struct Shard {
     /// Data of users (clients keep theirs in their record), by key.
     user_data: HashMap<UserId, HashMap<String, String>>,
     last_sweep: Millis,
+    /// What changed, for a journaled storage.
+    changes: Changes,
+}
+
+/// A locked shard that hands what changed under the lock to the journal, if any, before the
+/// lock is released: so changes of one record reach it in the order they were made.
+struct ShardGuard<'a> {
+    guard: MutexGuard<'a, Shard>,
+    journal: Option<&'a dyn Journal>,
+}
+
+impl Deref for ShardGuard<'_> {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.guard
+    }
+}
+
+impl DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.guard
+    }
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        let Some(journal) = self.journal else {
+            return;
+        };
+        let shard = &mut *self.guard;
+        let mut changes = shard.changes.take();
+        shard.dedup.changes.append_to(&mut changes);
+        if !changes.is_empty() {
+            journal.record(changes);
+        }
+    }
+}
+
+/// The locked rooms, handing their changes to the journal like [`ShardGuard`].
+struct RoomsGuard<'a> {
+    guard: MutexGuard<'a, Rooms>,
+    journal: Option<&'a dyn Journal>,
+}
+
+impl Deref for RoomsGuard<'_> {
+    type Target = Rooms;
+    fn deref(&self) -> &Rooms {
+        &self.guard
+    }
+}
+
+impl DerefMut for RoomsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Rooms {
+        &mut self.guard
+    }
+}
+
+impl Drop for RoomsGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal {
+            let changes = self.guard.changes.take();
+            if !changes.is_empty() {
+                journal.record(changes);
+            }
+        }
+    }
 }
 
 impl MemoryStorage {
     /// An empty storage with a fresh epoch.
     pub fn new() -> Self {
+        Self::with_journal(Epoch::random(), None)
+    }
+
+    fn with_journal(epoch: Epoch, journal: Option<Arc<dyn Journal>>) -> Self {
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
         MemoryStorage {
             shared: Arc::new(Shared {
-                epoch: RwLock::new(Epoch::random()),
+                epoch: RwLock::new(epoch),
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 hasher: RandomState::default(),
                 rooms: Mutex::default(),
                 signals,
+                journal,
             }),
         }
+    }
+
+    /// The channel signals are published on: a journal publishes them there once durable.
+    #[cfg(feature = "durable")]
+    pub(crate) fn signal_sender(&self) -> broadcast::Sender<Signal> {
+        self.shared.signals.clone()
     }
 
     /// Forgets everything and takes a new epoch, as a store that lost its data would.
@@ -146,20 +232,27 @@ impl MemoryStorage {
         (self.shared.hasher.hash_one(user) as usize) % SHARDS
     }
 
-    fn shard(&self, index: usize) -> MutexGuard<'_, Shard> {
+    fn shard(&self, index: usize) -> ShardGuard<'_> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing the process's messages, so keep serving.
-        self.shared.shards[index]
+        let guard = self.shared.shards[index]
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ShardGuard {
+            guard,
+            journal: self.shared.journal.as_deref(),
+        }
     }
 
-    fn shard_for(&self, user: &UserId) -> MutexGuard<'_, Shard> {
+    fn shard_for(&self, user: &UserId) -> ShardGuard<'_> {
         self.shard(self.shard_of(user))
     }
 
-    fn rooms(&self) -> MutexGuard<'_, Rooms> {
-        self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    fn rooms(&self) -> RoomsGuard<'_> {
+        RoomsGuard {
+            guard: self.shared.rooms.lock().unwrap_or_else(|p| p.into_inner()),
+            journal: self.shared.journal.as_deref(),
+        }
     }
 
     /// Indices of `items`, grouped by the shard of their user, so that each shard is locked
@@ -173,8 +266,13 @@ impl MemoryStorage {
     }
 
     fn signal(&self, signal: Signal) {
-        // No subscriber yet is fine: nobody is waiting.
-        let _ = self.shared.signals.send(signal);
+        match &self.shared.journal {
+            Some(journal) => journal.signal(signal),
+            // No subscriber yet is fine: nobody is waiting.
+            None => {
+                let _ = self.shared.signals.send(signal);
+            }
+        }
     }
 }
 
@@ -203,9 +301,15 @@ impl Shard {
                 break;
             };
             if let Some(log) = self.logs.get_mut(&user) {
-                log.remove(pos);
+                if log.remove(pos).is_some() {
+                    self.changes.push(|| Change::Unmessage {
+                        user: user.clone(),
+                        pos,
+                    });
+                }
                 if log.is_removable() {
                     self.logs.remove(&user);
+                    self.changes.push(|| Change::Unlog { user });
                 }
             }
         }
@@ -230,6 +334,16 @@ impl Shard {
                 .insert((seen_until, user.clone(), client.clone()));
         }
         let log = self.logs.entry(user.clone()).or_default();
+        if !known {
+            self.changes.push(|| Change::Client {
+                user: user.clone(),
+                client: client.clone(),
+                cursor: 0,
+                polled: false,
+                namespaces: Vec::new(),
+                presence_ttl: ttl.as_millis() as Millis,
+            });
+        }
         log.clients
             .entry(client.clone())
             .or_insert_with(|| ClientRecord {
@@ -271,7 +385,14 @@ impl Shard {
                 continue;
             }
             // Only clients that polled arrived, so only they depart; the rest just go.
-            if log.clients.remove(&client).is_some_and(|r| r.polled) {
+            let record = log.clients.remove(&client);
+            if record.is_some() {
+                self.changes.push(|| Change::Unclient {
+                    user: user.clone(),
+                    client: client.clone(),
+                });
+            }
+            if record.is_some_and(|r| r.polled) {
                 departed.push((user.clone(), client.clone()));
             }
             removed.push(Member::Client(user, client));
@@ -286,7 +407,9 @@ impl Shard {
                     .get(user)
                     .is_none_or(|log| !log.has_polled_client());
             if offline {
-                self.user_data.remove(user);
+                if self.user_data.remove(user).is_some() {
+                    self.changes.push(|| Change::Undata { user: user.clone() });
+                }
                 if let Some(log) = self.logs.get_mut(user) {
                     self.online.remove(&(log.online_indexed, user.clone()));
                     log.online_indexed = 0;
@@ -301,6 +424,7 @@ impl Shard {
         for (user, _) in &departed {
             if self.logs.get(user).is_some_and(UserLog::is_removable) {
                 self.logs.remove(user);
+                self.changes.push(|| Change::Unlog { user: user.clone() });
             }
         }
         more
@@ -313,6 +437,7 @@ impl Shard {
 fn make_room(
     log: &mut UserLog,
     expiries: &mut BTreeMap<(Millis, Position), UserId>,
+    changes: &mut Changes,
     m: &NewMessage,
     limits: QueueLimits,
     now: Millis,
@@ -329,6 +454,10 @@ fn make_room(
             };
             log.remove(pos);
             expiries.remove(&(expires_at, pos));
+            changes.push(|| Change::Unmessage {
+                user: m.user.clone(),
+                pos,
+            });
         }
     }
     while log.messages.len() >= limits.per_user || log.bytes + size > limits.bytes_per_user {
@@ -337,6 +466,10 @@ fn make_room(
         };
         log.remove(pos);
         expiries.remove(&(expires_at, pos));
+        changes.push(|| Change::Unmessage {
+            user: m.user.clone(),
+            pos,
+        });
     }
     true
 }
@@ -374,13 +507,30 @@ impl Storage for MemoryStorage {
                     Some(log) => log,
                     None => shard.logs.entry(m.user.clone()).or_default(),
                 };
-                if !make_room(log, &mut shard.expiries, &m, limits, now) {
+                if !make_room(
+                    log,
+                    &mut shard.expiries,
+                    &mut shard.changes,
+                    &m,
+                    limits,
+                    now,
+                ) {
                     continue;
                 }
                 // Clock-based, and past anything given in this shard or to this user before.
                 let pos = (now * 1000).max(shard.last_pos + 1).max(log.last + 1);
                 shard.last_pos = pos;
                 shard.expiries.insert((m.expires_at, pos), m.user.clone());
+                shard.changes.push(|| Change::Message {
+                    user: m.user.clone(),
+                    pos,
+                    client: m.client.clone(),
+                    sender: m.sender.clone(),
+                    namespace: m.namespace.clone(),
+                    event: m.event.clone(),
+                    data: m.data.clone(),
+                    expires_at: m.expires_at,
+                });
                 log.insert(Entry {
                     client: m.client,
                     sender: m.sender,
@@ -435,6 +585,7 @@ impl Storage for MemoryStorage {
 
         let mut advanced = None;
         let mut confirmed = None;
+        let mut client_changed = !log.clients.contains_key(&req.client);
         let record = log.clients.entry(req.client.clone()).or_default();
         let start = match &req.cursor {
             Some((e, cursor)) if *e == epoch => {
@@ -444,21 +595,35 @@ impl Storage for MemoryStorage {
                 if upto > record.cursor {
                     record.cursor = upto;
                     advanced = Some(upto);
+                    client_changed = true;
                 }
                 confirmed = Some(upto);
                 upto
             }
             _ => match fresh_start {
                 Some(start) => {
+                    client_changed |= record.cursor != start;
                     record.cursor = start;
                     start
                 }
                 None => record.cursor,
             },
         };
+        client_changed |= !record.polled;
         record.polled = true;
         if record.namespaces != req.namespaces {
             record.namespaces = req.namespaces.clone();
+            client_changed = true;
+        }
+        if client_changed {
+            shard.changes.push(|| Change::Client {
+                user: req.user.clone(),
+                client: req.client.clone(),
+                cursor: record.cursor,
+                polled: true,
+                namespaces: record.namespaces.clone(),
+                presence_ttl: req.presence_ttl.as_millis() as Millis,
+            });
         }
         record.seen_until = now.saturating_add(req.presence_ttl.as_millis() as Millis);
         if record.seen_until >= record.indexed_until.saturating_add(PRESENCE_STEP) {
@@ -478,6 +643,11 @@ impl Storage for MemoryStorage {
             for ns in &req.namespaces {
                 if log.raise_watermark(ns, upto) {
                     advanced = Some(upto);
+                    shard.changes.push(|| Change::Watermark {
+                        user: req.user.clone(),
+                        namespace: ns.clone(),
+                        pos: upto,
+                    });
                 }
             }
         }
@@ -487,6 +657,10 @@ impl Storage for MemoryStorage {
             for (pos, expires_at) in log.trimmable() {
                 log.remove(pos);
                 shard.expiries.remove(&(expires_at, pos));
+                shard.changes.push(|| Change::Unmessage {
+                    user: req.user.clone(),
+                    pos,
+                });
             }
         }
         drop(guard);
@@ -711,7 +885,8 @@ impl Storage for MemoryStorage {
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
         let _epoch = self.epoch_guard();
-        let mut shard = self.shard_for(member.user());
+        let mut guard = self.shard_for(member.user());
+        let shard = &mut *guard;
         let bag = match member {
             Member::User(user) => shard.user_data.entry(user.clone()).or_default(),
             Member::Client(user, client) => {
@@ -726,6 +901,11 @@ impl Storage for MemoryStorage {
                 bag.remove(key);
             }
         }
+        shard.changes.push(|| Change::Data {
+            member: member.clone(),
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+        });
         Ok(())
     }
 

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use super::super::Member;
+use super::journal::{Change, Changes};
 use crate::hash::{HashMap, HashSet};
 
 #[derive(Debug, Default)]
 pub(super) struct Rooms {
     members: HashMap<Arc<str>, HashSet<Member>>,
     of: HashMap<Member, HashSet<Arc<str>>>,
+    /// What changed, for a journaled storage.
+    pub(super) changes: Changes,
 }
 
 impl Rooms {
@@ -18,16 +21,28 @@ impl Rooms {
             Some((name, _)) => name.clone(),
             None => room.into(),
         };
-        self.members
+        let new = self
+            .members
             .entry(room.clone())
             .or_default()
             .insert(member.clone());
+        if new {
+            self.changes.push(|| Change::Join {
+                room: room.clone(),
+                member: member.clone(),
+            });
+        }
         self.of.entry(member.clone()).or_default().insert(room);
     }
 
     pub(super) fn leave(&mut self, room: &str, member: &Member) {
         if let Some(members) = self.members.get_mut(room) {
-            members.remove(member);
+            if members.remove(member) {
+                self.changes.push(|| Change::Leave {
+                    room: room.into(),
+                    member: member.clone(),
+                });
+            }
             if members.is_empty() {
                 self.members.remove(room);
             }
@@ -65,7 +80,12 @@ impl Rooms {
         }
         for room in some {
             if let Some(members) = self.members.get_mut(&room) {
-                members.remove(member);
+                if members.remove(member) {
+                    self.changes.push(|| Change::Leave {
+                        room: room.clone(),
+                        member: member.clone(),
+                    });
+                }
                 if members.is_empty() {
                     self.members.remove(&room);
                 }
@@ -91,6 +111,7 @@ impl Rooms {
     pub(super) fn clear(&mut self) {
         self.members.clear();
         self.of.clear();
+        self.changes.take();
     }
 }
 

@@ -1,0 +1,299 @@
+//! Opening a [`DurableStorage`](super::DurableStorage)'s file and reading it back whole: the
+//! records become the changes a [`MemoryStorage`](crate::MemoryStorage) is rebuilt from.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde_json::value::RawValue;
+
+use super::codec::{self, MessageRecord, Payload};
+use super::tables::{
+    CLIENTS, DATA, DEDUP, FORMAT, MESSAGES, META, Open, PAYLOADS, ROOMS, WATERMARKS,
+};
+use crate::id::{ClientId, MessageId, UserId};
+use crate::storage::memory::journal::Change;
+use crate::storage::memory::restore::Restored;
+use crate::storage::{DedupKey, Epoch, Member, StorageError};
+
+/// The page cache redb keeps: the storage serves reads from memory, so the file is read only
+/// at start and written in appends; a small cache is enough.
+const CACHE_BYTES: usize = 16 << 20;
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(format!("{what}: {e}"))
+}
+
+/// Opens the file at `path`, making it (with a new epoch) if there is none. A file that cannot
+/// be read as a store of this format is moved aside (to `PATH.unreadable-MILLIS`, kept for a
+/// look) and a new one made, so the storage comes back with a new epoch instead of failing or
+/// silently starting empty under the old one.
+pub(super) fn open(path: &Path) -> Result<(Database, Loaded), StorageError> {
+    if path.exists() {
+        match open_existing(path) {
+            Ok(opened) => return Ok(opened),
+            Err(Unreadable::Busy(e)) => return Err(e),
+            Err(Unreadable::Damaged(why)) => {
+                let aside = aside_path(path);
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    "simpleio: the storage file cannot be read ({why}); it is moved aside and a \
+                     new one made: every message, confirmation and dedup record in it is lost, \
+                     and clients resync under a new epoch"
+                );
+                std::fs::rename(path, &aside)
+                    .map_err(|e| unavailable("moving the unreadable file aside", e))?;
+            }
+        }
+    }
+    create(path)
+}
+
+/// Why an existing file was not opened.
+enum Unreadable {
+    /// It may be fine, but cannot be opened now (another process holds it, an I/O error).
+    Busy(StorageError),
+    /// It is not a store this code can read.
+    Damaged(String),
+}
+
+fn open_existing(path: &Path) -> Result<(Database, Loaded), Unreadable> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .open(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Unreadable::Busy(unavailable(
+                "the storage file is open in another process",
+                e,
+            )),
+            // redb reports a file that is not one of its own as invalid data, and a cut one
+            // as an unexpected end: damage. Other I/O errors may pass.
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if !matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                Unreadable::Busy(unavailable("reading the storage file", io))
+            }
+            other => Unreadable::Damaged(other.to_string()),
+        })?;
+    let loaded = read_all(&db).map_err(|e| Unreadable::Damaged(e.to_string()))?;
+    if loaded.restored.epoch.is_none() {
+        return Err(Unreadable::Damaged("it holds no epoch".into()));
+    }
+    Ok((db, loaded))
+}
+
+fn create(path: &Path) -> Result<(Database, Loaded), StorageError> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| unavailable("making the storage file", e))?;
+    let epoch = Epoch::random();
+    let write = || -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        {
+            let mut t = Open::new(&txn)?;
+            t.meta.insert("format", [FORMAT].as_slice())?;
+            t.meta.insert("epoch", epoch.as_str().as_bytes())?;
+        }
+        txn.commit()?;
+        Ok(())
+    };
+    write().map_err(|e| unavailable("writing the new storage file", e))?;
+    tracing::info!(path = %path.display(), epoch = %epoch.as_str(), "simpleio: new storage file");
+    let restored = Restored {
+        epoch: Some(epoch),
+        ..Restored::default()
+    };
+    Ok((
+        db,
+        Loaded {
+            restored,
+            next_payload: 0,
+        },
+    ))
+}
+
+fn aside_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".unreadable-{}", crate::storage::now_millis()));
+    PathBuf::from(name)
+}
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Corrupt(format!("the storage file holds {what}"))
+}
+
+/// What a file holds.
+pub(super) struct Loaded {
+    pub(super) restored: Restored,
+    /// The id the next shared payload gets.
+    pub(super) next_payload: u64,
+}
+
+/// Reads every record: what a restart (or a failed write) rebuilds memory from.
+pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
+    let r = |e: redb::Error| unavailable("reading the storage file", e);
+    let txn = db.begin_read().map_err(|e| r(e.into()))?;
+    let meta = txn.open_table(META).map_err(|e| r(e.into()))?;
+    let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(meta
+            .get(key)
+            .map_err(|e| r(e.into()))?
+            .map(|v| v.value().to_vec()))
+    };
+    match get("format")?.as_deref() {
+        Some([FORMAT]) => {}
+        Some(other) => return Err(corrupt(&format!("format {other:?}, not {FORMAT}"))),
+        None => return Err(corrupt("no format")),
+    }
+    let epoch = get("epoch")?
+        .map(|bytes| String::from_utf8(bytes).map_err(|_| corrupt("an epoch that is not text")))
+        .transpose()?
+        .map(Epoch::new);
+    let number = |key: &str| -> Result<u64, StorageError> {
+        Ok(match get(key)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("a damaged number"))?,
+            ),
+            None => 0,
+        })
+    };
+    let next_payload = number("next_payload")?;
+    let mut restored = Restored {
+        epoch,
+        last_pos: number("last_pos")?,
+        changes: Vec::new(),
+    };
+    let changes = &mut restored.changes;
+
+    let payloads = txn.open_table(PAYLOADS).map_err(|e| r(e.into()))?;
+    let mut shared: HashMap<u64, Arc<RawValue>> = HashMap::new();
+    let messages = txn.open_table(MESSAGES).map_err(|e| r(e.into()))?;
+    for row in messages.iter().map_err(|e| r(e.into()))? {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, pos) = key.value();
+        let bytes = value.value();
+        let m = MessageRecord::decode(bytes)?;
+        let data = match m.payload {
+            Payload::Inline(text) => json(text)?,
+            Payload::Shared(id) => match shared.get(&id) {
+                Some(data) => data.clone(),
+                None => {
+                    let text = payloads
+                        .get(id)
+                        .map_err(|e| r(e.into()))?
+                        .ok_or_else(|| corrupt("a message whose shared payload is gone"))?;
+                    let data = json(text.value())?;
+                    shared.insert(id, data.clone());
+                    data
+                }
+            },
+        };
+        restored.last_pos = restored.last_pos.max(pos);
+        changes.push(Change::Message {
+            user: UserId::from(user),
+            pos,
+            client: m.client,
+            sender: m.sender,
+            namespace: m.namespace.into(),
+            event: m.event.into(),
+            data,
+            expires_at: m.expires_at,
+        });
+    }
+
+    let clients = txn.open_table(CLIENTS).map_err(|e| r(e.into()))?;
+    for row in clients.iter().map_err(|e| r(e.into()))? {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, client) = key.value();
+        let (cursor, polled, presence_ttl, namespaces) = codec::decode_client(value.value())?;
+        changes.push(Change::Client {
+            user: UserId::from(user),
+            client: client_id(client)?,
+            cursor,
+            polled,
+            namespaces,
+            presence_ttl,
+        });
+    }
+
+    let watermarks = txn.open_table(WATERMARKS).map_err(|e| r(e.into()))?;
+    for row in watermarks.iter().map_err(|e| r(e.into()))? {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, namespace) = key.value();
+        changes.push(Change::Watermark {
+            user: UserId::from(user),
+            namespace: namespace.into(),
+            pos: value.value(),
+        });
+    }
+
+    let data = txn.open_table(DATA).map_err(|e| r(e.into()))?;
+    for row in data.iter().map_err(|e| r(e.into()))? {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, client, key) = key.value();
+        changes.push(Change::Data {
+            member: member(user, client)?,
+            key: key.to_owned(),
+            value: Some(value.value().to_owned()),
+        });
+    }
+
+    let dedup = txn.open_table(DEDUP).map_err(|e| r(e.into()))?;
+    for row in dedup.iter().map_err(|e| r(e.into()))? {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, client, id) = key.value();
+        let (seq, owner, until, outcome) = codec::decode_dedup(value.value())?;
+        changes.push(Change::Dedup {
+            key: DedupKey {
+                user: UserId::from(user),
+                client: client_id(client)?,
+                id: MessageId::new(id).map_err(|_| corrupt("a damaged message id"))?,
+            },
+            seq,
+            owner,
+            until,
+            outcome,
+        });
+    }
+
+    let rooms = txn.open_table(ROOMS).map_err(|e| r(e.into()))?;
+    for row in rooms.iter().map_err(|e| r(e.into()))? {
+        let (key, _) = row.map_err(|e| r(e.into()))?;
+        let (room, user, client) = key.value();
+        changes.push(Change::Join {
+            room: room.into(),
+            member: member(user, client)?,
+        });
+    }
+    Ok(Loaded {
+        restored,
+        next_payload,
+    })
+}
+
+fn json(text: &str) -> Result<Arc<RawValue>, StorageError> {
+    RawValue::from_string(text.to_owned())
+        .map(Arc::from)
+        .map_err(|_| corrupt("a payload that is not JSON"))
+}
+
+fn client_id(s: &str) -> Result<ClientId, StorageError> {
+    ClientId::new(s).map_err(|_| corrupt("a damaged client id"))
+}
+
+fn member(user: &str, client: &str) -> Result<Member, StorageError> {
+    Ok(if client.is_empty() {
+        Member::User(UserId::from(user))
+    } else {
+        Member::Client(UserId::from(user), client_id(client)?)
+    })
+}

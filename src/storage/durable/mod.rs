@@ -1,0 +1,303 @@
+//! [`DurableStorage`]: everything in this process's memory, and in one file on its disk, so
+//! that a restart or a crash of the process loses nothing it confirmed.
+//!
+//! # How it works
+//!
+//! Reads and the storage's rules are those of [`MemoryStorage`]: the state lives in memory and
+//! every operation costs what it does there. Each change to what must survive (messages,
+//! cursors and watermarks, client records and data, dedup records, room memberships) is also
+//! recorded, and a writer thread puts them in a [redb](https://docs.rs/redb) file: many
+//! requests' changes in one transaction and one fsync (*group commit*). An operation returns
+//! only once every change it made or saw is durable, and signals are published only after the
+//! changes behind them: so `Sending::stored()` resolving, an incoming message's ack, a
+//! confirmation, a client reading a message, all happen after the data is on disk.
+//!
+//! On start the file is read whole into memory. A missing file starts a new epoch; so does a
+//! file that cannot be read (it is moved aside with a loud log, never trusted, never a panic),
+//! and clients then resync, as the [`Epoch`](crate::storage::Epoch) rules require.
+//!
+//! If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
+//! memory is rebuilt from the file (which holds exactly what was confirmed), and writing goes
+//! on once the disk takes writes again.
+//!
+//! Presence (when each client last polled) is not written: it changes on every poll. After a
+//! restart every client is given its presence TTL afresh, so one that does not come back is
+//! reaped, with its departure reported, as if the process had never stopped.
+//!
+//! # Cost
+//!
+//! Memory as [`MemoryStorage`], plus the file: each message, client and record once, a fan-out's
+//! payload (from 256 bytes) once for all its recipients. The file's pages are reused as
+//! messages are delivered or expire, so its size follows what is held, not what was ever sent.
+//! One process opens a file at a time.
+
+mod codec;
+mod load;
+mod tables;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use self::load::Loaded;
+use self::tables::PayloadIds;
+use self::writer::{Queue, Thread};
+use super::{
+    Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
+    FetchBatch, FetchRequest, Member, MemoryStorage, NewMessage, QueueLimits, Signal, Storage,
+    StorageError,
+};
+use crate::id::{ClientId, UserId};
+
+/// Storage in this process's memory and in one file on its disk: a restart, or a `SIGKILL`,
+/// loses nothing that was confirmed stored (feature `durable`).
+///
+/// For one process. Several processes share a storage such as `RedisStorage` instead. See the
+/// [module docs](self) for how it works and what it costs.
+///
+/// Cloning gives another handle to the same storage; the file is closed when the last one goes.
+///
+/// ```
+/// use simpleio::{DurableStorage, SimpleIoLayer};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = std::env::temp_dir().join(format!("simpleio-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let storage = DurableStorage::open(dir.join("simpleio.redb")).await?;
+/// let (layer, io) = SimpleIoLayer::builder().storage(storage).build();
+/// # let _ = (layer, io);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct DurableStorage {
+    memory: MemoryStorage,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: Arc<Queue>,
+    path: PathBuf,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The thread writes what is still queued, then closes the file, so that the file can
+        // be opened again as soon as the storage is gone.
+        self.queue.close();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl DurableStorage {
+    /// Opens the storage kept in the file at `path`, making it if there is none (the folder
+    /// must exist). Reads the whole file into memory.
+    ///
+    /// Fails if the file is open in another process or cannot be read for now (an I/O
+    /// error). A file that is not a store this version can read is moved aside to
+    /// `PATH.unreadable-MILLIS` and a new one is made, with a new epoch and an `error` log.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || load::open(&path))
+                .await
+                .map_err(|e| StorageError::Unavailable(format!("opening the storage: {e}")))??
+        };
+        let (
+            db,
+            Loaded {
+                restored,
+                next_payload,
+            },
+        ) = opened;
+        let last_pos = restored.last_pos;
+        let queue = Arc::new(Queue::new());
+        let memory = MemoryStorage::journaled(restored, queue.clone());
+        let thread = Thread {
+            queue: queue.clone(),
+            db: Some(db),
+            path: path.clone(),
+            memory: memory.downgrade(),
+            signals: memory.signal_sender(),
+            payloads: PayloadIds::starting_at(next_payload),
+            last_pos,
+        };
+        let thread = std::thread::Builder::new()
+            .name("simpleio-durable".into())
+            .spawn(move || thread.run())
+            .map_err(|e| StorageError::Unavailable(format!("starting the writer: {e}")))?;
+        Ok(DurableStorage {
+            memory,
+            inner: Arc::new(Inner {
+                queue,
+                path,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// The file this storage keeps its data in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// How many transactions (each one fsync) the storage has committed since it was opened:
+    /// with group commit, far fewer than the operations that changed something.
+    pub fn commits(&self) -> u64 {
+        self.inner.queue.commits()
+    }
+
+    /// Runs `op` on the memory, then waits until what it made or saw is durable.
+    async fn durably<T>(
+        &self,
+        op: impl Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let generation = self.inner.queue.generation();
+        let out = op.await?;
+        self.inner.queue.durable(generation).await?;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Storage for DurableStorage {
+    async fn epoch(&self) -> Result<Epoch, StorageError> {
+        self.memory.epoch().await
+    }
+
+    async fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+    ) -> Result<Appended, StorageError> {
+        self.durably(self.memory.append(messages, limits)).await
+    }
+
+    async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
+        self.durably(self.memory.fetch(request)).await
+    }
+
+    async fn delivery(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<DeliveryState>, StorageError> {
+        self.durably(self.memory.delivery(epoch, targets)).await
+    }
+
+    async fn claim(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        limits: DedupLimits,
+    ) -> Result<Claim, StorageError> {
+        self.durably(self.memory.claim(key, owner, limits)).await
+    }
+
+    async fn renew(
+        &self,
+        key: &DedupKey,
+        owner: u64,
+        lease: Duration,
+    ) -> Result<bool, StorageError> {
+        self.durably(self.memory.renew(key, owner, lease)).await
+    }
+
+    async fn complete(
+        &self,
+        key: &DedupKey,
+        outcome: &str,
+        ttl: Duration,
+    ) -> Result<(), StorageError> {
+        self.durably(self.memory.complete(key, outcome, ttl)).await
+    }
+
+    async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
+        self.durably(self.memory.live_users()).await
+    }
+
+    async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
+        self.durably(self.memory.live_clients(user)).await
+    }
+
+    async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
+        self.durably(self.memory.reap()).await
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        member: &Member,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        self.durably(self.memory.join(room, member, presence_ttl))
+            .await
+    }
+
+    async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
+        self.durably(self.memory.leave(room, member)).await
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
+        self.durably(self.memory.members(room)).await
+    }
+
+    async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
+        self.durably(self.memory.rooms(member)).await
+    }
+
+    async fn set_data(
+        &self,
+        member: &Member,
+        key: &str,
+        value: Option<&str>,
+        presence_ttl: Duration,
+    ) -> Result<(), StorageError> {
+        self.durably(self.memory.set_data(member, key, value, presence_ttl))
+            .await
+    }
+
+    async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
+        self.durably(self.memory.get_data(member, key)).await
+    }
+
+    async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
+        // Through the journal: published after the changes recorded before it are durable.
+        self.memory.publish(signal).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Signal> {
+        self.memory.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> DurableStorage {
+        let dir = std::env::temp_dir().join(format!(
+            "simpleio-durable-{}-{}",
+            std::process::id(),
+            crate::id::random_token(8)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        DurableStorage::open(dir.join("store.redb"))
+            .await
+            .expect("a new storage file")
+    }
+
+    crate::storage_conformance_tests!(fresh);
+}

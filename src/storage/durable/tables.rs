@@ -1,0 +1,261 @@
+//! The tables of a [`DurableStorage`](super::DurableStorage)'s file, and how one journaled
+//! change is written to them.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `format`, `epoch`, `last_pos`, `next_payload` | bytes |
+//! | `messages` | (user, position) | a message record ([`MessageRecord`]) |
+//! | `payloads` | payload id | the JSON payload shared by a fan-out's messages |
+//! | `payload_refs` | payload id | how many messages refer to it |
+//! | `clients` | (user, client) | cursor, polled, presence TTL, namespaces |
+//! | `watermarks` | (user, namespace) | position |
+//! | `data` | (user, client or `""` for the user's own, key) | JSON text |
+//! | `dedup` | (user, client, message id) | claim number, owner, until, outcome |
+//! | `rooms` | (room, user, client or `""` for the whole user) | nothing |
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::codec::{self, MessageRecord, Payload};
+use crate::storage::Member;
+use crate::storage::memory::journal::Change;
+
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+pub(super) const PAYLOADS: TableDefinition<u64, &str> = TableDefinition::new("payloads");
+pub(super) const PAYLOAD_REFS: TableDefinition<u64, u64> = TableDefinition::new("payload_refs");
+pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("clients");
+pub(super) const WATERMARKS: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("watermarks");
+pub(super) const DATA: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("data");
+pub(super) const DEDUP: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("dedup");
+pub(super) const ROOMS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("rooms");
+
+/// The file format this code writes; a file with another is not read.
+pub(super) const FORMAT: u8 = 1;
+
+/// Payloads at least this long are stored once per fan-out, in `payloads`; shorter ones are
+/// cheaper inline than the lookup.
+pub(super) const SHARE_FROM: usize = 256;
+
+/// The client part of a key: a client's id, or `""` for the user as a whole (client ids are
+/// never empty).
+fn member_parts(member: &Member) -> (&str, &str) {
+    match member {
+        Member::User(user) => (user.as_str(), ""),
+        Member::Client(user, client) => (user.as_str(), client.as_str()),
+    }
+}
+
+/// The string right after `s`: `s` followed by U+0000 sorts after `s` and before every other
+/// string greater than `s`, so `(s, "")..(next(s), "")` holds exactly the tuple keys whose
+/// first element is `s`.
+fn next(s: &str) -> String {
+    let mut n = String::with_capacity(s.len() + 1);
+    n.push_str(s);
+    n.push('\0');
+    n
+}
+
+/// The payload ids a writer gave the latest shared payloads: the later chunks of a fan-out
+/// refer to the payload its first chunk stored. Holding each `Arc` keeps its address from being
+/// reused by another payload while it is remembered.
+#[derive(Default)]
+pub(super) struct PayloadIds {
+    recent: std::collections::VecDeque<(std::sync::Arc<serde_json::value::RawValue>, u64)>,
+    pub(super) next: u64,
+}
+
+const PAYLOADS_REMEMBERED: usize = 64;
+
+impl PayloadIds {
+    pub(super) fn starting_at(next: u64) -> Self {
+        PayloadIds {
+            next,
+            ..PayloadIds::default()
+        }
+    }
+
+    fn find(&self, data: &std::sync::Arc<serde_json::value::RawValue>) -> Option<u64> {
+        self.recent
+            .iter()
+            .find(|(d, _)| std::sync::Arc::ptr_eq(d, data))
+            .map(|(_, id)| *id)
+    }
+
+    fn forget(&mut self, id: u64) {
+        self.recent.retain(|(_, i)| *i != id);
+    }
+}
+
+/// Every table, open in one write transaction.
+pub(super) struct Open<'t> {
+    pub(super) meta: Table<'t, &'static str, &'static [u8]>,
+    messages: Table<'t, (&'static str, u64), &'static [u8]>,
+    payloads: Table<'t, u64, &'static str>,
+    payload_refs: Table<'t, u64, u64>,
+    clients: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    watermarks: Table<'t, (&'static str, &'static str), u64>,
+    data: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
+    dedup: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
+    rooms: Table<'t, (&'static str, &'static str, &'static str), ()>,
+}
+
+impl<'t> Open<'t> {
+    /// Opens (making, in a new file) every table.
+    pub(super) fn new(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Open {
+            meta: txn.open_table(META)?,
+            messages: txn.open_table(MESSAGES)?,
+            payloads: txn.open_table(PAYLOADS)?,
+            payload_refs: txn.open_table(PAYLOAD_REFS)?,
+            clients: txn.open_table(CLIENTS)?,
+            watermarks: txn.open_table(WATERMARKS)?,
+            data: txn.open_table(DATA)?,
+            dedup: txn.open_table(DEDUP)?,
+            rooms: txn.open_table(ROOMS)?,
+        })
+    }
+}
+
+/// Writes one change.
+pub(super) fn apply(
+    t: &mut Open<'_>,
+    change: &Change,
+    payloads: &mut PayloadIds,
+) -> Result<(), redb::Error> {
+    match change {
+        Change::Message {
+            user,
+            pos,
+            client,
+            sender,
+            namespace,
+            event,
+            data,
+            expires_at,
+        } => {
+            let payload = if data.get().len() >= SHARE_FROM {
+                let id = match payloads.find(data) {
+                    Some(id) => id,
+                    None => {
+                        let id = payloads.next;
+                        payloads.next += 1;
+                        t.payloads.insert(id, data.get())?;
+                        payloads.recent.push_back((data.clone(), id));
+                        if payloads.recent.len() > PAYLOADS_REMEMBERED {
+                            payloads.recent.pop_front();
+                        }
+                        id
+                    }
+                };
+                let count = t.payload_refs.get(id)?.map_or(0, |c| c.value());
+                t.payload_refs.insert(id, count + 1)?;
+                Payload::Shared(id)
+            } else {
+                Payload::Inline(data.get())
+            };
+            let record = MessageRecord {
+                expires_at: *expires_at,
+                client: client.clone(),
+                sender: sender.clone(),
+                namespace,
+                event,
+                payload,
+            };
+            t.messages
+                .insert((user.as_str(), *pos), record.encode().as_slice())?;
+        }
+        Change::Unmessage { user, pos } => {
+            let shared = match t.messages.remove((user.as_str(), *pos))? {
+                Some(bytes) => MessageRecord::shared_payload(bytes.value())
+                    .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
+                None => None,
+            };
+            if let Some(id) = shared {
+                let count = t.payload_refs.get(id)?.map_or(0, |c| c.value());
+                if count <= 1 {
+                    t.payload_refs.remove(id)?;
+                    t.payloads.remove(id)?;
+                    payloads.forget(id);
+                } else {
+                    t.payload_refs.insert(id, count - 1)?;
+                }
+            }
+        }
+        Change::Client {
+            user,
+            client,
+            cursor,
+            polled,
+            namespaces,
+            presence_ttl,
+        } => {
+            let record = codec::encode_client(*cursor, *polled, *presence_ttl, namespaces);
+            t.clients
+                .insert((user.as_str(), client.as_str()), record.as_slice())?;
+        }
+        Change::Unclient { user, client } => {
+            t.clients.remove((user.as_str(), client.as_str()))?;
+            let after = next(client.as_str());
+            t.data.retain_in(
+                (user.as_str(), client.as_str(), "")..(user.as_str(), after.as_str(), ""),
+                |_, _| false,
+            )?;
+        }
+        Change::Watermark {
+            user,
+            namespace,
+            pos,
+        } => {
+            t.watermarks.insert((user.as_str(), &**namespace), *pos)?;
+        }
+        Change::Unlog { user } => {
+            let after = next(user.as_str());
+            t.watermarks
+                .retain_in((user.as_str(), "")..(after.as_str(), ""), |_, _| false)?;
+        }
+        Change::Data { member, key, value } => {
+            let (user, client) = member_parts(member);
+            match value {
+                Some(v) => {
+                    t.data.insert((user, client, key.as_str()), v.as_str())?;
+                }
+                None => {
+                    t.data.remove((user, client, key.as_str()))?;
+                }
+            }
+        }
+        Change::Undata { user } => {
+            t.data.retain_in(
+                (user.as_str(), "", "")..(user.as_str(), "\0", ""),
+                |_, _| false,
+            )?;
+        }
+        Change::Dedup {
+            key,
+            seq,
+            owner,
+            until,
+            outcome,
+        } => {
+            let record = codec::encode_dedup(*seq, *owner, *until, outcome.as_deref());
+            t.dedup.insert(
+                (key.user.as_str(), key.client.as_str(), key.id.as_str()),
+                record.as_slice(),
+            )?;
+        }
+        Change::Undedup { key } => {
+            t.dedup
+                .remove((key.user.as_str(), key.client.as_str(), key.id.as_str()))?;
+        }
+        Change::Join { room, member } => {
+            let (user, client) = member_parts(member);
+            t.rooms.insert((&**room, user, client), ())?;
+        }
+        Change::Leave { room, member } => {
+            let (user, client) = member_parts(member);
+            t.rooms.remove((&**room, user, client))?;
+        }
+    }
+    Ok(())
+}

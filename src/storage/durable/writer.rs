@@ -1,0 +1,313 @@
+//! Group commit: one thread writes every change the storage made, in batches, each batch one
+//! transaction and one fsync, however many requests' changes it holds.
+//!
+//! Requests record their changes in a queue (in memory, under the lock that guards them) and
+//! then wait until the batch holding them is durable; signals wait in the same queue and are
+//! published only after the changes recorded before them are on disk. While the thread writes
+//! one batch the next one gathers, so the more requests arrive at once the more share an fsync.
+//!
+//! If a write fails (the disk is full, an I/O error), the thread rebuilds the in-memory state
+//! from the file, which holds exactly what was confirmed durable, and every request that might
+//! have seen the lost changes fails with `503`: a sender is never told "stored" for something a
+//! crash could take back, and a client never reads a message that could vanish.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redb::Database;
+use tokio::sync::{broadcast, watch};
+
+use super::load::{self, Loaded};
+use super::tables::{self, Open, PayloadIds};
+use crate::storage::memory::journal::{self, Change};
+use crate::storage::memory::restore::WeakMemory;
+use crate::storage::{Signal, StorageError};
+
+/// How long the thread waits before trying again to reopen a file it could not.
+const RETRY_OPEN: Duration = Duration::from_millis(200);
+
+/// The queue between the storage's operations and the writing thread.
+#[derive(Debug)]
+pub(super) struct Queue {
+    state: Mutex<Pending>,
+    ready: Condvar,
+    /// The number of the latest change batch recorded.
+    recorded: AtomicU64,
+    /// The number of the latest batch written (or failed), for the waiters.
+    written: watch::Sender<u64>,
+    /// Changes when memory is rebuilt after a failed write: an operation that overlapped it may
+    /// have seen changes that are gone.
+    generation: AtomicU64,
+    /// Set while the file cannot be written or read back: every operation fails.
+    broken: AtomicBool,
+    commits: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    items: Vec<Item>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+enum Item {
+    Changes(Vec<Change>),
+    Signal(Signal),
+}
+
+impl Queue {
+    pub(super) fn new() -> Self {
+        Queue {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            recorded: AtomicU64::new(0),
+            written: watch::Sender::new(0),
+            generation: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation an operation starts in; pass it to [`Queue::durable`] after.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// How many batches have been committed.
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every change recorded so far is durable: whatever the operation that just
+    /// ended made or saw is then on disk. An error if a write failed meanwhile.
+    pub(super) async fn durable(&self, generation: u64) -> Result<(), StorageError> {
+        let seq = self.recorded.load(Ordering::SeqCst);
+        if *self.written.borrow() < seq {
+            let mut written = self.written.subscribe();
+            written
+                .wait_for(|w| *w >= seq)
+                .await
+                .map_err(|_| StorageError::Unavailable("the storage's writer stopped".into()))?;
+        }
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StorageError::Unavailable(
+                "the storage file cannot be written; see the log".into(),
+            ));
+        }
+        if self.generation() != generation {
+            return Err(StorageError::Unavailable(
+                "a write to the storage file failed; retry".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tells the thread to finish what is queued and stop.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+}
+
+impl journal::Journal for Queue {
+    fn record(&self, changes: Vec<Change>) {
+        let mut state = self.lock();
+        state.items.push(Item::Changes(changes));
+        self.recorded.fetch_add(1, Ordering::SeqCst);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn signal(&self, signal: Signal) {
+        self.lock().items.push(Item::Signal(signal));
+        self.ready.notify_one();
+    }
+}
+
+/// The writing thread's own state.
+pub(super) struct Thread {
+    pub(super) queue: Arc<Queue>,
+    pub(super) db: Option<Database>,
+    pub(super) path: PathBuf,
+    pub(super) memory: WeakMemory,
+    pub(super) signals: broadcast::Sender<Signal>,
+    pub(super) payloads: PayloadIds,
+    pub(super) last_pos: u64,
+}
+
+impl Thread {
+    pub(super) fn run(mut self) {
+        while let Some((items, upto)) = self.next_batch() {
+            let mut changes = Vec::new();
+            let mut signals = Vec::new();
+            for item in items {
+                match item {
+                    Item::Changes(list) => changes.push(list),
+                    Item::Signal(signal) => signals.push(signal),
+                }
+            }
+            if changes.is_empty() {
+                self.publish(signals);
+                continue;
+            }
+            let written = match self.db.take() {
+                Some(db) => {
+                    let written = self.commit(&db, &changes);
+                    self.db = Some(db);
+                    written
+                }
+                None => Err(redb::Error::DatabaseClosed),
+            };
+            match written {
+                Ok(()) => {
+                    self.queue.commits.fetch_add(1, Ordering::Relaxed);
+                    self.queue.written.send_replace(upto);
+                    self.publish(signals);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "simpleio: writing the storage file failed; the requests of this batch \
+                         answer 503 and memory is rebuilt from the file"
+                    );
+                    self.recover();
+                }
+            }
+        }
+    }
+
+    /// Everything queued, and the number of the last change batch in it; `None` once closed
+    /// and drained.
+    fn next_batch(&self) -> Option<(Vec<Item>, u64)> {
+        let mut state = self.queue.lock();
+        while state.items.is_empty() {
+            if state.closed {
+                return None;
+            }
+            state = self
+                .queue
+                .ready
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        // Read under the lock that `record` bumps it under: it counts exactly these items.
+        let upto = self.queue.recorded.load(Ordering::SeqCst);
+        Some((std::mem::take(&mut state.items), upto))
+    }
+
+    fn publish(&self, signals: Vec<Signal>) {
+        for signal in signals {
+            // No subscriber yet is fine: nobody is waiting.
+            let _ = self.signals.send(signal);
+        }
+    }
+
+    fn commit(&mut self, db: &Database, batches: &[Vec<Change>]) -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        let next_payload = self.payloads.next;
+        let mut last_pos = self.last_pos;
+        {
+            let mut t = Open::new(&txn)?;
+            for change in batches.iter().flatten() {
+                if let Change::Message { pos, .. } = change {
+                    last_pos = last_pos.max(*pos);
+                }
+                tables::apply(&mut t, change, &mut self.payloads)?;
+            }
+            if last_pos != self.last_pos {
+                t.meta
+                    .insert("last_pos", last_pos.to_be_bytes().as_slice())?;
+            }
+            if self.payloads.next != next_payload {
+                t.meta
+                    .insert("next_payload", self.payloads.next.to_be_bytes().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        self.last_pos = last_pos;
+        Ok(())
+    }
+
+    /// After a failed write: reopens the file and rebuilds memory from it, failing every
+    /// operation that overlapped. Until the file can be read back (the disk is still full, it
+    /// is gone), every operation fails and it is tried again every [`RETRY_OPEN`].
+    fn recover(&mut self) {
+        self.payloads = PayloadIds::default();
+        // The handle may refuse every later transaction after an I/O error; the file is
+        // reopened, which also drops its lock first.
+        self.db = None;
+        let mut logged = false;
+        loop {
+            let Some(memory) = self.memory.upgrade() else {
+                return;
+            };
+            let opened = Database::builder()
+                .open(&self.path)
+                .map_err(|e| StorageError::Unavailable(e.to_string()))
+                .and_then(|db| load::read_all(&db).map(|loaded| (db, loaded)));
+            let queue = &self.queue;
+            match opened {
+                Ok((
+                    db,
+                    Loaded {
+                        restored,
+                        next_payload,
+                    },
+                )) => {
+                    self.payloads.next = next_payload;
+                    self.last_pos = restored.last_pos;
+                    let mut upto = 0;
+                    memory.replace(restored, || {
+                        // No operation runs now: what is queued was made on the state just
+                        // replaced, and goes with it.
+                        queue.lock().items.clear();
+                        upto = queue.recorded.load(Ordering::SeqCst);
+                        queue.generation.fetch_add(1, Ordering::SeqCst);
+                        queue.broken.store(false, Ordering::SeqCst);
+                    });
+                    self.db = Some(db);
+                    queue.written.send_replace(upto);
+                    let _ = self.signals.send(Signal::Resync);
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "simpleio: memory rebuilt from the storage file; writing again"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    if !logged {
+                        tracing::error!(
+                            path = %self.path.display(),
+                            error = %e,
+                            "simpleio: the storage file cannot be read back; every request \
+                             answers 503 until it can"
+                        );
+                        logged = true;
+                    }
+                    queue.broken.store(true, Ordering::SeqCst);
+                    queue.generation.fetch_add(1, Ordering::SeqCst);
+                    let closed = {
+                        let mut state = queue.lock();
+                        state.items.clear();
+                        state.closed
+                    };
+                    queue
+                        .written
+                        .send_replace(queue.recorded.load(Ordering::SeqCst));
+                    if closed {
+                        return;
+                    }
+                    drop(memory);
+                    std::thread::sleep(RETRY_OPEN);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Building a journaled [`MemoryStorage`] back from what a durable storage kept: the same
+//! [`Change`]s it journaled, replayed without being journaled again.
+
+use std::sync::{Arc, Weak};
+
+use super::journal::{Change, Journal};
+use super::log::{ClientRecord, Entry, PRESENCE_STEP};
+use super::{MemoryStorage, SHARDS, Shard, Shared};
+use crate::storage::{Epoch, Member, Millis, Position, StoredMessage, now_millis};
+
+/// What a durable storage read back: its epoch, the highest position it ever handed out, and
+/// its records as changes (messages, clients, watermarks, data, dedup records, memberships;
+/// a client's record before its data).
+#[derive(Debug, Default)]
+pub(crate) struct Restored {
+    pub(crate) epoch: Option<Epoch>,
+    pub(crate) last_pos: Position,
+    pub(crate) changes: Vec<Change>,
+}
+
+/// A handle that does not keep the storage alive: the journal's thread holds one, so that it
+/// stops when the storage goes.
+#[derive(Debug)]
+pub(crate) struct WeakMemory(Weak<Shared>);
+
+impl WeakMemory {
+    pub(crate) fn upgrade(&self) -> Option<MemoryStorage> {
+        self.0.upgrade().map(|shared| MemoryStorage { shared })
+    }
+}
+
+impl MemoryStorage {
+    pub(crate) fn downgrade(&self) -> WeakMemory {
+        WeakMemory(Arc::downgrade(&self.shared))
+    }
+
+    /// A storage holding `restored`, whose later changes and signals go to `journal`.
+    pub(crate) fn journaled(restored: Restored, journal: Arc<dyn Journal>) -> MemoryStorage {
+        let epoch = restored.epoch.clone().unwrap_or_else(Epoch::random);
+        let storage = MemoryStorage::with_journal(epoch, Some(journal));
+        storage.replace(restored, || {});
+        storage
+    }
+
+    /// Replaces everything with `restored` (after the journal failed to keep changes that this
+    /// storage had already made); `under_lock` runs while no operation can run.
+    pub(crate) fn replace(&self, restored: Restored, under_lock: impl FnOnce()) {
+        let mut epoch = self.shared.epoch.write().unwrap_or_else(|p| p.into_inner());
+        let mut shards: Vec<_> = (0..SHARDS).map(|i| self.shard(i)).collect();
+        let mut rooms = self.rooms();
+        for shard in shards.iter_mut() {
+            **shard = Shard {
+                last_pos: restored.last_pos,
+                ..Shard::default()
+            };
+        }
+        rooms.clear();
+        if let Some(e) = restored.epoch {
+            *epoch = e;
+        }
+        let now = now_millis();
+        for change in restored.changes {
+            match change {
+                Change::Join { room, member } => rooms.join(&room, &member),
+                change => {
+                    let user = match &change {
+                        Change::Message { user, .. }
+                        | Change::Client { user, .. }
+                        | Change::Watermark { user, .. } => user,
+                        Change::Dedup { key, .. } => &key.user,
+                        Change::Data { member, .. } => member.user(),
+                        _ => continue,
+                    };
+                    let index = self.shard_of(user);
+                    shards[index].restore(change, now);
+                }
+            }
+        }
+        for shard in shards.iter_mut() {
+            shard.changes.set_recording(true);
+            shard.dedup.changes.set_recording(true);
+        }
+        rooms.changes.set_recording(true);
+        under_lock();
+        // Nothing replayed is journaled again: the guards drop with empty change lists.
+    }
+}
+
+impl Shard {
+    /// Puts one kept record back.
+    fn restore(&mut self, change: Change, now: Millis) {
+        match change {
+            Change::Message {
+                user,
+                pos,
+                client,
+                sender,
+                namespace,
+                event,
+                data,
+                expires_at,
+            } => {
+                self.last_pos = self.last_pos.max(pos);
+                self.expiries.insert((expires_at, pos), user.clone());
+                self.logs.entry(user).or_default().insert(Entry {
+                    client,
+                    sender,
+                    message: StoredMessage {
+                        pos,
+                        ns: namespace,
+                        event,
+                        data,
+                    },
+                    expires_at,
+                });
+            }
+            Change::Client {
+                user,
+                client,
+                cursor,
+                polled,
+                namespaces,
+                presence_ttl,
+            } => {
+                // Seen now: a client that does not come back within its TTL is reaped (and its
+                // departure reported) as if the process had never stopped.
+                let seen_until = now.saturating_add(presence_ttl);
+                self.presence
+                    .insert((seen_until, user.clone(), client.clone()));
+                let log = self.logs.entry(user.clone()).or_default();
+                if polled && seen_until >= log.online_indexed.saturating_add(PRESENCE_STEP) {
+                    self.online.remove(&(log.online_indexed, user.clone()));
+                    log.online_indexed = seen_until;
+                    self.online.insert((seen_until, user));
+                }
+                log.clients.insert(
+                    client,
+                    ClientRecord {
+                        cursor,
+                        seen_until,
+                        indexed_until: seen_until,
+                        polled,
+                        namespaces,
+                        ..ClientRecord::default()
+                    },
+                );
+            }
+            Change::Watermark {
+                user,
+                namespace,
+                pos,
+            } => {
+                self.logs
+                    .entry(user)
+                    .or_default()
+                    .raise_watermark(&namespace, pos);
+            }
+            Change::Data {
+                member,
+                key,
+                value: Some(value),
+            } => match member {
+                Member::User(user) => {
+                    self.user_data.entry(user).or_default().insert(key, value);
+                }
+                Member::Client(user, client) => {
+                    if let Some(record) = self
+                        .logs
+                        .get_mut(&user)
+                        .and_then(|log| log.clients.get_mut(&client))
+                    {
+                        record.data.insert(key, value);
+                    }
+                }
+            },
+            Change::Dedup {
+                key,
+                seq,
+                owner,
+                until,
+                outcome,
+            } => self.dedup.restore(&key, outcome, until, owner, seq),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! `DurableStorage` across a reopen of its file: what was confirmed stored comes back, a lost or
+//! damaged file comes back as a new epoch, and a full disk answers `Unavailable` and recovers.
+//! (The conformance suite runs on it in the crate's unit tests; `tests/durable_restart.rs`
+//! kills the chat example with SIGKILL mid-load.)
+#![cfg(feature = "durable")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use simpleio::storage::{
+    AppendOutcome, Claim, DedupKey, DedupLimits, Epoch, FetchBatch, FetchRequest, NewMessage,
+    Position, QueueLimits, StorageError, now_millis,
+};
+use simpleio::{ClientId, DurableStorage, Member, MessageId, Storage, UserId};
+
+/// A folder of its own under the system's temporary folder, removed when dropped.
+struct Folder(PathBuf);
+
+impl Folder {
+    fn new(name: &str) -> Folder {
+        let path = std::env::temp_dir().join(format!(
+            "simpleio-durable-{name}-{}-{}",
+            std::process::id(),
+            now_millis()
+        ));
+        std::fs::create_dir_all(&path).expect("a temporary folder");
+        Folder(path)
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.join("store.redb")
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn limits() -> QueueLimits {
+    QueueLimits {
+        per_user: 10_000,
+        per_sender: 10_000,
+        bytes_per_user: 64 << 20,
+        bytes_per_sender: 64 << 20,
+    }
+}
+
+fn dedup_limits() -> DedupLimits {
+    DedupLimits {
+        lease: Duration::from_secs(10),
+        per_client: 1_000,
+        per_user: 4_000,
+    }
+}
+
+fn message(to: &str, client: Option<&str>, data: &Arc<RawValue>) -> NewMessage {
+    NewMessage {
+        user: UserId::from(to),
+        client: client.map(|c| ClientId::new(c).expect("a client id")),
+        namespace: "/".into(),
+        event: "line".into(),
+        data: data.clone(),
+        expires_at: now_millis() + HOUR.as_millis() as u64,
+        sender: Some(UserId::from("sender")),
+    }
+}
+
+fn json(text: &str) -> Arc<RawValue> {
+    Arc::from(RawValue::from_string(text.to_owned()).expect("JSON"))
+}
+
+async fn fetch(
+    s: &DurableStorage,
+    user: &str,
+    client: &str,
+    cursor: Option<(Epoch, Position)>,
+) -> FetchBatch {
+    s.fetch(FetchRequest {
+        user: UserId::from(user),
+        client: ClientId::new(client).expect("a client id"),
+        cursor,
+        namespaces: vec!["/".into()],
+        limit: 1_000,
+        presence_ttl: Duration::from_secs(60),
+        announce: None,
+        max_clients: 64,
+    })
+    .await
+    .expect("a fetch")
+}
+
+fn texts(batch: &FetchBatch) -> Vec<String> {
+    batch
+        .messages
+        .iter()
+        .map(|m| m.data.get().to_owned())
+        .collect()
+}
+
+fn positions(outcomes: &[AppendOutcome]) -> Vec<Position> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            AppendOutcome::Stored(pos) => *pos,
+            other => panic!("not stored: {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn everything_confirmed_comes_back_after_a_reopen() {
+    let folder = Folder::new("reopen");
+    let big = json(&format!(r#"{{"text":"{}"}}"#, "x".repeat(2_000)));
+    let key = DedupKey {
+        user: UserId::from("ann"),
+        client: ClientId::new("ann-tab").expect("an id"),
+        id: MessageId::new("m1").expect("an id"),
+    };
+    let (epoch, last) = {
+        let s = DurableStorage::open(folder.file())
+            .await
+            .expect("a new file");
+        let epoch = s.epoch().await.expect("an epoch");
+        // Bob reads and confirms two lines; a third stays unconfirmed.
+        let first = s
+            .append(
+                vec![
+                    message("bob", None, &json(r#""one""#)),
+                    message("bob", None, &json(r#""two""#)),
+                ],
+                limits(),
+            )
+            .await
+            .expect("stored");
+        let read = fetch(&s, "bob", "bob-tab", None).await;
+        assert_eq!(texts(&read), [r#""one""#, r#""two""#]);
+        fetch(&s, "bob", "bob-tab", Some((epoch.clone(), read.cursor))).await;
+        s.append(vec![message("bob", None, &json(r#""three""#))], limits())
+            .await
+            .expect("stored");
+        // A fan-out of a large payload, stored once for all of them, and a line for one client.
+        let fanout: Vec<NewMessage> = (0..50)
+            .map(|i| message(&format!("fan{i}"), None, &big))
+            .collect();
+        s.append(fanout, limits()).await.expect("stored");
+        let direct = s
+            .append(
+                vec![message("carol", Some("carol-b"), &json("1"))],
+                limits(),
+            )
+            .await
+            .expect("stored");
+        // A handled message, rooms, data.
+        assert_eq!(
+            s.claim(&key, 7, dedup_limits()).await.expect("claimed"),
+            Claim::Acquired
+        );
+        s.complete(&key, r#"{"ok":true}"#, HOUR)
+            .await
+            .expect("completed");
+        let ann_tab = Member::Client(UserId::from("ann"), ClientId::new("ann-tab").expect("id"));
+        s.join("lobby", &Member::User(UserId::from("bob")), HOUR)
+            .await
+            .expect("joined");
+        s.join("lobby", &ann_tab, HOUR).await.expect("joined");
+        s.set_data(
+            &Member::User(UserId::from("bob")),
+            "name",
+            Some(r#""Bob""#),
+            HOUR,
+        )
+        .await
+        .expect("set");
+        s.set_data(&ann_tab, "typing", Some("true"), HOUR)
+            .await
+            .expect("set");
+        let _ = first;
+        (epoch, positions(&direct.outcomes)[0])
+    };
+
+    let s = DurableStorage::open(folder.file()).await.expect("reopened");
+    assert_eq!(
+        s.epoch().await.expect("an epoch"),
+        epoch,
+        "the epoch changed"
+    );
+    // Bob's client resumes after what it confirmed; a new client of Bob's starts at the
+    // watermark: both read only the unconfirmed line.
+    let resumed = fetch(&s, "bob", "bob-tab", None).await;
+    assert_eq!(texts(&resumed), [r#""three""#]);
+    let other = fetch(&s, "bob", "bob-phone", None).await;
+    assert_eq!(texts(&other), [r#""three""#]);
+    for i in [0, 49] {
+        let got = fetch(&s, &format!("fan{i}"), "t", None).await;
+        assert_eq!(got.messages.len(), 1);
+        assert_eq!(got.messages[0].data.get(), big.get());
+    }
+    let carol = fetch(&s, "carol", "carol-b", None).await;
+    assert_eq!(texts(&carol), ["1"]);
+    assert!(
+        fetch(&s, "carol", "carol-a", None)
+            .await
+            .messages
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim(&key, 8, dedup_limits()).await.expect("a claim"),
+        Claim::Done(r#"{"ok":true}"#.into()),
+        "a handled message would be handled again"
+    );
+    let mut members: Vec<String> = s
+        .members("lobby")
+        .await
+        .expect("members")
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    members.sort();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(
+        s.get_data(&Member::User(UserId::from("bob")), "name")
+            .await
+            .expect("data")
+            .as_deref(),
+        Some(r#""Bob""#)
+    );
+    let ann_tab = Member::Client(UserId::from("ann"), ClientId::new("ann-tab").expect("id"));
+    assert_eq!(
+        s.get_data(&ann_tab, "typing")
+            .await
+            .expect("data")
+            .as_deref(),
+        Some("true")
+    );
+    // Positions go on growing from where they were.
+    let next = s
+        .append(vec![message("carol", None, &json("2"))], limits())
+        .await
+        .expect("stored");
+    assert!(positions(&next.outcomes)[0] > last);
+}
+
+#[tokio::test]
+async fn the_file_keeps_only_what_is_held() {
+    let folder = Folder::new("bounded");
+    let s = DurableStorage::open(folder.file())
+        .await
+        .expect("a new file");
+    let epoch = s.epoch().await.expect("an epoch");
+    let line = json(&format!(r#""{}""#, "y".repeat(500)));
+    let mut cursor = None;
+    let mut sizes = Vec::new();
+    for round in 0..6 {
+        for _ in 0..20 {
+            let batch: Vec<NewMessage> = (0..50).map(|_| message("dan", None, &line)).collect();
+            s.append(batch, limits()).await.expect("stored");
+            let read = fetch(&s, "dan", "dan-tab", cursor.clone()).await;
+            cursor = Some((epoch.clone(), read.cursor));
+        }
+        // Confirm the last read, so every message is delivered and trimmed.
+        fetch(&s, "dan", "dan-tab", cursor.clone()).await;
+        let size = std::fs::metadata(folder.file()).expect("the file").len();
+        sizes.push(size);
+        eprintln!(
+            "round {round}: {} messages sent, file {size} B",
+            (round + 1) * 1_000
+        );
+    }
+    // 6,000 messages of 500 B went through (3 MB); the file holds none of them at the end, and
+    // stops growing once its freed pages are reused.
+    assert!(
+        sizes[5] <= sizes[2] + sizes[2] / 2,
+        "the file grows with what was ever sent: {sizes:?}"
+    );
+    assert!(s.commits() > 0);
+}
+
+#[tokio::test]
+async fn a_missing_file_is_a_new_epoch() {
+    let folder = Folder::new("missing");
+    let first = {
+        let s = DurableStorage::open(folder.file())
+            .await
+            .expect("a new file");
+        s.append(vec![message("eve", None, &json("1"))], limits())
+            .await
+            .expect("stored");
+        s.epoch().await.expect("an epoch")
+    };
+    std::fs::remove_file(folder.file()).expect("removed");
+    let s = DurableStorage::open(folder.file())
+        .await
+        .expect("a new file");
+    assert_ne!(s.epoch().await.expect("an epoch"), first);
+    assert!(fetch(&s, "eve", "t", None).await.messages.is_empty());
+}
+
+#[tokio::test]
+async fn a_damaged_file_is_moved_aside_and_a_new_epoch_starts() {
+    for (name, damage) in [
+        ("garbage", Damage::Garbage),
+        ("torn", Damage::Truncated),
+        ("flipped", Damage::Flipped),
+    ] {
+        let folder = Folder::new(name);
+        let first = {
+            let s = DurableStorage::open(folder.file())
+                .await
+                .expect("a new file");
+            let lines: Vec<NewMessage> = (0..200)
+                .map(|i| message("fay", None, &json(&i.to_string())))
+                .collect();
+            s.append(lines, limits()).await.expect("stored");
+            s.epoch().await.expect("an epoch")
+        };
+        let bytes = std::fs::read(folder.file()).expect("the file");
+        let damaged = match damage {
+            Damage::Garbage => vec![0x5a; bytes.len()],
+            Damage::Truncated => bytes[..bytes.len() / 3].to_vec(),
+            Damage::Flipped => {
+                // Every byte of the header region and the first pages.
+                let mut b = bytes.clone();
+                for x in b.iter_mut().take(8192) {
+                    *x ^= 0xff;
+                }
+                b
+            }
+        };
+        std::fs::write(folder.file(), damaged).expect("damaged");
+        let s = DurableStorage::open(folder.file())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: not reopened: {e}"));
+        assert_ne!(
+            s.epoch().await.expect("an epoch"),
+            first,
+            "{name}: a damaged file kept its epoch"
+        );
+        assert!(fetch(&s, "fay", "t", None).await.messages.is_empty());
+        let aside = std::fs::read_dir(&folder.0)
+            .expect("the folder")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
+        assert!(aside, "{name}: the damaged file was not kept aside");
+    }
+}
+
+enum Damage {
+    Garbage,
+    Truncated,
+    Flipped,
+}
+
+/// A 2 MiB tmpfs: a real full disk. Needs root (to mount); skipped loudly without, failed
+/// without under `CI=true`.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount() -> Option<SmallDisk> {
+        let path = std::env::temp_dir().join(format!("simpleio-full-{}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("a mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            let _ = std::fs::remove_dir(&path);
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true: this test needs to mount a tmpfs (run as root)");
+            }
+            eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk(path))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_unavailable_and_recovers() {
+    let Some(disk) = SmallDisk::mount() else {
+        return;
+    };
+    let file = disk.0.join("store.redb");
+    let s = DurableStorage::open(&file).await.expect("a new file");
+    let epoch = s.epoch().await.expect("an epoch");
+    s.append(vec![message("gil", None, &json(r#""kept""#))], limits())
+        .await
+        .expect("stored");
+    // Fill the disk with another file, then send until a write is refused.
+    let filler = disk.0.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=64"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let line = json(&format!(r#""{}""#, "z".repeat(4_000)));
+    let mut refused = None;
+    let mut stored = 0;
+    for _ in 0..2_000 {
+        match s.append(vec![message("gil", None, &line)], limits()).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a full disk refused nothing");
+    assert!(
+        matches!(refused, StorageError::Unavailable(_)),
+        "a full disk is not `Unavailable` (503): {refused}"
+    );
+    // Reads that saw nothing lost still answer, or fail loudly; none return what was refused.
+    std::fs::remove_file(&filler).expect("space freed");
+    let mut recovered = false;
+    for _ in 0..50 {
+        if s.append(vec![message("gil", None, &json(r#""after""#))], limits())
+            .await
+            .is_ok()
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "the storage did not recover once space was freed"
+    );
+    let read = fetch(&s, "gil", "t", None).await;
+    assert_eq!(read.epoch, epoch, "the epoch changed");
+    let got = texts(&read);
+    assert_eq!(got.first().map(String::as_str), Some(r#""kept""#));
+    assert_eq!(got.last().map(String::as_str), Some(r#""after""#));
+    assert_eq!(
+        got.len(),
+        stored + 2,
+        "lines stored before the refusal were lost"
+    );
+    drop(s);
+    // And all of it is in the file.
+    let s = DurableStorage::open(&file).await.expect("reopened");
+    assert_eq!(texts(&fetch(&s, "gil", "t", None).await).len(), stored + 2);
+}
