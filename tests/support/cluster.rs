@@ -107,8 +107,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the chat example on `redis_url` with the extra environment `env`, named `name`
-    /// (its `x-simpleio-node` header), and waits until it listens.
+    /// Starts the chat example on `redis_url` (none if empty) with the extra environment `env`,
+    /// named `name` (its `x-simpleio-node` header), and waits until it listens.
     pub fn start(name: &str, redis_url: &str, env: &[(&str, &str)]) -> Node {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
@@ -124,13 +124,19 @@ impl Node {
             .arg("node-wrapper")
             .arg(chat_binary())
             .env("SIMPLEIO_NODE_LOG", &log)
-            .env("REDIS_URL", redis_url)
             .env("PORT", "0")
             .env("SIMPLEIO_NODE", name)
             .env("RUST_LOG", "warn,chat=info")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // No Redis URL: the node keeps its data where `SIMPLEIO_DATA` says (a durable file, or
+        // memory).
+        if redis_url.is_empty() {
+            command.env_remove("REDIS_URL");
+        } else {
+            command.env("REDIS_URL", redis_url);
+        }
         for (k, v) in env {
             command.env(k, v);
         }
