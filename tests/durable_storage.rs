@@ -122,6 +122,7 @@ async fn everything_confirmed_comes_back_after_a_reopen() {
         client: ClientId::new("ann-tab").expect("an id"),
         id: MessageId::new("m1").expect("an id"),
     };
+    let mut hal_cursor = 0;
     let (epoch, last) = {
         let s = DurableStorage::open(folder.file())
             .await
@@ -181,6 +182,13 @@ async fn everything_confirmed_comes_back_after_a_reopen() {
             .await
             .expect("set");
         let _ = first;
+        // Hal reads and confirms everything: his log is trimmed empty.
+        s.append(vec![message("hal", None, &json("0"))], limits())
+            .await
+            .expect("stored");
+        let read = fetch(&s, "hal", "hal-tab", None).await;
+        fetch(&s, "hal", "hal-tab", Some((epoch.clone(), read.cursor))).await;
+        hal_cursor = read.cursor;
         (epoch, positions(&direct.outcomes)[0])
     };
 
@@ -238,6 +246,10 @@ async fn everything_confirmed_comes_back_after_a_reopen() {
             .as_deref(),
         Some("true")
     );
+    // A cursor into a log trimmed empty before the restart stays where it was.
+    let hal = fetch(&s, "hal", "hal-tab", Some((epoch.clone(), hal_cursor))).await;
+    assert!(hal.messages.is_empty());
+    assert_eq!(hal.cursor, hal_cursor, "a client's cursor moved back");
     // Positions go on growing from where they were.
     let next = s
         .append(vec![message("carol", None, &json("2"))], limits())

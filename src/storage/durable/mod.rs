@@ -1,35 +1,4 @@
-//! [`DurableStorage`]: everything in this process's memory, and in one file on its disk, so
-//! that a restart or a crash of the process loses nothing it confirmed.
-//!
-//! # How it works
-//!
-//! Reads and the storage's rules are those of [`MemoryStorage`]: the state lives in memory and
-//! every operation costs what it does there. Each change to what must survive (messages,
-//! cursors and watermarks, client records and data, dedup records, room memberships) is also
-//! recorded, and a writer thread puts them in a [redb](https://docs.rs/redb) file: many
-//! requests' changes in one transaction and one fsync (*group commit*). An operation returns
-//! only once every change it made or saw is durable, and signals are published only after the
-//! changes behind them: so `Sending::stored()` resolving, an incoming message's ack, a
-//! confirmation, a client reading a message, all happen after the data is on disk.
-//!
-//! On start the file is read whole into memory. A missing file starts a new epoch; so does a
-//! file that cannot be read (it is moved aside with a loud log, never trusted, never a panic),
-//! and clients then resync, as the [`Epoch`](crate::storage::Epoch) rules require.
-//!
-//! If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
-//! memory is rebuilt from the file (which holds exactly what was confirmed), and writing goes
-//! on once the disk takes writes again.
-//!
-//! Presence (when each client last polled) is not written: it changes on every poll. After a
-//! restart every client is given its presence TTL afresh, so one that does not come back is
-//! reaped, with its departure reported, as if the process had never stopped.
-//!
-//! # Cost
-//!
-//! Memory as [`MemoryStorage`], plus the file: each message, client and record once, a fan-out's
-//! payload (from 256 bytes) once for all its recipients. The file's pages are reused as
-//! messages are delivered or expire, so its size follows what is held, not what was ever sent.
-//! One process opens a file at a time.
+//! [`DurableStorage`]: everything in this process's memory, and in one file on its disk.
 
 mod codec;
 mod load;
@@ -57,8 +26,37 @@ use crate::id::{ClientId, UserId};
 /// Storage in this process's memory and in one file on its disk: a restart, or a `SIGKILL`,
 /// loses nothing that was confirmed stored (feature `durable`).
 ///
-/// For one process. Several processes share a storage such as `RedisStorage` instead. See the
-/// [module docs](self) for how it works and what it costs.
+/// For one process. Several processes share a storage such as `RedisStorage` instead.
+///
+/// # How it works
+///
+/// Reads and the storage's rules are those of [`MemoryStorage`]: the state lives in memory and
+/// every operation costs what it does there. Each change to what must survive (messages,
+/// cursors and watermarks, client records and data, dedup records, room memberships) is also
+/// recorded, and a writer thread puts them in a [redb](https://docs.rs/redb) file: many
+/// requests' changes in one transaction and one fsync (*group commit*). An operation returns
+/// only once every change it made or saw is durable, and signals are published only after the
+/// changes behind them: so `Sending::stored()` resolving, an incoming message's ack, a
+/// confirmation, a client reading a message, all happen after the data is on disk.
+///
+/// On start the file is read whole into memory. A missing file starts a new epoch; so does a
+/// file that cannot be read (it is moved aside with a loud log, never trusted, never a panic),
+/// and clients then resync, as the [`Epoch`](crate::storage::Epoch) rules require.
+///
+/// If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
+/// memory is rebuilt from the file (which holds exactly what was confirmed), and writing goes
+/// on once the disk takes writes again.
+///
+/// Presence (when each client last polled) is not written: it changes on every poll. After a
+/// restart every client is given its presence TTL afresh, so one that does not come back is
+/// reaped, with its departure reported, as if the process had never stopped.
+///
+/// # Cost
+///
+/// Memory as [`MemoryStorage`], plus the file: each message, client and record once, a fan-out's
+/// payload (from 256 bytes) once for all its recipients. The file's pages are reused as
+/// messages are delivered or expire, so its size follows what is held, not what was ever sent.
+/// One process opens a file at a time.
 ///
 /// Cloning gives another handle to the same storage; the file is closed when the last one goes.
 ///

@@ -133,6 +133,9 @@ impl Shard {
                     log.online_indexed = seen_until;
                     self.online.insert((seen_until, user));
                 }
+                // The log's last position bounds confirmations; its messages may all have been
+                // trimmed, but no client's cursor is past it.
+                log.last = log.last.max(cursor);
                 log.clients.insert(
                     client,
                     ClientRecord {
@@ -150,10 +153,9 @@ impl Shard {
                 namespace,
                 pos,
             } => {
-                self.logs
-                    .entry(user)
-                    .or_default()
-                    .raise_watermark(&namespace, pos);
+                let log = self.logs.entry(user).or_default();
+                log.last = log.last.max(pos);
+                log.raise_watermark(&namespace, pos);
             }
             Change::Data {
                 member,
