@@ -122,8 +122,7 @@ async fn everything_confirmed_comes_back_after_a_reopen() {
         client: ClientId::new("ann-tab").expect("an id"),
         id: MessageId::new("m1").expect("an id"),
     };
-    let mut hal_cursor = 0;
-    let (epoch, last) = {
+    let (epoch, last, hal_cursor) = {
         let s = DurableStorage::open(folder.file())
             .await
             .expect("a new file");
@@ -188,8 +187,7 @@ async fn everything_confirmed_comes_back_after_a_reopen() {
             .expect("stored");
         let read = fetch(&s, "hal", "hal-tab", None).await;
         fetch(&s, "hal", "hal-tab", Some((epoch.clone(), read.cursor))).await;
-        hal_cursor = read.cursor;
-        (epoch, positions(&direct.outcomes)[0])
+        (epoch, positions(&direct.outcomes)[0], read.cursor)
     };
 
     let s = DurableStorage::open(folder.file()).await.expect("reopened");
