@@ -18,6 +18,7 @@ use crate::handler::{HandlerError, Incoming, null};
 use crate::id::{ClientId, UserId};
 use crate::io::SimpleIo;
 use crate::namespace::authorize;
+use crate::origin::Origins;
 use crate::protocol::check_namespace;
 use crate::protocol::{
     Ack, AckOutcome, ClientMessage, ErrorBody, ProtocolError, SendRequest, SendResponse,
@@ -371,6 +372,7 @@ async fn call_handler(
         }));
     };
     let mut handler = entry.handler.clone();
+    let origins = Origins::new(user, client, &message.id);
     let incoming = Incoming {
         user: user.clone(),
         client: client.clone(),
@@ -379,7 +381,10 @@ async fn call_handler(
         data: message.data.unwrap_or_else(null),
         // The handler's sends are on behalf of this user: they fill only the user's share of
         // each recipient's queue.
-        io: io.of(namespace.clone()).on_behalf_of(user.clone()),
+        io: io
+            .of(namespace.clone())
+            .on_behalf_of(user.clone())
+            .for_handler(origins),
         namespace,
     };
     let event = incoming.event.clone();

@@ -17,6 +17,7 @@ use crate::delivery::{self, Delivered, Failure, SendError};
 use crate::hash::HashSet;
 use crate::hub::Expectation;
 use crate::id::{ClientId, UserId};
+use crate::origin::Origins;
 use crate::shared::Shared;
 use crate::storage::{
     AppendOutcome, DEFAULT_NAMESPACE, DeliveryState, DeliveryTarget, Epoch, FANOUT_CHUNK, Member,
@@ -56,6 +57,8 @@ pub struct SimpleIo {
     /// On whose behalf its messages are sent, if anyone's: each sender holds only a share of a
     /// recipient's queue.
     sender: Option<UserId>,
+    /// Names for its sends, when it is a handler's (see [`crate::origin`]).
+    origins: Option<Arc<Origins>>,
 }
 
 impl fmt::Debug for SimpleIo {
@@ -101,6 +104,7 @@ impl SimpleIo {
             shared,
             namespace: DEFAULT_NAMESPACE.into(),
             sender: None,
+            origins: None,
         }
     }
 
@@ -111,6 +115,7 @@ impl SimpleIo {
             shared: self.shared.clone(),
             namespace: ns.into(),
             sender: self.sender.clone(),
+            origins: self.origins.clone(),
         }
     }
 
@@ -130,6 +135,15 @@ impl SimpleIo {
             shared: self.shared.clone(),
             namespace: self.namespace.clone(),
             sender: Some(user.into()),
+            origins: self.origins.clone(),
+        }
+    }
+
+    /// The same handle, naming its sends after the client message a handler handles.
+    pub(crate) fn for_handler(&self, origins: Origins) -> SimpleIo {
+        SimpleIo {
+            origins: Some(Arc::new(origins)),
+            ..self.clone()
         }
     }
 
@@ -414,6 +428,7 @@ impl Emitter {
         let recipients = self.resolve().await.map_err(SendError::Storage)?;
         let expires_at = millis_after(self.ttl);
         let namespace = self.io.namespace.clone();
+        let origin = (self.io.origins.as_ref()).map(|o| o.next(&namespace, &event));
         let mut expectation = shared.hub.expect([]);
         let mut not_stored = Vec::new();
         // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out, and a
@@ -437,6 +452,7 @@ impl Emitter {
                     data: data.clone(),
                     expires_at,
                     sender: self.io.sender.clone(),
+                    origin: origin.clone(),
                 })
                 .collect();
             let limits = QueueLimits {

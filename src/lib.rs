@@ -19,6 +19,7 @@ mod io;
 mod json;
 mod layer;
 mod namespace;
+mod origin;
 mod poll;
 mod presence;
 mod protocol;

@@ -165,19 +165,24 @@ async fn a_killed_process_restarted_on_its_file_loses_nothing() {
                 .iter()
                 .map(|i| i.lock().expect("inbox").lines.len())
                 .collect();
-            panic!("only {} of {expected} lines arrived: {per:?}", count(&inboxes));
+            panic!(
+                "only {} of {expected} lines arrived: {per:?}",
+                count(&inboxes)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A little longer: anything delivered twice would show now.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let mut redone = 0;
     for (i, inbox) in inboxes.iter().enumerate() {
         let inbox = inbox.lock().expect("inbox");
         let me = &names[i];
         let prev = &names[(i + USERS - 1) % USERS];
-        assert_eq!(inbox.resynced, 0, "{me} resynced: the restart lost the epoch");
+        assert_eq!(
+            inbox.resynced, 0,
+            "{me} resynced: the restart lost the epoch"
+        );
         let positions: Vec<u64> = inbox.lines.iter().map(|(pos, _, _)| *pos).collect();
         assert!(
             positions.windows(2).all(|w| w[0] < w[1]),
@@ -190,25 +195,22 @@ async fn a_killed_process_restarted_on_its_file_loses_nothing() {
                 .filter(|(_, f, _)| f == from)
                 .map(|(_, _, n)| *n)
                 .collect();
-            let mut distinct = got.clone();
-            distinct.dedup();
             // A line whose handler ran, stored it, and died before its outcome was recorded is
-            // handled again by the retry: it comes twice in a row, never out of order.
-            redone += got.len() - distinct.len();
+            // handled again by the retry; its send is known by its origin and not stored twice.
             assert_eq!(
-                distinct,
+                got,
                 (0..LINES).collect::<Vec<_>>(),
-                "{me}: lines from {from} lost or out of order"
+                "{me}: lines from {from} lost, repeated or out of order"
             );
         }
         let unique: HashSet<_> = inbox.lines.iter().map(|(p, _, _)| p).collect();
-        assert_eq!(unique.len(), inbox.lines.len(), "{me}: a position came twice");
+        assert_eq!(
+            unique.len(),
+            inbox.lines.len(),
+            "{me}: a position came twice"
+        );
     }
-    eprintln!("killed mid-run: {expected} lines, {resent} resent after `unavailable`, {redone} handled twice by a retry");
-    assert!(
-        redone <= USERS,
-        "{redone} lines handled twice: more than one per sender in flight at the kill"
-    );
+    eprintln!("killed mid-run: {expected} lines, {resent} resent after `unavailable`");
 
     // The message handled before the kill, retried now: its stored outcome, not a second run.
     let again = post(&http, &url, "zed", "zed-tab-0001", "early-1", "yan").await;
@@ -221,7 +223,11 @@ async fn a_killed_process_restarted_on_its_file_loses_nothing() {
         .expect("a response");
     let body: Value = res.json().await.expect("a JSON body");
     let lines = body["messages"].as_array().cloned().unwrap_or_default();
-    assert_eq!(lines.len(), 1, "zed's line was handled twice, or lost: {body}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "zed's line was handled twice, or lost: {body}"
+    );
     assert_eq!(lines[0]["data"]["from"], "zed");
 
     for client in clients {

@@ -91,6 +91,7 @@ macro_rules! storage_conformance_tests {
             a_cursor_beyond_the_log_reads_from_its_end,
             a_queue_is_bounded_in_bytes_too,
             a_claim_is_resumed_by_its_owner_and_renewed_while_held,
+            a_send_with_a_known_origin_is_stored_once,
         );
     };
     (optional $fresh:path) => {
@@ -125,6 +126,7 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
         data: data(&format!("\"{event}\"")),
         expires_at: millis_after(ttl),
         sender: None,
+        origin: None,
     }
 }
 
@@ -1684,4 +1686,66 @@ pub async fn a_claim_is_resumed_by_its_owner_and_renewed_while_held(s: &impl Sto
         s.claim(&key, 8, short).await.expect("claim"),
         Claim::Done("1".into())
     );
+}
+
+/// A message whose origin the user's log remembers is not stored again, even once the first
+/// was delivered and trimmed: its append answers the first one's position. Origins are per
+/// user, and a log remembers a bounded number of them.
+pub async fn a_send_with_a_known_origin_is_stored_once(s: &impl Storage) {
+    let named = |to: &str, event: &str, origin: &str| NewMessage {
+        origin: Some(origin.into()),
+        ..from("ann", message(to, event, LONG))
+    };
+    let (epoch, first) = append(s, vec![named("bob", "a", "o1"), named("bob", "b", "o2")]).await;
+    let (_, again) = append(s, vec![named("bob", "a", "o1"), named("bob", "c", "o3")]).await;
+    assert_eq!(again[0], first[0], "a known origin was stored again");
+    assert!(
+        again[1] > first[1],
+        "a new origin was not stored after the others"
+    );
+    let read = fetch(s, "bob", "b1", None).await;
+    assert_eq!(
+        events(&read),
+        ["a", "b", "c"],
+        "a repeated send was stored twice"
+    );
+    // Delivered and trimmed: still remembered.
+    fetch(s, "bob", "b1", Some((&epoch, read.cursor))).await;
+    let (_, later) = append(s, vec![named("bob", "a", "o1")]).await;
+    assert_eq!(later[0], first[0], "a delivered send was stored again");
+    assert!(
+        fetch(s, "bob", "b1", Some((&epoch, read.cursor)))
+            .await
+            .messages
+            .is_empty()
+    );
+    // Another user's log does not know it; a message with no origin is always stored.
+    append(s, vec![named("carol", "a", "o1")]).await;
+    assert_eq!(
+        events(&fetch(s, "carol", "c1", None).await),
+        ["a"],
+        "an origin of another user's log kept a message from being stored"
+    );
+    let plain = from("ann", message("bob", "a", LONG));
+    let (_, p1) = append(s, vec![plain.clone()]).await;
+    let (_, p2) = append(s, vec![plain]).await;
+    assert!(
+        p2[0] > p1[0],
+        "a message without an origin was taken for a repeat"
+    );
+    // At most `per_user` origins per user: past that, sends are stored but not remembered.
+    let two = |m: Vec<NewMessage>| async move {
+        let a = s.append(m, queue(2)).await.expect("append");
+        positions(&a.outcomes)
+    };
+    let d = two(vec![named("dan", "x", "d0"), named("dan", "x", "d1")]).await;
+    let read = fetch(s, "dan", "d1", None).await;
+    fetch(s, "dan", "d1", Some((&epoch, read.cursor))).await;
+    let d2 = two(vec![named("dan", "x", "d2")]).await;
+    let d2_again = two(vec![named("dan", "x", "d2")]).await;
+    assert!(
+        d2_again[0] > d2[0],
+        "more origins than per_user were remembered"
+    );
+    assert_eq!(two(vec![named("dan", "x", "d0")]).await, vec![d[0]]);
 }

@@ -164,6 +164,13 @@ pub struct NewMessage {
     /// [`QueueLimits::per_user`] only.
     #[serde(default)]
     pub sender: Option<UserId>,
+    /// What names this send, if anything: while the user's log remembers an origin (until the
+    /// message it came with expires, even once delivered), a message with the same one is not
+    /// stored again, and its append answers the first one's position. simpleio names the sends
+    /// of a handler after the client message it handles, so that a handler run again after a
+    /// crash (its outcome was never recorded) does not send twice.
+    #[serde(default)]
+    pub origin: Option<Arc<str>>,
 }
 
 /// How much a user's queue holds: the messages in their log neither expired nor delivered,
@@ -518,6 +525,10 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// `bytes_per_user` bytes of `data`, or, from its [`sender`](NewMessage::sender), past
     /// `per_sender` or `bytes_per_sender`. Expired and delivered messages are evicted first to
     /// make room (the sender's own, for the sender's share).
+    ///
+    /// A message whose [`origin`](NewMessage::origin) the user's log remembers is not stored
+    /// again: its outcome is the position it was stored at. A log remembers at most
+    /// `limits.per_user` origins, each until its message's expiry.
     async fn append(
         &self,
         messages: Vec<NewMessage>,

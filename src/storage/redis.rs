@@ -40,6 +40,8 @@
 //! | `{P}du:USER`             | zset    | the user's dedup records, `CLIENT:ID` → claim number   |
 //! | `{P}dc:CLIENT:USER`      | zset    | the client's dedup records, `ID` → claim number        |
 //! | `{P}p:ID`                | string  | a payload shared by the entries of one fan-out         |
+//! | `{P}u:USER:orig`         | hash    | origin of a send → its position (`NewMessage::origin`) |
+//! | `{P}u:USER:origx`        | zset    | the same origins by expiry, for the sweep and the bound |
 //!
 //! A log entry is `pos:expires_at:client:`, `=HEX:` if it has a sender (their id in hex),
 //! `#SIZE:` (the byte length of its JSON payload), the namespace's byte length, `:`, the
@@ -494,7 +496,8 @@ impl RedisStorage {
                     .arg(*payload)
                     .arg(body.as_str())
                     .arg(sender_arg(m.sender.as_ref()))
-                    .arg(data_size(m));
+                    .arg(data_size(m))
+                    .arg(m.origin.as_deref().unwrap_or(""));
             }
         })
         .await
@@ -1331,7 +1334,7 @@ end
 local first = 11 + nu * 2 + np * 3
 -- Per user, the number of the call's messages and their senders, whose bytes are read once.
 for i = 0, n - 1 do
-  local b = first + i * 7
+  local b = first + i * 8
   local seen, s = users[tonumber(ARGV[b])], ARGV[b + 5]
   seen.count = seen.count + 1
   if s ~= '-' then
@@ -1345,10 +1348,10 @@ end
 -- Per user, what the call needs of its keys is read once, and written back once at the end:
 -- a fan-out costs a few commands per message.
 for i = 0, n - 1 do
-  local b = first + i * 7
+  local b = first + i * 8
   local seen, c, exp = users[tonumber(ARGV[b])], ARGV[b + 1], tonumber(ARGV[b + 2])
   local payload, body, s = shared[tonumber(ARGV[b + 3])], ARGV[b + 4], ARGV[b + 5]
-  local size_s = ARGV[b + 6]
+  local size_s, origin = ARGV[b + 6], ARGV[b + 7]
   local size = tonumber(size_s)
   if s == '-' then s = nil end
   local u = seen.id
@@ -1387,6 +1390,27 @@ for i = 0, n - 1 do
     end
     seen.was_empty = seen.card == 0
   end
+  -- A send whose origin the user's log remembers was stored before (a handler run again
+  -- after a crash): its outcome is that position, and nothing is stored. Origins live in
+  -- `orig` (origin -> position) and `origx` (origin by expiry); a few lapsed ones are swept
+  -- per user and call, and the keys expire with the last of them.
+  local ok, ox = key(u, 'orig'), key(u, 'origx')
+  local known
+  if origin ~= '' then
+    if not seen.origins_swept then
+      seen.origins_swept = true
+      local lapsed = redis.call('ZRANGEBYSCORE', ox, '-inf', str(now), 'LIMIT', 0, 16)
+      if #lapsed > 0 then
+        redis.call('ZREM', ox, unpack(lapsed))
+        redis.call('HDEL', ok, unpack(lapsed))
+      end
+    end
+    local until_ = redis.call('ZSCORE', ox, origin)
+    if until_ and tonumber(until_) > now then known = redis.call('HGET', ok, origin) end
+  end
+  if known then
+    table.insert(out, known)
+  else
   -- The sender's share first: a sender at theirs, in count or in bytes, makes room among
   -- their own entries; then the user's queue, among everyone's. Each eviction removes an
   -- entry for good, so the loops are bounded by what was added before. A message larger than
@@ -1435,6 +1459,15 @@ for i = 0, n - 1 do
     seen.stored = true
     seen.upto = math.max(seen.upto, exp)
     if payload then payload.upto = math.max(payload.upto, exp) end
+    -- Remembered while the user has fewer than the queue's limit of them: past it a send is
+    -- stored without, so a user sent to without end costs a bounded amount.
+    if origin ~= '' and redis.call('ZCARD', ox) < maxq then
+      redis.call('HSET', ok, origin, p)
+      redis.call('ZADD', ox, str(exp), origin)
+      extend(ok, exp, now)
+      extend(ox, exp, now)
+    end
+  end
   end
 end
 for _, payload in ipairs(shared) do
@@ -2499,6 +2532,7 @@ mod tests {
             data: Arc::from(RawValue::from_string(data.into()).expect("JSON")),
             expires_at: 0,
             sender: None,
+            origin: None,
         }
     }
 

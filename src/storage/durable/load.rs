@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::codec::{self, MessageRecord, Payload};
 use super::tables::{
-    CLIENTS, DATA, DEDUP, FORMAT, MESSAGES, META, Open, PAYLOADS, ROOMS, WATERMARKS,
+    CLIENTS, DATA, DEDUP, FORMAT, MESSAGES, META, ORIGINS, Open, PAYLOADS, ROOMS, WATERMARKS,
 };
 use crate::id::{ClientId, MessageId, UserId};
 use crate::storage::memory::journal::Change;
@@ -272,6 +272,18 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
         changes.push(Change::Join {
             room: room.into(),
             member: member(user, client)?,
+        });
+    }
+    let origins = txn.open_table(ORIGINS).map_err(|e| r(e.into()))?;
+    for row in origins.iter().map_err(|e| r(e.into()))? {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, origin) = key.value();
+        let (pos, until) = value.value();
+        changes.push(Change::Origin {
+            user: UserId::from(user),
+            origin: origin.into(),
+            pos,
+            until,
         });
     }
     Ok(Loaded {

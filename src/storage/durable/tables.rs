@@ -12,6 +12,7 @@
 //! | `data` | (user, client or `""` for the user's own, key) | JSON text |
 //! | `dedup` | (user, client, message id) | claim number, owner, until, outcome |
 //! | `rooms` | (room, user, client or `""` for the whole user) | nothing |
+//! | `origins` | (user, origin of a send) | (position, until) |
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -29,6 +30,8 @@ pub(super) const WATERMARKS: TableDefinition<(&str, &str), u64> =
 pub(super) const DATA: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("data");
 pub(super) const DEDUP: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("dedup");
 pub(super) const ROOMS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("rooms");
+pub(super) const ORIGINS: TableDefinition<(&str, &str), (u64, u64)> =
+    TableDefinition::new("origins");
 
 /// The file format this code writes; a file with another is not read.
 pub(super) const FORMAT: u8 = 1;
@@ -98,6 +101,7 @@ pub(super) struct Open<'t> {
     data: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
     dedup: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
     rooms: Table<'t, (&'static str, &'static str, &'static str), ()>,
+    origins: Table<'t, (&'static str, &'static str), (u64, u64)>,
 }
 
 impl<'t> Open<'t> {
@@ -113,6 +117,7 @@ impl<'t> Open<'t> {
             data: txn.open_table(DATA)?,
             dedup: txn.open_table(DEDUP)?,
             rooms: txn.open_table(ROOMS)?,
+            origins: txn.open_table(ORIGINS)?,
         })
     }
 }
@@ -247,6 +252,18 @@ pub(super) fn apply(
         Change::Undedup { key } => {
             t.dedup
                 .remove((key.user.as_str(), key.client.as_str(), key.id.as_str()))?;
+        }
+        Change::Origin {
+            user,
+            origin,
+            pos,
+            until,
+        } => {
+            t.origins
+                .insert((user.as_str(), &**origin), (*pos, *until))?;
+        }
+        Change::Unorigin { user, origin } => {
+            t.origins.remove((user.as_str(), &**origin))?;
         }
         Change::Join { room, member } => {
             let (user, client) = member_parts(member);

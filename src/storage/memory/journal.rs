@@ -70,6 +70,15 @@ pub(crate) enum Change {
     },
     /// A dedup record went.
     Undedup { key: DedupKey },
+    /// A user's log remembered a send's origin (see `NewMessage::origin`).
+    Origin {
+        user: UserId,
+        origin: Arc<str>,
+        pos: Position,
+        until: Millis,
+    },
+    /// It forgot one.
+    Unorigin { user: UserId, origin: Arc<str> },
     /// A member joined a room.
     Join { room: Arc<str>, member: Member },
     /// A member left a room.

@@ -15,6 +15,7 @@ mod dedup;
 #[cfg_attr(not(feature = "durable"), allow(dead_code))]
 pub(crate) mod journal;
 mod log;
+mod origins;
 #[cfg(feature = "durable")]
 pub(crate) mod restore;
 mod rooms;
@@ -31,6 +32,7 @@ use tokio::sync::broadcast;
 use self::dedup::Dedup;
 use self::journal::{Change, Changes, Journal};
 use self::log::{ClientRecord, Entry, PRESENCE_STEP, UserLog};
+use self::origins::Origins;
 use self::rooms::Rooms;
 use super::{
     AppendOutcome, Appended, Arrival, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget,
@@ -107,6 +109,7 @@ struct Shard {
     /// reads the live ones off its end without looking anything up.
     online: BTreeSet<(Millis, UserId)>,
     dedup: Dedup,
+    origins: Origins,
     /// Data of users (clients keep theirs in their record), by key.
     user_data: HashMap<UserId, HashMap<String, String>>,
     last_sweep: Millis,
@@ -142,6 +145,7 @@ impl Drop for ShardGuard<'_> {
         let shard = &mut *self.guard;
         let mut changes = shard.changes.take();
         shard.dedup.changes.append_to(&mut changes);
+        shard.origins.changes.append_to(&mut changes);
         if !changes.is_empty() {
             journal.record(changes);
         }
@@ -314,6 +318,7 @@ impl Shard {
             }
         }
         self.dedup.sweep(now, SLICE);
+        self.origins.sweep(now, SLICE);
     }
 
     /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
@@ -503,6 +508,13 @@ impl Storage for MemoryStorage {
                     continue;
                 };
                 let shard = &mut *shard;
+                if let Some(origin) = &m.origin
+                    && let Some(pos) = shard.origins.find(&m.user, origin, now)
+                {
+                    // Stored before (a handler run again after a crash): not stored twice.
+                    outcomes[i] = AppendOutcome::Stored(pos);
+                    continue;
+                }
                 let log = match shard.logs.get_mut(&m.user) {
                     Some(log) => log,
                     None => shard.logs.entry(m.user.clone()).or_default(),
@@ -543,6 +555,11 @@ impl Storage for MemoryStorage {
                     expires_at: m.expires_at,
                 });
                 outcomes[i] = AppendOutcome::Stored(pos);
+                if let Some(origin) = &m.origin {
+                    shard
+                        .origins
+                        .remember(&m.user, origin, pos, m.expires_at, limits.per_user);
+                }
                 woken.insert(m.user);
             }
         }

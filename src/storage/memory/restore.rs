@@ -68,6 +68,7 @@ impl MemoryStorage {
                         | Change::Client { user, .. }
                         | Change::Watermark { user, .. } => user,
                         Change::Dedup { key, .. } => &key.user,
+                        Change::Origin { user, .. } => user,
                         Change::Data { member, .. } => member.user(),
                         _ => continue,
                     };
@@ -79,6 +80,7 @@ impl MemoryStorage {
         for shard in shards.iter_mut() {
             shard.changes.set_recording(true);
             shard.dedup.changes.set_recording(true);
+            shard.origins.changes.set_recording(true);
         }
         rooms.changes.set_recording(true);
         under_lock();
@@ -182,6 +184,12 @@ impl Shard {
                 until,
                 outcome,
             } => self.dedup.restore(&key, outcome, until, owner, seq),
+            Change::Origin {
+                user,
+                origin,
+                pos,
+                until,
+            } => self.origins.restore(user, origin, pos, until),
             _ => {}
         }
     }
