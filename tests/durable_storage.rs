@@ -68,6 +68,7 @@ fn message(to: &str, client: Option<&str>, data: &Arc<RawValue>) -> NewMessage {
         data: data.clone(),
         expires_at: now_millis() + HOUR.as_millis() as u64,
         sender: Some(UserId::from("sender")),
+        origin: None,
     }
 }
 
