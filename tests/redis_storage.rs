@@ -1378,6 +1378,83 @@ async fn chunked_fan_out_to_100k_users_never_blocks_redis() {
     );
 }
 
+/// Reading a 100,000-member room takes a page of members per script, so that Redis answers
+/// other commands between pages, and still gives every member once: users, a live client, not
+/// a client whose record expired unreaped (run with `--nocapture` for the figures).
+///
+/// One script reading the whole room held Redis for about 100 ms on the benchmark's machine;
+/// the pages are counted (the test's bound on a script's time is ten times the page's, for a
+/// loaded CI machine).
+#[tokio::test]
+async fn a_big_room_is_read_a_page_per_script() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let users = 100_000;
+    let room = format!("{}room:big", storage.key_prefix());
+    // Straight into the room's set, a batch per command: `join` would take a script per user.
+    for start in (0..users).step_by(10_000) {
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(&room);
+        for u in start..start + 10_000 {
+            sadd.arg(format!("u:user{u}"));
+        }
+        let _: i64 = sadd.query_async(&mut conn).await.expect("sadd");
+    }
+    let tab = ClientId::random();
+    storage
+        .join("big", &Member::client("ann", tab.clone()), LONG)
+        .await
+        .expect("join");
+    // A client member with no presence record: it expired without being reaped.
+    let stale = ClientId::random();
+    let _: i64 = redis::cmd("SADD")
+        .arg(&room)
+        .arg(format!("c:{stale}:bob"))
+        .query_async(&mut conn)
+        .await
+        .expect("sadd");
+    log_commands_slower_than(&mut conn, 1_000).await;
+    let before = command_stats(&mut conn).await;
+    let started = Instant::now();
+    let mut members = storage.members("big").await.expect("members");
+    let took = started.elapsed();
+    let after = command_stats(&mut conn).await;
+    let slowest = slowest_script(&mut conn).await;
+    let pages = after.get("sscan").map_or(0, |s| s.0) - before.get("sscan").map_or(0, |s| s.0);
+    println!(
+        "{} members in {pages} pages took {took:?}; the slowest script ran {slowest} µs",
+        members.len()
+    );
+    assert_eq!(members.len(), users + 1, "each member once");
+    members.sort();
+    members.dedup();
+    assert_eq!(members.len(), users + 1, "each member once");
+    assert!(members.contains(&Member::client("ann", tab)));
+    assert!(members.contains(&Member::User(UserId::from("user99999"))));
+    assert!(
+        !members
+            .iter()
+            .any(|m| matches!(m, Member::Client(_, c) if *c == stale)),
+        "a client with no record is no member"
+    );
+    assert!(
+        pages >= 25,
+        "{users} members were read in {pages} pages, not a couple of thousand at a time"
+    );
+    assert!(slowest <= 50_000, "a page held Redis for {slowest} µs");
+    // The stale client's membership is gone for good.
+    let is_member: bool = redis::cmd("SISMEMBER")
+        .arg(&room)
+        .arg(format!("c:{stale}:bob"))
+        .query_async(&mut conn)
+        .await
+        .expect("sismember");
+    assert!(!is_member);
+}
+
 /// Every command's `(calls, usec)` from `INFO commandstats`, by name; commands run by scripts
 /// count too.
 async fn command_stats(

@@ -612,7 +612,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Removes `member` from `room` (idempotent).
     async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError>;
 
-    /// The members of `room`, in no particular order.
+    /// The members of `room`, each once, in no particular order. A big room may be read in
+    /// several steps, so as not to hold a lock or a server for long: a member in the room
+    /// throughout is in the answer, one who joins or leaves during the call may or may not be.
     async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError>;
 
     /// The rooms `member` is in, in no particular order.

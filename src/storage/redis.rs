@@ -164,6 +164,7 @@ use super::{
     Departure, Epoch, FetchBatch, FetchRequest, Limit, Member, NewMessage, QueueLimits, Signal,
     Storage, StorageError, StoredMessage,
 };
+use crate::hash::HashSet;
 use crate::id::{ClientId, UserId, random_token};
 
 /// How many signals a slow subscriber may fall behind before it is told to resync: two per
@@ -188,6 +189,12 @@ const REAP_BATCH: usize = 500;
 /// The most room memberships one reap script removes, over all its clients: a client may be in
 /// thousands of rooms, so the clients alone do not bound a script's work.
 const REAP_ROOMS: usize = 4_096;
+
+/// How many members of a room one script reads (`SSCAN`'s `COUNT`, a hint: a small set comes
+/// whole); `members` reads page after page. One `SMEMBERS` of a 100,000-member room, and the
+/// reply built from it, held Redis for about 100 ms, and every other command waited; a page
+/// takes a millisecond or two, less than an append of a fan-out's chunk.
+const MEMBERS_PAGE: usize = 2_048;
 
 /// The most undelivered log entries one append call looks at, per user, for a delivered one
 /// to evict from a full log (from the oldest on), and per user and sender, for one of the
@@ -236,9 +243,10 @@ const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Storage in Redis: share it between any number of processes behind a load balancer.
 ///
-/// Every operation is one atomic Lua script (one round trip); wakeups travel over Redis pub/sub,
-/// with **one** subscribed connection per `RedisStorage`, whatever the number of waiting polls.
-/// Clones share the connections.
+/// Every operation is one atomic Lua script (one round trip), but for the two whose work has
+/// no bound, which run a bounded batch per script: [`Storage::members`] and [`Storage::reap`].
+/// Wakeups travel over Redis pub/sub, with **one** subscribed connection per `RedisStorage`,
+/// whatever the number of waiting polls. Clones share the connections.
 ///
 /// * **Losing Redis's data** (a restart without persistence, a `FLUSHALL`) gives a new
 ///   [`Epoch`]: clients resync and senders of unconfirmed messages learn they were lost. Enable
@@ -253,7 +261,10 @@ const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 ///   by exactly one of them.
 /// * **Rooms** are sets, with a reverse index per member. A user's memberships have no TTL:
 ///   they persist until [`Storage::leave`], so remove users from rooms they should not stay in.
-///   A client's memberships go when it is reaped.
+///   A client's memberships go when it is reaped. [`Storage::members`] reads a room a page at a
+///   time, so that a 100,000-member room holds Redis for a millisecond at a time, not for a
+///   tenth of a second: every member in the room throughout the read is in the answer, once,
+///   while one who joins or leaves during it may or may not be.
 ///
 /// Needs Redis 5 or later (tested with 7), as one server or a primary; not Redis Cluster, since
 /// one script may touch the keys of several users. Use the `noeviction` or a `volatile-*`
@@ -2051,13 +2062,16 @@ return 1
     )
 });
 
-/// `ARGV[4]` room. Returns its members as written in it (`u:USER`, `c:CLIENT:USER`).
+/// `ARGV[4]` room, `[5]` the `SSCAN` cursor ('0' to start), `[6]` the page size. Returns the
+/// next cursor ('0' once done), then this page's members as written in the room (`u:USER`,
+/// `c:CLIENT:USER`).
 static MEMBERS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local rk = P .. 'room:' .. ARGV[4]
-local out = {}
-for _, m in ipairs(redis.call('SMEMBERS', rk)) do
+local page = redis.call('SSCAN', rk, ARGV[5], 'COUNT', ARGV[6])
+local out = {page[1]}
+for _, m in ipairs(page[2]) do
   -- A client with no record expired without being reaped (no node reaped for a whole
   -- grace): it is gone, so is its membership.
   if string.sub(m, 1, 2) == 'c:' and not redis.call('ZSCORE', P .. 'presence', m) then
@@ -2457,12 +2471,27 @@ impl Storage for RedisStorage {
     }
 
     async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
-        let members: Vec<String> = self
-            .eval(&MEMBERS, |inv| {
-                inv.arg(room);
-            })
-            .await?;
-        members.iter().map(|m| parse_member(m)).collect()
+        // A page per script, so that a big room never holds Redis (nor the shared connection,
+        // with its reply) for long. `SSCAN` returns every member that stays in the room
+        // throughout, but one may come twice if the set is resized between pages: the set
+        // keeps each once, as a room's members are distinct.
+        let mut members: HashSet<Member> = HashSet::default();
+        let mut cursor = String::from("0");
+        loop {
+            let page: Vec<String> = self
+                .eval(&MEMBERS, |inv| {
+                    inv.arg(room).arg(cursor.as_str()).arg(MEMBERS_PAGE);
+                })
+                .await?;
+            let mut page = page.into_iter();
+            cursor = page.next().ok_or_else(|| corrupt("no room cursor"))?;
+            for m in page {
+                members.insert(parse_member(&m)?);
+            }
+            if cursor == "0" {
+                return Ok(members.into_iter().collect());
+            }
+        }
     }
 
     async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
