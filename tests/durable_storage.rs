@@ -466,3 +466,28 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
     let s = DurableStorage::open(&file).await.expect("reopened");
     assert_eq!(texts(&fetch(&s, "gil", "t", None).await).len(), stored + 2);
 }
+
+#[tokio::test]
+async fn concurrent_writes_share_commits() {
+    let folder = Folder::new("group");
+    let s = DurableStorage::open(folder.file()).await.expect("a new file");
+    let before = s.commits();
+    let line = json(r#""hi""#);
+    // 500 appends at once, each to a user of its own, as 500 requests would.
+    let appends = (0..500).map(|i| {
+        let (s, line) = (s.clone(), line.clone());
+        async move {
+            s.append(vec![message(&format!("u{i}"), None, &line)], limits())
+                .await
+                .expect("stored")
+        }
+    });
+    let done = futures_util::future::join_all(appends).await;
+    assert_eq!(done.len(), 500);
+    let commits = s.commits() - before;
+    eprintln!("500 concurrent appends: {commits} commits");
+    assert!(
+        (1..=50).contains(&commits),
+        "500 concurrent appends took {commits} commits: one fsync each, no group commit"
+    );
+}
