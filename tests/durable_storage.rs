@@ -470,7 +470,9 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
 #[tokio::test]
 async fn concurrent_writes_share_commits() {
     let folder = Folder::new("group");
-    let s = DurableStorage::open(folder.file()).await.expect("a new file");
+    let s = DurableStorage::open(folder.file())
+        .await
+        .expect("a new file");
     let before = s.commits();
     let line = json(r#""hi""#);
     // 500 appends at once, each to a user of its own, as 500 requests would.
@@ -490,4 +492,29 @@ async fn concurrent_writes_share_commits() {
         (1..=50).contains(&commits),
         "500 concurrent appends took {commits} commits: one fsync each, no group commit"
     );
+}
+
+#[tokio::test]
+async fn a_file_in_use_is_refused_and_left_alone() {
+    let folder = Folder::new("busy");
+    let s = DurableStorage::open(folder.file())
+        .await
+        .expect("a new file");
+    let epoch = s.epoch().await.expect("an epoch");
+    let second = DurableStorage::open(folder.file()).await;
+    assert!(
+        matches!(second, Err(StorageError::Unavailable(_))),
+        "a second opening of a file in use: {second:?}"
+    );
+    let aside = std::fs::read_dir(&folder.0)
+        .expect("the folder")
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
+    assert!(
+        !aside,
+        "a file in use was taken for damaged and moved aside"
+    );
+    drop(s);
+    let s = DurableStorage::open(folder.file()).await.expect("reopened");
+    assert_eq!(s.epoch().await.expect("an epoch"), epoch);
 }

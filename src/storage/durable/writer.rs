@@ -141,8 +141,25 @@ pub(super) struct Thread {
     pub(super) last_pos: u64,
 }
 
+/// Releases every waiter if the thread ends by a panic: operations then fail with `503`
+/// instead of waiting for a write that will never come.
+struct Released(Arc<Queue>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "simpleio: the storage's writer thread panicked; every request answers 503"
+            );
+            self.0.broken.store(true, Ordering::SeqCst);
+            self.0.written.send_replace(u64::MAX);
+        }
+    }
+}
+
 impl Thread {
     pub(super) fn run(mut self) {
+        let _released = Released(self.queue.clone());
         while let Some((items, upto)) = self.next_batch() {
             let mut changes = Vec::new();
             let mut signals = Vec::new();
