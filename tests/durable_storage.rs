@@ -4,6 +4,9 @@
 //! kills the chat example with SIGKILL mid-load.)
 #![cfg(feature = "durable")]
 
+#[path = "support/server.rs"]
+mod server;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use simpleio::storage::{
     AppendOutcome, Claim, DedupKey, DedupLimits, Epoch, FetchBatch, FetchRequest, NewMessage,
     Position, QueueLimits, StorageError, now_millis,
 };
-use simpleio::{ClientId, DurableStorage, Member, MessageId, Storage, UserId};
+use simpleio::{ClientId, DurableStorage, Member, MessageId, SimpleIoLayer, Storage, UserId};
 
 /// A folder of its own under the system's temporary folder, removed when dropped.
 struct Folder(PathBuf);
@@ -434,6 +437,22 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
         matches!(refused, StorageError::Unavailable(_)),
         "a full disk is not `Unavailable` (503): {refused}"
     );
+    // Over HTTP, with the disk still full: a new client's first poll must be written, and is
+    // answered 503 with the spec's code, not an empty read.
+    let app = server::TestServer::start(SimpleIoLayer::builder().storage(s.clone())).await;
+    let res = reqwest::Client::new()
+        .get(format!("{}?client=newtab-0001", app.url()))
+        .header("x-user", "ivy")
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status().as_u16(), 503);
+    let body: serde_json::Value = res.json().await.expect("a JSON body");
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    let mut app = app;
+    app.stop().await;
+    drop(app);
     // Reads that saw nothing lost still answer, or fail loudly; none return what was refused.
     std::fs::remove_file(&filler).expect("space freed");
     let mut recovered = false;
