@@ -4,8 +4,7 @@
 //! kills the chat example with SIGKILL mid-load.)
 #![cfg(feature = "durable")]
 
-#[path = "support/server.rs"]
-mod server;
+mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -439,7 +438,7 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
     );
     // Over HTTP, with the disk still full: a new client's first poll must be written, and is
     // answered 503 with the spec's code, not an empty read.
-    let app = server::TestServer::start(SimpleIoLayer::builder().storage(s.clone())).await;
+    let app = support::server::TestServer::start(SimpleIoLayer::builder().storage(s.clone())).await;
     let res = reqwest::Client::new()
         .get(format!("{}?client=newtab-0001", app.url()))
         .header("x-user", "ivy")
