@@ -29,6 +29,8 @@
 //! |---|---|---|
 //! | `chat` `{"text": "hi"}` | every user online and the sender get `chat` `{from, text, at}` | `{"ok": true}` |
 //! | `chat` `{"text": "hi", "to": "bob"}` | only `bob` and the sender get `chat` `{from, to, text, at}` | `{"ok": true}` |
+//! | `join` `{"room": "club"}` | the sender (every client of theirs) is in the room from now on | `{"ok": true}` |
+//! | `chat` `{"text": "hi", "room": "club"}` | the room's members and the sender get `chat` `{from, room, text, at}` | `{"ok": true}` |
 //! | either, when some recipients' queues are full | the others get it | `{"ok": true, "not_sent_to": [...]}`, or the error `queue_full` if it reached nobody |
 //! | `echo` any JSON | nothing is sent | the same JSON (for health checks and tests) |
 //!
@@ -284,18 +286,42 @@ struct ChatLine {
     /// A direct message's recipient; none for everyone online.
     #[serde(default)]
     to: Option<String>,
+    /// A room to send to instead.
+    #[serde(default)]
+    room: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JoinRoom {
+    room: String,
 }
 
 async fn handle(msg: Incoming) -> Result<Reply, BoxError> {
     match msg.event.as_str() {
         "chat" => chat(msg).await,
+        "join" => join(msg).await,
         "echo" => Ok(Reply::from(msg.data)),
         other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
     }
 }
 
-/// `chat {text, to?}`: to `to` only, or to every user online; the sender always gets it too, so
-/// every window of theirs shows it in the server's order.
+/// `join {room}`: the sender's user is a member of `room` (kept by the storage, across
+/// restarts on a durable one).
+async fn join(msg: Incoming) -> Result<Reply, BoxError> {
+    let JoinRoom { room } = msg
+        .json()
+        .map_err(|e| HandlerError::new("bad_join", format!("expected {{\"room\": ...}}: {e}")))?;
+    if !valid_name(&room) {
+        return Err(
+            HandlerError::new("bad_join", format!("a room name is 1 to {MAX_NAME} bytes")).into(),
+        );
+    }
+    msg.io.join(msg.user.clone(), &room).await?;
+    Ok(Reply::json(&json!({ "ok": true }))?)
+}
+
+/// `chat {text, to? | room?}`: to `to` only, to the members of `room`, or to every user online;
+/// the sender always gets it too, so every window of theirs shows it in the server's order.
 async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
     let line: ChatLine = msg.json().map_err(|e| {
         HandlerError::new(
@@ -313,19 +339,32 @@ async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let sending = match &line.to {
-        Some(to) if !valid_name(to) => {
+    if let Some(room) = &line.room
+        && !valid_name(room)
+    {
+        return Err(HandlerError::new(
+            "bad_chat",
+            format!("`room` is a room name of 1 to {MAX_NAME} bytes"),
+        )
+        .into());
+    }
+    let sending = match (&line.to, &line.room) {
+        (_, Some(room)) => msg.io.to_room(room.as_str()).to(msg.user.clone()).emit(
+            "chat",
+            &json!({ "from": msg.user, "room": room, "text": text, "at": at }),
+        ),
+        (Some(to), None) if !valid_name(to) => {
             return Err(HandlerError::new(
                 "bad_chat",
                 format!("`to` is a user name of 1 to {MAX_NAME} bytes"),
             )
             .into());
         }
-        Some(to) => msg.io.to(to.as_str()).to(msg.user.clone()).emit(
+        (Some(to), None) => msg.io.to(to.as_str()).to(msg.user.clone()).emit(
             "chat",
             &json!({ "from": msg.user, "to": to, "text": text, "at": at }),
         ),
-        None => msg
+        (None, None) => msg
             .io
             .everyone()
             .to(msg.user.clone())

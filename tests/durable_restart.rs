@@ -1,7 +1,7 @@
 //! The chat example on `DurableStorage` (its default: a file in `SIMPLEIO_DATA`), killed with
 //! SIGKILL mid-load and started again on the same file and port: clients that were polling and
-//! sending carry on with nothing lost, nothing duplicated, nothing out of order, no resync, and
-//! a message sent before the kill and retried after it is not handled twice.
+//! sending carry on with nothing lost, nothing duplicated, nothing out of order, no resync, room
+//! memberships kept, and a message sent before the kill and retried after it not handled twice.
 #![cfg(all(feature = "durable", feature = "client"))]
 
 #[path = "support/cluster.rs"]
@@ -105,6 +105,16 @@ async fn a_killed_process_restarted_on_its_file_loses_nothing() {
             }
         });
         clients.push(client);
+    }
+
+    // Every user is in the room `club`: memberships are the storage's, and must outlive the
+    // process.
+    for client in &clients {
+        let reply = client
+            .emit("join", &json!({"room": "club"}))
+            .await
+            .expect("joined");
+        assert_eq!(reply, json!({"ok": true}));
     }
 
     // Each user sends LINES direct messages to the next, one after another; a line refused as
@@ -229,6 +239,33 @@ async fn a_killed_process_restarted_on_its_file_loses_nothing() {
         "zed's line was handled twice, or lost: {body}"
     );
     assert_eq!(lines[0]["data"]["from"], "zed");
+
+    // The room outlived the process: a line to it reaches every member.
+    let reply = clients[0]
+        .emit("chat", &json!({"text": "1000", "room": "club"}))
+        .await
+        .expect("a room line");
+    assert_eq!(reply, json!({"ok": true}));
+    let deadline = Instant::now() + TIMEOUT;
+    for (i, inbox) in inboxes.iter().enumerate() {
+        loop {
+            let got = inbox
+                .lock()
+                .expect("inbox")
+                .lines
+                .iter()
+                .any(|(_, from, n)| from == "u00" && *n == 1000);
+            if got {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the room line never came: its membership was lost",
+                names[i]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     for client in clients {
         client.close().await;
