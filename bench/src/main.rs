@@ -2,9 +2,9 @@
 //! long-polling) and a bare hyper floor, on one machine. See `bench/README.md`.
 //!
 //! ```text
-//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE]
+//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
 //! simpleio-bench smoke
-//! simpleio-bench server simpleio [--storage memory|redis://HOST:PORT/] [--port P]
+//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P]
 //! simpleio-bench server socketioxide [--port P]
 //! simpleio-bench server hyper-hold [--port P] [--hold SECS]
 //! ```
@@ -12,7 +12,8 @@
 //! `run` and `smoke` start every server as a child process of this executable, pinned to
 //! core 0 with `taskset -c 0`, and run the load generator — raw hyper HTTP/1.1 connections, one
 //! per virtual client, speaking simpleio's protocol or Engine.IO v4 — in this process, pinned to
-//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `room`, `redis`, `callgrind`
+//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `room`, `redis`, `durable`,
+//! `callgrind`
 //! ([`scenarios`]).
 
 mod child;
@@ -33,12 +34,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage:
-  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE]
+  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
   simpleio-bench smoke
-  simpleio-bench server simpleio [--storage memory|redis://HOST:PORT/] [--port P]
+  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P]
   simpleio-bench server socketioxide [--port P]
   simpleio-bench server hyper-hold [--port P] [--hold SECS]
-scenarios: broadcast, history, fanout, idle, room, redis, callgrind";
+scenarios: broadcast, history, fanout, idle, room, redis, durable, callgrind
+--seconds S: the durable scenario's long run on DurableStorage, S seconds (none without it)";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -67,8 +69,14 @@ fn real_main() -> Result<()> {
                 .context("--runs")?;
             let scenario = flags.value("--scenario")?.unwrap_or_else(|| "all".into());
             let markdown = flags.value("--markdown")?;
+            let seconds = flags
+                .value("--seconds")?
+                .map(|v| v.parse::<u64>())
+                .transpose()
+                .context("--seconds")?;
             flags.done()?;
-            let opts = load_generator(quick, runs)?;
+            let mut opts = load_generator(quick, runs)?;
+            opts.seconds = seconds;
             runtime_current()?.block_on(run(opts, &scenario, markdown))
         }
         "smoke" => {
@@ -97,6 +105,7 @@ fn load_generator(quick: bool, runs: usize) -> Result<scenarios::Opts> {
         quick,
         runs: runs.max(1),
         server_core,
+        seconds: None,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 
 use crate::child;
-use crate::scenarios::{Opts, Target, broadcast, callgrind, fanout, history, idle, room};
+use crate::scenarios::{Opts, Target, broadcast, callgrind, durable, fanout, history, idle, room};
 use crate::servers::Mode;
 
 /// Runs the smoke test.
@@ -26,6 +26,7 @@ pub async fn run(opts: Opts) -> Result<()> {
         case(Target::Simpleio, Mode::Confirmed),
         case(Target::Simpleio, Mode::Volatile),
         case(Target::Socketioxide, Mode::Confirmed),
+        case(Target::SimpleioDurable, Mode::Confirmed),
     ];
     if child::have("redis-server") {
         cases.push(case(Target::SimpleioRedis, Mode::Confirmed));
@@ -68,6 +69,56 @@ pub async fn run(opts: Opts) -> Result<()> {
                 "{label}: {} of {} broadcasts resolved delivered",
                 o.delivered,
                 o.sent
+            );
+        }
+        if c.target == Target::SimpleioDurable {
+            ensure!(
+                o.commits.is_some_and(|n| n > 0) && o.file_bytes.is_some_and(|n| n > 0),
+                "{label}: no commits ({:?}) or no file ({:?})",
+                o.commits,
+                o.file_bytes
+            );
+        }
+    }
+
+    for target in [Target::Simpleio, Target::SimpleioDurable] {
+        let case = durable::DmCase {
+            target,
+            users: 20,
+            window: 4,
+            secs: 1.0,
+        };
+        let o = durable::measure_dm(case, opts, false).await?;
+        eprintln!(
+            "smoke: direct messages {target:?}: {:.0} msg/s, sent {}, delivered {}, received {}, \
+             dup {}, commits {:?}",
+            o.rate(),
+            o.sent,
+            o.delivered,
+            o.received,
+            o.duplicates,
+            o.commits
+        );
+        ensure!(
+            o.sent > 0 && o.delivered == o.sent && o.received == o.sent,
+            "direct messages {target:?}: sent {}, delivered {}, received {}; send errors {} \
+             (first: {:?})",
+            o.sent,
+            o.delivered,
+            o.received,
+            o.send_errors,
+            o.first_error
+        );
+        ensure!(
+            o.duplicates == 0 && o.out_of_order == 0,
+            "direct messages {target:?}: {} duplicates, {} out of order",
+            o.duplicates,
+            o.out_of_order
+        );
+        if target == Target::SimpleioDurable {
+            ensure!(
+                o.commits.is_some_and(|n| n > 0),
+                "direct messages on durable: no commits"
             );
         }
     }

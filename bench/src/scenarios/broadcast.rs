@@ -31,11 +31,13 @@ pub struct Case {
 }
 
 impl Case {
-    /// `simpleio confirmed`, `simpleio volatile`, `socketioxide`, `simpleio+redis confirmed`.
+    /// `simpleio confirmed`, `simpleio volatile`, `socketioxide`, `simpleio+redis confirmed`,
+    /// `simpleio+durable confirmed`.
     pub fn label(&self) -> String {
         match self.target {
             Target::Simpleio => format!("simpleio {}", self.mode.as_str()),
             Target::SimpleioRedis => format!("simpleio+redis {}", self.mode.as_str()),
+            Target::SimpleioDurable => format!("simpleio+durable {}", self.mode.as_str()),
             Target::Socketioxide => "socketioxide polling".to_owned(),
             Target::HyperHold => "hyper-hold".to_owned(),
         }
@@ -66,6 +68,12 @@ pub struct Outcome {
     pub delivered: u64,
     pub not_delivered: u64,
     pub warn_events: u64,
+    /// The send window's length (from the first CPU reading to the second), in seconds.
+    pub window_secs: f64,
+    /// On `DurableStorage`: commits (fsyncs) during the send window, and the file's size at
+    /// the end.
+    pub commits: Option<u64>,
+    pub file_bytes: Option<u64>,
 }
 
 impl Outcome {
@@ -141,7 +149,9 @@ async fn drive(
             fleet.len()
         );
     }
+    let commits0 = stats(addr).await?.commits;
     let (cpu0, redis0) = servers.cpu_us()?;
+    let window_start = tokio::time::Instant::now();
     let _: serde_json::Value = call_json(
         addr,
         Method::POST,
@@ -160,6 +170,8 @@ async fn drive(
     };
     fleet.wait_seen(s.sent.saturating_sub(1), drain).await;
     let (cpu1, redis1) = servers.cpu_us()?;
+    let window_secs = window_start.elapsed().as_secs_f64();
+    let commits1 = stats(addr).await?.commits;
     let peak_rss = servers.peak_rss()?;
     if case.mode == Mode::Confirmed && case.target != Target::Socketioxide {
         // The last confirmations arrive with the clients' next polls.
@@ -183,12 +195,18 @@ async fn drive(
         delivered: s.delivered,
         not_delivered: s.not_delivered,
         warn_events: s.warn_events,
+        window_secs,
+        commits: commits1.zip(commits0).map(|(b, a)| b - a),
+        file_bytes: s.file_bytes,
         ..Outcome::default()
     })
 }
 
 fn kind_polls(target: Target) -> bool {
-    matches!(target, Target::Simpleio | Target::SimpleioRedis)
+    matches!(
+        target,
+        Target::Simpleio | Target::SimpleioRedis | Target::SimpleioDurable
+    )
 }
 
 /// The `broadcast` scenario: simpleio confirmed, simpleio volatile, socketioxide, at each N.
@@ -299,9 +317,13 @@ pub struct Medians {
     pub delivered: f64,
     pub sent: f64,
     pub warn_events: f64,
+    /// On `DurableStorage`: commits (fsyncs) per second of the send window, and the file's size
+    /// at the end; NaN elsewhere.
+    pub commits_per_s: f64,
+    pub file_bytes: f64,
 }
 
-async fn run_cases(cases: &[Case], opts: Opts) -> Result<Vec<(Case, Medians)>> {
+pub(super) async fn run_cases(cases: &[Case], opts: Opts) -> Result<Vec<(Case, Medians)>> {
     let mut results = Vec::new();
     for case in cases {
         let mut runs = Vec::new();
@@ -350,6 +372,11 @@ async fn run_cases(cases: &[Case], opts: Opts) -> Result<Vec<(Case, Medians)>> {
                 delivered: m(&|o| o.delivered as f64),
                 sent: m(&|o| o.sent as f64),
                 warn_events: m(&|o| o.warn_events as f64),
+                commits_per_s: m(&|o| {
+                    o.commits
+                        .map_or(f64::NAN, |c| c as f64 / o.window_secs.max(1e-9))
+                }),
+                file_bytes: m(&|o| o.file_bytes.map_or(f64::NAN, |b| b as f64)),
             },
         ));
     }

@@ -88,6 +88,7 @@ pub async fn measure_server(
     let servers = Servers {
         server,
         redis: None,
+        _data: None,
     };
     let addr = servers.addr();
     /// Under valgrind a poll's round trip takes a few milliseconds; this is ample.

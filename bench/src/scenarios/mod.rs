@@ -3,12 +3,15 @@
 
 pub mod broadcast;
 pub mod callgrind;
+pub mod durable;
 pub mod fanout;
 pub mod history;
 pub mod idle;
 pub mod room;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -27,6 +30,7 @@ pub const ALL: &[&str] = &[
     "idle",
     "room",
     "redis",
+    "durable",
     "callgrind",
 ];
 
@@ -39,6 +43,8 @@ pub struct Opts {
     pub runs: usize,
     /// The core the servers (and Redis) run on.
     pub server_core: usize,
+    /// `--seconds`: the length of the `durable` scenario's long run (none without it).
+    pub seconds: Option<u64>,
 }
 
 /// Runs scenario `name`.
@@ -46,6 +52,7 @@ pub async fn run(name: &str, opts: Opts) -> Result<Vec<Table>> {
     match name {
         "broadcast" => broadcast::broadcast(opts).await,
         "redis" => broadcast::redis(opts).await,
+        "durable" => durable::run(opts).await,
         "history" => history::run(opts).await,
         "fanout" => fanout::run(opts, 10_000).await,
         "idle" => idle::run(opts, 10_000).await,
@@ -62,24 +69,72 @@ pub enum Target {
     Simpleio,
     /// simpleio on `RedisStorage`, with a fresh `redis-server` beside it.
     SimpleioRedis,
+    /// simpleio on `DurableStorage`, its file in a fresh folder removed afterwards.
+    SimpleioDurable,
     /// socketioxide, polling transport.
     Socketioxide,
     /// The bare hyper server that holds every request.
     HyperHold,
 }
 
-/// The processes of one measurement: the server, and Redis if it uses it. Stopped on drop.
+/// The processes of one measurement: the server, and Redis if it uses it. Stopped on drop,
+/// then the durable storage's folder is removed (fields drop in order).
 pub struct Servers {
     pub server: Child,
     pub redis: Option<Child>,
+    /// Held for its drop only: the folder goes once the server is stopped.
+    pub _data: Option<DataDir>,
+}
+
+/// A fresh folder for one server's storage file, removed on drop.
+pub struct DataDir {
+    pub dir: PathBuf,
+}
+
+impl DataDir {
+    fn new() -> Result<DataDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = child::work_dir()?.join(format!("durable-{}-{n}", std::process::id()));
+        // A folder left by a killed run of the same pid must not hand its data to this one.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(DataDir { dir })
+    }
+
+    /// The storage file.
+    pub fn file(&self) -> PathBuf {
+        self.dir.join("simpleio.redb")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Servers {
     /// Starts `target`'s processes, pinned to the server core.
     pub fn start(target: Target, opts: Opts) -> Result<Servers> {
         let core = opts.server_core;
+        let mut data = None;
         let (redis, args) = match target {
             Target::Simpleio => (None, vec!["simpleio".into()]),
+            Target::SimpleioDurable => {
+                let dir = DataDir::new()?;
+                let file = dir.file();
+                let file = file
+                    .to_str()
+                    .context("the temp folder's path is not UTF-8")?;
+                let args = vec![
+                    "simpleio".into(),
+                    "--storage".into(),
+                    format!("durable:{file}"),
+                ];
+                data = Some(dir);
+                (None, args)
+            }
             Target::SimpleioRedis => {
                 let redis = child::redis(core)?;
                 let url = format!("redis://{}/", redis.addr);
@@ -96,7 +151,11 @@ impl Servers {
             ),
         };
         let server = child::server(&args[0], &args, core, &[])?;
-        Ok(Servers { server, redis })
+        Ok(Servers {
+            server,
+            redis,
+            _data: data,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -10,10 +10,12 @@
 //! | `GET /bench/stats` | counters ([`Stats`]) |
 //! | `POST /bench/exit` | exits the process (so that `valgrind` writes its output) |
 //!
-//! The simpleio server also has the `room` scenario's routes under `/bench/room/` ([`room`]).
+//! The simpleio server also has the `room` scenario's routes under `/bench/room/` ([`room`]) and
+//! the `durable` scenario's direct-message load under `/bench/dm/` ([`dm`]).
 //!
 //! Each server prints `listening PORT` as its first line on stdout once it accepts connections.
 
+pub mod dm;
 pub mod hyper_hold;
 pub mod room;
 pub mod simpleio;
@@ -83,6 +85,12 @@ pub struct Stats {
     pub warn_events: u64,
     /// Polls waiting now (simpleio and hyper-hold; 0 for socketioxide).
     pub waiting_polls: u64,
+    /// On `DurableStorage`: transactions (each one fsync) committed since it was opened.
+    #[serde(default)]
+    pub commits: Option<u64>,
+    /// On `DurableStorage`: the size of its file now, in bytes.
+    #[serde(default)]
+    pub file_bytes: Option<u64>,
 }
 
 /// Something that can broadcast one tick to every connected client.
@@ -95,6 +103,11 @@ pub trait Broadcast: Send + Sync + 'static {
     /// Polls waiting now, if the server knows.
     fn waiting_polls(&self) -> u64 {
         0
+    }
+
+    /// On a durable storage: its commits so far and its file's size now.
+    fn durable(&self) -> Option<(u64, u64)> {
+        None
     }
 }
 
@@ -252,6 +265,7 @@ async fn start(State(ctl): State<Ctl>, Query(q): Query<StartQuery>) -> Response 
 
 async fn stats(State(ctl): State<Ctl>) -> axum::Json<Stats> {
     let c = &ctl.control;
+    let durable = ctl.sender.durable();
     axum::Json(Stats {
         sent: c.sent.load(Ordering::Relaxed),
         send_errors: c.send_errors.load(Ordering::Relaxed),
@@ -262,6 +276,8 @@ async fn stats(State(ctl): State<Ctl>) -> axum::Json<Stats> {
         ticking: c.ticking.load(Ordering::SeqCst),
         warn_events: WARN_EVENTS.load(Ordering::Relaxed),
         waiting_polls: ctl.sender.waiting_polls(),
+        commits: durable.map(|(commits, _)| commits),
+        file_bytes: durable.map(|(_, bytes)| bytes),
     })
 }
 

@@ -1,15 +1,20 @@
-//! `server simpleio`: an axum app with the simpleio layer, on `MemoryStorage` or `RedisStorage`.
+//! `server simpleio`: an axum app with the simpleio layer, on `MemoryStorage`, `DurableStorage`
+//! (`--storage durable:PATH`, the file at `PATH`) or `RedisStorage`.
 //!
 //! The user is the `user` query parameter or the `x-user` header (benchmark only: anyone can be
 //! anyone). Messages clients send are answered with `"ok"`; the benchmark only receives. Beside
-//! the shared control routes it has the `room` scenario's ([`super::room`]).
+//! the shared control routes it has the `room` scenario's ([`super::room`]) and the direct-message
+//! load's ([`super::dm`]). On `DurableStorage`, `GET /bench/stats` also tells its commits and its
+//! file's size.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::Router;
 use http::request::Parts;
-use simpleio::{Incoming, MemoryStorage, Rejection, Reply, SimpleIo, SimpleIoLayer, UserId};
+use simpleio::{
+    DurableStorage, Incoming, MemoryStorage, Rejection, Reply, SimpleIo, SimpleIoLayer, UserId,
+};
 use tower::{BoxError, ServiceExt, service_fn};
 
 use super::{BoxFuture, Broadcast, Control, Mode, Tick};
@@ -18,15 +23,22 @@ use super::{BoxFuture, Broadcast, Control, Mode, Tick};
 pub async fn run(port: u16, storage: &str) -> Result<()> {
     super::init_tracing();
     let builder = SimpleIoLayer::builder();
+    let mut durable = None;
     let builder = if storage == "memory" {
         builder.storage(MemoryStorage::new())
+    } else if let Some(path) = storage.strip_prefix("durable:") {
+        let store = DurableStorage::open(path)
+            .await
+            .with_context(|| format!("opening the durable storage at {path}"))?;
+        durable = Some(store.clone());
+        builder.storage(store)
     } else if storage.starts_with("redis://") {
         let redis = simpleio::RedisStorage::connect(storage.to_owned())
             .await
             .with_context(|| format!("connecting to Redis at {storage}"))?;
         builder.storage(redis)
     } else {
-        anyhow::bail!("--storage is `memory` or a redis:// URL, not {storage:?}");
+        anyhow::bail!("--storage is `memory`, `durable:PATH` or a redis:// URL, not {storage:?}");
     };
     let (layer, io) = builder
         .identity(identity)
@@ -35,8 +47,12 @@ pub async fn run(port: u16, storage: &str) -> Result<()> {
         }))
         .try_build()
         .context("building the simpleio layer")?;
-    let app: Router =
-        super::control_routes(Arc::new(Sender { io: io.clone() })).merge(super::room::routes(io));
+    let app: Router = super::control_routes(Arc::new(Sender {
+        io: io.clone(),
+        durable,
+    }))
+    .merge(super::room::routes(io.clone()))
+    .merge(super::dm::routes(io));
     // Around the router, as the guide advises for the lowest cost per request (socketioxide's
     // layer goes the same way).
     let service = ServiceExt::<http::Request<axum::body::Body>>::map_response(
@@ -69,6 +85,7 @@ fn identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
 
 struct Sender {
     io: SimpleIo,
+    durable: Option<DurableStorage>,
 }
 
 impl Broadcast for Sender {
@@ -94,5 +111,11 @@ impl Broadcast for Sender {
 
     fn waiting_polls(&self) -> u64 {
         self.io.waiting_polls() as u64
+    }
+
+    fn durable(&self) -> Option<(u64, u64)> {
+        let store = self.durable.as_ref()?;
+        let bytes = std::fs::metadata(store.path()).map_or(0, |m| m.len());
+        Some((store.commits(), bytes))
     }
 }

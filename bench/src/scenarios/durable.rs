@@ -1,0 +1,512 @@
+//! `durable`: `DurableStorage` beside `MemoryStorage` and `RedisStorage`, in the same run.
+//!
+//! 1. The `broadcast` measurement (confirmed, N = 200, 10/s): CPU per delivered message (with
+//!    redis-server's), peak RSS, latency, losses, duplicates; on durable also commits (each one
+//!    fsync) per second of the send window and the file's size at the end.
+//! 2. Confirmed direct messages as fast as they go: N users, user `u{i}` sending to
+//!    `u{(i+1) % N}` through the server's own send path (`on_behalf_of(..).to(..).emit`,
+//!    [`crate::servers::dm`]), a window of W unconfirmed messages per sender, every recipient a
+//!    polling client of the load generator that confirms what it got with its next poll.
+//!    Confirmed messages per second (resolved delivered / time from the start to the last
+//!    confirmation), CPU per message, and on durable commits per second and messages per
+//!    commit. The ratio durable / memory is the figure to watch.
+//! 3. With `--seconds S`: the same direct-message load on durable for S seconds, the file's
+//!    size (and commits, throughput, RSS) sampled every 10 s: it should level off, as delivered
+//!    messages free their pages.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http::Method;
+use tokio::time::Instant;
+
+use super::broadcast::{self, Case, Medians};
+use super::{Opts, Servers, Target, stats, wait_polls};
+use crate::child;
+use crate::fleet::{Fleet, Kind};
+use crate::http::call_json;
+use crate::report::{self, Table, median, percentile};
+use crate::servers::Mode;
+use crate::servers::dm::DmStats;
+
+/// Clients of the broadcast measurement, and users of the direct-message one.
+const USERS: usize = 200;
+/// Unconfirmed direct messages per sender at most: enough that a poll answers several at once
+/// and the next emit never waits for the previous message's confirmation.
+pub const WINDOW: usize = 32;
+/// How often the long run samples the file.
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// One direct-message measurement's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DmCase {
+    pub target: Target,
+    pub users: usize,
+    pub window: usize,
+    pub secs: f64,
+}
+
+/// One sample of a long run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Since the load started, s.
+    pub at_secs: f64,
+    pub file_bytes: u64,
+    /// Cumulative, since the load started.
+    pub commits: u64,
+    pub delivered: u64,
+    pub rss: u64,
+}
+
+/// What one direct-message measurement found.
+#[derive(Debug, Clone, Default)]
+pub struct DmOutcome {
+    pub sent: u64,
+    pub delivered: u64,
+    pub not_delivered: u64,
+    pub send_errors: u64,
+    pub first_error: Option<String>,
+    /// From the start until the last confirmation (server clock), s.
+    pub elapsed_secs: f64,
+    /// CPU of the server and of redis-server over the same span (driver's readings), µs.
+    pub server_cpu_us: u64,
+    pub redis_cpu_us: u64,
+    /// Messages the clients received (each once), duplicates and out-of-order ones among them.
+    pub received: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub client_errors: u64,
+    pub peak_rss: u64,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    /// On durable: commits during the load, the file's size at the end.
+    pub commits: Option<u64>,
+    pub file_bytes: Option<u64>,
+    pub samples: Vec<Sample>,
+}
+
+impl DmOutcome {
+    /// Confirmed messages per second.
+    pub fn rate(&self) -> f64 {
+        self.delivered as f64 / self.elapsed_secs.max(1e-9)
+    }
+
+    /// (server + Redis) CPU µs per confirmed message.
+    pub fn cpu_per_msg(&self) -> f64 {
+        if self.delivered == 0 {
+            return f64::NAN;
+        }
+        (self.server_cpu_us + self.redis_cpu_us) as f64 / self.delivered as f64
+    }
+
+    /// Stored messages a client never received.
+    pub fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+}
+
+/// Runs one direct-message measurement; with `sample`, samples the file every [`SAMPLE_EVERY`].
+pub async fn measure_dm(case: DmCase, opts: Opts, sample: bool) -> Result<DmOutcome> {
+    let servers = Servers::start(case.target, opts)?;
+    let addr = servers.addr();
+    // Direct messages are numbered per sender, not fleet-wide: nothing to track per number.
+    let fleet = Fleet::start(Kind::Simpleio, addr, case.users, 1);
+    let result = drive_dm(case, &servers, &fleet, sample).await;
+    let all = fleet.stop().await;
+    let mut out = result.with_context(|| {
+        format!(
+            "direct messages on {:?}; server log: {}",
+            case.target,
+            servers.server.log_tail()
+        )
+    })?;
+    let mut latencies: Vec<u32> = Vec::new();
+    for c in &all {
+        out.received += c.received;
+        out.duplicates += c.duplicates;
+        out.out_of_order += c.out_of_order;
+        out.client_errors += c.errors;
+        latencies.extend_from_slice(&c.latencies_us);
+    }
+    latencies.sort_unstable();
+    out.p50_us = percentile(&latencies, 50.0);
+    out.p99_us = percentile(&latencies, 99.0);
+    Ok(out)
+}
+
+async fn dm_stats(addr: std::net::SocketAddr) -> Result<DmStats> {
+    call_json(addr, Method::GET, "/bench/dm/stats").await
+}
+
+async fn drive_dm(
+    case: DmCase,
+    servers: &Servers,
+    fleet: &Fleet,
+    sample: bool,
+) -> Result<DmOutcome> {
+    let addr = servers.addr();
+    fleet
+        .wait_connected(Duration::from_secs(30 + case.users as u64 / 100))
+        .await?;
+    wait_polls(addr, case.users as u64, Duration::from_secs(10)).await?;
+    let commits0 = stats(addr).await?.commits;
+    let (cpu0, redis0) = servers.cpu_us()?;
+    let started = Instant::now();
+    let _: serde_json::Value = call_json(
+        addr,
+        Method::POST,
+        &format!(
+            "/bench/dm/start?users={}&window={}&secs={}",
+            case.users, case.window, case.secs
+        ),
+    )
+    .await?;
+    let timeout = Duration::from_secs_f64(case.secs * 3.0 + 60.0);
+    let mut samples = Vec::new();
+    let mut next_sample = started + SAMPLE_EVERY;
+    let dm = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let dm = dm_stats(addr).await?;
+        if !dm.running {
+            break dm;
+        }
+        if sample && Instant::now() >= next_sample {
+            next_sample += SAMPLE_EVERY;
+            let s = stats(addr).await?;
+            samples.push(Sample {
+                at_secs: started.elapsed().as_secs_f64(),
+                file_bytes: s.file_bytes.unwrap_or(0),
+                commits: s.commits.zip(commits0).map_or(0, |(b, a)| b - a),
+                delivered: dm.delivered,
+                rss: servers.rss()?,
+            });
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "the direct messages did not end within {timeout:?}: {dm:?}"
+        );
+    };
+    let (cpu1, redis1) = servers.cpu_us()?;
+    let s = stats(addr).await?;
+    let commits = s.commits.zip(commits0).map(|(b, a)| b - a);
+    if sample {
+        samples.push(Sample {
+            at_secs: started.elapsed().as_secs_f64(),
+            file_bytes: s.file_bytes.unwrap_or(0),
+            commits: commits.unwrap_or(0),
+            delivered: dm.delivered,
+            rss: servers.rss()?,
+        });
+    }
+    Ok(DmOutcome {
+        sent: dm.sent,
+        delivered: dm.delivered,
+        not_delivered: dm.not_delivered,
+        send_errors: dm.send_errors,
+        first_error: dm.first_error,
+        elapsed_secs: dm.elapsed_us as f64 / 1e6,
+        server_cpu_us: cpu1 - cpu0,
+        redis_cpu_us: redis1 - redis0,
+        peak_rss: servers.peak_rss()?,
+        commits,
+        file_bytes: s.file_bytes,
+        samples,
+        ..DmOutcome::default()
+    })
+}
+
+fn storage_name(target: Target) -> &'static str {
+    match target {
+        Target::Simpleio => "memory",
+        Target::SimpleioDurable => "durable",
+        Target::SimpleioRedis => "redis",
+        Target::Socketioxide | Target::HyperHold => "–",
+    }
+}
+
+/// The `durable` scenario.
+pub async fn run(opts: Opts) -> Result<Vec<Table>> {
+    let (secs, dm_secs) = if opts.quick { (5.0, 5.0) } else { (20.0, 10.0) };
+    let mut targets = vec![Target::Simpleio, Target::SimpleioDurable];
+    if child::have("redis-server") {
+        targets.push(Target::SimpleioRedis);
+    } else {
+        eprintln!("  note: redis-server is not installed: no Redis column");
+    }
+    let mut tables = Vec::new();
+
+    let cases: Vec<Case> = targets
+        .iter()
+        .map(|&target| Case {
+            target,
+            mode: Mode::Confirmed,
+            clients: USERS,
+            rate: 10.0,
+            secs,
+        })
+        .collect();
+    let results = broadcast::run_cases(&cases, opts).await?;
+    tables.push(broadcast_table(&results, secs, opts));
+
+    let mut dm = Vec::new();
+    for &target in &targets {
+        let case = DmCase {
+            target,
+            users: USERS,
+            window: WINDOW,
+            secs: dm_secs,
+        };
+        let mut runs = Vec::new();
+        for run in 1..=opts.runs {
+            eprintln!(
+                "  direct messages on {}, {} users, run {run}/{} ...",
+                storage_name(target),
+                case.users,
+                opts.runs
+            );
+            let o = measure_dm(case, opts, false).await?;
+            eprintln!(
+                "    {:.0} msg/s confirmed, {:.2} µs/msg, sent {} delivered {} received {}, \
+                 dup {}, p50 {} µs, p99 {} µs{}{}",
+                o.rate(),
+                o.cpu_per_msg(),
+                o.sent,
+                o.delivered,
+                o.received,
+                o.duplicates,
+                o.p50_us,
+                o.p99_us,
+                o.commits
+                    .map(|c| format!(", {:.0} commits/s", c as f64 / o.elapsed_secs))
+                    .unwrap_or_default(),
+                o.first_error
+                    .as_ref()
+                    .map(|e| format!(", {} send errors (first: {e})", o.send_errors))
+                    .unwrap_or_default()
+            );
+            runs.push(o);
+        }
+        dm.push((case, runs));
+    }
+    tables.extend(dm_tables(&dm, opts));
+
+    if let Some(seconds) = opts.seconds {
+        let case = DmCase {
+            target: Target::SimpleioDurable,
+            users: USERS,
+            window: WINDOW,
+            secs: seconds as f64,
+        };
+        eprintln!("  long run: direct messages on durable for {seconds} s ...");
+        let o = measure_dm(case, opts, true).await?;
+        tables.push(long_run_table(&o, seconds));
+    }
+    Ok(tables)
+}
+
+fn broadcast_table(results: &[(Case, Medians)], secs: f64, opts: Opts) -> Table {
+    let mut table = Table::new(
+        format!(
+            "durable: 10 confirmed broadcasts/s for {secs} s to {USERS} polling clients \
+             (median of {} run(s))",
+            opts.runs
+        ),
+        &[
+            "storage",
+            "CPU/msg",
+            "redis CPU",
+            "peak RSS",
+            "p50",
+            "p99",
+            "lost",
+            "dup",
+            "delivered / sent",
+            "fsyncs/s",
+            "file size",
+        ],
+    );
+    for (case, m) in results {
+        let durable = case.target == Target::SimpleioDurable;
+        table.row(vec![
+            storage_name(case.target).to_owned(),
+            report::us(m.cpu_per_msg),
+            if case.target == Target::SimpleioRedis {
+                format!("{:.0}%", m.redis_cpu_share * 100.0)
+            } else {
+                "–".into()
+            },
+            report::mib(m.peak_rss),
+            report::ms(m.p50_us),
+            report::ms(m.p99_us),
+            report::count(m.lost as u64),
+            report::count(m.duplicates as u64),
+            format!("{} / {}", m.delivered, m.sent),
+            if durable {
+                format!("{:.1}", m.commits_per_s)
+            } else {
+                "–".into()
+            },
+            if durable {
+                report::kib(m.file_bytes)
+            } else {
+                "–".into()
+            },
+        ]);
+    }
+    table.note(
+        "CPU/msg: server CPU (+ redis-server's, whose share is shown) during the send window / \
+         ticks received. fsyncs/s: DurableStorage's committed transactions (one fsync each) per \
+         second of the send window. File size: the redb file at the end.",
+    );
+    table
+}
+
+fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
+    let mut table = Table::new(
+        format!(
+            "durable: confirmed direct messages, {USERS} users each sending to the next, \
+             {WINDOW} unconfirmed per sender (median of {} run(s))",
+            opts.runs
+        ),
+        &[
+            "storage",
+            "confirmed msg/s",
+            "CPU/msg",
+            "redis CPU",
+            "peak RSS",
+            "p50",
+            "p99",
+            "lost",
+            "dup",
+            "delivered / sent",
+            "fsyncs/s",
+            "msgs per fsync",
+            "file size",
+        ],
+    );
+    let mut rates = Vec::new();
+    for (case, runs) in dm {
+        let m = |f: &dyn Fn(&DmOutcome) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let durable = case.target == Target::SimpleioDurable;
+        let rate = m(&|o| o.rate());
+        rates.push((case.target, rate));
+        let commits_per_s = m(&|o| {
+            o.commits
+                .map_or(f64::NAN, |c| c as f64 / o.elapsed_secs.max(1e-9))
+        });
+        let per_commit = m(&|o| {
+            o.commits
+                .map_or(f64::NAN, |c| o.delivered as f64 / c.max(1) as f64)
+        });
+        table.row(vec![
+            storage_name(case.target).to_owned(),
+            report::count(rate as u64),
+            report::us(m(&|o| o.cpu_per_msg())),
+            if case.target == Target::SimpleioRedis {
+                format!(
+                    "{:.0}%",
+                    100.0
+                        * m(&|o| {
+                            o.redis_cpu_us as f64 / (o.server_cpu_us + o.redis_cpu_us).max(1) as f64
+                        })
+                )
+            } else {
+                "–".into()
+            },
+            report::mib(m(&|o| o.peak_rss as f64)),
+            report::ms(m(&|o| o.p50_us as f64)),
+            report::ms(m(&|o| o.p99_us as f64)),
+            report::count(m(&|o| o.lost() as f64) as u64),
+            report::count(m(&|o| o.duplicates as f64) as u64),
+            format!(
+                "{} / {}",
+                report::count(m(&|o| o.delivered as f64) as u64),
+                report::count(m(&|o| o.sent as f64) as u64)
+            ),
+            if durable {
+                format!("{commits_per_s:.0}")
+            } else {
+                "–".into()
+            },
+            if durable {
+                format!("{per_commit:.1}")
+            } else {
+                "–".into()
+            },
+            if durable {
+                report::kib(m(&|o| o.file_bytes.map_or(f64::NAN, |b| b as f64)))
+            } else {
+                "–".into()
+            },
+        ]);
+    }
+    table.note(
+        "Each sender stores its messages one after another (`on_behalf_of(from).to(to).emit`, \
+         `stored()` awaited) and awaits each confirmation in a task of its own; a recipient \
+         confirms with its next poll. Confirmed msg/s: messages resolved delivered / time from \
+         the start to the last confirmation. CPU/msg: server (+ redis-server) CPU over that time \
+         / confirmed messages. Latency: emit → the recipient's poll answer parsed. Lost: stored \
+         messages no client received.",
+    );
+    let memory = rates
+        .iter()
+        .find(|(t, _)| *t == Target::Simpleio)
+        .map(|(_, r)| *r);
+    let mut ratios = Table::new(
+        "durable: confirmed direct messages per second against memory",
+        &["storage", "confirmed msg/s", "× memory"],
+    );
+    for (target, rate) in &rates {
+        ratios.row(vec![
+            storage_name(*target).to_owned(),
+            report::count(*rate as u64),
+            memory.map_or("–".into(), |mem| report::ratio(*rate, mem)),
+        ]);
+    }
+    ratios.note("Target: durable ≥ ×0.50 memory.");
+    vec![table, ratios]
+}
+
+fn long_run_table(o: &DmOutcome, seconds: u64) -> Table {
+    let mut table = Table::new(
+        format!(
+            "durable: {seconds} s of confirmed direct messages ({USERS} users, {WINDOW} \
+             unconfirmed per sender), sampled every {} s",
+            SAMPLE_EVERY.as_secs()
+        ),
+        &[
+            "t",
+            "file size",
+            "fsyncs/s",
+            "confirmed msg/s",
+            "confirmed so far",
+            "RSS",
+        ],
+    );
+    let mut prev = Sample::default();
+    for s in &o.samples {
+        let dt = (s.at_secs - prev.at_secs).max(1e-9);
+        table.row(vec![
+            format!("{:.0} s", s.at_secs),
+            report::kib(s.file_bytes as f64),
+            format!("{:.0}", (s.commits - prev.commits) as f64 / dt),
+            report::count(((s.delivered - prev.delivered) as f64 / dt) as u64),
+            report::count(s.delivered),
+            report::mib(s.rss as f64),
+        ]);
+        prev = *s;
+    }
+    table.note(format!(
+        "Rates are over each sample's interval; the last row is taken after the final \
+         confirmations. Sent {}, delivered {}, not delivered {}, send errors {}; clients \
+         received {} ({} lost, {} duplicates).",
+        report::count(o.sent),
+        report::count(o.delivered),
+        report::count(o.not_delivered),
+        report::count(o.send_errors),
+        report::count(o.received),
+        report::count(o.lost()),
+        report::count(o.duplicates),
+    ));
+    table
+}

@@ -1,0 +1,191 @@
+//! The `durable` scenario's direct-message load, on the simpleio server only: every user sends
+//! direct messages to the next one as fast as the server stores and their recipient confirms
+//! them.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `POST /bench/dm/start?users=N&window=W&secs=S` | for `S` seconds, user `u{i}` sends to `u{(i+1) % N}`, `W` messages unconfirmed at most per sender; answers at once |
+//! | `GET /bench/dm/stats` | counters ([`DmStats`]), live while it runs |
+//!
+//! Each sender's messages are `io.on_behalf_of(from).to(to).emit("tick", ..)`, the path a
+//! handler relaying a user's message takes: stored one after another (so that its recipient
+//! gets them in order, numbered 1, 2, …), each confirmation awaited in a task of its own that
+//! frees its slot of the window. Every user receives from exactly one sender, so a sequence
+//! number seen twice by a client is a duplicate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use simpleio::SimpleIo;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::Tick;
+use crate::proc::realtime_ns;
+
+/// The answer of `GET /bench/dm/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DmStats {
+    /// Messages stored (`stored()` resolved).
+    pub sent: u64,
+    /// Stored messages their recipient confirmed.
+    pub delivered: u64,
+    /// Stored messages that resolved otherwise (expired, lost).
+    pub not_delivered: u64,
+    /// Emits that failed before anything was stored (queue full, storage errors).
+    pub send_errors: u64,
+    pub first_error: Option<String>,
+    /// Whether the load is still going (sending, or waiting for the last confirmations).
+    pub running: bool,
+    /// From the start until the last confirmation, µs; 0 while it runs.
+    pub elapsed_us: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicBool,
+    running: AtomicBool,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    not_delivered: AtomicU64,
+    send_errors: AtomicU64,
+    elapsed_us: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Clone)]
+struct DmCtl {
+    io: SimpleIo,
+    counters: Arc<Counters>,
+}
+
+#[derive(Deserialize)]
+struct StartQuery {
+    users: usize,
+    window: usize,
+    secs: f64,
+}
+
+/// The routes, to merge into the simpleio server's router.
+pub fn routes(io: SimpleIo) -> Router {
+    let ctl = DmCtl {
+        io,
+        counters: Arc::default(),
+    };
+    Router::new()
+        .route("/bench/dm/start", post(start))
+        .route("/bench/dm/stats", get(stats))
+        .with_state(ctl)
+}
+
+async fn start(State(ctl): State<DmCtl>, Query(q): Query<StartQuery>) -> Response {
+    if q.users < 2 || q.window == 0 || q.secs.is_nan() || q.secs <= 0.0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            "users ≥ 2, window ≥ 1 and secs > 0, please",
+        )
+            .into_response();
+    }
+    // Once per process: the counters describe one run.
+    if ctl.counters.started.swap(true, Ordering::SeqCst) {
+        return (StatusCode::CONFLICT, "already started").into_response();
+    }
+    ctl.counters.running.store(true, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs_f64(q.secs);
+        let mut senders = JoinSet::new();
+        for i in 0..q.users {
+            senders.spawn(sender(
+                ctl.io.clone(),
+                i,
+                q.users,
+                q.window,
+                deadline,
+                ctl.counters.clone(),
+            ));
+        }
+        while senders.join_next().await.is_some() {}
+        let c = &ctl.counters;
+        c.elapsed_us
+            .store(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+        c.running.store(false, Ordering::SeqCst);
+    });
+    axum::Json(serde_json::json!({ "started": true })).into_response()
+}
+
+async fn sender(
+    io: SimpleIo,
+    i: usize,
+    users: usize,
+    window: usize,
+    deadline: Instant,
+    c: Arc<Counters>,
+) {
+    let to = format!("u{}", (i + 1) % users);
+    let io = io.on_behalf_of(format!("u{i}"));
+    let slots = Arc::new(Semaphore::new(window));
+    let mut confirmations = JoinSet::new();
+    let mut seq = 1;
+    while Instant::now() < deadline {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let tick = Tick {
+            seq,
+            ts: realtime_ns(),
+        };
+        match io.to(to.as_str()).emit("tick", &tick).stored().await {
+            Ok(confirmation) => {
+                seq += 1;
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                let c = c.clone();
+                confirmations.spawn(async move {
+                    let counter = match confirmation.await {
+                        Ok(_) => &c.delivered,
+                        Err(_) => &c.not_delivered,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    drop(slot);
+                });
+                // A finished task stays in the set until joined: reaped here, or a long run
+                // would hold one per message sent.
+                while confirmations.try_join_next().is_some() {}
+            }
+            Err(e) => {
+                c.send_errors.fetch_add(1, Ordering::Relaxed);
+                c.first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| format!("{e}"));
+                // A refused emit (a full queue, a failing disk) would otherwise spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    while confirmations.join_next().await.is_some() {}
+}
+
+async fn stats(State(ctl): State<DmCtl>) -> axum::Json<DmStats> {
+    let c = &ctl.counters;
+    axum::Json(DmStats {
+        sent: c.sent.load(Ordering::Relaxed),
+        delivered: c.delivered.load(Ordering::Relaxed),
+        not_delivered: c.not_delivered.load(Ordering::Relaxed),
+        send_errors: c.send_errors.load(Ordering::Relaxed),
+        first_error: c
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        running: c.running.load(Ordering::SeqCst),
+        elapsed_us: c.elapsed_us.load(Ordering::SeqCst),
+    })
+}
