@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redb::Database;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 
 use super::load::{self, Loaded};
 use super::tables::{self, Open, PayloadIds};
@@ -33,10 +33,6 @@ const RETRY_OPEN: Duration = Duration::from_millis(200);
 pub(super) struct Queue {
     state: Mutex<Pending>,
     ready: Condvar,
-    /// The number of the latest change batch recorded.
-    recorded: AtomicU64,
-    /// The number of the latest batch written (or failed), for the waiters.
-    written: watch::Sender<u64>,
     /// Changes when memory is rebuilt after a failed write: an operation that overlapped it may
     /// have seen changes that are gone.
     generation: AtomicU64,
@@ -49,6 +45,42 @@ pub(super) struct Queue {
 struct Pending {
     items: Vec<Item>,
     closed: bool,
+    /// The thread waits for items: a new one must wake it (else it will look anyway).
+    idle: bool,
+    /// The batch gathering now, and whether it holds changes (else nobody waits for it).
+    open: Arc<Batch>,
+    open_changed: bool,
+    /// The batch the thread took and is writing, if any: batches are written one at a time,
+    /// in order.
+    writing: Option<Arc<Batch>>,
+}
+
+/// One batch's end, for the operations waiting for it: each waits for one batch, the latest
+/// that holds what it made or saw, and is woken once, when that batch is written (or failed).
+#[derive(Debug, Default)]
+struct Batch {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Batch {
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so that an end in between is not missed.
+            notified.as_mut().enable();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
 }
 
 #[derive(Debug)]
@@ -62,8 +94,6 @@ impl Queue {
         Queue {
             state: Mutex::default(),
             ready: Condvar::new(),
-            recorded: AtomicU64::new(0),
-            written: watch::Sender::new(0),
             generation: AtomicU64::new(0),
             broken: AtomicBool::new(false),
             commits: AtomicU64::new(0),
@@ -87,13 +117,18 @@ impl Queue {
     /// Waits until every change recorded so far is durable: whatever the operation that just
     /// ended made or saw is then on disk. An error if a write failed meanwhile.
     pub(super) async fn durable(&self, generation: u64) -> Result<(), StorageError> {
-        let seq = self.recorded.load(Ordering::SeqCst);
-        if *self.written.borrow() < seq {
-            let mut written = self.written.subscribe();
-            written
-                .wait_for(|w| *w >= seq)
-                .await
-                .map_err(|_| StorageError::Unavailable("the storage's writer stopped".into()))?;
+        // Anything the operation made or saw was recorded before it ended: it is in the batch
+        // gathering now, or in the one being written, or written already.
+        let batch = {
+            let state = self.lock();
+            if state.open_changed {
+                Some(state.open.clone())
+            } else {
+                state.writing.clone()
+            }
+        };
+        if let Some(batch) = batch {
+            batch.wait().await;
         }
         if self.broken.load(Ordering::SeqCst) {
             return Err(StorageError::Unavailable(
@@ -108,6 +143,15 @@ impl Queue {
         Ok(())
     }
 
+    /// Drops what is queued, and returns the batch its operations wait for (to finish once
+    /// they may wake: they then fail, by the generation or the broken flag).
+    fn drop_pending(&self) -> Arc<Batch> {
+        let mut state = self.lock();
+        state.items.clear();
+        state.open_changed = false;
+        std::mem::take(&mut state.open)
+    }
+
     /// Tells the thread to finish what is queued and stop.
     pub(super) fn close(&self) {
         self.lock().closed = true;
@@ -119,14 +163,22 @@ impl journal::Journal for Queue {
     fn record(&self, changes: Vec<Change>) {
         let mut state = self.lock();
         state.items.push(Item::Changes(changes));
-        self.recorded.fetch_add(1, Ordering::SeqCst);
+        state.open_changed = true;
+        let wake = state.idle;
         drop(state);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     fn signal(&self, signal: Signal) {
-        self.lock().items.push(Item::Signal(signal));
-        self.ready.notify_one();
+        let mut state = self.lock();
+        state.items.push(Item::Signal(signal));
+        let wake = state.idle;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
     }
 }
 
@@ -152,7 +204,13 @@ impl Drop for Released {
                 "simpleio: the storage's writer thread panicked; every request answers 503"
             );
             self.0.broken.store(true, Ordering::SeqCst);
-            self.0.written.send_replace(u64::MAX);
+            let mut state = self.0.lock();
+            state.open.finish();
+            if let Some(batch) = state.writing.take() {
+                batch.finish();
+            }
+            // Later operations find a finished batch and the broken flag.
+            state.open_changed = true;
         }
     }
 }
@@ -160,7 +218,7 @@ impl Drop for Released {
 impl Thread {
     pub(super) fn run(mut self) {
         let _released = Released(self.queue.clone());
-        while let Some((items, upto)) = self.next_batch() {
+        while let Some((items, batch)) = self.next_batch() {
             let mut changes = Vec::new();
             let mut signals = Vec::new();
             for item in items {
@@ -170,6 +228,7 @@ impl Thread {
                 }
             }
             if changes.is_empty() {
+                self.done_writing(&batch);
                 self.publish(signals);
                 continue;
             }
@@ -184,7 +243,7 @@ impl Thread {
             match written {
                 Ok(()) => {
                     self.queue.commits.fetch_add(1, Ordering::Relaxed);
-                    self.queue.written.send_replace(upto);
+                    self.done_writing(&batch);
                     self.publish(signals);
                 }
                 Err(e) => {
@@ -195,28 +254,37 @@ impl Thread {
                          answer 503 and memory is rebuilt from the file"
                     );
                     self.recover();
+                    self.done_writing(&batch);
                 }
             }
         }
     }
 
-    /// Everything queued, and the number of the last change batch in it; `None` once closed
-    /// and drained.
-    fn next_batch(&self) -> Option<(Vec<Item>, u64)> {
+    /// Everything queued, and the batch its waiters wait for; `None` once closed and drained.
+    fn next_batch(&self) -> Option<(Vec<Item>, Arc<Batch>)> {
         let mut state = self.queue.lock();
         while state.items.is_empty() {
             if state.closed {
                 return None;
             }
+            state.idle = true;
             state = self
                 .queue
                 .ready
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
+            state.idle = false;
         }
-        // Read under the lock that `record` bumps it under: it counts exactly these items.
-        let upto = self.queue.recorded.load(Ordering::SeqCst);
-        Some((std::mem::take(&mut state.items), upto))
+        let batch = std::mem::take(&mut state.open);
+        state.open_changed = false;
+        state.writing = Some(batch.clone());
+        Some((std::mem::take(&mut state.items), batch))
+    }
+
+    /// Ends `batch`: no operation starts waiting for it any more, and those waiting wake.
+    fn done_writing(&self, batch: &Batch) {
+        self.queue.lock().writing = None;
+        batch.finish();
     }
 
     fn publish(&self, signals: Vec<Signal>) {
@@ -280,17 +348,18 @@ impl Thread {
                 )) => {
                     self.payloads.next = next_payload;
                     self.last_pos = restored.last_pos;
-                    let mut upto = 0;
+                    let mut dropped = None;
                     memory.replace(restored, || {
                         // No operation runs now: what is queued was made on the state just
                         // replaced, and goes with it.
-                        queue.lock().items.clear();
-                        upto = queue.recorded.load(Ordering::SeqCst);
+                        dropped = Some(queue.drop_pending());
                         queue.generation.fetch_add(1, Ordering::SeqCst);
                         queue.broken.store(false, Ordering::SeqCst);
                     });
                     self.db = Some(db);
-                    queue.written.send_replace(upto);
+                    if let Some(batch) = dropped {
+                        batch.finish();
+                    }
                     let _ = self.signals.send(Signal::Resync);
                     tracing::warn!(
                         path = %self.path.display(),
@@ -310,15 +379,8 @@ impl Thread {
                     }
                     queue.broken.store(true, Ordering::SeqCst);
                     queue.generation.fetch_add(1, Ordering::SeqCst);
-                    let closed = {
-                        let mut state = queue.lock();
-                        state.items.clear();
-                        state.closed
-                    };
-                    queue
-                        .written
-                        .send_replace(queue.recorded.load(Ordering::SeqCst));
-                    if closed {
+                    queue.drop_pending().finish();
+                    if queue.lock().closed {
                         return;
                     }
                     drop(memory);
