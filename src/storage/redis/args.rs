@@ -1,0 +1,81 @@
+//! How values become script arguments: numbers Lua holds exactly, times in ms, members, senders.
+
+use std::time::Duration;
+
+use redis::ScriptInvocation;
+
+use crate::id::UserId;
+use crate::storage::{DedupKey, Member};
+
+/// How long, at least, a client's keys outlive its presence: the time `reap` has to remove it
+/// and report its departure before Redis drops the keys by itself (twice the presence TTL if
+/// that is longer). Every node reaps every quarter of the presence TTL, so only a cluster with
+/// no node running for this long loses a departure report.
+pub(super) const REAP_GRACE: Duration = Duration::from_secs(600);
+
+/// Positions, cursors and times are Lua numbers (doubles) inside the scripts: anything above
+/// this would lose precision, so inputs are clamped to it. Real positions are far below it.
+pub(super) const MAX_EXACT: u64 = (1 << 53) - 1;
+
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MAX_EXACT)
+}
+
+/// How long a client's keys outlive its presence (see [`REAP_GRACE`]), in ms.
+pub(super) fn reap_grace(presence_ttl: Duration) -> u64 {
+    millis(REAP_GRACE.max(presence_ttl.saturating_mul(2)))
+}
+
+/// A user id in hex: what names a sender in keys and log entries, where it must not contain
+/// `:` (see [`super`]).
+fn hex(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() * 2);
+    for b in s.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// A message's sender as the append script takes it: hex, or `-` for none (hex has no `-`,
+/// and the empty user id is a sender too: the empty string).
+pub(super) fn sender_arg(sender: Option<&UserId>) -> String {
+    sender.map_or_else(|| "-".to_owned(), |s| hex(s.as_str()))
+}
+
+/// The user, client and message id of a dedup record, as the dedup scripts take them (see
+/// `DEDUP` in [`scripts`](super::scripts)).
+pub(super) fn dedup_args(inv: &mut ScriptInvocation<'_>, key: &DedupKey) {
+    inv.arg(key.user.as_str())
+        .arg(key.client.as_str())
+        .arg(key.id.as_str());
+}
+
+/// The user and client (`""` for a user) of a member, as the scripts take them.
+pub(super) fn member_args(member: &Member) -> (&str, &str) {
+    match member {
+        Member::User(user) => (user.as_str(), ""),
+        Member::Client(user, client) => (user.as_str(), client.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn senders_are_hex_or_a_dash() {
+        assert_eq!(hex("eve:log"), "6576653a6c6f67");
+        assert_eq!(sender_arg(None), "-");
+        assert_eq!(sender_arg(Some(&UserId::from(""))), "");
+        assert_eq!(sender_arg(Some(&UserId::from("é"))), "c3a9");
+    }
+
+    #[test]
+    fn client_keys_outlive_presence_by_a_generous_grace() {
+        assert_eq!(reap_grace(Duration::from_secs(60)), 600_000);
+        assert_eq!(reap_grace(Duration::from_secs(3600)), 7_200_000);
+    }
+}

@@ -1,0 +1,155 @@
+//! [`RedisStorageBuilder`]: the settings of a [`RedisStorage`], and connecting it.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::broadcast;
+
+use super::error::within;
+use super::payloads::PayloadCache;
+use super::signals::{AbortOnDrop, SIGNAL_CAPACITY, run_subscriber, subscribe};
+use super::{Inner, RedisStorage};
+use crate::storage::StorageError;
+
+/// Defaults for [`RedisStorageBuilder`].
+const DEFAULT_PREFIX: &str = "simpleio:";
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Configures and connects a [`RedisStorage`]; made by [`RedisStorage::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use simpleio::RedisStorage;
+/// # async fn run() -> Result<(), simpleio::storage::StorageError> {
+/// let storage = RedisStorage::builder("redis://127.0.0.1/2")
+///     .key_prefix("myapp:simpleio:")
+///     .connect_timeout(Duration::from_millis(500))
+///     .response_timeout(Duration::from_secs(1))
+///     .connect()
+///     .await?;
+/// # let _ = storage;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStorageBuilder {
+    url: String,
+    prefix: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStorageBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the URL: it may carry a password, and builders end up in logs.
+        f.debug_struct("RedisStorageBuilder")
+            .field("key_prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long one attempt to connect, and one command, may take.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    pub(super) connect: Duration,
+    pub(super) response: Duration,
+}
+
+impl RedisStorageBuilder {
+    /// A builder for the Redis at `url`, with the default settings.
+    pub(super) fn new(url: String) -> Self {
+        Self {
+            url,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+
+    /// The prefix of every key and of the pub/sub channel (default `simpleio:`). Give each
+    /// application sharing a Redis its own; a database number in the URL does not separate
+    /// pub/sub channels.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one attempt to connect to Redis may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long Redis may take to answer one command (default 2 s). An operation fails with
+    /// [`StorageError::Unavailable`] after at most the connect timeout plus this.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Connects the command connection and subscribes the pub/sub one.
+    ///
+    /// Fails with [`StorageError::Unavailable`] if the URL is invalid or Redis cannot be
+    /// reached. Must be called within a Tokio runtime, which then runs the background task that
+    /// forwards signals.
+    pub async fn connect(self) -> Result<RedisStorage, StorageError> {
+        let timeouts = Timeouts {
+            connect: self.connect_timeout,
+            response: self.response_timeout,
+        };
+        let deadline = timeouts.connect + timeouts.response;
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| StorageError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response))
+            // Few, quick retries: a request should fail fast with 503 rather than wait out an
+            // outage; the next request starts a new reconnection anyway.
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = within(
+            deadline,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await?;
+        let channel = format!("{}signals", self.prefix);
+        // Subscribed before returning, so that no signal published after `connect` is missed.
+        let pubsub = subscribe(&client, &channel, timeouts).await?;
+        let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        let subscriber = tokio::spawn(run_subscriber(
+            client,
+            channel.clone(),
+            signals.clone(),
+            pubsub,
+            timeouts,
+        ));
+        Ok(RedisStorage {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                channel,
+                signals,
+                deadline,
+                payloads: Mutex::new(PayloadCache::default()),
+                _subscriber: AbortOnDrop(subscriber),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_builder_does_not_print_its_password() {
+        let builder = RedisStorage::builder("redis://:hunter2@127.0.0.1/");
+        assert!(!format!("{builder:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,2 @@
+
+return redis.call('HGET', mkey(member(ARGV[4], ARGV[5]), 'data'), ARGV[6])

@@ -1,0 +1,2 @@
+
+return redis.call('ZRANGEBYSCORE', P .. 'live', '(' .. str(now_ms()), '+inf')

@@ -1,0 +1,2 @@
+
+return redis.call('SMEMBERS', mkey(member(ARGV[4], ARGV[5]), 'rooms'))
