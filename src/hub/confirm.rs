@@ -164,7 +164,8 @@ impl Confirmations {
                 .or_default(),
         };
         // Positions are unique within a user's log, so one is taken only if two epochs gave
-        // the same; the later send then learns its outcome from its rechecks.
+        // the same, or a send repeated by a handler run again was answered the first one's
+        // (`NewMessage::origin`); the later send then learns its outcome from its rechecks.
         let at = queue.partition_point(|(pos, _)| *pos < target.pos);
         if queue.get(at).is_none_or(|(pos, _)| *pos != target.pos) {
             queue.insert(at, (target.pos, slot));
