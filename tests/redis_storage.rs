@@ -1454,6 +1454,51 @@ async fn a_big_room_is_read_a_page_per_script() {
     assert!(!is_member);
 }
 
+/// Many live users are read a page per script too (`ZSCAN`), each once, and only the live
+/// ones: users whose latest seen-until passed are left out.
+#[tokio::test]
+async fn many_live_users_are_read_a_page_per_script() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let storage = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let live = format!("{}live", storage.key_prefix());
+    let later = simpleio::storage::now_millis() + 600_000;
+    let users = 20_000;
+    for start in (0..users).step_by(5_000) {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&live);
+        for u in start..start + 5_000 {
+            // Every tenth user lapsed a while ago.
+            let score = if u % 10 == 0 { 1_000 } else { later };
+            zadd.arg(score).arg(format!("user{u}"));
+        }
+        let _: i64 = zadd.query_async(&mut conn).await.expect("zadd");
+    }
+    let before = command_stats(&mut conn).await;
+    let mut got: Vec<String> = storage
+        .live_users()
+        .await
+        .expect("live users")
+        .iter()
+        .map(|u| u.as_str().to_owned())
+        .collect();
+    let after = command_stats(&mut conn).await;
+    let pages = after.get("zscan").map_or(0, |s| s.0) - before.get("zscan").map_or(0, |s| s.0);
+    got.sort();
+    let mut want: Vec<String> = (0..users)
+        .filter(|u| u % 10 != 0)
+        .map(|u| format!("user{u}"))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "live users lost, repeated or lapsed ones kept");
+    assert!(
+        pages >= 5,
+        "{users} live users were read in {pages} pages, not a couple of thousand at a time"
+    );
+}
+
 /// Every command's `(calls, usec)` from `INFO commandstats`, by name; commands run by scripts
 /// count too.
 async fn command_stats(

@@ -589,7 +589,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> Result<(), StorageError>;
 
-    /// Users with a client seen within its presence TTL.
+    /// Users with a client seen within its presence TTL, each once, in no particular order.
+    /// Many may be read in several steps, as [`members`](Storage::members) are: a user live
+    /// throughout is in the answer, one who arrives or lapses during the call may or may not be.
     async fn live_users(&self) -> Result<Vec<UserId>, StorageError>;
 
     /// The clients of `user` seen within their presence TTL.

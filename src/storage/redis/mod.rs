@@ -174,7 +174,7 @@ use tracing::warn;
 use self::args::{MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
 pub use self::builder::RedisStorageBuilder;
 use self::entries::{data_size, payload_value};
-use self::error::within;
+use self::error::{corrupt, within};
 use self::parse::{
     parse_appended, parse_claim, parse_client, parse_delivery, parse_fetch, parse_members_page,
     parse_reap,
@@ -197,8 +197,8 @@ use crate::id::{ClientId, UserId};
 /// one script never blocks Redis for long.
 const REAP_BATCH: usize = 500;
 
-/// How many members of a room one script reads (`SSCAN`'s `COUNT`, a hint: a small set comes
-/// whole); `members` reads page after page. One `SMEMBERS` of a 100,000-member room, and the
+/// How many members of a room (or live users) one script reads (`SSCAN`'s and `ZSCAN`'s
+/// `COUNT`, a hint: a small set comes whole); `members` and `live_users` read page after page. One `SMEMBERS` of a 100,000-member room, and the
 /// reply built from it, held Redis for about 100 ms, and every other command waited; a page
 /// takes a millisecond or two, less than an append of a fan-out's chunk.
 const MEMBERS_PAGE: usize = 2_048;
@@ -561,8 +561,25 @@ impl Storage for RedisStorage {
     }
 
     async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
-        let users: Vec<String> = self.eval(&LIVE_USERS, |_| {}).await?;
-        Ok(users.into_iter().map(UserId::from).collect())
+        // A page per script, as for a room's members: 100,000 live users are never one reply.
+        // `ZSCAN` may return one twice if the index is resized between pages.
+        let mut users: HashSet<UserId> = HashSet::default();
+        let mut cursor = String::from("0");
+        loop {
+            let mut page: Vec<String> = self
+                .eval(&LIVE_USERS, |inv| {
+                    inv.arg(cursor.as_str()).arg(MEMBERS_PAGE);
+                })
+                .await?;
+            if page.is_empty() {
+                return Err(corrupt("a live-users page without a cursor"));
+            }
+            cursor = page.remove(0);
+            users.extend(page.into_iter().map(UserId::from));
+            if cursor == "0" {
+                return Ok(users.into_iter().collect());
+            }
+        }
     }
 
     async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {

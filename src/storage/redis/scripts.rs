@@ -133,7 +133,8 @@ pub(super) static RENEW: LazyLock<Script> =
 pub(super) static COMPLETE: LazyLock<Script> =
     LazyLock::new(|| dedup_script(include_str!("scripts/complete.lua")));
 
-/// No more arguments. Returns the users with a polled client within its presence ttl.
+/// `ARGV[4]` the `ZSCAN` cursor ('0' to start), `[5]` the page size. Returns the next cursor
+/// ('0' once done), then this page's users with a polled client within its presence ttl.
 pub(super) static LIVE_USERS: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("scripts/live_users.lua")));
 
