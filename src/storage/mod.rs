@@ -141,7 +141,7 @@ impl fmt::Display for Epoch {
 
 /// The most messages simpleio hands to one [`Storage::append`] call: a larger fan-out goes in
 /// several calls, so that no call holds a lock, or runs a script, for long.
-pub const FANOUT_CHUNK: usize = 256;
+pub const FANOUT_CHUNK: usize = 128;
 
 /// A message to append to a user's log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
