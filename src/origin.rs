@@ -17,17 +17,21 @@ use crate::id::{ClientId, MessageId, UserId};
 
 #[derive(Debug)]
 pub(crate) struct Origins {
-    /// The handled message, length-prefixed so that no two messages share one.
-    prefix: String,
+    /// The handled message. Kept as ids (cheap clones) and written out only by a send: most
+    /// handlers of most messages send nothing.
+    user: UserId,
+    client: ClientId,
+    id: MessageId,
     /// Sends made so far, per hash of namespace and event.
     counts: Mutex<HashMap<u64, u32>>,
 }
 
 impl Origins {
     pub(crate) fn new(user: &UserId, client: &ClientId, id: &MessageId) -> Self {
-        let user = user.as_str();
         Origins {
-            prefix: format!("{}:{user}:{client}:{id}", user.len()),
+            user: user.clone(),
+            client: client.clone(),
+            id: id.clone(),
             counts: Mutex::default(),
         }
     }
@@ -42,7 +46,9 @@ impl Origins {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(hash).or_default();
         *n += 1;
-        format!("{}:{hash:016x}:{n}", self.prefix).into()
+        // The user is length-prefixed, so that no two messages' names run together.
+        let (user, client, id) = (self.user.as_str(), &self.client, &self.id);
+        format!("{}:{user}:{client}:{id}:{hash:016x}:{n}", user.len()).into()
     }
 }
 

@@ -59,27 +59,29 @@ enum Unreadable {
     Damaged(String),
 }
 
+/// Opens the existing file at `path`, with the storage's cache size.
+pub(super) fn reopen(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).open(path)
+}
+
 fn open_existing(path: &Path) -> Result<(Database, Loaded), Unreadable> {
-    let db = Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .open(path)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Unreadable::Busy(unavailable(
-                "the storage file is open in another process",
-                e,
-            )),
-            // redb reports a file that is not one of its own as invalid data, and a cut one
-            // as an unexpected end: damage. Other I/O errors may pass.
-            redb::DatabaseError::Storage(redb::StorageError::Io(io))
-                if !matches!(
-                    io.kind(),
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-                ) =>
-            {
-                Unreadable::Busy(unavailable("reading the storage file", io))
-            }
-            other => Unreadable::Damaged(other.to_string()),
-        })?;
+    let db = reopen(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Unreadable::Busy(unavailable(
+            "the storage file is open in another process",
+            e,
+        )),
+        // redb reports a file that is not one of its own as invalid data, and a cut one
+        // as an unexpected end: damage. Other I/O errors may pass.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            Unreadable::Busy(unavailable("reading the storage file", io))
+        }
+        other => Unreadable::Damaged(other.to_string()),
+    })?;
     let loaded = read_all(&db).map_err(|e| Unreadable::Damaged(e.to_string()))?;
     if loaded.restored.epoch.is_none() {
         return Err(Unreadable::Damaged("it holds no epoch".into()));

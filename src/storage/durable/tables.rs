@@ -14,7 +14,11 @@
 //! | `rooms` | (room, user, client or `""` for the whole user) | nothing |
 //! | `origins` | (user, origin of a send) | (position, until) |
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde_json::value::RawValue;
 
 use super::codec::{self, MessageRecord, Payload};
 use crate::storage::Member;
@@ -64,7 +68,7 @@ fn next(s: &str) -> String {
 /// reused by another payload while it is remembered.
 #[derive(Default)]
 pub(super) struct PayloadIds {
-    recent: std::collections::VecDeque<(std::sync::Arc<serde_json::value::RawValue>, u64)>,
+    recent: VecDeque<(Arc<RawValue>, u64)>,
     pub(super) next: u64,
 }
 
@@ -78,10 +82,10 @@ impl PayloadIds {
         }
     }
 
-    fn find(&self, data: &std::sync::Arc<serde_json::value::RawValue>) -> Option<u64> {
+    fn find(&self, data: &Arc<RawValue>) -> Option<u64> {
         self.recent
             .iter()
-            .find(|(d, _)| std::sync::Arc::ptr_eq(d, data))
+            .find(|(d, _)| Arc::ptr_eq(d, data))
             .map(|(_, id)| *id)
     }
 

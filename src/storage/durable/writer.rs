@@ -333,8 +333,7 @@ impl Thread {
             let Some(memory) = self.memory.upgrade() else {
                 return;
             };
-            let opened = Database::builder()
-                .open(&self.path)
+            let opened = load::reopen(&self.path)
                 .map_err(|e| StorageError::Unavailable(e.to_string()))
                 .and_then(|db| load::read_all(&db).map(|loaded| (db, loaded)));
             let queue = &self.queue;

@@ -229,9 +229,9 @@ for i = 0, n - 1 do
   -- after a crash): its outcome is that position, and nothing is stored. Origins live in
   -- `orig` (origin -> position) and `origx` (origin by expiry); a few lapsed ones are swept
   -- per user and call, and the keys expire with the last of them.
-  local ok, ox = key(u, 'orig'), key(u, 'origx')
-  local known
+  local ok, ox, known
   if origin ~= '' then
+    ok, ox = key(u, 'orig'), key(u, 'origx')
     if not seen.origins_swept then
       seen.origins_swept = true
       local lapsed = redis.call('ZRANGEBYSCORE', ox, '-inf', str(now), 'LIMIT', 0, 16)
