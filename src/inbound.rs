@@ -180,8 +180,24 @@ where
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProtocolError::BodyTooLarge(limit))
         }
+        // A body limit outside the layer (tower-http's `RequestBodyLimitLayer`, say) ends a body
+        // sent without a `Content-Length` the same way, under whatever wraps the body between
+        // it and here (axum's `Body` does): still too large, not unreadable.
+        Err(e) if limited_outside(&*e) => Err(ProtocolError::BodyLimitedOutside),
         Err(e) => Err(ProtocolError::BodyRead(e.to_string())),
     }
+}
+
+/// Whether a length limit anywhere in the error's chain ended the body.
+fn limited_outside(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn parse(body: Bytes) -> Result<SendRequest, ProtocolError> {

@@ -649,6 +649,20 @@ struct Stored {
 }
 
 impl Stored {
+    /// One receipt per recipient it was stored for.
+    fn receipts(&self) -> Vec<Receipt> {
+        self.expectation
+            .targets()
+            .iter()
+            .map(|(epoch, target)| Receipt {
+                epoch: epoch.clone(),
+                recipient: delivery::member_of(target),
+                namespace: target.namespace.clone(),
+                pos: target.pos,
+            })
+            .collect()
+    }
+
     fn wait(self) -> BoxFuture<Result<Delivered, SendError>> {
         Box::pin(async move {
             let Stored {
@@ -756,17 +770,7 @@ impl Sending {
                         failed: stored.not_stored.into_iter().map(|(m, _)| m).collect(),
                     });
                 }
-                let receipts = stored
-                    .expectation
-                    .targets()
-                    .iter()
-                    .map(|(epoch, target)| Receipt {
-                        epoch: epoch.clone(),
-                        recipient: delivery::member_of(target),
-                        namespace: target.namespace.clone(),
-                        pos: target.pos,
-                    })
-                    .collect();
+                let receipts = stored.receipts();
                 Ok(Sending {
                     stage: Stage::Waiting(stored.wait()),
                     receipts,
@@ -782,7 +786,8 @@ impl Sending {
 
 impl Sending {
     /// One [`Receipt`] per recipient the message was stored for, to ask about it later from any
-    /// node with [`SimpleIo::delivery`]. Empty until [`stored`](Self::stored) resolved.
+    /// node with [`SimpleIo::delivery`]. Empty until the message is stored: after
+    /// [`stored`](Self::stored) resolved, or a [`wait`](Self::wait) that timed out after it was.
     pub fn receipts(&self) -> &[Receipt] {
         &self.receipts
     }
@@ -809,7 +814,11 @@ impl Future for Sending {
             match &mut self.stage {
                 Stage::Storing(storing) => match storing.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(stored)) => self.stage = Stage::Waiting(stored.wait()),
+                    Poll::Ready(Ok(stored)) => {
+                        // Kept, so a sender whose wait timed out still has them.
+                        self.receipts = stored.receipts();
+                        self.stage = Stage::Waiting(stored.wait());
+                    }
                     Poll::Ready(Err(e)) => {
                         self.stage = Stage::Done;
                         return Poll::Ready(Err(e));

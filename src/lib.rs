@@ -26,6 +26,7 @@ mod protocol;
 mod script;
 mod shared;
 pub mod storage;
+mod wait;
 
 /// The client protocol, version 1.1 (`docs/spec.md`): everything needed to write a client.
 pub mod spec {
@@ -49,3 +50,4 @@ pub use storage::DurableStorage;
 #[cfg(feature = "redis")]
 pub use storage::RedisStorage;
 pub use storage::{Member, MemoryStorage, Storage};
+pub use wait::Waited;

@@ -290,6 +290,8 @@ pub(crate) enum ProtocolError {
     InvalidField(String),
     #[error("the request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
+    #[error("the request body is larger than a body limit of the server allows")]
+    BodyLimitedOutside,
     #[error("a request may carry at most {limit} messages; this one has {got}")]
     TooManyMessages { limit: usize, got: usize },
     #[error("send the body as `Content-Type: application/json`")]
@@ -337,6 +339,7 @@ impl ProtocolError {
             | ProtocolError::DuplicateId(_)
             | ProtocolError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ProtocolError::BodyTooLarge(_)
+            | ProtocolError::BodyLimitedOutside
             | ProtocolError::TooManyMessages { .. }
             | ProtocolError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProtocolError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -357,7 +360,7 @@ impl ProtocolError {
             ProtocolError::MalformedJson(_) => "malformed_json",
             ProtocolError::InvalidField(_) => "invalid_field",
             ProtocolError::BodyRead(_) => "body_unreadable",
-            ProtocolError::BodyTooLarge(_) => "body_too_large",
+            ProtocolError::BodyTooLarge(_) | ProtocolError::BodyLimitedOutside => "body_too_large",
             ProtocolError::TooManyMessages { .. } => "too_many_messages",
             ProtocolError::UnsupportedMediaType => "unsupported_media_type",
             ProtocolError::MethodNotAllowed => "method_not_allowed",
