@@ -26,6 +26,7 @@ mod protocol;
 mod script;
 mod shared;
 pub mod storage;
+pub mod testing;
 mod wait;
 
 /// The client protocol, version 1.1 (`docs/spec.md`): everything needed to write a client.

@@ -37,6 +37,12 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Makes a `GET` answer after its first read, without holding, as a handshake does: for the
+/// in-process test client ([`crate::testing`]), whose confirming polls must not wait out a hold.
+/// Only code in the process can put it in a request's extensions; nothing from the network can.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AnswerAtOnce;
+
 pub(crate) async fn respond(
     shared: &Shared,
     user: UserId,
@@ -53,6 +59,7 @@ pub(crate) async fn respond(
             .map(|(name, _)| name.clone())
     })?;
     authorize_all(shared, &parts, &user, &namespaces).await?;
+    let at_once = parts.extensions.get::<AnswerAtOnce>().is_some();
     // The headers (cookies and all) are not needed while the poll waits, which may be long.
     drop(parts);
     let config = &shared.config;
@@ -115,6 +122,7 @@ pub(crate) async fn respond(
         // not after a hold.
         let new_epoch = sent_epoch.take().is_some_and(|e| e != batch.epoch);
         if handshake
+            || at_once
             || new_epoch
             || !batch.messages.is_empty()
             || !volatile.is_empty()

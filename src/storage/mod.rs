@@ -88,10 +88,22 @@ pub type Millis = u64;
 
 /// The current wall-clock time in [`Millis`].
 pub fn now_millis() -> Millis {
-    SystemTime::now()
+    let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    wall.saturating_add(paused_clock_ahead())
+}
+
+/// How far a paused tokio clock (`tokio::time::pause`, then `advance`: a test's time control,
+/// see [`crate::testing`]) has run ahead of real time, so that expiry, leases and positions in
+/// this process follow it, as the layer's own timers do. Zero outside such a test: an unpaused
+/// tokio clock is the real one.
+fn paused_clock_ahead() -> Millis {
+    let tokio_now = tokio::time::Instant::now().into_std();
+    tokio_now
+        .saturating_duration_since(std::time::Instant::now())
+        .as_millis() as Millis
 }
 
 /// `now + d`, in [`Millis`].
