@@ -117,6 +117,7 @@ impl fmt::Debug for Incoming {
             .field("namespace", &self.namespace)
             .field("event", &self.event)
             .field("data", &self.data.get())
+            .field("extensions", &self.extensions)
             .finish()
     }
 }

@@ -293,3 +293,102 @@ impl Service<Incoming> for Events<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::events::{Event, State};
+    use crate::handler::null;
+    use crate::id::{ClientId, MessageId, UserId};
+
+    fn message(event: &str) -> Incoming {
+        let (_layer, io) = crate::SimpleIoLayer::builder().build();
+        Incoming {
+            user: UserId::from("ann"),
+            client: ClientId::new("c1").expect("a client id"),
+            id: MessageId::new("m1").expect("a message id"),
+            namespace: Arc::from("/"),
+            event: event.to_owned(),
+            data: null(),
+            io,
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    async fn reply(events: &Events, event: &str) -> Result<String, String> {
+        match events.clone().oneshot(message(event)).await {
+            Ok(reply) => Ok(reply.into_raw().get().to_owned()),
+            Err(e) => Err(e
+                .downcast_ref::<HandlerError>()
+                .map(|e| e.code.clone())
+                .unwrap_or_else(|| e.to_string())),
+        }
+    }
+
+    #[test]
+    fn the_router_and_its_handler_services_are_send_and_sync() {
+        fn assert_service<T: Send + Sync + Clone + 'static>() {}
+        assert_service::<Events>();
+        async fn handler(State(n): State<u8>) -> String {
+            n.to_string()
+        }
+        fn service_of<H: Handler<T, u8>, T: 'static>(h: H) -> impl Send + Sync + Clone + 'static {
+            h.with_state(1)
+        }
+        let _ = service_of(handler);
+    }
+
+    #[tokio::test]
+    async fn a_handler_of_its_own_goes_before_the_fallback() {
+        let events: Events = Events::new()
+            .on("ping", || async { "pong" })
+            .fallback(|Event(name): Event| async move { format!("fallback {name}") });
+
+        assert_eq!(reply(&events, "ping").await, Ok("\"pong\"".to_owned()));
+        assert_eq!(
+            reply(&events, "other").await,
+            Ok("\"fallback other\"".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_handler_for_one_event_replaces_the_first() {
+        let events: Events = Events::new()
+            .on("ping", || async { "first" })
+            .on("ping", || async { "second" });
+
+        assert_eq!(reply(&events, "ping").await, Ok("\"second\"".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn the_state_reaches_the_fallback_too() {
+        let events = Events::new()
+            .on("a", |State(s): State<&'static str>| async move { s })
+            .fallback(|State(s): State<&'static str>| async move { format!("{s}!") })
+            .with_state("state");
+
+        assert_eq!(reply(&events, "a").await, Ok("\"state\"".to_owned()));
+        assert_eq!(reply(&events, "b").await, Ok("\"state!\"".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn without_a_fallback_an_unknown_event_is_refused() {
+        let events: Events = Events::new().on("ping", || async { "pong" });
+
+        assert_eq!(reply(&events, "pong").await, Err(UNKNOWN_EVENT.to_owned()));
+    }
+
+    #[test]
+    fn a_router_shows_its_events_in_debug_output() {
+        let events: Events = Events::new().on("b", || async {}).on("a", || async {});
+
+        assert_eq!(
+            format!("{events:?}"),
+            r#"Events { events: ["a", "b"], fallback: false }"#
+        );
+    }
+}
