@@ -33,6 +33,11 @@
 //! | `chat` `{"text": "hi", "room": "club"}` | the room's members and the sender get `chat` `{from, room, text, at}` | `{"ok": true}` |
 //! | either, when some recipients' queues are full | the others get it | `{"ok": true, "not_sent_to": [...]}`, or the error `queue_full` if it reached nobody |
 //! | `echo` any JSON | nothing is sent | the same JSON (for health checks and tests) |
+//! | a payload of the wrong shape (`{"text": 3}`) | nothing is sent | the error `invalid_data`, naming the field |
+//! | any other event | nothing is sent | the error `unknown_event` |
+//!
+//! Each event is an async function of the extractors it needs (`Data`, `State`, the user, the
+//! `SimpleIo` handle), routed by a `simpleio::Events` router: see `events` below.
 //!
 //! A `chat` is acknowledged once it is stored for its recipients, so a process that crashes
 //! after the acknowledgement has lost nothing; delivery failures (a recipient that never
@@ -61,6 +66,7 @@
 //! verified token in the identity function; simpleio never takes a user from the request itself.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -69,12 +75,12 @@ use axum::routing::get;
 use http::HeaderValue;
 use http::request::Parts;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
+use simpleio::events::{Data, Events, Json, State};
 use simpleio::{
-    Builder, HandlerError, Incoming, MemoryStorage, Rejection, Reply, SendError, SimpleIoLayer,
-    UserId,
+    Builder, HandlerError, MemoryStorage, Rejection, SendError, SimpleIo, SimpleIoLayer, UserId,
 };
-use tower::{BoxError, service_fn};
+use tower::BoxError;
 use tracing_subscriber::EnvFilter;
 
 /// The longest chat line accepted.
@@ -113,7 +119,7 @@ async fn main() -> Result<(), BoxError> {
     }
     let (layer, _io) = builder
         .identity(demo_identity)
-        .handler(service_fn(handle))
+        .handler(events(&node))
         .try_build()?;
 
     let node_value = HeaderValue::try_from(node.as_str())?;
@@ -296,39 +302,49 @@ struct JoinRoom {
     room: String,
 }
 
-async fn handle(msg: Incoming) -> Result<Reply, BoxError> {
-    match msg.event.as_str() {
-        "chat" => chat(msg).await,
-        "join" => join(msg).await,
-        "echo" => Ok(Reply::from(msg.data)),
-        other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
-    }
+/// The chat's events, each an async function of what it needs from the message.
+fn events(node: &str) -> Events {
+    Events::new()
+        .on("chat", chat)
+        .on("join", join)
+        .on("echo", |Data(any): Data<Value>| async move { any })
+        .with_state(Chat { node: node.into() })
+}
+
+/// The handlers' state: given once to the router, cloned (an `Arc`) for each message.
+#[derive(Clone)]
+struct Chat {
+    /// This process's name, in its logs, so a cluster's logs say which node saw what.
+    node: Arc<str>,
 }
 
 /// `join {room}`: the sender's user is a member of `room` (kept by the storage, across
 /// restarts on a durable one).
-async fn join(msg: Incoming) -> Result<Reply, BoxError> {
-    let JoinRoom { room } = msg
-        .json()
-        .map_err(|e| HandlerError::new("bad_join", format!("expected {{\"room\": ...}}: {e}")))?;
+async fn join(
+    user: UserId,
+    io: SimpleIo,
+    Data(JoinRoom { room }): Data<JoinRoom>,
+) -> Result<Json<Value>, BoxError> {
     if !valid_name(&room) {
         return Err(
             HandlerError::new("bad_join", format!("a room name is 1 to {MAX_NAME} bytes")).into(),
         );
     }
-    msg.io.join(msg.user.clone(), &room).await?;
-    Ok(Reply::json(&json!({ "ok": true }))?)
+    io.join(user, &room).await?;
+    Ok(Json(json!({ "ok": true })))
 }
 
 /// `chat {text, to? | room?}`: to `to` only, to the members of `room`, or to every user online;
 /// the sender always gets it too, so every window of theirs shows it in the server's order.
-async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
-    let line: ChatLine = msg.json().map_err(|e| {
-        HandlerError::new(
-            "bad_chat",
-            format!("expected {{\"text\": ..., \"to\"?: ...}}: {e}"),
-        )
-    })?;
+///
+/// A line that is not `{"text": ...}` never gets here: `Data` refuses it with `invalid_data`,
+/// naming the field.
+async fn chat(
+    user: UserId,
+    io: SimpleIo,
+    State(chat): State<Chat>,
+    Data(line): Data<ChatLine>,
+) -> Result<Json<Value>, BoxError> {
     let text = line.text.trim();
     if text.is_empty() || text.chars().count() > MAX_TEXT {
         return Err(
@@ -349,9 +365,9 @@ async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
         .into());
     }
     let sending = match (&line.to, &line.room) {
-        (_, Some(room)) => msg.io.to_room(room.as_str()).to(msg.user.clone()).emit(
+        (_, Some(room)) => io.to_room(room.as_str()).to(user.clone()).emit(
             "chat",
-            &json!({ "from": msg.user, "room": room, "text": text, "at": at }),
+            &json!({ "from": user, "room": room, "text": text, "at": at }),
         ),
         (Some(to), None) if !valid_name(to) => {
             return Err(HandlerError::new(
@@ -360,15 +376,14 @@ async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
             )
             .into());
         }
-        (Some(to), None) => msg.io.to(to.as_str()).to(msg.user.clone()).emit(
+        (Some(to), None) => io.to(to.as_str()).to(user.clone()).emit(
             "chat",
-            &json!({ "from": msg.user, "to": to, "text": text, "at": at }),
+            &json!({ "from": user, "to": to, "text": text, "at": at }),
         ),
-        (None, None) => msg
-            .io
+        (None, None) => io
             .everyone()
-            .to(msg.user.clone())
-            .emit("chat", &json!({ "from": msg.user, "text": text, "at": at })),
+            .to(user.clone())
+            .emit("chat", &json!({ "from": user, "text": text, "at": at })),
     };
     // Acknowledge once the line is stored: from then on it is delivered or its failure logged,
     // even if this process dies. Waiting for every reader to confirm would hold up the POST.
@@ -391,14 +406,14 @@ async fn chat(msg: Incoming) -> Result<Reply, BoxError> {
                 )
                 .into());
             }
-            return Ok(Reply::json(&json!({ "ok": true, "not_sent_to": names }))?);
+            return Ok(Json(json!({ "ok": true, "not_sent_to": names })));
         }
         Err(other) => return Err(HandlerError::new("bad_chat", other.to_string()).into()),
     };
     tokio::spawn(async move {
         if let Err(e) = confirmation.await {
-            tracing::info!(error = %e, "a chat line was not delivered to everyone");
+            tracing::info!(node = %chat.node, error = %e, "a chat line was not delivered to everyone");
         }
     });
-    Ok(Reply::json(&json!({ "ok": true }))?)
+    Ok(Json(json!({ "ok": true })))
 }

@@ -85,17 +85,40 @@ impl Builder {
         self
     }
 
-    /// Names the user of each request (see [`Identify`]). Without one, every request on the
-    /// route is refused with `401`: the layer fails closed.
+    /// Names the user of each request (see [`Identify`]): a function or closure over the
+    /// request's parts returning a [`UserId`](crate::UserId), or an
+    /// [`Identity`](crate::Identity) with what else it learnt (roles, claims) for handlers and
+    /// namespace authorization. A named `async fn(&Parts) -> Result<UserId, Rejection>` works
+    /// as it is. Without one, every request on the route is refused with `401`: the layer
+    /// fails closed.
     pub fn identity(mut self, identity: impl Identify) -> Self {
         self.identity = Some(Box::new(identity));
         self
     }
 
-    /// The service that handles client messages. Its response becomes the message's
-    /// acknowledgement ([`Reply`], or anything `Into<Reply>` such as `()` or a
+    /// The service that handles client messages: usually an [`Events`](crate::Events) router,
+    /// a handler per event; or any `tower::Service<Incoming>`. Its response becomes the
+    /// message's acknowledgement ([`Reply`], or anything `Into<Reply>` such as `()` or a
     /// `serde_json::Value`); its error an error acknowledgement. Tower layers (timeouts,
     /// concurrency limits) apply as usual. Without one, messages are refused with an error ack.
+    ///
+    /// ```
+    /// use simpleio::events::{Data, Events};
+    /// use simpleio::{Incoming, Reply, SimpleIoLayer};
+    /// use tower::{BoxError, service_fn};
+    ///
+    /// // A router of events…
+    /// let events: Events = Events::new().on("add", |Data((a, b)): Data<(i64, i64)>| async move {
+    ///     (a + b).to_string()
+    /// });
+    /// let (_layer, _io) = SimpleIoLayer::builder().handler(events).build();
+    ///
+    /// // …or any service, seeing every message.
+    /// let plain = service_fn(|msg: Incoming| async move {
+    ///     Ok::<_, BoxError>(Reply::json(&msg.event)?)
+    /// });
+    /// let (_layer, _io) = SimpleIoLayer::builder().handler(plain).build();
+    /// ```
     pub fn handler<S, R>(mut self, handler: S) -> Self
     where
         S: Service<Incoming, Response = R> + Clone + Send + Sync + 'static,

@@ -40,6 +40,7 @@ pub(crate) type BoxHandler = BoxCloneSyncService<Incoming, Reply, BoxError>;
 /// });
 /// # let (_layer, _io) = simpleio::SimpleIoLayer::builder().handler(handler).build();
 /// ```
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Incoming {
     /// The sending user, as the identity function named them.
@@ -57,6 +58,11 @@ pub struct Incoming {
     /// A handle for sending from the handler (to others, broadcasts), in the message's
     /// namespace.
     pub io: SimpleIo,
+    /// The request's extensions (those put there by layers outside simpleio, such as a session
+    /// layer's), with the [`Identity`](crate::Identity)'s extensions added over them: roles,
+    /// the session, a token's claims. See the [`Extension`](crate::events::Extension)
+    /// extractor.
+    pub extensions: http::Extensions,
 }
 
 impl Incoming {
@@ -111,6 +117,7 @@ impl fmt::Debug for Incoming {
             .field("namespace", &self.namespace)
             .field("event", &self.event)
             .field("data", &self.data.get())
+            .field("extensions", &self.extensions)
             .finish()
     }
 }

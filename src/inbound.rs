@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Response, header};
+use http::{Extensions, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::error::Category;
@@ -134,7 +134,17 @@ where
             Some((_, error)) => Handled::Done(AckOutcome::Error(error.clone())),
             None => match blocked {
                 Some(wait) => Handled::Pending(wait),
-                None => handle_once(shared, &io, &user, &request.client, message).await?,
+                None => {
+                    handle_once(
+                        shared,
+                        &io,
+                        &user,
+                        &parts.extensions,
+                        &request.client,
+                        message,
+                    )
+                    .await?
+                }
             },
         };
         acks.push(match handled {
@@ -216,6 +226,7 @@ async fn handle_once(
     shared: &Shared,
     io: &SimpleIo,
     user: &UserId,
+    extensions: &Extensions,
     client: &ClientId,
     message: ClientMessage,
 ) -> Result<Handled, ProtocolError> {
@@ -289,10 +300,11 @@ async fn handle_once(
     let task = tokio::spawn({
         let io = io.clone();
         let (user, client) = (user.clone(), client.clone());
+        let extensions = extensions.clone();
         async move {
             let shared = &io.shared;
             let work = async {
-                let outcome = call_handler(shared, &io, &user, &client, message).await;
+                let outcome = call_handler(shared, &io, &user, extensions, &client, message).await;
                 let Some(outcome) = outcome else {
                     // Not known whether the handler's work was done: the message is forgotten,
                     // so that the client's retry is handled again rather than told a final error.
@@ -376,6 +388,7 @@ async fn call_handler(
     shared: &Shared,
     io: &SimpleIo,
     user: &UserId,
+    extensions: Extensions,
     client: &ClientId,
     message: ClientMessage,
 ) -> Option<AckOutcome> {
@@ -395,6 +408,7 @@ async fn call_handler(
         id: message.id,
         event: message.event,
         data: message.data.unwrap_or_else(null),
+        extensions,
         // The handler's sends are on behalf of this user: they fill only the user's share of
         // each recipient's queue.
         io: io

@@ -159,13 +159,18 @@ where
     if parts.method != Method::GET && parts.method != Method::POST {
         return ProtocolError::MethodNotAllowed.into_response();
     }
-    let user = match shared.identity.identify(&parts).await {
-        Ok(user) => user,
+    let identity = match shared.identity.identify(&parts).await {
+        Ok(identity) => identity,
         Err(rejection) => {
             tracing::debug!(status = %rejection.status(), "the identity function rejected a request");
             return rejection.into_response();
         }
     };
+    let (user, extensions) = identity.into_parts();
+    // What the identity function learnt is the request's from here on: namespace authorization
+    // reads it in the parts, handlers in each message's extensions.
+    let mut parts = parts;
+    parts.extensions.extend(extensions);
     let result = if parts.method == Method::GET {
         // A poll may wait for long: keep nothing of the request it no longer needs.
         drop(body);

@@ -24,6 +24,35 @@ pub type AuthorizeFuture = Pin<Box<dyn Future<Output = Result<(), Rejection>> + 
 /// Implemented for every `Fn(&Parts, &UserId) -> impl Future<Output = Result<(), Rejection>>`.
 /// It runs on every request that names the namespace, after the identity function; a rejection
 /// becomes that request's response.
+///
+/// What the identity function learnt about the user (an [`Identity`](crate::Identity)'s
+/// extensions: roles, a token's claims) is in the parts' extensions by then:
+///
+/// ```
+/// use http::request::Parts;
+/// use simpleio::{Identity, Namespace, Rejection, SimpleIoLayer, UserId};
+///
+/// #[derive(Clone)]
+/// struct Admin;
+///
+/// async fn identity(parts: &Parts) -> Result<Identity, Rejection> {
+///     match parts.headers.get("x-user").and_then(|v| v.to_str().ok()) {
+///         Some("root") => Ok(Identity::new("root").with_extension(Admin)),
+///         Some(user) => Ok(Identity::new(user)),
+///         None => Err(Rejection::unauthorized("sign in first")),
+///     }
+/// }
+///
+/// let admins_only = |parts: &Parts, _user: &UserId| {
+///     let allowed = parts.extensions.get::<Admin>().is_some();
+///     async move { if allowed { Ok(()) } else { Err(Rejection::forbidden("admins only")) } }
+/// };
+/// let (layer, io) = SimpleIoLayer::builder()
+///     .identity(identity)
+///     .namespace(Namespace::new("/admin").authorize(admins_only))
+///     .build();
+/// # let _ = (layer, io);
+/// ```
 pub trait Authorize: Send + Sync + 'static {
     /// Allows the request, or rejects it.
     fn authorize(&self, parts: &Parts, user: &UserId) -> AuthorizeFuture;
@@ -81,8 +110,8 @@ impl Namespace {
     }
 
     /// The service handling client messages in this namespace (see
-    /// [`Builder::handler`](crate::Builder::handler)). Without one, they are refused with an
-    /// error acknowledgement.
+    /// [`Builder::handler`](crate::Builder::handler)): usually an [`Events`](crate::Events)
+    /// router of its own. Without one, they are refused with an error acknowledgement.
     pub fn handler<S, R>(mut self, handler: S) -> Self
     where
         S: Service<Incoming, Response = R> + Clone + Send + Sync + 'static,
