@@ -81,7 +81,9 @@ final class Http {
                 byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
                 connection.setDoOutput(true);
                 connection.setRequestProperty("Content-Type", "application/json");
-                connection.setFixedLengthStreamingMode(bytes.length);
+                // No fixed-length streaming mode: in it, HttpURLConnection drops the body of a
+                // 401/403 answer (it cannot retry the request for authentication), and with it
+                // the spec's error code. Bodies are bounded by max_body, so buffering is cheap.
                 try (OutputStream out = connection.getOutputStream()) {
                     out.write(bytes);
                 }
