@@ -65,8 +65,6 @@ final class Http {
         HttpURLConnection connection = (HttpURLConnection) url.openConnection();
         inFlight.set(connection);
         try {
-            // An abort that came before the connection was registered would have missed it.
-            if (cancelled.getAsBoolean()) throw new IOException("cancelled");
             connection.setRequestMethod(method);
             // The whole wait of a held poll is one read: the server sends nothing until it answers.
             connection.setReadTimeout(timeoutMs);
@@ -77,13 +75,20 @@ final class Http {
             for (Map.Entry<String, String> header : headers.entrySet()) {
                 connection.setRequestProperty(header.getKey(), header.getValue());
             }
-            if (body != null) {
-                byte[] bytes = body.getBytes(StandardCharsets.UTF_8);
+            byte[] bytes = body == null ? null : body.getBytes(StandardCharsets.UTF_8);
+            if (bytes != null) {
                 connection.setDoOutput(true);
                 connection.setRequestProperty("Content-Type", "application/json");
                 // No fixed-length streaming mode: in it, HttpURLConnection drops the body of a
                 // 401/403 answer (it cannot retry the request for authentication), and with it
                 // the spec's error code. Bodies are bounded by max_body, so buffering is cheap.
+            }
+            connection.connect();
+            // disconnect() before connect() does nothing, so an abort that came before this
+            // point would be missed: its caller marks the request cancelled first, checked here.
+            // One after this point closes the socket, and the read below fails.
+            if (cancelled.getAsBoolean()) throw new IOException("cancelled");
+            if (bytes != null) {
                 try (OutputStream out = connection.getOutputStream()) {
                     out.write(bytes);
                 }
@@ -92,6 +97,10 @@ final class Http {
             InputStream in = status < 400 ? connection.getInputStream() : connection.getErrorStream();
             String text = in == null ? "" : readAll(in);
             return new Answer(status, text, retryAfter(connection.getHeaderField("Retry-After")));
+        } catch (RuntimeException e) {
+            // HttpURLConnection throws some failures unchecked (a connection closed under it):
+            // to the loops they are network failures like any other, to be retried.
+            throw new IOException(e);
         } finally {
             inFlight.compareAndSet(connection, null);
         }

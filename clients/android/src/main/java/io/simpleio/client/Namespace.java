@@ -16,8 +16,8 @@ public class Namespace {
     final String name;
     /** Listeners by event, in the order they were added; each a {@link Responder}. */
     final Map<String, List<Responder>> listeners = new ConcurrentHashMap<>();
-    /** The {@link Listener}s behind their wrapping responders, so {@link #off} finds them. */
-    private final Map<Listener, Responder> wrapped = new ConcurrentHashMap<>();
+    /** The responders wrapping {@link Listener}s, by (event, listener), so {@link #off} finds them. */
+    private final Map<List<Object>, Responder> wrapped = new ConcurrentHashMap<>();
 
     Namespace(SimpleIo client, String name) {
         this.client = client;
@@ -39,7 +39,7 @@ public class Namespace {
                     listener.onMessage(message);
                     return null;
                 };
-        wrapped.put(listener, responder);
+        wrapped.put(List.of(event, listener), responder);
         return respond(event, responder);
     }
 
@@ -57,7 +57,7 @@ public class Namespace {
     public Namespace off(String event, Object listener) {
         List<Responder> list = listeners.get(event);
         if (list != null) {
-            Responder responder = listener instanceof Listener ? wrapped.remove(listener) : null;
+            Responder responder = listener instanceof Listener ? wrapped.remove(List.of(event, listener)) : null;
             list.remove(responder != null ? responder : listener);
         }
         return this;
