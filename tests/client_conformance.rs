@@ -12,13 +12,15 @@
 //! against.
 //!
 //! The adapters: the JavaScript client is a real `node` process running
-//! `client/test/conformance-driver.mjs`; the Rust client runs `examples/conformance_client`'s
-//! driver in-process, over pipes, on a runtime and thread of its own. Both speak the same JSON
-//! lines.
+//! `client/test/conformance-driver.mjs`; the Java (Android) client a `java` process running
+//! `clients/android/`'s `ConformanceDriver`, compiled under the cargo target dir; the Rust
+//! client runs `examples/conformance_client`'s driver in-process, over pipes, on a runtime and
+//! thread of its own. All speak the same JSON lines.
 //!
-//! One test per client and scenario (`js::…`, `rust::…`). A scenario a client does not pass
-//! yet is `#[ignore]`d for that client alone, saying why: `-- --ignored` runs those. Under
-//! `CI=true` the JavaScript cases fail without Node; elsewhere they skip, loudly.
+//! One test per client and scenario (`js::…`, `rust::…`, `java::…`). A scenario a client does
+//! not pass yet is `#[ignore]`d for that client alone, saying why: `-- --ignored` runs those. Under
+//! `CI=true` the JavaScript cases fail without Node and the Java ones without a JDK and
+//! Android's org.json; elsewhere they skip, loudly.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,6 +50,9 @@ use tower::{BoxError, Layer, ServiceExt, service_fn};
 #[cfg(feature = "client")]
 #[path = "../examples/conformance_client/driver.rs"]
 mod rust_driver;
+
+#[path = "support/java.rs"]
+mod java_build;
 
 /// The user every adapter signs in as (`x-user`).
 const USER: &str = "ann";
@@ -471,6 +476,8 @@ enum Kind {
     /// `examples/conformance_client`'s driver, in-process.
     #[cfg(feature = "client")]
     Rust,
+    /// `clients/android/`'s `ConformanceDriver` under `java`.
+    Java,
 }
 
 /// A running adapter: its commands' input, and the events it wrote.
@@ -480,7 +487,7 @@ struct Adapter {
     events: mpsc::UnboundedReceiver<Value>,
     /// Every event received so far, in order.
     history: Vec<Value>,
-    /// The Node process, killed when dropped.
+    /// The Node or Java process, killed when dropped.
     _process: Option<tokio::process::Child>,
 }
 
@@ -552,6 +559,33 @@ impl Adapter {
                     name: "js",
                     input: Box::new(child.stdin.take().expect("stdin")),
                     events: read_events("js", child.stdout.take().expect("stdout")),
+                    history: Vec::new(),
+                    _process: Some(child),
+                }
+            }
+            Kind::Java => {
+                let classes = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance-java");
+                let mut child = tokio::process::Command::new("java")
+                    .args(["-cp", &java_build::classpath(&classes)])
+                    .arg("io.simpleio.client.ConformanceDriver")
+                    .envs(&vars)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("start java");
+                let stderr = child.stderr.take().expect("stderr");
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        eprintln!("java ! {line}");
+                    }
+                });
+                Adapter {
+                    name: "java",
+                    input: Box::new(child.stdin.take().expect("stdin")),
+                    events: read_events("java", child.stdout.take().expect("stdout")),
                     history: Vec::new(),
                     _process: Some(child),
                 }
@@ -1214,6 +1248,7 @@ fn available(kind: Kind) -> bool {
         }
         #[cfg(feature = "client")]
         Kind::Rust => true,
+        Kind::Java => java_build::available(),
     }
 }
 
@@ -1255,6 +1290,25 @@ mod rust {
     use super::Kind;
 
     cases!(Kind::Rust;
+        lost_get_response,
+        lost_post_response,
+        epoch_change,
+        pending,
+        split_413,
+        split_413_lowers_max_messages,
+        sizes_posts_by_limits,
+        defaults_for_limits_not_given,
+        unauthorized_401,
+        retry_after_429_post,
+        retry_after_429_get,
+        take_over,
+    );
+}
+
+mod java {
+    use super::Kind;
+
+    cases!(Kind::Java;
         lost_get_response,
         lost_post_response,
         epoch_change,
