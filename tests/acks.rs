@@ -312,3 +312,51 @@ mod across_nodes {
         assert_eq!(replies.parse::<String>().expect("strings"), ["yes"]);
     }
 }
+
+#[cfg(feature = "client")]
+#[tokio::test]
+async fn the_rust_client_replies_to_a_message_that_asks_and_not_to_one_that_does_not() {
+    use simpleio::client::{Client, EmitError, Event};
+    let server = TestServer::start(builder()).await;
+    let (client, mut events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .connect()
+        .expect("a client");
+    while !matches!(events.recv().await, Some(Event::Connected)) {}
+    let asking = tokio::spawn(
+        server
+            .io
+            .to("ann")
+            .timeout(Duration::from_secs(10))
+            .emit_with_ack("add", &[2, 3]),
+    );
+    let message = loop {
+        if let Some(Event::Message(m)) = events.recv().await {
+            break m;
+        }
+    };
+    assert!(message.asks_reply);
+    let sum: i64 = message.json::<Vec<i64>>().expect("numbers").iter().sum();
+    client
+        .reply(&message, &sum)
+        .await
+        .expect("the reply is recorded");
+    let replies = finish(asking, "the emit after the Rust client's reply")
+        .await
+        .expect("replies");
+    assert_eq!(replies.parse::<i64>().expect("a number"), [5]);
+
+    let plain = tokio::spawn(server.io.to("ann").emit("plain", &1));
+    let message = loop {
+        if let Some(Event::Message(m)) = events.recv().await {
+            break m;
+        }
+    };
+    assert!(!message.asks_reply);
+    assert!(matches!(
+        client.reply(&message, &1).await,
+        Err(EmitError::Ack { code, .. }) if code == "not_asked"
+    ));
+    finish(plain, "the plain emit").await.expect("delivered");
+    client.close().await;
+}
