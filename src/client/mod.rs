@@ -381,7 +381,7 @@ impl Client {
     }
 
     /// Sends `data` as this client's reply to `message`, one whose sender waits for replies
-    /// ([`Message::asks_reply`](super::Message::asks_reply)): the value the server's
+    /// ([`Message::asks_reply`](Message::asks_reply)): the value the server's
     /// [`emit_with_ack`](crate::Emitter::emit_with_ack) gets from this client. Queued and
     /// retried like any message; resolves once the server recorded it. Reply once per message:
     /// a second reply is acknowledged and ignored.
