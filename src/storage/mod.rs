@@ -721,7 +721,7 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     ) -> Result<ReplyOutcome, StorageError>;
 
     /// The replies recorded for each target's message, in the order given (each in the order
-    /// recorded). `epoch` is the one the messages were appended in; if it is no longer current,
+    /// order). `epoch` is the one the messages were appended in; if it is no longer current,
     /// or a message's ack record expired, its answer is empty.
     async fn replies(
         &self,
