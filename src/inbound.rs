@@ -82,7 +82,31 @@ where
     }
     let mut namespaces: Vec<Arc<str>> = Vec::new();
     for m in &request.messages {
-        if m.event.is_empty() || m.event.len() > config.max_event_len {
+        let event = match (&m.event, m.reply_to) {
+            (Some(_), Some(_)) => {
+                return Err(ProtocolError::InvalidField(format!(
+                    "a reply has `reply_to` and no `event` (message {:?})",
+                    m.id.as_str()
+                )));
+            }
+            (None, None) => {
+                return Err(ProtocolError::InvalidField(format!(
+                    "a message needs an `event`, or a `reply_to` if it is a reply (message {:?})",
+                    m.id.as_str()
+                )));
+            }
+            (Some(event), None) => Some(event),
+            (None, Some(pos)) => {
+                if pos == 0 || pos > crate::protocol::MAX_POSITION {
+                    return Err(ProtocolError::InvalidField(format!(
+                        "`reply_to` must be a position, 1 to 2^53 - 1 (message {:?})",
+                        m.id.as_str()
+                    )));
+                }
+                None
+            }
+        };
+        if event.is_some_and(|e| e.is_empty() || e.len() > config.max_event_len) {
             return Err(ProtocolError::InvalidField(format!(
                 "`event` must be 1 to {} bytes (message {:?})",
                 config.max_event_len,
@@ -107,7 +131,8 @@ where
         }
         let ns = m.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         check_namespace(ns).map_err(ProtocolError::InvalidField)?;
-        if !namespaces.iter().any(|n| &**n == ns) {
+        // A reply names its message by position alone: no namespace of its own to authorize.
+        if m.reply_to.is_none() && !namespaces.iter().any(|n| &**n == ns) {
             namespaces.push(ns.into());
         }
     }
@@ -130,7 +155,11 @@ where
     for message in request.messages {
         let id = message.id.clone();
         let ns = message.ns.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-        let handled = match refused.iter().find(|(n, _)| &**n == ns) {
+        let refusal = match message.reply_to {
+            Some(_) => None,
+            None => refused.iter().find(|(n, _)| &**n == ns),
+        };
+        let handled = match refusal {
             Some((_, error)) => Handled::Done(AckOutcome::Error(error.clone())),
             None => match blocked {
                 Some(wait) => Handled::Pending(wait),
@@ -304,7 +333,10 @@ async fn handle_once(
         async move {
             let shared = &io.shared;
             let work = async {
-                let outcome = call_handler(shared, &io, &user, extensions, &client, message).await;
+                let outcome = match message.reply_to {
+                    Some(pos) => crate::reply::record(shared, &user, &client, pos, message).await,
+                    None => call_handler(shared, &io, &user, extensions, &client, message).await,
+                };
                 let Some(outcome) = outcome else {
                     // Not known whether the handler's work was done: the message is forgotten,
                     // so that the client's retry is handled again rather than told a final error.
@@ -406,7 +438,7 @@ async fn call_handler(
         user: user.clone(),
         client: client.clone(),
         id: message.id,
-        event: message.event,
+        event: message.event.unwrap_or_default(),
         data: message.data.unwrap_or_else(null),
         extensions,
         // The handler's sends are on behalf of this user: they fill only the user's share of

@@ -331,6 +331,7 @@ impl SimpleIo {
             io: self.clone(),
             recipients: Recipients::default(),
             ttl: self.shared.config.message_ttl,
+            timeout: None,
         }
     }
 
@@ -350,6 +351,8 @@ pub struct Emitter {
     io: SimpleIo,
     recipients: Recipients,
     ttl: Duration,
+    /// How long [`emit_with_ack`](Self::emit_with_ack) waits for replies.
+    timeout: Option<Duration>,
 }
 
 impl Emitter {
@@ -397,6 +400,82 @@ impl Emitter {
         self
     }
 
+    /// How long [`emit_with_ack`](Self::emit_with_ack) waits for replies (default, and at
+    /// most: the message's [`ttl`](Self::ttl)). The message itself lives on for its TTL.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Stores the message for each recipient, asking each receiving client's application for
+    /// a reply (Socket.IO's `emitWithAck`), and resolves with the replies once every recipient
+    /// client replied: the addressed client, or every client of a user that was live when the
+    /// message was sent (for a user with none, the first of theirs to reply). Fails with
+    /// [`AckError::Timeout`](crate::AckError::Timeout) when the [`timeout`](Self::timeout)
+    /// passes first, with the replies so far and who did not reply and why.
+    ///
+    /// Delivery is as for [`emit`](Self::emit): stored, delivered, confirmed. Replies are
+    /// recorded in storage, so a client may post its reply to any node. A client replies only
+    /// if its application handles the event (the JavaScript client: `io.on(event, (data) =>
+    /// reply)`); an older client ignores the request and its wait times out.
+    ///
+    /// ```no_run
+    /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::AckError> {
+    /// use std::time::Duration;
+    /// let replies = io
+    ///     .to("ann")
+    ///     .timeout(Duration::from_secs(10))
+    ///     .emit_with_ack("confirm", &"delete the draft?")
+    ///     .await?;
+    /// for reply in &replies.replies {
+    ///     let yes: bool = reply.parse().unwrap_or(false);
+    ///     println!("{} says {yes}", reply.client());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn emit_with_ack<T: Serialize + ?Sized>(
+        self,
+        event: impl Into<String>,
+        data: &T,
+    ) -> crate::acks::AckSending {
+        use crate::acks::AckError;
+        let event: String = event.into();
+        let data = serde_json::value::to_raw_value(data);
+        let wait = self
+            .timeout
+            .unwrap_or(crate::acks::default_timeout(self.ttl))
+            .min(self.ttl);
+        crate::acks::AckSending {
+            inner: Box::pin(async move {
+                let deadline = tokio::time::Instant::now() + wait;
+                let data: Arc<RawValue> =
+                    Arc::from(data.map_err(|e| AckError::Send(SendError::Serialize(e)))?);
+                check_event(&event, &self.io).map_err(AckError::Send)?;
+                check_data(&data, &self.io).map_err(AckError::Send)?;
+                let io = self.io.clone();
+                let stored = self
+                    .store(event.into(), data, true)
+                    .await
+                    .map_err(AckError::Send)?;
+                let Stored {
+                    expectation,
+                    not_stored,
+                    replies,
+                    ..
+                } = stored;
+                let stored = expectation.targets().to_vec();
+                // Replies are what this waits for; confirmations are read from storage at the
+                // end for those that did not reply.
+                drop(expectation);
+                let Some(watch) = replies else {
+                    unreachable!("a send asking for replies watches for them");
+                };
+                let not_stored = not_stored.into_iter().map(|(m, _)| m).collect();
+                crate::acks::wait(&io.shared, watch, stored, not_stored, deadline).await
+            }),
+        }
+    }
+
     /// Sends to clients waiting right now only: nothing is stored or confirmed, and a recipient
     /// between two polls misses it. For presence, typing indicators, live positions.
     pub fn volatile(self) -> VolatileEmitter {
@@ -418,14 +497,25 @@ impl Emitter {
                 let data: Arc<RawValue> = Arc::from(data.map_err(SendError::Serialize)?);
                 check_event(&event, &self.io)?;
                 check_data(&data, &self.io)?;
-                self.store(event.into(), data).await
+                self.store(event.into(), data, false).await
             })),
         }
     }
 
-    async fn store(self, event: Arc<str>, data: Arc<RawValue>) -> Result<Stored, SendError> {
+    async fn store(
+        self,
+        event: Arc<str>,
+        data: Arc<RawValue>,
+        ack: bool,
+    ) -> Result<Stored, SendError> {
         let shared = &self.io.shared;
         let recipients = self.resolve().await.map_err(SendError::Storage)?;
+        // Before the append: a reply that comes before the positions are known is kept.
+        let replies = ack.then(|| {
+            shared
+                .hub
+                .watch_replies(recipients.iter().map(|m| m.user().clone()).collect())
+        });
         let expires_at = millis_after(self.ttl);
         let namespace = self.io.namespace.clone();
         let origin = (self.io.origins.as_ref()).map(|o| o.next(&namespace, &event));
@@ -453,6 +543,7 @@ impl Emitter {
                     expires_at,
                     sender: self.io.sender.clone(),
                     origin: origin.clone(),
+                    ack,
                 })
                 .collect();
             let limits = QueueLimits {
@@ -487,6 +578,7 @@ impl Emitter {
             expectation,
             not_stored,
             expires_at,
+            replies,
         })
     }
 
@@ -646,6 +738,8 @@ struct Stored {
     /// Recipients it could not be stored for.
     not_stored: Vec<(Member, Failure)>,
     expires_at: Millis,
+    /// For a send that asks for replies: the watch for them, made before the append.
+    replies: Option<crate::hub::ReplyWatch>,
 }
 
 impl Stored {
@@ -670,6 +764,7 @@ impl Stored {
                 expectation,
                 not_stored,
                 expires_at,
+                ..
             } = self;
             delivery::wait(&io.shared, expectation, not_stored, expires_at).await
         })

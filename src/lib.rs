@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod acks;
 mod binary;
 mod builder;
 #[cfg(feature = "client")]
@@ -24,6 +25,7 @@ mod origin;
 mod poll;
 mod presence;
 mod protocol;
+mod reply;
 mod script;
 mod shared;
 pub mod storage;
@@ -35,6 +37,9 @@ pub mod spec {
     #![doc = include_str!("../docs/spec.md")]
 }
 
+pub use acks::{
+    AckError, AckReply, AckSending, MAX_REPLY_BYTES_PER_USER, NoReply, Replies, Unanswered,
+};
 pub use binary::{BYTES_KEY, Binary};
 pub use builder::Builder;
 pub use config::BuildError;

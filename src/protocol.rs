@@ -80,7 +80,7 @@ const SCAN_LIMIT: usize = 16;
 
 /// The highest position a client may send: positions stay below 2^53, where JavaScript's
 /// numbers are exact.
-const MAX_POSITION: Position = (1 << 53) - 1;
+pub(crate) const MAX_POSITION: Position = (1 << 53) - 1;
 
 /// The longest namespace name.
 pub(crate) const MAX_NAMESPACE_LEN: usize = 64;
@@ -232,9 +232,14 @@ pub(crate) struct ClientMessage {
     pub(crate) id: MessageId,
     #[serde(default)]
     pub(crate) ns: Option<String>,
-    pub(crate) event: String,
+    /// Absent in a reply, required otherwise.
+    #[serde(default)]
+    pub(crate) event: Option<String>,
     #[serde(default)]
     pub(crate) data: Option<Box<RawValue>>,
+    /// Set in a reply: the position of the message that asked for it (§4c).
+    #[serde(default)]
+    pub(crate) reply_to: Option<Position>,
 }
 
 /// The body of a `POST` response.

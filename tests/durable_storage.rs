@@ -71,6 +71,7 @@ fn message(to: &str, client: Option<&str>, data: &Arc<RawValue>) -> NewMessage {
         expires_at: now_millis() + HOUR.as_millis() as u64,
         sender: Some(UserId::from("sender")),
         origin: None,
+        ack: false,
     }
 }
 

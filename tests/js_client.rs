@@ -200,6 +200,27 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             store_then_detach(msg.io.everyone().to(msg.user.clone()).emit("chat", &line)).await?;
             Ok(Reply::none())
         }
+        // An emit to the sender that asks for replies (spec §4c), in the background: the
+        // client sends one POST at a time, so its reply cannot come while this one waits. The
+        // outcome comes as the message `answers`: the replies, or `"timeout"`.
+        "ask" => {
+            let send: SendArgs = msg.json()?;
+            let io = msg.io.clone();
+            let user = msg.user.clone();
+            tokio::spawn(async move {
+                let asked = io
+                    .to(user.clone())
+                    .timeout(Duration::from_secs(2))
+                    .emit_with_ack(send.event, &send.data)
+                    .await;
+                let outcome = match asked {
+                    Ok(replies) => json!(replies.parse::<Value>().unwrap_or_default()),
+                    Err(_) => json!("timeout"),
+                };
+                let _ = io.to(user).emit("answers", &outcome).await;
+            });
+            Ok(Reply::none())
+        }
         // Which handler got the message: its namespace.
         "where" => Ok(Reply::json(&*msg.namespace)?),
         // Who the identity function says the sender is.

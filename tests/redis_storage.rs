@@ -54,6 +54,7 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
         expires_at: millis_after(ttl),
         sender: None,
         origin: None,
+        ack: false,
     }
 }
 

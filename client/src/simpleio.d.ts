@@ -71,8 +71,10 @@ export interface Namespace {
   on<E extends keyof ReservedEvents>(event: E, fn: ReservedEvents[E]): this;
   /** Listens to messages `event` of this namespace; `fn` gets the message's `data` (bytes in it
    * as `Uint8Array`s). Each stored message arrives once and in order, even across reconnects;
-   * volatile ones arrive at most once. */
-  on(event: string, fn: (data: any) => void): this;
+   * volatile ones arrive at most once. When the server's sender waits for a reply
+   * (`emit_with_ack`, spec §4c), what `fn` returns — or what its promise resolves to — is this
+   * client's reply; with no listener, no reply is sent. */
+  on(event: string, fn: (data: any) => unknown): this;
   /** Removes `fn`, or every listener of `event` when `fn` is omitted. */
   off(event: string, fn?: (...args: any[]) => void): this;
   /**

@@ -129,19 +129,40 @@ export function SimpleIO(url, options) {
   // Calls the listeners of `event` in namespace `ns`. A listener that throws must not break the
   // loops (the cursor would not move and already-delivered messages would come again), so its
   // error is rethrown on its own, where the page's console or error handler reports it.
+  // Returns `[value]` of the last listener that returned, if any did.
   const deliver = (ns, event, arg) => {
+    let out;
     for (const fn of [...(listeners[ns]?.[event] || [])]) {
       try {
-        fn(arg);
+        out = [fn(arg)];
       } catch (err) {
         setTimeout(() => {
           throw err;
         });
       }
     }
+    return out;
   };
-  // A message from the server, to the listeners of its namespace (absent: `/`) and event.
-  const fire = (m) => deliver(m.ns || "/", m.event, m.data);
+  // A message from the server, to the listeners of its namespace (absent: `/`) and event. For
+  // one that asks for a reply (spec §4c), the listener's value, or what its promise resolves
+  // to, goes back as a reply message, queued like an emit; no listener, no reply.
+  const fire = (m, r = deliver(m.ns || "/", m.event, m.data)) =>
+    m.ack &&
+    r &&
+    Promise.resolve(r[0])
+      .then((data) => queue({ reply_to: m.pos, data }))
+      .catch(String);
+  // Puts a message (its fields but `id`) in the outbox, settling `resolve`/`reject` with its ack.
+  // Serialized now, so a later change to its data by the application does not change what a
+  // retry sends (the server dedups by id, the content must not drift), and so an
+  // unserializable value (a cycle, a BigInt) throws here rather than jamming the outbox.
+  const queue = (o, resolve = String, reject = String) => {
+    if (closed) throw fail("closed", "the client is closed");
+    const mid = `${id}-${++counter}`;
+    outbox.push({ id: mid, json: JSON.stringify({ id: mid, ...o }, toWire), resolve, reject });
+    // Wait a microtask so messages queued in the same tick share one POST.
+    queueMicrotask(send);
+  };
   // The client's own events (connect, disconnect, error) go to every handle's listeners.
   const report = (event, arg) => {
     for (const ns in spaces) deliver(ns, event, arg);
@@ -378,18 +399,8 @@ export function SimpleIO(url, options) {
      * answer.
      */
     handle.emit = (event, data) =>
-      new Promise((resolve, reject) => {
-        if (closed) throw fail("closed", "the client is closed");
-        const mid = `${id}-${++counter}`;
-        // Serialized now, so a later change to `data` by the application does not change what
-        // a retry sends (the server dedups by id, the content must not drift), and so an
-        // unserializable value (a cycle, a BigInt) rejects here rather than jamming the
-        // outbox. `ns` is left out for `/` (undefined is not serialized).
-        const json = JSON.stringify({ id: mid, ns: ns[1] && ns, event, data }, toWire);
-        outbox.push({ id: mid, json, resolve, reject });
-        // Wait a microtask so emits made in the same tick share one POST.
-        queueMicrotask(send);
-      });
+      // `ns` is left out for `/` (undefined is not serialized).
+      new Promise((resolve, reject) => queue({ ns: ns[1] && ns, event, data }, resolve, reject));
 
     return handle;
   };

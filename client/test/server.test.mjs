@@ -23,6 +23,22 @@ test("emit resolves with the handler's reply", async (t) => {
   assert.equal(await io.emit("echo"), null);
 });
 
+test("a listener's value, or its promise's, is the reply to a message that asks for one", async (t) => {
+  const io = clients(t)(uniqueUser());
+  io.on("double", async (n) => {
+    await sleep(10);
+    return n * 2;
+  });
+  const answers = collect(io, "answers");
+  await io.emit("ask", { event: "double", data: 21 });
+  await until("the replies", () => answers.length >= 1);
+  assert.deepEqual(answers[0], [42]);
+  // No listener, no reply: the server's wait times out.
+  await io.emit("ask", { event: "nobody", data: 1 });
+  await until("the timeout", () => answers.length >= 2, 5000);
+  assert.equal(answers[1], "timeout");
+});
+
 test("emit rejects with the handler's error and its code", async (t) => {
   const io = clients(t)(uniqueUser());
   await assert.rejects(io.emit("fail"), (err) => err.code == "handler_error" && !!err.message);

@@ -79,6 +79,10 @@ pub struct Message {
     pub data: Value,
     /// Stored (confirmed, never repeated) or volatile.
     pub kind: MessageKind,
+    /// Its sender waits for a reply (the server's
+    /// [`emit_with_ack`](crate::Emitter::emit_with_ack)): answer with
+    /// [`Client::reply`](super::Client::reply).
+    pub asks_reply: bool,
 }
 
 impl Message {

@@ -215,6 +215,7 @@ impl Inner {
         ns: Option<Arc<str>>,
         event: String,
         data: Box<RawValue>,
+        reply_to: Option<u64>,
     ) -> Result<Value, EmitError> {
         if *self.stop.borrow() {
             return Err(EmitError::Closed);
@@ -226,6 +227,7 @@ impl Inner {
             ns,
             event,
             data,
+            reply_to,
             reply,
             first_try: None,
             sent_as: None,
@@ -373,7 +375,48 @@ impl Client {
         Emitting {
             future: Box::pin(async move {
                 let (event, data) = prepared?;
-                inner.enqueue(ns, event, data).await
+                inner.enqueue(ns, event, data, None).await
+            }),
+        }
+    }
+
+    /// Sends `data` as this client's reply to `message`, one whose sender waits for replies
+    /// ([`Message::asks_reply`](Message::asks_reply)): the value the server's
+    /// [`emit_with_ack`](crate::Emitter::emit_with_ack) gets from this client. Queued and
+    /// retried like any message; resolves once the server recorded it. Reply once per message:
+    /// a second reply is acknowledged and ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`EmitError::Ack`] with the code `not_asked` at once if the message asked for no reply,
+    /// `unknown_message` if the server knows no such message for this client (it expired, say),
+    /// `reply_too_large` past the server's limit; otherwise as [`emit`](Self::emit).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: simpleio::client::Client, mut events: simpleio::client::Events) {
+    /// use simpleio::client::Event;
+    /// while let Some(Event::Message(m)) = events.recv().await {
+    ///     if m.event == "confirm" && m.asks_reply {
+    ///         let _ = client.reply(&m, &true).await;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn reply<T: Serialize + ?Sized>(&self, message: &Message, data: &T) -> Emitting {
+        let prepared = match (message.kind, message.asks_reply) {
+            (MessageKind::Stored { pos }, true) => serde_json::value::to_raw_value(data)
+                .map(|data| (pos, data))
+                .map_err(EmitError::Serialize),
+            _ => Err(EmitError::Ack {
+                code: "not_asked".to_owned(),
+                message: "the message asked for no reply".to_owned(),
+            }),
+        };
+        let inner = self.inner.clone();
+        Emitting {
+            future: Box::pin(async move {
+                let (pos, data) = prepared?;
+                inner.enqueue(None, String::new(), data, Some(pos)).await
             }),
         }
     }

@@ -50,12 +50,14 @@ impl Position {
                 event: m.event,
                 data: m.data,
                 kind: MessageKind::Stored { pos: m.pos },
+                asks_reply: m.ack,
             });
         let volatile = body.volatile.into_iter().map(|v| Message {
             namespace: v.ns,
             event: v.event,
             data: v.data,
             kind: MessageKind::Volatile,
+            asks_reply: false,
         });
         let messages = stored.chain(volatile).collect();
         // Stored only once the messages are handed over: see `run`.

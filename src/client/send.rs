@@ -23,6 +23,8 @@ pub(crate) struct Outgoing {
     pub(crate) ns: Option<Arc<str>>,
     pub(crate) event: String,
     pub(crate) data: Box<RawValue>,
+    /// For a reply: the position of the message replied to (`event` is then unused).
+    pub(crate) reply_to: Option<u64>,
     /// Where its outcome goes; the `emit` future waits on the other end.
     pub(crate) reply: oneshot::Sender<Result<Value, EmitError>>,
     /// When it was first sent; the retry window counts from there.
@@ -233,8 +235,9 @@ async fn post(
             .map(|m| OutMessage {
                 id: &m.id,
                 ns: m.ns.as_deref(),
-                event: &m.event,
+                event: m.reply_to.is_none().then_some(m.event.as_str()),
                 data: &m.data,
+                reply_to: m.reply_to,
             })
             .collect(),
     };
@@ -345,6 +348,7 @@ mod tests {
             id: id.to_owned(),
             ns: None,
             event: "e".to_owned(),
+            reply_to: None,
             data: serde_json::value::to_raw_value(&1).expect("json"),
             reply,
             first_try: None,

@@ -43,6 +43,9 @@ pub(crate) struct WireMessage {
     pub(crate) event: String,
     #[serde(default)]
     pub(crate) data: Value,
+    /// The sender waits for this client's reply (§4c).
+    #[serde(default)]
+    pub(crate) ack: bool,
 }
 
 /// A volatile message in a [`PollBody`].
@@ -70,8 +73,13 @@ pub(crate) struct OutMessage<'a> {
     /// Left out for `/`, as the spec allows (§4).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ns: Option<&'a str>,
-    pub(crate) event: &'a str,
+    /// Left out of a reply (§4c).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) event: Option<&'a str>,
     pub(crate) data: &'a RawValue,
+    /// Set in a reply: the position of the message that asked for it (§4c).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reply_to: Option<u64>,
 }
 
 /// The body of a `POST` response.
@@ -274,13 +282,15 @@ mod tests {
                 OutMessage {
                     id: "c-1",
                     ns: None,
-                    event: "a",
+                    event: Some("a"),
+                    reply_to: None,
                     data: &data,
                 },
                 OutMessage {
                     id: "c-2",
                     ns: Some("/chat"),
-                    event: "say",
+                    event: Some("say"),
+                    reply_to: None,
                     data: &data,
                 },
             ],

@@ -16,6 +16,7 @@
 
 mod confirm;
 mod mailbox;
+mod replies;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,7 @@ use confirm::Confirmations;
 pub(crate) use confirm::{Status, Tracker};
 use mailbox::Mailbox;
 pub(crate) use mailbox::{Inbox, PollInfo};
+pub(crate) use replies::Arrived;
 
 use crate::hash::{HashMap, RandomState};
 use crate::id::UserId;
@@ -43,11 +45,13 @@ struct UserEntry {
     mailboxes: Vec<Arc<Mailbox>>,
     /// Messages to this user whose senders on this node wait for confirmation.
     confirmations: Option<Box<Confirmations>>,
+    /// Senders on this node waiting for replies of this user's clients.
+    replies: Vec<Arc<replies::Inbox>>,
 }
 
 impl UserEntry {
     fn is_unused(&self) -> bool {
-        self.mailboxes.is_empty() && self.confirmations.is_none()
+        self.mailboxes.is_empty() && self.confirmations.is_none() && self.replies.is_empty()
     }
 }
 
@@ -163,8 +167,54 @@ impl Hub {
         expectation
     }
 
+    /// Starts collecting the replies of `users`' clients, before a message asking for them is
+    /// appended; dropping the watch stops it.
+    pub(crate) fn watch_replies(self: &Arc<Self>, users: Vec<UserId>) -> ReplyWatch {
+        self.ensure_started();
+        let inbox = Arc::new(replies::Inbox::default());
+        let mut users = users;
+        users.sort();
+        users.dedup();
+        for (shard, group) in self.by_shard(users.iter(), |u| u).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut map = self.shard(shard);
+            for user in group {
+                map.entry(user.clone())
+                    .or_default()
+                    .replies
+                    .push(inbox.clone());
+            }
+        }
+        ReplyWatch {
+            hub: self.clone(),
+            users,
+            inbox,
+        }
+    }
+
     fn dispatch(&self, signal: Signal) {
         match signal {
+            Signal::Replied {
+                epoch,
+                user,
+                pos,
+                client,
+                data,
+            } => {
+                if let Some(entry) = self.shard_for(&user).get(&user) {
+                    for inbox in &entry.replies {
+                        inbox.replied(Arrived {
+                            epoch: epoch.clone(),
+                            user: user.clone(),
+                            pos,
+                            client: client.clone(),
+                            data: data.clone(),
+                        });
+                    }
+                }
+            }
             Signal::Appended { users } => {
                 for (shard, group) in self.by_shard(users.iter(), |u| u).into_iter().enumerate() {
                     if group.is_empty() {
@@ -241,6 +291,9 @@ impl Hub {
                         if let Some(confirmations) = &entry.confirmations {
                             confirmations.ask_recheck();
                         }
+                        for inbox in &entry.replies {
+                            inbox.resync();
+                        }
                     }
                 }
             }
@@ -303,6 +356,47 @@ impl Drop for Watch {
             entry.mailboxes.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
             if entry.is_unused() {
                 map.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A sender's registration for the replies of its recipients' clients (see
+/// [`Hub::watch_replies`]).
+#[derive(Debug)]
+pub(crate) struct ReplyWatch {
+    hub: Arc<Hub>,
+    users: Vec<UserId>,
+    inbox: Arc<replies::Inbox>,
+}
+
+impl ReplyWatch {
+    /// What came since the last look, emptied.
+    pub(crate) fn take(&self) -> replies::Taken {
+        self.inbox.take()
+    }
+
+    /// Waits until something may have come.
+    pub(crate) async fn changed(&self) {
+        self.inbox.changed().await
+    }
+}
+
+impl Drop for ReplyWatch {
+    fn drop(&mut self) {
+        let users = std::mem::take(&mut self.users);
+        for (shard, group) in self.hub.by_shard(users, |u| u).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut map = self.hub.shard(shard);
+            for user in group {
+                if let Some(entry) = map.get_mut(&user) {
+                    entry.replies.retain(|i| !Arc::ptr_eq(i, &self.inbox));
+                    if entry.is_unused() {
+                        map.remove(&user);
+                    }
+                }
             }
         }
     }

@@ -92,6 +92,10 @@ macro_rules! storage_conformance_tests {
             a_queue_is_bounded_in_bytes_too,
             a_claim_is_resumed_by_its_owner_and_renewed_while_held,
             a_send_with_a_known_origin_is_stored_once,
+            a_message_asking_for_replies_is_read_with_ack_and_takes_one_per_client,
+            a_reply_is_refused_for_an_unknown_message_another_client_or_another_user,
+            replies_outlive_delivery_and_are_signalled,
+            replies_are_bounded_per_message_and_per_user,
         );
     };
     (optional $fresh:path) => {
@@ -127,6 +131,7 @@ fn message(to: &str, event: &str, ttl: Duration) -> NewMessage {
         expires_at: millis_after(ttl),
         sender: None,
         origin: None,
+        ack: false,
     }
 }
 
@@ -1748,4 +1753,265 @@ pub async fn a_send_with_a_known_origin_is_stored_once(s: &impl Storage) {
         "more origins than per_user were remembered"
     );
     assert_eq!(two(vec![named("dan", "x", "d0")]).await, vec![d[0]]);
+}
+
+fn asking(m: NewMessage) -> NewMessage {
+    NewMessage { ack: true, ..m }
+}
+
+fn reply_of(u: &str, c: &str, pos: Position, json: &str) -> NewReply {
+    NewReply {
+        user: user(u),
+        client: client(c),
+        pos,
+        data: data(json),
+    }
+}
+
+fn reply_limits(per_message: usize, bytes_per_user: usize) -> ReplyLimits {
+    ReplyLimits {
+        per_message,
+        bytes_per_user,
+    }
+}
+
+async fn replies_to(
+    s: &impl Storage,
+    epoch: &Epoch,
+    u: &str,
+    pos: Position,
+) -> Vec<(String, String)> {
+    let target = DeliveryTarget {
+        user: user(u),
+        client: None,
+        namespace: DEFAULT_NAMESPACE.into(),
+        pos,
+    };
+    let mut got: Vec<(String, String)> = s
+        .replies(epoch, &[target])
+        .await
+        .expect("replies")
+        .remove(0)
+        .into_iter()
+        .map(|r| (r.client.to_string(), r.data.get().to_owned()))
+        .collect();
+    got.sort();
+    got
+}
+
+/// A message that asks for replies is read back with `ack` set (one that does not, without);
+/// each client of its user may reply once (the first reply stays), and the replies are read
+/// back by position.
+pub async fn a_message_asking_for_replies_is_read_with_ack_and_takes_one_per_client(
+    s: &impl Storage,
+) {
+    let (epoch, pos) = append(
+        s,
+        vec![
+            asking(message("ann", "ask", LONG)),
+            message("ann", "tell", LONG),
+        ],
+    )
+    .await;
+    let read = fetch(s, "ann", "a1", None).await;
+    let acks: Vec<bool> = read.messages.iter().map(|m| m.ack).collect();
+    assert_eq!(acks, [true, false], "the ack flag did not round-trip");
+    let limits = reply_limits(MANY, MANY);
+    assert_eq!(
+        s.reply(reply_of("ann", "a1", pos[0], "1"), limits)
+            .await
+            .expect("reply"),
+        ReplyOutcome::Recorded
+    );
+    assert_eq!(
+        s.reply(reply_of("ann", "a2", pos[0], "{\"x\":2}"), limits)
+            .await
+            .expect("reply"),
+        ReplyOutcome::Recorded
+    );
+    assert_eq!(
+        s.reply(reply_of("ann", "a1", pos[0], "3"), limits)
+            .await
+            .expect("reply"),
+        ReplyOutcome::Duplicate,
+        "a second reply of one client was taken"
+    );
+    assert_eq!(
+        replies_to(s, &epoch, "ann", pos[0]).await,
+        [
+            ("a1".to_owned(), "1".to_owned()),
+            ("a2".to_owned(), "{\"x\":2}".to_owned())
+        ]
+    );
+    assert_eq!(
+        s.reply(reply_of("ann", "a1", pos[1], "1"), limits)
+            .await
+            .expect("reply"),
+        ReplyOutcome::Unknown,
+        "a message that asked for no reply took one"
+    );
+    assert!(
+        replies_to(s, &Epoch::new("another"), "ann", pos[0])
+            .await
+            .is_empty(),
+        "replies were read under another epoch"
+    );
+}
+
+/// Only a client of the message's user, to which it was addressed, may reply, while it lives.
+pub async fn a_reply_is_refused_for_an_unknown_message_another_client_or_another_user(
+    s: &impl Storage,
+) {
+    let to_tab = NewMessage {
+        client: Some(client("b1")),
+        ..asking(message("bob", "ask", LONG))
+    };
+    let (epoch, pos) = append(
+        s,
+        vec![
+            asking(message("ann", "ask", LONG)),
+            to_tab,
+            asking(message("carol", "ask", Duration::from_millis(300))),
+        ],
+    )
+    .await;
+    let limits = reply_limits(MANY, MANY);
+    let outcome = |r| async move { s.reply(r, limits).await.expect("reply") };
+    assert_eq!(
+        outcome(reply_of("bob", "b9", pos[0], "1")).await,
+        ReplyOutcome::Unknown,
+        "a client replied to another user's message"
+    );
+    assert_eq!(
+        outcome(reply_of("ann", "a1", pos[0] + 1_000_000, "1")).await,
+        ReplyOutcome::Unknown,
+        "a reply to no message was taken"
+    );
+    assert_eq!(
+        outcome(reply_of("bob", "b2", pos[1], "1")).await,
+        ReplyOutcome::Unknown,
+        "a client replied to a message addressed to another client"
+    );
+    assert_eq!(
+        outcome(reply_of("bob", "b1", pos[1], "1")).await,
+        ReplyOutcome::Recorded
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        outcome(reply_of("carol", "c1", pos[2], "1")).await,
+        ReplyOutcome::Unknown,
+        "an expired message took a reply"
+    );
+    assert!(replies_to(s, &epoch, "ann", pos[0]).await.is_empty());
+}
+
+/// A message delivered and trimmed from the log still takes replies until it expires, and each
+/// recorded reply is signalled with its data.
+pub async fn replies_outlive_delivery_and_are_signalled(s: &impl Storage) {
+    let mut signals = s.subscribe();
+    let (epoch, pos) = append(s, vec![asking(message("ann", "ask", LONG))]).await;
+    let read = fetch(s, "ann", "a1", None).await;
+    fetch(s, "ann", "a1", Some((&epoch, read.cursor))).await;
+    assert_eq!(
+        delivery(s, &epoch, "ann", None, pos[0]).await,
+        DeliveryState::Delivered
+    );
+    let limits = reply_limits(MANY, MANY);
+    assert_eq!(
+        s.reply(reply_of("ann", "a1", pos[0], "\"yes\""), limits)
+            .await
+            .expect("reply"),
+        ReplyOutcome::Recorded,
+        "a delivered message took no reply"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let signal = tokio::time::timeout_at(deadline, signals.recv())
+            .await
+            .expect("no Replied signal")
+            .expect("signal");
+        if let Signal::Replied {
+            epoch: e,
+            user: u,
+            pos: p,
+            client: c,
+            data,
+        } = signal
+        {
+            assert_eq!(
+                (e, u, p, c),
+                (epoch.clone(), user("ann"), pos[0], client("a1"))
+            );
+            assert_eq!(data.get(), "\"yes\"");
+            break;
+        }
+    }
+}
+
+/// At most `per_message` replies to one message and `bytes_per_user` bytes of replies for one
+/// user; a refused reply changes nothing. A queue holds at most `per_user` messages asking
+/// for replies that have not expired, delivered or not.
+pub async fn replies_are_bounded_per_message_and_per_user(s: &impl Storage) {
+    let (epoch, pos) = append(
+        s,
+        vec![
+            asking(message("ann", "a", LONG)),
+            asking(message("ann", "b", LONG)),
+        ],
+    )
+    .await;
+    let limits = reply_limits(2, 10);
+    let outcome = |r| async move { s.reply(r, limits).await.expect("reply") };
+    assert_eq!(
+        outcome(reply_of("ann", "a1", pos[0], "1")).await,
+        ReplyOutcome::Recorded
+    );
+    assert_eq!(
+        outcome(reply_of("ann", "a2", pos[0], "2")).await,
+        ReplyOutcome::Recorded
+    );
+    assert_eq!(
+        outcome(reply_of("ann", "a3", pos[0], "3")).await,
+        ReplyOutcome::Full,
+        "more replies than per_message were kept"
+    );
+    assert_eq!(
+        outcome(reply_of("ann", "a1", pos[1], "\"12345\"")).await,
+        ReplyOutcome::Recorded
+    );
+    assert_eq!(
+        outcome(reply_of("ann", "a2", pos[1], "12")).await,
+        ReplyOutcome::Full,
+        "more bytes of replies than bytes_per_user were kept"
+    );
+    assert_eq!(replies_to(s, &epoch, "ann", pos[0]).await.len(), 2);
+    // The queue's bound counts messages asking for replies even once delivered.
+    let a = s
+        .append(
+            vec![
+                asking(message("dan", "x", LONG)),
+                asking(message("dan", "y", LONG)),
+            ],
+            queue(1),
+        )
+        .await
+        .expect("append");
+    assert!(matches!(a.outcomes[0], AppendOutcome::Stored(_)));
+    assert_eq!(a.outcomes[1], AppendOutcome::QueueFull);
+    let read = fetch(s, "dan", "d1", None).await;
+    fetch(s, "dan", "d1", Some((&a.epoch, read.cursor))).await;
+    let again = s
+        .append(vec![asking(message("dan", "z", LONG))], queue(1))
+        .await
+        .expect("append");
+    assert_eq!(
+        again.outcomes[0],
+        AppendOutcome::QueueFull,
+        "more messages asking for replies than the queue holds were kept"
+    );
+    let plain = s
+        .append(vec![message("dan", "w", LONG)], queue(1))
+        .await
+        .expect("append");
+    assert!(matches!(plain.outcomes[0], AppendOutcome::Stored(_)));
 }

@@ -33,6 +33,9 @@
 //!   lie below it; it may then get it or not, but it was confirmed already.)
 //! * **Dedup records** remember each client message id for a while ([`Storage::claim`],
 //!   [`Storage::complete`]), so a retried POST is not handled twice.
+//! * A message may **ask for replies** ([`NewMessage::ack`]): beside the log, an ack record
+//!   keeps, until the message expires, one reply per client of its user ([`Storage::reply`]),
+//!   so a sender on any node learns them ([`Signal::Replied`], [`Storage::replies`]).
 //! * **Signals** wake waiters on every node: appends, confirmations, completed dedup records,
 //!   volatile messages and poll take-overs are published with [`Storage::publish`] or as part of
 //!   the operation that caused them, and every node receives them from [`Storage::subscribe`].
@@ -183,6 +186,11 @@ pub struct NewMessage {
     /// crash (its outcome was never recorded) does not send twice.
     #[serde(default)]
     pub origin: Option<Arc<str>>,
+    /// Its sender waits for the replies of the receiving clients' applications
+    /// ([`Storage::reply`]): the message is read back with [`StoredMessage::ack`] set, and an
+    /// ack record is kept beside the log, until `expires_at`, for the replies.
+    #[serde(default)]
+    pub ack: bool,
 }
 
 /// How much a user's queue holds: the messages in their log neither expired nor delivered,
@@ -237,6 +245,9 @@ pub struct StoredMessage {
     pub event: Arc<str>,
     /// The payload, as JSON text.
     pub data: Arc<RawValue>,
+    /// Its sender waits for a reply of each receiving client (see [`NewMessage::ack`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
 }
 
 /// The namespace every message is in unless the application names another.
@@ -435,6 +446,52 @@ pub enum Claim {
     Done(String),
 }
 
+/// A client's reply to a message that asked for one ([`NewMessage::ack`]); see
+/// [`Storage::reply`].
+#[derive(Debug, Clone)]
+pub struct NewReply {
+    /// The replying client's user: only a message in this user's log can be replied to.
+    pub user: UserId,
+    /// The replying client.
+    pub client: ClientId,
+    /// The position of the message replied to, in the user's log.
+    pub pos: Position,
+    /// The reply, as JSON text.
+    pub data: Arc<RawValue>,
+}
+
+/// How many replies a storage keeps (see [`Storage::reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyLimits {
+    /// At most this many replies to one message (one per client of its user).
+    pub per_message: usize,
+    /// At most this many bytes of replies held for one user, over all of their messages.
+    pub bytes_per_user: usize,
+}
+
+/// What [`Storage::reply`] did with a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyOutcome {
+    /// Recorded, and [`Signal::Replied`] published.
+    Recorded,
+    /// This client replied to the message before; the first reply stays, this one is dropped.
+    Duplicate,
+    /// No unexpired message that asks for replies is at this position of the user's log for
+    /// this client (never there, addressed to another client, not asking, or expired).
+    Unknown,
+    /// Recording it would pass [`ReplyLimits`]; nothing changed.
+    Full,
+}
+
+/// One client's reply to a message, as [`Storage::replies`] reads it back.
+#[derive(Debug, Clone)]
+pub struct RecordedReply {
+    /// The client that replied.
+    pub client: ClientId,
+    /// Its reply, as JSON text.
+    pub data: Arc<RawValue>,
+}
+
 /// A notification from one node to every node (see [`Storage::subscribe`]).
 ///
 /// Signals are batched by the operation that causes them: one [`Signal::Appended`] per append
@@ -491,6 +548,20 @@ pub enum Signal {
         client: ClientId,
         /// The new poll's random id.
         poll: u64,
+    },
+    /// A client replied to a message that asked for replies ([`Storage::reply`]). Carries the
+    /// reply, so that its sender, on any node, learns it without asking the storage.
+    Replied {
+        /// The epoch the message belongs to.
+        epoch: Epoch,
+        /// The message's user.
+        user: UserId,
+        /// The message's position.
+        pos: Position,
+        /// The client that replied.
+        client: ClientId,
+        /// The reply, as JSON text.
+        data: Arc<RawValue>,
     },
     /// Signals may have been lost (a subscription reconnected, or a receiver lagged): every
     /// waiter should look at storage again.
@@ -648,6 +719,28 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// The data `key` of `member`, if set.
     async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError>;
 
+    /// Records `reply` for the message it names, and publishes [`Signal::Replied`] in the same
+    /// step. Only a message of `reply.user`'s log that asked for replies
+    /// ([`NewMessage::ack`]), is not expired, and was addressed to the user as a whole or to
+    /// this very client can be replied to ([`ReplyOutcome::Unknown`] otherwise), once per
+    /// client ([`ReplyOutcome::Duplicate`] after the first), within `limits`
+    /// ([`ReplyOutcome::Full`]). The ack record lives until the message's expiry, even once
+    /// the message itself was delivered and removed from the log; its replies go with it.
+    async fn reply(
+        &self,
+        reply: NewReply,
+        limits: ReplyLimits,
+    ) -> Result<ReplyOutcome, StorageError>;
+
+    /// The replies recorded for each target's message, in the order given (each in the order
+    /// order). `epoch` is the one the messages were appended in; if it is no longer current,
+    /// or a message's ack record expired, its answer is empty.
+    async fn replies(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<Vec<RecordedReply>>, StorageError>;
+
     /// Publishes a signal to every node, this one included.
     async fn publish(&self, signal: Signal) -> Result<(), StorageError>;
 
@@ -740,6 +833,20 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
         (**self).get_data(member, key).await
     }
+    async fn reply(
+        &self,
+        reply: NewReply,
+        limits: ReplyLimits,
+    ) -> Result<ReplyOutcome, StorageError> {
+        (**self).reply(reply, limits).await
+    }
+    async fn replies(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
+        (**self).replies(epoch, targets).await
+    }
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
         (**self).publish(signal).await
     }
@@ -780,9 +887,16 @@ mod tests {
                 data,
             },
             Signal::PollStarted {
-                user,
-                client,
+                user: user.clone(),
+                client: client.clone(),
                 poll: 7,
+            },
+            Signal::Replied {
+                epoch: Epoch::new("e1"),
+                user,
+                pos: 1_700_000_000_000_002,
+                client,
+                data: Arc::from(RawValue::from_string("{\"ok\":true}".into()).expect("json")),
             },
             Signal::Resync,
         ];

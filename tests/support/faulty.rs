@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use simpleio::storage::{
     Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
-    FetchBatch, FetchRequest, NewMessage, QueueLimits, Signal, StorageError,
+    FetchBatch, FetchRequest, NewMessage, NewReply, QueueLimits, RecordedReply, ReplyLimits,
+    ReplyOutcome, Signal, StorageError,
 };
 use simpleio::{ClientId, Member, MemoryStorage, Storage, UserId};
 use tokio::sync::broadcast;
@@ -67,6 +68,20 @@ impl Storage for FaultyStorage {
         targets: &[DeliveryTarget],
     ) -> Result<Vec<DeliveryState>, StorageError> {
         self.inner.delivery(epoch, targets).await
+    }
+    async fn reply(
+        &self,
+        reply: NewReply,
+        limits: ReplyLimits,
+    ) -> Result<ReplyOutcome, StorageError> {
+        self.inner.reply(reply, limits).await
+    }
+    async fn replies(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
+        self.inner.replies(epoch, targets).await
     }
     async fn claim(
         &self,

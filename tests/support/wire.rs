@@ -136,6 +136,9 @@ pub struct Message {
     pub pos: u64,
     pub event: String,
     pub data: Value,
+    /// The sender waits for this client's reply (§4c).
+    #[serde(default)]
+    pub ack: bool,
 }
 
 /// A volatile message as a client receives it.

@@ -46,7 +46,7 @@ impl<'a> Reader<'a> {
         Reader { bytes, what }
     }
 
-    fn corrupt(&self) -> StorageError {
+    pub(super) fn corrupt(&self) -> StorageError {
         StorageError::Corrupt(format!("a damaged {} record", self.what))
     }
 
@@ -97,6 +97,8 @@ pub(super) struct MessageRecord<'a> {
     pub(super) namespace: &'a str,
     pub(super) event: &'a str,
     pub(super) payload: Payload<'a>,
+    /// It asks for replies (its ack record is in the `acks` table).
+    pub(super) ack: bool,
 }
 
 /// Where a message's payload is.
@@ -110,6 +112,7 @@ pub(super) enum Payload<'a> {
 const HAS_CLIENT: u8 = 1;
 const HAS_SENDER: u8 = 2;
 const SHARED: u8 = 4;
+const ASKS_ACK: u8 = 8;
 
 impl MessageRecord<'_> {
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -123,6 +126,9 @@ impl MessageRecord<'_> {
         }
         if let Payload::Shared(_) = self.payload {
             flags |= SHARED;
+        }
+        if self.ack {
+            flags |= ASKS_ACK;
         }
         w.u64(self.expires_at).u8(flags);
         if let Some(c) = &self.client {
@@ -167,6 +173,7 @@ impl MessageRecord<'_> {
             namespace,
             event,
             payload,
+            ack: flags & ASKS_ACK != 0,
         })
     }
 
@@ -177,6 +184,52 @@ impl MessageRecord<'_> {
             Payload::Inline(_) => None,
         })
     }
+}
+
+/// An ack record: its message's expiry, the client it was addressed to (if one), and its
+/// replies (client, JSON text).
+pub(super) fn encode_ack(
+    expires_at: Millis,
+    client: Option<&ClientId>,
+    replies: &[(ClientId, Arc<serde_json::value::RawValue>)],
+) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u64(expires_at).str(client.map_or("", |c| c.as_str()));
+    w.u64(replies.len() as u64);
+    for (client, data) in replies {
+        w.str(client.as_str()).str(data.get());
+    }
+    w.0
+}
+
+/// An ack record read back (see [`encode_ack`]).
+#[allow(clippy::type_complexity)]
+pub(super) fn decode_ack(
+    bytes: &[u8],
+) -> Result<
+    (
+        Millis,
+        Option<ClientId>,
+        Vec<(ClientId, Arc<serde_json::value::RawValue>)>,
+    ),
+    StorageError,
+> {
+    let mut r = Reader::new(bytes, "ack");
+    let expires_at = r.u64()?;
+    let client = match r.str()? {
+        "" => None,
+        c => Some(ClientId::new(c).map_err(|_| r.corrupt())?),
+    };
+    let n = r.u64()?;
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        let client = r.client()?;
+        let text = r.str()?;
+        let data =
+            serde_json::value::RawValue::from_string(text.to_owned()).map_err(|_| r.corrupt())?;
+        replies.push((client, Arc::from(data)));
+    }
+    Ok((expires_at, client, replies))
 }
 
 /// A client's record: its cursor, whether it polled, its TTL and namespaces.
@@ -249,6 +302,7 @@ mod tests {
         let record = MessageRecord {
             expires_at: 42,
             client: Some(ClientId::new("c1").unwrap()),
+            ack: true,
             sender: Some(UserId::from("bob")),
             namespace: "/chat",
             event: "line",

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::codec::{self, MessageRecord, Payload};
 use super::tables::{
-    CLIENTS, DATA, DEDUP, FORMAT, MESSAGES, META, ORIGINS, Open, PAYLOADS, ROOMS, WATERMARKS,
+    ACKS, CLIENTS, DATA, DEDUP, FORMAT, MESSAGES, META, ORIGINS, Open, PAYLOADS, ROOMS, WATERMARKS,
 };
 use crate::id::{ClientId, MessageId, UserId};
 use crate::storage::memory::journal::Change;
@@ -209,6 +209,7 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
             event: m.event.into(),
             data,
             expires_at: m.expires_at,
+            ack: m.ack,
         });
     }
 
@@ -286,6 +287,31 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
             origin: origin.into(),
             pos,
             until,
+        });
+    }
+    // A file written before acks existed has no such table: it holds no ack records.
+    let acks = match txn.open_table(ACKS) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(r(e.into())),
+    };
+    for row in acks
+        .iter()
+        .map(|t| t.iter())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| r(e.into()))?
+        .into_iter()
+        .flatten()
+    {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, pos) = key.value();
+        let (expires_at, client, replies) = codec::decode_ack(value.value())?;
+        changes.push(Change::Ack {
+            user: UserId::from(user),
+            pos,
+            client,
+            expires_at,
+            replies,
         });
     }
     Ok(Loaded {

@@ -18,8 +18,8 @@ use self::tables::PayloadIds;
 use self::writer::{Queue, Thread};
 use super::{
     Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
-    FetchBatch, FetchRequest, Member, MemoryStorage, NewMessage, QueueLimits, Signal, Storage,
-    StorageError,
+    FetchBatch, FetchRequest, Member, MemoryStorage, NewMessage, NewReply, QueueLimits,
+    RecordedReply, ReplyLimits, ReplyOutcome, Signal, Storage, StorageError,
 };
 use crate::id::{ClientId, UserId};
 
@@ -220,6 +220,22 @@ impl Storage for DurableStorage {
         ttl: Duration,
     ) -> Result<(), StorageError> {
         self.durably(self.memory.complete(key, outcome, ttl)).await
+    }
+
+    async fn reply(
+        &self,
+        reply: NewReply,
+        limits: ReplyLimits,
+    ) -> Result<ReplyOutcome, StorageError> {
+        self.durably(self.memory.reply(reply, limits)).await
+    }
+
+    async fn replies(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
+        self.durably(self.memory.replies(epoch, targets)).await
     }
 
     async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {

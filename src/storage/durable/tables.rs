@@ -13,6 +13,7 @@
 //! | `dedup` | (user, client, message id) | claim number, owner, until, outcome |
 //! | `rooms` | (room, user, client or `""` for the whole user) | nothing |
 //! | `origins` | (user, origin of a send) | (position, until) |
+//! | `acks` | (user, position) | an ack record: expiry, addressed client, replies |
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub(super) const DEDUP: TableDefinition<(&str, &str, &str), &[u8]> = TableDefini
 pub(super) const ROOMS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("rooms");
 pub(super) const ORIGINS: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("origins");
+pub(super) const ACKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("acks");
 
 /// The file format this code writes; a file with another is not read.
 pub(super) const FORMAT: u8 = 1;
@@ -106,6 +108,7 @@ pub(super) struct Open<'t> {
     dedup: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
     rooms: Table<'t, (&'static str, &'static str, &'static str), ()>,
     origins: Table<'t, (&'static str, &'static str), (u64, u64)>,
+    acks: Table<'t, (&'static str, u64), &'static [u8]>,
 }
 
 impl<'t> Open<'t> {
@@ -122,6 +125,7 @@ impl<'t> Open<'t> {
             dedup: txn.open_table(DEDUP)?,
             rooms: txn.open_table(ROOMS)?,
             origins: txn.open_table(ORIGINS)?,
+            acks: txn.open_table(ACKS)?,
         })
     }
 }
@@ -142,6 +146,7 @@ pub(super) fn apply(
             event,
             data,
             expires_at,
+            ack,
         } => {
             let payload = if data.get().len() >= SHARE_FROM {
                 let id = match payloads.find(data) {
@@ -170,6 +175,7 @@ pub(super) fn apply(
                 namespace,
                 event,
                 payload,
+                ack: *ack,
             };
             t.messages
                 .insert((user.as_str(), *pos), record.encode().as_slice())?;
@@ -268,6 +274,19 @@ pub(super) fn apply(
         }
         Change::Unorigin { user, origin } => {
             t.origins.remove((user.as_str(), &**origin))?;
+        }
+        Change::Ack {
+            user,
+            pos,
+            client,
+            expires_at,
+            replies,
+        } => {
+            let record = codec::encode_ack(*expires_at, client.as_ref(), replies);
+            t.acks.insert((user.as_str(), *pos), record.as_slice())?;
+        }
+        Change::Unack { user, pos } => {
+            t.acks.remove((user.as_str(), *pos))?;
         }
         Change::Join { room, member } => {
             let (user, client) = member_parts(member);

@@ -29,6 +29,8 @@ pub(crate) enum Change {
         /// Shared by every message of one fan-out: the sink may store it once.
         data: Arc<RawValue>,
         expires_at: Millis,
+        /// It asks for replies (its ack record is a change of its own, [`Change::Ack`]).
+        ack: bool,
     },
     /// A message left a user's log (delivered and trimmed, expired, or evicted).
     Unmessage { user: UserId, pos: Position },
@@ -79,6 +81,16 @@ pub(crate) enum Change {
     },
     /// It forgot one.
     Unorigin { user: UserId, origin: Arc<str> },
+    /// An ack record was made or got a reply: its whole state (at most one reply per client).
+    Ack {
+        user: UserId,
+        pos: Position,
+        client: Option<ClientId>,
+        expires_at: Millis,
+        replies: Vec<(ClientId, Arc<RawValue>)>,
+    },
+    /// An ack record went (its message expired).
+    Unack { user: UserId, pos: Position },
     /// A member joined a room.
     Join { room: Arc<str>, member: Member },
     /// A member left a room.

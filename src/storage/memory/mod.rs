@@ -10,6 +10,7 @@
 //! time, swept in bounded slices. So no call costs more than what it reads or writes, whatever
 //! the history or the number of users.
 
+mod acks;
 mod dedup;
 // Without a durable storage nothing reads the journal's changes: they are never recorded.
 #[cfg_attr(not(feature = "durable"), allow(dead_code))]
@@ -29,6 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use self::acks::Acks;
 use self::dedup::Dedup;
 use self::journal::{Change, Changes, Journal};
 use self::log::{ClientRecord, Entry, PRESENCE_STEP, UserLog};
@@ -36,8 +38,9 @@ use self::origins::Origins;
 use self::rooms::Rooms;
 use super::{
     AppendOutcome, Appended, Arrival, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget,
-    Departure, Epoch, FetchBatch, FetchRequest, Limit, Member, Millis, NewMessage, Position,
-    QueueLimits, Signal, Storage, StorageError, StoredMessage, now_millis,
+    Departure, Epoch, FetchBatch, FetchRequest, Limit, Member, Millis, NewMessage, NewReply,
+    Position, QueueLimits, RecordedReply, ReplyLimits, ReplyOutcome, Signal, Storage, StorageError,
+    StoredMessage, now_millis,
 };
 use crate::hash::{HashMap, HashSet, RandomState};
 use crate::id::{ClientId, UserId};
@@ -110,6 +113,7 @@ struct Shard {
     online: BTreeSet<(Millis, UserId)>,
     dedup: Dedup,
     origins: Origins,
+    acks: Acks,
     /// Data of users (clients keep theirs in their record), by key.
     user_data: HashMap<UserId, HashMap<String, String>>,
     last_sweep: Millis,
@@ -146,6 +150,7 @@ impl Drop for ShardGuard<'_> {
         let mut changes = shard.changes.take();
         shard.dedup.changes.append_to(&mut changes);
         shard.origins.changes.append_to(&mut changes);
+        shard.acks.changes.append_to(&mut changes);
         if !changes.is_empty() {
             journal.record(changes);
         }
@@ -319,6 +324,7 @@ impl Shard {
         }
         self.dedup.sweep(now, SLICE);
         self.origins.sweep(now, SLICE);
+        self.acks.sweep(now, SLICE);
     }
 
     /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
@@ -515,6 +521,11 @@ impl Storage for MemoryStorage {
                     outcomes[i] = AppendOutcome::Stored(pos);
                     continue;
                 }
+                // An ack record per message that asks for replies, as many as its queue holds
+                // messages: the records outlive delivered messages, so they have their own count.
+                if m.ack && !shard.acks.has_room(&m.user, limits.per_user) {
+                    continue;
+                }
                 let log = match shard.logs.get_mut(&m.user) {
                     Some(log) => log,
                     None => shard.logs.entry(m.user.clone()).or_default(),
@@ -542,7 +553,13 @@ impl Storage for MemoryStorage {
                     event: m.event.clone(),
                     data: m.data.clone(),
                     expires_at: m.expires_at,
+                    ack: m.ack,
                 });
+                if m.ack {
+                    shard
+                        .acks
+                        .open(&m.user, pos, m.client.clone(), m.expires_at);
+                }
                 log.insert(Entry {
                     client: m.client,
                     sender: m.sender,
@@ -551,6 +568,7 @@ impl Storage for MemoryStorage {
                         ns: m.namespace,
                         event: m.event,
                         data: m.data,
+                        ack: m.ack,
                     },
                     expires_at: m.expires_at,
                 });
@@ -937,6 +955,54 @@ impl Storage for MemoryStorage {
                 .and_then(|r| r.data.get(key))
                 .cloned(),
         })
+    }
+
+    async fn reply(
+        &self,
+        reply: NewReply,
+        limits: ReplyLimits,
+    ) -> Result<ReplyOutcome, StorageError> {
+        let now = now_millis();
+        let epoch_guard = self.epoch_guard();
+        let epoch = epoch_guard.clone();
+        let mut shard = self.shard_for(&reply.user);
+        shard.maybe_sweep(now);
+        let outcome = shard.acks.reply(&reply, limits, now);
+        drop(shard);
+        drop(epoch_guard);
+        if outcome == ReplyOutcome::Recorded {
+            self.signal(Signal::Replied {
+                epoch,
+                user: reply.user,
+                pos: reply.pos,
+                client: reply.client,
+                data: reply.data,
+            });
+        }
+        Ok(outcome)
+    }
+
+    async fn replies(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
+        let now = now_millis();
+        let epoch_guard = self.epoch_guard();
+        let mut out = vec![Vec::new(); targets.len()];
+        if *epoch_guard != *epoch {
+            return Ok(out);
+        }
+        for (shard, group) in self.by_shard(targets, |t| &t.user).into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let shard = self.shard(shard);
+            for i in group {
+                out[i] = shard.acks.replies(&targets[i].user, targets[i].pos, now);
+            }
+        }
+        Ok(out)
     }
 
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {

@@ -68,7 +68,7 @@ impl MemoryStorage {
                         | Change::Client { user, .. }
                         | Change::Watermark { user, .. } => user,
                         Change::Dedup { key, .. } => &key.user,
-                        Change::Origin { user, .. } => user,
+                        Change::Origin { user, .. } | Change::Ack { user, .. } => user,
                         Change::Data { member, .. } => member.user(),
                         _ => continue,
                     };
@@ -81,6 +81,7 @@ impl MemoryStorage {
             shard.changes.set_recording(true);
             shard.dedup.changes.set_recording(true);
             shard.origins.changes.set_recording(true);
+            shard.acks.changes.set_recording(true);
         }
         rooms.changes.set_recording(true);
         under_lock();
@@ -101,6 +102,7 @@ impl Shard {
                 event,
                 data,
                 expires_at,
+                ack,
             } => {
                 self.last_pos = self.last_pos.max(pos);
                 self.expiries.insert((expires_at, pos), user.clone());
@@ -112,6 +114,7 @@ impl Shard {
                         ns: namespace,
                         event,
                         data,
+                        ack,
                     },
                     expires_at,
                 });
@@ -190,6 +193,13 @@ impl Shard {
                 pos,
                 until,
             } => self.origins.restore(user, origin, pos, until),
+            Change::Ack {
+                user,
+                pos,
+                client,
+                expires_at,
+                replies,
+            } => self.acks.restore(user, pos, client, expires_at, replies),
             _ => {}
         }
     }

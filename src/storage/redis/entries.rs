@@ -11,7 +11,19 @@ use crate::storage::{NewMessage, StorageError, StoredMessage};
 /// What follows `pos:expires_at:client:` in a log entry that holds its payload (see the
 /// format in [`super`]): the namespace, then [`payload_value`].
 pub(super) fn entry_body(m: &NewMessage) -> String {
-    format!("{}:{}:{}", m.namespace.len(), m.namespace, payload_value(m))
+    format!(
+        "{}:{}:{}{}",
+        m.namespace.len(),
+        m.namespace,
+        ack_marker(m),
+        payload_value(m)
+    )
+}
+
+/// `!` before the payload of a message that asks for replies ([`NewMessage::ack`]), which
+/// the append script gives an ack record; nothing otherwise.
+pub(super) fn ack_marker(m: &NewMessage) -> &'static str {
+    if m.ack { "!" } else { "" }
 }
 
 /// What a message counts for in its queue's byte limits: the length of its JSON payload.
@@ -74,6 +86,10 @@ pub(super) fn parse_entry(
     }
     let (ns, rest) = prefixed(rest).ok_or_else(bad)?;
     let rest = rest.strip_prefix(':').ok_or_else(bad)?;
+    let (ack, rest) = match rest.strip_prefix('!') {
+        Some(rest) => (true, rest),
+        None => (false, rest),
+    };
     let (event, data) = match rest.strip_prefix('*') {
         Some(id) => shared.get(id).cloned(),
         None => parse_payload(rest),
@@ -84,6 +100,7 @@ pub(super) fn parse_entry(
         ns: ns.into(),
         event,
         data,
+        ack,
     })
 }
 
@@ -102,6 +119,7 @@ pub(super) mod tests {
             expires_at: 0,
             sender: None,
             origin: None,
+            ack: false,
         }
     }
 

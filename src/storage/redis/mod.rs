@@ -177,18 +177,18 @@ use self::entries::{data_size, payload_value};
 use self::error::{corrupt, within};
 use self::parse::{
     parse_appended, parse_claim, parse_client, parse_delivery, parse_fetch, parse_members_page,
-    parse_reap,
+    parse_reap, parse_replies, parse_reply,
 };
 use self::payloads::{EntryBody, PayloadCache, SharedPayload, share_payloads};
 use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, EPOCH, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS,
-    LIVE_USERS, MEMBERS, REAP, RENEW, ROOMS, SET_DATA,
+    LIVE_USERS, MEMBERS, REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
 };
 use self::signals::{AbortOnDrop, RESYNC_JSON, confirmed_fields, json_string, signal_json};
 use super::{
     AppendOutcome, Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget,
-    Departure, Epoch, FetchBatch, FetchRequest, Member, NewMessage, QueueLimits, Signal, Storage,
-    StorageError,
+    Departure, Epoch, FetchBatch, FetchRequest, Member, NewMessage, NewReply, QueueLimits,
+    RecordedReply, ReplyLimits, ReplyOutcome, Signal, Storage, StorageError,
 };
 use crate::hash::HashSet;
 use crate::id::{ClientId, UserId};
@@ -703,6 +703,53 @@ impl Storage for RedisStorage {
             inv.arg(user).arg(client).arg(key);
         })
         .await
+    }
+
+    async fn reply(
+        &self,
+        reply: NewReply,
+        limits: ReplyLimits,
+    ) -> Result<ReplyOutcome, StorageError> {
+        // The signal as serde writes it, with the epoch left for the script to put in.
+        let signal = signal_json(Signal::Replied {
+            epoch: Epoch::new(""),
+            user: reply.user.clone(),
+            pos: reply.pos,
+            client: reply.client.clone(),
+            data: reply.data.clone(),
+        })?;
+        let tail = signal
+            .strip_prefix(r#"{"replied":{"epoch":"","#)
+            .ok_or_else(|| corrupt("the form of a Replied signal"))?
+            .to_owned();
+        let outcome: String = self
+            .eval(&REPLY, |inv| {
+                inv.arg(reply.user.as_str())
+                    .arg(reply.client.as_str())
+                    .arg(reply.pos.min(MAX_EXACT))
+                    .arg(reply.data.get())
+                    .arg(limits.per_message.min(MAX_EXACT as usize))
+                    .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
+                    .arg(tail);
+            })
+            .await?;
+        parse_reply(outcome)
+    }
+
+    async fn replies(
+        &self,
+        epoch: &Epoch,
+        targets: &[DeliveryTarget],
+    ) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
+        let reply: Vec<String> = self
+            .eval(&REPLIES, |inv| {
+                inv.arg(epoch.as_str()).arg(targets.len());
+                for t in targets {
+                    inv.arg(t.user.as_str()).arg(t.pos.min(MAX_EXACT));
+                }
+            })
+            .await?;
+        parse_replies(reply, targets.len())
     }
 
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {

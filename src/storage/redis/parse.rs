@@ -2,7 +2,10 @@
 //! [`StorageError::Corrupt`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use serde_json::value::RawValue;
 
 use super::entries::{Payload, parse_entry, parse_payload};
 use super::error::corrupt;
@@ -10,7 +13,7 @@ use crate::hash::HashSet;
 use crate::id::{ClientId, UserId};
 use crate::storage::{
     AppendOutcome, Appended, Arrival, Claim, DeliveryState, Departure, Epoch, FetchBatch, Limit,
-    Member, StorageError,
+    Member, RecordedReply, ReplyOutcome, StorageError,
 };
 
 /// Decodes the append script's reply (see [`APPEND`](super::scripts::APPEND)), for a call of
@@ -91,6 +94,47 @@ fn parse_payloads(
 
 /// Decodes the delivery script's reply (see [`DELIVERY`](super::scripts::DELIVERY)) about
 /// `targets` targets.
+pub(super) fn parse_reply(reply: String) -> Result<ReplyOutcome, StorageError> {
+    match reply.as_str() {
+        "recorded" => Ok(ReplyOutcome::Recorded),
+        "duplicate" => Ok(ReplyOutcome::Duplicate),
+        "unknown" => Ok(ReplyOutcome::Unknown),
+        "full" => Ok(ReplyOutcome::Full),
+        _ => Err(corrupt("a reply outcome")),
+    }
+}
+
+pub(super) fn parse_replies(
+    reply: Vec<String>,
+    targets: usize,
+) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
+    if reply.first().map(String::as_str) == Some("lost") {
+        return Ok(vec![Vec::new(); targets]);
+    }
+    let mut out = Vec::with_capacity(targets);
+    let mut items = reply.into_iter();
+    for _ in 0..targets {
+        let n: usize = items
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| corrupt("a reply count"))?;
+        let mut replies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (Some(client), Some(data)) = (items.next(), items.next()) else {
+                return Err(corrupt("a reply"));
+            };
+            let client = ClientId::new(client).map_err(|_| corrupt("a reply's client"))?;
+            let data = RawValue::from_string(data).map_err(|_| corrupt("a reply's JSON"))?;
+            replies.push(RecordedReply {
+                client,
+                data: Arc::from(data),
+            });
+        }
+        out.push(replies);
+    }
+    Ok(out)
+}
+
 pub(super) fn parse_delivery(
     reply: Vec<String>,
     targets: usize,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::entries::{entry_body, payload_value};
+use super::entries::{ack_marker, entry_body, payload_value};
 use crate::id::random_token;
 use crate::storage::NewMessage;
 
@@ -134,7 +134,13 @@ pub(super) fn share_payloads(
                 },
                 None => return (0, entry_body(m)),
             };
-            let body = format!("{}:{}:*{}", m.namespace.len(), m.namespace, payload.id);
+            let body = format!(
+                "{}:{}:{}*{}",
+                m.namespace.len(),
+                m.namespace,
+                ack_marker(m),
+                payload.id
+            );
             payloads.push(payload);
             assigned.insert(id, (payloads.len(), body.clone()));
             (payloads.len(), body)

@@ -133,6 +133,19 @@ pub(super) static RENEW: LazyLock<Script> =
 pub(super) static COMPLETE: LazyLock<Script> =
     LazyLock::new(|| dedup_script(include_str!("scripts/complete.lua")));
 
+/// `ARGV[4]` user, `[5]` client, `[6]` position, `[7]` the reply (JSON), `[8]` the most
+/// replies per message, `[9]` the most bytes of replies per user, `[10]` the `Replied` signal
+/// after its epoch (`"user":…}}`), which the script completes with the current epoch. Returns
+/// 'recorded', 'duplicate', 'unknown' or 'full' (see
+/// [`ReplyOutcome`](crate::storage::ReplyOutcome)). The append script makes the ack records.
+pub(super) static REPLY: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("scripts/reply.lua")));
+
+/// `ARGV[4]` the epoch asked about, `[5]` n, then two per target: user, position. Returns
+/// {'lost'}, or per target the number of replies k, then k pairs of client and reply.
+pub(super) static REPLIES: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("scripts/replies.lua")));
+
 /// `ARGV[4]` the `ZSCAN` cursor ('0' to start), `[5]` the page size. Returns the next cursor
 /// ('0' once done), then this page's users with a polled client within its presence ttl.
 pub(super) static LIVE_USERS: LazyLock<Script> =
@@ -196,7 +209,13 @@ mod tests {
 
     #[test]
     fn every_script_has_its_bounds_written_in() {
-        let scripts: [(&Script, &str, String); 16] = [
+        let scripts: [(&Script, &str, String); 18] = [
+            (&*REPLY, "reply", source(include_str!("scripts/reply.lua"))),
+            (
+                &*REPLIES,
+                "replies",
+                source(include_str!("scripts/replies.lua")),
+            ),
             (&*EPOCH, "epoch", source(include_str!("scripts/epoch.lua"))),
             (
                 &*APPEND,

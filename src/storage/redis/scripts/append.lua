@@ -259,6 +259,20 @@ for i = 0, n - 1 do
     end
   end
   if not full and size > max_bytes then full = true end
+  -- A message that asks for replies gets an ack record (see the reply script), as many as the
+  -- queue holds messages: records outlive delivered messages, so they are counted apart.
+  local nslen0, ns_at0 = string.match(body, '^(%d+):()')
+  local asks = string.sub(body, ns_at0 + tonumber(nslen0), ns_at0 + tonumber(nslen0) + 1) == ':!'
+  local ak, ax
+  if asks and not full then
+    ak, ax = key(u, 'acks'), key(u, 'ackx')
+    local lapsed = redis.call('ZRANGEBYSCORE', ax, '-inf', str(now), 'LIMIT', 0, 16)
+    if #lapsed > 0 then
+      redis.call('HDEL', ak, unpack(lapsed))
+      redis.call('ZREM', ax, unpack(lapsed))
+    end
+    if redis.call('ZCARD', ax) >= maxq then full = true end
+  end
   while not full and (seen.card >= maxq or seen.bytes + size > max_bytes) do
     if not evict_one(seen) then full = true end
   end
@@ -289,6 +303,12 @@ for i = 0, n - 1 do
         seen.sent[s] = true
         table.insert(seen.senders, s)
       end
+    end
+    if asks then
+      redis.call('HSET', ak, p, str(exp) .. ':' .. c)
+      redis.call('ZADD', ax, str(exp), p)
+      extend(ak, exp + GRACE_MS, now)
+      extend(ax, exp + GRACE_MS, now)
     end
     table.insert(out, p)
     seen.stored = true

@@ -37,7 +37,10 @@ local function parse(entry)
   local nslen, ns_at = string.match(entry, '^(%d+):()', at)
   local after = ns_at + tonumber(nslen)
   local shared
-  if string.sub(entry, after, after + 1) == ':*' then shared = string.sub(entry, after + 2) end
+  -- A '!' before the payload marks a message that asks for replies.
+  local from = after + 1
+  if string.sub(entry, from, from) == '!' then from = from + 1 end
+  if string.sub(entry, from, from) == '*' then shared = string.sub(entry, from + 1) end
   return tonumber(pos), tonumber(exp), client, string.sub(entry, ns_at, after - 1), shared, sender,
     size
 end
