@@ -125,14 +125,30 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             store_then_detach(msg.io.to(msg.user.clone()).emit("bytes", &back)).await?;
             Ok(Reply::json(&back)?)
         }
-        // Server -> client acks with data (protocol v1.2): the server of this branch has none
-        // yet. Once it has, `ask` emits `event` with `data` to the sender's user asking for the
-        // replies and answers with them; `AckTests` probes the server and skips until then.
-        "ask" => Err(HandlerError::new(
-            "unsupported",
-            "this server does not ask clients for replies yet (protocol v1.2)",
-        )
-        .into()),
+        // An emit to the sender that asks for replies (spec §4c), in the background: the
+        // client sends one POST at a time, so its reply cannot come while this one waits. The
+        // outcome comes as the message `answers`: the replies, or `"timeout"`.
+        "ask" => {
+            let send: SendArgs = msg.json()?;
+            let io = msg.io.clone();
+            let user = msg.user.clone();
+            tokio::spawn(async move {
+                let asked = io
+                    .to(user.clone())
+                    .timeout(Duration::from_secs(5))
+                    .emit_with_ack(send.event, &send.data)
+                    .await;
+                let outcome = match asked {
+                    Ok(replies) => replies
+                        .parse::<Value>()
+                        .map(Value::from)
+                        .unwrap_or_default(),
+                    Err(_) => Value::from("timeout"),
+                };
+                let _ = io.to(user).emit("answers", &outcome).await;
+            });
+            Ok(Reply::none())
+        }
         other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
     }
 }
@@ -284,7 +300,8 @@ async fn the_android_client_writes_replies_and_bytes_as_the_wire_format_says() {
     }
 }
 
-/// Skipped, loudly, by the Java test itself while the server has no `ack` (protocol v1.2).
+/// Server -> client acks with data (spec §4c): the server's `emit_with_ack` resolves with the
+/// reply of the client's listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_android_client_answers_the_servers_questions_with_its_listeners_replies() {
     if java::available() {
