@@ -365,7 +365,7 @@ async fn chat(
         .into());
     }
     let sending = match (&line.to, &line.room) {
-        (_, Some(room)) => io.to_room(room.as_str()).to(user.clone()).emit(
+        (_, Some(room)) => io.to_room(room.as_str()).to_user(user.clone()).emit(
             "chat",
             &json!({ "from": user, "room": room, "text": text, "at": at }),
         ),
@@ -376,13 +376,13 @@ async fn chat(
             )
             .into());
         }
-        (Some(to), None) => io.to(to.as_str()).to(user.clone()).emit(
+        (Some(to), None) => io.to_user(to.as_str()).to_user(user.clone()).emit(
             "chat",
             &json!({ "from": user, "to": to, "text": text, "at": at }),
         ),
         (None, None) => io
             .everyone()
-            .to(user.clone())
+            .to_user(user.clone())
             .emit("chat", &json!({ "from": user, "text": text, "at": at })),
     };
     // Acknowledge once the line is stored: from then on it is delivered or its failure logged,

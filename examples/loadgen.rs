@@ -180,7 +180,7 @@ async fn latency(samples: usize) -> Vec<f64> {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let started = Instant::now();
         let confirmation = io
-            .to("lat")
+            .to_user("lat")
             .emit("news", &json!({ "i": i }))
             .stored()
             .await

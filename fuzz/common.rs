@@ -829,10 +829,10 @@ async fn handle(msg: Incoming) -> Result<Reply, BoxError> {
     let data = msg.data.clone();
     match msg.event.as_str() {
         "emit" => {
-            tokio::spawn(msg.io.to(msg.user.clone()).emit("echo", &data));
+            tokio::spawn(msg.io.to_user(msg.user.clone()).emit("echo", &data));
         }
         "volatile" => {
-            let to = msg.io.to(msg.user.clone()).volatile();
+            let to = msg.io.to_user(msg.user.clone()).volatile();
             let echo = data.clone();
             tokio::spawn(async move { to.emit("echo", &echo).await });
         }

@@ -94,7 +94,7 @@ impl Replies {
     /// ```no_run
     /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
-    /// let replies = io.to("ann").timeout(Duration::from_secs(5)).emit_with_ack("ask", &"ok?").await?;
+    /// let replies = io.to_user("ann").timeout(Duration::from_secs(5)).emit_with_ack("ask", &"ok?").await?;
     /// let answers: Vec<bool> = replies.parse()?;
     /// # let _ = answers; Ok(()) }
     /// ```
@@ -207,7 +207,7 @@ impl Future for AckSending {
     }
 }
 
-// `tokio::spawn(io.to(user).emit_with_ack(..))` must work.
+// `tokio::spawn(io.to_user(user).emit_with_ack(..))` must work.
 const _: fn() = || {
     fn assert_send<T: Send + 'static>() {}
     assert_send::<AckSending>();

@@ -37,7 +37,7 @@ pub const MAX_DATA_LEN: usize = 64 * 1024;
 /// ```no_run
 /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
 /// // Resolves once a client of "ann" confirmed the message.
-/// io.to("ann").emit("news", &"the build is green").await?;
+/// io.to_user("ann").emit("news", &"the build is green").await?;
 ///
 /// // Several users: resolves once each of them confirmed, or names who did not.
 /// io.recipients(["ann", "bob"]).emit("chat", &serde_json::json!({"text": "hi"})).await?;
@@ -127,7 +127,7 @@ impl SimpleIo {
     ///
     /// ```no_run
     /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
-    /// io.on_behalf_of("ann").to("bob").emit("dm", &"hi bob").stored().await?;
+    /// io.on_behalf_of("ann").to_user("bob").emit("dm", &"hi bob").stored().await?;
     /// # Ok(()) }
     /// ```
     pub fn on_behalf_of(&self, user: impl Into<UserId>) -> SimpleIo {
@@ -158,13 +158,29 @@ impl SimpleIo {
     }
 
     /// Messages to one user: every client of theirs receives them.
-    pub fn to(&self, user: impl Into<UserId>) -> Emitter {
-        self.emitter().to(user)
+    ///
+    /// A user, never a room: Socket.IO's `io.to(room)` is [`to_room`](Self::to_room) here.
+    /// The names say which, so a port cannot send to a user called "lobby" by mistake.
+    ///
+    /// ```
+    /// # let (_layer, io) = simpleio::SimpleIoLayer::builder().build();
+    /// let to_ann = io.to_user("ann"); // every tab of ann
+    /// let to_lobby = io.to_room("lobby"); // every member of the room
+    /// # drop((to_ann, to_lobby));
+    /// ```
+    ///
+    /// ```compile_fail
+    /// # let (_layer, io) = simpleio::SimpleIoLayer::builder().build();
+    /// let which = io.to("lobby"); // a user or a room? Neither compiles.
+    /// ```
+    #[doc(alias = "to")]
+    pub fn to_user(&self, user: impl Into<UserId>) -> Emitter {
+        self.emitter().to_user(user)
     }
 
     /// Messages to several users (duplicates are ignored).
     pub fn recipients<U: Into<UserId>>(&self, users: impl IntoIterator<Item = U>) -> Emitter {
-        users.into_iter().fold(self.emitter(), Emitter::to)
+        users.into_iter().fold(self.emitter(), Emitter::to_user)
     }
 
     /// Messages to one client of a user (say, the tab that asked for something).
@@ -174,6 +190,7 @@ impl SimpleIo {
 
     /// Messages to every member of `room`, looked up when the message is sent: every client of
     /// a member user, and each member client. Each member confirms for itself.
+    #[doc(alias = "to")]
     pub fn to_room(&self, room: impl Into<Arc<str>>) -> Emitter {
         self.emitter().to_room(room)
     }
@@ -343,8 +360,8 @@ impl SimpleIo {
     }
 }
 
-/// A message about to be sent; made by [`SimpleIo::to`] and friends, which can be chained:
-/// `io.to_room("a").to_room("b").to("ann").except("bob")`.
+/// A message about to be sent; made by [`SimpleIo::to_user`] and friends, which can be chained:
+/// `io.to_room("a").to_room("b").to_user("ann").except("bob")`.
 #[derive(Debug, Clone)]
 #[must_use = "nothing is sent until `emit` is called and awaited"]
 pub struct Emitter {
@@ -357,7 +374,8 @@ pub struct Emitter {
 
 impl Emitter {
     /// Adds a recipient user: every client of theirs receives the message.
-    pub fn to(mut self, user: impl Into<UserId>) -> Self {
+    #[doc(alias = "to")]
+    pub fn to_user(mut self, user: impl Into<UserId>) -> Self {
         // Duplicates are dropped when the message is sent, in one pass: a check here would
         // make adding n users O(n²).
         self.recipients.users.push(user.into());
@@ -423,7 +441,7 @@ impl Emitter {
     /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::AckError> {
     /// use std::time::Duration;
     /// let replies = io
-    ///     .to("ann")
+    ///     .to_user("ann")
     ///     .timeout(Duration::from_secs(10))
     ///     .emit_with_ack("confirm", &"delete the draft?")
     ///     .await?;
@@ -798,7 +816,7 @@ pub struct Sending {
 ///
 /// ```no_run
 /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), Box<dyn std::error::Error>> {
-/// let sending = io.to("bob").emit("invoice", &42).stored().await?;
+/// let sending = io.to_user("bob").emit("invoice", &42).stored().await?;
 /// let kept = serde_json::to_string(sending.receipts())?;
 /// // Later, on any node, even after this process died:
 /// let receipts: Vec<simpleio::Receipt> = serde_json::from_str(&kept)?;
@@ -844,7 +862,7 @@ impl Sending {
     ///
     /// ```no_run
     /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
-    /// let confirmation = io.to("bob").emit("chat", &"hi bob").stored().await?;
+    /// let confirmation = io.to_user("bob").emit("chat", &"hi bob").stored().await?;
     /// // Stored: safe to tell the sender so.
     /// tokio::spawn(async move {
     ///     if let Err(e) = confirmation.await {
@@ -930,7 +948,7 @@ impl Future for Sending {
     }
 }
 
-// `tokio::spawn(io.to(user).emit(..))` must work.
+// `tokio::spawn(io.to_user(user).emit(..))` must work.
 const _: fn() = || {
     fn assert_send<T: Send + 'static>() {}
     assert_send::<Sending>();

@@ -41,7 +41,7 @@ impl Sending {
     /// use std::time::Duration;
     /// use simpleio::Waited;
     ///
-    /// match io.to("bob").emit("invoice", &42).wait(Duration::from_secs(3)).await {
+    /// match io.to_user("bob").emit("invoice", &42).wait(Duration::from_secs(3)).await {
     ///     Waited::Delivered(_) => tracing::info!("bob has it"),
     ///     Waited::NotDelivered(e) => tracing::warn!(error = %e, "bob did not get it"),
     ///     Waited::Pending(sending) => {

@@ -52,7 +52,7 @@ async fn a_client_reply_reaches_the_emit_that_asked_for_it() {
     let asking = tokio::spawn(
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .timeout(Duration::from_secs(10))
             .emit_with_ack("confirm", &json!({"q": "delete?"})),
     );
@@ -87,7 +87,7 @@ async fn two_clients_of_one_user_both_reply_before_the_emit_resolves() {
     let mut asking = tokio::spawn(
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .timeout(Duration::from_secs(10))
             .emit_with_ack("count", &1),
     );
@@ -127,7 +127,7 @@ async fn a_client_that_never_replies_times_the_emit_out_naming_it() {
     let asking = tokio::spawn(
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .timeout(Duration::from_millis(1500))
             .emit_with_ack("count", &1),
     );
@@ -163,7 +163,7 @@ async fn a_reply_to_another_users_message_or_to_no_message_is_refused() {
     let asking = tokio::spawn(
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .timeout(Duration::from_millis(1500))
             .emit_with_ack("confirm", &"pay?"),
     );
@@ -175,7 +175,7 @@ async fn a_reply_to_another_users_message_or_to_no_message_is_refused() {
     let unknown = reply(&ann, "f2", pos + 1_000_000, json!(true)).await;
     assert_eq!(unknown["error"]["code"], "unknown_message", "{unknown}");
     // A message that asked for no reply takes none either.
-    let plain = tokio::spawn(server.io.to("ann").emit("plain", &1));
+    let plain = tokio::spawn(server.io.to_user("ann").emit("plain", &1));
     let batch = ann.receive().await;
     let plain_pos = batch
         .messages
@@ -245,7 +245,7 @@ async fn a_reply_larger_than_the_limit_is_refused() {
     let _asking = tokio::spawn(
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .timeout(Duration::from_secs(5))
             .emit_with_ack("confirm", &1),
     );
@@ -259,7 +259,7 @@ async fn an_emit_to_an_offline_user_says_it_was_not_delivered() {
     let server = TestServer::start(builder()).await;
     let outcome = server
         .io
-        .to("nobody")
+        .to_user("nobody")
         .timeout(Duration::from_millis(300))
         .emit_with_ack("confirm", &1)
         .await;
@@ -297,7 +297,7 @@ mod across_nodes {
         let mut on_a = Wire::new(a).tab("ann", "tab1");
         on_a.receive().await;
         let asking = tokio::spawn(
-            a.io.to("ann")
+            a.io.to_user("ann")
                 .timeout(Duration::from_secs(10))
                 .emit_with_ack("confirm", &"sure?"),
         );
@@ -326,7 +326,7 @@ async fn the_rust_client_replies_to_a_message_that_asks_and_not_to_one_that_does
     let asking = tokio::spawn(
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .timeout(Duration::from_secs(10))
             .emit_with_ack("add", &[2, 3]),
     );
@@ -346,7 +346,7 @@ async fn the_rust_client_replies_to_a_message_that_asks_and_not_to_one_that_does
         .expect("replies");
     assert_eq!(replies.parse::<i64>().expect("a number"), [5]);
 
-    let plain = tokio::spawn(server.io.to("ann").emit("plain", &1));
+    let plain = tokio::spawn(server.io.to_user("ann").emit("plain", &1));
     let message = loop {
         if let Some(Event::Message(m)) = events.recv().await {
             break m;

@@ -104,7 +104,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             let send: SendArgs = msg.json()?;
             let to = send.to.map_or_else(|| msg.user.clone(), UserId::from);
             let io = send.ns.map_or_else(|| msg.io.clone(), |ns| msg.io.of(ns));
-            let emitter = io.to(to);
+            let emitter = io.to_user(to);
             if send.volatile {
                 emitter.volatile().emit(send.event, &send.data).await?;
             } else {
@@ -122,7 +122,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
                 content: blob.content,
                 name: blob.name,
             };
-            store_then_detach(msg.io.to(msg.user.clone()).emit("bytes", &back)).await?;
+            store_then_detach(msg.io.to_user(msg.user.clone()).emit("bytes", &back)).await?;
             Ok(Reply::json(&back)?)
         }
         // An emit to the sender that asks for replies (spec §4c), in the background: the
@@ -134,7 +134,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             let user = msg.user.clone();
             tokio::spawn(async move {
                 let asked = io
-                    .to(user.clone())
+                    .to_user(user.clone())
                     .timeout(Duration::from_secs(5))
                     .emit_with_ack(send.event, &send.data)
                     .await;
@@ -145,7 +145,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
                         .unwrap_or_default(),
                     Err(_) => Value::from("timeout"),
                 };
-                let _ = io.to(user).emit("answers", &outcome).await;
+                let _ = io.to_user(user).emit("answers", &outcome).await;
             });
             Ok(Reply::none())
         }

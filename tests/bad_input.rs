@@ -245,7 +245,7 @@ async fn bad_requests_do_not_disturb_a_poll_in_flight() {
     let s = setup_with_hold(Duration::from_secs(20)).await;
     let mut tab = s.wire.tab("bob", "tab1");
     // A first message gives bob his cursor without waiting out the hold.
-    let first = start(s.server.io.to("bob").emit("hello", &0)).await;
+    let first = start(s.server.io.to_user("bob").emit("hello", &0)).await;
     assert_eq!(tab.receive().await.data(), [json!(0)]);
     // bob's poll waits while ann sends every kind of bad request.
     let poll = tokio::spawn({
@@ -281,12 +281,12 @@ async fn bad_requests_do_not_disturb_a_poll_in_flight() {
         .assert_error(405, "method_not_allowed");
 
     // bob's poll is still there and completes normally with what is sent to him.
-    let sending = start(s.server.io.to("bob").emit("news", &"still here")).await;
+    let sending = start(s.server.io.to_user("bob").emit("news", &"still here")).await;
     let got = tab.take(finish(poll, "bob's poll").await);
     assert_eq!(got.data(), [json!("still here")]);
     assert!(finish(first, "the first emit to bob").await.is_ok());
     // Confirm with a poll that is not held: a message follows it.
-    let last = start(s.server.io.to("bob").emit("bye", &1)).await;
+    let last = start(s.server.io.to_user("bob").emit("bye", &1)).await;
     assert_eq!(tab.receive().await.data(), [json!(1)]);
     assert!(finish(sending, "the emit to bob").await.is_ok());
     drop(last);

@@ -85,7 +85,7 @@ async fn an_emitted_binary_field_arrives_as_dollar_bytes() {
         name: "avatar.png",
         content: Binary::from(&b"\x89PNG\r\n\x1a\n"[..]),
     };
-    let sending = start(server.io.to("ann").emit("file", &file)).await;
+    let sending = start(server.io.to_user("ann").emit("file", &file)).await;
     let got = tab.receive().await;
     assert_eq!(
         got.data(),
@@ -119,7 +119,7 @@ async fn all_256_byte_values_round_trip_both_ways() {
     assert_eq!(back, all);
 
     // Server to client.
-    let _sending = start(server.io.to("ann").emit(
+    let _sending = start(server.io.to_user("ann").emit(
         "file",
         &File {
             name: "all",

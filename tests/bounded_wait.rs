@@ -21,7 +21,7 @@ async fn a_wait_that_runs_out_gives_back_the_message_which_is_delivered_later() 
     // Nobody of bob's polls yet: the wait runs out.
     let waited = server
         .io
-        .to("bob")
+        .to_user("bob")
         .emit("letter", &json!({"n": 1}))
         .wait(Duration::from_millis(200))
         .await;
@@ -56,7 +56,7 @@ async fn a_wait_returns_delivered_as_soon_as_the_recipient_confirms() {
     let waiting = tokio::spawn(
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .emit("news", &1)
             .wait(Duration::from_secs(20)),
     );
@@ -74,7 +74,7 @@ async fn a_wait_reports_a_message_that_expired_as_not_delivered() {
     let server = TestServer::start(builder()).await;
     let waited = server
         .io
-        .to("carol")
+        .to_user("carol")
         .ttl(Duration::from_millis(300))
         .emit("n", &1)
         .wait(Duration::from_secs(20))
@@ -95,7 +95,7 @@ async fn a_wait_reports_a_refused_message_at_once() {
     let server = TestServer::start(builder()).await;
     let waited = server
         .io
-        .to("ann")
+        .to_user("ann")
         .emit("", &1)
         .wait(Duration::from_secs(20))
         .await;

@@ -93,7 +93,7 @@ async fn relay(msg: Incoming) -> Result<Reply, BoxError> {
         "chat" => {
             let line: Value = msg.json()?;
             let to = line["to"].as_str().unwrap_or_default().to_owned();
-            match msg.io.to(to).emit("chat", &line).stored().await {
+            match msg.io.to_user(to).emit("chat", &line).stored().await {
                 Ok(_) => Ok(Reply::json(&json!({"ok": true}))?),
                 Err(SendError::QueueFull { .. }) => {
                     Err(HandlerError::new("queue_full", "their queue is full").into())
@@ -123,7 +123,7 @@ async fn assert_honest_user_gets(io: &SimpleIo, tab: &mut Tab, count: usize) {
     for i in 0..count {
         // Stored is enough: the confirmation is the drain below.
         drop(
-            io.to(tab.user.as_str())
+            io.to_user(tab.user.as_str())
                 .emit("news", &i)
                 .stored()
                 .await
@@ -260,7 +260,7 @@ async fn one_sender_fills_only_its_share_of_an_offline_users_queue(backend: Back
     drop(
         server
             .io
-            .to("bob")
+            .to_user("bob")
             .emit("chat", &json!({"text": "from the server"}))
             .stored()
             .await
@@ -290,14 +290,14 @@ async fn one_sender_fills_only_its_share_of_an_offline_users_queue(backend: Back
     for i in 0..12 {
         drop(
             server_io
-                .to("dave")
+                .to_user("dave")
                 .emit("fill", &i)
                 .stored()
                 .await
                 .expect("below the queue limit"),
         );
     }
-    match server_io.to("dave").emit("fill", &12).stored().await {
+    match server_io.to_user("dave").emit("fill", &12).stored().await {
         Err(SendError::QueueFull { failed, stored }) => {
             assert_eq!(stored, 0);
             assert_eq!(failed.len(), 1);
@@ -420,7 +420,7 @@ async fn waiting_polls_are_bounded_per_user_and_per_node() {
     drop(
         server
             .io
-            .to("carol")
+            .to_user("carol")
             .emit("hi", &1)
             .stored()
             .await
@@ -513,13 +513,13 @@ async fn deep_or_large_data_is_refused_both_ways_and_backlogs_come_in_bounded_re
     let deep_value: Value =
         serde_json::from_str(&("[".repeat(20) + &"]".repeat(20))).expect("json");
     assert!(matches!(
-        server.io.to("bob").emit("deep", &deep_value).await,
+        server.io.to_user("bob").emit("deep", &deep_value).await,
         Err(SendError::TooDeep { max: 16 })
     ));
     assert!(matches!(
         server
             .io
-            .to("bob")
+            .to_user("bob")
             .emit("large", &"y".repeat(400_000))
             .await,
         Err(SendError::TooLarge { .. })
@@ -676,7 +676,7 @@ async fn volatile_messages_stay_within_a_responses_byte_limit() {
     for _ in 0..10 {
         server
             .io
-            .to("ann")
+            .to_user("ann")
             .volatile()
             .emit("big", &big)
             .await

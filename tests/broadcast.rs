@@ -82,7 +82,7 @@ async fn a_broadcast_reaches_every_other_user_and_the_senders_other_tabs_but_not
         );
     }
     // The sending tab: a marker sent afterwards is the first thing it gets.
-    let _marker = start(server.io.to("ann").emit("marker", &0)).await;
+    let _marker = start(server.io.to_user("ann").emit("marker", &0)).await;
     assert_eq!(events(&ann1.receive().await), ["marker"]);
 
     // A user who was not online when it was sent does not get it later.
@@ -162,7 +162,7 @@ async fn everyone_except_a_user_leaves_out_every_client_of_that_user() {
             .expect("three tabs");
 
     let sending = start(io.everyone().except("ann").emit("news", &"not for ann")).await;
-    let _marker = start(io.to("ann").emit("marker", &0)).await;
+    let _marker = start(io.to_user("ann").emit("marker", &0)).await;
     assert_eq!(bob.receive().await.data(), [json!("not for ann")]);
     for tab in [&mut ann1, &mut ann2] {
         assert_eq!(

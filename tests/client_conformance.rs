@@ -275,7 +275,7 @@ impl Server {
     ) -> JoinHandle<Result<simpleio::Delivered, simpleio::SendError>> {
         let confirmation = self
             .io
-            .to(USER)
+            .to_user(USER)
             .emit("msg", &data)
             .stored()
             .await

@@ -316,7 +316,7 @@ async fn exchange(
                 // Stored one after another (in order), confirmed whenever.
                 let confirmation = loop {
                     match io
-                        .to(name.as_str())
+                        .to_user(name.as_str())
                         .emit("news", &json!({"seq": seq}))
                         .stored()
                         .await
@@ -615,14 +615,14 @@ async fn receipts_tell_a_new_process_what_became_of_its_sends() {
         let (io, _storage) = sender(&redis).await;
         let mut receipts = Vec::new();
         let invoice = io
-            .to("u00")
+            .to_user("u00")
             .emit("news", &json!({"seq": 0}))
             .stored()
             .await
             .expect("stored");
         receipts.extend_from_slice(invoice.receipts());
         let flash = io
-            .to("nobody")
+            .to_user("nobody")
             .ttl(Duration::from_millis(500))
             .emit("news", &json!({"seq": 0}))
             .stored()
@@ -735,7 +735,7 @@ async fn a_redis_restart_without_persistence_resyncs_clients_and_fails_unconfirm
     let mut unconfirmed = Vec::new();
     for user in ["zed", "zoe", "zia"] {
         for seq in 0..5 {
-            let sending = io.to(user).emit("news", &json!({"seq": seq}));
+            let sending = io.to_user(user).emit("news", &json!({"seq": seq}));
             unconfirmed.push(tokio::spawn(sending.stored().await.expect("stored")));
         }
     }

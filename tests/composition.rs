@@ -99,7 +99,7 @@ async fn a_timeout_around_the_simpleio_layer_cuts_held_polls_with_408_and_loses_
 
     // A message sent meanwhile waits for the next poll: the cut poll confirmed nothing new.
     let stored = io
-        .to("ann")
+        .to_user("ann")
         .emit("news", &1)
         .stored()
         .await
@@ -253,7 +253,7 @@ async fn compression_around_simpleio_compresses_answers_and_keeps_held_polls_pro
     let poll = tokio::spawn(async move { tab.receive().await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let _sending = tokio::spawn(io.to("ann").emit("news", &"x".repeat(2000)));
+    let _sending = tokio::spawn(io.to_user("ann").emit("news", &"x".repeat(2000)));
     let got = tokio::time::timeout(SOON, poll)
         .await
         .expect("in time")

@@ -26,7 +26,7 @@ async fn an_emit_resolves_only_after_the_next_poll_confirms_the_message() {
     let mut tab = Wire::new(&server).tab("ann", "tab1");
     tab.receive().await;
 
-    let mut sending = start(server.io.to("ann").emit("news", &json!({"n": 1}))).await;
+    let mut sending = start(server.io.to_user("ann").emit("news", &json!({"n": 1}))).await;
     let got = tab.receive().await;
     assert_eq!(got.data(), [json!({"n": 1})]);
     assert_eq!(got.messages[0].event, "news");
@@ -48,8 +48,8 @@ async fn a_cursor_below_a_message_does_not_confirm_it() {
     let mut tab = Wire::new(&server).tab("ann", "tab1");
     tab.receive().await;
 
-    let first = start(server.io.to("ann").emit("n", &1)).await;
-    let mut second = start(server.io.to("ann").emit("n", &2)).await;
+    let first = start(server.io.to_user("ann").emit("n", &1)).await;
+    let mut second = start(server.io.to_user("ann").emit("n", &2)).await;
     let got = tab.receive().await;
     assert_eq!(got.data(), [json!(1), json!(2)]);
 
@@ -72,7 +72,7 @@ async fn a_cursor_below_a_message_does_not_confirm_it() {
 async fn an_offline_user_receives_the_message_on_return() {
     let server = TestServer::start(builder()).await;
     // Nobody of bob's polls while the message is sent.
-    let mut sending = start(server.io.to("bob").emit("letter", &"while you were out")).await;
+    let mut sending = start(server.io.to_user("bob").emit("letter", &"while you were out")).await;
     assert_pending(&mut sending, "the emit to an offline user").await;
 
     // A client bob never used before shows up later and gets it.
@@ -100,7 +100,7 @@ async fn two_tabs_of_one_user_both_receive_every_message() {
 
     let mut sends = Vec::new();
     for n in 0..5 {
-        sends.push(start(server.io.to("ann").emit("n", &n)).await);
+        sends.push(start(server.io.to_user("ann").emit("n", &n)).await);
     }
     let expected: Vec<_> = (0..5).map(|n| json!(n)).collect();
 
@@ -171,7 +171,7 @@ async fn receipts_tell_any_process_what_became_of_a_message() {
             .expect("stored");
         let short = first
             .io
-            .to("dave")
+            .to_user("dave")
             .ttl(Duration::from_millis(200))
             .emit("flash", &1)
             .stored()

@@ -23,7 +23,7 @@ async fn a_client_with_an_old_epoch_gets_the_new_epoch_and_cursor() {
     let storage = MemoryStorage::new();
     let server = TestServer::start(builder(&storage, Duration::from_millis(300))).await;
     let mut tab = Wire::new(&server).tab("ann", "tab1");
-    let sending = start(server.io.to("ann").emit("n", &"before")).await;
+    let sending = start(server.io.to_user("ann").emit("n", &"before")).await;
     assert_eq!(tab.receive().await.data(), [json!("before")]);
     tab.receive().await;
     assert!(finish(sending, "the emit before the reset").await.is_ok());
@@ -38,7 +38,7 @@ async fn a_client_with_an_old_epoch_gets_the_new_epoch_and_cursor() {
     assert_ne!(tab.cursor, old_cursor, "the old cursor was kept");
 
     // The client goes on in the new epoch: new messages reach it and are confirmed.
-    let sending = start(server.io.to("ann").emit("n", &"after")).await;
+    let sending = start(server.io.to_user("ann").emit("n", &"after")).await;
     assert_eq!(tab.receive().await.data(), [json!("after")]);
     tab.receive().await;
     assert!(finish(sending, "the emit after the reset").await.is_ok());
@@ -51,7 +51,7 @@ async fn a_poll_waiting_across_a_reset_answers_in_the_new_epoch() {
     let server = TestServer::start(builder(&storage, Duration::from_secs(20))).await;
     let io = server.io.clone();
     let mut tab = Wire::new(&server).tab("ann", "tab1");
-    let first = start(io.to("ann").emit("n", &0)).await;
+    let first = start(io.to_user("ann").emit("n", &0)).await;
     tab.receive().await;
     let old_epoch = tab.epoch.clone().expect("epoch");
 
@@ -63,13 +63,13 @@ async fn a_poll_waiting_across_a_reset_answers_in_the_new_epoch() {
     // The waiting poll's cursor confirmed the first message.
     assert!(finish(first, "the first emit").await.is_ok());
     storage.reset();
-    let second = start(io.to("ann").emit("n", &1)).await;
+    let second = start(io.to_user("ann").emit("n", &1)).await;
     let got = finish(poll, "the poll across the reset").await;
     assert_ne!(got.epoch, old_epoch);
     let got = tab.take(got);
     assert_eq!(got.data(), [json!(1)]);
     // The next poll confirms it (and is answered at once by a third message).
-    let third = start(io.to("ann").emit("n", &2)).await;
+    let third = start(io.to_user("ann").emit("n", &2)).await;
     assert_eq!(tab.receive().await.data(), [json!(2)]);
     assert!(finish(second, "the emit in the new epoch").await.is_ok());
     drop(third);

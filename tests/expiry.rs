@@ -28,7 +28,7 @@ async fn a_message_nobody_confirms_expires_and_names_its_recipient() {
     let server = TestServer::start(builder()).await;
     let ttl = Duration::from_millis(400);
     let sent_at = Instant::now();
-    let sending = start(server.io.to("bob").ttl(ttl).emit("ping", &1)).await;
+    let sending = start(server.io.to_user("bob").ttl(ttl).emit("ping", &1)).await;
 
     let undelivered = not_delivered(finish(sending, "the emit to nobody").await);
     // Expiry times are whole milliseconds of the wall clock: allow for their rounding.
@@ -50,7 +50,7 @@ async fn a_message_nobody_confirms_expires_and_names_its_recipient() {
 async fn a_message_received_but_never_confirmed_expires() {
     let server = TestServer::start(builder()).await;
     let ttl = Duration::from_secs(1);
-    let sending = start(server.io.to("bob").ttl(ttl).emit("ping", &1)).await;
+    let sending = start(server.io.to_user("bob").ttl(ttl).emit("ping", &1)).await;
 
     // bob's client reads it, then never polls again: reading is not confirming.
     let mut tab = Wire::new(&server).tab("bob", "tab1");

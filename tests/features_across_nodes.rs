@@ -216,7 +216,7 @@ async fn a_room_joined_through_one_node_gets_a_message_sent_on_the_other_at_once
         assert_eq!(got.data(), [json!("room")], "{}", tab.user);
     }
     // carol is no member: her poll is answered by a marker, sent afterwards, alone.
-    let _marker = stored(b.io.to("carol").emit("marker", &0)).await;
+    let _marker = stored(b.io.to_user("carol").emit("marker", &0)).await;
     let got = carol.take(finish(carol_poll, "carol's poll").await);
     assert_eq!(events(&got), ["marker"]);
 
@@ -330,7 +330,7 @@ async fn a_chat_namespace_message_sent_on_one_node_reaches_a_chat_reader_on_the_
     );
 
     // bob does not read `/chat`: his poll is answered by a marker in `/`, sent afterwards, alone.
-    let _marker = stored(a.io.to("bob").emit("marker", &0)).await;
+    let _marker = stored(a.io.to_user("bob").emit("marker", &0)).await;
     let answer = finish(bob_poll, "bob's poll on node b").await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(
@@ -498,7 +498,7 @@ async fn bytes_emitted_on_one_node_arrive_intact_at_a_client_polling_the_other()
     parked(&b, 1).await;
 
     let all: Vec<u8> = (0..=255).collect();
-    let _sending = stored(a.io.to("ann").emit(
+    let _sending = stored(a.io.to_user("ann").emit(
         "file",
         &json!({"name": "all", "content": Binary::from(all.clone())}),
     ))
@@ -521,7 +521,7 @@ async fn a_volatile_message_sent_on_one_node_reaches_a_client_waiting_on_the_oth
     let waiting = poll(&tab);
     parked(&b, 1).await;
 
-    a.io.to("ann")
+    a.io.to_user("ann")
         .volatile()
         .emit("typing", &json!({"from": "bob"}))
         .await

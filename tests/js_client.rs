@@ -184,7 +184,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             let send: SendArgs = msg.json()?;
             let to = send.to.map_or_else(|| msg.user.clone(), UserId::from);
             let io = send.ns.map_or_else(|| msg.io.clone(), |ns| msg.io.of(ns));
-            let emitter = io.to(to);
+            let emitter = io.to_user(to);
             if send.volatile {
                 emitter.volatile().emit(send.event, &send.data).await?;
             } else {
@@ -197,7 +197,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             let text = msg.json::<Value>()?["text"].clone();
             let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
             let line = json!({ "from": msg.user, "text": text, "at": at });
-            store_then_detach(msg.io.everyone().to(msg.user.clone()).emit("chat", &line)).await?;
+            store_then_detach(msg.io.everyone().to_user(msg.user.clone()).emit("chat", &line)).await?;
             Ok(Reply::none())
         }
         // An emit to the sender that asks for replies (spec §4c), in the background: the
@@ -209,7 +209,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             let user = msg.user.clone();
             tokio::spawn(async move {
                 let asked = io
-                    .to(user.clone())
+                    .to_user(user.clone())
                     .timeout(Duration::from_secs(2))
                     .emit_with_ack(send.event, &send.data)
                     .await;
@@ -217,7 +217,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
                     Ok(replies) => json!(replies.parse::<Value>().unwrap_or_default()),
                     Err(_) => json!("timeout"),
                 };
-                let _ = io.to(user).emit("answers", &outcome).await;
+                let _ = io.to_user(user).emit("answers", &outcome).await;
             });
             Ok(Reply::none())
         }
@@ -234,7 +234,7 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
                 content: blob.content,
                 name: blob.name,
             };
-            store_then_detach(msg.io.to(msg.user.clone()).emit("bytes", &back)).await?;
+            store_then_detach(msg.io.to_user(msg.user.clone()).emit("bytes", &back)).await?;
             Ok(Reply::json(&back)?)
         }
         other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),

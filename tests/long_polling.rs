@@ -37,7 +37,7 @@ async fn a_waiting_poll_wakes_at_once_on_a_new_message() {
         async move { tab.peek().await }
     });
     eventually("the first poll waits", || io.waiting_polls() == 1).await;
-    let first = start(io.to("ann").emit("n", &1)).await;
+    let first = start(io.to_user("ann").emit("n", &1)).await;
     let got = tab.take(finish(poll, "the first poll, woken").await);
     assert_eq!(got.data(), [json!(1)]);
 
@@ -48,7 +48,7 @@ async fn a_waiting_poll_wakes_at_once_on_a_new_message() {
     });
     assert!(finish(first, "the first emit").await.is_ok());
     eventually("the second poll waits", || io.waiting_polls() == 1).await;
-    let second = start(io.to("ann").emit("n", &2)).await;
+    let second = start(io.to_user("ann").emit("n", &2)).await;
     let got = tab.take(finish(poll, "the second poll, woken").await);
     assert_eq!(got.data(), [json!(2)]);
     drop(second);
@@ -59,7 +59,7 @@ async fn an_idle_poll_answers_empty_after_the_hold_time_with_the_same_cursor() {
     let hold = Duration::from_millis(400);
     let server = TestServer::start(SimpleIoLayer::builder().hold_time(hold)).await;
     let mut tab = Wire::new(&server).tab("ann", "tab1");
-    let sending = start(server.io.to("ann").emit("n", &1)).await;
+    let sending = start(server.io.to_user("ann").emit("n", &1)).await;
     tab.receive().await;
     let (epoch, cursor) = (tab.epoch.clone(), tab.cursor);
 
@@ -84,7 +84,7 @@ async fn a_newer_poll_of_the_same_client_ends_the_older_one() {
     let wire = Wire::new(&server);
     let io = server.io.clone();
     let mut tab = wire.tab("ann", "tab1");
-    let first = start(io.to("ann").emit("n", &0)).await;
+    let first = start(io.to_user("ann").emit("n", &0)).await;
     tab.receive().await;
 
     let mut older = tokio::spawn({
@@ -129,7 +129,7 @@ async fn a_newer_poll_of_the_same_client_ends_the_older_one() {
     );
 
     // The newer poll is the one that gets the next message.
-    let second = start(io.to("ann").emit("n", &1)).await;
+    let second = start(io.to_user("ann").emit("n", &1)).await;
     let got = tab.take(finish(newer, "the newer poll").await);
     assert_eq!(got.data(), [json!(1)]);
     assert!(finish(first, "the first emit").await.is_ok());
@@ -158,7 +158,7 @@ async fn a_client_that_disconnects_mid_wait_leaks_nothing() {
     eventually("no poll is left waiting", || io.waiting_polls() == 0).await;
 
     // The server still serves, and the user's messages still arrive.
-    let sending = start(io.to("ann").emit("n", &1)).await;
+    let sending = start(io.to_user("ann").emit("n", &1)).await;
     let mut tab = Wire::new(&server).tab("ann", "tab0");
     assert_eq!(tab.receive().await.data(), [json!(1)]);
     tab.receive().await;
@@ -177,7 +177,7 @@ async fn a_response_carries_at_most_the_batch_limit_and_the_rest_follow() {
     let mut tab = Wire::new(&server).tab("ann", "tab1");
     let mut sends = Vec::new();
     for n in 0..7 {
-        sends.push(start(server.io.to("ann").emit("n", &n)).await);
+        sends.push(start(server.io.to_user("ann").emit("n", &n)).await);
     }
 
     let mut batches = Vec::new();
@@ -205,7 +205,7 @@ async fn a_message_stored_while_the_poll_reads_still_wakes_it() {
     let storage = FaultyStorage::new();
     let server = TestServer::start(long_holds().storage(storage.clone())).await;
     let mut tab = Wire::new(&server).tab("ann", "tab1");
-    let first = start(server.io.to("ann").emit("n", &0)).await;
+    let first = start(server.io.to_user("ann").emit("n", &0)).await;
     tab.receive().await;
 
     // The poll reads an empty log; the message is stored, and its wakeup delivered, before
@@ -217,7 +217,7 @@ async fn a_message_stored_while_the_poll_reads_still_wakes_it() {
     });
     let read = storage.read_done.clone();
     eventually("the poll has read", || read.load(Ordering::SeqCst)).await;
-    let second = start(server.io.to("ann").emit("n", &1)).await;
+    let second = start(server.io.to_user("ann").emit("n", &1)).await;
 
     let got = timeout(SOON, poll)
         .await
@@ -234,7 +234,7 @@ async fn a_newer_poll_that_starts_while_the_older_reads_still_ends_it() {
     let server = TestServer::start(long_holds().storage(storage.clone())).await;
     let wire = Wire::new(&server);
     let mut tab = wire.tab("ann", "tab1");
-    let first = start(server.io.to("ann").emit("n", &0)).await;
+    let first = start(server.io.to_user("ann").emit("n", &0)).await;
     tab.receive().await;
 
     storage.slow_down_next_fetch();
@@ -293,7 +293,7 @@ async fn a_handshake_advertises_the_servers_limits() {
     assert!(!handshake.taken_over);
     // Later polls do not repeat them.
     let io = server.io.clone();
-    let sent = start(io.to("ann").emit("n", &1)).await;
+    let sent = start(io.to_user("ann").emit("n", &1)).await;
     let next = tab.receive().await;
     assert!(next.limits.is_none());
     drop(sent);

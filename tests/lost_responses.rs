@@ -27,7 +27,7 @@ async fn a_response_lost_mid_response_comes_again_with_the_same_positions() {
     tab.receive().await;
     let mut sends = Vec::new();
     for n in 0..3 {
-        sends.push(start(server.io.to("ann").emit("n", &n)).await);
+        sends.push(start(server.io.to_user("ann").emit("n", &n)).await);
     }
 
     // The connection breaks after the first bytes of the response.
@@ -69,7 +69,7 @@ async fn a_poll_dropped_mid_wait_confirms_nothing_new() {
     drop(stream);
 
     // The message arrives while the dropped poll may still be waiting and answer into nothing.
-    let mut sending = start(server.io.to("ann").emit("news", &"hello")).await;
+    let mut sending = start(server.io.to_user("ann").emit("news", &"hello")).await;
     assert_pending(&mut sending, "the emit after the dropped poll").await;
 
     let got = tab.receive().await;
@@ -88,15 +88,15 @@ async fn replaying_an_old_cursor_repeats_positions_that_the_client_drops() {
     Wire::new(&server).tab("ann", "tab2").receive().await;
     let old = (start_batch.epoch.clone(), start_batch.cursor);
 
-    let a = start(server.io.to("ann").emit("n", &"a")).await;
-    let b = start(server.io.to("ann").emit("n", &"b")).await;
+    let a = start(server.io.to_user("ann").emit("n", &"a")).await;
+    let b = start(server.io.to_user("ann").emit("n", &"b")).await;
     let mut visible = tab.receive().await.messages;
     tab.receive().await;
     assert!(finish(a, "a, confirmed").await.is_ok());
     assert!(finish(b, "b, confirmed").await.is_ok());
 
     // A request built with the old cursor (say, a retry sent late) reaches the server.
-    let mut c = start(server.io.to("ann").emit("n", &"c")).await;
+    let mut c = start(server.io.to_user("ann").emit("n", &"c")).await;
     let replay = tab.poll_from(Some((&old.0, old.1))).await;
     assert_eq!(replay.data(), [json!("a"), json!("b"), json!("c")]);
     assert_eq!(
@@ -126,7 +126,7 @@ async fn a_client_that_keeps_losing_responses_sees_each_message_once_in_order() 
     let mut visible = Vec::new();
     let mut sends = Vec::new();
     for n in 0..12 {
-        sends.push(start(server.io.to("ann").emit("n", &n)).await);
+        sends.push(start(server.io.to_user("ann").emit("n", &n)).await);
         match n % 4 {
             // The response breaks off after its first bytes.
             0 => {

@@ -36,7 +36,7 @@ fn builder(calls: &Calls) -> simpleio::Builder {
                 if name == "/chat" && msg.event == "say" {
                     let text: Value = msg.json()?;
                     let io = &msg.io;
-                    drop(io.to(msg.user.clone()).emit("said", &text).stored().await?);
+                    drop(io.to_user(msg.user.clone()).emit("said", &text).stored().await?);
                 }
                 Ok::<_, BoxError>(Reply::json(&json!({"handled_by": name}))?)
             })
@@ -88,9 +88,9 @@ async fn a_client_receives_the_namespaces_it_polls_and_no_other() {
     let mut tab = Wire::new(&server).tab("ann", "tab1");
     tab.receive_in("/,/chat").await;
 
-    let _root = start(io.to("ann").emit("a", &1)).await;
-    let _chat = start(io.of("/chat").to("ann").emit("b", &2)).await;
-    let _news = start(io.of("/news").to("ann").emit("c", &3)).await;
+    let _root = start(io.to_user("ann").emit("a", &1)).await;
+    let _chat = start(io.of("/chat").to_user("ann").emit("b", &2)).await;
+    let _news = start(io.of("/news").to_user("ann").emit("c", &3)).await;
 
     let got = tab.receive_in("/,/chat").await;
     // `ns` is on the wire for `/chat` and left out for `/`; `/news` is not there at all.
@@ -214,8 +214,8 @@ async fn a_message_in_a_namespace_a_client_does_not_read_waits_for_a_client_that
     let mut reader = wire.tab("ann", "tab1");
     reader.receive_in("/,/chat").await;
 
-    let mut news = start(io.of("/news").to("ann").emit("headline", &"rain")).await;
-    let _marker = start(io.to("ann").emit("marker", &0)).await;
+    let mut news = start(io.of("/news").to_user("ann").emit("headline", &"rain")).await;
+    let _marker = start(io.to_user("ann").emit("marker", &0)).await;
     let got = reader.receive_in("/,/chat").await;
     assert_eq!(without_pos(&got), [json!({"event": "marker", "data": 0})]);
     // Its cursor is now past the `/news` message, and it confirms it: that confirms nothing in

@@ -48,7 +48,7 @@ async fn concurrent_senders_keep_their_order_per_recipient() {
                 let mut sends = Vec::new();
                 for n in 0..PER_SENDER {
                     let data = json!({"sender": sender, "n": n});
-                    sends.push(start(io.to("ann").emit("n", &data)).await);
+                    sends.push(start(io.to_user("ann").emit("n", &data)).await);
                     tokio::task::yield_now().await;
                 }
                 for send in sends {

@@ -251,7 +251,7 @@ async fn the_layer_works_around_a_bare_hyper_service() {
     // On the route: simpleio, both ways.
     let wire = Wire::at(format!("http://{addr}/simpleio"));
     let mut tab = wire.tab("ann", "tab1");
-    let sending = start(io.to("ann").emit("news", &1)).await;
+    let sending = start(io.to_user("ann").emit("news", &1)).await;
     assert_eq!(tab.receive().await.data(), [json!(1)]);
     tab.receive().await;
     assert!(finish(sending, "the emit through hyper").await.is_ok());

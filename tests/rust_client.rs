@@ -163,7 +163,7 @@ async fn server_messages_arrive_in_order_and_each_once() {
 
     let io = server.io.clone();
     let sending =
-        tokio::spawn(async move { join_all((0..20).map(|i| io.to("ann").emit("n", &i))).await });
+        tokio::spawn(async move { join_all((0..20).map(|i| io.to_user("ann").emit("n", &i))).await });
     let mut got = Vec::new();
     let mut last_pos = 0;
     for _ in 0..20 {
@@ -187,7 +187,7 @@ async fn server_messages_arrive_in_order_and_each_once() {
 
     // Nothing comes twice: the next message is the next one sent.
     let io = server.io.clone();
-    tokio::spawn(async move { io.to("ann").emit("after", &"last").await });
+    tokio::spawn(async move { io.to_user("ann").emit("after", &"last").await });
     let m = next_message(&mut events).await;
     assert_eq!((m.event.as_str(), &m.data), ("after", &json!("last")));
     client.close().await;
@@ -203,7 +203,7 @@ async fn a_volatile_message_reaches_a_waiting_client() {
 
     server
         .io
-        .to("ann")
+        .to_user("ann")
         .volatile()
         .emit("typing", &json!({"from": "bob"}))
         .await
@@ -225,7 +225,7 @@ async fn the_client_reconnects_after_a_restart_and_nothing_is_lost_or_repeated()
     next_where(&mut events, |e| matches!(e, Event::Connected)).await;
 
     let io = server.io.clone();
-    tokio::spawn(async move { io.to("ann").emit("n", &0).await });
+    tokio::spawn(async move { io.to_user("ann").emit("n", &0).await });
     assert_eq!(next_message(&mut events).await.data, json!(0));
 
     server.stop().await;
@@ -238,7 +238,7 @@ async fn the_client_reconnects_after_a_restart_and_nothing_is_lost_or_repeated()
     // Sent to the user while the client cannot reach the server: kept in storage.
     let io = server.io.clone();
     let sending =
-        tokio::spawn(async move { join_all((1..=5).map(|i| io.to("ann").emit("n", &i))).await });
+        tokio::spawn(async move { join_all((1..=5).map(|i| io.to_user("ann").emit("n", &i))).await });
     server.restart().await;
 
     next_where(&mut events, |e| matches!(e, Event::Connected)).await;
@@ -252,7 +252,7 @@ async fn the_client_reconnects_after_a_restart_and_nothing_is_lost_or_repeated()
     assert!(sent.iter().all(Result::is_ok), "{sent:?}");
 
     let io = server.io.clone();
-    tokio::spawn(async move { io.to("ann").emit("n", &6).await });
+    tokio::spawn(async move { io.to_user("ann").emit("n", &6).await });
     assert_eq!(next_message(&mut events).await.data, json!(6), "no repeats");
     client.close().await;
 }
@@ -430,12 +430,12 @@ async fn a_reset_storage_resyncs_the_client() {
     next_where(&mut events, |e| matches!(e, Event::Connected)).await;
 
     let io = server.io.clone();
-    tokio::spawn(async move { io.to("ann").emit("n", &1).await });
+    tokio::spawn(async move { io.to_user("ann").emit("n", &1).await });
     assert_eq!(next_message(&mut events).await.data, json!(1));
 
     storage.reset();
     let io = server.io.clone();
-    tokio::spawn(async move { io.to("ann").emit("n", &2).await });
+    tokio::spawn(async move { io.to_user("ann").emit("n", &2).await });
     next_where(&mut events, |e| matches!(e, Event::Resynced)).await;
     assert_eq!(next_message(&mut events).await.data, json!(2));
     client.close().await;
@@ -454,7 +454,7 @@ async fn a_slow_reader_holds_back_confirmation() {
 
     let io = server.io.clone();
     let mut sending =
-        tokio::spawn(async move { join_all((0..3).map(|i| io.to("ann").emit("n", &i))).await });
+        tokio::spawn(async move { join_all((0..3).map(|i| io.to_user("ann").emit("n", &i))).await });
     // Nobody reads: the client cannot hand the messages over, so it does not confirm them.
     assert!(
         timeout(Duration::from_millis(500), &mut sending)
@@ -549,7 +549,7 @@ async fn a_client_receives_the_namespaces_it_subscribed_to_and_no_others() {
     let news = server
         .io
         .of("/news")
-        .to("ann")
+        .to_user("ann")
         .emit("headline", &"not for you")
         .stored()
         .await
@@ -558,7 +558,7 @@ async fn a_client_receives_the_namespaces_it_subscribed_to_and_no_others() {
     let chat = server
         .io
         .of("/chat")
-        .to("ann")
+        .to_user("ann")
         .emit("said", &json!({"from": "bob", "text": "yo"}))
         .stored()
         .await
@@ -570,7 +570,7 @@ async fn a_client_receives_the_namespaces_it_subscribed_to_and_no_others() {
         ("/chat", "said", &json!({"from": "bob", "text": "yo"}))
     );
     let io = server.io.clone();
-    let root = tokio::spawn(async move { io.to("ann").emit("status", &"up").await });
+    let root = tokio::spawn(async move { io.to_user("ann").emit("status", &"up").await });
     let m = next_message(&mut events).await;
     assert_eq!(
         (m.namespace.as_str(), m.event.as_str(), &m.data),
@@ -595,7 +595,7 @@ async fn a_client_receives_the_namespaces_it_subscribed_to_and_no_others() {
     server
         .io
         .of("/news")
-        .to("ann")
+        .to_user("ann")
         .volatile()
         .emit("flash", &1)
         .await
@@ -603,7 +603,7 @@ async fn a_client_receives_the_namespaces_it_subscribed_to_and_no_others() {
     server
         .io
         .of("/chat")
-        .to("ann")
+        .to_user("ann")
         .volatile()
         .emit("typing", &json!({"from": "bob"}))
         .await
@@ -790,7 +790,7 @@ async fn bytes_round_trip_both_ways() {
     // Server to client.
     let io = server.io.clone();
     tokio::spawn(async move {
-        io.to("ann")
+        io.to_user("ann")
             .emit(
                 "file",
                 &Upload {
@@ -832,7 +832,7 @@ async fn a_backlog_of_large_messages_reaches_the_client_in_bounded_responses() {
         drop(
             server
                 .io
-                .to("ann")
+                .to_user("ann")
                 .emit("big", &format!("{i}:{big}"))
                 .stored()
                 .await

@@ -27,7 +27,7 @@ async fn a_user_can_neither_read_nor_confirm_another_users_messages() {
     let wire = Wire::new(&server);
     let mut bob = wire.tab("bob", "bob-phone");
     let bob_start = bob.receive().await;
-    let mut sending = start(server.io.to("bob").emit("secret", &"for bob only")).await;
+    let mut sending = start(server.io.to_user("bob").emit("secret", &"for bob only")).await;
 
     // ann uses bob's client id, with no cursor, bob's epoch and cursors from zero to huge.
     let ann = wire.tab("ann", "bob-phone");
@@ -119,7 +119,7 @@ async fn a_request_without_identity_gets_only_the_refusal() {
     })))
     .await;
     let wire = Wire::new(&server);
-    let mut sending = start(server.io.to("ann").emit("secret", &"for ann")).await;
+    let mut sending = start(server.io.to_user("ann").emit("secret", &"for ann")).await;
     let refusal = json!({"error": {"code": "unauthorized", "message": "missing x-user header"}});
 
     for query in ["client=tab1", "client=tab1&cursor=0&epoch=whatever", ""] {

@@ -105,7 +105,7 @@ async fn a_message_taken_with_recv_is_confirmed_by_the_next_poll_and_not_before(
         .await
         .expect("ann");
     let sending = io
-        .to("ann")
+        .to_user("ann")
         .emit("news", &1)
         .stored()
         .await
@@ -178,7 +178,7 @@ async fn a_volatile_message_reaches_a_client_that_is_waiting() {
     while io.waiting_polls() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    io.to("ann")
+    io.to_user("ann")
         .volatile()
         .emit("typing", &"bob")
         .await
@@ -200,7 +200,7 @@ async fn under_a_paused_clock_a_ttl_passes_in_no_time() {
         .connect()
         .await
         .expect("ann");
-    let sending = tokio::spawn(io.to("ann").ttl(Duration::from_secs(600)).emit("n", &1));
+    let sending = tokio::spawn(io.to_user("ann").ttl(Duration::from_secs(600)).emit("n", &1));
     // A held poll ends without waiting for real: the paused clock jumps to its end.
     let got = ann
         .recv_within(Duration::from_secs(60))

@@ -33,7 +33,7 @@ async fn a_volatile_message_reaches_a_waiting_poll_and_is_not_stored() {
 
     let poll = waiting(&tab);
     eventually("ann's poll waits", || io.waiting_polls() == 1).await;
-    io.to("ann")
+    io.to_user("ann")
         .volatile()
         .emit("typing", &json!({"from": "bob"}))
         .await
@@ -51,7 +51,7 @@ async fn a_volatile_message_reaches_a_waiting_poll_and_is_not_stored() {
     newcomer.receive().await;
     let newcomer = waiting(&newcomer);
     eventually("both polls wait", || io.waiting_polls() == 2).await;
-    let sending = io.to("ann").emit("stored", &1);
+    let sending = io.to_user("ann").emit("stored", &1);
     let sending = tokio::spawn(sending);
     for poll in [later, newcomer] {
         let batch = finish(poll, "a later poll").await;
@@ -69,18 +69,18 @@ async fn a_volatile_message_misses_a_client_between_polls() {
     let server = TestServer::start(builder()).await;
     let io = server.io.clone();
     let mut tab = Wire::new(&server).tab("ann", "tab1");
-    let first = tokio::spawn(io.to("ann").emit("stored", &0));
+    let first = tokio::spawn(io.to_user("ann").emit("stored", &0));
     tab.receive().await;
 
     // Sent while no poll of ann's waits.
-    io.to("ann")
+    io.to_user("ann")
         .volatile()
         .emit("typing", &"bob")
         .await
         .expect("published");
     let poll = waiting(&tab);
     eventually("ann's poll waits", || io.waiting_polls() == 1).await;
-    let second = tokio::spawn(io.to("ann").emit("stored", &1));
+    let second = tokio::spawn(io.to_user("ann").emit("stored", &1));
     let got = finish(poll, "the poll").await;
     assert!(got.volatile.is_empty(), "{got:?}");
     assert_eq!(got.data(), [json!(1)]);

@@ -31,7 +31,7 @@
 //! assert_eq!(ann.emit("add", &(2, 3)).await?, json!(5));
 //!
 //! // A message to ann: she receives it, and confirming it resolves the emit.
-//! let sending = tokio::spawn(io.to("ann").emit("news", &"hello").stored().await?);
+//! let sending = tokio::spawn(io.to_user("ann").emit("news", &"hello").stored().await?);
 //! let got = ann.recv().await?;
 //! assert_eq!((got.event.as_str(), &got.data), ("news", &json!("hello")));
 //! ann.confirm().await?;
@@ -60,7 +60,7 @@
 //!     .build();
 //! // ann is connected, and never confirms what she is sent.
 //! let _ann = TestClient::builder(&layer).connect().await?;
-//! let sending = tokio::spawn(io.to("ann").ttl(Duration::from_secs(300)).emit("reminder", &1));
+//! let sending = tokio::spawn(io.to_user("ann").ttl(Duration::from_secs(300)).emit("reminder", &1));
 //! tokio::time::advance(Duration::from_secs(301)).await; // five minutes, in no time
 //! match sending.await? {
 //!     Err(SendError::NotDelivered(report)) => {

@@ -4,7 +4,7 @@
 //!    redis-server's), peak RSS, latency, losses, duplicates; on durable also commits (each one
 //!    fsync) per second of the send window and the file's size at the end.
 //! 2. Confirmed direct messages as fast as they go: N users, user `u{i}` sending to
-//!    `u{(i+1) % N}` through the server's own send path (`on_behalf_of(..).to(..).emit`,
+//!    `u{(i+1) % N}` through the server's own send path (`on_behalf_of(..).to_user(..).emit`,
 //!    [`crate::servers::dm`]), a window of W unconfirmed messages per sender, every recipient a
 //!    polling client of the load generator that confirms what it got with its next poll.
 //!    Confirmed messages per second (resolved delivered / time from the start to the last
@@ -441,7 +441,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
         ]);
     }
     table.note(
-        "Each sender stores its messages one after another (`on_behalf_of(from).to(to).emit`, \
+        "Each sender stores its messages one after another (`on_behalf_of(from).to_user(to).emit`, \
          `stored()` awaited) and awaits each confirmation in a task of its own; a recipient \
          confirms with its next poll. Confirmed msg/s: messages resolved delivered / time from \
          the start to the last confirmation. CPU/msg: server (+ redis-server) CPU over that time \

@@ -7,7 +7,7 @@
 //! | `POST /bench/dm/start?users=N&window=W&secs=S` | for `S` seconds, user `u{i}` sends to `u{(i+1) % N}`, `W` messages unconfirmed at most per sender; answers at once |
 //! | `GET /bench/dm/stats` | counters ([`DmStats`]), live while it runs |
 //!
-//! Each sender's messages are `io.on_behalf_of(from).to(to).emit("tick", ..)`, the path a
+//! Each sender's messages are `io.on_behalf_of(from).to_user(to).emit("tick", ..)`, the path a
 //! handler relaying a user's message takes: stored one after another (so that its recipient
 //! gets them in order, numbered 1, 2, …), each confirmation awaited in a task of its own that
 //! frees its slot of the window. Every user receives from exactly one sender, so a sequence
@@ -142,7 +142,7 @@ async fn sender(
             seq,
             ts: realtime_ns(),
         };
-        match io.to(to.as_str()).emit("tick", &tick).stored().await {
+        match io.to_user(to.as_str()).emit("tick", &tick).stored().await {
             Ok(confirmation) => {
                 seq += 1;
                 c.sent.fetch_add(1, Ordering::Relaxed);
