@@ -476,10 +476,12 @@ impl Emitter {
                         pos,
                     }),
                     AppendOutcome::QueueFull => {
+                        shared.observe.bound_hit("max_queue");
                         not_stored.push((member.clone(), Failure::QueueFull));
                     }
                 }
             }
+            shared.observe.stored(targets.len());
             expectation.track(&appended.epoch, targets);
         }
         Ok(Stored {
@@ -634,6 +636,7 @@ impl VolatileEmitter {
             })
             .await
             .map_err(SendError::Storage)?;
+        self.inner.io.shared.observe.volatile();
         Ok(())
     }
 }

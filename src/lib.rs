@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+mod admin;
 mod binary;
 mod builder;
 #[cfg(feature = "client")]
@@ -20,6 +22,7 @@ mod io;
 mod json;
 mod layer;
 mod namespace;
+mod observe;
 mod origin;
 mod poll;
 mod presence;
@@ -29,6 +32,12 @@ mod shared;
 pub mod storage;
 pub mod testing;
 mod wait;
+
+/// The names of simpleio's metrics, reported with the feature `metrics`; the guide's
+/// "Observability" section has their table.
+pub mod metrics {
+    pub use crate::observe::names::*;
+}
 
 /// The client protocol, version 1.1 (`docs/spec.md`): everything needed to write a client.
 pub mod spec {
