@@ -304,7 +304,7 @@ async fn the_admin_page_shows_live_figures_and_charts_in_chromium() {
         "the admin page's browser test failed: {}",
         report
             .lines()
-            .filter(|l| l.starts_with("not ok") || l.contains("Error"))
+            .filter(|l| l.starts_with("not ok") || l.trim_start().starts_with("error:"))
             .collect::<Vec<_>>()
             .join("; ")
     );
