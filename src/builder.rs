@@ -15,6 +15,7 @@ use crate::identity::{Identify, reject_all};
 use crate::io::SimpleIo;
 use crate::layer::SimpleIoLayer;
 use crate::namespace::{Namespace, NamespaceEntry, box_handler};
+use crate::observe::{Observe, Observed};
 use crate::presence::{OnPresence, PresenceQueue};
 use crate::protocol::check_namespace;
 use crate::shared::Shared;
@@ -51,6 +52,8 @@ pub struct Builder {
     handler: Option<BoxHandler>,
     namespaces: Vec<Namespace>,
     on_presence: Option<Box<dyn OnPresence>>,
+    #[cfg(feature = "admin")]
+    admin: Option<crate::admin::Admin>,
 }
 
 impl fmt::Debug for Builder {
@@ -374,12 +377,58 @@ impl Builder {
         }
     }
 
+    /// Serves the admin page at `path` (feature `admin`), to the requests `authorize` lets in:
+    /// an identity function (see [`identity`](Self::identity)) over the request parts that
+    /// names the operator, or rejects. There is no page without this call, and none without an
+    /// authorization: the page shows every live user, room and pending message.
+    ///
+    /// `GET {path}` is the page, `GET {path}/snapshot` its figures as JSON (the guide's
+    /// "Observability" section describes both).
+    ///
+    /// ```
+    /// use simpleio::{Rejection, SimpleIoLayer, UserId};
+    ///
+    /// let (layer, io) = SimpleIoLayer::builder()
+    ///     .admin("/admin", |parts: &http::request::Parts| {
+    ///         // A real application checks its own session or token here.
+    ///         let operator = parts.headers.get("x-operator-key").is_some_and(|k| k == "s3cret");
+    ///         std::future::ready(if operator {
+    ///             Ok(UserId::from("operator"))
+    ///         } else {
+    ///             Err(Rejection::forbidden("operators only"))
+    ///         })
+    ///     })
+    ///     .build();
+    /// # let _ = (layer, io);
+    /// ```
+    #[cfg(feature = "admin")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+    pub fn admin(mut self, path: impl Into<String>, authorize: impl Identify) -> Self {
+        self.admin = Some(crate::admin::Admin {
+            path: path.into(),
+            authorize: Box::new(authorize),
+        });
+        self
+    }
+
     /// Builds the layer and its handle, or says which setting is invalid.
     pub fn try_build(self) -> Result<(SimpleIoLayer, SimpleIo), BuildError> {
         self.config.validate()?;
+        #[cfg(feature = "admin")]
+        if let Some(admin) = &self.admin {
+            let path = &admin.path;
+            let clash = path == &self.config.path
+                || path.strip_prefix(self.config.path.trim_end_matches('/'))
+                    == Some("/simpleio.js");
+            if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) || clash {
+                return Err(BuildError::AdminPath(path.clone()));
+            }
+        }
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
+        let observe = Observe::new(&self.config);
+        let storage: Arc<dyn Storage> = Arc::new(Observed::new(storage, observe.tally.clone()));
         let mut namespaces = HashMap::default();
         namespaces.insert(
             Arc::from(DEFAULT_NAMESPACE),
@@ -398,7 +447,7 @@ impl Builder {
                 return Err(BuildError::DuplicateNamespace(ns.name.to_string()));
             }
         }
-        let hub = Hub::new(&*storage);
+        let hub = Hub::counting(&*storage, observe.signals.clone());
         let presence = PresenceQueue::new(self.config.max_presence_queue);
         let limits = self.config.advertised();
         let shared = Arc::new(Shared {
@@ -411,6 +460,9 @@ impl Builder {
             hub,
             waiting: AtomicUsize::new(0),
             limits,
+            observe,
+            #[cfg(feature = "admin")]
+            admin: self.admin,
         });
         Ok((
             SimpleIoLayer {

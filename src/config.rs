@@ -90,6 +90,11 @@ pub enum BuildError {
     /// A limit is zero.
     #[error("the limit `{0}` must be at least 1")]
     ZeroLimit(&'static str),
+    /// The admin page's path does not start with `/`, ends with one, or is the route's own.
+    #[error(
+        "the admin path must start with '/', not end with one, and differ from the route's (got {0:?})"
+    )]
+    AdminPath(String),
     /// A namespace name is malformed.
     #[error("{0}")]
     Namespace(String),

@@ -126,7 +126,8 @@ pub(crate) async fn wait(
     not_stored: Vec<(Member, Failure)>,
     expires_at: Millis,
 ) -> Result<Delivered, SendError> {
-    let deadline = Instant::now() + Duration::from_millis(expires_at.saturating_sub(now_millis()));
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(expires_at.saturating_sub(now_millis()));
     let tracker = expectation.tracker().clone();
     let mut recheck_at = Instant::now() + shared.config.recheck;
     loop {
@@ -161,6 +162,8 @@ pub(crate) async fn wait(
     let statuses = tracker.state().statuses.clone();
     let mut delivered = Vec::new();
     let mut failed = not_stored;
+    let took = started.elapsed();
+    crate::observe::settled(&shared.observe, expectation.targets(), &statuses, took);
     for ((_, target), status) in expectation.targets().iter().zip(statuses) {
         let member = member_of(target);
         match status {

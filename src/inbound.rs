@@ -287,6 +287,7 @@ async fn handle_once(
             }
             Err(e) => return Err(e.into()),
         };
+        shared.observe.claimed(&claim, watch.is_none());
         match claim {
             Claim::Acquired => break,
             Claim::Done(stored) => return Ok(Handled::Done(decode_stored(&stored))),
@@ -450,10 +451,16 @@ async fn call_handler(
         namespace,
     };
     let event = incoming.event.clone();
+    let started = Instant::now();
     let result = match handler.ready().await {
         Ok(ready) => ready.call(incoming).await,
         Err(e) => Err(e),
     };
+    let failed = result
+        .as_ref()
+        .err()
+        .map(|e| (e.is::<HandlerError>(), failed_on_storage(&**e)));
+    shared.observe.handled(&event, started.elapsed(), failed);
     Some(match result {
         Ok(reply) => {
             let reply = reply.into_raw();

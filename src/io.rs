@@ -585,10 +585,12 @@ impl Emitter {
                         pos,
                     }),
                     AppendOutcome::QueueFull => {
+                        shared.observe.bound_hit("max_queue");
                         not_stored.push((member.clone(), Failure::QueueFull));
                     }
                 }
             }
+            shared.observe.stored(targets.len());
             expectation.track(&appended.epoch, targets);
         }
         Ok(Stored {
@@ -744,6 +746,7 @@ impl VolatileEmitter {
             })
             .await
             .map_err(SendError::Storage)?;
+        self.inner.io.shared.observe.volatile();
         Ok(())
     }
 }

@@ -107,6 +107,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        #[cfg(feature = "admin")]
+        if let Some(snapshot) = crate::admin::matches(&self.shared, req.uri().path()) {
+            let future = crate::admin::serve(self.shared.clone(), req, snapshot);
+            return ResponseFuture {
+                kind: Kind::Route { future },
+            };
+        }
         let path = req.uri().path();
         if path != self.shared.config.path {
             // The browser client, public like any static file: no identity needed.
@@ -129,7 +136,7 @@ where
             };
         }
         let shared = self.shared.clone();
-        let span = tracing::debug_span!("simpleio", method = %req.method());
+        let span = crate::observe::span::request(req.method());
         // The request's head goes in a box of its own, freed once read: a future keeps room
         // for what it was given for as long as it lives, and a poll lives for its hold.
         let (parts, body) = req.into_parts();
@@ -163,15 +170,18 @@ where
         Ok(identity) => identity,
         Err(rejection) => {
             tracing::debug!(status = %rejection.status(), "the identity function rejected a request");
+            crate::observe::span::answered(rejection.status(), Some("rejected"));
             return rejection.into_response();
         }
     };
     let (user, extensions) = identity.into_parts();
+    crate::observe::span::user(&user);
     // What the identity function learnt is the request's from here on: namespace authorization
     // reads it in the parts, handlers in each message's extensions.
     let mut parts = parts;
     parts.extensions.extend(extensions);
-    let result = if parts.method == Method::GET {
+    let post = parts.method == Method::POST;
+    let result = if !post {
         // A poll may wait for long: keep nothing of the request it no longer needs.
         drop(body);
         poll::respond(&shared, user, parts).await
@@ -181,7 +191,9 @@ where
         // waiting poll's future too.
         Box::pin(inbound::respond(&shared, io, user, &parts, body)).await
     };
-    result.unwrap_or_else(|e| {
+    shared.observe.answered(post, result.as_ref().err());
+    let response = result.unwrap_or_else(|e| {
+        crate::observe::span::answered(e.status(), Some(e.code()));
         match &e {
             ProtocolError::Storage(cause) => {
                 tracing::warn!(%cause, "storage failed; answering 503")
@@ -189,7 +201,9 @@ where
             other => tracing::debug!(error = ?other.to_string(), "refused a bad request"),
         }
         e.into_response()
-    })
+    });
+    crate::observe::span::answered(response.status(), None);
+    response
 }
 
 pin_project! {

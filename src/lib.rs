@@ -4,6 +4,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acks;
+#[cfg(feature = "admin")]
+mod admin;
 mod binary;
 mod builder;
 #[cfg(feature = "client")]
@@ -21,6 +23,7 @@ mod io;
 mod json;
 mod layer;
 mod namespace;
+mod observe;
 mod origin;
 mod poll;
 mod presence;
@@ -31,6 +34,12 @@ mod shared;
 pub mod storage;
 pub mod testing;
 mod wait;
+
+/// The names of simpleio's metrics, reported with the feature `metrics`; the guide's
+/// "Observability" section has their table.
+pub mod metrics {
+    pub use crate::observe::names::*;
+}
 
 /// The client protocol, version 1.1 (`docs/spec.md`): everything needed to write a client.
 pub mod spec {

@@ -27,6 +27,7 @@ struct Waiting<'a>(&'a Shared);
 impl<'a> Waiting<'a> {
     fn enter(shared: &'a Shared) -> Self {
         shared.waiting.fetch_add(1, Ordering::Relaxed);
+        shared.observe.poll_waiting(true);
         Waiting(shared)
     }
 }
@@ -34,6 +35,7 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.observe.poll_waiting(false);
     }
 }
 
@@ -58,6 +60,7 @@ pub(crate) async fn respond(
             .get_key_value(ns)
             .map(|(name, _)| name.clone())
     })?;
+    crate::observe::span::client(&client, &namespaces);
     authorize_all(shared, &parts, &user, &namespaces).await?;
     let at_once = parts.extensions.get::<AnswerAtOnce>().is_some();
     // The headers (cookies and all) are not needed while the poll waits, which may be long.
@@ -238,6 +241,11 @@ fn answer(
     taken_over: bool,
 ) -> Response<Full<Bytes>> {
     let volatile = fit_volatile(&batch, volatile, max_bytes);
+    crate::observe::span::poll_outcome(
+        limits.is_some(),
+        taken_over,
+        batch.messages.len() + volatile.len(),
+    );
     // The envelope and each message's fields, beside the payloads themselves.
     let size = 96
         + batch

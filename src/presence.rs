@@ -92,6 +92,11 @@ impl PresenceQueue {
         }
     }
 
+    /// How many changes wait for the handler now.
+    pub(crate) fn depth(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
     fn push(&self, presence: Presence) {
         // Bounded: a handler slower than the arrivals and departures it is told of would
         // otherwise grow this queue without end. A change it never gets is logged instead.
@@ -111,6 +116,7 @@ impl PresenceQueue {
 
 /// Reports a client's arrival, from the poll that made it live.
 pub(crate) fn arrived(shared: &Shared, user: &UserId, client: &ClientId, arrival: Arrival) {
+    shared.observe.presence(true);
     shared.presence.push(Presence::Connected {
         user: user.clone(),
         client: client.clone(),
@@ -128,6 +134,7 @@ fn departed(shared: &Shared, departure: Departure) {
         client,
         user_went_offline,
     } = departure;
+    shared.observe.presence(false);
     shared.presence.push(Presence::Disconnected {
         user: user.clone(),
         client,
@@ -190,5 +197,7 @@ async fn reap(shared: Weak<Shared>) {
             }
             Err(e) => tracing::warn!(error = %e, "could not reap departed clients; will retry"),
         }
+        shared.observe.presence_queue(shared.presence.depth());
+        crate::observe::census(&*shared.storage, &shared.observe).await;
     }
 }

@@ -333,7 +333,7 @@ pub(crate) enum ProtocolError {
 }
 
 impl ProtocolError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProtocolError::InvalidQuery(_)
             | ProtocolError::MalformedJson(_)
@@ -359,7 +359,7 @@ impl ProtocolError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ProtocolError::InvalidQuery(_) => "invalid_query",
             ProtocolError::MalformedJson(_) => "malformed_json",

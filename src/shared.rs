@@ -9,6 +9,7 @@ use crate::hash::HashMap;
 use crate::hub::Hub;
 use crate::identity::Identify;
 use crate::namespace::NamespaceEntry;
+use crate::observe::Observe;
 use crate::presence::{OnPresence, PresenceQueue};
 use crate::protocol::Limits;
 use crate::storage::Storage;
@@ -26,6 +27,11 @@ pub(crate) struct Shared {
     pub(crate) waiting: AtomicUsize,
     /// What a handshake advertises, made once from `config`.
     pub(crate) limits: Limits,
+    /// Metric handles and this node's tallies.
+    pub(crate) observe: Observe,
+    /// The admin page, if the application set one up.
+    #[cfg(feature = "admin")]
+    pub(crate) admin: Option<crate::admin::Admin>,
 }
 
 impl fmt::Debug for Shared {

@@ -72,7 +72,13 @@ async fn a_cursor_below_a_message_does_not_confirm_it() {
 async fn an_offline_user_receives_the_message_on_return() {
     let server = TestServer::start(builder()).await;
     // Nobody of bob's polls while the message is sent.
-    let mut sending = start(server.io.to_user("bob").emit("letter", &"while you were out")).await;
+    let mut sending = start(
+        server
+            .io
+            .to_user("bob")
+            .emit("letter", &"while you were out"),
+    )
+    .await;
     assert_pending(&mut sending, "the emit to an offline user").await;
 
     // A client bob never used before shows up later and gets it.

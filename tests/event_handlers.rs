@@ -266,7 +266,11 @@ async fn the_simpleio_extractor_sends_from_the_handler() {
     let events: Events = Events::new().on(
         "echo",
         |user: UserId, io: SimpleIo, Data(text): Data<String>| async move {
-            io.to_user(user).emit("echoed", &text).stored().await.map(drop)
+            io.to_user(user)
+                .emit("echoed", &text)
+                .stored()
+                .await
+                .map(drop)
         },
     );
     let server = TestServer::start(builder().handler(events)).await;

@@ -197,7 +197,13 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
             let text = msg.json::<Value>()?["text"].clone();
             let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
             let line = json!({ "from": msg.user, "text": text, "at": at });
-            store_then_detach(msg.io.everyone().to_user(msg.user.clone()).emit("chat", &line)).await?;
+            store_then_detach(
+                msg.io
+                    .everyone()
+                    .to_user(msg.user.clone())
+                    .emit("chat", &line),
+            )
+            .await?;
             Ok(Reply::none())
         }
         // An emit to the sender that asks for replies (spec §4c), in the background: the

@@ -36,7 +36,12 @@ fn builder(calls: &Calls) -> simpleio::Builder {
                 if name == "/chat" && msg.event == "say" {
                     let text: Value = msg.json()?;
                     let io = &msg.io;
-                    drop(io.to_user(msg.user.clone()).emit("said", &text).stored().await?);
+                    drop(
+                        io.to_user(msg.user.clone())
+                            .emit("said", &text)
+                            .stored()
+                            .await?,
+                    );
                 }
                 Ok::<_, BoxError>(Reply::json(&json!({"handled_by": name}))?)
             })

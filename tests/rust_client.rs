@@ -163,7 +163,9 @@ async fn server_messages_arrive_in_order_and_each_once() {
 
     let io = server.io.clone();
     let sending =
-        tokio::spawn(async move { join_all((0..20).map(|i| io.to_user("ann").emit("n", &i))).await });
+        tokio::spawn(
+            async move { join_all((0..20).map(|i| io.to_user("ann").emit("n", &i))).await },
+        );
     let mut got = Vec::new();
     let mut last_pos = 0;
     for _ in 0..20 {
@@ -238,7 +240,9 @@ async fn the_client_reconnects_after_a_restart_and_nothing_is_lost_or_repeated()
     // Sent to the user while the client cannot reach the server: kept in storage.
     let io = server.io.clone();
     let sending =
-        tokio::spawn(async move { join_all((1..=5).map(|i| io.to_user("ann").emit("n", &i))).await });
+        tokio::spawn(
+            async move { join_all((1..=5).map(|i| io.to_user("ann").emit("n", &i))).await },
+        );
     server.restart().await;
 
     next_where(&mut events, |e| matches!(e, Event::Connected)).await;
@@ -454,7 +458,9 @@ async fn a_slow_reader_holds_back_confirmation() {
 
     let io = server.io.clone();
     let mut sending =
-        tokio::spawn(async move { join_all((0..3).map(|i| io.to_user("ann").emit("n", &i))).await });
+        tokio::spawn(
+            async move { join_all((0..3).map(|i| io.to_user("ann").emit("n", &i))).await },
+        );
     // Nobody reads: the client cannot hand the messages over, so it does not confirm them.
     assert!(
         timeout(Duration::from_millis(500), &mut sending)

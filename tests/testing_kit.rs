@@ -200,7 +200,11 @@ async fn under_a_paused_clock_a_ttl_passes_in_no_time() {
         .connect()
         .await
         .expect("ann");
-    let sending = tokio::spawn(io.to_user("ann").ttl(Duration::from_secs(600)).emit("n", &1));
+    let sending = tokio::spawn(
+        io.to_user("ann")
+            .ttl(Duration::from_secs(600))
+            .emit("n", &1),
+    );
     // A held poll ends without waiting for real: the paused clock jumps to its end.
     let got = ann
         .recv_within(Duration::from_secs(60))

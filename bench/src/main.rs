@@ -4,7 +4,7 @@
 //! ```text
 //! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
 //! simpleio-bench smoke
-//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P]
+//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
 //! simpleio-bench server socketioxide [--port P]
 //! simpleio-bench server hyper-hold [--port P] [--hold SECS]
 //! ```
@@ -36,7 +36,7 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage:
   simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
   simpleio-bench smoke
-  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P]
+  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
   simpleio-bench server socketioxide [--port P]
   simpleio-bench server hyper-hold [--port P] [--hold SECS]
 scenarios: broadcast, history, fanout, idle, room, redis, durable, callgrind
@@ -151,8 +151,9 @@ fn server(flags: &mut Flags) -> Result<()> {
     match kind.as_str() {
         "simpleio" => {
             let storage = flags.value("--storage")?.unwrap_or_else(|| "memory".into());
+            let metrics = flags.switch("--metrics");
             flags.done()?;
-            runtime_multi()?.block_on(servers::simpleio::run(port, &storage))
+            runtime_multi()?.block_on(servers::simpleio::run(port, &storage, metrics))
         }
         "socketioxide" => {
             flags.done()?;

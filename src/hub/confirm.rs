@@ -172,6 +172,22 @@ impl Confirmations {
         }
     }
 
+    /// How many tracked messages wait, and the lowest position among them (the oldest: a
+    /// position is its store's clock in ms × 1000), if any wait.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(super) fn pending(&self) -> Option<(usize, Position)> {
+        let queues = (self.user_targets.iter().map(|(_, q)| q)).chain(self.client_targets.values());
+        let mut count = 0;
+        let mut oldest: Option<Position> = None;
+        for queue in queues {
+            count += queue.len();
+            if let Some((pos, _)) = queue.front() {
+                oldest = Some(oldest.map_or(*pos, |o| o.min(*pos)));
+            }
+        }
+        oldest.map(|oldest| (count, oldest))
+    }
+
     fn user_queue(&mut self, ns: &Arc<str>) -> &mut Queue {
         let at = match self.user_targets.iter().position(|(n, _)| n == ns) {
             Some(at) => at,

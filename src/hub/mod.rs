@@ -32,8 +32,9 @@ pub(crate) use replies::Arrived;
 
 use crate::hash::{HashMap, RandomState};
 use crate::id::UserId;
+use crate::observe::Signals;
 use crate::protocol::WireVolatile;
-use crate::storage::{DeliveryTarget, Epoch, FANOUT_CHUNK, Member, Signal, Storage};
+use crate::storage::{DeliveryTarget, Epoch, FANOUT_CHUNK, Member, Position, Signal, Storage};
 
 /// How many shards the users are spread over: enough that a broadcast's dispatch holds each
 /// lock for a small part of it, few enough that a `Resync` visiting all is cheap.
@@ -64,16 +65,25 @@ pub(crate) struct Hub {
     /// The storage's signal stream, taken by the pump task when it starts.
     receiver: Mutex<Option<broadcast::Receiver<Signal>>>,
     started: AtomicBool,
+    /// Counts the signals received and missed (metrics).
+    signals: Arc<Signals>,
 }
 
 impl Hub {
+    #[cfg(test)]
     pub(crate) fn new(storage: &dyn Storage) -> Arc<Hub> {
+        Self::counting(storage, Arc::new(Signals::new()))
+    }
+
+    /// [`new`](Self::new), counting signals into `signals`.
+    pub(crate) fn counting(storage: &dyn Storage, signals: Arc<Signals>) -> Arc<Hub> {
         Arc::new(Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::default(),
             // Subscribed now, not when the pump starts, so nothing published meanwhile is missed.
             receiver: Mutex::new(Some(storage.subscribe())),
             started: AtomicBool::new(false),
+            signals,
         })
     }
 
@@ -300,6 +310,25 @@ impl Hub {
         }
     }
 
+    /// Up to `most` users whose messages senders on this node wait for: each with how many,
+    /// and the position of the oldest (for the admin page).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn pending(&self, most: usize) -> Vec<(UserId, usize, Position)> {
+        let mut found = Vec::new();
+        for shard in 0..SHARDS {
+            let map = self.shard(shard);
+            let waiting = map.iter().filter_map(|(user, entry)| {
+                let (count, oldest) = entry.confirmations.as_deref()?.pending()?;
+                Some((user.clone(), count, oldest))
+            });
+            found.extend(waiting.take(most - found.len()));
+            if found.len() == most {
+                break;
+            }
+        }
+        found
+    }
+
     fn each_mailbox(&self, user: &UserId, f: impl Fn(&Mailbox)) {
         if let Some(entry) = self.shard_for(user).get(user) {
             for mailbox in &entry.mailboxes {
@@ -315,6 +344,9 @@ async fn pump(hub: Weak<Hub>, mut receiver: broadcast::Receiver<Signal>) {
         let signal = match receiver.recv().await {
             Ok(signal) => signal,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
+                if let Some(hub) = hub.upgrade() {
+                    hub.signals.lagged(missed);
+                }
                 tracing::warn!(
                     missed,
                     "fell behind the storage's signals; every waiter re-reads"
@@ -324,6 +356,7 @@ async fn pump(hub: Weak<Hub>, mut receiver: broadcast::Receiver<Signal>) {
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(hub) = hub.upgrade() else { return };
+        hub.signals.received(&signal);
         hub.dispatch(signal);
     }
 }

@@ -44,6 +44,8 @@ struct TickAnswer {
 pub enum Server {
     /// simpleio, confirmed broadcasts.
     Simpleio,
+    /// simpleio with a Prometheus recorder installed: what its metrics cost.
+    SimpleioMetrics,
     /// socketioxide, its broadcasts (at most once).
     Socketioxide,
 }
@@ -52,7 +54,17 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Simpleio => "simpleio",
+            Server::SimpleioMetrics => "simpleio-metrics",
             Server::Socketioxide => "socketioxide",
+        }
+    }
+
+    /// The `server` command's arguments.
+    fn args(self) -> Vec<String> {
+        match self {
+            Server::Simpleio => vec!["simpleio".to_owned()],
+            Server::SimpleioMetrics => vec!["simpleio".to_owned(), "--metrics".to_owned()],
+            Server::Socketioxide => vec!["socketioxide".to_owned()],
         }
     }
 }
@@ -81,7 +93,7 @@ pub async fn measure_server(
     ];
     let server = child::server(
         &format!("{}-callgrind", which.name()),
-        &[which.name().to_owned()],
+        &which.args(),
         opts.server_core,
         &wrapper,
     )?;
@@ -94,10 +106,10 @@ pub async fn measure_server(
     /// Under valgrind a poll's round trip takes a few milliseconds; this is ample.
     const SETTLE: Duration = Duration::from_millis(250);
     let kind = match which {
-        Server::Simpleio => Kind::Simpleio,
+        Server::Simpleio | Server::SimpleioMetrics => Kind::Simpleio,
         Server::Socketioxide => Kind::Eio,
     };
-    let simpleio = which == Server::Simpleio;
+    let simpleio = which != Server::Socketioxide;
     let fleet = Fleet::start(kind, addr, clients, ticks as usize + 1);
     // Everything is ~50× slower under valgrind.
     let wait = Duration::from_secs(120);
@@ -194,7 +206,8 @@ fn totals(path: &Path) -> Result<u64> {
     bail!("no `summary:`/`totals:` line in {}", path.display())
 }
 
-/// The `callgrind` scenario: simpleio, then socketioxide on the same lockstep.
+/// The `callgrind` scenario: simpleio, simpleio with a metrics recorder, then socketioxide on
+/// the same lockstep.
 pub async fn run(opts: Opts, clients: usize, ticks: u64) -> Result<Vec<Table>> {
     let mut table = Table::new(
         format!("callgrind: {clients} clients × {ticks} broadcasts, lockstep"),
@@ -206,13 +219,19 @@ pub async fn run(opts: Opts, clients: usize, ticks: u64) -> Result<Vec<Table>> {
         ],
     );
     let mut zeroed = true;
-    for which in [Server::Simpleio, Server::Socketioxide] {
+    let mut per_message = Vec::new();
+    for which in [
+        Server::Simpleio,
+        Server::SimpleioMetrics,
+        Server::Socketioxide,
+    ] {
         eprintln!(
             "  callgrind: {} with {clients} clients × {ticks} lockstep broadcasts ...",
             which.name()
         );
         let o = measure_server(opts, which, clients, ticks).await?;
         zeroed &= o.zeroed;
+        per_message.push(o.per_message());
         table.row(vec![
             which.name().to_owned(),
             report::count(o.instructions),
@@ -220,6 +239,11 @@ pub async fn run(opts: Opts, clients: usize, ticks: u64) -> Result<Vec<Table>> {
             report::count(o.per_message() as u64),
         ]);
     }
+    table.note(format!(
+        "With a metrics recorder (Prometheus, installed before the layer is built): {:+.2}% \
+         instructions per message.",
+        (per_message[1] / per_message[0] - 1.0) * 100.0
+    ));
     table.note(format!(
         "For regressions: a repeatable count (compare builds on the same scenario), not a speed; \
          user-space instructions only (the kernel's share of a request is not counted). {}",

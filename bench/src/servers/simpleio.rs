@@ -19,9 +19,15 @@ use tower::{BoxError, ServiceExt, service_fn};
 
 use super::{BoxFuture, Broadcast, Control, Mode, Tick};
 
-/// Runs the server until the process is stopped.
-pub async fn run(port: u16, storage: &str) -> Result<()> {
+/// Runs the server until the process is stopped; with `metrics`, with a Prometheus recorder
+/// installed first (never rendered: what is measured is what counting costs).
+pub async fn run(port: u16, storage: &str, metrics: bool) -> Result<()> {
     super::init_tracing();
+    if metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the Prometheus recorder")?;
+    }
     let builder = SimpleIoLayer::builder();
     let mut durable = None;
     let builder = if storage == "memory" {
