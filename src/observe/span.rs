@@ -28,13 +28,25 @@ pub(crate) fn request(method: &http::Method) -> Span {
     )
 }
 
+/// Whether any subscriber may want the request span: a static check of the level filters, so
+/// that at `warn` (as in production) filling in the fields costs no lookup of the current span.
+#[inline]
+fn wanted() -> bool {
+    tracing::level_enabled!(tracing::Level::INFO)
+}
+
 /// The request's user, once the identity function said who it is.
 pub(crate) fn user(user: &UserId) {
-    Span::current().record("user", display(user));
+    if wanted() {
+        Span::current().record("user", display(user));
+    }
 }
 
 /// The request's client, and the namespaces it reads or writes (comma-separated).
 pub(crate) fn client(client: &ClientId, namespaces: &[Arc<str>]) {
+    if !wanted() {
+        return;
+    }
     let span = Span::current();
     if span.is_disabled() {
         return;
@@ -45,6 +57,9 @@ pub(crate) fn client(client: &ClientId, namespaces: &[Arc<str>]) {
 
 /// How a poll ended: `handshake`, `taken_over`, `messages` or `empty` (its hold ran out).
 pub(crate) fn poll_outcome(handshake: bool, taken_over: bool, messages: usize) {
+    if !wanted() {
+        return;
+    }
     let outcome = if handshake {
         "handshake"
     } else if taken_over {
@@ -59,6 +74,9 @@ pub(crate) fn poll_outcome(handshake: bool, taken_over: bool, messages: usize) {
 
 /// The response's status, and for an error its body's `code` as the outcome.
 pub(crate) fn answered(status: http::StatusCode, code: Option<&'static str>) {
+    if !wanted() {
+        return;
+    }
     let span = Span::current();
     if span.is_disabled() {
         return;

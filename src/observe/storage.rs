@@ -79,7 +79,13 @@ impl Observed {
     ) -> Result<T, StorageError> {
         let span = tracing::debug_span!("storage", op = OPS[index]);
         let timer = Timer::start();
-        let result = call.instrument(span).await;
+        // Not wrapped when nobody listens at `debug`: a disabled span still costs its enter and
+        // exit on every poll of the call.
+        let result = if span.is_disabled() {
+            call.await
+        } else {
+            call.instrument(span).await
+        };
         let op = &self.ops[index];
         if let Some(took) = timer.took() {
             op.seconds.record(took.as_secs_f64());
@@ -134,38 +140,38 @@ impl fmt::Debug for Observed {
 #[async_trait]
 impl Storage for Observed {
     async fn epoch(&self) -> Result<Epoch, StorageError> {
-        self.call(0, self.inner.epoch()).await
+        self.call(0, (*self.inner).epoch()).await
     }
     async fn append(
         &self,
         messages: Vec<NewMessage>,
         limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
-        self.call(1, self.inner.append(messages, limits)).await
+        self.call(1, (*self.inner).append(messages, limits)).await
     }
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        self.call(2, self.inner.fetch(request)).await
+        self.call(2, (*self.inner).fetch(request)).await
     }
     async fn delivery(
         &self,
         epoch: &Epoch,
         targets: &[DeliveryTarget],
     ) -> Result<Vec<DeliveryState>, StorageError> {
-        self.call(3, self.inner.delivery(epoch, targets)).await
+        self.call(3, (*self.inner).delivery(epoch, targets)).await
     }
     async fn reply(
         &self,
         reply: NewReply,
         limits: ReplyLimits,
     ) -> Result<ReplyOutcome, StorageError> {
-        self.call(16, self.inner.reply(reply, limits)).await
+        self.call(16, (*self.inner).reply(reply, limits)).await
     }
     async fn replies(
         &self,
         epoch: &Epoch,
         targets: &[DeliveryTarget],
     ) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
-        self.call(17, self.inner.replies(epoch, targets)).await
+        self.call(17, (*self.inner).replies(epoch, targets)).await
     }
     async fn claim(
         &self,
@@ -173,7 +179,7 @@ impl Storage for Observed {
         owner: u64,
         limits: DedupLimits,
     ) -> Result<Claim, StorageError> {
-        self.call(4, self.inner.claim(key, owner, limits)).await
+        self.call(4, (*self.inner).claim(key, owner, limits)).await
     }
     async fn renew(
         &self,
@@ -181,7 +187,7 @@ impl Storage for Observed {
         owner: u64,
         lease: Duration,
     ) -> Result<bool, StorageError> {
-        self.call(5, self.inner.renew(key, owner, lease)).await
+        self.call(5, (*self.inner).renew(key, owner, lease)).await
     }
     async fn complete(
         &self,
@@ -189,16 +195,17 @@ impl Storage for Observed {
         outcome: &str,
         ttl: Duration,
     ) -> Result<(), StorageError> {
-        self.call(6, self.inner.complete(key, outcome, ttl)).await
+        self.call(6, (*self.inner).complete(key, outcome, ttl))
+            .await
     }
     async fn live_users(&self) -> Result<Vec<UserId>, StorageError> {
-        self.call(7, self.inner.live_users()).await
+        self.call(7, (*self.inner).live_users()).await
     }
     async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
-        self.call(8, self.inner.live_clients(user)).await
+        self.call(8, (*self.inner).live_clients(user)).await
     }
     async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
-        self.call(9, self.inner.reap()).await
+        self.call(9, (*self.inner).reap()).await
     }
     async fn join(
         &self,
@@ -206,17 +213,17 @@ impl Storage for Observed {
         member: &Member,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        self.call(10, self.inner.join(room, member, presence_ttl))
+        self.call(10, (*self.inner).join(room, member, presence_ttl))
             .await
     }
     async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
-        self.call(11, self.inner.leave(room, member)).await
+        self.call(11, (*self.inner).leave(room, member)).await
     }
     async fn members(&self, room: &str) -> Result<Vec<Member>, StorageError> {
-        self.call(12, self.inner.members(room)).await
+        self.call(12, (*self.inner).members(room)).await
     }
     async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
-        self.call(13, self.inner.rooms(member)).await
+        self.call(13, (*self.inner).rooms(member)).await
     }
     async fn set_data(
         &self,
@@ -225,17 +232,17 @@ impl Storage for Observed {
         value: Option<&str>,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        self.call(14, self.inner.set_data(member, key, value, presence_ttl))
+        self.call(14, (*self.inner).set_data(member, key, value, presence_ttl))
             .await
     }
     async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
-        self.call(15, self.inner.get_data(member, key)).await
+        self.call(15, (*self.inner).get_data(member, key)).await
     }
     // Not timed: publishing is the storage's send of a signal, counted where signals arrive.
     async fn publish(&self, signal: Signal) -> Result<(), StorageError> {
-        self.inner.publish(signal).await
+        (*self.inner).publish(signal).await
     }
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
-        self.inner.subscribe()
+        (*self.inner).subscribe()
     }
 }
