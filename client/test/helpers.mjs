@@ -83,3 +83,24 @@ export const once = (io, event) => new Promise((resolve) => {
   const fn = (arg) => { io.off(event, fn); resolve(arg); };
   io.on(event, fn);
 });
+
+// A fake fetch: records each request; GETs are answered from `polls` in order, then held until
+// aborted, as a long poll with nothing to deliver would be.
+export function scripted(polls) {
+  const requests = [];
+  const fetch = (url, init) => {
+    const req = { url: new URL(url), init };
+    requests.push(req);
+    if (init.method == "POST") {
+      const { messages } = JSON.parse(init.body);
+      const acks = messages.map((m) => ({ id: m.id, reply: m.data }));
+      return Promise.resolve(Response.json({ acks }));
+    }
+    const next = polls.shift();
+    if (next) return Promise.resolve(Response.json(next));
+    return new Promise((_, reject) =>
+      init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))),
+    );
+  };
+  return { fetch, requests, gets: () => requests.filter((r) => r.init.method == "GET") };
+}
