@@ -491,6 +491,14 @@ async fn two_browsers_chat_through_a_server_restart_in_chromium() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_imports_the_served_es_module_and_connects_in_chromium() {
+    if !require("node", have_node()) || !require(CHROMIUM, Path::new(CHROMIUM).exists()) {
+        return;
+    }
+    node_test(&["test/browser/module.test.mjs"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_tab_polls_with_its_own_client_id_in_chromium() {
     if !require("node", have_node()) || !require(CHROMIUM, Path::new(CHROMIUM).exists()) {
         return;
