@@ -79,11 +79,26 @@ fn have_node() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// `npm ci` in client/ once per test process, if node_modules is missing.
+/// Whether every devDependency of client/package.json is in client/node_modules: one added
+/// since the last `npm ci` (TypeScript, terser) would otherwise fail the tests obscurely.
+fn client_deps_installed() -> bool {
+    let Ok(text) = std::fs::read_to_string(client_dir().join("package.json")) else {
+        return false;
+    };
+    let Ok(package) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    let modules = client_dir().join("node_modules");
+    package["devDependencies"]
+        .as_object()
+        .is_some_and(|deps| deps.keys().all(|name| modules.join(name).exists()))
+}
+
+/// `npm ci` in client/ once per test process, if a dependency is missing.
 fn install_client_deps() {
     static ONCE: Mutex<bool> = Mutex::new(false);
     let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
-    if *done || client_dir().join("node_modules").exists() {
+    if *done || client_deps_installed() {
         return;
     }
     let status = Command::new("npm")

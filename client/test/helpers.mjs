@@ -19,6 +19,8 @@
 //   chat  {text}      -> emits `chat` {from, text, at} to every user who joined
 // Other namespaces: `/news` (no handler: its messages are refused one by one) and `/admin`
 // (its authorization refuses everyone: 403 `forbidden`).
+// A route URL with `?cut=<ms>&status=<code>` (kept by the client in every request) is answered
+// `status`, empty, by a stand-in proxy when the server holds it over `ms`.
 // SIMPLEIO_PAGE is another origin's blank page, whose origin the route's CORS allows with
 // credentials. SIMPLEIO_CONTROL, when set, is a control URL: POST /stop stops the HTTP server
 // (dropping every connection; storage is kept), POST /start binds it again on the same port.
