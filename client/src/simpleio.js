@@ -388,7 +388,6 @@ export function SimpleIO(url, options) {
       return handle;
     };
 
-
     /** Calls `fn(data)` for the next message `event` only (or reserved event). */
     handle.once = (event, fn) => {
       const f = (data) => (handle.off(event, f), fn(data));
