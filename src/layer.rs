@@ -119,10 +119,10 @@ where
             // The browser client, public like any static file: no identity needed.
             // Under `/`, the script is `/simpleio.js`, not `//simpleio.js`.
             let route = self.shared.config.path.trim_end_matches('/');
-            let is_script = path.strip_prefix(route) == Some(SCRIPT_SUFFIX)
-                && (req.method() == Method::GET || req.method() == Method::HEAD);
-            if is_script {
-                let response = crate::script::serve(req.headers());
+            let bundle = path.strip_prefix(route).and_then(crate::script::bundle);
+            let readable = req.method() == Method::GET || req.method() == Method::HEAD;
+            if let Some(bundle) = bundle.filter(|_| readable) {
+                let response = crate::script::serve(bundle, req.headers());
                 return ResponseFuture {
                     kind: Kind::Route {
                         future: Box::pin(std::future::ready(response)),
@@ -147,9 +147,6 @@ where
         }
     }
 }
-
-/// Where the JavaScript client is served, after the route's path: `/simpleio/simpleio.js`.
-const SCRIPT_SUFFIX: &str = "/simpleio.js";
 
 /// Answers one request on the route: method, identity, then receive or send.
 async fn route<B>(

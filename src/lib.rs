@@ -62,6 +62,7 @@ pub use layer::{ResponseFuture, SimpleIoBody, SimpleIoLayer, SimpleIoService};
 pub use namespace::{Authorize, AuthorizeFuture, Namespace};
 pub use presence::{OnPresence, Presence, PresenceFuture};
 pub use protocol::ErrorBody;
+pub use script::{CLIENT_MODULE, CLIENT_SCRIPT};
 #[cfg(feature = "durable")]
 pub use storage::DurableStorage;
 #[cfg(feature = "redis")]

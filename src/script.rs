@@ -1,16 +1,85 @@
-//! `GET {path}/simpleio.js`: the browser client, served by the layer itself, so a page needs
-//! nothing but `<script src="/simpleio/simpleio.js"></script>` (then `simpleio.connect()`).
+//! `GET {path}/simpleio.js` and `GET {path}/simpleio.mjs`: the browser client, served by the
+//! layer itself, so a page needs nothing but `<script src="/simpleio/simpleio.js"></script>`
+//! (then `simpleio.connect()`) or `import { connect } from "/simpleio/simpleio.mjs"`.
 //!
-//! The bundle is `client/dist/simpleio.min.js`, built from `client/src/` by `npm run build` and
-//! committed, so building the crate never needs Node. `npm run check` in `client/` proves the
-//! committed file is a fresh build of the source.
+//! The bundles are `client/dist/simpleio.min.js` and `client/dist/simpleio.mjs`, built from
+//! `client/src/` by `npm run build` and committed, so building the crate never needs Node.
+//! `npm run check` in `client/` proves the committed files are a fresh build of the source.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-/// The classic-script bundle: defines `window.simpleio`.
-const SCRIPT: &str = include_str!("../client/dist/simpleio.min.js");
+/// The JavaScript client as a classic script: it defines `window.simpleio` (`connect`,
+/// `SimpleIO`). The layer serves it at `{path}/simpleio.js`; this is the same text, for an
+/// application that serves it itself (another path, a CDN, a bundle of its own).
+///
+/// Its API is `client/README.md`; it speaks the protocol of the [`spec`](crate::spec) and is
+/// about 2.3 kB min+gzip.
+///
+/// ```
+/// use axum::{Router, http::header, routing::get};
+///
+/// // The client at /assets/simpleio.js, beside the layer's own copy.
+/// let app: Router = Router::new().route(
+///     "/assets/simpleio.js",
+///     get(|| async {
+///         ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], simpleio::CLIENT_SCRIPT)
+///     }),
+/// );
+/// assert!(simpleio::CLIENT_SCRIPT.contains("globalThis.simpleio"));
+/// # let _ = app;
+/// ```
+pub const CLIENT_SCRIPT: &str = include_str!("../client/dist/simpleio.min.js");
+
+/// The JavaScript client as an ES module: it exports `connect` and `SimpleIO`. The layer serves
+/// it at `{path}/simpleio.mjs`; this is the same text, for an application that serves it itself.
+/// (The npm package `simpleio-client` holds the same file, with its TypeScript declarations.)
+///
+/// ```
+/// use axum::{Router, http::header, routing::get};
+///
+/// // `import { connect } from "/assets/simpleio.mjs"` in the page. A module needs a
+/// // JavaScript content type: browsers refuse to run one served as anything else.
+/// let app: Router = Router::new().route(
+///     "/assets/simpleio.mjs",
+///     get(|| async {
+///         ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], simpleio::CLIENT_MODULE)
+///     }),
+/// );
+/// assert!(simpleio::CLIENT_MODULE.contains("export"));
+/// # let _ = app;
+/// ```
+pub const CLIENT_MODULE: &str = include_str!("../client/dist/simpleio.mjs");
+
+/// One bundle as the layer serves it: the text and its ETag. (`static`s, so each has one
+/// address.)
+#[derive(Debug)]
+pub(crate) struct Bundle {
+    body: &'static str,
+    etag: &'static str,
+}
+
+/// The classic script, at `{path}/simpleio.js`.
+static SCRIPT: Bundle = Bundle {
+    body: CLIENT_SCRIPT,
+    etag: SCRIPT_ETAG,
+};
+
+/// The ES module, at `{path}/simpleio.mjs`.
+static MODULE: Bundle = Bundle {
+    body: CLIENT_MODULE,
+    etag: MODULE_ETAG,
+};
+
+/// The bundle served at `suffix`, the part of a request's path after the route's path.
+pub(crate) fn bundle(suffix: &str) -> Option<&'static Bundle> {
+    match suffix {
+        "/simpleio.js" => Some(&SCRIPT),
+        "/simpleio.mjs" => Some(&MODULE),
+        _ => None,
+    }
+}
 
 /// FNV-1a, 64 bits: not a cryptographic hash, but an ETag only has to change when the content
 /// does, and a `const fn` computes it at compile time with no new dependency.
@@ -25,48 +94,53 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// The strong ETag of [`SCRIPT`]: its hash in hex, quoted (RFC 9110 §8.8.3), built at compile
-/// time.
-const ETAG: &str = {
+/// A strong ETag of `text`: its hash in hex, quoted (RFC 9110 §8.8.3), built at compile time.
+const fn etag(text: &str) -> [u8; 18] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    const BYTES: [u8; 18] = {
-        let hash = fnv1a(SCRIPT.as_bytes());
-        let mut out = [b'"'; 18];
-        let mut i = 0;
-        while i < 16 {
-            out[1 + i] = HEX[((hash >> (60 - 4 * i)) & 0xf) as usize];
-            i += 1;
-        }
-        out
-    };
-    match std::str::from_utf8(&BYTES) {
-        Ok(etag) => etag,
+    let hash = fnv1a(text.as_bytes());
+    let mut out = [b'"'; 18];
+    let mut i = 0;
+    while i < 16 {
+        out[1 + i] = HEX[((hash >> (60 - 4 * i)) & 0xf) as usize];
+        i += 1;
+    }
+    out
+}
+
+/// [`etag`] as a `&str`: hex digits and quotes are ASCII.
+const fn as_str(bytes: &'static [u8]) -> &'static str {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text,
         Err(_) => panic!("hex digits and quotes are ASCII"),
     }
-};
+}
+
+const SCRIPT_ETAG: &str = as_str(&const { etag(CLIENT_SCRIPT) });
+const MODULE_ETAG: &str = as_str(&const { etag(CLIENT_MODULE) });
 
 /// `no-cache` (store, but revalidate before each use) rather than a `max-age`: the client must
 /// speak the same protocol as the server it talks to, so after a deploy every page should get
 /// the new bundle at once, not up to an hour later. Revalidating costs one round trip that
-/// answers `304` with no body, and the bundle is about 2 kB anyway.
+/// answers `304` with no body, and a bundle is about 2 kB anyway.
 const CACHE_CONTROL: &str = "no-cache";
 
-/// Answers a `GET` (or `HEAD`) of the script: `200` with the bundle, or `304 Not Modified` if
-/// the request's `If-None-Match` names our ETag.
-pub(crate) fn serve(headers: &HeaderMap) -> Response<Full<Bytes>> {
+/// Answers a `GET` (or `HEAD`) of a bundle: `200` with it, or `304 Not Modified` if the
+/// request's `If-None-Match` names its ETag.
+pub(crate) fn serve(bundle: &Bundle, headers: &HeaderMap) -> Response<Full<Bytes>> {
     let builder = Response::builder()
-        .header(header::ETAG, HeaderValue::from_static(ETAG))
+        .header(header::ETAG, HeaderValue::from_static(bundle.etag))
         .header(
             header::CACHE_CONTROL,
             HeaderValue::from_static(CACHE_CONTROL),
         );
-    let response = if none_match(headers) {
+    let response = if none_match(headers, bundle.etag) {
         builder
             .status(StatusCode::NOT_MODIFIED)
             .body(Full::new(Bytes::new()))
     } else {
         builder
             .status(StatusCode::OK)
+            // One type for both: a module needs a JavaScript type, and this one is it.
             .header(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/javascript; charset=utf-8"),
@@ -76,21 +150,21 @@ pub(crate) fn serve(headers: &HeaderMap) -> Response<Full<Bytes>> {
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             )
-            .body(Full::new(Bytes::from_static(SCRIPT.as_bytes())))
+            .body(Full::new(Bytes::from_static(bundle.body.as_bytes())))
     };
     response.expect("static headers are valid")
 }
 
-/// Whether `If-None-Match` matches our ETag. RFC 9110 §13.1.2: the header is `*` or a list of
+/// Whether `If-None-Match` matches `etag`. RFC 9110 §13.1.2: the header is `*` or a list of
 /// entity tags, compared weakly (a `W/` prefix is ignored), possibly over several header lines.
-fn none_match(headers: &HeaderMap) -> bool {
+fn none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(|tag| tag.trim())
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == ETAG)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 #[cfg(test)]
@@ -110,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_the_bundle_as_javascript_with_a_strong_etag() {
-        let response = serve(&HeaderMap::new());
+        let response = serve(&SCRIPT, &HeaderMap::new());
         assert_eq!(response.status(), StatusCode::OK);
         let headers = response.headers();
         assert_eq!(
@@ -123,35 +197,52 @@ mod tests {
             etag.len() == 18 && etag.starts_with('"') && etag.ends_with('"'),
             "{etag}"
         );
-        assert_eq!(etag, format!("\"{:016x}\"", fnv1a(SCRIPT.as_bytes())));
+        assert_eq!(
+            etag,
+            format!("\"{:016x}\"", fnv1a(CLIENT_SCRIPT.as_bytes()))
+        );
         let body = body(response).await;
-        assert_eq!(body, SCRIPT.as_bytes());
+        assert_eq!(body, CLIENT_SCRIPT.as_bytes());
         assert!(
-            SCRIPT.contains("globalThis.simpleio"),
+            CLIENT_SCRIPT.contains("globalThis.simpleio"),
             "the classic-script bundle"
         );
+    }
+
+    #[test]
+    fn each_bundle_has_its_own_path_and_etag() {
+        assert!(std::ptr::eq(bundle("/simpleio.js").unwrap(), &SCRIPT));
+        assert!(std::ptr::eq(bundle("/simpleio.mjs").unwrap(), &MODULE));
+        assert!(bundle("/simpleio.min.js").is_none() && bundle("").is_none());
+        assert_eq!(
+            MODULE_ETAG,
+            format!("\"{:016x}\"", fnv1a(CLIENT_MODULE.as_bytes()))
+        );
+        assert_ne!(SCRIPT_ETAG, MODULE_ETAG);
+        assert!(CLIENT_MODULE.contains("export"), "the ES module");
     }
 
     #[tokio::test]
     async fn a_matching_if_none_match_gets_304_with_no_body() {
         for value in [
-            ETAG.to_owned(),
-            format!("W/{ETAG}"),
-            format!("\"other\", {ETAG}"),
+            MODULE_ETAG.to_owned(),
+            format!("W/{MODULE_ETAG}"),
+            format!("\"other\", {MODULE_ETAG}"),
             "*".to_owned(),
         ] {
-            let response = serve(&if_none_match(&value));
+            let response = serve(&MODULE, &if_none_match(&value));
             assert_eq!(response.status(), StatusCode::NOT_MODIFIED, "{value}");
-            assert_eq!(response.headers()[header::ETAG], ETAG);
+            assert_eq!(response.headers()[header::ETAG], MODULE_ETAG);
             assert!(body(response).await.is_empty());
         }
     }
 
     #[tokio::test]
     async fn another_etag_gets_the_full_bundle() {
-        let response = serve(&if_none_match("\"0000000000000000\""));
+        // The script's ETag is another bundle's: the module is sent in full.
+        let response = serve(&MODULE, &if_none_match(SCRIPT_ETAG));
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(body(response).await.len(), SCRIPT.len());
+        assert_eq!(body(response).await.len(), CLIENT_MODULE.len());
     }
 
     #[test]

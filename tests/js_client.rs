@@ -11,6 +11,9 @@
 //!   `where` act in `/chat`); `/news`, without a handler (filled by `send` with `ns`); `/admin`,
 //!   whose authorization refuses everyone with `403 forbidden`;
 //! - `/` is `examples/chat.html`;
+//! - a stand-in for a proxy or a `TimeoutLayer` shorter than the hold: a request whose query has
+//!   `cut=<ms>&status=<code>` gets that status, with an empty body, if not answered within `ms`
+//!   (see [`cut_after`]);
 //! - CORS (`tower_http::cors::CorsLayer`) for one other origin, with credentials: a second
 //!   server on its own port (`SIMPLEIO_PAGE`) serves a blank page at `/`, so a browser test can
 //!   use the route from another origin with cookie identity;
@@ -31,11 +34,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod support;
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::Html;
+use axum::extract::{Request, State};
+use axum::middleware::{Next, from_fn};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use http::request::Parts;
-use http::{HeaderValue, Method, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use simpleio::{
@@ -75,11 +79,26 @@ fn have_node() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// `npm ci` in client/ once per test process, if node_modules is missing.
+/// Whether every devDependency of client/package.json is in client/node_modules: one added
+/// since the last `npm ci` (TypeScript, terser) would otherwise fail the tests obscurely.
+fn client_deps_installed() -> bool {
+    let Ok(text) = std::fs::read_to_string(client_dir().join("package.json")) else {
+        return false;
+    };
+    let Ok(package) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    let modules = client_dir().join("node_modules");
+    package["devDependencies"]
+        .as_object()
+        .is_some_and(|deps| deps.keys().all(|name| modules.join(name).exists()))
+}
+
+/// `npm ci` in client/ once per test process, if a dependency is missing.
 fn install_client_deps() {
     static ONCE: Mutex<bool> = Mutex::new(false);
     let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
-    if *done || client_dir().join("node_modules").exists() {
+    if *done || client_deps_installed() {
         return;
     }
     let status = Command::new("npm")
@@ -247,6 +266,34 @@ async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
     }
 }
 
+#[derive(Deserialize)]
+struct Cut {
+    cut: Option<u64>,
+    status: Option<u16>,
+}
+
+/// What a proxy with a shorter timeout than the layer's hold does to a held poll (a `504`), or
+/// tower-http's `TimeoutLayer` (a `408`, empty body): the test asks for it in the route's query
+/// (`?cut=1200&status=504`), which the JavaScript client keeps in every request.
+async fn cut_after(request: Request, next: Next) -> Response {
+    let cut = request
+        .uri()
+        .query()
+        .and_then(|q| serde_urlencoded::from_str::<Cut>(q).ok());
+    let Some(Cut {
+        cut: Some(ms),
+        status: Some(status),
+    }) = cut
+    else {
+        return next.run(request).await;
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
+    match tokio::time::timeout(Duration::from_millis(ms), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => status.into_response(),
+    }
+}
+
 fn app(world: &Arc<World>) -> Router {
     let for_handler = world.clone();
     let for_chat = world.clone();
@@ -278,6 +325,7 @@ fn app(world: &Arc<World>) -> Router {
             get(|| async { Html(include_str!("../examples/chat.html")) }),
         )
         .layer(layer)
+        .layer(from_fn(cut_after))
         .layer(cors)
 }
 
@@ -407,26 +455,59 @@ async fn node_test(files: &[&str]) {
     );
 }
 
-/// The bundle the layer serves is the committed `dist/`: it must be what the sources build to,
-/// and stay within its size budget (2.0 kB min+gzip). The check prints the measured size.
-#[test]
-fn the_committed_bundle_is_a_fresh_build_within_its_size_budget() {
-    if !require("node", have_node()) {
-        return;
-    }
+/// Runs `npm run --silent <script>` in client/ and fails with its output if it fails.
+fn npm_run(script: &str) {
     install_client_deps();
     let out = Command::new("npm")
-        .args(["run", "--silent", "check"])
+        .args(["run", "--silent", script])
         .current_dir(client_dir())
         .output()
-        .expect("run npm run check");
+        .unwrap_or_else(|e| panic!("run npm run {script}: {e}"));
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{report}");
-    assert!(out.status.success(), "client/ check failed:\n{report}");
+    assert!(out.status.success(), "npm run {script} failed:\n{report}");
+}
+
+/// The bundles the layer serves are the committed `dist/`: they must be what the sources build
+/// to, and stay within their size budget (2,400 B min+gzip each). The check prints the sizes.
+#[test]
+fn the_committed_bundle_is_a_fresh_build_within_its_size_budget() {
+    if !require("node", have_node()) {
+        return;
+    }
+    npm_run("check");
+}
+
+/// `tsc --strict --noEmit` over `client/test/types/typing.ts`: typed event maps accept what
+/// they should, and each `@ts-expect-error` line (an unknown event, wrong data, a wrong reply
+/// type…) must be an error. TypeScript is a devDependency, so `npm ci` installs it.
+#[test]
+fn the_typings_pass_tsc_strict_and_reject_each_negative_case() {
+    if !require("node", have_node()) {
+        return;
+    }
+    npm_run("typecheck");
+}
+
+/// The npm package as `npm pack --dry-run` would publish it (`client/test/package.test.mjs`).
+#[test]
+fn the_npm_package_is_publishable_with_its_bundles_and_types() {
+    if !require("node", have_node()) {
+        return;
+    }
+    install_client_deps();
+    let out = Command::new("node")
+        .args(["--test", "test/package.test.mjs"])
+        .current_dir(client_dir())
+        .output()
+        .expect("run node --test");
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the package tests failed:\n{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,6 +517,7 @@ async fn the_js_client_passes_its_tests_against_the_layer() {
     }
     node_test(&[
         "test/protocol.test.mjs",
+        "test/api.test.mjs",
         "test/server.test.mjs",
         "test/features.test.mjs",
     ])
@@ -448,6 +530,14 @@ async fn two_browsers_chat_through_a_server_restart_in_chromium() {
         return;
     }
     node_test(&["test/browser/chat.test.mjs"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_imports_the_served_es_module_and_connects_in_chromium() {
+    if !require("node", have_node()) || !require(CHROMIUM, Path::new(CHROMIUM).exists()) {
+        return;
+    }
+    node_test(&["test/browser/module.test.mjs"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

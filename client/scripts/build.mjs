@@ -3,8 +3,13 @@
 //   simpleio.min.js  classic script, minified      <script src="/simpleio/simpleio.js"> -> window.simpleio
 //   simpleio.d.ts    the hand-written declarations, copied as they are
 // check-size.mjs calls build() into a temp dir to prove the committed dist/ is a fresh build.
+//
+// esbuild bundles and minifies; terser then compresses esbuild's output once more. The second
+// pass is worth about 80 B min+gzip (3.5%) on this client, which counts against a budget of a
+// few kilobytes; both are deterministic, so a fresh build is byte for byte the committed one.
 import { build as esbuild } from "esbuild";
-import { copyFile, mkdir, readFile } from "node:fs/promises";
+import { minify } from "terser";
+import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { dirname, join, resolve } from "node:path";
 
@@ -22,19 +27,22 @@ export async function build(outdir = join(root, "dist")) {
     banner: { js: `/*! simpleio client ${version} | ${license} */` },
     legalComments: "none",
     logLevel: "warning",
+    write: false,
   };
-  await esbuild({
-    ...common,
-    entryPoints: [join(root, "src/simpleio.js")],
-    format: "esm",
-    outfile: join(outdir, "simpleio.mjs"),
-  });
-  await esbuild({
-    ...common,
-    entryPoints: [join(root, "src/global.js")],
-    format: "iife",
-    outfile: join(outdir, "simpleio.min.js"),
-  });
+  const bundles = [
+    ["src/simpleio.js", "esm", "simpleio.mjs"],
+    ["src/global.js", "iife", "simpleio.min.js"],
+  ];
+  for (const [entry, format, name] of bundles) {
+    const { outputFiles } = await esbuild({ ...common, entryPoints: [join(root, entry)], format });
+    const { code } = await minify(outputFiles[0].text, {
+      ecma: 2022,
+      module: format == "esm",
+      // Only the banner (`/*!`) survives.
+      format: { comments: /^!/ },
+    });
+    await writeFile(join(outdir, name), code + "\n");
+  }
   await copyFile(join(root, "src/simpleio.d.ts"), join(outdir, "simpleio.d.ts"));
   return outdir;
 }

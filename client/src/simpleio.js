@@ -21,6 +21,10 @@
 
 const g = globalThis;
 
+// The key of a namespace's `onAny` listeners among its events: a symbol, so no event name,
+// which may be any string, can collide with it.
+const ANY = Symbol();
+
 // An Error carrying the protocol's machine-readable `code` (and the HTTP `status` and the
 // `Retry-After` seconds when there are), so applications can branch on `err.code` as the spec
 // intends.
@@ -74,6 +78,9 @@ const fromWire = (key, value) => {
 export function SimpleIO(url, options) {
   // connect(options) with the default URL.
   if (url && typeof url == "object" && !(url instanceof URL)) [url, options] = [0, url];
+  // Outside a browser there is no page to resolve a default route against: say so, rather
+  // than let `new URL` throw a bare "Invalid URL".
+  if (!(url || g.location)) throw fail("no_url", "connect() needs a URL outside a browser");
   const o = {
     // Request timeout: a little above the server's hold time (25 s by default, spec §5). POSTs
     // use it too: a handler slower than this is treated like a lost response and retried
@@ -143,10 +150,11 @@ export function SimpleIO(url, options) {
     }
     return out;
   };
-  // A message from the server, to the listeners of its namespace (absent: `/`) and event. For
-  // one that asks for a reply (spec §4c), the listener's value, or what its promise resolves
-  // to, goes back as a reply message, queued like an emit; no listener, no reply.
-  const fire = (m, r = deliver(m.ns || "/", m.event, m.data)) =>
+  // A message from the server, to the `onAny` listeners of its namespace (absent: `/`), then
+  // to the listeners of its event there. For one that asks for a reply (spec §4c), the event
+  // listener's value, or what its promise resolves to, goes back as a reply message, queued
+  // like an emit; no listener, no reply.
+  const fire = (m, r = (deliver(m.ns || "/", ANY, m), deliver(m.ns || "/", m.event, m.data))) =>
     m.ack &&
     r &&
     Promise.resolve(r[0])
@@ -156,10 +164,21 @@ export function SimpleIO(url, options) {
   // Serialized now, so a later change to its data by the application does not change what a
   // retry sends (the server dedups by id, the content must not drift), and so an
   // unserializable value (a cycle, a BigInt) throws here rather than jamming the outbox.
-  const queue = (o, resolve = String, reject = String) => {
+  const queue = (o, resolve = String, reject = String, timeout) => {
     if (closed) throw fail("closed", "the client is closed");
     const mid = `${id}-${++counter}`;
-    outbox.push({ id: mid, json: JSON.stringify({ id: mid, ...o }, toWire), resolve, reject });
+    const m = { id: mid, json: JSON.stringify({ id: mid, ...o }, toWire), resolve, reject };
+    // A message that went out (`t`, its first send, is set) stays in the outbox after its
+    // timeout: it may have reached the handler, and only its answer tells; resending it with
+    // its id is what keeps it handled at most once.
+    if (timeout) {
+      m.timer = setTimeout(
+        (err) => (m.t ? reject(err) : settle(m, err)),
+        timeout,
+        fail("timeout", "no answer in time"),
+      );
+    }
+    outbox.push(m);
     // Wait a microtask so messages queued in the same tick share one POST.
     queueMicrotask(send);
   };
@@ -177,6 +196,7 @@ export function SimpleIO(url, options) {
 
   // Removes a message from the outbox and settles its emit() promise.
   const settle = (m, err, reply) => {
+    clearTimeout(m.timer);
     outbox.splice(outbox.indexOf(m), 1);
     err ? m.reject(err) : m.resolve(reply);
   };
@@ -258,12 +278,17 @@ export function SimpleIO(url, options) {
     let attempts = 0;
     while (!closed) {
       woken = false;
+      const sent = Date.now();
       let res;
       try {
         res = await request();
       } catch (err) {
         if (closed) return;
-        if (woken) continue; // we aborted it to re-poll at once
+        // We aborted it to re-poll at once; or something in between with a timeout shorter than
+        // the server's hold (a proxy's 504, a `TimeoutLayer`'s 408) cut a held poll: not an
+        // outage, so poll again at once, still connected. One that comes within a second is
+        // no held poll cut short but a failure (backoff), lest it spin.
+        if (woken || ([408, 504].includes(err.status) && Date.now() - sent > 999)) continue;
         setConnected(false, err);
         if (refused(err.status)) report("error", err);
         await sleep(backoff(attempts++, err));
@@ -371,8 +396,11 @@ export function SimpleIO(url, options) {
     wake();
   };
   const visible = () => g.document.hidden || revive();
-  g.addEventListener?.("online", revive);
-  g.document?.addEventListener("visibilitychange", visible);
+  // One abort removes both listeners at close(). The controller itself is the options
+  // argument: its `signal` property is the option of that name.
+  const listening = new AbortController();
+  g.addEventListener?.("online", revive, listening);
+  g.document?.addEventListener("visibilitychange", visible, listening);
 
   // Gives `handle` the on/off/emit of namespace `ns` (spec §4a) and lists it in the next GETs.
   const space = (handle, ns) => {
@@ -385,22 +413,45 @@ export function SimpleIO(url, options) {
       return handle;
     };
 
-    /** Removes `fn` from `event`, or every listener of `event` if `fn` is omitted. */
+    /** Removes `fn` from `event`, or every listener of `event` if `fn` is omitted. A listener
+     * added by `once` or `onAny` is a wrapper that knows its `fn`, so `fn` removes it too. */
     handle.off = (event, fn) => {
-      mine[event] = (mine[event] || []).filter((f) => fn && f != fn);
+      mine[event] = (mine[event] || []).filter((f) => fn && f != fn && f.fn != fn);
       return handle;
     };
+
+    /** Calls `fn(data)` for the next message `event` only (or reserved event). */
+    handle.once = (event, fn) => {
+      const f = (data) => (handle.off(event, f), fn(data));
+      f.fn = fn;
+      return handle.on(event, f);
+    };
+
+    /** Calls `fn(event, data)` for every message of this namespace, before its event's
+     * listeners; not for the reserved events. */
+    handle.onAny = (fn) => {
+      const f = (m) => fn(m.event, m.data);
+      f.fn = fn;
+      return handle.on(ANY, f);
+    };
+
+    /** Removes `fn` from the `onAny` listeners, or all of them if `fn` is omitted. */
+    handle.offAny = (fn) => handle.off(ANY, fn);
 
     /**
      * Sends `event` with `data` to the namespace's handler. Resolves with the handler's reply,
      * or rejects with its error (`err.code`), or if the message cannot be delivered (`closed`,
      * `expired`, or a 4xx refusing this very message). Never rejects on a transient failure:
      * the message waits in the outbox and is retried, with the same id, until it gets an
-     * answer.
+     * answer — unless `timeout` (ms) passes first: then it rejects with code `timeout`, and
+     * the message is dropped if it was never sent, or else still resent until answered (so it
+     * may yet be handled, once).
      */
-    handle.emit = (event, data) =>
+    handle.emit = (event, data, opts) =>
       // `ns` is left out for `/` (undefined is not serialized).
-      new Promise((resolve, reject) => queue({ ns: ns[1] && ns, event, data }, resolve, reject));
+      new Promise((resolve, reject) =>
+        queue({ ns: ns[1] && ns, event, data }, resolve, reject, opts?.timeout),
+      );
 
     return handle;
   };
@@ -417,8 +468,7 @@ export function SimpleIO(url, options) {
   this.close = () => {
     if (closed) return;
     closed = true;
-    g.removeEventListener?.("online", revive);
-    g.document?.removeEventListener("visibilitychange", visible);
+    listening.abort();
     getting?.abort();
     posting?.abort();
     wake();

@@ -19,6 +19,8 @@
 //   chat  {text}      -> emits `chat` {from, text, at} to every user who joined
 // Other namespaces: `/news` (no handler: its messages are refused one by one) and `/admin`
 // (its authorization refuses everyone: 403 `forbidden`).
+// A route URL with `?cut=<ms>&status=<code>` (kept by the client in every request) is answered
+// `status`, empty, by a stand-in proxy when the server holds it over `ms`.
 // SIMPLEIO_PAGE is another origin's blank page, whose origin the route's CORS allows with
 // credentials. SIMPLEIO_CONTROL, when set, is a control URL: POST /stop stops the HTTP server
 // (dropping every connection; storage is kept), POST /start binds it again on the same port.
@@ -83,3 +85,24 @@ export const once = (io, event) => new Promise((resolve) => {
   const fn = (arg) => { io.off(event, fn); resolve(arg); };
   io.on(event, fn);
 });
+
+// A fake fetch: records each request; GETs are answered from `polls` in order, then held until
+// aborted, as a long poll with nothing to deliver would be.
+export function scripted(polls) {
+  const requests = [];
+  const fetch = (url, init) => {
+    const req = { url: new URL(url), init };
+    requests.push(req);
+    if (init.method == "POST") {
+      const { messages } = JSON.parse(init.body);
+      const acks = messages.map((m) => ({ id: m.id, reply: m.data }));
+      return Promise.resolve(Response.json({ acks }));
+    }
+    const next = polls.shift();
+    if (next) return Promise.resolve(Response.json(next));
+    return new Promise((_, reject) =>
+      init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))),
+    );
+  };
+  return { fetch, requests, gets: () => requests.filter((r) => r.init.method == "GET") };
+}

@@ -4,30 +4,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { SimpleIO } from "../src/simpleio.js";
-import { collect, sleep, until } from "./helpers.mjs";
+import { collect, scripted, sleep, until } from "./helpers.mjs";
 
 const URL_ = "http://simpleio.test/simpleio";
-
-// A fake fetch: records each request; GETs are answered from `polls` in order, then held until
-// aborted, as a long poll with nothing to deliver would be.
-function scripted(polls) {
-  const requests = [];
-  const fetch = (url, init) => {
-    const req = { url: new URL(url), init };
-    requests.push(req);
-    if (init.method == "POST") {
-      const { messages } = JSON.parse(init.body);
-      const acks = messages.map((m) => ({ id: m.id, reply: m.data }));
-      return Promise.resolve(Response.json({ acks }));
-    }
-    const next = polls.shift();
-    if (next) return Promise.resolve(Response.json(next));
-    return new Promise((_, reject) =>
-      init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))),
-    );
-  };
-  return { fetch, requests, gets: () => requests.filter((r) => r.init.method == "GET") };
-}
 
 const msg = (pos, data) => ({ pos, event: "m", data });
 
@@ -303,8 +282,10 @@ test("the `credentials` option is passed to fetch", async (t) => {
   assert.deepEqual(s.requests.map((r) => r.init.credentials), ["include", "include"]);
 });
 
-test("a relative or default URL needs a page; in Node the URL must be absolute", () => {
-  assert.throws(() => new SimpleIO(), TypeError);
+test("without a page, no URL is a clear error, and a relative URL is a TypeError", () => {
+  assert.throws(() => new SimpleIO(), { code: "no_url", message: /needs a URL outside a browser/ });
+  assert.throws(() => new SimpleIO({ timeout: 1 }), { code: "no_url" });
+  assert.throws(() => new SimpleIO("/simpleio"), TypeError);
 });
 
 test("a handshake's limits size the POSTs (spec v1.1 §6)", async (t) => {

@@ -235,3 +235,78 @@ test("the server serves this client's bundle at {path}/simpleio.js, with an ETag
   const again = await fetch(url, { headers: { "if-none-match": etag } });
   assert.equal(again.status, 304);
 });
+
+test("the server serves the ES module at {path}/simpleio.mjs, and it imports and connects", async (t) => {
+  const url = `${serverUrl()}/simpleio.mjs`;
+  const res = await fetch(url);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /^application\/javascript/);
+  assert.equal(res.headers.get("cache-control"), "no-cache");
+  const { readFile } = await import("node:fs/promises");
+  const source = await res.text();
+  const bundle = await readFile(new URL("../dist/simpleio.mjs", import.meta.url), "utf8");
+  assert.equal(source, bundle, "the committed dist/simpleio.mjs");
+  // The module as served, imported as is: its client talks to the server that served it.
+  const { connect } = await import(`data:text/javascript,${encodeURIComponent(source)}`);
+  const io = connect(serverUrl(), { headers: { "x-user": uniqueUser() } });
+  t.after(() => io.close());
+  assert.equal(await io.emit("echo", "from the served module"), "from the served module");
+});
+
+test("once, off and onAny against the server", async (t) => {
+  const io = clients(t)(uniqueUser());
+  const first = [];
+  const any = [];
+  const gone = [];
+  const dropped = (d) => gone.push(d);
+  io.once("n", (d) => first.push(d)).on("n", dropped).off("n", dropped);
+  io.onAny((event, data) => any.push([event, data]));
+  for (let i = 0; i < 3; i++) await io.emit("send", { event: "n", data: i });
+  await io.emit("send", { event: "other", data: "x" });
+  await until("4 messages", () => any.length == 4);
+  assert.deepEqual(first, [0]);
+  assert.deepEqual(gone, []);
+  assert.deepEqual(any, [["n", 0], ["n", 1], ["n", 2], ["other", "x"]]);
+});
+
+test("an emit whose handler outlasts its timeout rejects with `timeout`; the outbox goes on", async (t) => {
+  const io = clients(t)(uniqueUser());
+  const started = Date.now();
+  await assert.rejects(io.emit("slow", { ms: 1500 }, { timeout: 300 }), { code: "timeout" });
+  const waited = Date.now() - started;
+  assert.ok(waited < 1400, `rejected after ${waited} ms`);
+  // The slow message was sent: it is still being handled, and its answer ends its resends; the
+  // next message goes after it, and is answered.
+  assert.equal(await io.emit("echo", "next"), "next");
+  assert.equal(await io.emit("echo", "fast", { timeout: 5000 }), "fast");
+});
+
+for (const status of [504, 408]) {
+  test(`a held poll cut by a ${status} in between is sent again at once: no disconnect, messages on time`, async (t) => {
+    // Something between client and server answers any request the server holds over 1.2 s
+    // with `status` (tests/js_client.rs, `cut_after`), as a proxy or `TimeoutLayer` shorter
+    // than the 25 s hold would. A backoff of 5 s would show in every number below.
+    const url = `${serverUrl()}?cut=1200&status=${status}`;
+    const user = uniqueUser();
+    // The cut is real: a held poll of another client of the user gets `status` at 1.2 s.
+    const headers = { "x-user": user };
+    const probe = `${url}&client=probe-${user}`;
+    const { cursor, epoch } = await (await fetch(probe, { headers })).json();
+    const held = await fetch(`${probe}&cursor=${cursor}&epoch=${epoch}`, { headers });
+    assert.equal(held.status, status);
+    const io = clients(t)(user, { backoffBase: 5000, backoffMax: 5000 }, url);
+    const events = [];
+    io.on("disconnect", (err) => events.push(["disconnect", err.status]));
+    io.on("error", (err) => events.push(["error", err.status]));
+    await once(io, "connect");
+    await sleep(3000); // two cuts
+    const got = collect(io, "ping");
+    const sent = Date.now();
+    await io.emit("send", { event: "ping", data: 1 });
+    await until("the ping", () => got.length == 1, 3000);
+    const took = Date.now() - sent;
+    assert.ok(took < 1000, `the message took ${took} ms`);
+    assert.deepEqual(events, []);
+    assert.ok(io.connected);
+  });
+}
