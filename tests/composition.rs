@@ -337,3 +337,53 @@ async fn simpleio_outside_an_app_body_limit_applies_its_own_max_body() {
         .expect("a response");
     assert_eq!(upload.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+/// A timeout around the layer shorter than the hold, but of a second or more: each held poll
+/// it cuts is polled again at once, the client stays connected, and a message sent meanwhile
+/// arrives without waiting out a backoff (spec §5).
+#[cfg(feature = "client")]
+#[tokio::test]
+async fn a_timeout_around_the_layer_cuts_held_polls_without_disconnecting_the_rust_client() {
+    use simpleio::client::{Client, Event};
+
+    let (layer, io) = SimpleIoLayer::builder()
+        .identity(header_identity)
+        .hold_time(Duration::from_secs(5))
+        .build();
+    let cut =
+        TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(1200));
+    let app = RunningApp::start(routes().layer(layer).layer(cut)).await;
+    let (_client, mut events) = Client::builder(app.url("/simpleio"))
+        .header("x-user", "ann")
+        // Long, so that a poll waiting out a backoff would miss the deadline below.
+        .backoff(Duration::from_secs(5), Duration::from_secs(10))
+        .connect()
+        .expect("the client starts");
+    let first = tokio::time::timeout(SOON, events.recv())
+        .await
+        .expect("in time");
+    assert!(matches!(first, Some(Event::Connected)), "{first:?}");
+
+    // Two held polls cut: no disconnect.
+    let quiet = tokio::time::timeout(Duration::from_millis(2800), events.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "an event while the polls were cut: {quiet:?}"
+    );
+
+    let sending = tokio::spawn(io.to_user("ann").emit("news", &"while cut"));
+    let started = Instant::now();
+    let got = tokio::time::timeout(SOON, events.recv())
+        .await
+        .expect("in time");
+    match got {
+        Some(Event::Message(m)) => assert_eq!(m.data, json!("while cut")),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(sending);
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tokio::time::sleep;
+use tokio::time::{Duration, sleep};
 
 use super::backoff::Backoff;
 use super::error::ConnectionError;
@@ -93,6 +93,7 @@ pub(crate) async fn run(
         if let Some((epoch, cursor)) = &position.held {
             request = request.query(&[("cursor", cursor.to_string().as_str()), ("epoch", epoch)]);
         }
+        let sent_at = tokio::time::Instant::now();
         // Stopping drops the request, which closes its connection: the server sees the poll end.
         let result = tokio::select! {
             biased;
@@ -134,6 +135,14 @@ pub(crate) async fn run(
                 // Everything is with the application: the next poll may confirm it.
                 position.commit();
             }
+            // A held poll cut on the way (a proxy or timeout layer shorter than the hold): it
+            // confirmed its cursor as it began, so poll again at once, connected as before
+            // (spec §5). One that came back sooner is a plain failure, so it cannot spin.
+            Err(Failed { error, .. })
+                if is_cut_hold(&error) && sent_at.elapsed() >= CUT_HOLD_AFTER =>
+            {
+                tracing::debug!(%error, "a held poll was cut on the way; polling again");
+            }
             Err(Failed { error, retry_after }) => {
                 // A refused sign-in or request will not clear up soon (spec §5): wait longest.
                 let delay = if is_permanent(&error) {
@@ -163,6 +172,17 @@ pub(crate) async fn run(
         }
     }
     tracing::debug!("receiving stopped");
+}
+
+/// How long a poll must have been out for a `408`/`504` to be taken for a cut hold (spec §5).
+const CUT_HOLD_AFTER: Duration = Duration::from_secs(1);
+
+/// A `408` or `504`: what a proxy or timeout layer answers when it cuts a held poll.
+fn is_cut_hold(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::Rejected { status: 408, .. } | ConnectionError::Server { status: 504, .. }
+    )
 }
 
 /// A `4xx` other than a timeout or rate limit (a refused sign-in, a client bug): repeating the

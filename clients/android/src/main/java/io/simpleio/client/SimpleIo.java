@@ -464,7 +464,15 @@ public final class SimpleIo extends Namespace {
             BooleanSupplier cut = () -> closed || wakeups != wakeupsBefore;
             SimpleIoException failure;
             try {
+                long sentAt = System.nanoTime();
                 Http.Answer answer = Http.exchange(pollUrl(ns), "GET", null, headers(), (int) (limits.holdMs + 10_000), getting, cut);
+                // A held poll cut on the way (a proxy or timeout shorter than the hold): it
+                // confirmed its cursor as it began, so poll again at once, still connected
+                // (§5). One that came back sooner is a plain failure, so it cannot spin.
+                if ((answer.status == 408 || answer.status == 504)
+                        && System.nanoTime() - sentAt >= CUT_HOLD_AFTER_NANOS) {
+                    continue;
+                }
                 if (answer.status >= 200 && answer.status < 300) {
                     if (handle(answer.body)) {
                         attempts = 0;
@@ -490,6 +498,9 @@ public final class SimpleIo extends Namespace {
             sleep(backoff(attempts++, failure), true);
         }
     }
+
+    /** How long a poll must have been out for a 408 or 504 to be a cut hold (§5). */
+    private static final long CUT_HOLD_AFTER_NANOS = 1_000_000_000L;
 
     /** 4xx (but 408 and 429) and 3xx: this request, as it is, will never succeed (§5). */
     private static boolean refused(int status) {
