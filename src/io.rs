@@ -575,6 +575,7 @@ impl Emitter {
                 .append(messages, limits)
                 .await
                 .map_err(SendError::Storage)?;
+            shared.observe.queue_depth(appended.deepest);
             let mut targets = Vec::with_capacity(chunk.len());
             for (member, outcome) in chunk.iter().zip(appended.outcomes) {
                 match outcome {

@@ -232,3 +232,28 @@ async fn a_waiting_poll_shows_in_the_gauge_until_it_is_answered() {
     // One down since the reading above (which zeroed the gauge).
     assert_eq!(read().gauge(names::POLLS_WAITING), Some(-1.0));
 }
+
+#[tokio::test]
+async fn each_append_reports_how_full_the_fullest_recipient_queue_is() {
+    let _serial = LOCK.lock().await;
+    let server = TestServer::start(builder().max_queue(3)).await;
+    read();
+    // Nobody of cara's confirms: her queue fills to its bound of 3, then a send is refused.
+    for n in 0..3 {
+        let stored = server.io.to_user("cara").emit("n", &n).stored().await;
+        drop(stored.expect("stored"));
+    }
+    let refused = server.io.to_user("cara").emit("n", &3).stored().await;
+    assert!(refused.is_err(), "the fourth fits no queue of 3");
+
+    let after = read();
+    let depths = match after.find(names::QUEUE_DEPTH, &[]) {
+        Some(DebugValue::Histogram(values)) => values.iter().map(|v| v.into_inner()).collect(),
+        _ => Vec::new(),
+    };
+    assert_eq!(depths, [1.0, 2.0, 3.0, 3.0], "one sample per append");
+    assert_eq!(
+        after.counter(names::BOUNDS_HIT, &[("bound", "max_queue")]),
+        1
+    );
+}

@@ -52,6 +52,7 @@ pub(crate) struct Observe {
     /// Counted by the hub, which receives them.
     pub(crate) signals: Arc<Signals>,
     presence_queue: Gauge,
+    queue_depth: Histogram,
     events: EventMetrics,
     /// Shared with the storage wrapper, which counts into it too.
     pub(crate) tally: Arc<Tally>,
@@ -92,6 +93,7 @@ impl Observe {
             dedup_in_progress: counter(DEDUP_HITS, &[("state", "in_progress")]),
             signals: Arc::new(Signals::new()),
             presence_queue: gauge(PRESENCE_QUEUE, &[]),
+            queue_depth: histogram(QUEUE_DEPTH, &[]),
             events: EventMetrics::default(),
             tally: Arc::new(Tally::default()),
         }
@@ -153,6 +155,13 @@ impl Observe {
     pub(crate) fn stored(&self, n: usize) {
         self.stored.increment(n as u64);
         self.tally.stored.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An append's fullest recipient queue, if the storage told.
+    pub(crate) fn queue_depth(&self, deepest: Option<usize>) {
+        if let Some(deepest) = deepest {
+            self.queue_depth.record(deepest as f64);
+        }
     }
 
     /// A volatile message was published.

@@ -54,6 +54,10 @@ pub const BOUNDS_HIT: &str = "simpleio_bounds_hit_total";
 pub const BOUND: &str = "simpleio_bound";
 /// Gauge: presence changes queued for the application's handler (bound `max_presence_queue`).
 pub const PRESENCE_QUEUE: &str = "simpleio_presence_queue_depth";
+/// Histogram: per append (a send, or one chunk of a fan-out), the most messages any of its
+/// recipients then holds in their queue (bound `max_queue`, see [`BOUND`]): how near the
+/// fullest queues come to it, before sends are refused.
+pub const QUEUE_DEPTH: &str = "simpleio_queue_depth";
 
 /// The most live users whose clients the census counts for [`LIVE_CLIENTS`] (one storage call
 /// per user); beyond it only [`LIVE_USERS`] is counted.

@@ -61,6 +61,7 @@ macro_rules! storage_conformance_tests {
             a_cursor_is_resumed_when_the_client_sends_none,
             expired_messages_are_skipped_and_reported_expired,
             a_full_queue_refuses_then_evicts_delivered_first,
+            an_append_reports_the_deepest_queue_of_its_recipients,
             delivery_under_another_epoch_is_lost,
             users_are_isolated,
             dedup_claims_complete_and_expire,
@@ -564,6 +565,41 @@ pub async fn a_full_queue_refuses_then_evicts_delivered_first(s: &impl Storage) 
     );
     let b = fetch(s, "ann", "fresh", None).await;
     assert_eq!(events(&b), ["b", "d"]);
+}
+
+/// An append tells how many messages the fullest queue among its recipients holds, refused
+/// sends included (a storage may not tell: `None`).
+pub async fn an_append_reports_the_deepest_queue_of_its_recipients(s: &impl Storage) {
+    let a = s
+        .append(
+            vec![
+                message("ann", "a", LONG),
+                message("bob", "b", LONG),
+                message("ann", "c", LONG),
+                message("ann", "d", LONG),
+            ],
+            queue(10),
+        )
+        .await
+        .expect("append");
+    if let Some(deepest) = a.deepest {
+        assert_eq!(deepest, 3, "ann's queue holds three");
+    }
+    let full = s
+        .append(
+            vec![message("ann", "e", LONG), message("bob", "f", LONG)],
+            queue(3),
+        )
+        .await
+        .expect("append");
+    assert_eq!(full.outcomes[0], AppendOutcome::QueueFull);
+    if a.deepest.is_some() {
+        assert_eq!(
+            full.deepest,
+            Some(3),
+            "ann's full queue, though nothing was added to it"
+        );
+    }
 }
 
 /// Delivery asked under an epoch that is not current reports the message lost.

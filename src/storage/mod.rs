@@ -278,6 +278,10 @@ pub struct Appended {
     pub epoch: Epoch,
     /// One outcome per message, in the order given.
     pub outcomes: Vec<AppendOutcome>,
+    /// The most messages any recipient of this call holds in its queue once the call is done
+    /// (what [`QueueLimits::per_user`] bounds), if the storage tells: what shows a queue
+    /// nearing its bound before sends are refused.
+    pub deepest: Option<usize>,
 }
 
 /// A client's request to read its user's log.

@@ -501,6 +501,7 @@ impl Storage for MemoryStorage {
         let epoch = epoch_guard.clone();
         let mut outcomes = vec![AppendOutcome::QueueFull; messages.len()];
         let mut woken: HashSet<UserId> = HashSet::default();
+        let mut deepest = 0;
         let groups = self.by_shard(&messages, |m| &m.user);
         let mut messages: Vec<Option<NewMessage>> = messages.into_iter().map(Some).collect();
         for (shard, group) in groups.into_iter().enumerate() {
@@ -538,6 +539,7 @@ impl Storage for MemoryStorage {
                     limits,
                     now,
                 ) {
+                    deepest = deepest.max(log.messages.len());
                     continue;
                 }
                 // Clock-based, and past anything given in this shard or to this user before.
@@ -560,6 +562,7 @@ impl Storage for MemoryStorage {
                         .acks
                         .open(&m.user, pos, m.client.clone(), m.expires_at);
                 }
+                deepest = deepest.max(log.messages.len() + 1);
                 log.insert(Entry {
                     client: m.client,
                     sender: m.sender,
@@ -587,7 +590,11 @@ impl Storage for MemoryStorage {
                 users: woken.into_iter().collect(),
             });
         }
-        Ok(Appended { epoch, outcomes })
+        Ok(Appended {
+            epoch,
+            outcomes,
+            deepest: Some(deepest),
+        })
     }
 
     async fn fetch(&self, req: FetchRequest) -> Result<FetchBatch, StorageError> {

@@ -21,7 +21,14 @@ use crate::storage::{
 pub(super) fn parse_appended(reply: Vec<String>, count: usize) -> Result<Appended, StorageError> {
     let mut reply = reply.into_iter();
     let epoch = Epoch::new(reply.next().ok_or_else(|| corrupt("no epoch"))?);
+    let mut reply: Vec<String> = reply.collect();
+    let depth = reply
+        .pop()
+        .and_then(|d| d.strip_prefix("depth:").map(str::to_owned))
+        .ok_or_else(|| corrupt("no queue depth"))?;
+    let deepest = parse_u64(&depth, "a queue depth")? as usize;
     let outcomes = reply
+        .into_iter()
         .map(|o| match o.as_str() {
             "full" => Ok(AppendOutcome::QueueFull),
             pos => parse_u64(pos, "a position").map(AppendOutcome::Stored),
@@ -30,7 +37,11 @@ pub(super) fn parse_appended(reply: Vec<String>, count: usize) -> Result<Appende
     if outcomes.len() != count {
         return Err(corrupt("wrong number of append outcomes"));
     }
-    Ok(Appended { epoch, outcomes })
+    Ok(Appended {
+        epoch,
+        outcomes,
+        deepest: Some(deepest),
+    })
 }
 
 /// Decodes the fetch script's reply (see [`FETCH`](super::scripts::FETCH)); `max_clients` is

@@ -395,6 +395,12 @@ for _, seen in ipairs(users) do
     for _, s in ipairs(seen.senders) do redis.call('PEXPIREAT', skey(u, s), at) end
   end
 end
+-- The longest queue among the call's users, as it is now: last in the reply.
+local deepest = 0
+for _, seen in ipairs(users) do
+  if seen.card and seen.card > deepest then deepest = seen.card end
+end
+table.insert(out, 'depth:' .. str(deepest))
 -- One signal for the whole call, naming each user that stored a message once.
 local named = {}
 for _, seen in ipairs(users) do
