@@ -41,7 +41,7 @@ pub mod metrics {
     pub use crate::observe::names::*;
 }
 
-/// The client protocol, version 1.1 (`docs/spec.md`): everything needed to write a client.
+/// The client protocol, version 1.2 (`docs/spec.md`): everything needed to write a client.
 pub mod spec {
     #![doc = include_str!("../docs/spec.md")]
 }
