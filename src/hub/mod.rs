@@ -186,15 +186,15 @@ impl Hub {
         users.sort();
         users.dedup();
         for (shard, group) in self.by_shard(users.iter(), |u| u).into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut map = self.shard(shard);
-            for user in group {
-                map.entry(user.clone())
-                    .or_default()
-                    .replies
-                    .push(inbox.clone());
+            // A chunk per lock: an ask to a big room never holds a shard for all of it.
+            for chunk in group.chunks(FANOUT_CHUNK) {
+                let mut map = self.shard(shard);
+                for user in chunk {
+                    map.entry((*user).clone())
+                        .or_default()
+                        .replies
+                        .push(inbox.clone());
+                }
             }
         }
         ReplyWatch {
@@ -419,15 +419,15 @@ impl Drop for ReplyWatch {
     fn drop(&mut self) {
         let users = std::mem::take(&mut self.users);
         for (shard, group) in self.hub.by_shard(users, |u| u).into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut map = self.hub.shard(shard);
-            for user in group {
-                if let Some(entry) = map.get_mut(&user) {
-                    entry.replies.retain(|i| !Arc::ptr_eq(i, &self.inbox));
-                    if entry.is_unused() {
-                        map.remove(&user);
+            // A chunk per lock, as when the watch was made.
+            for chunk in group.chunks(FANOUT_CHUNK) {
+                let mut map = self.hub.shard(shard);
+                for user in chunk {
+                    if let Some(entry) = map.get_mut(user) {
+                        entry.replies.retain(|i| !Arc::ptr_eq(i, &self.inbox));
+                        if entry.is_unused() {
+                            map.remove(user);
+                        }
                     }
                 }
             }
