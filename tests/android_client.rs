@@ -5,7 +5,7 @@
 //! The server side of the tests' contract (see `clients/android/src/test/java/.../Support.java`):
 //! - identity: the `x-user` header (test-only: anyone can be anyone);
 //! - handler events `echo`, `fail`, `count`, `slow`, `send`, `where`, `bytes`, `ask` (see
-//!   [`handle`]), with a 200 ms `pending_wait`;
+//!   `tests/support/client_app.rs`, `ask` waiting 5 s), with a 200 ms `pending_wait`;
 //! - namespaces: `/chat`, whose handler is the same [`handle`]; `/news`, without a handler;
 //!   `/admin`, whose authorization refuses everyone with `403 forbidden`;
 //! - a control server on its own port: `POST /stop` stops the HTTP server and drops every open
@@ -16,7 +16,6 @@
 //! front of this server. Under `CI=true` these tests always run: a missing JDK or Android's
 //! org.json fails them. Elsewhere they skip, loudly.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -31,12 +30,10 @@ mod java;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use simpleio::{
-    Binary, HandlerError, Incoming, MemoryStorage, Namespace, Rejection, Reply, SimpleIoLayer,
-    Storage, UserId,
+    Incoming, MemoryStorage, Namespace, Rejection, Reply, SimpleIoLayer, Storage, UserId,
 };
+use support::client_app;
 use support::server::{header_identity, serve_app};
 use tokio::net::TcpListener;
 use tower::{BoxError, service_fn};
@@ -47,110 +44,11 @@ use tower::{BoxError, service_fn};
 struct World {
     storage: Arc<dyn Storage>,
     /// `count` calls per (user, key): proves a retried POST reached the handler once.
-    counts: Mutex<HashMap<String, u64>>,
-}
-
-#[derive(Deserialize)]
-struct SendArgs {
-    to: Option<String>,
-    /// The namespace to send in (default: the message's own).
-    ns: Option<String>,
-    event: String,
-    #[serde(default)]
-    data: Value,
-    #[serde(default)]
-    volatile: bool,
-}
-
-#[derive(Deserialize)]
-struct Blob {
-    name: String,
-    content: Binary,
-}
-
-#[derive(Serialize)]
-struct BlobBack {
-    name: String,
-    len: usize,
-    content: Binary,
-}
-
-/// Stores a message, then lets its delivery confirmation finish in the background: the handler
-/// must not wait for the recipient, but must not reply before the message is stored either.
-async fn store_then_detach(sending: simpleio::Sending) -> Result<(), BoxError> {
-    let confirmation = sending.stored().await?;
-    tokio::spawn(confirmation);
-    Ok(())
+    counts: client_app::Counts,
 }
 
 async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
-    match msg.event.as_str() {
-        "echo" => Ok(msg.data.into()),
-        "fail" => Err(HandlerError::new("handler_error", "asked to fail").into()),
-        "count" => {
-            let key: Value = msg.json()?;
-            let key = format!("{}/{}", msg.user, key["key"]);
-            let mut counts = world.counts.lock().unwrap_or_else(|e| e.into_inner());
-            let n = counts.entry(key).or_default();
-            *n += 1;
-            Ok(Reply::json(&*n)?)
-        }
-        "slow" => {
-            let ms = msg.json::<Value>()?["ms"].as_u64().unwrap_or(1000);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(Reply::json("slept")?)
-        }
-        "send" => {
-            let send: SendArgs = msg.json()?;
-            let to = send.to.map_or_else(|| msg.user.clone(), UserId::from);
-            let io = send.ns.map_or_else(|| msg.io.clone(), |ns| msg.io.of(ns));
-            let emitter = io.to_user(to);
-            if send.volatile {
-                emitter.volatile().emit(send.event, &send.data).await?;
-            } else {
-                store_then_detach(emitter.emit(send.event, &send.data)).await?;
-            }
-            Ok(Reply::none())
-        }
-        "where" => Ok(Reply::json(&*msg.namespace)?),
-        // Bytes (spec §4b) decoded into `Binary` and encoded again, in the reply and in a message
-        // `bytes` to the sender: proves the Java client's base64 matches the server's.
-        "bytes" => {
-            let blob: Blob = msg.json()?;
-            let back = BlobBack {
-                len: blob.content.len(),
-                content: blob.content,
-                name: blob.name,
-            };
-            store_then_detach(msg.io.to_user(msg.user.clone()).emit("bytes", &back)).await?;
-            Ok(Reply::json(&back)?)
-        }
-        // An emit to the sender that asks for replies (spec §4c), in the background: the
-        // client sends one POST at a time, so its reply cannot come while this one waits. The
-        // outcome comes as the message `answers`: the replies, or `"timeout"`.
-        "ask" => {
-            let send: SendArgs = msg.json()?;
-            let io = msg.io.clone();
-            let user = msg.user.clone();
-            tokio::spawn(async move {
-                let asked = io
-                    .to_user(user.clone())
-                    .timeout(Duration::from_secs(5))
-                    .emit_with_ack(send.event, &send.data)
-                    .await;
-                let outcome = match asked {
-                    Ok(replies) => replies
-                        .parse::<Value>()
-                        .map(Value::from)
-                        .unwrap_or_default(),
-                    Err(_) => Value::from("timeout"),
-                };
-                let _ = io.to_user(user).emit("answers", &outcome).await;
-            });
-            Ok(Reply::none())
-        }
-        other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
-    }
+    client_app::handle(&world.counts, Duration::from_secs(5), msg).await
 }
 
 fn app(world: &Arc<World>) -> Router {

@@ -5,8 +5,8 @@
 //! The server side of the tests' contract (see `client/test/helpers.mjs`):
 //! - identity: the `x-user` header, else the `user` query parameter, else the `user` cookie
 //!   (test-only, like the chat example's: anyone can be anyone);
-//! - handler events `echo`, `fail`, `count`, `slow`, `send`, `chat`, `where`, `whoami`, `bytes`
-//!   (see [`handle`]), with a 200 ms `pending_wait`;
+//! - handler events `echo`, `fail`, `count`, `slow`, `send`, `chat`, `ask`, `where`, `whoami`, `bytes`
+//!   (`tests/support/client_app.rs`, `ask` waiting 2 s), with a 200 ms `pending_wait`;
 //! - namespaces (spec §4a): `/chat`, whose handler is the same [`handle`] (so its `send` and
 //!   `where` act in `/chat`); `/news`, without a handler (filled by `send` with `ns`); `/admin`,
 //!   whose authorization refuses everyone with `403 forbidden`;
@@ -24,12 +24,11 @@
 //! Under `CI=true` these tests always run: a missing Node or Chromium fails them. Elsewhere they
 //! skip, loudly, when a tool is missing.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 mod support;
 
@@ -40,12 +39,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, header};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 use simpleio::{
-    Binary, HandlerError, Incoming, MemoryStorage, Namespace, Rejection, Reply, SimpleIoLayer,
-    Storage, UserId,
+    Incoming, MemoryStorage, Namespace, Rejection, Reply, SimpleIoLayer, Storage, UserId,
 };
+use support::client_app;
 use support::server::serve_app;
 use tokio::net::TcpListener;
 use tower::{BoxError, service_fn};
@@ -116,7 +115,7 @@ fn install_client_deps() {
 struct World {
     storage: Arc<dyn Storage>,
     /// `count` calls per (user, key): proves a retried POST reached the handler once.
-    counts: Mutex<HashMap<String, u64>>,
+    counts: client_app::Counts,
     /// The origin of the page server, the one other origin CORS lets in with credentials.
     page_origin: HeaderValue,
 }
@@ -148,122 +147,8 @@ fn identity(parts: &Parts) -> std::future::Ready<Result<UserId, Rejection>> {
     )
 }
 
-#[derive(Deserialize)]
-struct SendArgs {
-    to: Option<String>,
-    /// The namespace to send in (default: the message's own).
-    ns: Option<String>,
-    event: String,
-    #[serde(default)]
-    data: Value,
-    #[serde(default)]
-    volatile: bool,
-}
-
-#[derive(Deserialize)]
-struct Blob {
-    name: String,
-    content: Binary,
-}
-
-#[derive(Serialize)]
-struct BlobBack {
-    name: String,
-    len: usize,
-    content: Binary,
-}
-
-/// Stores a message, then lets its delivery confirmation finish in the background: the handler
-/// must not wait for it (a recipient may be offline for minutes), but must not reply before the
-/// message is stored either, or two messages handled in a row could be stored in either order.
-async fn store_then_detach(sending: simpleio::Sending) -> Result<(), BoxError> {
-    let confirmation = sending.stored().await?;
-    tokio::spawn(confirmation);
-    Ok(())
-}
-
 async fn handle(world: Arc<World>, msg: Incoming) -> Result<Reply, BoxError> {
-    match msg.event.as_str() {
-        "echo" => Ok(msg.data.into()),
-        "fail" => Err(HandlerError::new("handler_error", "asked to fail").into()),
-        "count" => {
-            let key: Value = msg.json()?;
-            let key = format!("{}/{}", msg.user, key["key"]);
-            let mut counts = world.counts.lock().unwrap();
-            let n = counts.entry(key).or_default();
-            *n += 1;
-            Ok(Reply::json(&*n)?)
-        }
-        "slow" => {
-            let ms = msg.json::<Value>()?["ms"].as_u64().unwrap_or(1000);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(Reply::json("slept")?)
-        }
-        "send" => {
-            let send: SendArgs = msg.json()?;
-            let to = send.to.map_or_else(|| msg.user.clone(), UserId::from);
-            let io = send.ns.map_or_else(|| msg.io.clone(), |ns| msg.io.of(ns));
-            let emitter = io.to_user(to);
-            if send.volatile {
-                emitter.volatile().emit(send.event, &send.data).await?;
-            } else {
-                store_then_detach(emitter.emit(send.event, &send.data)).await?;
-            }
-            Ok(Reply::none())
-        }
-        // As examples/chat.rs: to every user online, the sender included.
-        "chat" => {
-            let text = msg.json::<Value>()?["text"].clone();
-            let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-            let line = json!({ "from": msg.user, "text": text, "at": at });
-            store_then_detach(
-                msg.io
-                    .everyone()
-                    .to_user(msg.user.clone())
-                    .emit("chat", &line),
-            )
-            .await?;
-            Ok(Reply::none())
-        }
-        // An emit to the sender that asks for replies (spec §4c), in the background: the
-        // client sends one POST at a time, so its reply cannot come while this one waits. The
-        // outcome comes as the message `answers`: the replies, or `"timeout"`.
-        "ask" => {
-            let send: SendArgs = msg.json()?;
-            let io = msg.io.clone();
-            let user = msg.user.clone();
-            tokio::spawn(async move {
-                let asked = io
-                    .to_user(user.clone())
-                    .timeout(Duration::from_secs(2))
-                    .emit_with_ack(send.event, &send.data)
-                    .await;
-                let outcome = match asked {
-                    Ok(replies) => json!(replies.parse::<Value>().unwrap_or_default()),
-                    Err(_) => json!("timeout"),
-                };
-                let _ = io.to_user(user).emit("answers", &outcome).await;
-            });
-            Ok(Reply::none())
-        }
-        // Which handler got the message: its namespace.
-        "where" => Ok(Reply::json(&*msg.namespace)?),
-        // Who the identity function says the sender is.
-        "whoami" => Ok(Reply::json(msg.user.as_str())?),
-        // Bytes (spec §4b) decoded into `Binary` and encoded again, in the reply and in a message
-        // `bytes` to the sender: proves the JavaScript client's base64 matches the server's.
-        "bytes" => {
-            let blob: Blob = msg.json()?;
-            let back = BlobBack {
-                len: blob.content.len(),
-                content: blob.content,
-                name: blob.name,
-            };
-            store_then_detach(msg.io.to_user(msg.user.clone()).emit("bytes", &back)).await?;
-            Ok(Reply::json(&back)?)
-        }
-        other => Err(HandlerError::new("unknown_event", format!("no event {other:?}")).into()),
-    }
+    client_app::handle(&world.counts, Duration::from_secs(2), msg).await
 }
 
 #[derive(Deserialize)]
