@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use simpleio::testing::{EmitError, TestClient};
 use simpleio::{
-    Failure, HandlerError, Incoming, Member, Namespace, Rejection, Reply, SendError, SimpleIo,
-    SimpleIoLayer, UserId,
+    HandlerError, Incoming, Member, Namespace, Rejection, Reply, SimpleIo, SimpleIoLayer, UserId,
 };
 use tower::{BoxError, service_fn};
 
@@ -192,8 +191,12 @@ async fn a_volatile_message_reaches_a_client_that_is_waiting() {
     assert_eq!(got.json::<String>().expect("a string"), "bob");
 }
 
+/// Needs the feature `test-util`, which makes the storage's clock follow tokio's.
+#[cfg(feature = "test-util")]
 #[tokio::test(start_paused = true)]
 async fn under_a_paused_clock_a_ttl_passes_in_no_time() {
+    use simpleio::{Failure, SendError};
+
     let (layer, io) = app();
     let mut ann = TestClient::builder(&layer)
         .header("x-user", "ann")

@@ -102,11 +102,21 @@ pub fn now_millis() -> Millis {
 /// see [`crate::testing`]) has run ahead of real time, so that expiry, leases and positions in
 /// this process follow it, as the layer's own timers do. Zero outside such a test: an unpaused
 /// tokio clock is the real one.
+///
+/// Only with the feature `test-util`: a production build never pauses the clock, and reads no
+/// clock but the wall clock here.
+#[cfg(feature = "test-util")]
 fn paused_clock_ahead() -> Millis {
     let tokio_now = tokio::time::Instant::now().into_std();
     tokio_now
         .saturating_duration_since(std::time::Instant::now())
         .as_millis() as Millis
+}
+
+#[cfg(not(feature = "test-util"))]
+#[inline]
+fn paused_clock_ahead() -> Millis {
+    0
 }
 
 /// `now + d`, in [`Millis`].

@@ -42,17 +42,21 @@
 //! # Time control
 //!
 //! Under a paused tokio clock (`#[tokio::test(start_paused = true)]`, or
-//! `tokio::time::pause()`), the layer's clock is the test's: a held poll ends as soon as the
-//! test has nothing else to do, and `tokio::time::advance` moves message expiry, presence,
-//! dedup windows and handler leases forward with it — a five-minute TTL is tested in no time.
-//! This holds for the storages in the process ([`MemoryStorage`](crate::MemoryStorage), the
-//! durable one); Redis keeps its own clock.
+//! `tokio::time::pause()`), a held poll ends as soon as the test has nothing else to do. With
+//! the feature `test-util` (give it in `[dev-dependencies]`:
+//! `simpleio = { version = "…", features = ["test-util"] }`), the storage's clock is the
+//! test's too: `tokio::time::advance` moves message expiry, presence, dedup windows and handler
+//! leases forward — a five-minute TTL is tested in no time. This holds for the storages in the
+//! process ([`MemoryStorage`](crate::MemoryStorage), the durable one); Redis keeps its own
+//! clock. Without the feature the storage reads only the wall clock.
 //!
 //! ```
 //! use std::time::Duration;
 //! use simpleio::testing::TestClient;
 //! use simpleio::{Failure, Member, SendError, SimpleIoLayer, UserId};
 //!
+//! # #[cfg(not(feature = "test-util"))] fn main() {}
+//! # #[cfg(feature = "test-util")]
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (layer, io) = SimpleIoLayer::builder()
