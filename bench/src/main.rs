@@ -7,6 +7,7 @@
 //! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
 //! simpleio-bench server socketioxide [--port P]
 //! simpleio-bench server hyper-hold [--port P] [--hold SECS]
+//! simpleio-bench server hyper-poll [--port P]
 //! ```
 //!
 //! `run` and `smoke` start every server as a child process of this executable, pinned to
@@ -39,6 +40,7 @@ const USAGE: &str = "usage:
   simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
   simpleio-bench server socketioxide [--port P]
   simpleio-bench server hyper-hold [--port P] [--hold SECS]
+  simpleio-bench server hyper-poll [--port P]
 scenarios: broadcast, history, fanout, idle, room, redis, durable, callgrind
 --seconds S: the durable scenario's long run on DurableStorage, S seconds (none without it)";
 
@@ -167,7 +169,11 @@ fn server(flags: &mut Flags) -> Result<()> {
             flags.done()?;
             runtime_multi()?.block_on(servers::hyper_hold::run(port, Duration::from_secs(hold)))
         }
-        other => bail!("no server {other:?}: simpleio, socketioxide or hyper-hold"),
+        "hyper-poll" => {
+            flags.done()?;
+            runtime_multi()?.block_on(servers::hyper_poll::run(port))
+        }
+        other => bail!("no server {other:?}: simpleio, socketioxide, hyper-hold or hyper-poll"),
     }
 }
 

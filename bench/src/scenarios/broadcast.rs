@@ -40,6 +40,7 @@ impl Case {
             Target::SimpleioDurable => format!("simpleio+durable {}", self.mode.as_str()),
             Target::Socketioxide => "socketioxide polling".to_owned(),
             Target::HyperHold => "hyper-hold".to_owned(),
+            Target::HyperPoll => "hyper-poll (floor)".to_owned(),
         }
     }
 }
@@ -173,7 +174,7 @@ async fn drive(
     let window_secs = window_start.elapsed().as_secs_f64();
     let commits1 = stats(addr).await?.commits;
     let peak_rss = servers.peak_rss()?;
-    if case.mode == Mode::Confirmed && case.target != Target::Socketioxide {
+    if case.mode == Mode::Confirmed && confirms(case.target) {
         // The last confirmations arrive with the clients' next polls.
         let _ = wait_stats(addr, Duration::from_secs(5), "confirmations", |s| {
             s.delivered + s.not_delivered >= s.sent
@@ -202,7 +203,16 @@ async fn drive(
     })
 }
 
+/// Whether the server counts its waiting polls (so the driver can wait for all of them).
 fn kind_polls(target: Target) -> bool {
+    matches!(
+        target,
+        Target::Simpleio | Target::SimpleioRedis | Target::SimpleioDurable | Target::HyperPoll
+    )
+}
+
+/// Whether the server confirms deliveries (simpleio's confirmed broadcasts).
+fn confirms(target: Target) -> bool {
     matches!(
         target,
         Target::Simpleio | Target::SimpleioRedis | Target::SimpleioDurable
@@ -220,6 +230,7 @@ pub async fn broadcast(opts: Opts) -> Result<Vec<Table>> {
         (Target::Simpleio, Mode::Confirmed),
         (Target::Simpleio, Mode::Volatile),
         (Target::Socketioxide, Mode::Confirmed),
+        (Target::HyperPoll, Mode::Confirmed),
     ];
     let mut cases = Vec::new();
     for &n in sizes {
@@ -240,21 +251,23 @@ pub async fn broadcast(opts: Opts) -> Result<Vec<Table>> {
         opts,
     );
     let mut ratios = Table::new(
-        "broadcast: simpleio / socketioxide",
+        "broadcast: simpleio (and the bare hyper floor) / socketioxide",
         &["N", "mode", "CPU/msg", "peak RSS", "p50", "p99"],
     );
     for &n in sizes {
         let sio = results
             .iter()
             .find(|(c, _)| c.clients == n && c.target == Target::Socketioxide);
-        for (case, m) in results
-            .iter()
-            .filter(|(c, _)| c.clients == n && c.target == Target::Simpleio)
-        {
+        for (case, m) in results.iter().filter(|(c, _)| {
+            c.clients == n && matches!(c.target, Target::Simpleio | Target::HyperPoll)
+        }) {
             let Some((_, s)) = sio else { continue };
             ratios.row(vec![
                 n.to_string(),
-                case.mode.as_str().to_owned(),
+                match case.target {
+                    Target::HyperPoll => "hyper-poll (floor)".to_owned(),
+                    _ => case.mode.as_str().to_owned(),
+                },
                 report::ratio(m.cpu_per_msg, s.cpu_per_msg),
                 report::ratio(m.peak_rss, s.peak_rss),
                 report::ratio(m.p50_us, s.p50_us),
@@ -266,7 +279,9 @@ pub async fn broadcast(opts: Opts) -> Result<Vec<Table>> {
         "CPU/msg: server CPU (utime+stime, all threads) during the send window / ticks received \
          by clients. Latency: the tick's send timestamp (server) → its answer parsed by the load \
          generator. Lost: ticks a client never saw; for volatile, ticks sent while a client was \
-         between polls (by design). Delivered: confirmed broadcasts every recipient confirmed.",
+         between polls (by design). Delivered: confirmed broadcasts every recipient confirmed. \
+         hyper-poll: bare hyper answering simpleio's poll from one shared list of ticks, no \
+         users, no storage, no confirmation — the floor of one request per delivered message.",
     );
     Ok(vec![table, ratios])
 }
@@ -403,7 +418,7 @@ fn results_table(title: &str, results: &[(Case, Medians)], opts: Opts) -> Table 
         ],
     );
     for (case, m) in results {
-        let confirmed = case.mode == Mode::Confirmed && case.target != Target::Socketioxide;
+        let confirmed = case.mode == Mode::Confirmed && confirms(case.target);
         table.row(vec![
             case.label(),
             case.clients.to_string(),
@@ -429,7 +444,7 @@ fn results_table(title: &str, results: &[(Case, Medians)], opts: Opts) -> Table 
             } else {
                 "–".into()
             },
-            if case.target == Target::Socketioxide {
+            if matches!(case.target, Target::Socketioxide | Target::HyperPoll) {
                 "–".into()
             } else {
                 format!("{}", m.warn_events)

@@ -48,6 +48,8 @@ pub enum Server {
     SimpleioMetrics,
     /// socketioxide, its broadcasts (at most once).
     Socketioxide,
+    /// The bare hyper long-polling floor (`server hyper-poll`).
+    HyperPoll,
 }
 
 impl Server {
@@ -56,6 +58,7 @@ impl Server {
             Server::Simpleio => "simpleio",
             Server::SimpleioMetrics => "simpleio-metrics",
             Server::Socketioxide => "socketioxide",
+            Server::HyperPoll => "hyper-poll",
         }
     }
 
@@ -65,6 +68,7 @@ impl Server {
             Server::Simpleio => vec!["simpleio".to_owned()],
             Server::SimpleioMetrics => vec!["simpleio".to_owned(), "--metrics".to_owned()],
             Server::Socketioxide => vec!["socketioxide".to_owned()],
+            Server::HyperPoll => vec!["hyper-poll".to_owned()],
         }
     }
 }
@@ -106,16 +110,18 @@ pub async fn measure_server(
     /// Under valgrind a poll's round trip takes a few milliseconds; this is ample.
     const SETTLE: Duration = Duration::from_millis(250);
     let kind = match which {
-        Server::Simpleio | Server::SimpleioMetrics => Kind::Simpleio,
+        Server::Simpleio | Server::SimpleioMetrics | Server::HyperPoll => Kind::Simpleio,
         Server::Socketioxide => Kind::Eio,
     };
-    let simpleio = which != Server::Socketioxide;
+    // Servers that count their waiting polls, and those that confirm deliveries.
+    let polls = which != Server::Socketioxide;
+    let simpleio = matches!(which, Server::Simpleio | Server::SimpleioMetrics);
     let fleet = Fleet::start(kind, addr, clients, ticks as usize + 1);
     // Everything is ~50× slower under valgrind.
     let wait = Duration::from_secs(120);
     let result = async {
         fleet.wait_connected(wait).await?;
-        if simpleio {
+        if polls {
             wait_polls(addr, clients as u64, wait).await?;
         } else {
             tokio::time::sleep(SETTLE * 4).await;
@@ -130,6 +136,8 @@ pub async fn measure_server(
                 s.delivered >= 1
             })
             .await?;
+            wait_polls(addr, clients as u64, wait).await?;
+        } else if polls {
             wait_polls(addr, clients as u64, wait).await?;
         } else {
             tokio::time::sleep(SETTLE * 4).await;
@@ -206,8 +214,8 @@ fn totals(path: &Path) -> Result<u64> {
     bail!("no `summary:`/`totals:` line in {}", path.display())
 }
 
-/// The `callgrind` scenario: simpleio, simpleio with a metrics recorder, then socketioxide on
-/// the same lockstep.
+/// The `callgrind` scenario: simpleio, simpleio with a metrics recorder, socketioxide, then the
+/// bare hyper floor, on the same lockstep.
 pub async fn run(opts: Opts, clients: usize, ticks: u64) -> Result<Vec<Table>> {
     let mut table = Table::new(
         format!("callgrind: {clients} clients × {ticks} broadcasts, lockstep"),
@@ -224,6 +232,7 @@ pub async fn run(opts: Opts, clients: usize, ticks: u64) -> Result<Vec<Table>> {
         Server::Simpleio,
         Server::SimpleioMetrics,
         Server::Socketioxide,
+        Server::HyperPoll,
     ] {
         eprintln!(
             "  callgrind: {} with {clients} clients × {ticks} lockstep broadcasts ...",

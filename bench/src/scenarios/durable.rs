@@ -220,7 +220,7 @@ fn storage_name(target: Target) -> &'static str {
         Target::Simpleio => "memory",
         Target::SimpleioDurable => "durable",
         Target::SimpleioRedis => "redis",
-        Target::Socketioxide | Target::HyperHold => "–",
+        Target::Socketioxide | Target::HyperHold | Target::HyperPoll => "–",
     }
 }
 

@@ -75,6 +75,8 @@ pub enum Target {
     Socketioxide,
     /// The bare hyper server that holds every request.
     HyperHold,
+    /// The bare hyper long-polling server: the floor of CPU per delivered message.
+    HyperPoll,
 }
 
 /// The processes of one measurement: the server, and Redis if it uses it. Stopped on drop,
@@ -144,6 +146,7 @@ impl Servers {
                 )
             }
             Target::Socketioxide => (None, vec!["socketioxide".into()]),
+            Target::HyperPoll => (None, vec!["hyper-poll".into()]),
             // Longer than any idle measurement, so no request is answered during it.
             Target::HyperHold => (
                 None,

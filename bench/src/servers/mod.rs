@@ -17,6 +17,7 @@
 
 pub mod dm;
 pub mod hyper_hold;
+pub mod hyper_poll;
 pub mod room;
 pub mod simpleio;
 pub mod socketioxide;
