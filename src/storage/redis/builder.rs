@@ -1,6 +1,7 @@
 //! [`RedisStorageBuilder`]: the settings of a [`RedisStorage`], and connecting it.
 
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use tokio::sync::broadcast;
 
 use super::error::within;
 use super::payloads::PayloadCache;
-use super::signals::{AbortOnDrop, SIGNAL_CAPACITY, run_subscriber, subscribe};
+use super::signals::{AbortOnDrop, Channels, SIGNAL_CAPACITY, run_subscriber, subscribe};
 use super::{Inner, RedisStorage};
+use crate::id::ClientId;
 use crate::storage::StorageError;
 
 /// Defaults for [`RedisStorageBuilder`].
@@ -119,13 +121,22 @@ impl RedisStorageBuilder {
         )
         .await?;
         let channel = format!("{}signals", self.prefix);
+        // This handle's id among the nodes sharing the prefix: random, so that a restarted
+        // process is a new node and never gets the signals its previous life asked for.
+        let node = ClientId::random().as_str().to_owned();
+        let channels = Channels {
+            all: channel.clone(),
+            node: format!("{}n:{node}", self.prefix),
+        };
         // Subscribed before returning, so that no signal published after `connect` is missed.
-        let pubsub = subscribe(&client, &channel, timeouts).await?;
+        let pubsub = subscribe(&client, &channels, timeouts).await?;
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        let received = Arc::new(AtomicU64::new(0));
         let subscriber = tokio::spawn(run_subscriber(
             client,
-            channel.clone(),
+            channels,
             signals.clone(),
+            received.clone(),
             pubsub,
             timeouts,
         ));
@@ -134,6 +145,8 @@ impl RedisStorageBuilder {
                 conn,
                 prefix: self.prefix,
                 channel,
+                node,
+                received,
                 signals,
                 deadline,
                 payloads: Mutex::new(PayloadCache::default()),

@@ -162,6 +162,7 @@ mod signals;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -210,6 +211,13 @@ const MEMBERS_PAGE: usize = 2_048;
 /// Wakeups travel over Redis pub/sub, with **one** subscribed connection per `RedisStorage`,
 /// whatever the number of waiting polls. Clones share the connections.
 ///
+/// * **Signals go to the nodes that need them.** Each `RedisStorage` is a node with a random
+///   id and a channel of its own. A node receives the signals of the users it has polls of
+///   (noted by its fetches) or waits for (noted by its appends, claims and delivery checks),
+///   those of its own operations, and the few every node needs (resyncs, volatile messages):
+///   so what one node receives follows the users it serves, not the number of nodes
+///   ([`RedisStorage::signals_received`] counts them).
+///
 /// * **Losing Redis's data** (a restart without persistence, a `FLUSHALL`) gives a new
 ///   [`Epoch`]: clients resync and senders of unconfirmed messages learn they were lost. Enable
 ///   persistence (`appendonly yes`) if messages must survive a Redis restart.
@@ -256,7 +264,14 @@ struct Inner {
     /// The first part of every key and of the signal channel.
     prefix: String,
     /// `prefix + "signals"`: pub/sub is not scoped by database, so it carries the prefix too.
+    /// What every node needs goes there (resyncs, volatile messages); the rest goes to the
+    /// channels of the nodes that need it (see `signals`).
     channel: String,
+    /// This handle's node id, the last argument of every script: its channel is
+    /// `prefix + "n:" + node`.
+    node: String,
+    /// Signals this node's pub/sub connection received.
+    received: Arc<AtomicU64>,
     /// Signals from the pub/sub connection, handed out by `subscribe`.
     signals: broadcast::Sender<Signal>,
     /// The most an operation may take, reconnecting included: connect + response timeouts.
@@ -301,6 +316,16 @@ impl RedisStorage {
         &self.inner.prefix
     }
 
+    /// How many signals this node has received from Redis since it connected.
+    ///
+    /// A node receives the signals of the users it has polls of or waits for (their new
+    /// messages, confirmations, replies), those of its own operations, and the ones every node
+    /// needs (resyncs, volatile messages): not every node's. So what each node receives per
+    /// message stays the same as nodes are added. A figure to watch, or to compare nodes by.
+    pub fn signals_received(&self) -> u64 {
+        self.inner.received.load(Ordering::Relaxed)
+    }
+
     /// Runs one of the [`scripts`] with the leading arguments they all take (see `PRELUDE`).
     async fn eval<T: FromRedisValue>(
         &self,
@@ -313,6 +338,8 @@ impl RedisStorage {
             .arg(Epoch::random().as_str())
             .arg(RESYNC_JSON.as_str());
         args(&mut invocation);
+        // Last, whatever the script's own arguments: the prelude reads it as `ARGV[#ARGV]`.
+        invocation.arg(&self.inner.node);
         let mut conn = self.inner.conn.clone();
         within(self.inner.deadline, invocation.invoke_async(&mut conn)).await
     }

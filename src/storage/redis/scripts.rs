@@ -39,8 +39,14 @@ const CLAIM_EVICT: usize = 64;
 /// needed), so that a busy user's keys get new expiries once a step rather than per message.
 const EXPIRY_STEP: Duration = Duration::from_secs(10);
 
+/// How long a node's interest in a user's confirmations, replies and completions lasts once
+/// noted: by an append (its senders wait for them), a claim that found a message in progress,
+/// and each recheck of a delivery still pending (every `recheck_interval`, 10 s by default).
+const INTEREST_WAIT: Duration = Duration::from_secs(60);
+
 /// Shared by every script. `ARGV[1]` is the key prefix, `ARGV[2]` a fresh random epoch to take
-/// if none is stored, `ARGV[3]` the `Resync` signal to publish then. Lua numbers are doubles:
+/// if none is stored, `ARGV[3]` the `Resync` signal to publish then; the last argument, after the
+/// script's own, is the node running it (see `signal_user` in the prelude). Lua numbers are doubles:
 /// `str` prints them exactly (tostring would switch to exponent notation past 14 digits).
 const PRELUDE: &str = include_str!("scripts/prelude.lua");
 
@@ -68,6 +74,7 @@ fn source(body: &str) -> String {
         .replace("CLAIM_EVICT", &CLAIM_EVICT.to_string())
         .replace("REAP_ROOMS", &REAP_ROOMS.to_string())
         .replace("EXPIRY_STEP_MS", &EXPIRY_STEP.as_millis().to_string())
+        .replace("INTEREST_WAIT_MS", &INTEREST_WAIT.as_millis().to_string())
 }
 
 /// `ARGV[4]`: nothing. Returns the epoch.

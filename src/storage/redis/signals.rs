@@ -1,7 +1,8 @@
 //! Signals over Redis pub/sub: their encoding, and the one subscribed connection per storage
 //! that forwards them to its subscribers, reconnecting by itself.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -70,13 +71,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The channels a node listens on: one connection subscribes to both, so that the signals of
+/// both reach it in the order Redis published them.
+#[derive(Debug, Clone)]
+pub(super) struct Channels {
+    /// What every node needs: resyncs and volatile messages.
+    pub(super) all: String,
+    /// What this node needs: signals about the users it has polls of or waits for, and those
+    /// of its own operations.
+    pub(super) node: String,
+}
+
 pub(super) async fn subscribe(
     client: &redis::Client,
-    channel: &str,
+    channels: &Channels,
     timeouts: Timeouts,
 ) -> Result<PubSub, StorageError> {
     let mut pubsub = within(timeouts.connect, client.get_async_pubsub()).await?;
-    within(timeouts.response, pubsub.subscribe(channel)).await?;
+    within(
+        timeouts.response,
+        pubsub.subscribe(&[channels.all.as_str(), channels.node.as_str()]),
+    )
+    .await?;
     Ok(pubsub)
 }
 
@@ -84,13 +100,14 @@ pub(super) async fn subscribe(
 /// backoff and sends [`Signal::Resync`], since anything published meanwhile was missed.
 pub(super) async fn run_subscriber(
     client: redis::Client,
-    channel: String,
+    channels: Channels,
     signals: broadcast::Sender<Signal>,
+    received: Arc<AtomicU64>,
     mut pubsub: PubSub,
     timeouts: Timeouts,
 ) {
     loop {
-        let cause = pump(pubsub, &signals, timeouts.response).await;
+        let cause = pump(pubsub, &signals, &received, timeouts.response).await;
         warn!(%cause, "lost the Redis pub/sub connection; reconnecting");
         let mut delay = BACKOFF_MIN;
         let mut attempts = 0u32;
@@ -99,7 +116,7 @@ pub(super) async fn run_subscriber(
             let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
             tokio::time::sleep(delay + jitter).await;
             attempts += 1;
-            match subscribe(&client, &channel, timeouts).await {
+            match subscribe(&client, &channels, timeouts).await {
                 Ok(pubsub) => break pubsub,
                 Err(err) => {
                     warn!(cause = %err, attempts, "cannot reconnect the Redis pub/sub connection");
@@ -114,7 +131,12 @@ pub(super) async fn run_subscriber(
 }
 
 /// Reads signals until the connection fails; returns why it did.
-async fn pump(pubsub: PubSub, signals: &broadcast::Sender<Signal>, timeout: Duration) -> String {
+async fn pump(
+    pubsub: PubSub,
+    signals: &broadcast::Sender<Signal>,
+    received: &AtomicU64,
+    timeout: Duration,
+) -> String {
     let (mut sink, mut stream) = pubsub.split();
     let start = tokio::time::Instant::now() + PING_EVERY;
     let mut ping = tokio::time::interval_at(start, PING_EVERY);
@@ -126,6 +148,7 @@ async fn pump(pubsub: PubSub, signals: &broadcast::Sender<Signal>, timeout: Dura
                 let Some(msg) = msg else {
                     return "the connection closed".to_owned();
                 };
+                received.fetch_add(1, Ordering::Relaxed);
                 match decode_signal(msg.get_payload_bytes()) {
                     Ok(signal) => {
                         let _ = signals.send(signal);

@@ -375,9 +375,9 @@ for _, seen in ipairs(users) do
       seen.until_ = math.ceil(seen.upto / EXPIRY_STEP_MS) * EXPIRY_STEP_MS
       push(fields, 'until', str(seen.until_))
       if seen.more then
-        whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}
+        whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data', 'n'}
       else
-        whats = {'log', 'exp', 'ix', 'meta'}
+        whats = {'log', 'exp', 'ix', 'meta', 'n'}
       end
     elseif seen.was_empty then
       whats = {'log', 'exp', 'ix'}
@@ -401,12 +401,26 @@ for _, seen in ipairs(users) do
   if seen.card and seen.card > deepest then deepest = seen.card end
 end
 table.insert(out, 'depth:' .. str(deepest))
--- One signal for the whole call, naming each user that stored a message once.
-local named = {}
+-- One signal per node for the whole call, naming each user that stored a message once: this
+-- node's names them all, another node's those it has polls of. The senders wait here for the
+-- confirmations and replies, so this node notes its interest in them.
+local named, by_node, nodes = {}, {}, {}
 for _, seen in ipairs(users) do
-  if seen.stored then table.insert(named, seen.json) end
+  if seen.stored then
+    table.insert(named, seen.json)
+    if note_interest(seen.id, 'w', now + INTEREST_WAIT_MS, now) then
+      redis.call('PEXPIREAT', key(seen.id, 'n'), str(seen.until_ + GRACE_MS))
+    end
+    for _, node in ipairs(interested(seen.id, 'p', now)) do
+      if not by_node[node] then
+        by_node[node] = {}
+        table.insert(nodes, node)
+      end
+      table.insert(by_node[node], seen.json)
+    end
+  end
 end
-if #named > 0 then
-  redis.call('PUBLISH', P .. 'signals', '{"appended":{"users":[' .. table.concat(named, ',') .. ']}}')
-end
+local function appended(list) return '{"appended":{"users":[' .. table.concat(list, ',') .. ']}}' end
+if #named > 0 then redis.call('PUBLISH', node_channel(NODE), appended(named)) end
+for _, node in ipairs(nodes) do redis.call('PUBLISH', node_channel(node), appended(by_node[node])) end
 return out

@@ -8,6 +8,9 @@ if v then
     redis.call('PEXPIRE', rk, lease)
     return {'acquired'}
   end
+  -- The retry waits for the record's completion here.
+  local now = now_ms()
+  if note_interest(u, 'w', now + INTEREST_WAIT_MS, now) then touch(u, now, {'n'}) end
   return {'progress', str(math.max(redis.call('PTTL', rk), 0))}
 end
 -- No record: one whose key expired may still have its place in the order. A new claim

@@ -1,7 +1,7 @@
 
 if current_epoch() ~= ARGV[4] then return {'lost'} end
 local now = now_ms()
-local out = {}
+local out, noted = {}, {}
 for i = 0, tonumber(ARGV[5]) - 1 do
   local b = 6 + i * 4
   local u, c, ns, pos = ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
@@ -15,6 +15,11 @@ for i = 0, tonumber(ARGV[5]) - 1 do
     table.insert(out, 'd')
   else
     local found = redis.call('ZRANGEBYSCORE', key(u, 'log'), str(pos), str(pos))
+    -- Still waited for: this node's interest in the user's confirmations is kept up.
+    if not noted[u] then
+      if note_interest(u, 'w', now + INTEREST_WAIT_MS, now) then touch(u, now, {'n'}) end
+      noted[u] = true
+    end
     local state = 'e'
     if #found > 0 then
       local _, exp = parse(found[1])

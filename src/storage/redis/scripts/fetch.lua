@@ -19,7 +19,9 @@ local rk = mkey(m, 'rec')
 -- The client's record: its cursor, its namespaces (as JSON), the cursor `w` that every
 -- watermark of those namespaces is known to have reached, and `kept`, the time its keys
 -- expire at. Fields that change are written at once, below.
-local rec = redis.call('HMGET', rk, 'cur', 'ns', 'w', 'kept')
+-- `nd` and `nx`: the node it last polled on, and until when that node's interest in the user
+-- is noted (see `note_interest`).
+local rec = redis.call('HMGET', rk, 'cur', 'ns', 'w', 'kept', 'nd', 'nx')
 -- A client with no record is refused while its user has the most clients: those in `live`
 -- (polled and not reaped, lapsed or not). One that polled before has a cursor, so a poll
 -- costs nothing more; one with a record made by join or set_data is in `presence`. Nothing is
@@ -39,6 +41,13 @@ local fields = {}
 local function set(f, v) table.insert(fields, f) table.insert(fields, v) end
 -- User keys this fetch may create, to get their expiry (see `touch`).
 local fresh = {}
+-- This node has a poll of the user (this one) for up to a presence TTL: it notes so for two,
+-- again once half of that is gone, so that a poll never outlives its node's interest.
+if rec[5] ~= NODE or num(rec[6]) < now + ttl then
+  if note_interest(u, 'p', now + 2 * ttl, now) then table.insert(fresh, 'n') end
+  set('nd', NODE)
+  set('nx', str(now + 2 * ttl))
+end
 local function watermarks()
   if #distinct == 0 then return {} end
   return redis.call('HMGET', wk, unpack(distinct))
@@ -62,7 +71,7 @@ if ARGV[6] == '1' and ARGV[7] == epoch then
     local wms = watermarks()
     for i, ns in ipairs(distinct) do
       if confirmed > num(wms[i]) then
-        if not wms[i] then fresh = {'wm'} end
+        if not wms[i] then table.insert(fresh, 'wm') end
         redis.call('HSET', wk, ns, str(confirmed))
         advanced = true
       end
@@ -173,11 +182,11 @@ if moved then
   extend(P .. 'live', kept, now)
 end
 if moved or #fresh > 0 then touch(u, kept, fresh) end
-if ARGV[13] ~= '' then redis.call('PUBLISH', P .. 'signals', ARGV[13]) end
+if ARGV[13] ~= '' then signal_user(u, 'p', now, ARGV[13]) end
 if advanced then
   local quoted
   if string.find(epoch, '^[%w_%-]*$') then quoted = '"' .. epoch .. '"' else quoted = cjson.encode(epoch) end
-  redis.call('PUBLISH', P .. 'signals', '{"confirmed":{"epoch":' .. quoted .. ','
+  signal_user(u, 'w', now, '{"confirmed":{"epoch":' .. quoted .. ','
     .. ARGV[12] .. ',"cursor":' .. str(confirmed_at) .. '}}')
 end
 

@@ -161,7 +161,7 @@ local function touch(u, t, fresh)
   if t > upto or not got[2] then
     if t > upto then upto = math.ceil(t / EXPIRY_STEP_MS) * EXPIRY_STEP_MS end
     redis.call('HSET', mk, 'until', str(upto), 'k', '1')
-    whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data'}
+    whats = {'log', 'exp', 'ix', 'meta', 'wm', 'live', 'data', 'n'}
   end
   local at = str(upto + GRACE_MS)
   for _, what in ipairs(whats) do redis.call('PEXPIREAT', key(u, what), at) end
@@ -191,4 +191,43 @@ local function ensure_client(u, c, now, ttl, grace)
     touch(u, seen + grace, {})
   end
   return m
+end
+
+-- Signals go to the nodes that need them, not to every node. `NODE`, the last argument of
+-- every script, is the node (the storage handle) running it; each node subscribes to its own
+-- channel `{P}n:NODE` (and to `{P}signals`, which carries what every node needs: resyncs and
+-- volatile messages). A user's `n` names the nodes that need its signals, by the time that
+-- need lapses: `p` then a node's id for a node with polls of the user's clients, `w` then its
+-- id for one waiting for the user's confirmations, replies or completions. It is a user key
+-- (see `touch`), and holds at most two members per live node. Signals are wakeups, never the
+-- only way to learn something (waiters recheck on a timer), so an interest that lapsed early
+-- costs latency, not a message.
+local NODE = ARGV[#ARGV]
+local function node_channel(node) return P .. 'n:' .. node end
+-- Notes that this node needs `u`'s signals of `kind` until `until_`. True if that made `n`
+-- or put this node in it anew: its expiry is then the caller's to set, as for any user key
+-- it makes. A node's first note is the moment to drop the members whose need lapsed (nodes
+-- that stopped), so the set holds live nodes only, however many came and went.
+local function note_interest(u, kind, until_, now)
+  local k = key(u, 'n')
+  if redis.call('ZADD', k, str(until_), kind .. NODE) == 0 then return false end
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', str(now))
+  return true
+end
+-- The other nodes with a live interest of `kind` in `u`.
+local function interested(u, kind, now)
+  local nodes = {}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key(u, 'n'), '(' .. str(now), '+inf')) do
+    if string.sub(m, 1, 1) == kind and string.sub(m, 2) ~= NODE then
+      table.insert(nodes, string.sub(m, 2))
+    end
+  end
+  return nodes
+end
+-- Publishes `json` to this node and to every other node with a live `kind` interest in `u`.
+local function signal_user(u, kind, now, json)
+  redis.call('PUBLISH', node_channel(NODE), json)
+  for _, node in ipairs(interested(u, kind, now)) do
+    redis.call('PUBLISH', node_channel(node), json)
+  end
 end

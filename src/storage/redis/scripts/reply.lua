@@ -36,5 +36,5 @@ redis.call('ZADD', rx, str(exp), pos .. ':' .. c .. ':' .. #data)
 redis.call('INCRBY', rb, #data)
 extend(rx, exp + GRACE_MS, now)
 extend(rb, exp + GRACE_MS, now)
-redis.call('PUBLISH', P .. 'signals', '{"replied":{"epoch":' .. cjson.encode(epoch) .. ',' .. ARGV[10])
+signal_user(u, 'w', now, '{"replied":{"epoch":' .. cjson.encode(epoch) .. ',' .. ARGV[10])
 return 'recorded'
