@@ -15,7 +15,7 @@ use crate::id::UserId;
 use crate::namespace::authorize_all;
 use crate::presence;
 use crate::protocol::{
-    Limits, Poll, PollQuery, PollResponse, ProtocolError, WireVolatile, json_response_sized,
+    Limits, Poll, PollQuery, PollResponse, ProtocolError, WireVolatile, json_body_response,
 };
 use crate::shared::Shared;
 use crate::storage::{FetchBatch, FetchRequest};
@@ -257,15 +257,13 @@ fn answer(
             .iter()
             .map(|m| 40 + m.ns.len() + m.event.len() + m.data.get().len())
             .sum::<usize>();
-    json_response_sized(
-        &PollResponse {
-            epoch: &batch.epoch,
-            cursor: batch.cursor,
-            messages: &batch.messages,
-            volatile,
-            limits,
-            taken_over,
-        },
-        size + if limits.is_some() { 256 } else { 0 },
-    )
+    let response = PollResponse {
+        epoch: &batch.epoch,
+        cursor: batch.cursor,
+        messages: &batch.messages,
+        volatile,
+        limits,
+        taken_over,
+    };
+    json_body_response(response.to_json(size + if limits.is_some() { 256 } else { 0 }))
 }

@@ -28,13 +28,9 @@ pub(crate) struct PollQuery<'a> {
     pub(crate) ns: Option<Cow<'a, str>>,
 }
 
-/// Decodes one `key=value` pair of a query: as it is when it holds no `%` or `+` (decoding
-/// would change nothing), else through `serde_urlencoded`.
-fn form_pair(pair: &str) -> (Cow<'_, str>, Cow<'_, str>) {
-    if !pair.bytes().any(|b| b == b'%' || b == b'+') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        return (Cow::Borrowed(key), Cow::Borrowed(value));
-    }
+/// Decodes one `key=value` pair of a query through `serde_urlencoded`: for a pair holding `%`
+/// or `+`, which decoding changes.
+fn decoded_pair(pair: &str) -> (Cow<'_, str>, Cow<'_, str>) {
     serde_urlencoded::from_str::<Vec<(String, String)>>(pair)
         .ok()
         .and_then(|pairs| pairs.into_iter().next())
@@ -43,13 +39,53 @@ fn form_pair(pair: &str) -> (Cow<'_, str>, Cow<'_, str>) {
         })
 }
 
+/// The `key=value` pairs of a query, each borrowed as it is where it holds no `%` or `+`
+/// (decoding would change nothing), decoded otherwise. One pass over the bytes finds each
+/// pair's end, its `=` and whether it needs decoding: a poll's query is parsed on every
+/// request, and splitting it in three passes cost several times as much.
+fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    let bytes = query.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        while start < bytes.len() {
+            let (mut end, mut eq, mut encoded) = (start, None, false);
+            while end < bytes.len() {
+                match bytes[end] {
+                    b'&' => break,
+                    b'=' if eq.is_none() => eq = Some(end),
+                    b'%' | b'+' => encoded = true,
+                    _ => {}
+                }
+                end += 1;
+            }
+            // `&` and `=` are ASCII: every slice below starts and ends on a char boundary.
+            let pair = &query[start..end];
+            let (from, eq_at) = (start, eq);
+            start = end + 1;
+            if pair.is_empty() {
+                continue;
+            }
+            if encoded {
+                return Some(decoded_pair(pair));
+            }
+            return Some(match eq_at {
+                Some(eq) => (
+                    Cow::Borrowed(&query[from..eq]),
+                    Cow::Borrowed(&query[eq + 1..from + pair.len()]),
+                ),
+                None => (Cow::Borrowed(pair), Cow::Borrowed("")),
+            });
+        }
+        None
+    })
+}
+
 impl<'a> PollQuery<'a> {
     /// Splits the query into its known fields. Unknown fields are ignored; a known one given
     /// twice is an error, since a client that does that does not mean one of them.
     fn fields(query: &'a str) -> Result<Self, ProtocolError> {
         let mut q = PollQuery::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = form_pair(pair);
+        for (key, value) in query_pairs(query) {
             let slot = match &*key {
                 "client" => &mut q.client,
                 "cursor" => &mut q.cursor,
@@ -189,6 +225,72 @@ pub(crate) struct PollResponse<'a> {
     /// send a newer poll itself, another instance (a duplicated tab) uses its id.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) taken_over: bool,
+}
+
+impl PollResponse<'_> {
+    /// The answer's JSON, as its `Serialize` form writes it, into a buffer of about `capacity`
+    /// bytes. Written by hand because it is the hot path: the field names are literals, and
+    /// only the strings that vary (the epoch, namespaces, event names) go through JSON
+    /// escaping. The payloads are already JSON.
+    pub(crate) fn to_json(&self, capacity: usize) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            // Writing a `str` into a `Vec` cannot fail.
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+        fn number(out: &mut Vec<u8>, n: u64) {
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        }
+        let mut out = Vec::with_capacity(capacity);
+        out.extend_from_slice(b"{\"epoch\":");
+        string(&mut out, self.epoch.as_str());
+        out.extend_from_slice(b",\"cursor\":");
+        number(&mut out, self.cursor);
+        out.extend_from_slice(b",\"messages\":[");
+        for (i, m) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"pos\":");
+            number(&mut out, m.pos);
+            if !is_default_namespace(&m.ns) {
+                out.extend_from_slice(b",\"ns\":");
+                string(&mut out, &m.ns);
+            }
+            out.extend_from_slice(b",\"event\":");
+            string(&mut out, &m.event);
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(m.data.get().as_bytes());
+            if m.ack {
+                out.extend_from_slice(b",\"ack\":true");
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"],\"volatile\":[");
+        for (i, v) in self.volatile.iter().enumerate() {
+            out.extend_from_slice(if i > 0 { b",{" } else { b"{" });
+            if !is_default_namespace(&v.ns) {
+                out.extend_from_slice(b"\"ns\":");
+                string(&mut out, &v.ns);
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"event\":");
+            string(&mut out, &v.event);
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(v.data.get().as_bytes());
+            out.push(b'}');
+        }
+        out.push(b']');
+        if let Some(limits) = self.limits {
+            out.extend_from_slice(b",\"limits\":");
+            // Numbers only: it always serializes.
+            let _ = serde_json::to_writer(&mut out, limits);
+        }
+        if self.taken_over {
+            out.extend_from_slice(b",\"taken_over\":true");
+        }
+        out.push(b'}');
+        out
+    }
 }
 
 /// The limits a server advertises in its handshake (spec §6).
@@ -446,6 +548,11 @@ pub(crate) fn json_response_sized<T: Serialize>(
     if serde_json::to_writer(&mut body, value).is_err() {
         body = b"{}".to_vec();
     }
+    json_body_response(body)
+}
+
+/// A `200` response with `body`, already JSON.
+pub(crate) fn json_body_response(body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -461,6 +568,105 @@ pub(crate) fn json_response_sized<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written poll answer is byte for byte its `Serialize` form, in every shape:
+    /// empty, messages with and without a namespace or an ask, volatile messages, the limits,
+    /// a taken-over poll, and strings that need escaping.
+    #[test]
+    fn a_poll_answer_is_written_as_its_serde_form() {
+        let raw = |s: &str| -> Arc<RawValue> {
+            Arc::from(RawValue::from_string(s.to_owned()).expect("JSON"))
+        };
+        let message = |pos, ns: &str, event: &str, data: &str, ack| StoredMessage {
+            pos,
+            ns: ns.into(),
+            event: event.into(),
+            data: raw(data),
+            ack,
+        };
+        let messages = vec![
+            message(1, "/", "tick", r#"{"seq":1}"#, false),
+            message(2, "/chat", "say \"hi\"\n", r#""é""#, true),
+            message(9_007_199_254_740_991, "/", "", "null", false),
+        ];
+        let volatile = vec![
+            WireVolatile {
+                ns: "/".into(),
+                event: "typing".into(),
+                data: raw("[1,2]"),
+            },
+            WireVolatile {
+                ns: "/chat\u{1}".into(),
+                event: "t".into(),
+                data: raw("{}"),
+            },
+        ];
+        let limits = Limits {
+            hold_ms: 25_000,
+            max_body: 1,
+            max_messages: 2,
+            max_event_len: 3,
+            max_message_bytes: 4,
+            max_data_depth: 5,
+            batch_limit: 6,
+            max_batch_bytes: 7,
+            max_namespaces: 8,
+            dedup_window_ms: 9,
+            pending_wait_ms: 10,
+            handler_lease_ms: 11,
+            presence_ttl_ms: 12,
+        };
+        let epoch = Epoch::new("e\"poch");
+        for (messages, volatile, limits, taken_over) in [
+            (&messages[..0], &volatile[..0], None, false),
+            (&messages[..], &volatile[..0], None, false),
+            (&messages[..1], &volatile[..], Some(&limits), false),
+            (&messages[..0], &volatile[1..], None, true),
+            (&messages[..], &volatile[..], Some(&limits), true),
+        ] {
+            let answer = PollResponse {
+                epoch: &epoch,
+                cursor: 42,
+                messages,
+                volatile,
+                limits,
+                taken_over,
+            };
+            let serde = serde_json::to_vec(&answer).expect("serialize");
+            assert_eq!(
+                String::from_utf8(answer.to_json(16)).expect("UTF-8"),
+                String::from_utf8(serde).expect("UTF-8")
+            );
+        }
+    }
+
+    /// The one-pass split gives what `serde_urlencoded` gives for the whole query, pair by
+    /// pair, empty pairs dropped.
+    #[test]
+    fn query_pairs_agree_with_form_decoding() {
+        for query in [
+            "",
+            "&",
+            "&&client=a&&",
+            "client=tab1&cursor=12&epoch=e1",
+            "client",
+            "client=",
+            "=x",
+            "client=a=b",
+            "ns=%2Fchat,%2F&client=t",
+            "ns=/chat+x&client=t%20u",
+            "cursor=1&cursor=2",
+            "é=ü&client=ñ",
+            "a%3Db=c",
+        ] {
+            let ours: Vec<(String, String)> = query_pairs(query)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let theirs: Vec<(String, String)> =
+                serde_urlencoded::from_str(query).expect("a valid form");
+            assert_eq!(ours, theirs, "for {query:?}");
+        }
+    }
 
     #[test]
     fn poll_query_needs_a_valid_client() {
