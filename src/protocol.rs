@@ -584,12 +584,12 @@ mod tests {
             data: raw(data),
             ack,
         };
-        let messages = vec![
+        let messages = [
             message(1, "/", "tick", r#"{"seq":1}"#, false),
             message(2, "/chat", "say \"hi\"\n", r#""é""#, true),
             message(9_007_199_254_740_991, "/", "", "null", false),
         ];
-        let volatile = vec![
+        let volatile = [
             WireVolatile {
                 ns: "/".into(),
                 event: "typing".into(),
