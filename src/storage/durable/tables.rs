@@ -7,13 +7,22 @@
 //! | `messages` | (user, position) | a message record ([`MessageRecord`]) |
 //! | `payloads` | payload id | the JSON payload shared by a fan-out's messages |
 //! | `payload_refs` | payload id | how many messages refer to it |
-//! | `clients` | (user, client) | cursor, polled, presence TTL, namespaces |
+//! | `clients` | (user, client) | polled, presence TTL, namespaces |
+//! | `cursors` | (user, client) | (cursor, vouched): see below |
 //! | `watermarks` | (user, namespace) | position |
 //! | `data` | (user, client or `""` for the user's own, key) | JSON text |
 //! | `dedup` | (user, client, message id) | claim number, owner, until, outcome |
 //! | `rooms` | (room, user, client or `""` for the whole user) | nothing |
 //! | `origins` | (user, origin of a send) | (position, until) |
 //! | `acks` | (user, position) | an ack record: expiry, addressed client, replies |
+//!
+//! A poll that confirms writes one row of 16 bytes, its client's `cursors` row: the cursor, and
+//! the highest position the client confirmed for its namespaces (*vouched*), which every
+//! watermark of them is at least. So watermarks are not written on every confirmation: a
+//! watermark is the highest of its `watermarks` row and what the clients reading its namespace
+//! vouch for, and its row is written only when a client that vouched for it stops reading it
+//! (its namespaces change, or it is reaped). A client's record is rewritten only when it is
+//! made, first polls, or its namespaces change.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,6 +39,8 @@ pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition
 pub(super) const PAYLOADS: TableDefinition<u64, &str> = TableDefinition::new("payloads");
 pub(super) const PAYLOAD_REFS: TableDefinition<u64, u64> = TableDefinition::new("payload_refs");
 pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("clients");
+pub(super) const CURSORS: TableDefinition<(&str, &str), (u64, u64)> =
+    TableDefinition::new("cursors");
 pub(super) const WATERMARKS: TableDefinition<(&str, &str), u64> =
     TableDefinition::new("watermarks");
 pub(super) const DATA: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("data");
@@ -39,8 +50,10 @@ pub(super) const ORIGINS: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("origins");
 pub(super) const ACKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("acks");
 
-/// The file format this code writes; a file with another is not read.
-pub(super) const FORMAT: u8 = 1;
+/// The file format this code writes; a file with another is not read. 2: cursors in a table of
+/// their own, watermarks vouched for by them (1 kept cursors in client records, and wrote every
+/// watermark).
+pub(super) const FORMAT: u8 = 2;
 
 /// Payloads at least this long are stored once per fan-out, in `payloads`; shorter ones are
 /// cheaper inline than the lookup.
@@ -103,12 +116,15 @@ pub(super) struct Open<'t> {
     payloads: Table<'t, u64, &'static str>,
     payload_refs: Table<'t, u64, u64>,
     clients: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    cursors: Table<'t, (&'static str, &'static str), (u64, u64)>,
     watermarks: Table<'t, (&'static str, &'static str), u64>,
     data: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
     dedup: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
     rooms: Table<'t, (&'static str, &'static str, &'static str), ()>,
     origins: Table<'t, (&'static str, &'static str), (u64, u64)>,
     acks: Table<'t, (&'static str, u64), &'static [u8]>,
+    /// Where each message record is encoded: one buffer for the whole transaction.
+    scratch: codec::Writer,
 }
 
 impl<'t> Open<'t> {
@@ -120,12 +136,14 @@ impl<'t> Open<'t> {
             payloads: txn.open_table(PAYLOADS)?,
             payload_refs: txn.open_table(PAYLOAD_REFS)?,
             clients: txn.open_table(CLIENTS)?,
+            cursors: txn.open_table(CURSORS)?,
             watermarks: txn.open_table(WATERMARKS)?,
             data: txn.open_table(DATA)?,
             dedup: txn.open_table(DEDUP)?,
             rooms: txn.open_table(ROOMS)?,
             origins: txn.open_table(ORIGINS)?,
             acks: txn.open_table(ACKS)?,
+            scratch: codec::Writer::default(),
         })
     }
 }
@@ -177,8 +195,9 @@ pub(super) fn apply(
                 payload,
                 ack: *ack,
             };
+            record.encode_into(&mut t.scratch);
             t.messages
-                .insert((user.as_str(), *pos), record.encode().as_slice())?;
+                .insert((user.as_str(), *pos), t.scratch.0.as_slice())?;
         }
         Change::Unmessage { user, pos } => {
             let shared = match t.messages.remove((user.as_str(), *pos))? {
@@ -200,17 +219,26 @@ pub(super) fn apply(
         Change::Client {
             user,
             client,
-            cursor,
             polled,
             namespaces,
             presence_ttl,
         } => {
-            let record = codec::encode_client(*cursor, *polled, *presence_ttl, namespaces);
+            let record = codec::encode_client(*polled, *presence_ttl, namespaces);
             t.clients
                 .insert((user.as_str(), client.as_str()), record.as_slice())?;
         }
+        Change::Cursor {
+            user,
+            client,
+            cursor,
+            vouched,
+        } => {
+            t.cursors
+                .insert((user.as_str(), client.as_str()), (*cursor, *vouched))?;
+        }
         Change::Unclient { user, client } => {
             t.clients.remove((user.as_str(), client.as_str()))?;
+            t.cursors.remove((user.as_str(), client.as_str()))?;
             let after = next(client.as_str());
             t.data.retain_in(
                 (user.as_str(), client.as_str(), "")..(user.as_str(), after.as_str(), ""),
