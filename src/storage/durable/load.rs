@@ -182,7 +182,8 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
     let messages = txn.open_table(MESSAGES).map_err(|e| r(e.into()))?;
     for row in messages.iter().map_err(|e| r(e.into()))? {
         let (key, value) = row.map_err(|e| r(e.into()))?;
-        let (user, pos) = key.value();
+        // By position: each user's messages come back in their order.
+        let (pos, user) = key.value();
         let bytes = value.value();
         let m = MessageRecord::decode(bytes)?;
         let data = match m.payload {

@@ -4,7 +4,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `format`, `epoch`, `last_pos`, `next_payload` | bytes |
-//! | `messages` | (user, position) | a message record ([`MessageRecord`]) |
+//! | `messages` | (position, user) | a message record ([`MessageRecord`]) |
 //! | `payloads` | payload id | the JSON payload shared by a fan-out's messages |
 //! | `payload_refs` | payload id | how many messages refer to it |
 //! | `clients` | (user, client) | polled, presence TTL, namespaces |
@@ -35,7 +35,10 @@ use crate::storage::Member;
 use crate::storage::memory::journal::Change;
 
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// Keyed by position first: positions follow the clock, so the messages a batch stores sit
+/// together at the end of the table and those it removes (delivered, in the order they were
+/// sent) near its start, a few pages for the whole batch, not a page or two per user.
+pub(super) const MESSAGES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("messages");
 pub(super) const PAYLOADS: TableDefinition<u64, &str> = TableDefinition::new("payloads");
 pub(super) const PAYLOAD_REFS: TableDefinition<u64, u64> = TableDefinition::new("payload_refs");
 pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("clients");
@@ -51,8 +54,8 @@ pub(super) const ORIGINS: TableDefinition<(&str, &str), (u64, u64)> =
 pub(super) const ACKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("acks");
 
 /// The file format this code writes; a file with another is not read. 2: cursors in a table of
-/// their own, watermarks vouched for by them (1 kept cursors in client records, and wrote every
-/// watermark).
+/// their own, watermarks vouched for by them, messages keyed by position first (1 kept cursors
+/// in client records, wrote every watermark, and keyed messages by user first).
 pub(super) const FORMAT: u8 = 2;
 
 /// Payloads at least this long are stored once per fan-out, in `payloads`; shorter ones are
@@ -112,7 +115,7 @@ impl PayloadIds {
 /// Every table, open in one write transaction.
 pub(super) struct Open<'t> {
     pub(super) meta: Table<'t, &'static str, &'static [u8]>,
-    messages: Table<'t, (&'static str, u64), &'static [u8]>,
+    messages: Table<'t, (u64, &'static str), &'static [u8]>,
     payloads: Table<'t, u64, &'static str>,
     payload_refs: Table<'t, u64, u64>,
     clients: Table<'t, (&'static str, &'static str), &'static [u8]>,
@@ -197,10 +200,10 @@ pub(super) fn apply(
             };
             record.encode_into(&mut t.scratch);
             t.messages
-                .insert((user.as_str(), *pos), t.scratch.0.as_slice())?;
+                .insert((*pos, user.as_str()), t.scratch.0.as_slice())?;
         }
         Change::Unmessage { user, pos } => {
-            let shared = match t.messages.remove((user.as_str(), *pos))? {
+            let shared = match t.messages.remove((*pos, user.as_str()))? {
                 Some(bytes) => MessageRecord::shared_payload(bytes.value())
                     .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
                 None => None,
