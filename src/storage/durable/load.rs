@@ -99,9 +99,10 @@ fn create(path: &Path) -> Result<(Database, Loaded), StorageError> {
     let write = || -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
-            let mut t = Open::new(&txn)?;
-            t.meta.insert("format", [FORMAT].as_slice())?;
-            t.meta.insert("epoch", epoch.as_str().as_bytes())?;
+            let mut t = Open::new(&txn);
+            t.make_all()?;
+            t.meta()?.insert("format", [FORMAT].as_slice())?;
+            t.meta()?.insert("epoch", epoch.as_str().as_bytes())?;
         }
         txn.commit()?;
         Ok(())

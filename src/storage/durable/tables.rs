@@ -112,43 +112,95 @@ impl PayloadIds {
     }
 }
 
-/// Every table, open in one write transaction.
+/// A table of [`Open`], once opened.
+type Slot<'t, K, V> = Option<Table<'t, K, V>>;
+/// Keys of two and of three strings.
+type Two = (&'static str, &'static str);
+type Three = (&'static str, &'static str, &'static str);
+
+/// The tables of one write transaction, each opened when first written: a batch of direct
+/// messages writes three of the twelve, and opening one (a lookup in redb's table tree, its
+/// type checked) costs about as much as writing a record.
 pub(super) struct Open<'t> {
-    pub(super) meta: Table<'t, &'static str, &'static [u8]>,
-    messages: Table<'t, (u64, &'static str), &'static [u8]>,
-    payloads: Table<'t, u64, &'static str>,
-    payload_refs: Table<'t, u64, u64>,
-    clients: Table<'t, (&'static str, &'static str), &'static [u8]>,
-    cursors: Table<'t, (&'static str, &'static str), (u64, u64)>,
-    watermarks: Table<'t, (&'static str, &'static str), u64>,
-    data: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
-    dedup: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
-    rooms: Table<'t, (&'static str, &'static str, &'static str), ()>,
-    origins: Table<'t, (&'static str, &'static str), (u64, u64)>,
-    acks: Table<'t, (&'static str, u64), &'static [u8]>,
+    txn: &'t WriteTransaction,
+    meta: Slot<'t, &'static str, &'static [u8]>,
+    messages: Slot<'t, (u64, &'static str), &'static [u8]>,
+    payloads: Slot<'t, u64, &'static str>,
+    payload_refs: Slot<'t, u64, u64>,
+    clients: Slot<'t, Two, &'static [u8]>,
+    cursors: Slot<'t, Two, (u64, u64)>,
+    watermarks: Slot<'t, Two, u64>,
+    data: Slot<'t, Three, &'static str>,
+    dedup: Slot<'t, Three, &'static [u8]>,
+    rooms: Slot<'t, Three, ()>,
+    origins: Slot<'t, Two, (u64, u64)>,
+    acks: Slot<'t, (&'static str, u64), &'static [u8]>,
     /// Where each message record is encoded: one buffer for the whole transaction.
     scratch: codec::Writer,
 }
 
+/// The accessor of a table of [`Open`], opening it on first use.
+macro_rules! table {
+    ($name:ident, $def:ident, $k:ty, $v:ty) => {
+        pub(super) fn $name(&mut self) -> Result<&mut Table<'t, $k, $v>, redb::Error> {
+            Ok(match &mut self.$name {
+                Some(table) => table,
+                slot @ None => slot.insert(self.txn.open_table($def)?),
+            })
+        }
+    };
+}
+
 impl<'t> Open<'t> {
-    /// Opens (making, in a new file) every table.
-    pub(super) fn new(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
-        Ok(Open {
-            meta: txn.open_table(META)?,
-            messages: txn.open_table(MESSAGES)?,
-            payloads: txn.open_table(PAYLOADS)?,
-            payload_refs: txn.open_table(PAYLOAD_REFS)?,
-            clients: txn.open_table(CLIENTS)?,
-            cursors: txn.open_table(CURSORS)?,
-            watermarks: txn.open_table(WATERMARKS)?,
-            data: txn.open_table(DATA)?,
-            dedup: txn.open_table(DEDUP)?,
-            rooms: txn.open_table(ROOMS)?,
-            origins: txn.open_table(ORIGINS)?,
-            acks: txn.open_table(ACKS)?,
+    /// No table open yet.
+    pub(super) fn new(txn: &'t WriteTransaction) -> Self {
+        Open {
+            txn,
+            meta: None,
+            messages: None,
+            payloads: None,
+            payload_refs: None,
+            clients: None,
+            cursors: None,
+            watermarks: None,
+            data: None,
+            dedup: None,
+            rooms: None,
+            origins: None,
+            acks: None,
             scratch: codec::Writer::default(),
-        })
+        }
     }
+
+    /// Opens every table, making them in a new file: a file is read back whole, table by table.
+    pub(super) fn make_all(&mut self) -> Result<(), redb::Error> {
+        self.meta()?;
+        self.messages()?;
+        self.payloads()?;
+        self.payload_refs()?;
+        self.clients()?;
+        self.cursors()?;
+        self.watermarks()?;
+        self.data()?;
+        self.dedup()?;
+        self.rooms()?;
+        self.origins()?;
+        self.acks()?;
+        Ok(())
+    }
+
+    table!(meta, META, &'static str, &'static [u8]);
+    table!(messages, MESSAGES, (u64, &'static str), &'static [u8]);
+    table!(payloads, PAYLOADS, u64, &'static str);
+    table!(payload_refs, PAYLOAD_REFS, u64, u64);
+    table!(clients, CLIENTS, Two, &'static [u8]);
+    table!(cursors, CURSORS, Two, (u64, u64));
+    table!(watermarks, WATERMARKS, Two, u64);
+    table!(data, DATA, Three, &'static str);
+    table!(dedup, DEDUP, Three, &'static [u8]);
+    table!(rooms, ROOMS, Three, ());
+    table!(origins, ORIGINS, Two, (u64, u64));
+    table!(acks, ACKS, (&'static str, u64), &'static [u8]);
 }
 
 /// Writes one change.
@@ -175,7 +227,7 @@ pub(super) fn apply(
                     None => {
                         let id = payloads.next;
                         payloads.next += 1;
-                        t.payloads.insert(id, data.get())?;
+                        t.payloads()?.insert(id, data.get())?;
                         payloads.recent.push_back((data.clone(), id));
                         if payloads.recent.len() > PAYLOADS_REMEMBERED {
                             payloads.recent.pop_front();
@@ -183,8 +235,8 @@ pub(super) fn apply(
                         id
                     }
                 };
-                let count = t.payload_refs.get(id)?.map_or(0, |c| c.value());
-                t.payload_refs.insert(id, count + 1)?;
+                let count = t.payload_refs()?.get(id)?.map_or(0, |c| c.value());
+                t.payload_refs()?.insert(id, count + 1)?;
                 Payload::Shared(id)
             } else {
                 Payload::Inline(data.get())
@@ -198,24 +250,26 @@ pub(super) fn apply(
                 payload,
                 ack: *ack,
             };
-            record.encode_into(&mut t.scratch);
-            t.messages
-                .insert((*pos, user.as_str()), t.scratch.0.as_slice())?;
+            let mut scratch = std::mem::take(&mut t.scratch);
+            record.encode_into(&mut scratch);
+            t.messages()?
+                .insert((*pos, user.as_str()), scratch.0.as_slice())?;
+            t.scratch = scratch;
         }
         Change::Unmessage { user, pos } => {
-            let shared = match t.messages.remove((*pos, user.as_str()))? {
+            let shared = match t.messages()?.remove((*pos, user.as_str()))? {
                 Some(bytes) => MessageRecord::shared_payload(bytes.value())
                     .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
                 None => None,
             };
             if let Some(id) = shared {
-                let count = t.payload_refs.get(id)?.map_or(0, |c| c.value());
+                let count = t.payload_refs()?.get(id)?.map_or(0, |c| c.value());
                 if count <= 1 {
-                    t.payload_refs.remove(id)?;
-                    t.payloads.remove(id)?;
+                    t.payload_refs()?.remove(id)?;
+                    t.payloads()?.remove(id)?;
                     payloads.forget(id);
                 } else {
-                    t.payload_refs.insert(id, count - 1)?;
+                    t.payload_refs()?.insert(id, count - 1)?;
                 }
             }
         }
@@ -227,7 +281,7 @@ pub(super) fn apply(
             presence_ttl,
         } => {
             let record = codec::encode_client(*polled, *presence_ttl, namespaces);
-            t.clients
+            t.clients()?
                 .insert((user.as_str(), client.as_str()), record.as_slice())?;
         }
         Change::Cursor {
@@ -236,14 +290,14 @@ pub(super) fn apply(
             cursor,
             vouched,
         } => {
-            t.cursors
+            t.cursors()?
                 .insert((user.as_str(), client.as_str()), (*cursor, *vouched))?;
         }
         Change::Unclient { user, client } => {
-            t.clients.remove((user.as_str(), client.as_str()))?;
-            t.cursors.remove((user.as_str(), client.as_str()))?;
+            t.clients()?.remove((user.as_str(), client.as_str()))?;
+            t.cursors()?.remove((user.as_str(), client.as_str()))?;
             let after = next(client.as_str());
-            t.data.retain_in(
+            t.data()?.retain_in(
                 (user.as_str(), client.as_str(), "")..(user.as_str(), after.as_str(), ""),
                 |_, _| false,
             )?;
@@ -253,26 +307,27 @@ pub(super) fn apply(
             namespace,
             pos,
         } => {
-            t.watermarks.insert((user.as_str(), &**namespace), *pos)?;
+            t.watermarks()?
+                .insert((user.as_str(), &**namespace), *pos)?;
         }
         Change::Unlog { user } => {
             let after = next(user.as_str());
-            t.watermarks
+            t.watermarks()?
                 .retain_in((user.as_str(), "")..(after.as_str(), ""), |_, _| false)?;
         }
         Change::Data { member, key, value } => {
             let (user, client) = member_parts(member);
             match value {
                 Some(v) => {
-                    t.data.insert((user, client, key.as_str()), v.as_str())?;
+                    t.data()?.insert((user, client, key.as_str()), v.as_str())?;
                 }
                 None => {
-                    t.data.remove((user, client, key.as_str()))?;
+                    t.data()?.remove((user, client, key.as_str()))?;
                 }
             }
         }
         Change::Undata { user } => {
-            t.data.retain_in(
+            t.data()?.retain_in(
                 (user.as_str(), "", "")..(user.as_str(), "\0", ""),
                 |_, _| false,
             )?;
@@ -285,13 +340,13 @@ pub(super) fn apply(
             outcome,
         } => {
             let record = codec::encode_dedup(*seq, *owner, *until, outcome.as_deref());
-            t.dedup.insert(
+            t.dedup()?.insert(
                 (key.user.as_str(), key.client.as_str(), key.id.as_str()),
                 record.as_slice(),
             )?;
         }
         Change::Undedup { key } => {
-            t.dedup
+            t.dedup()?
                 .remove((key.user.as_str(), key.client.as_str(), key.id.as_str()))?;
         }
         Change::Origin {
@@ -300,11 +355,11 @@ pub(super) fn apply(
             pos,
             until,
         } => {
-            t.origins
+            t.origins()?
                 .insert((user.as_str(), &**origin), (*pos, *until))?;
         }
         Change::Unorigin { user, origin } => {
-            t.origins.remove((user.as_str(), &**origin))?;
+            t.origins()?.remove((user.as_str(), &**origin))?;
         }
         Change::Ack {
             user,
@@ -314,18 +369,18 @@ pub(super) fn apply(
             replies,
         } => {
             let record = codec::encode_ack(*expires_at, client.as_ref(), replies);
-            t.acks.insert((user.as_str(), *pos), record.as_slice())?;
+            t.acks()?.insert((user.as_str(), *pos), record.as_slice())?;
         }
         Change::Unack { user, pos } => {
-            t.acks.remove((user.as_str(), *pos))?;
+            t.acks()?.remove((user.as_str(), *pos))?;
         }
         Change::Join { room, member } => {
             let (user, client) = member_parts(member);
-            t.rooms.insert((&**room, user, client), ())?;
+            t.rooms()?.insert((&**room, user, client), ())?;
         }
         Change::Leave { room, member } => {
             let (user, client) = member_parts(member);
-            t.rooms.remove((&**room, user, client))?;
+            t.rooms()?.remove((&**room, user, client))?;
         }
     }
     Ok(())

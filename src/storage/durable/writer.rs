@@ -317,7 +317,7 @@ impl Thread {
         let next_payload = self.payloads.next;
         let mut last_pos = self.last_pos;
         {
-            let mut t = Open::new(&txn)?;
+            let mut t = Open::new(&txn);
             for change in changes {
                 if let Change::Message { pos, .. } = change {
                     last_pos = last_pos.max(*pos);
@@ -325,11 +325,11 @@ impl Thread {
                 tables::apply(&mut t, change, &mut self.payloads)?;
             }
             if last_pos != self.last_pos {
-                t.meta
+                t.meta()?
                     .insert("last_pos", last_pos.to_be_bytes().as_slice())?;
             }
             if self.payloads.next != next_payload {
-                t.meta
+                t.meta()?
                     .insert("next_payload", self.payloads.next.to_be_bytes().as_slice())?;
             }
         }
