@@ -184,7 +184,8 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
     for row in messages.iter().map_err(|e| r(e.into()))? {
         let (key, value) = row.map_err(|e| r(e.into()))?;
         // By position: each user's messages come back in their order.
-        let (pos, user) = key.value();
+        let (pos, user) = super::tables::split_message_key(key.value())
+            .ok_or_else(|| corrupt("a damaged message key"))?;
         let bytes = value.value();
         let m = MessageRecord::decode(bytes)?;
         let data = match m.payload {

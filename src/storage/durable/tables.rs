@@ -4,7 +4,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `format`, `epoch`, `last_pos`, `next_payload` | bytes |
-//! | `messages` | (position, user) | a message record ([`MessageRecord`]) |
+//! | `messages` | position (8 bytes, big-endian), user | a message record ([`MessageRecord`]) |
 //! | `payloads` | payload id | the JSON payload shared by a fan-out's messages |
 //! | `payload_refs` | payload id | how many messages refer to it |
 //! | `clients` | (user, client) | polled, presence TTL, namespaces |
@@ -37,8 +37,10 @@ use crate::storage::memory::journal::Change;
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Keyed by position first: positions follow the clock, so the messages a batch stores sit
 /// together at the end of the table and those it removes (delivered, in the order they were
-/// sent) near its start, a few pages for the whole batch, not a page or two per user.
-pub(super) const MESSAGES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("messages");
+/// sent) near its start, a few pages for the whole batch, not a page or two per user. The key
+/// is plain bytes ([`message_key`]): compared as they are, and made without allocating, where
+/// a redb tuple is serialised into a new buffer for every lookup.
+pub(super) const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
 pub(super) const PAYLOADS: TableDefinition<u64, &str> = TableDefinition::new("payloads");
 pub(super) const PAYLOAD_REFS: TableDefinition<u64, u64> = TableDefinition::new("payload_refs");
 pub(super) const CLIENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("clients");
@@ -61,6 +63,23 @@ pub(super) const FORMAT: u8 = 2;
 /// Payloads at least this long are stored once per fan-out, in `payloads`; shorter ones are
 /// cheaper inline than the lookup.
 pub(super) const SHARE_FROM: usize = 256;
+
+/// A message's key into `buf`: its position, 8 bytes big-endian so that keys sort by it, then
+/// its user.
+fn message_key(buf: &mut Vec<u8>, pos: u64, user: &str) {
+    buf.clear();
+    buf.extend_from_slice(&pos.to_be_bytes());
+    buf.extend_from_slice(user.as_bytes());
+}
+
+/// A message's key read back: its position and user; `None` if damaged.
+pub(super) fn split_message_key(key: &[u8]) -> Option<(u64, &str)> {
+    let (pos, user) = key.split_at_checked(8)?;
+    Some((
+        u64::from_be_bytes(pos.try_into().ok()?),
+        std::str::from_utf8(user).ok()?,
+    ))
+}
 
 /// The client part of a key: a client's id, or `""` for the user as a whole (client ids are
 /// never empty).
@@ -124,7 +143,7 @@ type Three = (&'static str, &'static str, &'static str);
 pub(super) struct Open<'t> {
     txn: &'t WriteTransaction,
     meta: Slot<'t, &'static str, &'static [u8]>,
-    messages: Slot<'t, (u64, &'static str), &'static [u8]>,
+    messages: Slot<'t, &'static [u8], &'static [u8]>,
     payloads: Slot<'t, u64, &'static str>,
     payload_refs: Slot<'t, u64, u64>,
     clients: Slot<'t, Two, &'static [u8]>,
@@ -135,8 +154,9 @@ pub(super) struct Open<'t> {
     rooms: Slot<'t, Three, ()>,
     origins: Slot<'t, Two, (u64, u64)>,
     acks: Slot<'t, (&'static str, u64), &'static [u8]>,
-    /// Where each message record is encoded: one buffer for the whole transaction.
+    /// Where each message record and key is encoded: buffers for the whole transaction.
     scratch: codec::Writer,
+    key: Vec<u8>,
 }
 
 /// The accessor of a table of [`Open`], opening it on first use.
@@ -169,6 +189,7 @@ impl<'t> Open<'t> {
             origins: None,
             acks: None,
             scratch: codec::Writer::default(),
+            key: Vec::new(),
         }
     }
 
@@ -190,7 +211,7 @@ impl<'t> Open<'t> {
     }
 
     table!(meta, META, &'static str, &'static [u8]);
-    table!(messages, MESSAGES, (u64, &'static str), &'static [u8]);
+    table!(messages, MESSAGES, &'static [u8], &'static [u8]);
     table!(payloads, PAYLOADS, u64, &'static str);
     table!(payload_refs, PAYLOAD_REFS, u64, u64);
     table!(clients, CLIENTS, Two, &'static [u8]);
@@ -250,18 +271,22 @@ pub(super) fn apply(
                 payload,
                 ack: *ack,
             };
-            let mut scratch = std::mem::take(&mut t.scratch);
+            let (mut scratch, mut key) =
+                (std::mem::take(&mut t.scratch), std::mem::take(&mut t.key));
             record.encode_into(&mut scratch);
-            t.messages()?
-                .insert((*pos, user.as_str()), scratch.0.as_slice())?;
-            t.scratch = scratch;
+            message_key(&mut key, *pos, user.as_str());
+            t.messages()?.insert(key.as_slice(), scratch.0.as_slice())?;
+            (t.scratch, t.key) = (scratch, key);
         }
         Change::Unmessage { user, pos } => {
-            let shared = match t.messages()?.remove((*pos, user.as_str()))? {
+            let mut key = std::mem::take(&mut t.key);
+            message_key(&mut key, *pos, user.as_str());
+            let shared = match t.messages()?.remove(key.as_slice())? {
                 Some(bytes) => MessageRecord::shared_payload(bytes.value())
                     .map_err(|e| redb::Error::Corrupted(e.to_string()))?,
                 None => None,
             };
+            t.key = key;
             if let Some(id) = shared {
                 let count = t.payload_refs()?.get(id)?.map_or(0, |c| c.value());
                 if count <= 1 {
@@ -384,4 +409,20 @@ pub(super) fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_key_sorts_by_position_and_reads_back() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        message_key(&mut a, 255, "zed");
+        message_key(&mut b, 256, "amy");
+        assert!(a < b, "keys do not sort by position first");
+        assert_eq!(split_message_key(&b), Some((256, "amy")));
+        assert_eq!(split_message_key(&b[..7]), None);
+        assert_eq!(split_message_key(&[0, 0, 0, 0, 0, 0, 0, 1, 0xff]), None);
+    }
 }
