@@ -260,6 +260,116 @@ async fn everything_confirmed_comes_back_after_a_reopen() {
     assert!(positions(&next.outcomes)[0] > last);
 }
 
+/// A fetch of `client` reading `namespaces`, live for `ttl`.
+async fn fetch_in(
+    s: &DurableStorage,
+    (user, client): (&str, &str),
+    cursor: Option<(Epoch, Position)>,
+    namespaces: &[&str],
+    ttl: Duration,
+) -> FetchBatch {
+    s.fetch(FetchRequest {
+        user: UserId::from(user),
+        client: ClientId::new(client).expect("a client id"),
+        cursor,
+        namespaces: namespaces.iter().map(|&ns| ns.into()).collect(),
+        limit: 1_000,
+        presence_ttl: ttl,
+        announce: None,
+        max_clients: 64,
+    })
+    .await
+    .expect("a fetch")
+}
+
+fn message_in(to: &str, namespace: &str, text: &str) -> NewMessage {
+    NewMessage {
+        namespace: namespace.into(),
+        ..message(to, None, &json(text))
+    }
+}
+
+/// A confirmation writes the client's cursor row alone; the watermarks it raised are rebuilt
+/// from it. They must come back as they were, also once the client that raised them stopped
+/// reading their namespace or was reaped, and a client must not vouch for namespaces it did
+/// not confirm.
+#[tokio::test]
+async fn watermarks_come_back_after_their_clients_move_on_or_go() {
+    let folder = Folder::new("watermarks");
+    let ms = Duration::from_millis;
+    let epoch = {
+        let s = DurableStorage::open(folder.file())
+            .await
+            .expect("a new file");
+        let epoch = s.epoch().await.expect("an epoch");
+        s.append(
+            vec![message_in("dee", "/a", "1"), message_in("dee", "/b", "2")],
+            limits(),
+        )
+        .await
+        .expect("stored");
+        // A client that confirms nothing keeps every message in the log.
+        fetch_in(&s, ("dee", "dee-0"), None, &["/b"], HOUR).await;
+        // dee-1 confirms both positions for "/a", then reads "/b" instead, confirming nothing
+        // there: "/a"'s watermark is past both, "/b"'s is not.
+        let read = fetch_in(&s, ("dee", "dee-1"), None, &["/a"], HOUR).await;
+        assert_eq!(texts(&read), ["1"]);
+        fetch_in(
+            &s,
+            ("dee", "dee-1"),
+            Some((epoch.clone(), read.cursor)),
+            &["/a"],
+            HOUR,
+        )
+        .await;
+        fetch_in(&s, ("dee", "dee-1"), None, &["/b"], HOUR).await;
+
+        // eve-1 confirms "/" and is reaped; eve-0 keeps the message in the log.
+        s.append(vec![message_in("eve", "/", "3")], limits())
+            .await
+            .expect("stored");
+        fetch_in(&s, ("eve", "eve-0"), None, &["/"], HOUR).await;
+        let read = fetch_in(&s, ("eve", "eve-1"), None, &["/"], ms(50)).await;
+        assert_eq!(texts(&read), ["3"]);
+        fetch_in(
+            &s,
+            ("eve", "eve-1"),
+            Some((epoch.clone(), read.cursor)),
+            &["/"],
+            ms(50),
+        )
+        .await;
+        tokio::time::sleep(ms(120)).await;
+        let gone = s.reap().await.expect("reaped");
+        assert!(
+            gone.iter().any(|d| d.client.as_str() == "eve-1"),
+            "eve-1 was not reaped: {gone:?}"
+        );
+        epoch
+    };
+
+    let s = DurableStorage::open(folder.file()).await.expect("reopened");
+    assert_eq!(s.epoch().await.expect("an epoch"), epoch);
+    // New clients start at the watermarks of their namespaces.
+    let a = fetch_in(&s, ("dee", "dee-2"), None, &["/a"], HOUR).await;
+    assert!(
+        a.messages.is_empty(),
+        "\"/a\"'s watermark went back: {:?}",
+        texts(&a)
+    );
+    let b = fetch_in(&s, ("dee", "dee-3"), None, &["/b"], HOUR).await;
+    assert_eq!(texts(&b), ["2"], "\"/b\" got a watermark nobody confirmed");
+    let e = fetch_in(&s, ("eve", "eve-2"), None, &["/"], HOUR).await;
+    assert!(
+        e.messages.is_empty(),
+        "the watermark of a reaped client went back: {:?}",
+        texts(&e)
+    );
+    // The client that stayed resumes where it was.
+    let zero = fetch_in(&s, ("eve", "eve-0"), None, &["/"], HOUR).await;
+    assert_eq!(texts(&zero), ["3"]);
+}
+
 #[tokio::test]
 async fn the_file_keeps_only_what_is_held() {
     let folder = Folder::new("bounded");

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::id::{ClientId, UserId};
-use crate::storage::{Millis, Position, StorageError};
+use crate::storage::{Millis, StorageError};
 
 /// Appends records to a buffer.
 #[derive(Default)]
@@ -115,8 +115,16 @@ const SHARED: u8 = 4;
 const ASKS_ACK: u8 = 8;
 
 impl MessageRecord<'_> {
+    #[cfg(test)]
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
+        self.encode_into(&mut w);
+        w.0
+    }
+
+    /// Appends the record to `w` (emptied first, so that one buffer serves every record).
+    pub(super) fn encode_into(&self, w: &mut Writer) {
+        w.0.clear();
         let mut flags = 0;
         if self.client.is_some() {
             flags |= HAS_CLIENT;
@@ -142,7 +150,6 @@ impl MessageRecord<'_> {
             Payload::Inline(data) => w.tail(data),
             Payload::Shared(id) => w.u64(id),
         };
-        w.0
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<MessageRecord<'_>, StorageError> {
@@ -177,12 +184,24 @@ impl MessageRecord<'_> {
         })
     }
 
-    /// The payload id, if shared, read without decoding the rest.
+    /// The payload id, if shared: read on every removal, so the strings before it are skipped,
+    /// not made into ids.
     pub(super) fn shared_payload(bytes: &[u8]) -> Result<Option<u64>, StorageError> {
-        Ok(match Self::decode(bytes)?.payload {
-            Payload::Shared(id) => Some(id),
-            Payload::Inline(_) => None,
-        })
+        let mut r = Reader::new(bytes, "message");
+        r.u64()?;
+        let flags = r.u8()?;
+        if flags & SHARED == 0 {
+            return Ok(None);
+        }
+        if flags & HAS_CLIENT != 0 {
+            r.str()?;
+        }
+        if flags & HAS_SENDER != 0 {
+            r.str()?;
+        }
+        r.str()?;
+        r.str()?;
+        Ok(Some(r.u64()?))
     }
 }
 
@@ -232,16 +251,15 @@ pub(super) fn decode_ack(
     Ok((expires_at, client, replies))
 }
 
-/// A client's record: its cursor, whether it polled, its TTL and namespaces.
+/// A client's record: whether it polled, its TTL and namespaces (its cursor has a row of its
+/// own).
 pub(super) fn encode_client(
-    cursor: Position,
     polled: bool,
     presence_ttl: Millis,
     namespaces: &[Arc<str>],
 ) -> Vec<u8> {
     let mut w = Writer::default();
-    w.u64(cursor)
-        .u8(polled as u8)
+    w.u8(polled as u8)
         .u64(presence_ttl)
         .u64(namespaces.len() as u64);
     for ns in namespaces {
@@ -250,12 +268,11 @@ pub(super) fn encode_client(
     w.0
 }
 
-/// A client's record read back: cursor, polled, presence TTL, namespaces.
-pub(super) type ClientFields = (Position, bool, Millis, Vec<Arc<str>>);
+/// A client's record read back: polled, presence TTL, namespaces.
+pub(super) type ClientFields = (bool, Millis, Vec<Arc<str>>);
 
 pub(super) fn decode_client(bytes: &[u8]) -> Result<ClientFields, StorageError> {
     let mut r = Reader::new(bytes, "client");
-    let cursor = r.u64()?;
     let polled = r.u8()? != 0;
     let ttl = r.u64()?;
     let count = r.u64()?;
@@ -264,7 +281,7 @@ pub(super) fn decode_client(bytes: &[u8]) -> Result<ClientFields, StorageError> 
     for _ in 0..count {
         namespaces.push(Arc::from(r.str()?));
     }
-    Ok((cursor, polled, ttl, namespaces))
+    Ok((polled, ttl, namespaces))
 }
 
 /// A dedup record: claim number, owner, until, and the outcome once completed.
@@ -316,14 +333,21 @@ mod tests {
         assert_eq!((back.namespace, back.event), ("/chat", "line"));
         assert!(matches!(back.payload, Payload::Inline(r#"{"text":"hi"}"#)));
         assert!(MessageRecord::decode(&bytes[..12]).is_err());
+        assert_eq!(MessageRecord::shared_payload(&bytes).unwrap(), None);
+        let shared = MessageRecord {
+            payload: Payload::Shared(9),
+            ..record
+        }
+        .encode();
+        assert_eq!(MessageRecord::shared_payload(&shared).unwrap(), Some(9));
+        assert!(MessageRecord::shared_payload(&shared[..shared.len() - 1]).is_err());
     }
 
     #[test]
     fn a_client_and_a_dedup_record_round_trip() {
         let ns: Vec<Arc<str>> = vec!["/".into(), "/chat".into()];
-        let (cursor, polled, ttl, back) =
-            decode_client(&encode_client(7, true, 30_000, &ns)).unwrap();
-        assert_eq!((cursor, polled, ttl, back), (7, true, 30_000, ns));
+        let (polled, ttl, back) = decode_client(&encode_client(true, 30_000, &ns)).unwrap();
+        assert_eq!((polled, ttl, back), (true, 30_000, ns));
         let (seq, owner, until, outcome) =
             decode_dedup(&encode_dedup(3, 9, 11, Some("{}"))).unwrap();
         assert_eq!(

@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 
 use super::codec::{self, MessageRecord, Payload};
 use super::tables::{
-    ACKS, CLIENTS, DATA, DEDUP, FORMAT, MESSAGES, META, ORIGINS, Open, PAYLOADS, ROOMS, WATERMARKS,
+    ACKS, CLIENTS, CURSORS, DATA, DEDUP, FORMAT, MESSAGES, META, ORIGINS, Open, PAYLOADS, ROOMS,
+    WATERMARKS,
 };
 use crate::id::{ClientId, MessageId, UserId};
 use crate::storage::memory::journal::Change;
@@ -98,9 +99,10 @@ fn create(path: &Path) -> Result<(Database, Loaded), StorageError> {
     let write = || -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
-            let mut t = Open::new(&txn)?;
-            t.meta.insert("format", [FORMAT].as_slice())?;
-            t.meta.insert("epoch", epoch.as_str().as_bytes())?;
+            let mut t = Open::new(&txn);
+            t.make_all()?;
+            t.meta()?.insert("format", [FORMAT].as_slice())?;
+            t.meta()?.insert("epoch", epoch.as_str().as_bytes())?;
         }
         txn.commit()?;
         Ok(())
@@ -181,7 +183,9 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
     let messages = txn.open_table(MESSAGES).map_err(|e| r(e.into()))?;
     for row in messages.iter().map_err(|e| r(e.into()))? {
         let (key, value) = row.map_err(|e| r(e.into()))?;
-        let (user, pos) = key.value();
+        // By position: each user's messages come back in their order.
+        let (pos, user) = super::tables::split_message_key(key.value())
+            .ok_or_else(|| corrupt("a damaged message key"))?;
         let bytes = value.value();
         let m = MessageRecord::decode(bytes)?;
         let data = match m.payload {
@@ -217,14 +221,27 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
     for row in clients.iter().map_err(|e| r(e.into()))? {
         let (key, value) = row.map_err(|e| r(e.into()))?;
         let (user, client) = key.value();
-        let (cursor, polled, presence_ttl, namespaces) = codec::decode_client(value.value())?;
+        let (polled, presence_ttl, namespaces) = codec::decode_client(value.value())?;
         changes.push(Change::Client {
             user: UserId::from(user),
             client: client_id(client)?,
-            cursor,
             polled,
             namespaces,
             presence_ttl,
+        });
+    }
+
+    // After the clients: a cursor row is put back into its client's record.
+    let cursors = txn.open_table(CURSORS).map_err(|e| r(e.into()))?;
+    for row in cursors.iter().map_err(|e| r(e.into()))? {
+        let (key, value) = row.map_err(|e| r(e.into()))?;
+        let (user, client) = key.value();
+        let (cursor, vouched) = value.value();
+        changes.push(Change::Cursor {
+            user: UserId::from(user),
+            client: client_id(client)?,
+            cursor,
+            vouched,
         });
     }
 
@@ -336,4 +353,39 @@ fn member(user: &str, client: &str) -> Result<Member, StorageError> {
     } else {
         Member::Client(UserId::from(user), client_id(client)?)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of another format (an older version's) is not read as this one: it is moved
+    /// aside, and the storage starts a new epoch.
+    #[test]
+    fn a_file_of_another_format_is_moved_aside() {
+        let dir = std::env::temp_dir().join(format!(
+            "simpleio-format-{}-{}",
+            std::process::id(),
+            crate::id::random_token(8)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let path = dir.join("store.redb");
+        let (db, first) = open(&path).expect("a new file");
+        let txn = db.begin_write().expect("a transaction");
+        txn.open_table(META)
+            .expect("meta")
+            .insert("format", [FORMAT - 1].as_slice())
+            .expect("written");
+        txn.commit().expect("committed");
+        drop(db);
+
+        let (_db, second) = open(&path).expect("a new file in its place");
+        assert_ne!(first.restored.epoch, second.restored.epoch);
+        let aside = std::fs::read_dir(&dir)
+            .expect("the folder")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
+        assert!(aside, "the file of another format was not kept aside");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -131,6 +131,7 @@ impl DurableStorage {
             signals: memory.signal_sender(),
             payloads: PayloadIds::starting_at(next_payload),
             last_pos,
+            spare: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("simpleio-durable".into())

@@ -43,7 +43,12 @@ pub(super) struct Queue {
 
 #[derive(Debug, Default)]
 struct Pending {
-    items: Vec<Item>,
+    /// Changes, in the order they were made. Signals wait beside them: a batch's signals are
+    /// published once all its changes are written, so each comes after the changes recorded
+    /// before it. The thread swaps both lists for empty ones it keeps, so that neither is
+    /// allocated again for every batch.
+    changes: Vec<Change>,
+    signals: Vec<Signal>,
     closed: bool,
     /// The thread waits for items: a new one must wake it (else it will look anyway).
     idle: bool,
@@ -83,10 +88,16 @@ impl Batch {
     }
 }
 
-#[derive(Debug)]
-enum Item {
-    Changes(Vec<Change>),
-    Signal(Signal),
+/// A list's buffer is kept for the next batch up to this many entries; one a burst made larger
+/// is let go, so that a burst does not hold its memory for good.
+const KEEP: usize = 4_096;
+
+/// Empties `list`, keeping its buffer unless a burst made it large.
+fn recycle<T>(list: &mut Vec<T>) {
+    list.clear();
+    if list.capacity() > KEEP {
+        *list = Vec::new();
+    }
 }
 
 impl Queue {
@@ -147,7 +158,8 @@ impl Queue {
     /// they may wake: they then fail, by the generation or the broken flag).
     fn drop_pending(&self) -> Arc<Batch> {
         let mut state = self.lock();
-        state.items.clear();
+        state.changes.clear();
+        state.signals.clear();
         state.open_changed = false;
         std::mem::take(&mut state.open)
     }
@@ -160,12 +172,15 @@ impl Queue {
 }
 
 impl journal::Journal for Queue {
-    fn record(&self, changes: Vec<Change>) {
+    fn record(&self, changes: &mut Vec<Change>) {
         let mut state = self.lock();
-        state.items.push(Item::Changes(changes));
+        state.changes.append(changes);
         state.open_changed = true;
         let wake = state.idle;
         drop(state);
+        // The caller's buffer is filled again by its next operation: kept, unless a burst
+        // made it large.
+        recycle(changes);
         if wake {
             self.ready.notify_one();
         }
@@ -173,7 +188,7 @@ impl journal::Journal for Queue {
 
     fn signal(&self, signal: Signal) {
         let mut state = self.lock();
-        state.items.push(Item::Signal(signal));
+        state.signals.push(signal);
         let wake = state.idle;
         drop(state);
         if wake {
@@ -191,6 +206,8 @@ pub(super) struct Thread {
     pub(super) signals: broadcast::Sender<Signal>,
     pub(super) payloads: PayloadIds,
     pub(super) last_pos: u64,
+    /// The lists the thread swaps with the queue's for each batch (see [`Pending`]).
+    pub(super) spare: (Vec<Change>, Vec<Signal>),
 }
 
 /// Releases every waiter if the thread ends by a panic: operations then fail with `503`
@@ -218,18 +235,12 @@ impl Drop for Released {
 impl Thread {
     pub(super) fn run(mut self) {
         let _released = Released(self.queue.clone());
-        while let Some((items, batch)) = self.next_batch() {
-            let mut changes = Vec::new();
-            let mut signals = Vec::new();
-            for item in items {
-                match item {
-                    Item::Changes(list) => changes.push(list),
-                    Item::Signal(signal) => signals.push(signal),
-                }
-            }
+        while let Some(batch) = self.next_batch() {
+            let (mut changes, mut signals) = std::mem::take(&mut self.spare);
             if changes.is_empty() {
                 self.done_writing(&batch);
-                self.publish(signals);
+                self.publish(&mut signals);
+                self.spare = (changes, signals);
                 continue;
             }
             let written = match self.db.take() {
@@ -244,7 +255,7 @@ impl Thread {
                 Ok(()) => {
                     self.queue.commits.fetch_add(1, Ordering::Relaxed);
                     self.done_writing(&batch);
-                    self.publish(signals);
+                    self.publish(&mut signals);
                 }
                 Err(e) => {
                     tracing::error!(
@@ -257,13 +268,18 @@ impl Thread {
                     self.done_writing(&batch);
                 }
             }
+            // Emptied once the waiters are woken: dropping the changes is not on their path.
+            recycle(&mut changes);
+            recycle(&mut signals);
+            self.spare = (changes, signals);
         }
     }
 
-    /// Everything queued, and the batch its waiters wait for; `None` once closed and drained.
-    fn next_batch(&self) -> Option<(Vec<Item>, Arc<Batch>)> {
+    /// Takes everything queued into [`Thread::spare`] (whose empty lists the queue gets), and
+    /// returns the batch its waiters wait for; `None` once closed and drained.
+    fn next_batch(&mut self) -> Option<Arc<Batch>> {
         let mut state = self.queue.lock();
-        while state.items.is_empty() {
+        while state.changes.is_empty() && state.signals.is_empty() {
             if state.closed {
                 return None;
             }
@@ -278,7 +294,9 @@ impl Thread {
         let batch = std::mem::take(&mut state.open);
         state.open_changed = false;
         state.writing = Some(batch.clone());
-        Some((std::mem::take(&mut state.items), batch))
+        std::mem::swap(&mut state.changes, &mut self.spare.0);
+        std::mem::swap(&mut state.signals, &mut self.spare.1);
+        Some(batch)
     }
 
     /// Ends `batch`: no operation starts waiting for it any more, and those waiting wake.
@@ -287,31 +305,31 @@ impl Thread {
         batch.finish();
     }
 
-    fn publish(&self, signals: Vec<Signal>) {
-        for signal in signals {
+    fn publish(&self, signals: &mut Vec<Signal>) {
+        for signal in signals.drain(..) {
             // No subscriber yet is fine: nobody is waiting.
             let _ = self.signals.send(signal);
         }
     }
 
-    fn commit(&mut self, db: &Database, batches: &[Vec<Change>]) -> Result<(), redb::Error> {
+    fn commit(&mut self, db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         let next_payload = self.payloads.next;
         let mut last_pos = self.last_pos;
         {
-            let mut t = Open::new(&txn)?;
-            for change in batches.iter().flatten() {
+            let mut t = Open::new(&txn);
+            for change in changes {
                 if let Change::Message { pos, .. } = change {
                     last_pos = last_pos.max(*pos);
                 }
                 tables::apply(&mut t, change, &mut self.payloads)?;
             }
             if last_pos != self.last_pos {
-                t.meta
+                t.meta()?
                     .insert("last_pos", last_pos.to_be_bytes().as_slice())?;
             }
             if self.payloads.next != next_payload {
-                t.meta
+                t.meta()?
                     .insert("next_payload", self.payloads.next.to_be_bytes().as_slice())?;
             }
         }

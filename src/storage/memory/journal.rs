@@ -34,19 +34,30 @@ pub(crate) enum Change {
     },
     /// A message left a user's log (delivered and trimmed, expired, or evicted).
     Unmessage { user: UserId, pos: Position },
-    /// A client's record was made or its cursor or namespaces changed.
+    /// A client's record was made, it polled for the first time, or its namespaces changed. Its
+    /// cursor is a change of its own ([`Change::Cursor`]), made far more often.
     Client {
         user: UserId,
         client: ClientId,
-        cursor: Position,
         polled: bool,
         namespaces: Vec<Arc<str>>,
         /// How long it stays live without polling: what it is given again after a restart.
         presence_ttl: Millis,
     },
-    /// A client's record went, with its data.
+    /// A client's cursor moved, or what it vouches for (recorded after its [`Change::Client`]).
+    Cursor {
+        user: UserId,
+        client: ClientId,
+        cursor: Position,
+        /// The highest position it confirmed for its namespaces: each of their watermarks is at
+        /// least this, so a confirmation needs no [`Change::Watermark`] of its own. Watermarks
+        /// are the highest of what their rows and the clients reading them vouch for.
+        vouched: Position,
+    },
+    /// A client's record went, with its data and cursor.
     Unclient { user: UserId, client: ClientId },
-    /// A watermark rose.
+    /// A watermark rose, or a client that vouched for it stopped reading it (its namespaces
+    /// changed or it went): the watermark is then written as it stands.
     Watermark {
         user: UserId,
         namespace: Arc<str>,
@@ -99,9 +110,10 @@ pub(crate) enum Change {
 
 /// Where a journaled storage's changes and signals go.
 pub(crate) trait Journal: Send + Sync + fmt::Debug {
-    /// Takes a batch of changes, in the order they were made. Called with the lock held that
-    /// guards them.
-    fn record(&self, changes: Vec<Change>);
+    /// Takes a batch of changes, in the order they were made, leaving `changes` empty (its
+    /// buffer stays with the caller, to be filled again without allocating). Called with the
+    /// lock held that guards them.
+    fn record(&self, changes: &mut Vec<Change>);
 
     /// Takes a signal, to be published once every change recorded before it is durable: no
     /// node may act on state that a crash could still take back.
@@ -128,12 +140,18 @@ impl Changes {
         }
     }
 
-    /// The changes recorded since the last call.
-    pub(crate) fn take(&mut self) -> Vec<Change> {
-        std::mem::take(&mut self.list)
+    /// Forgets the changes recorded since they were last handed over.
+    pub(crate) fn clear(&mut self) {
+        self.list.clear();
     }
 
-    pub(crate) fn append_to(&mut self, out: &mut Vec<Change>) {
-        out.append(&mut self.list);
+    /// Moves the changes recorded into `other`'s list, after its own: both keep their buffers.
+    pub(crate) fn append_to(&mut self, other: &mut Changes) {
+        other.list.append(&mut self.list);
+    }
+
+    /// The changes recorded since they were last handed over, for [`Journal::record`].
+    pub(crate) fn list(&mut self) -> &mut Vec<Change> {
+        &mut self.list
     }
 }

@@ -58,6 +58,10 @@ pub(super) struct Entry {
 #[derive(Debug, Default)]
 pub(super) struct ClientRecord {
     pub(super) cursor: Position,
+    /// The highest position it confirmed since its namespaces were last set: every watermark of
+    /// them is at least this. A durable storage derives watermarks from it (see
+    /// `Change::Cursor`).
+    pub(super) vouched: Position,
     /// The client counts as live until then; past it, `reap` removes the record.
     pub(super) seen_until: Millis,
     /// Its time in the shard's presence index: at most `seen_until`, and less than

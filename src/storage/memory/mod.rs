@@ -147,10 +147,10 @@ impl Drop for ShardGuard<'_> {
             return;
         };
         let shard = &mut *self.guard;
-        let mut changes = shard.changes.take();
-        shard.dedup.changes.append_to(&mut changes);
-        shard.origins.changes.append_to(&mut changes);
-        shard.acks.changes.append_to(&mut changes);
+        shard.dedup.changes.append_to(&mut shard.changes);
+        shard.origins.changes.append_to(&mut shard.changes);
+        shard.acks.changes.append_to(&mut shard.changes);
+        let changes = shard.changes.list();
         if !changes.is_empty() {
             journal.record(changes);
         }
@@ -179,7 +179,7 @@ impl DerefMut for RoomsGuard<'_> {
 impl Drop for RoomsGuard<'_> {
     fn drop(&mut self) {
         if let Some(journal) = self.journal {
-            let changes = self.guard.changes.take();
+            let changes = self.guard.changes.list();
             if !changes.is_empty() {
                 journal.record(changes);
             }
@@ -349,7 +349,6 @@ impl Shard {
             self.changes.push(|| Change::Client {
                 user: user.clone(),
                 client: client.clone(),
-                cursor: 0,
                 polled: false,
                 namespaces: Vec::new(),
                 presence_ttl: ttl.as_millis() as Millis,
@@ -397,7 +396,17 @@ impl Shard {
             }
             // Only clients that polled arrived, so only they depart; the rest just go.
             let record = log.clients.remove(&client);
-            if record.is_some() {
+            if let Some(record) = &record {
+                // What it vouched for goes with it: its watermarks are written as they stand.
+                if record.vouched > 0 {
+                    for ns in &record.namespaces {
+                        self.changes.push(|| Change::Watermark {
+                            user: user.clone(),
+                            namespace: ns.clone(),
+                            pos: log.watermark(ns),
+                        });
+                    }
+                }
                 self.changes.push(|| Change::Unclient {
                     user: user.clone(),
                     client: client.clone(),
@@ -627,8 +636,23 @@ impl Storage for MemoryStorage {
 
         let mut advanced = None;
         let mut confirmed = None;
+        // A client that stops reading namespaces it vouched for: their watermarks are written
+        // as they stand before it vouches for others (see `Change::Cursor`).
+        if let Some(record) = log.clients.get(&req.client)
+            && record.vouched > 0
+            && record.namespaces != req.namespaces
+        {
+            for ns in &record.namespaces {
+                shard.changes.push(|| Change::Watermark {
+                    user: req.user.clone(),
+                    namespace: ns.clone(),
+                    pos: log.watermark(ns),
+                });
+            }
+        }
         let mut client_changed = !log.clients.contains_key(&req.client);
         let record = log.clients.entry(req.client.clone()).or_default();
+        let (cursor_was, vouched_was) = (record.cursor, record.vouched);
         let start = match &req.cursor {
             Some((e, cursor)) if *e == epoch => {
                 let upto = (*cursor).min(head);
@@ -637,14 +661,12 @@ impl Storage for MemoryStorage {
                 if upto > record.cursor {
                     record.cursor = upto;
                     advanced = Some(upto);
-                    client_changed = true;
                 }
                 confirmed = Some(upto);
                 upto
             }
             _ => match fresh_start {
                 Some(start) => {
-                    client_changed |= record.cursor != start;
                     record.cursor = start;
                     start
                 }
@@ -655,16 +677,28 @@ impl Storage for MemoryStorage {
         record.polled = true;
         if record.namespaces != req.namespaces {
             record.namespaces = req.namespaces.clone();
+            record.vouched = 0;
             client_changed = true;
         }
         if client_changed {
             shard.changes.push(|| Change::Client {
                 user: req.user.clone(),
                 client: req.client.clone(),
-                cursor: record.cursor,
                 polled: true,
                 namespaces: record.namespaces.clone(),
                 presence_ttl: req.presence_ttl.as_millis() as Millis,
+            });
+        }
+        // Every watermark of its namespaces is raised to `upto` below.
+        if let Some(upto) = confirmed {
+            record.vouched = record.vouched.max(upto);
+        }
+        if (record.cursor, record.vouched) != (cursor_was, vouched_was) {
+            shard.changes.push(|| Change::Cursor {
+                user: req.user.clone(),
+                client: req.client.clone(),
+                cursor: record.cursor,
+                vouched: record.vouched,
             });
         }
         record.seen_until = now.saturating_add(req.presence_ttl.as_millis() as Millis);
@@ -683,13 +717,9 @@ impl Storage for MemoryStorage {
         }
         if let Some(upto) = confirmed {
             for ns in &req.namespaces {
+                // Journaled by the client's `Change::Cursor`, which vouches for it.
                 if log.raise_watermark(ns, upto) {
                     advanced = Some(upto);
-                    shard.changes.push(|| Change::Watermark {
-                        user: req.user.clone(),
-                        namespace: ns.clone(),
-                        pos: upto,
-                    });
                 }
             }
         }

@@ -10,7 +10,7 @@ use crate::storage::{Epoch, Member, Millis, Position, StoredMessage, now_millis}
 
 /// What a durable storage read back: its epoch, the highest position it ever handed out, and
 /// its records as changes (messages, clients, watermarks, data, dedup records, memberships;
-/// a client's record before its data).
+/// a client's record before its cursor and data).
 #[derive(Debug, Default)]
 pub(crate) struct Restored {
     pub(crate) epoch: Option<Epoch>,
@@ -66,6 +66,7 @@ impl MemoryStorage {
                     let user = match &change {
                         Change::Message { user, .. }
                         | Change::Client { user, .. }
+                        | Change::Cursor { user, .. }
                         | Change::Watermark { user, .. } => user,
                         Change::Dedup { key, .. } => &key.user,
                         Change::Origin { user, .. } | Change::Ack { user, .. } => user,
@@ -122,7 +123,6 @@ impl Shard {
             Change::Client {
                 user,
                 client,
-                cursor,
                 polled,
                 namespaces,
                 presence_ttl,
@@ -138,13 +138,9 @@ impl Shard {
                     log.online_indexed = seen_until;
                     self.online.insert((seen_until, user));
                 }
-                // The log's last position bounds confirmations; its messages may all have been
-                // trimmed, but no client's cursor is past it.
-                log.last = log.last.max(cursor);
                 log.clients.insert(
                     client,
                     ClientRecord {
-                        cursor,
                         seen_until,
                         indexed_until: seen_until,
                         polled,
@@ -152,6 +148,31 @@ impl Shard {
                         ..ClientRecord::default()
                     },
                 );
+            }
+            Change::Cursor {
+                user,
+                client,
+                cursor,
+                vouched,
+            } => {
+                // After its client's record; one without is left out, as it would have gone
+                // with the record.
+                let Some(log) = self.logs.get_mut(&user) else {
+                    return;
+                };
+                let Some(record) = log.clients.get_mut(&client) else {
+                    return;
+                };
+                record.cursor = cursor;
+                record.vouched = vouched;
+                // The watermarks of its namespaces are at least what it vouched for.
+                let namespaces = record.namespaces.clone();
+                for ns in &namespaces {
+                    log.raise_watermark(ns, vouched);
+                }
+                // The log's last position bounds confirmations; its messages may all have been
+                // trimmed, but no client's cursor is past it.
+                log.last = log.last.max(cursor).max(vouched);
             }
             Change::Watermark {
                 user,

@@ -111,7 +111,7 @@ impl Rooms {
     pub(super) fn clear(&mut self) {
         self.members.clear();
         self.of.clear();
-        self.changes.take();
+        self.changes.clear();
     }
 }
 
