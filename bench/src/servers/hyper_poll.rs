@@ -149,7 +149,10 @@ impl Broadcast for Sender {
     fn broadcast(&self, mode: Mode, tick: Tick, _control: Arc<Control>) -> BoxFuture {
         let feed = self.feed.clone();
         Box::pin(async move {
-            anyhow::ensure!(mode == Mode::Confirmed, "hyper-poll has one kind of broadcast");
+            anyhow::ensure!(
+                mode == Mode::Confirmed,
+                "hyper-poll has one kind of broadcast"
+            );
             let pos = tick.seq + 1;
             let data = serde_json::to_string(&tick)?;
             let json = format!(r#"{{"pos":{pos},"event":"tick","data":{data}}}"#);
