@@ -591,8 +591,20 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
         "lines stored before the refusal were lost"
     );
     drop(s);
-    // And all of it is in the file.
-    let s = DurableStorage::open(&file).await.expect("reopened");
+    // And all of it is in the file. The server's background tasks hold handles of the storage
+    // until they notice the layer is gone, a moment after it was dropped: the file stays open
+    // (and refuses a second opening) until the last one goes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        match DurableStorage::open(&file).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("not reopened yet: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("not reopened: {e}"),
+        }
+    };
     assert_eq!(texts(&fetch(&s, "gil", "t", None).await).len(), stored + 2);
 }
 
