@@ -103,6 +103,71 @@ struct Slot {
 /// user, not a tree node per message.
 type Queue = VecDeque<(Position, Slot)>;
 
+/// The queues of a user's messages, one per namespace. Nearly every user reads one namespace,
+/// so its queue lives in the record itself: a fan-out makes a queue for each recipient, and a
+/// list to hold it would be one more allocation each.
+#[derive(Debug, Default)]
+struct NsQueues {
+    first: Option<(Arc<str>, Queue)>,
+    rest: Vec<(Arc<str>, Queue)>,
+}
+
+impl NsQueues {
+    fn iter(&self) -> impl Iterator<Item = &(Arc<str>, Queue)> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn get_mut(&mut self, ns: &str) -> Option<&mut Queue> {
+        match &mut self.first {
+            Some((n, queue)) if &**n == ns => Some(queue),
+            _ => self
+                .rest
+                .iter_mut()
+                .find(|(n, _)| &**n == ns)
+                .map(|(_, q)| q),
+        }
+    }
+
+    fn get_or_insert(&mut self, ns: &Arc<str>) -> &mut Queue {
+        if self.first.is_none() {
+            return &mut self.first.insert((ns.clone(), Queue::new())).1;
+        }
+        if self.first.as_ref().is_some_and(|(n, _)| n == ns) {
+            return &mut self.first.as_mut().expect("just checked").1;
+        }
+        let at = match self.rest.iter().position(|(n, _)| n == ns) {
+            Some(at) => at,
+            None => {
+                self.rest.push((ns.clone(), Queue::new()));
+                self.rest.len() - 1
+            }
+        };
+        &mut self.rest[at].1
+    }
+
+    /// Drops the queue of `ns` if it is empty.
+    fn remove_if_empty(&mut self, ns: &str) {
+        if let Some((n, queue)) = &self.first
+            && &**n == ns
+        {
+            if queue.is_empty() {
+                self.first = self.rest.pop();
+            }
+            return;
+        }
+        if let Some(at) = self.rest.iter().position(|(n, _)| &**n == ns)
+            && self.rest[at].1.is_empty()
+        {
+            self.rest.swap_remove(at);
+        }
+    }
+}
+
 /// The confirmations of one user that senders on this node wait for.
 #[derive(Debug, Default)]
 pub(super) struct Confirmations {
@@ -120,7 +185,7 @@ pub(super) struct Confirmations {
     /// while such a message is expected).
     seen_clients: HashMap<(ClientId, Arc<str>), Position>,
     /// Messages to the user, per namespace.
-    user_targets: Vec<(Arc<str>, Queue)>,
+    user_targets: NsQueues,
     /// Messages to one client of the user, per client and namespace.
     client_targets: HashMap<(ClientId, Arc<str>), Queue>,
 }
@@ -189,14 +254,7 @@ impl Confirmations {
     }
 
     fn user_queue(&mut self, ns: &Arc<str>) -> &mut Queue {
-        let at = match self.user_targets.iter().position(|(n, _)| n == ns) {
-            Some(at) => at,
-            None => {
-                self.user_targets.push((ns.clone(), Queue::new()));
-                self.user_targets.len() - 1
-            }
-        };
-        &mut self.user_targets[at].1
+        self.user_targets.get_or_insert(ns)
     }
 
     /// Stops waiting for `target` of `tracker` (its send ended or was dropped).
@@ -212,15 +270,9 @@ impl Confirmations {
         };
         match &target.client {
             None => {
-                if let Some(at) = self
-                    .user_targets
-                    .iter()
-                    .position(|(ns, _)| *ns == target.namespace)
-                {
-                    remove(&mut self.user_targets[at].1);
-                    if self.user_targets[at].1.is_empty() {
-                        self.user_targets.swap_remove(at);
-                    }
+                if let Some(queue) = self.user_targets.get_mut(&target.namespace) {
+                    remove(queue);
+                    self.user_targets.remove_if_empty(&target.namespace);
                 }
             }
             Some(c) => {
@@ -254,11 +306,9 @@ impl Confirmations {
                 Some((_, seen)) => *seen = (*seen).max(cursor),
                 None => self.seen_watermarks.push((ns.clone(), cursor)),
             }
-            if let Some(at) = self.user_targets.iter().position(|(n, _)| n == ns) {
-                settle_front(&mut self.user_targets[at].1, cursor, epoch);
-                if self.user_targets[at].1.is_empty() {
-                    self.user_targets.swap_remove(at);
-                }
+            if let Some(queue) = self.user_targets.get_mut(ns) {
+                settle_front(queue, cursor, epoch);
+                self.user_targets.remove_if_empty(ns);
             }
             if clients_expected {
                 let key = (client.clone(), ns.clone());
