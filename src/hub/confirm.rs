@@ -181,13 +181,20 @@ pub(super) struct Confirmations {
     /// registers before it appends, so a confirmation that lands between its append and its
     /// tracking is found here. Namespaces are the application's, so the list is short.
     seen_watermarks: Vec<(Arc<str>, Position)>,
-    /// The same, per client and namespace, for messages addressed to one client (kept only
-    /// while such a message is expected).
-    seen_clients: HashMap<(ClientId, Arc<str>), Position>,
     /// Messages to the user, per namespace.
     user_targets: NsQueues,
+    /// What messages addressed to one client need, made with the first: a fan-out to users
+    /// makes a record per recipient, which then needs no room for these maps.
+    clients: Option<Box<ClientSide>>,
+}
+
+#[derive(Debug, Default)]
+struct ClientSide {
+    /// As `seen_watermarks`, per client and namespace (kept only while such a message is
+    /// expected).
+    seen: HashMap<(ClientId, Arc<str>), Position>,
     /// Messages to one client of the user, per client and namespace.
-    client_targets: HashMap<(ClientId, Arc<str>), Queue>,
+    targets: HashMap<(ClientId, Arc<str>), Queue>,
 }
 
 impl Confirmations {
@@ -208,8 +215,9 @@ impl Confirmations {
                 .find(|(ns, _)| *ns == target.namespace)
                 .map(|(_, cursor)| *cursor),
             Some(c) => self
-                .seen_clients
-                .get(&(c.clone(), target.namespace.clone()))
+                .clients
+                .as_ref()
+                .and_then(|side| side.seen.get(&(c.clone(), target.namespace.clone())))
                 .copied(),
         };
         if same_epoch && seen.is_some_and(|cursor| cursor >= target.pos) {
@@ -224,7 +232,9 @@ impl Confirmations {
         let queue = match &target.client {
             None => self.user_queue(&target.namespace),
             Some(c) => self
-                .client_targets
+                .clients
+                .get_or_insert_with(Box::default)
+                .targets
                 .entry((c.clone(), target.namespace.clone()))
                 .or_default(),
         };
@@ -241,7 +251,8 @@ impl Confirmations {
     /// position is its store's clock in ms × 1000), if any wait.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(super) fn pending(&self) -> Option<(usize, Position)> {
-        let queues = (self.user_targets.iter().map(|(_, q)| q)).chain(self.client_targets.values());
+        let queues = (self.user_targets.iter().map(|(_, q)| q))
+            .chain(self.clients.iter().flat_map(|side| side.targets.values()));
         let mut count = 0;
         let mut oldest: Option<Position> = None;
         for queue in queues {
@@ -277,10 +288,12 @@ impl Confirmations {
             }
             Some(c) => {
                 let key = (c.clone(), target.namespace.clone());
-                if let Some(queue) = self.client_targets.get_mut(&key) {
+                if let Some(side) = &mut self.clients
+                    && let Some(queue) = side.targets.get_mut(&key)
+                {
                     remove(queue);
                     if queue.is_empty() {
-                        self.client_targets.remove(&key);
+                        side.targets.remove(&key);
                     }
                 }
             }
@@ -298,9 +311,12 @@ impl Confirmations {
         if self.epoch.as_ref() != Some(epoch) {
             self.epoch = Some(epoch.clone());
             self.seen_watermarks.clear();
-            self.seen_clients.clear();
+            if let Some(side) = &mut self.clients {
+                side.seen.clear();
+            }
         }
-        let clients_expected = self.expecting_clients > 0 || !self.client_targets.is_empty();
+        let clients_expected = self.expecting_clients > 0
+            || (self.clients.as_ref()).is_some_and(|side| !side.targets.is_empty());
         for ns in namespaces {
             match self.seen_watermarks.iter_mut().find(|(n, _)| n == ns) {
                 Some((_, seen)) => *seen = (*seen).max(cursor),
@@ -312,12 +328,13 @@ impl Confirmations {
             }
             if clients_expected {
                 let key = (client.clone(), ns.clone());
-                let seen = self.seen_clients.entry(key.clone()).or_insert(0);
+                let side = self.clients.get_or_insert_with(Box::default);
+                let seen = side.seen.entry(key.clone()).or_insert(0);
                 *seen = (*seen).max(cursor);
-                if let Some(queue) = self.client_targets.get_mut(&key) {
+                if let Some(queue) = side.targets.get_mut(&key) {
                     settle_front(queue, cursor, epoch);
                     if queue.is_empty() {
-                        self.client_targets.remove(&key);
+                        side.targets.remove(&key);
                     }
                 }
             }
@@ -330,7 +347,7 @@ impl Confirmations {
             .user_targets
             .iter()
             .map(|(_, q)| q)
-            .chain(self.client_targets.values());
+            .chain(self.clients.iter().flat_map(|side| side.targets.values()));
         for (_, slot) in queues.flatten() {
             slot.tracker.ask_recheck();
         }
