@@ -338,7 +338,7 @@ mod tests {
             .into_parts();
         let size = std::mem::size_of_val(&route(service.shared.clone(), Box::new(parts), body));
         eprintln!("the route's future is {size} bytes");
-        assert!(size <= 1536, "the route's future is {size} bytes");
+        assert!(size <= 1024, "the route's future is {size} bytes");
     }
 
     #[tokio::test]

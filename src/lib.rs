@@ -30,6 +30,7 @@ mod presence;
 mod protocol;
 mod reply;
 mod script;
+mod sharded;
 mod shared;
 pub mod storage;
 pub mod testing;

@@ -50,9 +50,11 @@ pub(crate) async fn respond(
     user: UserId,
     parts: Box<Parts>,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    // Bound once: a second binding of the same value would take a second slot in the future,
+    // which every waiting poll holds.
     let Poll {
         client,
-        cursor,
+        mut cursor,
         namespaces,
     } = PollQuery::parse_with(parts.uri.query(), shared.config.max_namespaces, |ns| {
         shared
@@ -94,7 +96,6 @@ pub(crate) async fn respond(
     // epoch and cursor — and that it is connected — without waiting out a hold.
     let handshake = cursor.is_none();
     let mut sent_epoch = cursor.as_ref().map(|(epoch, _)| epoch.clone());
-    let mut cursor = cursor;
     let mut volatile: Vec<WireVolatile> = Vec::new();
     let mut next_recheck = Instant::now() + config.recheck;
     loop {
@@ -119,8 +120,12 @@ pub(crate) async fn respond(
         // landed after the read (a networked store's answer takes a while to come back), so it
         // means read again, not wait. A newer poll of this client ends this one, as it would
         // while waiting.
-        let mut inbox = watch.take();
-        volatile.append(&mut inbox.volatile);
+        // Only its flags are kept: the inbox itself would otherwise be held through the wait.
+        let (taken_over, read_again) = {
+            let mut inbox = watch.take();
+            volatile.append(&mut inbox.volatile);
+            (inbox.taken_over, inbox.read_again)
+        };
         // A cursor of another epoch: the storage lost its data, which the client learns now,
         // not after a hold.
         let new_epoch = sent_epoch.take().is_some_and(|e| e != batch.epoch);
@@ -129,9 +134,9 @@ pub(crate) async fn respond(
             || new_epoch
             || !batch.messages.is_empty()
             || !volatile.is_empty()
-            || inbox.taken_over
+            || taken_over
         {
-            if inbox.taken_over {
+            if taken_over {
                 tracing::debug!(?user, %client, "a newer poll of this client took over");
             }
             let limits = handshake.then_some(&shared.limits);
@@ -140,12 +145,12 @@ pub(crate) async fn respond(
                 &volatile,
                 config.max_batch_bytes,
                 limits,
-                inbox.taken_over,
+                taken_over,
             ));
         }
         // From here on the cursor the client holds is the batch's (the epoch may have changed).
         cursor = Some((batch.epoch.clone(), batch.cursor));
-        if inbox.read_again {
+        if read_again {
             continue;
         }
 

@@ -103,6 +103,71 @@ struct Slot {
 /// user, not a tree node per message.
 type Queue = VecDeque<(Position, Slot)>;
 
+/// The queues of a user's messages, one per namespace. Nearly every user reads one namespace,
+/// so its queue lives in the record itself: a fan-out makes a queue for each recipient, and a
+/// list to hold it would be one more allocation each.
+#[derive(Debug, Default)]
+struct NsQueues {
+    first: Option<(Arc<str>, Queue)>,
+    rest: Vec<(Arc<str>, Queue)>,
+}
+
+impl NsQueues {
+    fn iter(&self) -> impl Iterator<Item = &(Arc<str>, Queue)> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn get_mut(&mut self, ns: &str) -> Option<&mut Queue> {
+        match &mut self.first {
+            Some((n, queue)) if &**n == ns => Some(queue),
+            _ => self
+                .rest
+                .iter_mut()
+                .find(|(n, _)| &**n == ns)
+                .map(|(_, q)| q),
+        }
+    }
+
+    fn get_or_insert(&mut self, ns: &Arc<str>) -> &mut Queue {
+        if self.first.is_none() {
+            return &mut self.first.insert((ns.clone(), Queue::new())).1;
+        }
+        if self.first.as_ref().is_some_and(|(n, _)| n == ns) {
+            return &mut self.first.as_mut().expect("just checked").1;
+        }
+        let at = match self.rest.iter().position(|(n, _)| n == ns) {
+            Some(at) => at,
+            None => {
+                self.rest.push((ns.clone(), Queue::new()));
+                self.rest.len() - 1
+            }
+        };
+        &mut self.rest[at].1
+    }
+
+    /// Drops the queue of `ns` if it is empty.
+    fn remove_if_empty(&mut self, ns: &str) {
+        if let Some((n, queue)) = &self.first
+            && &**n == ns
+        {
+            if queue.is_empty() {
+                self.first = self.rest.pop();
+            }
+            return;
+        }
+        if let Some(at) = self.rest.iter().position(|(n, _)| &**n == ns)
+            && self.rest[at].1.is_empty()
+        {
+            self.rest.swap_remove(at);
+        }
+    }
+}
+
 /// The confirmations of one user that senders on this node wait for.
 #[derive(Debug, Default)]
 pub(super) struct Confirmations {
@@ -116,13 +181,20 @@ pub(super) struct Confirmations {
     /// registers before it appends, so a confirmation that lands between its append and its
     /// tracking is found here. Namespaces are the application's, so the list is short.
     seen_watermarks: Vec<(Arc<str>, Position)>,
-    /// The same, per client and namespace, for messages addressed to one client (kept only
-    /// while such a message is expected).
-    seen_clients: HashMap<(ClientId, Arc<str>), Position>,
     /// Messages to the user, per namespace.
-    user_targets: Vec<(Arc<str>, Queue)>,
+    user_targets: NsQueues,
+    /// What messages addressed to one client need, made with the first: a fan-out to users
+    /// makes a record per recipient, which then needs no room for these maps.
+    clients: Option<Box<ClientSide>>,
+}
+
+#[derive(Debug, Default)]
+struct ClientSide {
+    /// As `seen_watermarks`, per client and namespace (kept only while such a message is
+    /// expected).
+    seen: HashMap<(ClientId, Arc<str>), Position>,
     /// Messages to one client of the user, per client and namespace.
-    client_targets: HashMap<(ClientId, Arc<str>), Queue>,
+    targets: HashMap<(ClientId, Arc<str>), Queue>,
 }
 
 impl Confirmations {
@@ -143,8 +215,9 @@ impl Confirmations {
                 .find(|(ns, _)| *ns == target.namespace)
                 .map(|(_, cursor)| *cursor),
             Some(c) => self
-                .seen_clients
-                .get(&(c.clone(), target.namespace.clone()))
+                .clients
+                .as_ref()
+                .and_then(|side| side.seen.get(&(c.clone(), target.namespace.clone())))
                 .copied(),
         };
         if same_epoch && seen.is_some_and(|cursor| cursor >= target.pos) {
@@ -159,7 +232,9 @@ impl Confirmations {
         let queue = match &target.client {
             None => self.user_queue(&target.namespace),
             Some(c) => self
-                .client_targets
+                .clients
+                .get_or_insert_with(Box::default)
+                .targets
                 .entry((c.clone(), target.namespace.clone()))
                 .or_default(),
         };
@@ -176,7 +251,8 @@ impl Confirmations {
     /// position is its store's clock in ms × 1000), if any wait.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(super) fn pending(&self) -> Option<(usize, Position)> {
-        let queues = (self.user_targets.iter().map(|(_, q)| q)).chain(self.client_targets.values());
+        let queues = (self.user_targets.iter().map(|(_, q)| q))
+            .chain(self.clients.iter().flat_map(|side| side.targets.values()));
         let mut count = 0;
         let mut oldest: Option<Position> = None;
         for queue in queues {
@@ -189,14 +265,7 @@ impl Confirmations {
     }
 
     fn user_queue(&mut self, ns: &Arc<str>) -> &mut Queue {
-        let at = match self.user_targets.iter().position(|(n, _)| n == ns) {
-            Some(at) => at,
-            None => {
-                self.user_targets.push((ns.clone(), Queue::new()));
-                self.user_targets.len() - 1
-            }
-        };
-        &mut self.user_targets[at].1
+        self.user_targets.get_or_insert(ns)
     }
 
     /// Stops waiting for `target` of `tracker` (its send ended or was dropped).
@@ -212,23 +281,19 @@ impl Confirmations {
         };
         match &target.client {
             None => {
-                if let Some(at) = self
-                    .user_targets
-                    .iter()
-                    .position(|(ns, _)| *ns == target.namespace)
-                {
-                    remove(&mut self.user_targets[at].1);
-                    if self.user_targets[at].1.is_empty() {
-                        self.user_targets.swap_remove(at);
-                    }
+                if let Some(queue) = self.user_targets.get_mut(&target.namespace) {
+                    remove(queue);
+                    self.user_targets.remove_if_empty(&target.namespace);
                 }
             }
             Some(c) => {
                 let key = (c.clone(), target.namespace.clone());
-                if let Some(queue) = self.client_targets.get_mut(&key) {
+                if let Some(side) = &mut self.clients
+                    && let Some(queue) = side.targets.get_mut(&key)
+                {
                     remove(queue);
                     if queue.is_empty() {
-                        self.client_targets.remove(&key);
+                        side.targets.remove(&key);
                     }
                 }
             }
@@ -246,28 +311,30 @@ impl Confirmations {
         if self.epoch.as_ref() != Some(epoch) {
             self.epoch = Some(epoch.clone());
             self.seen_watermarks.clear();
-            self.seen_clients.clear();
+            if let Some(side) = &mut self.clients {
+                side.seen.clear();
+            }
         }
-        let clients_expected = self.expecting_clients > 0 || !self.client_targets.is_empty();
+        let clients_expected = self.expecting_clients > 0
+            || (self.clients.as_ref()).is_some_and(|side| !side.targets.is_empty());
         for ns in namespaces {
             match self.seen_watermarks.iter_mut().find(|(n, _)| n == ns) {
                 Some((_, seen)) => *seen = (*seen).max(cursor),
                 None => self.seen_watermarks.push((ns.clone(), cursor)),
             }
-            if let Some(at) = self.user_targets.iter().position(|(n, _)| n == ns) {
-                settle_front(&mut self.user_targets[at].1, cursor, epoch);
-                if self.user_targets[at].1.is_empty() {
-                    self.user_targets.swap_remove(at);
-                }
+            if let Some(queue) = self.user_targets.get_mut(ns) {
+                settle_front(queue, cursor, epoch);
+                self.user_targets.remove_if_empty(ns);
             }
             if clients_expected {
                 let key = (client.clone(), ns.clone());
-                let seen = self.seen_clients.entry(key.clone()).or_insert(0);
+                let side = self.clients.get_or_insert_with(Box::default);
+                let seen = side.seen.entry(key.clone()).or_insert(0);
                 *seen = (*seen).max(cursor);
-                if let Some(queue) = self.client_targets.get_mut(&key) {
+                if let Some(queue) = side.targets.get_mut(&key) {
                     settle_front(queue, cursor, epoch);
                     if queue.is_empty() {
-                        self.client_targets.remove(&key);
+                        side.targets.remove(&key);
                     }
                 }
             }
@@ -280,7 +347,7 @@ impl Confirmations {
             .user_targets
             .iter()
             .map(|(_, q)| q)
-            .chain(self.client_targets.values());
+            .chain(self.clients.iter().flat_map(|side| side.targets.values()));
         for (_, slot) in queues.flatten() {
             slot.tracker.ask_recheck();
         }

@@ -34,6 +34,7 @@ use crate::hash::{HashMap, RandomState};
 use crate::id::UserId;
 use crate::observe::Signals;
 use crate::protocol::WireVolatile;
+use crate::sharded::ByShard;
 use crate::storage::{DeliveryTarget, Epoch, FANOUT_CHUNK, Member, Position, Signal, Storage};
 
 /// How many shards the users are spread over: enough that a broadcast's dispatch holds each
@@ -99,18 +100,14 @@ impl Hub {
         self.shard(self.shard_of(user))
     }
 
-    /// Groups `users` by shard, so that each shard is locked once for all of its users.
-    fn by_shard<T>(
+    /// Groups `items` by the shard of their user, so that each shard is locked once for all
+    /// of its users.
+    fn by_shard<T: Copy>(
         &self,
         items: impl IntoIterator<Item = T>,
         user: impl Fn(&T) -> &UserId,
-    ) -> Vec<Vec<T>> {
-        let mut groups: Vec<Vec<T>> = (0..SHARDS).map(|_| Vec::new()).collect();
-        for item in items {
-            let shard = self.shard_of(user(&item));
-            groups[shard].push(item);
-        }
-        groups
+    ) -> ByShard<T, SHARDS> {
+        ByShard::new(items, |item| self.shard_of(user(item)))
     }
 
     /// Starts the task that moves storage signals to waiters, once, on first use: the layer is
@@ -185,7 +182,7 @@ impl Hub {
         let mut users = users;
         users.sort();
         users.dedup();
-        for (shard, group) in self.by_shard(users.iter(), |u| u).into_iter().enumerate() {
+        for (shard, group) in self.by_shard(users.iter(), |u| u).groups() {
             // A chunk per lock: an ask to a big room never holds a shard for all of it.
             for chunk in group.chunks(FANOUT_CHUNK) {
                 let mut map = self.shard(shard);
@@ -226,10 +223,7 @@ impl Hub {
                 }
             }
             Signal::Appended { users } => {
-                for (shard, group) in self.by_shard(users.iter(), |u| u).into_iter().enumerate() {
-                    if group.is_empty() {
-                        continue;
-                    }
+                for (shard, group) in self.by_shard(users.iter(), |u| u).groups() {
                     let map = self.shard(shard);
                     for user in group {
                         for mailbox in map.get(user).into_iter().flat_map(|e| &e.mailboxes) {
@@ -256,12 +250,9 @@ impl Hub {
                     data,
                 };
                 let groups = self.by_shard(recipients.iter(), |m| m.user());
-                for (shard, group) in groups.into_iter().enumerate() {
-                    if group.is_empty() {
-                        continue;
-                    }
+                for (shard, group) in groups.groups() {
                     let map = self.shard(shard);
-                    for member in group {
+                    for &member in group {
                         let to = match member {
                             Member::User(_) => None,
                             Member::Client(_, client) => Some(client),
@@ -418,7 +409,7 @@ impl ReplyWatch {
 impl Drop for ReplyWatch {
     fn drop(&mut self) {
         let users = std::mem::take(&mut self.users);
-        for (shard, group) in self.hub.by_shard(users, |u| u).into_iter().enumerate() {
+        for (shard, group) in self.hub.by_shard(users.iter(), |u| u).groups() {
             // A chunk per lock, as when the watch was made.
             for chunk in group.chunks(FANOUT_CHUNK) {
                 let mut map = self.hub.shard(shard);
@@ -456,17 +447,9 @@ impl Expectation {
         let first = self.users.len();
         self.users.extend(recipients.into_iter().cloned());
         let added = &self.users[first..];
-        for (shard, group) in self
-            .hub
-            .by_shard(added, |m| m.user())
-            .into_iter()
-            .enumerate()
-        {
-            if group.is_empty() {
-                continue;
-            }
+        for (shard, group) in self.hub.by_shard(added, |m| m.user()).groups() {
             let mut map = self.hub.shard(shard);
-            for member in group {
+            for &member in group {
                 let entry = match map.get_mut(member.user()) {
                     Some(entry) => entry,
                     None => map.entry(member.user().clone()).or_default(),
@@ -492,17 +475,9 @@ impl Expectation {
             state.pending += targets.len();
         }
         let indexed = targets.iter().enumerate().map(|(i, t)| (first + i, t));
-        for (shard, group) in self
-            .hub
-            .by_shard(indexed, |(_, t)| &t.user)
-            .into_iter()
-            .enumerate()
-        {
-            if group.is_empty() {
-                continue;
-            }
+        for (shard, group) in self.hub.by_shard(indexed, |(_, t)| &t.user).groups() {
             let mut map = self.hub.shard(shard);
-            for (index, target) in group {
+            for &(index, target) in group {
                 let entry = match map.get_mut(&target.user) {
                     Some(entry) => entry,
                     None => map.entry(target.user.clone()).or_default(),
@@ -539,15 +514,15 @@ impl Expectation {
         targets: impl IntoIterator<Item = &'a DeliveryTarget>,
         users: &'a [Member],
     ) {
-        let mut untrack = self.hub.by_shard(targets, |t| &t.user);
-        let mut users: Vec<Vec<&Member>> = self.hub.by_shard(users.iter(), |m| m.user());
+        let untrack = self.hub.by_shard(targets, |t| &t.user);
+        let users = self.hub.by_shard(users.iter(), |m| m.user());
         for shard in 0..SHARDS {
-            let (targets, users) = (&mut untrack[shard], &mut users[shard]);
+            let (targets, users) = (untrack.group(shard), users.group(shard));
             if targets.is_empty() && users.is_empty() {
                 continue;
             }
             let mut map = self.hub.shard(shard);
-            for target in targets.drain(..) {
+            for &target in targets {
                 if let Some(c) = map
                     .get_mut(&target.user)
                     .and_then(|e| e.confirmations.as_deref_mut())
@@ -555,7 +530,7 @@ impl Expectation {
                     c.untrack(&self.tracker, target);
                 }
             }
-            for member in users.drain(..) {
+            for &member in users {
                 let user = member.user();
                 let Some(entry) = map.get_mut(user) else {
                     continue;

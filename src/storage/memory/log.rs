@@ -1,11 +1,13 @@
 //! One user's log, cursors and watermarks: every lookup by position, never a scan from the
 //! start, so a long history costs nothing per call.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::super::{Millis, Position, StoredMessage};
+use super::clients::Clients;
+use super::messages::Messages;
 use crate::hash::HashMap;
 use crate::id::{ClientId, UserId};
 
@@ -20,24 +22,32 @@ const EVICT_SCAN: usize = 64;
 #[derive(Debug, Default)]
 pub(super) struct UserLog {
     /// Unexpired messages (and expired ones not swept yet), by position.
-    pub(super) messages: BTreeMap<Position, Entry>,
-    /// Positions of messages addressed to one client, per client: where a new client starts.
-    addressed: HashMap<ClientId, BTreeSet<Position>>,
-    /// Messages sent on a user's behalf, per sender: each sender's share.
-    by_sender: HashMap<UserId, Share>,
+    pub(super) messages: Messages,
+    /// Indexes of messages to one client or sent on someone's behalf: most users never get
+    /// one, so they are made with the first.
+    rare: Option<Box<Rare>>,
     /// Bytes of `data` of every message held.
     pub(super) bytes: usize,
     /// The last position given to this user; confirmations never go beyond it.
     pub(super) last: Position,
-    /// Per namespace, the highest cursor any client subscribed to it confirmed.
-    watermarks: HashMap<Arc<str>, Position>,
-    pub(super) clients: HashMap<ClientId, ClientRecord>,
+    /// Per namespace, the highest cursor any client subscribed to it confirmed. Namespaces are
+    /// the application's, so the list is short (and usually one).
+    watermarks: Vec<(Arc<str>, Position)>,
+    pub(super) clients: Clients,
     /// Messages up to here were looked at for trimming already; the undelivered ones among
     /// them stay until they expire.
     trimmed_to: Position,
     /// The user's time in the shard's online index (0: not in it): at most the latest
     /// seen-until of their polled clients, and less than [`PRESENCE_STEP`] below it.
     pub(super) online_indexed: Millis,
+}
+
+#[derive(Debug, Default)]
+struct Rare {
+    /// Positions of messages addressed to one client, per client: where a new client starts.
+    addressed: HashMap<ClientId, BTreeSet<Position>>,
+    /// Messages sent on a user's behalf, per sender: each sender's share.
+    by_sender: HashMap<UserId, Share>,
 }
 
 /// One sender's messages in a log.
@@ -71,7 +81,8 @@ pub(super) struct ClientRecord {
     /// its arrival is still to be reported.
     pub(super) polled: bool,
     pub(super) namespaces: Vec<Arc<str>>,
-    pub(super) data: HashMap<String, String>,
+    /// Data attached to the client, by key; made with the first.
+    pub(super) data: Option<Box<HashMap<String, String>>>,
 }
 
 impl Entry {
@@ -93,15 +104,26 @@ impl ClientRecord {
 
 impl UserLog {
     pub(super) fn watermark(&self, ns: &str) -> Position {
-        self.watermarks.get(ns).copied().unwrap_or(0)
+        self.watermarks
+            .iter()
+            .find(|(n, _)| &**n == ns)
+            .map_or(0, |(_, pos)| *pos)
     }
 
     /// Raises the watermark of `ns` to `to`; whether it moved.
     pub(super) fn raise_watermark(&mut self, ns: &Arc<str>, to: Position) -> bool {
-        let watermark = self.watermarks.entry(ns.clone()).or_insert(0);
-        let moved = to > *watermark;
-        *watermark = (*watermark).max(to);
-        moved
+        match self.watermarks.iter_mut().find(|(n, _)| n == ns) {
+            Some((_, watermark)) => {
+                let moved = to > *watermark;
+                *watermark = (*watermark).max(to);
+                moved
+            }
+            None => {
+                self.watermarks.reserve_exact(1);
+                self.watermarks.push((ns.clone(), to));
+                to > 0
+            }
+        }
     }
 
     /// Whether the message at `pos` was confirmed by its recipient.
@@ -120,37 +142,44 @@ impl UserLog {
     pub(super) fn insert(&mut self, entry: Entry) {
         let pos = entry.message.pos;
         if let Some(c) = &entry.client {
-            self.addressed.entry(c.clone()).or_default().insert(pos);
+            let rare = self.rare.get_or_insert_with(Box::default);
+            rare.addressed.entry(c.clone()).or_default().insert(pos);
         }
         let size = entry.size();
         if let Some(sender) = &entry.sender {
-            let share = self.by_sender.entry(sender.clone()).or_default();
+            let rare = self.rare.get_or_insert_with(Box::default);
+            let share = rare.by_sender.entry(sender.clone()).or_default();
             share.positions.insert(pos);
             share.bytes += size;
         }
         self.bytes += size;
         self.last = self.last.max(pos);
-        self.messages.insert(pos, entry);
+        self.messages.insert(entry);
     }
 
     pub(super) fn remove(&mut self, pos: Position) -> Option<Entry> {
         let entry = self.messages.remove(&pos)?;
-        if let Some(c) = &entry.client
-            && let Some(set) = self.addressed.get_mut(c)
-        {
-            set.remove(&pos);
-            if set.is_empty() {
-                self.addressed.remove(c);
-            }
-        }
         let size = entry.size();
-        if let Some(sender) = &entry.sender
-            && let Some(share) = self.by_sender.get_mut(sender)
-        {
-            share.positions.remove(&pos);
-            share.bytes -= size;
-            if share.positions.is_empty() {
-                self.by_sender.remove(sender);
+        if let Some(rare) = &mut self.rare {
+            if let Some(c) = &entry.client
+                && let Some(set) = rare.addressed.get_mut(c)
+            {
+                set.remove(&pos);
+                if set.is_empty() {
+                    rare.addressed.remove(c);
+                }
+            }
+            if let Some(sender) = &entry.sender
+                && let Some(share) = rare.by_sender.get_mut(sender)
+            {
+                share.positions.remove(&pos);
+                share.bytes -= size;
+                if share.positions.is_empty() {
+                    rare.by_sender.remove(sender);
+                }
+            }
+            if rare.addressed.is_empty() && rare.by_sender.is_empty() {
+                self.rare = None;
             }
         }
         self.bytes -= size;
@@ -159,15 +188,18 @@ impl UserLog {
 
     /// How many messages of `sender` the log holds, and their bytes of `data`.
     pub(super) fn held_for(&self, sender: &UserId) -> (usize, usize) {
-        self.by_sender
-            .get(sender)
+        self.rare
+            .as_ref()
+            .and_then(|rare| rare.by_sender.get(sender))
             .map_or((0, 0), |share| (share.positions.len(), share.bytes))
     }
 
     /// One message of `sender` that can go to make room for another of theirs: expired, or
     /// delivered, among their oldest.
     pub(super) fn evictable_of(&self, sender: &UserId, now: Millis) -> Option<(Position, Millis)> {
-        self.by_sender
+        self.rare
+            .as_ref()?
+            .by_sender
             .get(sender)?
             .positions
             .iter()
@@ -206,8 +238,8 @@ impl UserLog {
         let out = self
             .messages
             .range(range)
-            .filter(|(_, e)| self.is_delivered(e))
-            .map(|(&pos, e)| (pos, e.expires_at))
+            .filter(|e| self.is_delivered(e))
+            .map(|e| (e.message.pos, e.expires_at))
             .collect();
         self.trimmed_to = lowest;
         out
@@ -225,8 +257,9 @@ impl UserLog {
             .min()
             .unwrap_or(0);
         let earliest_addressed = self
-            .addressed
-            .get(client)
+            .rare
+            .as_ref()
+            .and_then(|rare| rare.addressed.get(client))
             .and_then(|set| set.first())
             .map(|pos| pos - 1);
         earliest_addressed.map_or(lowest_watermark, |p| p.min(lowest_watermark))
@@ -247,7 +280,6 @@ impl UserLog {
         for entry in self
             .messages
             .range((Bound::Excluded(start), Bound::Unbounded))
-            .map(|(_, e)| e)
         {
             if messages.len() == limit {
                 cursor = messages.last().map_or(start, |m: &StoredMessage| m.pos);

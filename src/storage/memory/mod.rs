@@ -11,11 +11,13 @@
 //! the history or the number of users.
 
 mod acks;
+mod clients;
 mod dedup;
 // Without a durable storage nothing reads the journal's changes: they are never recorded.
 #[cfg_attr(not(feature = "durable"), allow(dead_code))]
 pub(crate) mod journal;
 mod log;
+mod messages;
 mod origins;
 #[cfg(feature = "durable")]
 pub(crate) mod restore;
@@ -44,6 +46,7 @@ use super::{
 };
 use crate::hash::{HashMap, HashSet, RandomState};
 use crate::id::{ClientId, UserId};
+use crate::sharded::ByShard;
 
 /// How many signals a slow subscriber may fall behind before it is told to resync. Signals are
 /// one per append call, but two per poll (its announcement and its confirmation), and the hub
@@ -266,12 +269,8 @@ impl MemoryStorage {
 
     /// Indices of `items`, grouped by the shard of their user, so that each shard is locked
     /// once per call.
-    fn by_shard<T>(&self, items: &[T], user: impl Fn(&T) -> &UserId) -> Vec<Vec<usize>> {
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
-        for (i, item) in items.iter().enumerate() {
-            groups[self.shard_of(user(item))].push(i);
-        }
-        groups
+    fn by_shard<T>(&self, items: &[T], user: impl Fn(&T) -> &UserId) -> ByShard<usize, SHARDS> {
+        ByShard::new(0..items.len(), |&i| self.shard_of(user(&items[i])))
     }
 
     fn signal(&self, signal: Signal) {
@@ -354,13 +353,11 @@ impl Shard {
                 presence_ttl: ttl.as_millis() as Millis,
             });
         }
-        log.clients
-            .entry(client.clone())
-            .or_insert_with(|| ClientRecord {
-                seen_until,
-                indexed_until: seen_until,
-                ..ClientRecord::default()
-            })
+        log.clients.get_or_insert_with(client, || ClientRecord {
+            seen_until,
+            indexed_until: seen_until,
+            ..ClientRecord::default()
+        })
     }
 
     /// Reaps up to a slice of clients whose presence lapsed by `now`; whether more may be left.
@@ -509,17 +506,16 @@ impl Storage for MemoryStorage {
         let epoch_guard = self.epoch_guard();
         let epoch = epoch_guard.clone();
         let mut outcomes = vec![AppendOutcome::QueueFull; messages.len()];
-        let mut woken: HashSet<UserId> = HashSet::default();
+        // Sized once: grown as it fills, it was rehashed seven times per chunk of a fan-out.
+        let mut woken: HashSet<UserId> =
+            HashSet::with_capacity_and_hasher(messages.len(), RandomState::default());
         let mut deepest = 0;
         let groups = self.by_shard(&messages, |m| &m.user);
         let mut messages: Vec<Option<NewMessage>> = messages.into_iter().map(Some).collect();
-        for (shard, group) in groups.into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
+        for (shard, group) in groups.groups() {
             let mut shard = self.shard(shard);
             shard.maybe_sweep(now);
-            for i in group {
+            for &i in group {
                 let Some(m) = messages[i].take() else {
                     continue;
                 };
@@ -651,7 +647,9 @@ impl Storage for MemoryStorage {
             }
         }
         let mut client_changed = !log.clients.contains_key(&req.client);
-        let record = log.clients.entry(req.client.clone()).or_default();
+        let record = log
+            .clients
+            .get_or_insert_with(&req.client, ClientRecord::default);
         let (cursor_was, vouched_was) = (record.cursor, record.vouched);
         let start = match &req.cursor {
             Some((e, cursor)) if *e == epoch => {
@@ -772,12 +770,9 @@ impl Storage for MemoryStorage {
             return Ok(vec![DeliveryState::Lost; targets.len()]);
         }
         let mut states = vec![DeliveryState::Expired; targets.len()];
-        for (shard, group) in self.by_shard(targets, |t| &t.user).into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
+        for (shard, group) in self.by_shard(targets, |t| &t.user).groups() {
             let shard = self.shard(shard);
-            for i in group {
+            for &i in group {
                 let t = &targets[i];
                 let Some(log) = shard.logs.get(&t.user) else {
                     continue;
@@ -961,9 +956,8 @@ impl Storage for MemoryStorage {
         let shard = &mut *guard;
         let bag = match member {
             Member::User(user) => shard.user_data.entry(user.clone()).or_default(),
-            Member::Client(user, client) => {
-                &mut shard.touch_unpolled(user, client, presence_ttl).data
-            }
+            Member::Client(user, client) => (shard.touch_unpolled(user, client, presence_ttl).data)
+                .get_or_insert_with(Box::default),
         };
         match value {
             Some(v) => {
@@ -989,7 +983,7 @@ impl Storage for MemoryStorage {
                 .logs
                 .get(user)
                 .and_then(|log| log.clients.get(client))
-                .and_then(|r| r.data.get(key))
+                .and_then(|r| r.data.as_ref()?.get(key))
                 .cloned(),
         })
     }
@@ -1030,12 +1024,9 @@ impl Storage for MemoryStorage {
         if *epoch_guard != *epoch {
             return Ok(out);
         }
-        for (shard, group) in self.by_shard(targets, |t| &t.user).into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
+        for (shard, group) in self.by_shard(targets, |t| &t.user).groups() {
             let shard = self.shard(shard);
-            for i in group {
+            for &i in group {
                 out[i] = shard.acks.replies(&targets[i].user, targets[i].pos, now);
             }
         }

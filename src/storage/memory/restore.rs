@@ -197,7 +197,10 @@ impl Shard {
                         .get_mut(&user)
                         .and_then(|log| log.clients.get_mut(&client))
                     {
-                        record.data.insert(key, value);
+                        record
+                            .data
+                            .get_or_insert_with(Box::default)
+                            .insert(key, value);
                     }
                 }
             },
