@@ -1,0 +1,281 @@
+//! `RedisClusterStorage` against a real Redis Cluster that the tests start themselves (three
+//! masters, three replicas): the whole storage conformance suite, then what only a cluster can
+//! get wrong — a fan-out over many slots, signals between nodes over sharded pub/sub, a shard
+//! that loses its data.
+#![cfg(all(feature = "redis-cluster", feature = "conformance"))]
+
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster;
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_cluster::RedisCluster;
+use serde_json::value::RawValue;
+use simpleio::storage::{
+    AppendOutcome, DeliveryState, DeliveryTarget, Epoch, FetchRequest, NewMessage, QueueLimits,
+    Signal, millis_after,
+};
+use simpleio::{ClientId, RedisClusterStorage, Storage, UserId};
+use tokio::sync::broadcast;
+
+fn fresh_prefix() -> String {
+    format!("test-{}:", ClientId::random())
+}
+
+async fn connect(cluster: &RedisCluster, prefix: &str) -> RedisClusterStorage {
+    RedisClusterStorage::builder(cluster.urls())
+        .key_prefix(prefix)
+        .connect()
+        .await
+        .expect("connect to the test cluster")
+}
+
+/// A storage on a fresh key prefix of the binary's shared cluster; `None` (after a loud
+/// warning) when `redis-server` is not installed outside CI.
+async fn fresh() -> Option<RedisClusterStorage> {
+    Some(connect(RedisCluster::shared()?, &fresh_prefix()).await)
+}
+
+simpleio::storage_conformance_tests!(optional fresh);
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn message(to: &str, data: &Arc<RawValue>) -> NewMessage {
+    NewMessage {
+        user: UserId::from(to),
+        client: None,
+        namespace: "/".into(),
+        event: "news".into(),
+        data: data.clone(),
+        expires_at: millis_after(LONG),
+        sender: None,
+        origin: None,
+        ack: false,
+    }
+}
+
+fn queue() -> QueueLimits {
+    QueueLimits {
+        per_user: 1_000,
+        per_sender: 1_000,
+        bytes_per_user: usize::MAX,
+        bytes_per_sender: usize::MAX,
+    }
+}
+
+fn request(user: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequest {
+    FetchRequest {
+        user: UserId::from(user),
+        client: ClientId::new("tab1").expect("client id"),
+        cursor: cursor.map(|(e, p)| (e.clone(), p)),
+        namespaces: vec!["/".into()],
+        limit: 100,
+        presence_ttl: Duration::from_secs(60),
+        announce: None,
+        max_clients: 1_000,
+    }
+}
+
+fn stored(outcome: &AppendOutcome) -> u64 {
+    match outcome {
+        AppendOutcome::Stored(pos) => *pos,
+        AppendOutcome::QueueFull => panic!("the queue was full"),
+    }
+}
+
+/// A plain connection to each master of the cluster (not a cluster client: one node's view).
+async fn masters(cluster: &RedisCluster) -> Vec<redis::aio::MultiplexedConnection> {
+    let mut out = Vec::new();
+    for url in cluster.urls() {
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a node");
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .expect("info");
+        if info.contains("role:master") {
+            out.push(conn);
+        }
+    }
+    assert_eq!(out.len(), 3, "three masters");
+    out
+}
+
+/// The users whose logs (`{P}{N}u:USER:log`) a node holds.
+async fn users_on(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*:log"))
+        .query_async(conn)
+        .await
+        .expect("keys");
+    keys.iter()
+        .filter_map(|k| {
+            let rest = &k[k.find("}u:")? + 3..];
+            rest.strip_suffix(":log").map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The users an `Appended` signal named, over the signals received within a second, and how
+/// many `Appended` signals there were.
+async fn appended(rx: &mut broadcast::Receiver<Signal>) -> (HashSet<String>, usize) {
+    let mut named = HashSet::new();
+    let mut signals = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(received) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        if let Signal::Appended { users } = received.expect("signals") {
+            signals += 1;
+            named.extend(users.iter().map(|u| u.as_str().to_owned()));
+        }
+    }
+    (named, signals)
+}
+
+/// One append call to 600 users, spread over every master: each message lands once, the node
+/// that appended gets one `Appended` naming all of them, and each other node one naming
+/// exactly the users it has polls of — over sharded pub/sub, whichever shard their channels
+/// are on.
+#[tokio::test]
+async fn a_fan_out_over_many_slots_lands_every_message_and_signals_the_nodes() {
+    const USERS: usize = 600;
+    let Some(cluster) = RedisCluster::shared() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let (a, b, c) = (
+        connect(cluster, &prefix).await,
+        connect(cluster, &prefix).await,
+        connect(cluster, &prefix).await,
+    );
+    let users: Vec<String> = (0..USERS).map(|i| format!("user{i}")).collect();
+    // b serves the first half, c the second: their fetches note their interest.
+    for (i, u) in users.iter().enumerate() {
+        let node = if i < USERS / 2 { &b } else { &c };
+        node.fetch(request(u, None)).await.expect("fetch");
+    }
+    let (mut rx_a, mut rx_b, mut rx_c) = (a.subscribe(), b.subscribe(), c.subscribe());
+    let shared: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"text":"to all"}"#.to_owned()).expect("JSON"));
+    let sent = a
+        .append(users.iter().map(|u| message(u, &shared)).collect(), queue())
+        .await
+        .expect("append");
+    assert_eq!(sent.outcomes.len(), USERS);
+
+    let everyone: HashSet<String> = users.iter().cloned().collect();
+    let first: HashSet<String> = users[..USERS / 2].iter().cloned().collect();
+    let second: HashSet<String> = users[USERS / 2..].iter().cloned().collect();
+    assert_eq!(appended(&mut rx_a).await, (everyone, 1), "the sending node");
+    assert_eq!(
+        appended(&mut rx_b).await,
+        (first, 1),
+        "the node of the first half"
+    );
+    assert_eq!(
+        appended(&mut rx_c).await,
+        (second, 1),
+        "the node of the second half"
+    );
+
+    for (u, outcome) in users.iter().zip(&sent.outcomes) {
+        let batch = b.fetch(request(u, None)).await.expect("fetch");
+        assert_eq!(batch.epoch, sent.epoch);
+        assert_eq!(batch.messages.len(), 1, "{u} reads the fan-out once");
+        assert_eq!(batch.messages[0].pos, stored(outcome));
+        assert_eq!(batch.messages[0].data.get(), shared.get());
+    }
+    // The users' keys are on every master: the fan-out really crossed shards.
+    for mut master in masters(cluster).await {
+        let here = users_on(&mut master, &prefix).await;
+        assert!(
+            here.len() > USERS / 10,
+            "a master holds {} of the {USERS} users",
+            here.len()
+        );
+    }
+}
+
+/// Emptying one master (as a shard restarted empty would be) gives the cluster a new epoch:
+/// a cursor of a user of that shard under the old epoch confirms nothing, its deliveries are
+/// lost, every node is told to resync; users of the other shards keep their messages, under
+/// the new epoch.
+#[tokio::test]
+async fn a_shard_that_loses_its_data_gives_a_new_epoch() {
+    let Some(cluster) = RedisCluster::shared() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let storage = connect(cluster, &prefix).await;
+    let other = connect(cluster, &prefix).await;
+    let shared: Arc<RawValue> = Arc::from(RawValue::from_string("1".to_owned()).expect("JSON"));
+    let users: Vec<String> = (0..60).map(|i| format!("user{i}")).collect();
+    let sent = storage
+        .append(users.iter().map(|u| message(u, &shared)).collect(), queue())
+        .await
+        .expect("append");
+    let old = sent.epoch.clone();
+    let mut masters = masters(cluster).await;
+    let lost = users_on(&mut masters[0], &prefix).await;
+    let kept = users_on(&mut masters[1], &prefix).await;
+    let (Some(x), Some(y)) = (lost.first(), kept.first()) else {
+        panic!("60 users did not reach two masters");
+    };
+    let pos = |u: &str| stored(&sent.outcomes[users.iter().position(|v| v == u).expect("user")]);
+    let mut rx = other.subscribe();
+    // Every key of this prefix on that master goes, one at a time (they are in many slots);
+    // the other tests' prefixes on the shared cluster stay.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut masters[0])
+        .await
+        .expect("keys");
+    for key in keys {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut masters[0])
+            .await
+            .expect("del");
+    }
+
+    let batch = storage
+        .fetch(request(x, Some((&old, pos(x)))))
+        .await
+        .expect("fetch");
+    assert_ne!(batch.epoch, old, "an emptied shard kept its epoch");
+    assert!(batch.messages.is_empty());
+    let target = DeliveryTarget {
+        user: UserId::from(x.as_str()),
+        client: None,
+        namespace: "/".into(),
+        pos: pos(x),
+    };
+    assert_eq!(
+        storage.delivery(&old, &[target]).await.expect("delivery"),
+        [DeliveryState::Lost]
+    );
+    let resync = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if matches!(rx.recv().await, Ok(Signal::Resync)) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(resync.is_ok(), "the other node was not told to resync");
+
+    let new = storage.epoch().await.expect("epoch");
+    assert_eq!(new, batch.epoch);
+    assert_eq!(other.epoch().await.expect("epoch"), new);
+    let kept_batch = other.fetch(request(y, None)).await.expect("fetch");
+    assert_eq!(kept_batch.epoch, new);
+    assert_eq!(kept_batch.messages.len(), 1, "{y}'s shard lost nothing");
+    assert_eq!(kept_batch.messages[0].pos, pos(y));
+}
