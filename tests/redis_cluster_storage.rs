@@ -16,8 +16,8 @@ use std::time::Duration;
 use redis_cluster::RedisCluster;
 use serde_json::value::RawValue;
 use simpleio::storage::{
-    AppendOutcome, DeliveryState, DeliveryTarget, Epoch, FetchRequest, NewMessage, QueueLimits,
-    Signal, millis_after,
+    AppendOutcome, DeliveryState, DeliveryTarget, Epoch, FetchRequest, Member, NewMessage,
+    QueueLimits, Signal, millis_after,
 };
 use simpleio::{ClientId, RedisClusterStorage, Storage, UserId};
 use tokio::sync::broadcast;
@@ -278,4 +278,134 @@ async fn a_shard_that_loses_its_data_gives_a_new_epoch() {
     assert_eq!(kept_batch.epoch, new);
     assert_eq!(kept_batch.messages.len(), 1, "{y}'s shard lost nothing");
     assert_eq!(kept_batch.messages[0].pos, pos(y));
+}
+
+/// Every pub/sub connection of the cluster killed (as a network failure would) makes a node
+/// resync, since signals were missed, and its subscription comes back by itself: a signal
+/// published afterwards reaches it. On a cluster of its own: the kill would disturb the
+/// other tests' nodes.
+#[tokio::test]
+async fn a_lost_subscription_resyncs_and_comes_back() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let a = connect(&cluster, &prefix).await;
+    let b = connect(&cluster, &prefix).await;
+    let mut rx = a.subscribe();
+    let mut killed = 0;
+    for url in cluster.urls() {
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a node");
+        let n: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .expect("client kill");
+        killed += n;
+    }
+    // Each node's two channels, on one or two shards.
+    assert!(killed >= 2, "killed {killed} pub/sub connections");
+    let resync = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if matches!(rx.recv().await, Ok(Signal::Resync)) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(resync.is_ok(), "no resync after the subscription was lost");
+    let users: Arc<[UserId]> = Arc::from(vec![UserId::from("ann")]);
+    let back = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            b.publish(Signal::Appended {
+                users: users.clone(),
+            })
+            .await
+            .expect("publish");
+            let wait = tokio::time::timeout(Duration::from_millis(200), async {
+                loop {
+                    if let Ok(Signal::Appended { .. }) = rx.recv().await {
+                        return;
+                    }
+                }
+            });
+            if wait.await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "the subscription did not come back");
+}
+
+/// A client whose keys expired without a reap (no node reaped for a whole grace) has no
+/// presence record in its user's bucket: `members`, reading the room in another bucket, looks
+/// the room's clients up there, leaves it out and takes it out of the room.
+#[tokio::test]
+async fn members_drop_a_client_that_expired_unreaped() {
+    let Some(cluster) = RedisCluster::shared() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let storage = connect(cluster, &prefix).await;
+    let tab = Member::Client(UserId::from("ann"), ClientId::new("tab1").expect("id"));
+    let bob = Member::User(UserId::from("bob"));
+    storage
+        .join("lobby", &tab, Duration::from_secs(60))
+        .await
+        .expect("join");
+    storage
+        .join("lobby", &bob, Duration::from_secs(60))
+        .await
+        .expect("join");
+    let members = storage.members("lobby").await.expect("members");
+    assert_eq!(members.len(), 2, "{members:?}");
+    // As if its record had expired: out of its bucket's presence set, wherever that is.
+    let mut removed = 0;
+    for mut master in masters(cluster).await {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*presence"))
+            .query_async(&mut master)
+            .await
+            .expect("keys");
+        for key in keys {
+            let n: i64 = redis::cmd("ZREM")
+                .arg(key)
+                .arg("c:tab1:ann")
+                .query_async(&mut master)
+                .await
+                .expect("zrem");
+            removed += n;
+        }
+    }
+    assert_eq!(removed, 1, "the client's presence record");
+    assert_eq!(storage.members("lobby").await.expect("members"), [bob]);
+    // Taken out of the room for good, not only left out of one answer.
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("cluster client");
+    let mut conn = client.get_async_connection().await.expect("connect");
+    let room_keys: Vec<String> = {
+        let mut found = Vec::new();
+        for mut master in masters(cluster).await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*room:lobby"))
+                .query_async(&mut master)
+                .await
+                .expect("keys");
+            found.extend(keys);
+        }
+        found
+    };
+    assert_eq!(room_keys.len(), 1, "{room_keys:?}");
+    let left: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&room_keys[0])
+        .query_async(&mut conn)
+        .await
+        .expect("smembers");
+    assert_eq!(left, ["u:bob"]);
 }
