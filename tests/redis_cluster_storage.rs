@@ -409,3 +409,170 @@ async fn members_drop_a_client_that_expired_unreaped() {
         .expect("smembers");
     assert_eq!(left, ["u:bob"]);
 }
+
+/// Calls per command name on one node, from `INFO commandstats`, and the microseconds spent in
+/// scripts (`evalsha`'s `usec`, under the name `usec`).
+async fn command_calls(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::HashMap<String, u64> {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info commandstats");
+    let mut calls: std::collections::HashMap<String, u64> = stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect();
+    let usec = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|rest| rest.split(",usec=").nth(1)?.split(',').next()?.parse().ok())
+        .unwrap_or(0);
+    calls.insert("usec".to_owned(), usec);
+    calls
+}
+
+/// What a broadcast costs a cluster, counted by the masters' own command statistics (repeatable,
+/// unlike times): a fan-out to 10,240 users in append calls of `FANOUT_CHUNK`, with a second
+/// node polling every user. Each call is at most one script per bucket it reaches and one
+/// `SPUBLISH` per node, and the scripts spread over the three masters. On a cluster of its own,
+/// so that no other test's commands are counted.
+#[tokio::test]
+async fn what_a_broadcast_costs_a_cluster() {
+    const USERS: usize = 10_240;
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let (a, b) = (
+        connect(&cluster, &prefix).await,
+        connect(&cluster, &prefix).await,
+    );
+    let users: Vec<String> = (0..USERS).map(|i| format!("user{i}")).collect();
+    for chunk in users.chunks(256) {
+        let polls = chunk.iter().map(|u| b.fetch(request(u, None)));
+        for polled in futures_util::future::join_all(polls).await {
+            polled.expect("fetch");
+        }
+    }
+    let shared: Arc<RawValue> =
+        Arc::from(RawValue::from_string(r#"{"text":"to all"}"#.to_owned()).expect("JSON"));
+    let mut masters = masters(&cluster).await;
+    let mut before = Vec::new();
+    for m in &mut masters {
+        before.push(command_calls(m).await);
+    }
+    let calls = USERS.div_ceil(simpleio::storage::FANOUT_CHUNK);
+    for chunk in users.chunks(simpleio::storage::FANOUT_CHUNK) {
+        let sent = a
+            .append(chunk.iter().map(|u| message(u, &shared)).collect(), queue())
+            .await
+            .expect("append");
+        assert!(
+            sent.outcomes
+                .iter()
+                .all(|o| matches!(o, AppendOutcome::Stored(_)))
+        );
+    }
+    let mut scripts = Vec::new();
+    let (mut commands, mut spublish, mut usec) = (0u64, 0u64, 0u64);
+    for (m, before) in masters.iter_mut().zip(&before) {
+        let after = command_calls(m).await;
+        let diff = |name: &str| {
+            after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+        };
+        scripts.push(diff("evalsha") + diff("eval"));
+        spublish += diff("spublish");
+        usec += diff("usec");
+        commands += after
+            .keys()
+            .filter(|name| {
+                !matches!(
+                    name.as_str(),
+                    "info" | "evalsha" | "eval" | "spublish" | "cluster" | "ping" | "usec"
+                )
+            })
+            .map(|name| diff(name))
+            .sum::<u64>();
+    }
+    let total: u64 = scripts.iter().sum();
+    println!(
+        "RedisClusterStorage, a broadcast to {USERS} users in {calls} append calls over 3 masters: \
+         {:.2} scripts per recipient ({:.0} per call; per master {:?}), {:.1} commands inside \
+         them per recipient, {:.0} µs of script per recipient (all masters), {spublish} \
+         SPUBLISH ({:.1} per call)",
+        total as f64 / USERS as f64,
+        total as f64 / calls as f64,
+        scripts,
+        commands as f64 / USERS as f64,
+        usec as f64 / USERS as f64,
+        spublish as f64 / calls as f64,
+    );
+    // At most one per recipient (one per bucket per call; consecutive ids, whose CRC16s differ
+    // in their low bits, land in as many buckets as there are of them), and the first call of
+    // the script on each master, refused until the script is loaded there.
+    assert!(
+        total <= USERS as u64 + 6,
+        "more scripts than recipients: {total}"
+    );
+    assert!(
+        spublish <= 2 * calls as u64 + 8,
+        "{spublish} signals for {calls} calls to two nodes (and a few probes)"
+    );
+    for s in &scripts {
+        assert!(
+            *s > total / 5,
+            "a master ran {s} of {total} scripts: the buckets did not spread"
+        );
+    }
+
+    // The same broadcast on one server, in the same run, for comparison.
+    let Some(server) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let connect_one = || {
+        simpleio::RedisStorage::builder(server.url())
+            .key_prefix(prefix.as_str())
+            .connect()
+    };
+    let (a, b) = (
+        connect_one().await.expect("connect"),
+        connect_one().await.expect("connect"),
+    );
+    for chunk in users.chunks(256) {
+        let polls = chunk.iter().map(|u| b.fetch(request(u, None)));
+        for polled in futures_util::future::join_all(polls).await {
+            polled.expect("fetch");
+        }
+    }
+    let mut one = redis::Client::open(server.url().as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let before = command_calls(&mut one).await;
+    for chunk in users.chunks(simpleio::storage::FANOUT_CHUNK) {
+        a.append(chunk.iter().map(|u| message(u, &shared)).collect(), queue())
+            .await
+            .expect("append");
+    }
+    let after = command_calls(&mut one).await;
+    let diff =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    println!(
+        "RedisStorage, the same broadcast on one server: {} scripts, {:.0} µs of script per \
+         recipient",
+        diff("evalsha"),
+        diff("usec") as f64 / USERS as f64
+    );
+}
