@@ -127,12 +127,34 @@ use crate::storage::{
 const IN_FLIGHT: usize = 64;
 
 /// Storage in a Redis Cluster: share it between any number of processes, with the data and the
-/// load spread over the cluster's masters. See the [module documentation](self) for how.
+/// load spread over the cluster's masters.
 ///
 /// Everything [`RedisStorage`](super::RedisStorage) says of signals, presence, rooms, memory
-/// bounds and outages holds, with the differences listed there. Each user's operations are one
-/// atomic script in the user's hash slot; an operation over many users (a fan-out, a delivery
-/// check) is one script per bucket of users, sent at once.
+/// bounds and outages holds: it runs the same Lua scripts, each in one hash slot.
+///
+/// * **Each user is one slot.** Users are spread over 1,024 buckets by the CRC16 of their id,
+///   and every key of a bucket starts with the prefix and the bucket's hash tag (`{P}{N}`), so
+///   each user's operations are one atomic script on the user's master.
+/// * **Many users, many slots.** A fan-out, a delivery or a replies check runs one script per
+///   bucket it reaches, all at once, pipelined per master; [`Storage::reap`] and
+///   [`Storage::live_users`] run one per bucket. A fan-out's payload is stored once per bucket
+///   it reaches.
+/// * **Signals** go over sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), to the shard of each
+///   node's channel only, sent right after the script that decided them; an append call still
+///   wakes each node once. A node probes its subscription every few seconds and subscribes
+///   again (and resyncs) if a failover or a slot migration moved its channel.
+/// * **Rooms** are sets in their own bucket; a join or leave writes the member's index, then
+///   the room.
+/// * **The epoch** has a copy in every bucket, with no TTL: a shard that comes back empty gives
+///   the whole cluster a new [`Epoch`], so clients resync and senders of unconfirmed messages
+///   learn they were lost, while the other shards' messages stay.
+/// * **Not one atomic step across buckets:** if one bucket's script of an append fails, the
+///   call fails after the others stored theirs (a send with an
+///   [`origin`](crate::storage::NewMessage::origin) is stored once when retried). A failover
+///   may lose the last writes a master acknowledged, as Redis replication is asynchronous.
+///
+/// The guide's "One Redis or a Redis Cluster" says when to move to a cluster and what it
+/// costs.
 ///
 /// Needs Redis 7 or later in cluster mode (`cluster-enabled yes`), for sharded pub/sub.
 ///
