@@ -11,6 +11,7 @@
 //! with the later one, and the cluster's key is never ahead of a bucket.
 
 use futures_util::StreamExt;
+use tracing::warn;
 
 use super::super::error::within;
 use super::super::signals::RESYNC_JSON;
@@ -85,12 +86,16 @@ impl RedisClusterStorage {
         }
         let fresh = format!("{}.{}", latest + 1, Epoch::random());
         let epoch = self.spread(&fresh).await?;
+        // Every node's clients resync on their own anyway once they meet the new epoch: the
+        // signal only makes it sooner, so failing to send it does not fail the operation.
         let mut conn = self.inner.conn.clone();
         let mut resync = redis::cmd("SPUBLISH");
         resync
             .arg(format!("{}signals", self.inner.prefix))
             .arg(RESYNC_JSON.as_str());
-        within(self.inner.deadline, resync.query_async::<i64>(&mut conn)).await?;
+        if let Err(err) = within(self.inner.deadline, resync.query_async::<i64>(&mut conn)).await {
+            warn!(cause = %err, "the cluster has a new epoch, but the resync signal was not sent");
+        }
         Ok(epoch)
     }
 
