@@ -576,3 +576,95 @@ async fn what_a_broadcast_costs_a_cluster() {
         diff("usec") as f64 / USERS as f64
     );
 }
+
+/// Retries `op` until it succeeds, for at most `within`.
+async fn eventually<T, F: Future<Output = Result<T, simpleio::storage::StorageError>>>(
+    within: Duration,
+    mut op: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) if tokio::time::Instant::now() > deadline => {
+                panic!("the cluster did not recover within {within:?}: {err}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// A master killed (SIGKILL) is replaced by its replica: the storage follows the cluster to it
+/// by itself, the epoch stays (the replica has every bucket's copy), the messages the replica
+/// had are read, and signals about that shard's users reach the other node again. On a
+/// cluster of its own.
+#[tokio::test]
+async fn a_failover_keeps_the_epoch_the_messages_and_the_signals() {
+    let Some(mut cluster) = RedisCluster::start() else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let a = connect(&cluster, &prefix).await;
+    let b = connect(&cluster, &prefix).await;
+    let shared: Arc<RawValue> = Arc::from(RawValue::from_string("1".to_owned()).expect("JSON"));
+    let users: Vec<String> = (0..60).map(|i| format!("user{i}")).collect();
+    let sent = a
+        .append(users.iter().map(|u| message(u, &shared)).collect(), queue())
+        .await
+        .expect("append");
+    let mut masters = masters(&cluster).await;
+    let on_dead = users_on(&mut masters[0], &prefix).await;
+    let x = on_dead.first().expect("a user on the first master").clone();
+    let port: u16 = {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut masters[0])
+            .await
+            .expect("info");
+        info.lines()
+            .find_map(|l| l.strip_prefix("tcp_port:"))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the master's port")
+    };
+    drop(masters);
+    // What the master holds is on its replica (replication is asynchronous: a master killed
+    // before that loses its last writes, the epoch copies included).
+    cluster.wait_replicated(port);
+    cluster.kill(port);
+
+    let batch = eventually(Duration::from_secs(40), || b.fetch(request(&x, None))).await;
+    assert_eq!(batch.epoch, sent.epoch, "a failover changed the epoch");
+    assert_eq!(
+        batch.messages.len(),
+        1,
+        "{x}'s message was lost in the failover"
+    );
+    assert_eq!(a.epoch().await.expect("epoch"), sent.epoch);
+    // b polls x again; a's next message to x wakes b, whatever shard its channel was on.
+    let mut rx = b.subscribe();
+    let woken = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            b.fetch(request(&x, Some((&sent.epoch, batch.cursor))))
+                .await
+                .ok();
+            a.append(vec![message(&x, &shared)], queue()).await.ok();
+            let wait = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    if let Ok(Signal::Appended { users }) = rx.recv().await
+                        && users.iter().any(|u| u.as_str() == x)
+                    {
+                        return;
+                    }
+                }
+            });
+            if wait.await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        woken.is_ok(),
+        "no signal reached the other node after the failover"
+    );
+}

@@ -57,6 +57,10 @@ impl RedisCluster {
                     free_port().to_string(),
                     "--cluster-node-timeout".to_owned(),
                     "5000".to_owned(),
+                    // A replica's first sync at once, not after the default 5 s: a replica
+                    // that never synced does not take over from its master.
+                    "--repl-diskless-sync-delay".to_owned(),
+                    "0".to_owned(),
                 ]
                 .into()
             })?;
@@ -101,16 +105,53 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::port).collect()
     }
 
-    /// Waits until every node says `cluster_state:ok` and knows all six nodes: before that,
-    /// a command may be refused (`CLUSTERDOWN`) or sent to a node that does not own its slot.
+    /// Waits until the replica of the master on `port` has everything written to it so far
+    /// (replication is asynchronous: a master killed before that loses the last writes).
+    pub fn wait_replicated(&self, port: u16) {
+        let field = |info: &str, name: &str| -> Option<u64> {
+            info.split(['\n', ','])
+                .find_map(|kv| kv.trim().strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+        };
+        let info = command(port, "INFO replication");
+        let written = field(&info, "master_repl_offset:").expect("a master's offset");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let info = command(port, "INFO replication");
+            if field(&info, "offset=").is_some_and(|acked| acked >= written) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica of {port} did not catch up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the node on `port` (SIGKILL, as a crash would); a master's replica takes over once
+    /// the cluster's node timeout (5 s here) has passed.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port() == port) {
+            node.kill();
+        }
+    }
+
+    /// Waits until every node says `cluster_state:ok` and knows all six nodes, and every
+    /// replica is in sync with its master: before that, a command may be refused
+    /// (`CLUSTERDOWN`) or sent to a node that does not own its slot, and a master's failure
+    /// would not be taken over.
     fn wait_ready(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let ready = self.nodes.iter().all(|n| {
                 let info = command(n.port(), "CLUSTER INFO");
+                let replication = command(n.port(), "INFO replication");
                 info.contains("cluster_state:ok")
                     && info.contains(&format!("cluster_known_nodes:{}", MASTERS * 2))
                     && info.contains(&format!("cluster_size:{MASTERS}"))
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
             });
             if ready {
                 return;
