@@ -23,6 +23,14 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ PORT=3001 cargo run --features redis --example chat
 //! ```
 //!
+//! **On a Redis Cluster** (`examples/cluster/run.sh --redis-cluster` starts one): build with the
+//! `redis-cluster` feature and set `REDIS_CLUSTER_URLS` to some of its nodes.
+//!
+//! ```text
+//! REDIS_CLUSTER_URLS=redis://127.0.0.1:7000/,redis://127.0.0.1:7001/ PORT=3001 \
+//!   cargo run --features redis-cluster --example chat
+//! ```
+//!
 //! # Events
 //!
 //! | client → server | what happens | reply |
@@ -54,6 +62,7 @@
 //! |---|---|---|
 //! | `PORT` | `3000` | the port on 127.0.0.1; `0` picks a free one (the log names it) |
 //! | `REDIS_URL` | unset | use `RedisStorage` at this URL (feature `redis`), for several processes |
+//! | `REDIS_CLUSTER_URLS` | unset | use `RedisClusterStorage` on the cluster of these nodes, comma-separated (feature `redis-cluster`) |
 //! | `SIMPLEIO_DATA` | `simpleio-data` | without `REDIS_URL`: the folder of the storage file (feature `durable`, on by default); `memory` keeps everything in memory instead |
 //! | `SIMPLEIO_NODE` | `chat-PORT` | this process's name, sent in an `x-simpleio-node` header on every response, so you can see which process answered |
 //! | `SIMPLEIO_HOLD_MS` | 25000 | how long a poll waits for a message |
@@ -191,10 +200,13 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, BoxError> {
     }
 }
 
-/// Redis if `REDIS_URL` is set (and this build has the `redis` feature); else a file in the
-/// folder `SIMPLEIO_DATA` (default `simpleio-data`), or memory if that is `memory` or this build
-/// has no `durable` feature.
+/// A Redis Cluster if `REDIS_CLUSTER_URLS` is set, Redis if `REDIS_URL` is (and this build has
+/// the feature); else a file in the folder `SIMPLEIO_DATA` (default `simpleio-data`), or memory
+/// if that is `memory` or this build has no `durable` feature.
 async fn storage(builder: Builder) -> Result<Builder, BoxError> {
+    if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
+        return cluster_storage(builder, urls).await;
+    }
     let Ok(url) = std::env::var("REDIS_URL") else {
         return local_storage(builder).await;
     };
@@ -223,6 +235,38 @@ async fn storage(builder: Builder) -> Result<Builder, BoxError> {
         Err("REDIS_URL is set, but this build has no Redis support: \
              run with `--features redis`"
             .into())
+    }
+}
+
+/// `RedisClusterStorage` on the cluster of the nodes `urls` (comma-separated).
+async fn cluster_storage(builder: Builder, urls: String) -> Result<Builder, BoxError> {
+    #[cfg(feature = "redis-cluster")]
+    {
+        let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
+        // The cluster may still be forming (its start script): retry a while.
+        let mut attempt = 0;
+        let cluster = loop {
+            match simpleio::RedisClusterStorage::connect(urls.clone()).await {
+                Ok(cluster) => break cluster,
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "cannot reach the Redis Cluster yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        tracing::info!("storage: Redis Cluster");
+        Ok(builder.storage(cluster))
+    }
+    #[cfg(not(feature = "redis-cluster"))]
+    {
+        let _ = (builder, urls);
+        Err(
+            "REDIS_CLUSTER_URLS is set, but this build has no Redis Cluster support: \
+             run with `--features redis-cluster`"
+                .into(),
+        )
     }
 }
 

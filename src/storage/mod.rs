@@ -58,6 +58,9 @@ pub use self::durable::DurableStorage;
 
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis-cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+pub use self::redis::{RedisClusterStorage, RedisClusterStorageBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStorage, RedisStorageBuilder};

@@ -47,6 +47,8 @@ pub struct RedisServer {
     /// Its working directory: the log, and the append-only file if persistent.
     dir: PathBuf,
     persistent: bool,
+    /// Arguments after the usual ones (a cluster node's settings), kept for restarts.
+    extra: Vec<String>,
     /// The `sh` wrapper; `None` while stopped.
     wrapper: Option<Child>,
     /// Redis's own pid while [`pause`](Self::pause)d: it must be resumed before it can stop.
@@ -57,13 +59,19 @@ impl RedisServer {
     /// Starts a server without persistence on a free port; `None` if Redis is not installed
     /// (and this is not CI).
     pub fn start() -> Option<Self> {
-        Self::launch(false)
+        Self::launch(false, |_| Vec::new())
+    }
+
+    /// Starts a server without persistence on a free port, with `extra(port)` after the usual
+    /// arguments (a cluster node's settings, say); `None` if Redis is not installed.
+    pub fn start_with(extra: impl Fn(u16) -> Vec<String>) -> Option<Self> {
+        Self::launch(false, extra)
     }
 
     /// Starts a server with `appendonly yes` in its own directory, kept across
     /// [`restart`](Self::restart)s and removed on drop; `None` if Redis is not installed.
     pub fn start_persistent() -> Option<Self> {
-        Self::launch(true)
+        Self::launch(true, |_| Vec::new())
     }
 
     /// One server for the whole test binary, started on first use and stopped when the test
@@ -103,7 +111,7 @@ impl RedisServer {
     /// and waits until it answers. Without persistence it comes back empty.
     pub fn restart(&mut self) {
         self.stop();
-        let wrapper = spawn(self.port, &self.dir, self.persistent)
+        let wrapper = spawn(self.port, &self.dir, self.persistent, &self.extra)
             .unwrap_or_else(|e| panic!("cannot restart redis-server on port {}: {e}", self.port));
         self.wrapper = Some(wrapper);
     }
@@ -126,7 +134,7 @@ impl RedisServer {
         }
     }
 
-    fn launch(persistent: bool) -> Option<Self> {
+    fn launch(persistent: bool, extra: impl Fn(u16) -> Vec<String>) -> Option<Self> {
         if !redis_installed() {
             return None;
         }
@@ -140,12 +148,14 @@ impl RedisServer {
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ));
-            match spawn(port, &dir, persistent) {
+            let extra = extra(port);
+            match spawn(port, &dir, persistent, &extra) {
                 Ok(wrapper) => {
                     return Some(RedisServer {
                         port,
                         dir,
                         persistent,
+                        extra,
                         wrapper: Some(wrapper),
                         paused: None,
                     });
@@ -178,7 +188,7 @@ impl Drop for RedisServer {
 }
 
 /// Whether `redis-server` can run here; if not, panics on CI and warns elsewhere.
-fn redis_installed() -> bool {
+pub fn redis_installed() -> bool {
     let found = Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -209,7 +219,7 @@ fn redis_installed() -> bool {
     false
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -217,7 +227,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts the wrapper and waits until Redis answers `PING`.
-fn spawn(port: u16, dir: &PathBuf, persistent: bool) -> Result<Child, String> {
+fn spawn(port: u16, dir: &PathBuf, persistent: bool, extra: &[String]) -> Result<Child, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut args: Vec<String> = vec![
         "--port".into(),
@@ -236,6 +246,7 @@ fn spawn(port: u16, dir: &PathBuf, persistent: bool) -> Result<Child, String> {
     } else {
         args.extend(["--appendonly", "no"].map(String::from));
     }
+    args.extend(extra.iter().cloned());
     let mut command = Command::new("sh");
     command
         .arg("-c")

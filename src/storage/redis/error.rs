@@ -20,7 +20,7 @@ pub(super) async fn within<T>(
     }
 }
 
-fn storage_error(err: redis::RedisError) -> StorageError {
+pub(super) fn storage_error(err: redis::RedisError) -> StorageError {
     debug!(cause = %err, "Redis operation failed");
     match err.kind() {
         redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse => {

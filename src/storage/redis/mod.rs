@@ -153,6 +153,8 @@
 
 mod args;
 mod builder;
+#[cfg(feature = "redis-cluster")]
+mod cluster;
 mod entries;
 mod error;
 mod parse;
@@ -174,6 +176,8 @@ use tracing::warn;
 
 use self::args::{MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
 pub use self::builder::RedisStorageBuilder;
+#[cfg(feature = "redis-cluster")]
+pub use self::cluster::{RedisClusterStorage, RedisClusterStorageBuilder};
 use self::entries::{data_size, payload_value};
 use self::error::{corrupt, within};
 use self::parse::{
@@ -237,7 +241,8 @@ const MEMBERS_PAGE: usize = 2_048;
 ///   while one who joins or leaves during it may or may not be.
 ///
 /// Needs Redis 5 or later (tested with 7), as one server or a primary; not Redis Cluster, since
-/// one script may touch the keys of several users. Use the `noeviction` or a `volatile-*`
+/// one script may touch the keys of several users: for a cluster, use `RedisClusterStorage`
+/// (feature `redis-cluster`), the same scripts run one hash slot at a time. Use the `noeviction` or a `volatile-*`
 /// eviction policy: the epoch and room keys have no TTL so that they are never evicted, while
 /// an `allkeys-*` policy could evict the epoch (and change it) or a room.
 ///

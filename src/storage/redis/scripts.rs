@@ -48,13 +48,13 @@ const INTEREST_WAIT: Duration = Duration::from_secs(60);
 /// if none is stored, `ARGV[3]` the `Resync` signal to publish then; the last argument, after the
 /// script's own, is the node running it (see `signal_user` in the prelude). Lua numbers are doubles:
 /// `str` prints them exactly (tostring would switch to exponent notation past 14 digits).
-const PRELUDE: &str = include_str!("scripts/prelude.lua");
+pub(super) const PRELUDE: &str = include_str!("scripts/prelude.lua");
 
 /// Shared by the dedup scripts: `ARGV[4]` user, `[5]` client, `[6]` message id. A user's
 /// records are ordered by claim in `{P}du:USER` (`CLIENT:ID` → claim number) and a client's in
 /// `{P}dc:CLIENT:USER` (`ID` → the same number); each expires once the last record it orders
 /// could have: its expiry moves, in steps, to the latest record expiry set.
-const DEDUP: &str = include_str!("scripts/dedup.lua");
+pub(super) const DEDUP: &str = include_str!("scripts/dedup.lua");
 
 fn script(body: &str) -> Script {
     Script::new(&source(body))
@@ -66,7 +66,7 @@ fn dedup_script(body: &str) -> Script {
 }
 
 /// A script's whole text: the prelude, `body`, and the bounds in place of their names.
-fn source(body: &str) -> String {
+pub(super) fn source(body: &str) -> String {
     format!("{PRELUDE}{body}")
         .replace("GRACE_MS", &IDLE_GRACE.as_millis().to_string())
         .replace("EVICT_SCAN", &EVICT_SCAN.to_string())

@@ -1,0 +1,189 @@
+//! [`RedisClusterStorageBuilder`]: the settings of a [`RedisClusterStorage`], and connecting it.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::ProtocolVersion;
+use redis::cluster::ClusterClientBuilder;
+use tokio::sync::{broadcast, mpsc};
+
+use super::super::builder::Timeouts;
+use super::super::error::within;
+use super::super::payloads::PayloadCache;
+use super::super::signals::{AbortOnDrop, SIGNAL_CAPACITY};
+use super::buckets::BUCKETS;
+use super::signals::{Channels, Subscriber, subscribe};
+use super::{Inner, RedisClusterStorage};
+use crate::id::ClientId;
+use crate::storage::StorageError;
+
+const DEFAULT_PREFIX: &str = "simpleio:";
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Configures and connects a [`RedisClusterStorage`]; made by [`RedisClusterStorage::builder`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use simpleio::RedisClusterStorage;
+/// # async fn run() -> Result<(), simpleio::storage::StorageError> {
+/// let storage = RedisClusterStorage::builder(["redis://10.0.0.1:7000/"])
+///     .key_prefix("myapp:")
+///     .response_timeout(Duration::from_secs(1))
+///     .connect()
+///     .await?;
+/// # let _ = storage;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisClusterStorageBuilder {
+    urls: Vec<String>,
+    prefix: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl fmt::Debug for RedisClusterStorageBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the URLs: they may carry a password.
+        f.debug_struct("RedisClusterStorageBuilder")
+            .field("nodes", &self.urls.len())
+            .field("key_prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisClusterStorageBuilder {
+    pub(super) fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+
+    /// The prefix of every key and channel (default `simpleio:`). It may not contain `{` or
+    /// `}`: the buckets' hash tags follow it, and Redis hashes a key by its first `{…}`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one attempt to connect to a node may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the cluster may take to answer one command, redirections and retries included
+    /// (default 2 s). An operation fails with [`StorageError::Unavailable`] after at most the
+    /// connect timeout plus this, per round trip it makes.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Connects to the cluster, subscribes to this node's channels, and makes sure the cluster
+    /// has an epoch (a new cluster gets its first here).
+    ///
+    /// Fails with [`StorageError::Unavailable`] if a URL is invalid, the prefix has a brace,
+    /// or the cluster cannot be reached. Must be called within a Tokio runtime, which then runs
+    /// the task that forwards signals.
+    pub async fn connect(self) -> Result<RedisClusterStorage, StorageError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(StorageError::Unavailable(format!(
+                "a Redis Cluster key prefix may not contain braces: {:?}",
+                self.prefix
+            )));
+        }
+        let timeouts = Timeouts {
+            connect: self.connect_timeout,
+            response: self.response_timeout,
+        };
+        let deadline = timeouts.connect + timeouts.response;
+        let builder = || {
+            ClusterClientBuilder::new(self.urls.clone())
+                .connection_timeout(timeouts.connect)
+                .response_timeout(timeouts.response)
+                // Few, quick retries: a request should fail fast with 503 rather than wait out
+                // an outage; redirections during a failover are retried within the timeout.
+                .retries(3)
+                .min_retry_wait(20)
+                .max_retry_wait(500)
+        };
+        let invalid = |e: redis::RedisError| {
+            StorageError::Unavailable(format!("invalid Redis Cluster settings: {e}"))
+        };
+        let client = builder().build().map_err(invalid)?;
+        let conn = within(deadline, client.get_async_connection()).await?;
+        let (push_sender, pushes) = mpsc::unbounded_channel();
+        let subscriber_client = builder()
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(push_sender)
+            .build()
+            .map_err(invalid)?;
+        let mut subscribed = within(deadline, subscriber_client.get_async_connection()).await?;
+        // A random id, so that a restarted process is a new node (see `RedisStorage`).
+        let node = ClientId::random().as_str().to_owned();
+        let channels = Channels {
+            all: format!("{}signals", self.prefix),
+            node: format!("{}n:{node}", self.prefix),
+        };
+        // Subscribed before returning, so that no signal published after `connect` is missed.
+        subscribe(&mut subscribed, &channels, timeouts).await?;
+        let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        let received = Arc::new(AtomicU64::new(0));
+        let subscriber = tokio::spawn(
+            Subscriber {
+                conn: subscribed,
+                pushes,
+                commands: conn.clone(),
+                channels,
+                signals: signals.clone(),
+                received: received.clone(),
+                timeouts,
+            }
+            .run(),
+        );
+        let storage = RedisClusterStorage {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                node,
+                received,
+                signals,
+                deadline,
+                payloads: Mutex::new((0..BUCKETS).map(|_| PayloadCache::default()).collect()),
+                _subscriber: AbortOnDrop(subscriber),
+            }),
+        };
+        storage.cluster_epoch().await?;
+        Ok(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_builder_does_not_print_its_password() {
+        let builder = RedisClusterStorage::builder(["redis://:hunter2@127.0.0.1:7000/"]);
+        assert!(!format!("{builder:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_prefix_with_a_brace_is_refused() {
+        let refused = RedisClusterStorage::builder(["redis://127.0.0.1:1/"])
+            .key_prefix("app{1}:")
+            .connect()
+            .await;
+        assert!(matches!(refused, Err(StorageError::Unavailable(e)) if e.contains("braces")));
+    }
+}
