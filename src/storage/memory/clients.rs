@@ -59,6 +59,8 @@ impl Clients {
         &mut self.records[i].1
     }
 
+    /// Puts `record` in place of the client's, if any (restoring a durable storage's file).
+    #[cfg(any(feature = "durable", test))]
     pub(super) fn insert(&mut self, client: ClientId, record: ClientRecord) {
         match self.find(&client) {
             Ok(i) => self.records[i].1 = record,
