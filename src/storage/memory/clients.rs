@@ -50,8 +50,11 @@ impl Clients {
         let i = match self.find(client) {
             Ok(i) => i,
             Err(i) => {
-                // Exactly one more: most users never have a second client.
-                self.records.reserve_exact(1);
+                // Room for exactly one at first: most users never have a second client. Past
+                // it the vector grows as vectors do, so many records cost amortised O(1) each.
+                if self.records.capacity() == 0 {
+                    self.records.reserve_exact(1);
+                }
                 self.records.insert(i, (client.clone(), make()));
                 i
             }
@@ -65,7 +68,9 @@ impl Clients {
         match self.find(&client) {
             Ok(i) => self.records[i].1 = record,
             Err(i) => {
-                self.records.reserve_exact(1);
+                if self.records.capacity() == 0 {
+                    self.records.reserve_exact(1);
+                }
                 self.records.insert(i, (client, record));
             }
         }

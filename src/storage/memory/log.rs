@@ -159,31 +159,25 @@ impl UserLog {
 
     pub(super) fn remove(&mut self, pos: Position) -> Option<Entry> {
         let entry = self.messages.remove(&pos)?;
-        let size = entry.size();
-        if let Some(rare) = &mut self.rare {
-            if let Some(c) = &entry.client
-                && let Some(set) = rare.addressed.get_mut(c)
-            {
-                set.remove(&pos);
-                if set.is_empty() {
-                    rare.addressed.remove(c);
-                }
-            }
-            if let Some(sender) = &entry.sender
-                && let Some(share) = rare.by_sender.get_mut(sender)
-            {
-                share.positions.remove(&pos);
-                share.bytes -= size;
-                if share.positions.is_empty() {
-                    rare.by_sender.remove(sender);
-                }
-            }
-            if rare.addressed.is_empty() && rare.by_sender.is_empty() {
-                self.rare = None;
+        unindex(&mut self.rare, &mut self.bytes, pos, &entry);
+        Some(entry)
+    }
+
+    /// Removes the messages [`UserLog::trimmable`] gave (ascending positions, with their
+    /// expiries) in one pass over the log.
+    pub(super) fn remove_trimmed(&mut self, trimmed: &[(Position, Millis)]) {
+        let UserLog {
+            messages,
+            rare,
+            bytes,
+            ..
+        } = self;
+        for &(pos, _) in trimmed {
+            if let Some(entry) = messages.get(&pos) {
+                unindex(rare, bytes, pos, entry);
             }
         }
-        self.bytes -= size;
-        Some(entry)
+        messages.remove_sorted(trimmed, |&(pos, _)| pos);
     }
 
     /// How many messages of `sender` the log holds, and their bytes of `data`.
@@ -307,4 +301,32 @@ impl UserLog {
     pub(super) fn is_removable(&self) -> bool {
         self.messages.is_empty() && self.clients.is_empty()
     }
+}
+
+/// Takes a removed message out of the log's byte count and its rare indexes.
+fn unindex(rare_slot: &mut Option<Box<Rare>>, bytes: &mut usize, pos: Position, entry: &Entry) {
+    let size = entry.size();
+    if let Some(rare) = rare_slot {
+        if let Some(c) = &entry.client
+            && let Some(set) = rare.addressed.get_mut(c)
+        {
+            set.remove(&pos);
+            if set.is_empty() {
+                rare.addressed.remove(c);
+            }
+        }
+        if let Some(sender) = &entry.sender
+            && let Some(share) = rare.by_sender.get_mut(sender)
+        {
+            share.positions.remove(&pos);
+            share.bytes -= size;
+            if share.positions.is_empty() {
+                rare.by_sender.remove(sender);
+            }
+        }
+        if rare.addressed.is_empty() && rare.by_sender.is_empty() {
+            *rare_slot = None;
+        }
+    }
+    *bytes -= size;
 }

@@ -77,6 +77,36 @@ impl Messages {
         entry
     }
 
+    /// Removes the entries at `positions` (ascending, each present), for a trim: one pass over
+    /// the span they lie in, then one move of the shorter side of the deque to close the gap.
+    /// Removing them one by one would move the entries before each (or after it) each time: a
+    /// backlog of undelivered messages left in front of delivered ones (a namespace no client
+    /// reads) would be moved once per delivered message behind it.
+    pub(super) fn remove_sorted<T>(&mut self, items: &[T], pos_of: impl Fn(&T) -> Position) {
+        let (Some(first), Some(last)) = (items.first().map(&pos_of), items.last().map(&pos_of))
+        else {
+            return;
+        };
+        let start = self.entries.partition_point(|e| e.message.pos < first);
+        let end = self.entries.partition_point(|e| e.message.pos <= last);
+        // Keep what lies in the span but is not removed, packed at its start.
+        let mut doomed = items.iter().map(&pos_of).peekable();
+        let mut kept = start;
+        for i in start..end {
+            let pos = self.entries[i].message.pos;
+            while doomed.next_if(|&p| p < pos).is_some() {}
+            if doomed.next_if_eq(&pos).is_none() {
+                self.entries.swap(kept, i);
+                kept += 1;
+            }
+        }
+        // `VecDeque::drain` closes the gap by moving the shorter side.
+        self.entries.drain(kept..end);
+        if self.entries.is_empty() && self.entries.capacity() > KEEP_WHEN_EMPTY {
+            self.entries = VecDeque::new();
+        }
+    }
+
     /// The entries from the oldest.
     pub(super) fn values(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
@@ -167,5 +197,34 @@ mod tests {
             messages.entries.capacity() > 0,
             "a small log keeps its room"
         );
+    }
+
+    /// Removing a sorted set of positions at once leaves exactly the others, in order, whether
+    /// they lie at the front, behind a kept backlog, or spread among kept entries.
+    #[test]
+    fn removing_sorted_positions_keeps_the_rest_in_order() {
+        let cases: &[(&[Position], &[Position])] = &[
+            (&[1, 2, 3], &[4, 5, 6, 7, 8, 9, 10]),
+            (&[8, 9, 10], &[1, 2, 3, 4, 5, 6, 7]),
+            (&[2, 4, 6, 8], &[1, 3, 5, 7, 9, 10]),
+            (&[5], &[1, 2, 3, 4, 6, 7, 8, 9, 10]),
+            (&[], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]),
+            (&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &[]),
+        ];
+        for &(removed, left) in cases {
+            let mut messages = Messages::default();
+            // Some of it wrapped around the deque's end, as a ring buffer in use is.
+            for pos in 1..=4 {
+                messages.insert(entry(pos));
+            }
+            for pos in 1..=4 {
+                messages.remove(&pos);
+            }
+            for pos in 1..=10 {
+                messages.insert(entry(pos));
+            }
+            messages.remove_sorted(removed, |&p| p);
+            assert_eq!(positions(messages.values()), left, "removing {removed:?}");
+        }
     }
 }

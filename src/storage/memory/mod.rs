@@ -724,8 +724,9 @@ impl Storage for MemoryStorage {
 
         let (messages, cursor) = log.read(&req.client, &req.namespaces, start, req.limit, now);
         if advanced.is_some() {
-            for (pos, expires_at) in log.trimmable() {
-                log.remove(pos);
+            let trimmed = log.trimmable();
+            log.remove_trimmed(&trimmed);
+            for (pos, expires_at) in trimmed {
                 shard.expiries.remove(&(expires_at, pos));
                 shard.changes.push(|| Change::Unmessage {
                     user: req.user.clone(),

@@ -220,7 +220,12 @@ const MEMBERS_PAGE: usize = 2_048;
 ///   (noted by its fetches) or waits for (noted by its appends, claims and delivery checks),
 ///   those of its own operations, and the few every node needs (resyncs, volatile messages):
 ///   so what one node receives follows the users it serves, not the number of nodes
-///   ([`RedisStorage::signals_received`] counts them).
+///   ([`RedisStorage::signals_received`] counts them). A node's interest in a user's
+///   confirmations and replies lasts 60 s from its latest append to the user, or its latest
+///   check of a message still waited for (every
+///   [`recheck_interval`](crate::Builder::recheck_interval), 10 s by default): with a recheck
+///   interval above that, confirmations come with the rechecks. An append notes it whether
+///   or not anyone awaits the message's confirmation.
 ///
 /// * **Losing Redis's data** (a restart without persistence, a `FLUSHALL`) gives a new
 ///   [`Epoch`]: clients resync and senders of unconfirmed messages learn they were lost. Enable

@@ -72,6 +72,11 @@
 //! * Redis replication is asynchronous: a failover can lose the last writes a master
 //!   acknowledged, and the epoch survives it. That is Redis's guarantee, the same as a single
 //!   server with a replica; a shard that comes back *empty* gives a new epoch.
+//! * A script's signals are published right after it, not inside it, so two operations that
+//!   end at nearly the same time may have their signals arrive in the other order. The one
+//!   rule that order serves: a poll ended by a newer poll of the same client started while its
+//!   own fetch was still finishing may not be told, and then lasts its hold (it answers empty;
+//!   nothing is lost, but it holds one of the user's polls until then).
 //! * Needs Redis 7 (sharded pub/sub), with the `noeviction` or a `volatile-*` policy on every
 //!   node (the epoch copies and rooms have no TTL).
 
