@@ -40,6 +40,15 @@ async fn connect(server: &RedisServer) -> RedisStorage {
         .expect("connect to the test Redis")
 }
 
+/// Another node on `prefix`: its own storage handle, connections and node id.
+async fn node_on(server: &RedisServer, prefix: &str) -> RedisStorage {
+    RedisStorage::builder(server.url())
+        .key_prefix(prefix)
+        .connect()
+        .await
+        .expect("connect to the test Redis")
+}
+
 simpleio::storage_conformance_tests!(optional fresh);
 
 const LONG: Duration = Duration::from_secs(600);
@@ -348,15 +357,8 @@ async fn signals_cross_nodes_over_one_subscription_per_node() {
         return;
     };
     let prefix = fresh_prefix();
-    let node = |prefix: String| async move {
-        RedisStorage::builder(server.url())
-            .key_prefix(prefix)
-            .connect()
-            .await
-            .expect("connect")
-    };
-    let a = node(prefix.clone()).await;
-    let b = node(prefix.clone()).await;
+    let a = node_on(server, &prefix).await;
+    let b = node_on(server, &prefix).await;
     // Many waiters on node b, still one subscribed connection per node.
     let mut waiters: Vec<_> = (0..20).map(|_| b.subscribe()).collect();
     let subscribers: Vec<(String, i64)> = redis::cmd("PUBSUB")
@@ -400,17 +402,10 @@ async fn signals_reach_only_the_nodes_that_need_them() {
         return;
     };
     let prefix = fresh_prefix();
-    let node = |prefix: String| async move {
-        RedisStorage::builder(server.url())
-            .key_prefix(prefix)
-            .connect()
-            .await
-            .expect("connect")
-    };
     let (sender, poller, bystander) = (
-        node(prefix.clone()).await,
-        node(prefix.clone()).await,
-        node(prefix.clone()).await,
+        node_on(server, &prefix).await,
+        node_on(server, &prefix).await,
+        node_on(server, &prefix).await,
     );
     let epoch = sender.epoch().await.expect("epoch");
     let first = poller
@@ -649,14 +644,10 @@ async fn two_nodes_reaping_at_once_report_each_departure_once() {
         return;
     };
     let prefix = fresh_prefix();
-    let node = |prefix: String| async move {
-        RedisStorage::builder(server.url())
-            .key_prefix(prefix)
-            .connect()
-            .await
-            .expect("connect")
-    };
-    let nodes = [node(prefix.clone()).await, node(prefix.clone()).await];
+    let nodes = [
+        node_on(server, &prefix).await,
+        node_on(server, &prefix).await,
+    ];
     let short = Duration::from_secs(2);
     // Ten users with three clients each, and one user with more clients than one reap script
     // takes, polling on both nodes; "stays" keeps one client polling.
