@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use redis::ScriptInvocation;
 
+use super::signals::{confirmed_fields, signal_json};
 use crate::id::UserId;
-use crate::storage::{DedupKey, Member};
+use crate::storage::{DedupKey, FetchRequest, Member, Signal, StorageError};
 
 /// How long, at least, a client's keys outlive its presence: the time `reap` has to remove it
 /// and report its departure before Redis drops the keys by itself (twice the presence TTL if
@@ -58,6 +59,62 @@ pub(super) fn member_args(member: &Member) -> (&str, &str) {
     match member {
         Member::User(user) => (user.as_str(), ""),
         Member::Client(user, client) => (user.as_str(), client.as_str()),
+    }
+}
+
+/// The fetch script's arguments (see `FETCH`), the same on one server and on a cluster: what
+/// must be encoded first, then pushed in the script's order.
+pub(super) struct FetchArgs {
+    /// The `Confirmed` signal's fields; the script adds the epoch and the confirmed cursor,
+    /// which only it knows.
+    confirmed: String,
+    /// The namespaces as JSON: recorded with the client, and compared with what it recorded
+    /// last.
+    namespaces: String,
+    /// The `PollStarted` signal to publish, or empty.
+    announcement: String,
+}
+
+impl FetchArgs {
+    pub(super) fn new(request: &FetchRequest) -> Result<Self, StorageError> {
+        let namespaces = serde_json::to_string(&request.namespaces)
+            .map_err(|e| StorageError::Corrupt(format!("cannot encode namespaces: {e}")))?;
+        let announcement = match request.announce {
+            Some(poll) => signal_json(Signal::PollStarted {
+                user: request.user.clone(),
+                client: request.client.clone(),
+                poll,
+            })?,
+            None => String::new(),
+        };
+        Ok(FetchArgs {
+            confirmed: confirmed_fields(request)?,
+            namespaces,
+            announcement,
+        })
+    }
+
+    pub(super) fn push(&self, inv: &mut ScriptInvocation<'_>, request: &FetchRequest) {
+        let (has_cursor, cursor_epoch, cursor_pos) = match &request.cursor {
+            Some((epoch, pos)) => ("1", epoch.as_str(), (*pos).min(MAX_EXACT)),
+            None => ("0", "", 0),
+        };
+        inv.arg(request.user.as_str())
+            .arg(request.client.as_str())
+            .arg(has_cursor)
+            .arg(cursor_epoch)
+            .arg(cursor_pos)
+            .arg(request.limit.min(MAX_EXACT as usize))
+            .arg(millis(request.presence_ttl))
+            .arg(reap_grace(request.presence_ttl))
+            .arg(self.confirmed.as_str())
+            .arg(self.announcement.as_str())
+            .arg(self.namespaces.as_str())
+            .arg(request.max_clients.min(MAX_EXACT as usize))
+            .arg(request.namespaces.len());
+        for ns in &request.namespaces {
+            inv.arg(&**ns);
+        }
     }
 }
 

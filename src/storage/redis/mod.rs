@@ -174,7 +174,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use self::args::{MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
+use self::args::{FetchArgs, MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
 pub use self::builder::RedisStorageBuilder;
 #[cfg(feature = "redis-cluster")]
 pub use self::cluster::{RedisClusterStorage, RedisClusterStorageBuilder};
@@ -189,7 +189,7 @@ use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, EPOCH, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS,
     LIVE_USERS, MEMBERS, REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
 };
-use self::signals::{AbortOnDrop, RESYNC_JSON, confirmed_fields, json_string, signal_json};
+use self::signals::{AbortOnDrop, RESYNC_JSON, json_string, signal_json};
 use super::{
     AppendOutcome, Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget,
     Departure, Epoch, FetchBatch, FetchRequest, Member, NewMessage, NewReply, QueueLimits,
@@ -483,43 +483,8 @@ impl Storage for RedisStorage {
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        // The script adds the epoch and the confirmed cursor, which only it knows.
-        let confirmed = confirmed_fields(&request)?;
-        // Recorded with the client, and compared with what it recorded last.
-        let namespaces = serde_json::to_string(&request.namespaces)
-            .map_err(|e| StorageError::Corrupt(format!("cannot encode namespaces: {e}")))?;
-        let announcement = match request.announce {
-            Some(poll) => signal_json(Signal::PollStarted {
-                user: request.user.clone(),
-                client: request.client.clone(),
-                poll,
-            })?,
-            None => String::new(),
-        };
-        let (has_cursor, cursor_epoch, cursor_pos) = match &request.cursor {
-            Some((epoch, pos)) => ("1", epoch.as_str(), (*pos).min(MAX_EXACT)),
-            None => ("0", "", 0),
-        };
-        let reply: Vec<String> = self
-            .eval(&FETCH, |inv| {
-                inv.arg(request.user.as_str())
-                    .arg(request.client.as_str())
-                    .arg(has_cursor)
-                    .arg(cursor_epoch)
-                    .arg(cursor_pos)
-                    .arg(request.limit.min(MAX_EXACT as usize))
-                    .arg(millis(request.presence_ttl))
-                    .arg(reap_grace(request.presence_ttl))
-                    .arg(confirmed.as_str())
-                    .arg(announcement.as_str())
-                    .arg(namespaces.as_str())
-                    .arg(request.max_clients.min(MAX_EXACT as usize))
-                    .arg(request.namespaces.len());
-                for ns in &request.namespaces {
-                    inv.arg(&**ns);
-                }
-            })
-            .await?;
+        let args = FetchArgs::new(&request)?;
+        let reply: Vec<String> = self.eval(&FETCH, |inv| args.push(inv, &request)).await?;
         parse_fetch(reply, request.max_clients)
     }
 

@@ -108,7 +108,7 @@ use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS, LIVE_USERS,
     REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
 };
-use super::args::{MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
+use super::args::{FetchArgs, MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
 use super::entries::{data_size, payload_value};
 use super::error::{corrupt, storage_error, within};
 use super::parse::{
@@ -116,7 +116,7 @@ use super::parse::{
     parse_reap, parse_replies, parse_reply,
 };
 use super::payloads::{PayloadCache, share_payloads};
-use super::signals::{AbortOnDrop, confirmed_fields, json_string, signal_json};
+use super::signals::{AbortOnDrop, json_string, signal_json};
 use super::{MEMBERS_PAGE, REAP_BATCH};
 use crate::hash::HashSet;
 use crate::id::{ClientId, UserId};
@@ -702,39 +702,10 @@ impl Storage for RedisClusterStorage {
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        let confirmed = confirmed_fields(&request)?;
-        let namespaces = serde_json::to_string(&request.namespaces)
-            .map_err(|e| StorageError::Corrupt(format!("cannot encode namespaces: {e}")))?;
-        let announcement = match request.announce {
-            Some(poll) => signal_json(Signal::PollStarted {
-                user: request.user.clone(),
-                client: request.client.clone(),
-                poll,
-            })?,
-            None => String::new(),
-        };
-        let (has_cursor, cursor_epoch, cursor_pos) = match &request.cursor {
-            Some((epoch, pos)) => ("1", epoch.as_str(), (*pos).min(MAX_EXACT)),
-            None => ("0", "", 0),
-        };
+        let args = FetchArgs::new(&request)?;
         let reply: Vec<String> = self
             .eval_in(bucket_of(request.user.as_str()), &FETCH, |inv| {
-                inv.arg(request.user.as_str())
-                    .arg(request.client.as_str())
-                    .arg(has_cursor)
-                    .arg(cursor_epoch)
-                    .arg(cursor_pos)
-                    .arg(request.limit.min(MAX_EXACT as usize))
-                    .arg(millis(request.presence_ttl))
-                    .arg(reap_grace(request.presence_ttl))
-                    .arg(confirmed.as_str())
-                    .arg(announcement.as_str())
-                    .arg(namespaces.as_str())
-                    .arg(request.max_clients.min(MAX_EXACT as usize))
-                    .arg(request.namespaces.len());
-                for ns in &request.namespaces {
-                    inv.arg(&**ns);
-                }
+                args.push(inv, &request)
             })
             .await?;
         parse_fetch(reply, request.max_clients)
