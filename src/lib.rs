@@ -66,6 +66,8 @@ pub use protocol::ErrorBody;
 pub use script::{CLIENT_MODULE, CLIENT_SCRIPT};
 #[cfg(feature = "durable")]
 pub use storage::DurableStorage;
+#[cfg(feature = "postgres")]
+pub use storage::PostgresStorage;
 #[cfg(feature = "redis-cluster")]
 pub use storage::RedisClusterStorage;
 #[cfg(feature = "redis")]

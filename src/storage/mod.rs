@@ -56,6 +56,12 @@ mod durable;
 #[cfg_attr(docsrs, doc(cfg(feature = "durable")))]
 pub use self::durable::DurableStorage;
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::{PostgresStorage, PostgresStorageBuilder};
+
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis-cluster")]

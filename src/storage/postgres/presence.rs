@@ -1,0 +1,159 @@
+//! Presence: [`Storage::live_users`], [`Storage::live_clients`], [`Storage::reap`], and the
+//! sweeps of expired rows that every reap runs first.
+
+use futures_util::future::try_join;
+use tracing::warn;
+
+use super::PostgresStorage;
+use super::error::{col, corrupt, within};
+use super::sql::{
+    DROP_DATA, DROP_MEMBERSHIPS, ENSURE_USERS, LAPSED_USERS, LIVE_CLIENTS, LIVE_USERS, LOCK_USERS,
+    ONLINE_USERS, REMOVE_LAPSED, SWEEP_ACKS, SWEEP_DEDUP, SWEEP_MESSAGES, SWEEP_ORIGINS,
+    SWEEP_PAYLOADS, SWEEP_SIGNAL_BODIES,
+};
+use super::tx::Tx;
+use crate::hash::HashSet;
+use crate::id::{ClientId, UserId};
+use crate::storage::{Departure, StorageError, now_millis};
+
+/// The most users one reap transaction takes clients of; `reap` runs another while it finds
+/// more, so that no transaction holds many rows' locks for long.
+const REAP_BATCH: i64 = 500;
+
+/// The most rows of each table one sweep removes (by users, for the tables counted per user).
+const SWEEP_BATCH: i64 = 2_000;
+
+/// How long a long signal's row is kept: its listeners read it within milliseconds.
+const SIGNAL_BODY_TTL: u64 = 60_000;
+
+impl PostgresStorage {
+    pub(super) async fn live_users_now(&self) -> Result<Vec<UserId>, StorageError> {
+        let now = now_millis() as i64;
+        let mut conn = self.conn().await?;
+        let tx = Tx::begin(&mut conn).await?;
+        let rows = tx.rows(LIVE_USERS, &[&now]).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok(UserId::from(col::<String>(r, 0)?)))
+            .collect()
+    }
+
+    pub(super) async fn live_clients_now(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<ClientId>, StorageError> {
+        let now = now_millis() as i64;
+        let mut conn = self.conn().await?;
+        let tx = Tx::begin(&mut conn).await?;
+        let rows = tx.rows(LIVE_CLIENTS, &[&user.as_str(), &now]).await?;
+        tx.commit().await?;
+        rows.iter().map(|r| client_id(col(r, 0)?)).collect()
+    }
+
+    pub(super) async fn reap_now(&self) -> Result<Vec<Departure>, StorageError> {
+        within(self.inner.deadline, self.sweep()).await?;
+        let mut departures = Vec::new();
+        loop {
+            match within(self.inner.deadline, self.reap_batch(&mut departures)).await {
+                Ok(true) => continue,
+                Ok(false) => return Ok(departures),
+                // Earlier batches are committed: report them now, the rest next time.
+                Err(err) if !departures.is_empty() => {
+                    warn!(cause = %err, "reaping stopped after a batch; will go on next time");
+                    return Ok(departures);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Removes up to a batch of users' lapsed clients, with their rooms and data; whether more
+    /// may be left. The users' rows are locked first, in order: of several nodes reaping at
+    /// once, exactly one deletes (and reports) each client, and a fetch of the user waits.
+    async fn reap_batch(&self, departures: &mut Vec<Departure>) -> Result<bool, StorageError> {
+        let now = now_millis() as i64;
+        let mut conn = self.conn().await?;
+        let tx = Tx::begin(&mut conn).await?;
+        let lapsed = tx.rows(LAPSED_USERS, &[&now, &REAP_BATCH]).await?;
+        if lapsed.is_empty() {
+            return Ok(false);
+        }
+        let mut users: Vec<String> = lapsed.iter().map(|r| col(r, 0)).collect::<Result<_, _>>()?;
+        users.sort_unstable();
+        tx.exec(ENSURE_USERS, &[&users]).await?;
+        tx.rows(LOCK_USERS, &[&users]).await?;
+        let removed = tx.rows(REMOVE_LAPSED, &[&users, &now]).await?;
+        let online = tx.rows(ONLINE_USERS, &[&users]).await?;
+        let online: HashSet<String> = online.iter().map(|r| col(r, 0)).collect::<Result<_, _>>()?;
+        let mut gone_users: Vec<&str> = Vec::new();
+        let mut gone_clients: Vec<String> = Vec::new();
+        let mut departed: Vec<(String, String)> = Vec::new();
+        for r in &removed {
+            let (user, client, polled): (String, String, bool) =
+                (col(r, 0)?, col(r, 1)?, col(r, 2)?);
+            if polled {
+                departed.push((user.clone(), client.clone()));
+            }
+            gone_clients.push(client);
+            let user_ref = users
+                .iter()
+                .find(|u| **u == user)
+                .map(String::as_str)
+                .ok_or_else(|| corrupt("a reaped client of another user"))?;
+            gone_users.push(user_ref);
+        }
+        // Users left with no polled client lose their own data.
+        let offline: Vec<&str> = users
+            .iter()
+            .filter(|u| !online.contains(*u) && departed.iter().any(|(d, _)| d == *u))
+            .map(String::as_str)
+            .collect();
+        let mut data_users = gone_users.clone();
+        let mut data_clients: Vec<&str> = gone_clients.iter().map(String::as_str).collect();
+        data_users.extend(offline.iter().copied());
+        data_clients.extend(offline.iter().map(|_| ""));
+        let client_refs: Vec<&str> = gone_clients.iter().map(String::as_str).collect();
+        tx.prepare(&[DROP_MEMBERSHIPS, DROP_DATA]).await?;
+        try_join(
+            tx.exec(DROP_MEMBERSHIPS, &[&gone_users, &client_refs]),
+            tx.exec(DROP_DATA, &[&data_users, &data_clients]),
+        )
+        .await?;
+        tx.commit().await?;
+        // Reported per user, the last of a user's departures saying whether they went offline.
+        departed.sort();
+        for (i, (user, client)) in departed.iter().enumerate() {
+            let last_of_user = departed.get(i + 1).is_none_or(|(next, _)| next != user);
+            departures.push(Departure {
+                user: UserId::from(user.as_str()),
+                client: client_id(client.clone())?,
+                user_went_offline: last_of_user && !online.contains(user),
+            });
+        }
+        Ok(lapsed.len() as i64 >= REAP_BATCH)
+    }
+
+    /// Removes a bounded batch of expired rows from each table that expires: what keeps the
+    /// tables bounded by what is live, whatever the history.
+    async fn sweep(&self) -> Result<(), StorageError> {
+        let now = now_millis() as i64;
+        let old = now - SIGNAL_BODY_TTL as i64;
+        let mut conn = self.conn().await?;
+        let tx = Tx::begin(&mut conn).await?;
+        for statement in [
+            SWEEP_MESSAGES,
+            SWEEP_ACKS,
+            SWEEP_ORIGINS,
+            SWEEP_PAYLOADS,
+            SWEEP_DEDUP,
+        ] {
+            tx.exec(statement, &[&now, &SWEEP_BATCH]).await?;
+        }
+        tx.exec(SWEEP_SIGNAL_BODIES, &[&old, &SWEEP_BATCH]).await?;
+        tx.commit().await
+    }
+}
+
+pub(super) fn client_id(id: String) -> Result<ClientId, StorageError> {
+    ClientId::new(id).map_err(|e| corrupt(format!("a client id: {e}")))
+}

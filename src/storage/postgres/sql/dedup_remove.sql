@@ -1,0 +1,1 @@
+DELETE FROM dedup WHERE user_id = $1::text AND client_id = $2::text AND msg_id = $3::text

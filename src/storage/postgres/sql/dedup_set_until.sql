@@ -1,0 +1,2 @@
+UPDATE dedup SET until = $4::bigint
+WHERE user_id = $1::text AND client_id = $2::text AND msg_id = $3::text

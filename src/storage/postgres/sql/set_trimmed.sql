@@ -1,0 +1,1 @@
+UPDATE users SET trimmed_to = $2::bigint WHERE user_id = $1::text

@@ -1,0 +1,1 @@
+SELECT body FROM signal_bodies WHERE id = $1::bigint

@@ -1,0 +1,1 @@
+SELECT ns, wm FROM watermarks WHERE user_id = $1::text
