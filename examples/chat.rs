@@ -23,6 +23,13 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ PORT=3001 cargo run --features redis --example chat
 //! ```
 //!
+//! **Several processes on one PostgreSQL**: build with the `postgres` feature and set
+//! `DATABASE_URL`; the tables go in the schema `simpleio` (made on first start).
+//!
+//! ```text
+//! DATABASE_URL=postgres://app:secret@127.0.0.1/app PORT=3001 cargo run --features postgres --example chat
+//! ```
+//!
 //! **On a Redis Cluster** (`examples/cluster/run.sh --redis-cluster` starts one): build with the
 //! `redis-cluster` feature and set `REDIS_CLUSTER_URLS` to some of its nodes.
 //!
@@ -62,8 +69,9 @@
 //! |---|---|---|
 //! | `PORT` | `3000` | the port on 127.0.0.1; `0` picks a free one (the log names it) |
 //! | `REDIS_URL` | unset | use `RedisStorage` at this URL (feature `redis`), for several processes |
+//! | `DATABASE_URL` | unset | use `PostgresStorage` on this PostgreSQL (feature `postgres`), for several processes |
 //! | `REDIS_CLUSTER_URLS` | unset | use `RedisClusterStorage` on the cluster of these nodes, comma-separated (feature `redis-cluster`) |
-//! | `SIMPLEIO_DATA` | `simpleio-data` | without `REDIS_URL`: the folder of the storage file (feature `durable`, on by default); `memory` keeps everything in memory instead |
+//! | `SIMPLEIO_DATA` | `simpleio-data` | without `REDIS_URL` or `DATABASE_URL`: the folder of the storage file (feature `durable`, on by default); `memory` keeps everything in memory instead |
 //! | `SIMPLEIO_NODE` | `chat-PORT` | this process's name, sent in an `x-simpleio-node` header on every response, so you can see which process answered |
 //! | `SIMPLEIO_HOLD_MS` | 25000 | how long a poll waits for a message |
 //! | `SIMPLEIO_RECHECK_MS` | 10000 | how often a waiting poll looks at storage without a wakeup |
@@ -200,14 +208,17 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, BoxError> {
     }
 }
 
-/// A Redis Cluster if `REDIS_CLUSTER_URLS` is set, Redis if `REDIS_URL` is (and this build has
-/// the feature); else a file in the folder `SIMPLEIO_DATA` (default `simpleio-data`), or memory
+/// A Redis Cluster if `REDIS_CLUSTER_URLS` is set, Redis if `REDIS_URL` is, PostgreSQL if
+/// `DATABASE_URL` is (and this build has the feature); else a file in the folder `SIMPLEIO_DATA` (default `simpleio-data`), or memory
 /// if that is `memory` or this build has no `durable` feature.
 async fn storage(builder: Builder) -> Result<Builder, BoxError> {
     if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
         return cluster_storage(builder, urls).await;
     }
     let Ok(url) = std::env::var("REDIS_URL") else {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return postgres_storage(builder, url).await;
+        }
         return local_storage(builder).await;
     };
     #[cfg(feature = "redis")]
@@ -235,6 +246,38 @@ async fn storage(builder: Builder) -> Result<Builder, BoxError> {
         Err("REDIS_URL is set, but this build has no Redis support: \
              run with `--features redis`"
             .into())
+    }
+}
+
+/// `PostgresStorage` on the database at `url`.
+async fn postgres_storage(builder: Builder, url: String) -> Result<Builder, BoxError> {
+    #[cfg(feature = "postgres")]
+    {
+        // The database may still be starting (a container): retry a while.
+        let mut attempt = 0;
+        let postgres = loop {
+            match simpleio::PostgresStorage::connect(url.clone()).await {
+                Ok(postgres) => break postgres,
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "cannot reach PostgreSQL yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        tracing::info!("storage: PostgreSQL");
+        Ok(builder.storage(postgres))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        // Silently serving from memory would give each process its own users: refuse instead.
+        let _ = (builder, url);
+        Err(
+            "DATABASE_URL is set, but this build has no PostgreSQL support: \
+             run with `--features postgres`"
+                .into(),
+        )
     }
 }
 

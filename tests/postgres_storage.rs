@@ -1,34 +1,38 @@
 //! `PostgresStorage` against a real PostgreSQL that the tests start themselves (`initdb` into a
 //! temporary folder, a free port): the whole storage conformance suite, then what only a
-//! networked store can get wrong: an outage and a restart, several nodes, migrations.
+//! networked store can get wrong: a server stopped (fast and immediate shutdowns) and started
+//! again, connections cut in the middle of transactions, two nodes on one schema.
 #![cfg(all(feature = "postgres", feature = "conformance"))]
+
+mod support;
 
 #[path = "support/postgres.rs"]
 mod postgres_server;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use postgres_server::PostgresServer;
+use serde_json::value::RawValue;
 use simpleio::storage::{
-    FetchRequest, NewMessage, QueueLimits, Signal, StorageError, millis_after,
+    AppendOutcome, DeliveryState, DeliveryTarget, Epoch, FetchRequest, NewMessage, QueueLimits,
+    Signal, StorageError, millis_after,
 };
-use simpleio::{ClientId, PostgresStorage, Storage, UserId};
+use simpleio::{ClientId, PostgresStorage, SimpleIoLayer, Storage, UserId};
+use tokio::sync::broadcast;
 
 /// A fresh schema on the binary's shared server: each test its own tables and channels.
 fn fresh_schema() -> String {
-    format!(
-        "t_{}",
-        ClientId::random()
-            .as_str()
-            .to_ascii_lowercase()
-            .replace('-', "_")
-    )
+    let id = ClientId::random().as_str().to_ascii_lowercase();
+    format!("t_{}", id.replace('-', "_"))
 }
 
 async fn connect(server: &PostgresServer, schema: &str) -> PostgresStorage {
     PostgresStorage::builder(server.url())
         .schema(schema)
         .pool_size(8)
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_secs(2))
         .connect()
         .await
         .expect("connect to the test PostgreSQL")
@@ -41,3 +45,301 @@ async fn fresh() -> Option<PostgresStorage> {
 }
 
 simpleio::storage_conformance_tests!(optional fresh);
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn message(to: &str, event: &str) -> NewMessage {
+    NewMessage {
+        user: UserId::from(to),
+        client: None,
+        namespace: "/".into(),
+        event: event.into(),
+        data: Arc::from(RawValue::from_string(format!("\"{event}\"")).expect("JSON")),
+        expires_at: millis_after(LONG),
+        sender: None,
+        origin: None,
+        ack: false,
+    }
+}
+
+fn queue() -> QueueLimits {
+    QueueLimits {
+        per_user: 100_000,
+        per_sender: 100_000,
+        bytes_per_user: usize::MAX,
+        bytes_per_sender: usize::MAX,
+    }
+}
+
+fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequest {
+    FetchRequest {
+        user: UserId::from(user),
+        client: ClientId::new(client).expect("client id"),
+        cursor: cursor.map(|(e, p)| (e.clone(), p)),
+        namespaces: vec!["/".into()],
+        limit: 10_000,
+        presence_ttl: Duration::from_secs(60),
+        announce: None,
+        max_clients: 1_000,
+    }
+}
+
+/// Retries `op` until it succeeds, for at most `within`.
+async fn eventually<T, F: Future<Output = Result<T, StorageError>>>(
+    within: Duration,
+    mut op: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) if Instant::now() > deadline => {
+                panic!("storage did not recover within {within:?}: {err}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn expect_signal(
+    rx: &mut broadcast::Receiver<Signal>,
+    within: Duration,
+    what: &str,
+    want: impl Fn(&Signal) -> bool,
+) {
+    let found = tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Ok(s) if want(&s) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("signal channel closed"),
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no {what} signal within {within:?}");
+}
+
+/// While the server is down, operations fail fast with `Unavailable` and polls answer 503;
+/// once it is back, the storage heals by itself: the same epoch (nothing was lost), the
+/// message still there, a `Resync` from the listening connection, signals flowing again. Both
+/// with a fast shutdown and with an immediate one (no checkpoint: recovery from the WAL).
+#[tokio::test]
+async fn an_outage_answers_503_then_heals_with_everything_committed() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let Some(mut server) = PostgresServer::start() else {
+        return;
+    };
+    let storage = connect(&server, "outage").await;
+    let app =
+        support::server::TestServer::start(SimpleIoLayer::builder().storage(storage.clone())).await;
+    let mut rx = storage.subscribe();
+    let before = storage
+        .append(vec![message("ann", "kept")], queue())
+        .await
+        .expect("append");
+    let AppendOutcome::Stored(pos) = before.outcomes[0] else {
+        panic!("not stored");
+    };
+    for immediate in [false, true] {
+        if immediate {
+            server.stop_immediately();
+        } else {
+            server.stop();
+        }
+        for attempt in 0..3 {
+            let started = Instant::now();
+            let err = storage
+                .fetch(request("ann", "tab1", None))
+                .await
+                .expect_err("a fetch succeeded with PostgreSQL down");
+            assert!(
+                matches!(err, StorageError::Unavailable(_)),
+                "expected Unavailable, got {err:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "attempt {attempt}: the error took {:?}",
+                started.elapsed()
+            );
+        }
+        let res = reqwest::Client::new()
+            .get(format!("{}?client=tab-0001", app.url()))
+            .header("x-user", "ann")
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(res.status().as_u16(), 503, "a poll during the outage");
+        let body: serde_json::Value = res.json().await.expect("a JSON body");
+        assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+        while rx.try_recv().is_ok() {}
+
+        server.start_again();
+        // The listening connection comes back by itself and says signals may have been missed.
+        expect_signal(&mut rx, Duration::from_secs(15), "Resync", |s| {
+            matches!(s, Signal::Resync)
+        })
+        .await;
+        let epoch = eventually(Duration::from_secs(15), || storage.epoch()).await;
+        assert_eq!(
+            epoch, before.epoch,
+            "a restart lost nothing, the epoch stays"
+        );
+        let target = DeliveryTarget {
+            user: UserId::from("ann"),
+            client: None,
+            namespace: "/".into(),
+            pos,
+        };
+        let states = storage.delivery(&epoch, &[target]).await.expect("delivery");
+        assert_eq!(states, [DeliveryState::Pending]);
+        let batch = storage
+            .fetch(request("ann", "tab1", None))
+            .await
+            .expect("fetch after the outage");
+        assert_eq!(
+            batch.messages.iter().map(|m| &*m.event).collect::<Vec<_>>(),
+            ["kept"]
+        );
+        storage
+            .append(vec![message("bob", "after")], queue())
+            .await
+            .expect("append after the outage");
+        expect_signal(
+            &mut rx,
+            Duration::from_secs(5),
+            "Appended",
+            |s| matches!(s, Signal::Appended { users } if users.iter().any(|u| u.as_str() == "bob")),
+        )
+        .await;
+    }
+}
+
+/// Connections cut in the middle of transactions (`pg_terminate_backend`, as a crashed
+/// backend or a proxy dropping them would) while a sender appends numbered messages, retrying
+/// each failed append with the same origin: every message is stored exactly once, in order,
+/// and every append answered (stored, or an error the sender retried).
+#[tokio::test]
+async fn connections_cut_mid_transaction_lose_nothing_and_duplicate_nothing() {
+    // A server of its own: the cuts would hit the other tests' connections too.
+    let Some(server) = PostgresServer::start() else {
+        return;
+    };
+    let storage = connect(&server, "cuts").await;
+    const N: usize = 300;
+    let killer = {
+        let url = server.url();
+        tokio::spawn(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("a connection to cut the others");
+            tokio::spawn(connection);
+            let mut cut = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                let rows = client
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = 'simpleio' AND state <> 'idle' \
+                         AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .expect("terminate");
+                cut += rows.len() as u64;
+                if cut >= 20 {
+                    return cut;
+                }
+            }
+        })
+    };
+    let mut errors = 0;
+    let mut positions = Vec::with_capacity(N);
+    for i in 0..N {
+        let m = NewMessage {
+            origin: Some(format!("send-{i}").into()),
+            ..message("ann", &format!("m{i}"))
+        };
+        let pos = loop {
+            match storage.append(vec![m.clone()], queue()).await {
+                Ok(a) => match a.outcomes[0] {
+                    AppendOutcome::Stored(pos) => break pos,
+                    AppendOutcome::QueueFull => panic!("the queue was full"),
+                },
+                Err(StorageError::Unavailable(_)) => errors += 1,
+                Err(other) => panic!("an append failed with {other:?}"),
+            }
+        };
+        positions.push(pos);
+    }
+    let cut = tokio::time::timeout(Duration::from_secs(20), killer).await;
+    let batch = eventually(Duration::from_secs(10), || {
+        storage.fetch(request("ann", "reader", None))
+    })
+    .await;
+    let events: Vec<&str> = batch.messages.iter().map(|m| &*m.event).collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    assert_eq!(events, expected, "lost, duplicated or reordered messages");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions went back"
+    );
+    eprintln!("{errors} appends failed and were retried; connections cut: {cut:?}");
+}
+
+/// Two nodes on one schema: an append on one wakes the other, and a confirmation on the other
+/// is seen by the first.
+#[tokio::test]
+async fn two_nodes_share_one_schema_and_signal_each_other() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let a = connect(server, &schema).await;
+    let b = connect(server, &schema).await;
+    let mut on_b = b.subscribe();
+    let mut on_a = a.subscribe();
+    let appended = a
+        .append(vec![message("ann", "hello")], queue())
+        .await
+        .expect("append on a");
+    expect_signal(
+        &mut on_b,
+        Duration::from_secs(2),
+        "Appended on b",
+        |s| matches!(s, Signal::Appended { users } if users.iter().any(|u| u.as_str() == "ann")),
+    )
+    .await;
+    let read = b
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch on b");
+    assert_eq!(read.messages.len(), 1);
+    b.fetch(request("ann", "tab1", Some((&read.epoch, read.cursor))))
+        .await
+        .expect("confirm on b");
+    expect_signal(
+        &mut on_a,
+        Duration::from_secs(2),
+        "Confirmed on a",
+        |s| matches!(s, Signal::Confirmed { user, .. } if user.as_str() == "ann"),
+    )
+    .await;
+    let AppendOutcome::Stored(pos) = appended.outcomes[0] else {
+        panic!("not stored");
+    };
+    let target = DeliveryTarget {
+        user: UserId::from("ann"),
+        client: None,
+        namespace: "/".into(),
+        pos,
+    };
+    assert_eq!(
+        a.delivery(&appended.epoch, &[target])
+            .await
+            .expect("delivery"),
+        [DeliveryState::Delivered]
+    );
+    assert!(a.signals_received() > 0 && b.signals_received() > 0);
+}
