@@ -7,11 +7,17 @@
 //! Clients are `simpleio::client`; server-side sends come from a `SimpleIo` in the test process
 //! on its own `RedisStorage`, as another service of the application would send.
 //!
-//! Skipped, loudly, without `redis-server` (and failed if `CI=true`).
+//! The same faults run on PostgreSQL (`PostgresStorage`, feature `postgres`): a node killed,
+//! PostgreSQL stopped with a fast and with an immediate shutdown and started again.
+//!
+//! Skipped, loudly, without `redis-server` (or PostgreSQL's `initdb`), and failed if `CI=true`.
 #![cfg(all(feature = "redis", feature = "client"))]
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[cfg(feature = "postgres")]
+#[path = "support/postgres.rs"]
+mod postgres_server;
 #[path = "support/redis.rs"]
 mod redis_server;
 
@@ -1075,4 +1081,134 @@ async fn a_poll_is_not_ended_by_the_late_announcement_of_the_poll_before_it() {
         early.is_empty(),
         "polls answered at once instead of waiting: {early:?}"
     );
+}
+
+/// The faults above, on PostgreSQL: the chat nodes run on `DATABASE_URL`, one schema shared.
+#[cfg(feature = "postgres")]
+mod on_postgres {
+    use super::*;
+    use crate::postgres_server::PostgresServer;
+    use simpleio::PostgresStorage;
+
+    /// Chat processes on one PostgreSQL and a balancer in front of them.
+    async fn start(server: &PostgresServer, n: usize) -> Cluster {
+        let url = server.url();
+        let starting: Vec<_> = (0..n)
+            .map(|i| {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut env: Vec<(&str, &str)> = short_hold();
+                    env.push(("DATABASE_URL", &url));
+                    Node::start(&format!("node{i}"), "", &env)
+                })
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for node in starting {
+            nodes.push(node.await.expect("a node started"));
+        }
+        let balancer = Balancer::start(nodes.iter().map(Node::addr).collect()).await;
+        Cluster { nodes, balancer }
+    }
+
+    /// A `SimpleIo` of the test process on its own `PostgresStorage`, as another service of
+    /// the application would send.
+    async fn sender(server: &PostgresServer) -> (SimpleIo, PostgresStorage) {
+        let storage = PostgresStorage::connect(server.url())
+            .await
+            .expect("connect to the test PostgreSQL");
+        let (_layer, io) = SimpleIoLayer::builder()
+            .storage(storage.clone())
+            .recheck_interval(Duration::from_secs(1))
+            .build();
+        (io, storage)
+    }
+
+    async fn epoch_eventually(storage: &PostgresStorage) -> simpleio::storage::Epoch {
+        let deadline = Instant::now() + SOON;
+        loop {
+            match storage.epoch().await {
+                Ok(epoch) => return epoch,
+                Err(e) if Instant::now() > deadline => panic!("PostgreSQL did not come back: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_a_node_killed_mid_run_loses_nothing() {
+        let Some(server) = PostgresServer::start() else {
+            return;
+        };
+        let Cluster {
+            mut nodes,
+            balancer,
+        } = start(&server, 3).await;
+        let (io, _storage) = sender(&server).await;
+        let traffic = Traffic {
+            users: 20,
+            dms: 50,
+            news: 10,
+            pipelined: true,
+        };
+        let report = exchange(&balancer, &io, traffic, 0, async || {
+            nodes[1].kill();
+        })
+        .await;
+        eprintln!("PostgreSQL, a node killed, {traffic:?}: {report:?}");
+        assert_eq!(report.dms_acked, traffic.users * traffic.dms);
+        assert_eq!(report.dms_received, traffic.users * traffic.dms);
+        assert_eq!(report.news_delivered, traffic.users * traffic.news);
+    }
+
+    /// PostgreSQL stopped mid-run, with a fast shutdown (sessions cut, data flushed) or an
+    /// immediate one (no checkpoint: the start recovers from the WAL, as after a crash), and
+    /// started again: nothing committed is lost, the epoch stays, every line reaches its
+    /// recipient once and in order.
+    async fn a_restart_loses_nothing(immediate: bool) {
+        let Some(mut server) = PostgresServer::start() else {
+            return;
+        };
+        let cluster = start(&server, 3).await;
+        let (io, storage) = sender(&server).await;
+        let epoch = storage.epoch().await.expect("epoch");
+        let traffic = Traffic {
+            users: 20,
+            dms: 40,
+            news: 10,
+            pipelined: false,
+        };
+        let report = exchange(&cluster.balancer, &io, traffic, 0, async || {
+            tokio::task::block_in_place(|| {
+                if immediate {
+                    server.stop_immediately();
+                } else {
+                    server.stop();
+                }
+                // Long enough for requests to fail and clients to retry.
+                std::thread::sleep(Duration::from_millis(1500));
+                server.start_again();
+            });
+        })
+        .await;
+        eprintln!("PostgreSQL restarted (immediate: {immediate}), {traffic:?}: {report:?}");
+        assert_eq!(report.dms_acked, traffic.users * traffic.dms);
+        assert_eq!(report.dms_received, traffic.users * traffic.dms);
+        assert_eq!(report.news_delivered, traffic.users * traffic.news);
+        assert_eq!(
+            epoch_eventually(&storage).await,
+            epoch,
+            "no data was lost, yet the epoch changed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_a_fast_shutdown_and_restart_loses_nothing() {
+        a_restart_loses_nothing(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_an_immediate_shutdown_and_restart_loses_nothing() {
+        a_restart_loses_nothing(true).await;
+    }
 }

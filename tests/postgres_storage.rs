@@ -288,8 +288,8 @@ async fn connections_cut_mid_transaction_lose_nothing_and_duplicate_nothing() {
     eprintln!("{errors} appends failed and were retried; connections cut: {cut:?}");
 }
 
-/// Two nodes on one schema: an append on one wakes the other, and a confirmation on the other
-/// is seen by the first.
+/// Two nodes on one schema: an append on one wakes the other, which polls for its user, and a
+/// confirmation on the other is seen by the first, which waits for it.
 #[tokio::test]
 async fn two_nodes_share_one_schema_and_signal_each_other() {
     let Some(server) = PostgresServer::shared() else {
@@ -298,6 +298,12 @@ async fn two_nodes_share_one_schema_and_signal_each_other() {
     let schema = fresh_schema();
     let a = connect(server, &schema).await;
     let b = connect(server, &schema).await;
+    // b has a poll of ann (its first fetch), so it receives ann's signals.
+    let first = b
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("fetch on b");
+    assert!(first.messages.is_empty());
     let mut on_b = b.subscribe();
     let mut on_a = a.subscribe();
     let appended = a
@@ -342,4 +348,72 @@ async fn two_nodes_share_one_schema_and_signal_each_other() {
         [DeliveryState::Delivered]
     );
     assert!(a.signals_received() > 0 && b.signals_received() > 0);
+}
+
+/// Signals go to the nodes that need them: an append to a user reaches the node that polls
+/// for them and not a node that serves someone else, while a volatile message reaches all.
+#[tokio::test]
+async fn a_signal_goes_only_to_the_nodes_that_serve_its_user() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let sender = connect(server, &schema).await;
+    let serving = connect(server, &schema).await;
+    let elsewhere = connect(server, &schema).await;
+    serving
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("a poll of ann on one node");
+    elsewhere
+        .fetch(request("bob", "tab1", None))
+        .await
+        .expect("a poll of bob on another");
+    let mut on_serving = serving.subscribe();
+    let mut on_elsewhere = elsewhere.subscribe();
+    let mut on_sender = sender.subscribe();
+    sender
+        .append(vec![message("ann", "a")], queue())
+        .await
+        .expect("append");
+    let to_ann = |s: &Signal| matches!(s, Signal::Appended { users } if users.iter().any(|u| u.as_str() == "ann"));
+    expect_signal(
+        &mut on_serving,
+        Duration::from_secs(2),
+        "Appended on the node of ann",
+        to_ann,
+    )
+    .await;
+    expect_signal(
+        &mut on_sender,
+        Duration::from_secs(2),
+        "Appended on the sending node",
+        to_ann,
+    )
+    .await;
+    // A volatile message is for every node; once it arrived, the append (committed before it)
+    // would have too.
+    sender
+        .publish(Signal::Volatile {
+            recipients: Arc::from([simpleio::Member::User(UserId::from("bob"))]),
+            namespace: "/".into(),
+            event: "typing".into(),
+            data: Arc::from(RawValue::from_string("1".into()).expect("JSON")),
+        })
+        .await
+        .expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let signal = tokio::time::timeout_at(deadline.into(), on_elsewhere.recv())
+            .await
+            .expect("the volatile message reaches every node")
+            .expect("a signal");
+        assert!(
+            !to_ann(&signal),
+            "a node that serves no poll of ann got its append"
+        );
+        if matches!(signal, Signal::Volatile { .. }) {
+            break;
+        }
+    }
 }

@@ -13,7 +13,6 @@ use futures_util::future::{try_join3, try_join5};
 use super::PostgresStorage;
 use super::error::col;
 use super::fetch::sql_pos;
-use super::signals::notify;
 use super::sql::{
     ENSURE_USERS, EPOCH, EVICT, FIND_ORIGINS, FIND_SENDERS, INSERT_ACKS, INSERT_MESSAGES,
     INSERT_ORIGINS, INSERT_PAYLOADS, LOCK_USERS, OLDEST_OF_SENDER, OLDEST_OF_USER,
@@ -269,9 +268,12 @@ impl PostgresStorage {
             let signal = Signal::Appended {
                 users: woken.iter().map(|u| (*u).into()).collect(),
             };
-            notify(&tx, &self.inner.channel, &signal).await?;
+            self.inner.routes.send(&tx, &signal, now).await?;
         }
+        // The node waits for these users' confirmations and replies.
+        let noted = self.inner.routes.note(&tx, &woken, now).await?;
         tx.commit().await?;
+        self.inner.routes.remember(noted, now);
         Ok(Appended {
             epoch,
             outcomes,

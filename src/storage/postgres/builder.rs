@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::{Config, NoTls};
 
 use super::error::{OrUnavailable, within};
+use super::routes::Routes;
 use super::schema::migrate;
 use super::signals::{AbortOnDrop, Forwarding, SIGNAL_CAPACITY, listen, run_listener};
 use super::{Inner, PostgresStorage};
@@ -153,8 +154,9 @@ impl PostgresStorageBuilder {
         })
         .await?;
         let node = random_token(12).to_ascii_lowercase();
-        let channel = format!("{schema}:signals");
-        let channels = vec![channel.clone()];
+        let routes = Routes::new(&schema, node);
+        // One session for both, so that their notifications arrive in commit order.
+        let channels = vec![routes.all.clone(), routes.own.clone()];
         let listening = listen(&config, &channels, deadline).await?;
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
         let received = Arc::new(AtomicU64::new(0));
@@ -173,8 +175,7 @@ impl PostgresStorageBuilder {
             inner: Arc::new(Inner {
                 pool,
                 schema,
-                channel,
-                node,
+                routes,
                 received,
                 signals,
                 deadline,

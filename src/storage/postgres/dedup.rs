@@ -9,7 +9,6 @@ use futures_util::future::{try_join, try_join4};
 
 use super::PostgresStorage;
 use super::error::col;
-use super::signals::notify;
 use super::sql::{
     DEDUP_COMPLETE, DEDUP_COUNTS, DEDUP_FIND, DEDUP_INSERT, DEDUP_OLDEST_OF_CLIENT,
     DEDUP_OLDEST_OF_USER, DEDUP_REMOVE, DEDUP_RENEW, DEDUP_SET_UNTIL, ENSURE_USER, LOCK_USER,
@@ -137,7 +136,10 @@ impl PostgresStorage {
         }
         tx.exec(DEDUP_INSERT, &[&user, &client, &id, &owner, &until])
             .await?;
+        // The claiming request waits for the record's completion if another one holds it.
+        let noted = self.inner.routes.note(&tx, &[user], now).await?;
         tx.commit().await?;
+        self.inner.routes.remember(noted, now);
         Ok(Claim::Acquired)
     }
 
@@ -166,7 +168,8 @@ impl PostgresStorage {
         outcome: &str,
         ttl: Duration,
     ) -> Result<(), StorageError> {
-        let until = now_millis().saturating_add(millis(ttl)) as i64;
+        let now = now_millis();
+        let until = now.saturating_add(millis(ttl)) as i64;
         let (user, client, id) = (key.user.as_str(), key.client.as_str(), key.id.as_str());
         let mut conn = self.conn().await?;
         let tx = Tx::begin(&mut conn).await?;
@@ -178,14 +181,14 @@ impl PostgresStorage {
             tx.prepare(&[DEDUP_REMOVE]).await?;
             try_join(
                 tx.exec(DEDUP_REMOVE, &[&user, &client, &id]),
-                notify(&tx, &self.inner.channel, &signal),
+                self.inner.routes.send(&tx, &signal, now),
             )
             .await?;
         } else {
             tx.prepare(&[DEDUP_COMPLETE]).await?;
             try_join(
                 tx.exec(DEDUP_COMPLETE, &[&user, &client, &id, &outcome, &until]),
-                notify(&tx, &self.inner.channel, &signal),
+                self.inner.routes.send(&tx, &signal, now),
             )
             .await?;
         }

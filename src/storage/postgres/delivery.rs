@@ -9,7 +9,6 @@ use serde_json::value::RawValue;
 use super::PostgresStorage;
 use super::error::{col, corrupt};
 use super::fetch::{UserRow, sql_pos};
-use super::signals::notify;
 use super::sql::{ACK_FIND, DELIVERY, ENSURE_USER, EPOCH, LOCK_USER, REPLIES, REPLY_INSERT};
 use super::tx::Tx;
 use crate::id::ClientId;
@@ -48,7 +47,10 @@ impl PostgresStorage {
             tx.rows(DELIVERY, &[&users, &clients, &namespaces, &positions, &now]),
         )
         .await?;
+        // A check of a message still waited for keeps the node's interest in its user.
+        let noted = self.inner.routes.note(&tx, &users, now as u64).await?;
         tx.commit().await?;
+        self.inner.routes.remember(noted, now as u64);
         if current != *epoch {
             return Ok(vec![DeliveryState::Lost; targets.len()]);
         }
@@ -112,7 +114,7 @@ impl PostgresStorage {
             client: reply.client,
             data: reply.data,
         };
-        notify(&tx, &self.inner.channel, &signal).await?;
+        self.inner.routes.send(&tx, &signal, now as u64).await?;
         tx.commit().await?;
         Ok(ReplyOutcome::Recorded)
     }
@@ -133,7 +135,9 @@ impl PostgresStorage {
             tx.rows(REPLIES, &[&users, &positions, &now]),
         )
         .await?;
+        let noted = self.inner.routes.note(&tx, &users, now as u64).await?;
         tx.commit().await?;
+        self.inner.routes.remember(noted, now as u64);
         let mut out = vec![Vec::new(); targets.len()];
         if current != *epoch {
             return Ok(out);

@@ -8,7 +8,6 @@ use tokio_postgres::Row;
 
 use super::PostgresStorage;
 use super::error::{col, corrupt};
-use super::signals::notify;
 use super::sql::{
     EARLIEST_ADDRESSED, ENSURE_USER, LOCK_USER, RAISE_WATERMARKS, READ, SET_TRIMMED, TRIM,
     UPSERT_CLIENT, USER_CLIENTS, USER_WATERMARKS,
@@ -213,7 +212,7 @@ impl PostgresStorage {
                 client: req.client.clone(),
                 poll,
             };
-            notify(&tx, &self.inner.channel, &signal).await?;
+            self.inner.routes.send(&tx, &signal, now).await?;
         }
         if let Some(cursor) = advanced {
             let signal = Signal::Confirmed {
@@ -223,9 +222,12 @@ impl PostgresStorage {
                 cursor,
                 namespaces: req.namespaces.clone().into(),
             };
-            notify(&tx, &self.inner.channel, &signal).await?;
+            self.inner.routes.send(&tx, &signal, now).await?;
         }
+        // The node has a poll of this user: it needs their signals.
+        let noted = self.inner.routes.note(&tx, &[user], now).await?;
         tx.commit().await?;
+        self.inner.routes.remember(noted, now);
         Ok(FetchBatch {
             epoch,
             cursor: cursor_out,

@@ -11,7 +11,8 @@
 //! operation is Rust; its statements are prepared once per connection and those that do not
 //! depend on each other are pipelined, so a fetch is two round trips and a commit.
 //!
-//! The tables (`sql/migrations/`): `users` (per user: the last position, the queue's
+//! The tables (`sql/migrations/`): `interest` (which node needs which users' signals, see
+//! [`routes`]), `users` (per user: the last position, the queue's
 //! counters), `messages` (each user's log, keyed by user and position), `payloads` (the event
 //! and data of a fan-out, once: its messages refer to the row), `senders` (each sender's share
 //! of a queue), `clients` (cursor, namespaces, presence), `watermarks` (per user and
@@ -36,7 +37,7 @@
 //! Each statement is a file of `sql/` ([`sql`]); each operation a module: [`append`],
 //! [`fetch`], [`delivery`] (delivery states and replies), [`dedup`], [`presence`] (reaping,
 //! live users, the sweeps), [`rooms`] (rooms and data). [`signals`] keeps the listening
-//! connection, [`schema`] the migrations, [`tx`] the transaction every operation runs in.
+//! connection, [`routes`] sends each signal to the nodes that need it, [`schema`] the migrations, [`tx`] the transaction every operation runs in.
 
 mod append;
 mod builder;
@@ -46,6 +47,7 @@ mod error;
 mod fetch;
 mod presence;
 mod rooms;
+mod routes;
 mod schema;
 mod signals;
 mod sql;
@@ -62,12 +64,13 @@ use tokio::sync::broadcast;
 
 pub use self::builder::PostgresStorageBuilder;
 use self::error::{OrUnavailable, within};
-use self::signals::{AbortOnDrop, notify};
+use self::routes::Routes;
+use self::signals::AbortOnDrop;
 use self::tx::Tx;
 use super::{
     Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
     FetchBatch, FetchRequest, Member, NewMessage, NewReply, QueueLimits, RecordedReply,
-    ReplyLimits, ReplyOutcome, Signal, Storage, StorageError,
+    ReplyLimits, ReplyOutcome, Signal, Storage, StorageError, now_millis,
 };
 use crate::id::{ClientId, UserId};
 
@@ -80,6 +83,11 @@ use crate::id::{ClientId, UserId};
 /// transaction of the operation that caused it, so it is delivered when that commits. Clones
 /// share the pool and the listening connection.
 ///
+/// * **Signals go to the nodes that need them.** Each `PostgresStorage` is a node with a random
+///   id and a channel of its own; it receives the signals of the users it has polls of or waits
+///   for (noted in the `interest` table by its fetches, appends, claims and delivery checks,
+///   for a minute), those of its own operations, and what every node needs (resyncs, volatile
+///   messages): [`PostgresStorage::signals_received`] counts them.
 /// * **Not through a transaction-pooling proxy.** `LISTEN` is session state: behind PgBouncer
 ///   in `transaction` (or `statement`) mode, notifications go to whichever client has the
 ///   session. Point the storage at PostgreSQL itself, or a proxy in `session` mode.
@@ -118,10 +126,8 @@ struct Inner {
     pool: Pool,
     /// The schema of the tables (every connection's `search_path`).
     schema: String,
-    /// `schema:signals`, the channel every node listens on.
-    channel: String,
-    /// This handle's random id, in its log lines.
-    node: String,
+    /// This node's channels, and the users whose signals it noted it needs.
+    routes: Routes,
     /// Notifications this node's listening connection received.
     received: Arc<AtomicU64>,
     /// Signals from the listening connection, handed out by `subscribe`.
@@ -136,7 +142,7 @@ impl fmt::Debug for PostgresStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStorage")
             .field("schema", &self.inner.schema)
-            .field("node", &self.inner.node)
+            .field("node", &self.inner.routes.node)
             .field("deadline", &self.inner.deadline)
             .finish_non_exhaustive()
     }
@@ -196,7 +202,7 @@ impl PostgresStorage {
     async fn publish_now(&self, signal: Signal) -> Result<(), StorageError> {
         let mut conn = self.conn().await?;
         let tx = Tx::begin(&mut conn).await?;
-        notify(&tx, &self.inner.channel, &signal).await?;
+        self.inner.routes.send(&tx, &signal, now_millis()).await?;
         tx.commit().await
     }
 }

@@ -8,8 +8,8 @@ use super::PostgresStorage;
 use super::error::{col, corrupt, within};
 use super::sql::{
     DROP_DATA, DROP_MEMBERSHIPS, ENSURE_USERS, LAPSED_USERS, LIVE_CLIENTS, LIVE_USERS, LOCK_USERS,
-    ONLINE_USERS, REMOVE_LAPSED, SWEEP_ACKS, SWEEP_DEDUP, SWEEP_MESSAGES, SWEEP_ORIGINS,
-    SWEEP_PAYLOADS, SWEEP_SIGNAL_BODIES,
+    ONLINE_USERS, REMOVE_LAPSED, SWEEP_ACKS, SWEEP_DEDUP, SWEEP_INTEREST, SWEEP_MESSAGES,
+    SWEEP_ORIGINS, SWEEP_PAYLOADS, SWEEP_SIGNAL_BODIES,
 };
 use super::tx::Tx;
 use crate::hash::HashSet;
@@ -146,6 +146,7 @@ impl PostgresStorage {
             SWEEP_ORIGINS,
             SWEEP_PAYLOADS,
             SWEEP_DEDUP,
+            SWEEP_INTEREST,
         ] {
             tx.exec(statement, &[&now, &SWEEP_BATCH]).await?;
         }

@@ -13,7 +13,10 @@ use super::tx::Tx;
 use crate::storage::{Epoch, StorageError, now_millis};
 
 /// Every migration, in order: its number is its place in this list, from 1.
-const MIGRATIONS: &[&str] = &[include_str!("sql/migrations/001_tables.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/migrations/001_tables.sql"),
+    include_str!("sql/migrations/002_interest.sql"),
+];
 
 /// The schema version this crate needs: a database ahead of it was migrated by a newer version
 /// of simpleio, and is refused rather than misread.
