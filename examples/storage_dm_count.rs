@@ -1,6 +1,7 @@
 //! Confirmed direct messages straight on a `Storage`, in lockstep rounds, for counting
 //! instructions (valgrind callgrind) rather than timing: what the storage alone costs per
-//! message, with no HTTP, on memory or on a durable file.
+//! message, with no HTTP, on memory, on a durable file, or on PostgreSQL (`postgres`, with
+//! `DATABASE_URL` set and the feature `postgres`; each run in a fresh schema it drops after).
 //!
 //! Each round, every one of `USERS` users stores a message to the next one (one `append` call
 //! each, all at once), then every recipient fetches with its cursor: the fetch confirms the
@@ -14,7 +15,9 @@
 //! ```
 //!
 //! Run it for two numbers of rounds: the difference of the totals over the difference of the
-//! messages is the cost per message, without the start.
+//! messages is the cost per message, without the start. Each run also prints its wall-clock
+//! time per message (a networked store's cost is mostly round trips, which callgrind does not
+//! see).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let storage = args.next().unwrap_or_else(|| "memory".into());
     let rounds: usize = args.next().as_deref().unwrap_or("50").parse()?;
+    let started = std::time::Instant::now();
     let received = match storage.as_str() {
         "memory" => run(&MemoryStorage::new(), rounds).await?,
         "durable" => {
@@ -110,8 +114,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("{commits} commits");
             received
         }
-        other => return Err(format!("memory or durable, not {other}").into()),
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let url = std::env::var("DATABASE_URL")?;
+            let schema = format!("dm_count_{}", std::process::id());
+            let s = simpleio::PostgresStorage::builder(url.as_str())
+                .schema(schema.as_str())
+                .connect()
+                .await?;
+            let received = run(&s, rounds).await?;
+            drop(s);
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .await?;
+            received
+        }
+        other => return Err(format!("memory, durable or postgres, not {other}").into()),
     };
-    eprintln!("{received} messages received");
+    let took = started.elapsed();
+    eprintln!(
+        "{received} messages received, {:.1} µs each (wall clock)",
+        took.as_secs_f64() * 1e6 / received.max(1) as f64
+    );
     Ok(())
 }

@@ -417,3 +417,114 @@ async fn a_signal_goes_only_to_the_nodes_that_serve_its_user() {
         }
     }
 }
+
+/// Rows in each of the tables that expire, as the storage left them.
+async fn table_rows(server: &PostgresServer, schema: &str) -> Vec<(&'static str, i64)> {
+    let (client, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .expect("a connection to count rows");
+    tokio::spawn(connection);
+    let mut counts = Vec::new();
+    for table in [
+        "messages",
+        "payloads",
+        "acks",
+        "replies",
+        "origins",
+        "dedup",
+        "senders",
+        "signal_bodies",
+        "interest",
+        "users",
+    ] {
+        let row = client
+            .query_one(&format!("SELECT count(*) FROM \"{schema}\".{table}"), &[])
+            .await
+            .expect("count");
+        counts.push((table, row.get::<_, i64>(0)));
+    }
+    counts
+}
+
+/// A long run of short-lived traffic (messages asking for replies, with origins and senders,
+/// confirmed by their readers; dedup records with a short ttl) leaves the tables bounded by
+/// what is live: per round they stay flat, and once everything expired and a reap swept, they
+/// are empty but for one row per user.
+#[tokio::test]
+async fn the_tables_stay_bounded_over_a_long_run() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let storage = connect(server, &schema).await;
+    const USERS: usize = 40;
+    const ROUNDS: usize = 40;
+    let ttl = Duration::from_millis(800);
+    let mut sizes = Vec::new();
+    for round in 0..ROUNDS {
+        let shared: Arc<RawValue> =
+            Arc::from(RawValue::from_string(format!("{{\"round\":{round}}}")).expect("JSON"));
+        let messages: Vec<NewMessage> = (0..USERS)
+            .map(|u| NewMessage {
+                data: shared.clone(),
+                expires_at: millis_after(ttl),
+                sender: Some(UserId::from("sender")),
+                origin: Some(format!("r{round}").into()),
+                ack: true,
+                ..message(&format!("u{u}"), "news")
+            })
+            .collect();
+        let appended = storage.append(messages, queue()).await.expect("append");
+        for u in 0..USERS {
+            let user = format!("u{u}");
+            let read = storage
+                .fetch(request(&user, "tab1", None))
+                .await
+                .expect("read");
+            storage
+                .fetch(request(&user, "tab1", Some((&appended.epoch, read.cursor))))
+                .await
+                .expect("confirm");
+            let key = simpleio::storage::DedupKey {
+                user: UserId::from(user.as_str()),
+                client: ClientId::new("tab1").expect("id"),
+                id: simpleio::MessageId::new(format!("m{round}")).expect("id"),
+            };
+            let limits = simpleio::storage::DedupLimits {
+                lease: ttl,
+                per_client: 1_000,
+                per_user: 1_000,
+            };
+            storage.claim(&key, 1, limits).await.expect("claim");
+            storage.complete(&key, "1", ttl).await.expect("complete");
+        }
+        storage.reap().await.expect("reap");
+        let rows = table_rows(server, &schema).await;
+        let total: i64 = rows
+            .iter()
+            .filter(|(t, _)| *t != "users")
+            .map(|(_, n)| n)
+            .sum();
+        sizes.push(total);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("rows (but users) after each round: {sizes:?}");
+    let early = sizes[..ROUNDS / 4].iter().max().copied().unwrap_or(0);
+    let late = sizes[ROUNDS * 3 / 4..].iter().max().copied().unwrap_or(0);
+    assert!(
+        late <= early * 2,
+        "the tables grew with the history: {early} rows early, {late} late ({sizes:?})"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    storage.reap().await.expect("reap");
+    let rows = table_rows(server, &schema).await;
+    eprintln!("after everything expired: {rows:?}");
+    for (table, n) in &rows {
+        match *table {
+            "users" => assert_eq!(*n, USERS as i64, "one row per user"),
+            // The interest of this node in its users lasts a minute.
+            "interest" => assert!(*n <= USERS as i64),
+            _ => assert_eq!(*n, 0, "{table} kept {n} expired rows"),
+        }
+    }
+}
