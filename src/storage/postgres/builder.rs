@@ -157,8 +157,8 @@ impl PostgresStorageBuilder {
         let routes = Routes::new(&schema, node);
         // One session for both, so that their notifications arrive in commit order.
         let channels = vec![routes.all.clone(), routes.own.clone()];
-        let listening = listen(&config, &channels, deadline).await?;
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        let listening = listen(&config, &channels, deadline, &signals).await?;
         let received = Arc::new(AtomicU64::new(0));
         let listener = tokio::spawn(run_listener(
             Forwarding {

@@ -77,30 +77,36 @@ impl Drop for AbortOnDrop {
 /// task driving its connection (which ends, closing the receiver, when the connection fails).
 pub(super) struct Listening {
     client: Client,
-    notifications: mpsc::UnboundedReceiver<Notification>,
+    notifications: mpsc::Receiver<Notification>,
     _driver: AbortOnDrop,
 }
 
-/// Connects a session of its own and listens on `channels`.
+/// Connects a session of its own and listens on `channels`. Notifications wait for the
+/// forwarding task in a queue of `SIGNAL_CAPACITY`; past that they are dropped and every
+/// subscriber is told to resync on `signals`, as a lagging subscriber would be.
 pub(super) async fn listen(
     config: &Config,
     channels: &[String],
     timeout: Duration,
+    signals: &broadcast::Sender<Signal>,
 ) -> Result<Listening, StorageError> {
     let (client, mut connection) = within(timeout, async {
         config.connect(NoTls).await.or_unavailable()
     })
     .await?;
-    let (sender, notifications) = mpsc::unbounded_channel();
+    let (sender, notifications) = mpsc::channel(SIGNAL_CAPACITY);
+    let signals = signals.clone();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if sender.send(n).is_err() {
-                        return;
+                Ok(AsyncMessage::Notification(n)) => match sender.try_send(n) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        let _ = signals.send(Signal::Resync);
                     }
-                }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
                 Ok(_) => {}
                 Err(err) => {
                     warn!(cause = %err, "the PostgreSQL listening connection failed");
@@ -148,7 +154,7 @@ pub(super) async fn run_listener(f: Forwarding, mut listening: Listening) {
             let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
             tokio::time::sleep(delay + jitter).await;
             attempts += 1;
-            match listen(&f.config, &f.channels, f.timeout).await {
+            match listen(&f.config, &f.channels, f.timeout, &f.signals).await {
                 Ok(listening) => break listening,
                 Err(err) => {
                     warn!(cause = %err, attempts, "cannot reconnect the PostgreSQL listening connection");
