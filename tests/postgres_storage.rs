@@ -31,7 +31,8 @@ async fn connect(server: &PostgresServer, schema: &str) -> PostgresStorage {
     PostgresStorage::builder(server.url())
         .schema(schema)
         .pool_size(8)
-        .connect_timeout(Duration::from_millis(500))
+        // Not shorter: on a loaded machine a new session may take a second to start.
+        .connect_timeout(Duration::from_secs(2))
         .response_timeout(Duration::from_secs(2))
         .connect()
         .await
@@ -158,7 +159,7 @@ async fn an_outage_answers_503_then_heals_with_everything_committed() {
                 "expected Unavailable, got {err:?}"
             );
             assert!(
-                started.elapsed() < Duration::from_secs(4),
+                started.elapsed() < Duration::from_secs(5),
                 "attempt {attempt}: the error took {:?}",
                 started.elapsed()
             );

@@ -13,7 +13,10 @@ async fn main() {
         "tokio-postgres" => {
             let cfg: tokio_postgres::Config = url.parse().unwrap();
             let mgr = deadpool_postgres::Manager::new(cfg, tokio_postgres::NoTls);
-            let pool = deadpool_postgres::Pool::builder(mgr).max_size(1).build().unwrap();
+            let pool = deadpool_postgres::Pool::builder(mgr)
+                .max_size(1)
+                .build()
+                .unwrap();
             let run = |k: usize| {
                 let pool = pool.clone();
                 async move {
@@ -30,16 +33,28 @@ async fn main() {
             run(200).await;
             let t = Instant::now();
             run(n).await;
-            println!("tokio-postgres: {:.1} µs per transaction", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            println!(
+                "tokio-postgres: {:.1} µs per transaction",
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            );
         }
         "sqlx" => {
-            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .unwrap();
             let run = |k: usize| {
                 let pool = pool.clone();
                 async move {
                     for i in 0..k {
                         let mut tx = pool.begin().await.unwrap();
-                        let rows = sqlx::query(sql).bind(i as i64).bind("x").fetch_all(&mut *tx).await.unwrap();
+                        let rows = sqlx::query(sql)
+                            .bind(i as i64)
+                            .bind("x")
+                            .fetch_all(&mut *tx)
+                            .await
+                            .unwrap();
                         assert_eq!(rows.len(), 1);
                         tx.commit().await.unwrap();
                     }
@@ -48,7 +63,10 @@ async fn main() {
             run(200).await;
             let t = Instant::now();
             run(n).await;
-            println!("sqlx: {:.1} µs per transaction", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            println!(
+                "sqlx: {:.1} µs per transaction",
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            );
         }
         _ => panic!("which driver?"),
     }
