@@ -180,9 +180,12 @@ impl PostgresServer {
                 "-c",
                 &format!("unix_socket_directories={}", self.dir.display()),
             ])
-            // Tests need no durability against power loss; they need speed.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            // Tests need no durability against power loss (the OS keeps what a killed server
+            // wrote), so no fsync. But a commit must be written before it is answered
+            // (`synchronous_commit` stays on): an immediate shutdown loses whatever is still
+            // in the server's WAL buffers, and the tests check that nothing committed is lost.
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=300"])
             .env("SIMPLEIO_PG_LOG", &log)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
