@@ -9,7 +9,9 @@
 //! An operation on several users (an append of a fan-out's chunk, a reap) locks their rows in
 //! `user_id` order, so two of them never wait for each other in a circle. The logic of an
 //! operation is Rust; its statements are prepared once per connection and those that do not
-//! depend on each other are pipelined, so a fetch is two round trips and a commit.
+//! depend on each other are pipelined: a fetch that confirms nothing new (the read after a
+//! wakeup) is three round trips, its reads, its writes with the read, and the commit; one that
+//! confirms adds a round trip for each of the watermarks, the trim and the signal.
 //!
 //! The tables (`sql/migrations/`): `interest` (which node needs which users' signals, see
 //! [`routes`]), `users` (per user: the last position, the queue's

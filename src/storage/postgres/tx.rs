@@ -14,8 +14,8 @@ pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// that fails half-way (a bound refused it, the connection broke) leaves nothing behind.
 ///
 /// Statements with no data dependency between them are sent without waiting for each other's
-/// answers (`try_join`), which tokio-postgres pipelines on the one connection: a fetch is two
-/// round trips and a commit, whatever its number of statements.
+/// answers (`try_join`), which tokio-postgres pipelines on the one connection: the reads that
+/// open an operation cost one round trip together, whatever their number.
 pub(super) struct Tx<'a>(Transaction<'a>);
 
 impl<'a> Tx<'a> {
