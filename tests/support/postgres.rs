@@ -53,12 +53,19 @@ pub struct PostgresServer {
     bin: PathBuf,
     /// The `sh` wrapper; `None` while stopped.
     wrapper: Option<Child>,
+    /// Whether the wrapper removes `dir` when it stops the server: for a server that is never
+    /// dropped ([`shared`](Self::shared)), whose folder would be left behind otherwise.
+    remove_on_exit: bool,
 }
 
 impl PostgresServer {
     /// Makes a new cluster and starts it on a free port; `None` if PostgreSQL is not installed
     /// (and this is not CI).
     pub fn start() -> Option<Self> {
+        Self::launch(false)
+    }
+
+    fn launch(remove_on_exit: bool) -> Option<Self> {
         let bin = postgres_bin()?;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -66,28 +73,19 @@ impl PostgresServer {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).expect("a temporary folder for PostgreSQL");
-        give_to_server_user(&dir);
-        let status = as_server_user(&bin.join("initdb"))
-            .args(["-D", &dir.join("data").display().to_string()])
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run initdb");
-        assert!(
-            status.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
         let mut last_error = String::new();
         // A port picked as free may be taken before PostgreSQL binds it: try a few.
         for _ in 0..5 {
+            // Made again if a failed attempt's wrapper removed it (`remove_on_exit`).
+            if !dir.join("data").exists() {
+                init_cluster(&bin, &dir);
+            }
             let mut server = PostgresServer {
                 port: free_port(),
                 dir: dir.clone(),
                 bin: bin.clone(),
                 wrapper: None,
+                remove_on_exit,
             };
             match server.spawn() {
                 Ok(()) => return Some(server),
@@ -105,7 +103,7 @@ impl PostgresServer {
     /// process exits. Give each test its own schema.
     pub fn shared() -> Option<&'static Self> {
         static SHARED: OnceLock<Option<PostgresServer>> = OnceLock::new();
-        SHARED.get_or_init(Self::start).as_ref()
+        SHARED.get_or_init(|| Self::launch(true)).as_ref()
     }
 
     pub fn port(&self) -> u16 {
@@ -187,9 +185,13 @@ impl PostgresServer {
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=300"])
             .env("SIMPLEIO_PG_LOG", &log)
+            .env_remove("SIMPLEIO_RM_DIR")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if self.remove_on_exit {
+            command.env("SIMPLEIO_RM_DIR", &self.dir);
+        }
         let mut wrapper = command.spawn().map_err(|e| format!("cannot run sh: {e}"))?;
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
@@ -224,6 +226,24 @@ impl Drop for PostgresServer {
         self.halt("immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A new cluster in `dir/data`, owned by the user the server runs as.
+fn init_cluster(bin: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("a temporary folder for PostgreSQL");
+    give_to_server_user(dir);
+    let status = as_server_user(&bin.join("initdb"))
+        .args(["-D", &dir.join("data").display().to_string()])
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run initdb");
+    assert!(
+        status.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 /// Whether this process runs as root, whom PostgreSQL refuses.
