@@ -4,7 +4,7 @@
 //! ```text
 //! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
 //! simpleio-bench smoke
-//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
+//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N] [--port P] [--metrics]
 //! simpleio-bench server socketioxide [--port P]
 //! simpleio-bench server hyper-hold [--port P] [--hold SECS]
 //! simpleio-bench server hyper-poll [--port P]
@@ -13,7 +13,7 @@
 //! `run` and `smoke` start every server as a child process of this executable, pinned to
 //! core 0 with `taskset -c 0`, and run the load generator — raw hyper HTTP/1.1 connections, one
 //! per virtual client, speaking simpleio's protocol or Engine.IO v4 — in this process, pinned to
-//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `room`, `redis`, `durable`,
+//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `room`, `redis`, `durable`, `cluster`,
 //! `callgrind`
 //! ([`scenarios`]).
 
@@ -37,11 +37,11 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage:
   simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
   simpleio-bench smoke
-  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
+  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N] [--port P] [--metrics]
   simpleio-bench server socketioxide [--port P]
   simpleio-bench server hyper-hold [--port P] [--hold SECS]
   simpleio-bench server hyper-poll [--port P]
-scenarios: broadcast, history, fanout, idle, room, redis, durable, callgrind
+scenarios: broadcast, history, fanout, idle, room, redis, durable, cluster, callgrind
 --seconds S: the durable scenario's long run on DurableStorage, S seconds (none without it)";
 
 fn main() {

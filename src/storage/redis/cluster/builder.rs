@@ -14,6 +14,7 @@ use super::super::error::within;
 use super::super::payloads::PayloadCache;
 use super::super::signals::{AbortOnDrop, SIGNAL_CAPACITY};
 use super::buckets::BUCKETS;
+use super::replicas::ReplicaAcks;
 use super::signals::{Channels, Subscriber, subscribe};
 use super::{Inner, RedisClusterStorage};
 use crate::id::ClientId;
@@ -44,6 +45,7 @@ pub struct RedisClusterStorageBuilder {
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    replica_acks: Option<ReplicaAcks>,
 }
 
 impl fmt::Debug for RedisClusterStorageBuilder {
@@ -54,6 +56,7 @@ impl fmt::Debug for RedisClusterStorageBuilder {
             .field("key_prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("replica_acks", &self.replica_acks)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +68,7 @@ impl RedisClusterStorageBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            replica_acks: None,
         }
     }
 
@@ -89,6 +93,42 @@ impl RedisClusterStorageBuilder {
         self
     }
 
+    /// Makes every operation that others act on — an append (what `stored()` waits for), a
+    /// claim and a completion of a client's message, a reply, a join, a leave, a data write —
+    /// return only once `replicas` replicas of the master that wrote it hold it (`WAIT`), so
+    /// that a master killed afterwards and replaced by one of them loses none of it. Default:
+    /// none, Redis's asynchronous replication, where a failover can lose the last writes a
+    /// master acknowledged.
+    ///
+    /// If fewer replicas acknowledge within `timeout`, the operation fails with
+    /// [`StorageError::Unavailable`] (a request answers 503; the write is on the master and
+    /// may survive, and a retry stores it once where it matters). So a master with fewer
+    /// replicas than asked — one is down, or a failover promoted its only one — refuses
+    /// writes until one is back: ask for no more replicas than each master can lose and keep.
+    /// Each acknowledged operation then costs a replica's round trip more; `docs/benchmarks.md`
+    /// measures it. Reads, a poll's cursor and presence, and lease renewals do not wait:
+    /// losing them costs a repeat the protocol absorbs.
+    ///
+    /// `timeout` must be shorter than the [response timeout](Self::response_timeout), which
+    /// bounds the write and its `WAIT` together. `replicas` 0 turns acknowledgement off again.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use simpleio::RedisClusterStorage;
+    /// # async fn run() -> Result<(), simpleio::storage::StorageError> {
+    /// let storage = RedisClusterStorage::builder(["redis://10.0.0.1:7000/"])
+    ///     .replica_acks(1, Duration::from_millis(200))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = storage;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
+        self
+    }
+
     /// Connects to the cluster, subscribes to this node's channels, and makes sure the cluster
     /// has an epoch (a new cluster gets its first here).
     ///
@@ -100,6 +140,16 @@ impl RedisClusterStorageBuilder {
             return Err(StorageError::Unavailable(format!(
                 "a Redis Cluster key prefix may not contain braces: {:?}",
                 self.prefix
+            )));
+        }
+        if let Some(acks) = self.replica_acks
+            && acks.timeout >= self.response_timeout
+        {
+            // The WAIT is part of the answer the response timeout bounds.
+            return Err(StorageError::Unavailable(format!(
+                "the replica acknowledgement timeout ({:?}) must be shorter than the response \
+                 timeout ({:?})",
+                acks.timeout, self.response_timeout
             )));
         }
         let timeouts = Timeouts {
@@ -159,6 +209,7 @@ impl RedisClusterStorageBuilder {
                 received,
                 signals,
                 deadline,
+                replica_acks: self.replica_acks,
                 payloads: Mutex::new((0..BUCKETS).map(|_| PayloadCache::default()).collect()),
                 _subscriber: AbortOnDrop(subscriber),
             }),
@@ -185,5 +236,18 @@ mod tests {
             .connect()
             .await;
         assert!(matches!(refused, Err(StorageError::Unavailable(e)) if e.contains("braces")));
+    }
+
+    #[tokio::test]
+    async fn a_replica_wait_longer_than_the_response_timeout_is_refused() {
+        let refused = RedisClusterStorage::builder(["redis://127.0.0.1:1/"])
+            .response_timeout(Duration::from_millis(500))
+            .replica_acks(1, Duration::from_secs(1))
+            .connect()
+            .await;
+        assert!(
+            matches!(&refused, Err(StorageError::Unavailable(e)) if e.contains("shorter than")),
+            "{refused:?}"
+        );
     }
 }

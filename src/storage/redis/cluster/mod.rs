@@ -69,9 +69,11 @@
 //!   call: if one bucket's script fails, the call fails though the others stored their
 //!   messages (as any networked send can fail after storing; a send with an
 //!   [`origin`](crate::storage::NewMessage::origin) is then stored once when retried).
-//! * Redis replication is asynchronous: a failover can lose the last writes a master
-//!   acknowledged, and the epoch survives it. That is Redis's guarantee, the same as a single
-//!   server with a replica; a shard that comes back *empty* gives a new epoch.
+//! * Redis replication is asynchronous: by default a failover can lose the last writes a
+//!   master acknowledged, and the epoch survives it. That is Redis's guarantee, the same as a
+//!   single server with a replica; a shard that comes back *empty* gives a new epoch. With
+//!   [`replica_acks`](RedisClusterStorageBuilder::replica_acks), the writes others act on are
+//!   sent with a `WAIT` and return once replicas hold them (see [`replicas`]).
 //! * A script's signals are published right after it, not inside it, so two operations that
 //!   end at nearly the same time may have their signals arrive in the other order. The one
 //!   rule that order serves: a poll ended by a newer poll of the same client started while its
@@ -84,6 +86,7 @@ mod buckets;
 mod builder;
 mod effects;
 mod epoch;
+mod replicas;
 mod scripts;
 mod signals;
 
@@ -104,6 +107,7 @@ use tracing::warn;
 use self::buckets::{BUCKETS, bucket_of, bucket_prefix};
 pub use self::builder::RedisClusterStorageBuilder;
 use self::effects::{Effect, merge_signals, split_reply};
+use self::replicas::{ReplicaAcks, Replication, invoke_acked, write_acked};
 use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS, LIVE_USERS,
     REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
@@ -156,7 +160,9 @@ const IN_FLIGHT: usize = 64;
 /// * **Not one atomic step across buckets:** if one bucket's script of an append fails, the
 ///   call fails after the others stored theirs (a send with an
 ///   [`origin`](crate::storage::NewMessage::origin) is stored once when retried). A failover
-///   may lose the last writes a master acknowledged, as Redis replication is asynchronous.
+///   may lose the last writes a master acknowledged, as Redis replication is asynchronous,
+///   unless they wait for replicas
+///   ([`replica_acks`](RedisClusterStorageBuilder::replica_acks)).
 ///
 /// The guide's "One Redis or a Redis Cluster" says when to move to a cluster and what it
 /// costs.
@@ -195,6 +201,9 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most one command may take, reconnecting included.
     deadline: Duration,
+    /// Replicas that must hold an acknowledged write before its operation returns; `None`:
+    /// Redis's asynchronous replication (see [`replicas`]).
+    replica_acks: Option<ReplicaAcks>,
     /// Per bucket, the payloads of the latest fan-outs stored there (see `PayloadCache`).
     payloads: Mutex<Vec<PayloadCache>>,
     /// The task reading the subscription; stops with the last handle.
@@ -206,6 +215,7 @@ impl fmt::Debug for RedisClusterStorage {
         f.debug_struct("RedisClusterStorage")
             .field("key_prefix", &self.inner.prefix)
             .field("deadline", &self.inner.deadline)
+            .field("replica_acks", &self.inner.replica_acks)
             .finish_non_exhaustive()
     }
 }
@@ -257,38 +267,50 @@ impl RedisClusterStorage {
         &self,
         bucket: usize,
         script: &Script,
+        replication: Replication,
         args: impl Fn(&mut ScriptInvocation<'_>),
     ) -> Result<T, StorageError> {
-        let (reply, effects) = self.eval_deferred(bucket, script, args).await?;
+        let (reply, effects) = self
+            .eval_deferred(bucket, script, replication, args)
+            .await?;
         self.apply(effects).await?;
         Ok(reply)
     }
 
     /// Runs one of the [`scripts`] in `bucket` with the leading arguments they all take (the
     /// bucket's prefix first), and returns its reply and what it deferred. A bucket with no
-    /// epoch (`NOEPOCH`: the script wrote nothing) gets one, and the script runs again.
+    /// epoch (`NOEPOCH`: the script wrote nothing) gets one, and the script runs again. An
+    /// [acknowledged](Replication::Acknowledged) script returns once replicas hold its write,
+    /// if the storage asks for that.
     async fn eval_deferred<T: FromRedisValue>(
         &self,
         bucket: usize,
         script: &Script,
+        replication: Replication,
         args: impl Fn(&mut ScriptInvocation<'_>),
     ) -> Result<(T, Vec<Effect>), StorageError> {
         let prefix = bucket_prefix(&self.inner.prefix, bucket);
+        // The bucket's epoch key routes the script to the bucket's slot.
+        let key = format!("{prefix}epoch");
+        let acks = self
+            .inner
+            .replica_acks
+            .filter(|_| replication == Replication::Acknowledged);
         let mut recovered = false;
         loop {
-            // The bucket's epoch key routes the script to the bucket's slot.
-            let mut invocation = script.key(format!("{prefix}epoch"));
+            let mut invocation = script.key(&key);
             // The single-server prelude's new-epoch arguments: unused here (see `scripts`).
             invocation.arg(&prefix).arg("-").arg("-");
             args(&mut invocation);
             invocation.arg(&self.inner.node);
             let mut conn = self.inner.conn.clone();
-            match tokio::time::timeout(
-                self.inner.deadline,
-                invocation.invoke_async::<Value>(&mut conn),
-            )
-            .await
-            {
+            let run = async {
+                match acks {
+                    Some(acks) => invoke_acked(&mut conn, &key, &invocation, acks).await,
+                    None => invocation.invoke_async::<Value>(&mut conn).await,
+                }
+            };
+            match tokio::time::timeout(self.inner.deadline, run).await {
                 Ok(Ok(reply)) => return split_reply(reply),
                 Ok(Err(err)) if err.code() == Some("NOEPOCH") && !recovered => {
                     recovered = true;
@@ -337,6 +359,8 @@ impl RedisClusterStorage {
         rooms.into_iter().collect()
     }
 
+    /// A room's `SADD` or `SREM`, deferred by a join, a leave or a reap: acknowledged by
+    /// replicas like the script that deferred it (a reap's too: it is rare and small).
     async fn room_write(
         &self,
         command: &str,
@@ -345,9 +369,23 @@ impl RedisClusterStorage {
     ) -> Result<(), StorageError> {
         let mut conn = self.inner.conn.clone();
         let mut cmd = redis::cmd(command);
-        cmd.arg(key).arg(member);
-        within(self.inner.deadline, cmd.query_async::<i64>(&mut conn)).await?;
-        Ok(())
+        cmd.arg(&key).arg(member);
+        match self.inner.replica_acks {
+            Some(acks) => {
+                let write = write_acked(&mut conn, &key, cmd, acks);
+                match tokio::time::timeout(self.inner.deadline, write).await {
+                    Ok(written) => written,
+                    Err(_) => Err(StorageError::Unavailable(format!(
+                        "Redis did not answer within {:?}",
+                        self.inner.deadline
+                    ))),
+                }
+            }
+            None => {
+                within(self.inner.deadline, cmd.query_async::<i64>(&mut conn)).await?;
+                Ok(())
+            }
+        }
     }
 
     /// `SPUBLISH`: to the shard that owns the channel's slot, and its subscribers only.
@@ -403,7 +441,7 @@ impl RedisClusterStorage {
                 }
             }
             (reply, effects) = self
-                .eval_deferred(bucket, &APPEND, |inv| {
+                .eval_deferred(bucket, &APPEND, Replication::Acknowledged, |inv| {
                     inv.arg(limits.per_user.min(MAX_EXACT as usize))
                         .arg(limits.per_sender.min(MAX_EXACT as usize))
                         .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
@@ -479,7 +517,7 @@ impl RedisClusterStorage {
         }
         let runs = groups.into_iter().map(|(bucket, indexes)| async move {
             let reply: Vec<String> = self
-                .eval_in(bucket, script, |inv| {
+                .eval_in(bucket, script, Replication::Asynchronous, |inv| {
                     inv.arg(epoch.as_str()).arg(indexes.len());
                     for &i in &indexes {
                         per_target(inv, &targets[i]);
@@ -516,7 +554,7 @@ impl RedisClusterStorage {
         let mut cursor = String::from("0");
         loop {
             let mut page: Vec<String> = self
-                .eval_in(bucket, &LIVE_USERS, |inv| {
+                .eval_in(bucket, &LIVE_USERS, Replication::Asynchronous, |inv| {
                     inv.arg(cursor.as_str()).arg(MEMBERS_PAGE);
                 })
                 .await?;
@@ -541,7 +579,7 @@ impl RedisClusterStorage {
     ) -> Result<(), StorageError> {
         loop {
             let (reply, effects): (Vec<String>, _) = self
-                .eval_deferred(bucket, &REAP, |inv| {
+                .eval_deferred(bucket, &REAP, Replication::Asynchronous, |inv| {
                     inv.arg(REAP_BATCH);
                 })
                 .await?;
@@ -704,9 +742,12 @@ impl Storage for RedisClusterStorage {
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         let args = FetchArgs::new(&request)?;
         let reply: Vec<String> = self
-            .eval_in(bucket_of(request.user.as_str()), &FETCH, |inv| {
-                args.push(inv, &request)
-            })
+            .eval_in(
+                bucket_of(request.user.as_str()),
+                &FETCH,
+                Replication::Asynchronous,
+                |inv| args.push(inv, &request),
+            )
             .await?;
         parse_fetch(reply, request.max_clients)
     }
@@ -745,13 +786,18 @@ impl Storage for RedisClusterStorage {
     ) -> Result<Claim, StorageError> {
         let lease = millis(limits.lease).max(1);
         let reply: Vec<String> = self
-            .eval_in(bucket_of(key.user.as_str()), &CLAIM, |inv| {
-                dedup_args(inv, key);
-                inv.arg(lease)
-                    .arg(limits.per_client.min(MAX_EXACT as usize))
-                    .arg(limits.per_user.min(MAX_EXACT as usize))
-                    .arg(owner.to_string());
-            })
+            .eval_in(
+                bucket_of(key.user.as_str()),
+                &CLAIM,
+                Replication::Acknowledged,
+                |inv| {
+                    dedup_args(inv, key);
+                    inv.arg(lease)
+                        .arg(limits.per_client.min(MAX_EXACT as usize))
+                        .arg(limits.per_user.min(MAX_EXACT as usize))
+                        .arg(owner.to_string());
+                },
+            )
             .await?;
         parse_claim(reply)
     }
@@ -763,10 +809,15 @@ impl Storage for RedisClusterStorage {
         lease: Duration,
     ) -> Result<bool, StorageError> {
         let renewed: i64 = self
-            .eval_in(bucket_of(key.user.as_str()), &RENEW, |inv| {
-                dedup_args(inv, key);
-                inv.arg(millis(lease).max(1)).arg(owner.to_string());
-            })
+            .eval_in(
+                bucket_of(key.user.as_str()),
+                &RENEW,
+                Replication::Asynchronous,
+                |inv| {
+                    dedup_args(inv, key);
+                    inv.arg(millis(lease).max(1)).arg(owner.to_string());
+                },
+            )
             .await?;
         Ok(renewed == 1)
     }
@@ -781,10 +832,15 @@ impl Storage for RedisClusterStorage {
             user: key.user.clone(),
         })?;
         let _: i64 = self
-            .eval_in(bucket_of(key.user.as_str()), &COMPLETE, |inv| {
-                dedup_args(inv, key);
-                inv.arg(outcome).arg(millis(ttl)).arg(signal.as_str());
-            })
+            .eval_in(
+                bucket_of(key.user.as_str()),
+                &COMPLETE,
+                Replication::Acknowledged,
+                |inv| {
+                    dedup_args(inv, key);
+                    inv.arg(outcome).arg(millis(ttl)).arg(signal.as_str());
+                },
+            )
             .await?;
         Ok(())
     }
@@ -802,9 +858,14 @@ impl Storage for RedisClusterStorage {
 
     async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
         let clients: Vec<String> = self
-            .eval_in(bucket_of(user.as_str()), &LIVE_CLIENTS, |inv| {
-                inv.arg(user.as_str());
-            })
+            .eval_in(
+                bucket_of(user.as_str()),
+                &LIVE_CLIENTS,
+                Replication::Asynchronous,
+                |inv| {
+                    inv.arg(user.as_str());
+                },
+            )
             .await?;
         clients.into_iter().map(parse_client).collect()
     }
@@ -844,7 +905,7 @@ impl Storage for RedisClusterStorage {
     ) -> Result<(), StorageError> {
         let (user, client) = member_args(member);
         let _: i64 = self
-            .eval_in(bucket_of(user), &JOIN, |inv| {
+            .eval_in(bucket_of(user), &JOIN, Replication::Acknowledged, |inv| {
                 inv.arg(room)
                     .arg(user)
                     .arg(client)
@@ -858,7 +919,7 @@ impl Storage for RedisClusterStorage {
     async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
         let (user, client) = member_args(member);
         let _: i64 = self
-            .eval_in(bucket_of(user), &LEAVE, |inv| {
+            .eval_in(bucket_of(user), &LEAVE, Replication::Acknowledged, |inv| {
                 inv.arg(room).arg(user).arg(client);
             })
             .await?;
@@ -888,7 +949,7 @@ impl Storage for RedisClusterStorage {
     async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
         let (user, client) = member_args(member);
         let rooms: Vec<String> = self
-            .eval_in(bucket_of(user), &ROOMS, |inv| {
+            .eval_in(bucket_of(user), &ROOMS, Replication::Asynchronous, |inv| {
                 inv.arg(user).arg(client);
             })
             .await?;
@@ -904,24 +965,34 @@ impl Storage for RedisClusterStorage {
     ) -> Result<(), StorageError> {
         let (user, client) = member_args(member);
         let _: i64 = self
-            .eval_in(bucket_of(user), &SET_DATA, |inv| {
-                inv.arg(user)
-                    .arg(client)
-                    .arg(key)
-                    .arg(if value.is_some() { "1" } else { "0" })
-                    .arg(value.unwrap_or(""))
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
-            })
+            .eval_in(
+                bucket_of(user),
+                &SET_DATA,
+                Replication::Acknowledged,
+                |inv| {
+                    inv.arg(user)
+                        .arg(client)
+                        .arg(key)
+                        .arg(if value.is_some() { "1" } else { "0" })
+                        .arg(value.unwrap_or(""))
+                        .arg(millis(presence_ttl))
+                        .arg(reap_grace(presence_ttl));
+                },
+            )
             .await?;
         Ok(())
     }
 
     async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
         let (user, client) = member_args(member);
-        self.eval_in(bucket_of(user), &GET_DATA, |inv| {
-            inv.arg(user).arg(client).arg(key);
-        })
+        self.eval_in(
+            bucket_of(user),
+            &GET_DATA,
+            Replication::Asynchronous,
+            |inv| {
+                inv.arg(user).arg(client).arg(key);
+            },
+        )
         .await
     }
 
@@ -942,15 +1013,20 @@ impl Storage for RedisClusterStorage {
             .ok_or_else(|| corrupt("the form of a Replied signal"))?
             .to_owned();
         let outcome: String = self
-            .eval_in(bucket_of(reply.user.as_str()), &REPLY, |inv| {
-                inv.arg(reply.user.as_str())
-                    .arg(reply.client.as_str())
-                    .arg(reply.pos.min(MAX_EXACT))
-                    .arg(reply.data.get())
-                    .arg(limits.per_message.min(MAX_EXACT as usize))
-                    .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
-                    .arg(tail.as_str());
-            })
+            .eval_in(
+                bucket_of(reply.user.as_str()),
+                &REPLY,
+                Replication::Acknowledged,
+                |inv| {
+                    inv.arg(reply.user.as_str())
+                        .arg(reply.client.as_str())
+                        .arg(reply.pos.min(MAX_EXACT))
+                        .arg(reply.data.get())
+                        .arg(limits.per_message.min(MAX_EXACT as usize))
+                        .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
+                        .arg(tail.as_str());
+                },
+            )
             .await?;
         parse_reply(outcome)
     }
