@@ -9,12 +9,12 @@ use redis::ProtocolVersion;
 use redis::cluster::ClusterClientBuilder;
 use tokio::sync::{broadcast, mpsc};
 
-use super::super::builder::Timeouts;
+use super::super::builder::{Timeouts, check_ack_timeout};
 use super::super::error::within;
 use super::super::payloads::PayloadCache;
+use super::super::replicas::ReplicaAcks;
 use super::super::signals::{AbortOnDrop, SIGNAL_CAPACITY};
 use super::buckets::BUCKETS;
-use super::replicas::ReplicaAcks;
 use super::signals::{Channels, Subscriber, subscribe};
 use super::{Inner, RedisClusterStorage};
 use crate::id::ClientId;
@@ -125,7 +125,7 @@ impl RedisClusterStorageBuilder {
     /// # }
     /// ```
     pub fn replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
+        self.replica_acks = ReplicaAcks::new(replicas, timeout);
         self
     }
 
@@ -142,15 +142,8 @@ impl RedisClusterStorageBuilder {
                 self.prefix
             )));
         }
-        if let Some(acks) = self.replica_acks
-            && acks.timeout >= self.response_timeout
-        {
-            // The WAIT is part of the answer the response timeout bounds.
-            return Err(StorageError::Unavailable(format!(
-                "the replica acknowledgement timeout ({:?}) must be shorter than the response \
-                 timeout ({:?})",
-                acks.timeout, self.response_timeout
-            )));
+        if let Some(acks) = self.replica_acks {
+            check_ack_timeout(acks, self.response_timeout)?;
         }
         let timeouts = Timeouts {
             connect: self.connect_timeout,

@@ -107,7 +107,7 @@ use tracing::warn;
 use self::buckets::{BUCKETS, bucket_of, bucket_prefix};
 pub use self::builder::RedisClusterStorageBuilder;
 use self::effects::{Effect, merge_signals, split_reply};
-use self::replicas::{ReplicaAcks, Replication, invoke_acked, write_acked};
+use self::replicas::{invoke_acked, write_acked};
 use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS, LIVE_USERS,
     REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
@@ -120,6 +120,7 @@ use super::parse::{
     parse_reap, parse_replies, parse_reply,
 };
 use super::payloads::{PayloadCache, share_payloads};
+use super::replicas::{ReplicaAcks, Replication};
 use super::signals::{AbortOnDrop, json_string, signal_json};
 use super::{MEMBERS_PAGE, REAP_BATCH};
 use crate::hash::HashSet;

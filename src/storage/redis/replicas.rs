@@ -1,0 +1,185 @@
+//! Replica acknowledgement: an operation that others act on (a stored message, a handled
+//! message's dedup record, a reply, a room or data write) returns only once enough replicas of
+//! the master that wrote it hold what it wrote.
+//!
+//! Redis replicates asynchronously: a master answers a write before any replica has it, and
+//! a master lost just then is replaced by a replica without the write, under the same epoch:
+//! the message a sender was told is stored is gone, and nothing says so. `WAIT n t` closes
+//! that gap: sent on the connection that wrote, it answers once `n` replicas hold every write
+//! the connection made (or `t` passed, with how many do). So a write and its `WAIT` go as
+//! **one pipeline on one connection** to the master that runs the write.
+//!
+//! A `WAIT` answered by fewer replicas fails the operation with
+//! [`StorageError::Unavailable`](crate::storage::StorageError::Unavailable): the write is on
+//! the master and may survive (the retry is idempotent where it matters: a send with an origin,
+//! a claim, a completion), but no one is told it is safe. The same holds when the master has
+//! fewer replicas than asked (one was lost, or a failover promoted the only one): writes fail
+//! until a replica is back, as Redis's own `min-replicas-to-write` would refuse them.
+
+use std::time::Duration;
+
+use redis::{Cmd, RedisError, ScriptInvocation, Value};
+
+/// Whether an operation's writes wait for replicas, when the storage was told to
+/// (`replica_acks` on either builder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replication {
+    /// Others act on the write once the operation returns (a message stored, a handled
+    /// message's record, a reply, a room or data write): it waits.
+    Acknowledged,
+    /// Losing the write costs at most a repeat that the protocol absorbs (a read's cursor and
+    /// presence, a lease renewal, a reap): it does not wait.
+    Asynchronous,
+}
+
+/// How many replicas must hold a write before the operation that made it returns, and how
+/// long to wait for them (see the [module documentation](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ReplicaAcks {
+    pub(super) replicas: u32,
+    pub(super) timeout: Duration,
+}
+
+impl ReplicaAcks {
+    /// The setting of `replica_acks(replicas, timeout)`: none for 0 replicas.
+    pub(super) fn new(replicas: u32, timeout: Duration) -> Option<Self> {
+        (replicas > 0).then_some(Self { replicas, timeout })
+    }
+
+    /// A pipeline of `write`, then `WAIT` for these replicas.
+    pub(super) fn pipeline(self, write: Cmd) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.add_command(write)
+            .cmd("WAIT")
+            .arg(self.replicas)
+            .arg(self.timeout_ms());
+        pipe
+    }
+
+    /// `WAIT`'s timeout, in whole milliseconds: at least 1, as 0 would wait forever.
+    fn timeout_ms(self) -> u64 {
+        u64::try_from(self.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Checks `WAIT`'s answer: how many replicas acknowledged. Too few is an I/O error, which
+    /// [`storage_error`](super::error::storage_error) makes `StorageError::Unavailable`.
+    pub(super) fn check(self, answer: Value) -> redis::RedisResult<()> {
+        let acked = match answer {
+            Value::Int(n) => n,
+            Value::ServerError(err) => return Err(RedisError::from(err)),
+            _ => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "WAIT answered with something else than a number",
+                )));
+            }
+        };
+        if acked >= i64::from(self.replicas) {
+            return Ok(());
+        }
+        Err(RedisError::from(std::io::Error::other(format!(
+            "a write was acknowledged by {acked} of the {} replicas asked for within {:?}; it \
+             is on the master and may be lost in a failover",
+            self.replicas, self.timeout
+        ))))
+    }
+}
+
+/// The `EVALSHA` command of a script invocation.
+pub(super) fn eval_command(invocation: &ScriptInvocation<'_>) -> redis::RedisResult<Cmd> {
+    let mut eval = redis::pipe();
+    eval.invoke_script(invocation);
+    eval.cmd_iter().next().cloned().ok_or_else(|| {
+        RedisError::from((
+            redis::ErrorKind::Client,
+            "a script invocation made no command",
+        ))
+    })
+}
+
+/// The two answers of a write and its `WAIT`.
+pub(super) fn two(answers: Vec<Value>) -> redis::RedisResult<(Value, Value)> {
+    let mut answers = answers.into_iter();
+    match (answers.next(), answers.next()) {
+        (Some(written), Some(waited)) => Ok((written, waited)),
+        _ => Err(RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "a write and its WAIT answered with fewer than two replies",
+        ))),
+    }
+}
+
+/// A script run on `conn` (one server) and acknowledged by `acks` replicas; a script the
+/// server does not know yet (`NOSCRIPT`: it did not run) is loaded and run again.
+pub(super) async fn invoke_acked<T: redis::FromRedisValue>(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    invocation: &ScriptInvocation<'_>,
+    acks: ReplicaAcks,
+) -> redis::RedisResult<T> {
+    let mut loaded = false;
+    loop {
+        let pipe = acks.pipeline(eval_command(invocation)?);
+        let (written, waited) = two(conn.req_packed_commands(&pipe, 0, 2).await?)?;
+        if let Value::ServerError(err) = &written {
+            let err = RedisError::from(err.clone());
+            if err.code() == Some("NOSCRIPT") && !loaded {
+                loaded = true;
+                invocation.load_async(conn).await?;
+                continue;
+            }
+            return Err(err);
+        }
+        acks.check(waited)?;
+        return T::from_redis_value(written).map_err(RedisError::from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::error::storage_error;
+    use super::*;
+    use crate::storage::StorageError;
+
+    const ONE: ReplicaAcks = ReplicaAcks {
+        replicas: 1,
+        timeout: Duration::from_millis(100),
+    };
+
+    #[test]
+    fn enough_replicas_pass_and_too_few_say_what_happened() {
+        assert!(ONE.check(Value::Int(1)).is_ok());
+        assert!(ONE.check(Value::Int(2)).is_ok());
+        let too_few = storage_error(ONE.check(Value::Int(0)).expect_err("no replica"));
+        assert!(
+            matches!(&too_few, StorageError::Unavailable(e) if e.contains("0 of the 1 replicas")),
+            "{too_few}"
+        );
+        assert!(matches!(
+            ONE.check(Value::Nil).map_err(storage_error),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn no_replicas_is_no_acknowledgement_and_a_zero_timeout_is_not_forever() {
+        assert_eq!(ReplicaAcks::new(0, Duration::from_secs(1)), None);
+        let acks = ReplicaAcks::new(1, Duration::ZERO).expect("one replica");
+        assert_eq!(acks.timeout_ms(), 1);
+    }
+
+    #[test]
+    fn a_write_and_its_wait_are_one_pipeline() {
+        let script = redis::Script::new("return 1");
+        let mut invocation = script.key("k");
+        invocation.arg("a");
+        let pipe = ONE.pipeline(eval_command(&invocation).expect("a command"));
+        let packed = String::from_utf8(pipe.get_packed_pipeline()).expect("text");
+        assert!(packed.contains("EVALSHA"), "{packed}");
+        assert!(
+            packed.ends_with("$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n"),
+            "{packed}"
+        );
+    }
+}
