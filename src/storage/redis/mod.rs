@@ -175,7 +175,9 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use self::args::{FetchArgs, MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
+use self::args::{
+    FetchArgs, MAX_EXACT, dedup_args, join_args, member_args, millis, sender_arg, set_data_args,
+};
 pub use self::builder::RedisStorageBuilder;
 #[cfg(feature = "redis-cluster")]
 pub use self::cluster::{RedisClusterStorage, RedisClusterStorageBuilder};
@@ -365,11 +367,11 @@ impl RedisStorage {
             .filter(|_| replication == Replication::Acknowledged)
         {
             Some(acks) => {
-                within(
-                    self.inner.deadline,
-                    invoke_acked(&mut conn, &invocation, acks),
-                )
-                .await
+                let acked = async {
+                    T::from_redis_value(invoke_acked(&mut conn, &invocation, acks).await?)
+                        .map_err(redis::RedisError::from)
+                };
+                within(self.inner.deadline, acked).await
             }
             None => within(self.inner.deadline, invocation.invoke_async(&mut conn)).await,
         }
@@ -649,14 +651,9 @@ impl Storage for RedisStorage {
         member: &Member,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
             .eval(&JOIN, Replication::Acknowledged, |inv| {
-                inv.arg(room)
-                    .arg(user)
-                    .arg(client)
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
+                join_args(inv, room, member, presence_ttl);
             })
             .await?;
         Ok(())
@@ -709,16 +706,9 @@ impl Storage for RedisStorage {
         value: Option<&str>,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
             .eval(&SET_DATA, Replication::Acknowledged, |inv| {
-                inv.arg(user)
-                    .arg(client)
-                    .arg(key)
-                    .arg(if value.is_some() { "1" } else { "0" })
-                    .arg(value.unwrap_or(""))
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
+                set_data_args(inv, member, key, value, presence_ttl);
             })
             .await?;
         Ok(())

@@ -47,7 +47,7 @@ impl ReplicaAcks {
     }
 
     /// A pipeline of `write`, then `WAIT` for these replicas.
-    pub(super) fn pipeline(self, write: Cmd) -> redis::Pipeline {
+    fn pipeline(self, write: Cmd) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.add_command(write)
             .cmd("WAIT")
@@ -65,7 +65,7 @@ impl ReplicaAcks {
 
     /// Checks `WAIT`'s answer: how many replicas acknowledged. Too few is an I/O error, which
     /// [`storage_error`](super::error::storage_error) makes `StorageError::Unavailable`.
-    pub(super) fn check(self, answer: Value) -> redis::RedisResult<()> {
+    fn check(self, answer: Value) -> redis::RedisResult<()> {
         let acked = match answer {
             Value::Int(n) => n,
             Value::ServerError(err) => return Err(RedisError::from(err)),
@@ -88,7 +88,7 @@ impl ReplicaAcks {
 }
 
 /// The `EVALSHA` command of a script invocation.
-pub(super) fn eval_command(invocation: &ScriptInvocation<'_>) -> redis::RedisResult<Cmd> {
+fn eval_command(invocation: &ScriptInvocation<'_>) -> redis::RedisResult<Cmd> {
     let mut eval = redis::pipe();
     eval.invoke_script(invocation);
     eval.cmd_iter().next().cloned().ok_or_else(|| {
@@ -100,7 +100,7 @@ pub(super) fn eval_command(invocation: &ScriptInvocation<'_>) -> redis::RedisRes
 }
 
 /// The two answers of a write and its `WAIT`.
-pub(super) fn two(answers: Vec<Value>) -> redis::RedisResult<(Value, Value)> {
+fn two(answers: Vec<Value>) -> redis::RedisResult<(Value, Value)> {
     let mut answers = answers.into_iter();
     match (answers.next(), answers.next()) {
         (Some(written), Some(waited)) => Ok((written, waited)),
@@ -111,29 +111,69 @@ pub(super) fn two(answers: Vec<Value>) -> redis::RedisResult<(Value, Value)> {
     }
 }
 
-/// A script run on `conn` (one server) and acknowledged by `acks` replicas; a script the
-/// server does not know yet (`NOSCRIPT`: it did not run) is loaded and run again.
-pub(super) async fn invoke_acked<T: redis::FromRedisValue>(
-    conn: &mut (impl redis::aio::ConnectionLike + Send),
+/// Where a write and its `WAIT` go together: one server's connection, or a cluster's master
+/// of one slot.
+pub(super) trait WriteTarget: Send {
+    /// Sends `pipe` (a write and its `WAIT`) in one go; the answers, server errors among them.
+    fn send(
+        &mut self,
+        pipe: redis::Pipeline,
+    ) -> impl Future<Output = redis::RedisResult<Vec<Value>>> + Send;
+
+    /// Loads a script where [`send`](Self::send) runs it.
+    fn load(
+        &mut self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> impl Future<Output = redis::RedisResult<String>> + Send;
+}
+
+impl WriteTarget for redis::aio::ConnectionManager {
+    async fn send(&mut self, pipe: redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+        redis::aio::ConnectionLike::req_packed_commands(self, &pipe, 0, 2).await
+    }
+
+    async fn load(&mut self, invocation: &ScriptInvocation<'_>) -> redis::RedisResult<String> {
+        invocation.load_async(self).await
+    }
+}
+
+/// A script run on `target` and acknowledged by `acks` replicas; a script the server does not
+/// know yet (`NOSCRIPT`: it did not run) is loaded and run again. Returns the script's answer,
+/// which may be a server error (as [`Value::ServerError`]) for the caller to read.
+pub(super) async fn invoke_acked(
+    target: &mut impl WriteTarget,
     invocation: &ScriptInvocation<'_>,
     acks: ReplicaAcks,
-) -> redis::RedisResult<T> {
+) -> redis::RedisResult<Value> {
     let mut loaded = false;
     loop {
         let pipe = acks.pipeline(eval_command(invocation)?);
-        let (written, waited) = two(conn.req_packed_commands(&pipe, 0, 2).await?)?;
+        let (written, waited) = two(target.send(pipe).await?)?;
         if let Value::ServerError(err) = &written {
             let err = RedisError::from(err.clone());
             if err.code() == Some("NOSCRIPT") && !loaded {
                 loaded = true;
-                invocation.load_async(conn).await?;
+                target.load(invocation).await?;
                 continue;
             }
             return Err(err);
         }
         acks.check(waited)?;
-        return T::from_redis_value(written).map_err(RedisError::from);
+        return Ok(written);
     }
+}
+
+/// A plain write acknowledged by `acks` replicas.
+pub(super) async fn write_acked(
+    target: &mut impl WriteTarget,
+    write: Cmd,
+    acks: ReplicaAcks,
+) -> redis::RedisResult<()> {
+    let (written, waited) = two(target.send(acks.pipeline(write)).await?)?;
+    if let Value::ServerError(err) = written {
+        return Err(RedisError::from(err));
+    }
+    acks.check(waited)
 }
 
 #[cfg(test)]

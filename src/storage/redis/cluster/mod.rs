@@ -107,12 +107,14 @@ use tracing::warn;
 use self::buckets::{BUCKETS, bucket_of, bucket_prefix};
 pub use self::builder::RedisClusterStorageBuilder;
 use self::effects::{Effect, merge_signals, split_reply};
-use self::replicas::{invoke_acked, write_acked};
+use self::replicas::SlotMaster;
 use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS, LIVE_USERS,
     REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
 };
-use super::args::{FetchArgs, MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
+use super::args::{
+    FetchArgs, MAX_EXACT, dedup_args, join_args, member_args, millis, sender_arg, set_data_args,
+};
 use super::entries::{data_size, payload_value};
 use super::error::{corrupt, storage_error, within};
 use super::parse::{
@@ -120,7 +122,7 @@ use super::parse::{
     parse_reap, parse_replies, parse_reply,
 };
 use super::payloads::{PayloadCache, share_payloads};
-use super::replicas::{ReplicaAcks, Replication};
+use super::replicas::{ReplicaAcks, Replication, invoke_acked, write_acked};
 use super::signals::{AbortOnDrop, json_string, signal_json};
 use super::{MEMBERS_PAGE, REAP_BATCH};
 use crate::hash::HashSet;
@@ -307,7 +309,13 @@ impl RedisClusterStorage {
             let mut conn = self.inner.conn.clone();
             let run = async {
                 match acks {
-                    Some(acks) => invoke_acked(&mut conn, &key, &invocation, acks).await,
+                    Some(acks) => {
+                        let mut master = SlotMaster {
+                            conn: &mut conn,
+                            key: &key,
+                        };
+                        invoke_acked(&mut master, &invocation, acks).await
+                    }
                     None => invocation.invoke_async::<Value>(&mut conn).await,
                 }
             };
@@ -373,14 +381,11 @@ impl RedisClusterStorage {
         cmd.arg(&key).arg(member);
         match self.inner.replica_acks {
             Some(acks) => {
-                let write = write_acked(&mut conn, &key, cmd, acks);
-                match tokio::time::timeout(self.inner.deadline, write).await {
-                    Ok(written) => written,
-                    Err(_) => Err(StorageError::Unavailable(format!(
-                        "Redis did not answer within {:?}",
-                        self.inner.deadline
-                    ))),
-                }
+                let mut master = SlotMaster {
+                    conn: &mut conn,
+                    key: &key,
+                };
+                within(self.inner.deadline, write_acked(&mut master, cmd, acks)).await
             }
             None => {
                 within(self.inner.deadline, cmd.query_async::<i64>(&mut conn)).await?;
@@ -904,15 +909,15 @@ impl Storage for RedisClusterStorage {
         member: &Member,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
-            .eval_in(bucket_of(user), &JOIN, Replication::Acknowledged, |inv| {
-                inv.arg(room)
-                    .arg(user)
-                    .arg(client)
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
-            })
+            .eval_in(
+                bucket_of(member.user().as_str()),
+                &JOIN,
+                Replication::Acknowledged,
+                |inv| {
+                    join_args(inv, room, member, presence_ttl);
+                },
+            )
             .await?;
         Ok(())
     }
@@ -964,20 +969,13 @@ impl Storage for RedisClusterStorage {
         value: Option<&str>,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
             .eval_in(
-                bucket_of(user),
+                bucket_of(member.user().as_str()),
                 &SET_DATA,
                 Replication::Acknowledged,
                 |inv| {
-                    inv.arg(user)
-                        .arg(client)
-                        .arg(key)
-                        .arg(if value.is_some() { "1" } else { "0" })
-                        .arg(value.unwrap_or(""))
-                        .arg(millis(presence_ttl))
-                        .arg(reap_grace(presence_ttl));
+                    set_data_args(inv, member, key, value, presence_ttl);
                 },
             )
             .await?;

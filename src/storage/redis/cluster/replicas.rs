@@ -5,64 +5,25 @@
 
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, RedisError, ScriptInvocation, Value};
+use redis::{ScriptInvocation, Value};
 
-use super::super::error::storage_error;
-use super::super::replicas::{ReplicaAcks, eval_command, two};
-use crate::storage::StorageError;
+use super::super::replicas::WriteTarget;
 
-/// Runs `write` on the master of `key`'s slot, then `WAIT`s for `acks` on the same
-/// connection. Returns the write's own answer, which may be a server error (as
-/// [`Value::ServerError`]) for the caller to read: `NOSCRIPT`, `NOEPOCH`.
-async fn write_then_wait(
-    conn: &mut ClusterConnection,
-    key: &str,
-    write: Cmd,
-    acks: ReplicaAcks,
-) -> redis::RedisResult<(Value, Value)> {
-    let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
-    two(conn
-        .route_pipeline(acks.pipeline(write), 0, 2, route)
-        .await?)
+/// The master of `key`'s slot, over the cluster's connection to it.
+pub(super) struct SlotMaster<'a> {
+    pub(super) conn: &'a mut ClusterConnection,
+    pub(super) key: &'a str,
 }
 
-/// A script run in `key`'s slot and acknowledged by `acks` replicas; a script the master does
-/// not know yet (`NOSCRIPT`: it did not run) is loaded and run again.
-pub(super) async fn invoke_acked(
-    conn: &mut ClusterConnection,
-    key: &str,
-    invocation: &ScriptInvocation<'_>,
-    acks: ReplicaAcks,
-) -> redis::RedisResult<Value> {
-    let mut loaded = false;
-    loop {
-        let (written, waited) = write_then_wait(conn, key, eval_command(invocation)?, acks).await?;
-        if let Value::ServerError(err) = &written {
-            let err = RedisError::from(err.clone());
-            if err.code() == Some("NOSCRIPT") && !loaded {
-                loaded = true;
-                invocation.load_async(conn).await?;
-                continue;
-            }
-            return Err(err);
-        }
-        acks.check(waited)?;
-        return Ok(written);
+impl WriteTarget for SlotMaster<'_> {
+    async fn send(&mut self, pipe: redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+        let route =
+            SingleNodeRoutingInfo::SpecificNode(Route::with_key(self.key, SlotAddr::Master));
+        self.conn.route_pipeline(pipe, 0, 2, route).await
     }
-}
 
-/// A plain write (a room's `SADD`/`SREM`) acknowledged by `acks` replicas.
-pub(super) async fn write_acked(
-    conn: &mut ClusterConnection,
-    key: &str,
-    write: Cmd,
-    acks: ReplicaAcks,
-) -> Result<(), StorageError> {
-    let (written, waited) = write_then_wait(conn, key, write, acks)
-        .await
-        .map_err(storage_error)?;
-    if let Value::ServerError(err) = written {
-        return Err(storage_error(RedisError::from(err)));
+    async fn load(&mut self, invocation: &ScriptInvocation<'_>) -> redis::RedisResult<String> {
+        // `SCRIPT LOAD` goes to every master: the script is then known wherever the slot is.
+        invocation.load_async(self.conn).await
     }
-    acks.check(waited).map_err(storage_error)
 }
