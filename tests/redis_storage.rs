@@ -2823,11 +2823,38 @@ async fn an_acknowledged_append_waits_for_the_replica_and_fails_without_it() {
         .append(vec![message("ann", "plain", LONG)], queue(1_000))
         .await
         .expect("without acknowledgement, the primary alone stores it");
-    // Reads do not wait for replicas.
+    // Reads do not queue behind the writes waiting for the replica: a fetch made while eight
+    // acknowledged appends wait answers at once.
+    let waiting: Vec<_> = (0..8)
+        .map(|i| {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                acked
+                    .append(
+                        vec![message("ann", &format!("waiting{i}"), LONG)],
+                        queue(1_000),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let read = std::time::Instant::now();
     acked
         .fetch(request("ann", "tab1", None))
         .await
         .expect("a fetch with the replica frozen");
+    assert!(
+        read.elapsed() < Duration::from_millis(250),
+        "a fetch waited {:?} behind the acknowledged appends",
+        read.elapsed()
+    );
+    for append in waiting {
+        assert!(
+            append.await.expect("append task").is_err(),
+            "acknowledged without a replica"
+        );
+    }
 
     replica.resume();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -8,7 +8,7 @@
 //! 4. with `replica_acks(1, ..)`: what a write acknowledged by its replica (`WAIT`) costs, in
 //!    time to `stored()` and in CPU.
 //!
-//! Then the same four at low load — one sender, one message unconfirmed at a time — where the
+//! Then the same four at low load — two users sending to each other, one message unconfirmed each — where the
 //! time to `stored()` is the round trips themselves, not a queue behind the load: what an
 //! acknowledged write adds to each send.
 //!
@@ -62,7 +62,7 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
         table(
             &quiet,
             &format!(
-                "cluster at low load: one sender, one message unconfirmed at a time, for {secs} \
+                "cluster at low load: two users sending to each other, one message unconfirmed each, for {secs} \
                  s (median of {} run(s))",
                 opts.runs
             ),

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use super::error::within;
 use super::payloads::PayloadCache;
-use super::replicas::ReplicaAcks;
+use super::replicas::{ACKNOWLEDGING_CONNECTIONS, Acknowledging, ReplicaAcks};
 use super::signals::{AbortOnDrop, Channels, SIGNAL_CAPACITY, run_subscriber, subscribe};
 use super::{Inner, RedisStorage};
 use crate::id::ClientId;
@@ -100,19 +100,16 @@ impl RedisStorageBuilder {
 
     /// Makes every operation that others act on — an append (what `stored()` waits for), a
     /// claim and a completion of a client's message, a reply, a join, a leave, a data write —
-    /// return only once `replicas` replicas of the Redis primary hold it (`WAIT`, on the same
-    /// connection), so that a primary lost afterwards and replaced by one of them (a managed
-    /// Redis's failover, Sentinel's) loses none of it. Default: none, Redis's asynchronous
-    /// replication, where a failover can lose the last writes the primary acknowledged.
+    /// return only once `replicas` replicas of the Redis primary hold it (`WAIT`, in one
+    /// pipeline with the write), so that a primary lost afterwards and replaced by one of them
+    /// loses none of it. Default: none, Redis's asynchronous replication. The same setting as
+    /// [`RedisClusterStorageBuilder::replica_acks`](super::RedisClusterStorageBuilder::replica_acks),
+    /// which says what waits, what does not, and what it costs; the guide's "Failover without
+    /// loss" more.
     ///
-    /// If fewer replicas acknowledge within `timeout`, the operation fails with
-    /// [`StorageError::Unavailable`] (a request answers 503; the write is on the primary and may
-    /// survive, and a retry stores it once where it matters). So a primary with fewer replicas
-    /// than asked refuses writes until one is back. Each acknowledged operation costs a
-    /// replica's round trip more. Reads, a poll's cursor and presence, and lease renewals do
-    /// not wait. `timeout` must be shorter than the [response
-    /// timeout](Self::response_timeout); `replicas` 0 turns acknowledgement off again. The
-    /// guide's "Failover without loss" says more; it applies to one server as to a cluster.
+    /// The primary's address must move to the promoted replica and the old connections must
+    /// be closed on failover (managed Redis services do both): the storage reconnects only
+    /// when its connections drop.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -156,9 +153,21 @@ impl RedisStorageBuilder {
             .set_max_delay(Duration::from_millis(500));
         let conn = within(
             deadline,
-            ConnectionManager::new_with_config(client.clone(), config),
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
         )
         .await?;
+        let acknowledging = match self.replica_acks {
+            Some(acks) => {
+                let mut conns = Vec::with_capacity(ACKNOWLEDGING_CONNECTIONS);
+                for _ in 0..ACKNOWLEDGING_CONNECTIONS {
+                    let connecting =
+                        ConnectionManager::new_with_config(client.clone(), config.clone());
+                    conns.push(within(deadline, connecting).await?);
+                }
+                Some(Acknowledging::new(acks, conns))
+            }
+            None => None,
+        };
         let channel = format!("{}signals", self.prefix);
         // This handle's id among the nodes sharing the prefix: random, so that a restarted
         // process is a new node and never gets the signals its previous life asked for.
@@ -188,7 +197,7 @@ impl RedisStorageBuilder {
                 received,
                 signals,
                 deadline,
-                replica_acks: self.replica_acks,
+                acknowledging,
                 payloads: Mutex::new(PayloadCache::default()),
                 _subscriber: AbortOnDrop(subscriber),
             }),

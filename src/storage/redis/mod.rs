@@ -148,8 +148,9 @@
 //!
 //! Each script is a file of `scripts/`, run after the shared `scripts/prelude.lua` (see
 //! [`scripts`]). The Rust side builds their arguments ([`args`], [`entries`], [`payloads`]),
-//! decodes their replies ([`parse`], [`entries`]), and keeps the pub/sub connection
-//! ([`signals`]); the [`Storage`] methods below put the two together.
+//! decodes their replies ([`parse`], [`entries`]), keeps the pub/sub connection
+//! ([`signals`]) and, if asked, makes writes wait for replicas ([`replicas`]); the [`Storage`]
+//! methods below put them together.
 
 mod args;
 mod builder;
@@ -188,7 +189,7 @@ use self::parse::{
     parse_reap, parse_replies, parse_reply,
 };
 use self::payloads::{EntryBody, PayloadCache, SharedPayload, share_payloads};
-use self::replicas::{ReplicaAcks, Replication, invoke_acked};
+use self::replicas::{Acknowledging, Replication, invoke_acked};
 use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, EPOCH, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS,
     LIVE_USERS, MEMBERS, REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
@@ -290,9 +291,10 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most an operation may take, reconnecting included: connect + response timeouts.
     deadline: Duration,
-    /// Replicas that must hold an acknowledged write before its operation returns; `None`:
-    /// Redis's asynchronous replication (see [`replicas`]).
-    replica_acks: Option<ReplicaAcks>,
+    /// Replicas that must hold an acknowledged write before its operation returns, and the
+    /// connections such writes go over; `None`: Redis's asynchronous replication (see
+    /// [`replicas`]).
+    acknowledging: Option<Acknowledging<ConnectionManager>>,
     /// The payloads of the latest fan-outs, so that their later chunks do not store them again.
     payloads: Mutex<PayloadCache>,
     /// The task reading the pub/sub connection; stops with the last handle.
@@ -360,20 +362,24 @@ impl RedisStorage {
         args(&mut invocation);
         // Last, whatever the script's own arguments: the prelude reads it as `ARGV[#ARGV]`.
         invocation.arg(&self.inner.node);
-        let mut conn = self.inner.conn.clone();
         match self
             .inner
-            .replica_acks
+            .acknowledging
+            .as_ref()
             .filter(|_| replication == Replication::Acknowledged)
         {
-            Some(acks) => {
+            Some(acknowledging) => {
+                let mut conn = acknowledging.connection();
                 let acked = async {
-                    T::from_redis_value(invoke_acked(&mut conn, &invocation, acks).await?)
-                        .map_err(redis::RedisError::from)
+                    let reply = invoke_acked(&mut conn, &invocation, acknowledging.acks).await?;
+                    T::from_redis_value(reply).map_err(redis::RedisError::from)
                 };
                 within(self.inner.deadline, acked).await
             }
-            None => within(self.inner.deadline, invocation.invoke_async(&mut conn)).await,
+            None => {
+                let mut conn = self.inner.conn.clone();
+                within(self.inner.deadline, invocation.invoke_async(&mut conn)).await
+            }
         }
     }
 

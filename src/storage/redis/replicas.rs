@@ -9,16 +9,57 @@
 //! the connection made (or `t` passed, with how many do). So a write and its `WAIT` go as
 //! **one pipeline on one connection** to the master that runs the write.
 //!
+//! A client blocked in `WAIT` is not read by Redis until it is answered: every command behind it
+//! on its connection waits too. So acknowledged writes have **connections of their own**
+//! ([`Acknowledging`], a few, taken in turn): reads, polls, signals and unacknowledged writes
+//! never queue behind a `WAIT`, and a few acknowledged writes wait at once.
+//!
 //! A `WAIT` answered by fewer replicas fails the operation with
 //! [`StorageError::Unavailable`](crate::storage::StorageError::Unavailable): the write is on
 //! the master and may survive (the retry is idempotent where it matters: a send with an origin,
 //! a claim, a completion), but no one is told it is safe. The same holds when the master has
-//! fewer replicas than asked (one was lost, or a failover promoted the only one): writes fail
-//! until a replica is back, as Redis's own `min-replicas-to-write` would refuse them.
+//! fewer replicas than asked (one was lost, or a failover promoted the only one): each
+//! acknowledged write then waits out the timeout and fails, until a replica is back (Redis's
+//! own `min-replicas-to-write` refuses them at once instead, with `NOREPLICAS`).
+//!
+//! Other nodes may act on a write while its `WAIT` is out (a signal, a poll reading the log):
+//! the wait makes what the *writer* reports safe, not what others see meanwhile.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::{Cmd, RedisError, ScriptInvocation, Value};
+
+/// How many connections acknowledged writes share (per server, or per cluster client): each
+/// holds one `WAIT` at a time, so this many writes wait for their replicas at once, and a
+/// missing replica holds up this many writes per timeout, never the reads.
+pub(super) const ACKNOWLEDGING_CONNECTIONS: usize = 4;
+
+/// The setting, and the connections acknowledged writes go over (see the
+/// [module documentation](self)).
+pub(super) struct Acknowledging<C> {
+    pub(super) acks: ReplicaAcks,
+    conns: Vec<C>,
+    next: AtomicUsize,
+}
+
+impl<C: Clone> Acknowledging<C> {
+    /// `conns` is never empty: the builders make [`ACKNOWLEDGING_CONNECTIONS`].
+    pub(super) fn new(acks: ReplicaAcks, conns: Vec<C>) -> Self {
+        assert!(!conns.is_empty(), "acknowledged writes need a connection");
+        Self {
+            acks,
+            conns,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next connection, in turn.
+    pub(super) fn connection(&self) -> C {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+}
 
 /// Whether an operation's writes wait for replicas, when the storage was told to
 /// (`replica_acks` on either builder).
@@ -27,8 +68,9 @@ pub(super) enum Replication {
     /// Others act on the write once the operation returns (a message stored, a handled
     /// message's record, a reply, a room or data write): it waits.
     Acknowledged,
-    /// Losing the write costs at most a repeat that the protocol absorbs (a read's cursor and
-    /// presence, a lease renewal, a reap): it does not wait.
+    /// Losing the write costs at most a repeat that the protocol absorbs: a read's cursor (its
+    /// messages count as unconfirmed again, and are confirmed again) and presence, a lease
+    /// renewal, a reap (a departure reported twice). It does not wait.
     Asynchronous,
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::super::builder::{Timeouts, check_ack_timeout};
 use super::super::error::within;
 use super::super::payloads::PayloadCache;
-use super::super::replicas::ReplicaAcks;
+use super::super::replicas::{ACKNOWLEDGING_CONNECTIONS, Acknowledging, ReplicaAcks};
 use super::super::signals::{AbortOnDrop, SIGNAL_CAPACITY};
 use super::buckets::BUCKETS;
 use super::signals::{Channels, Subscriber, subscribe};
@@ -95,19 +95,25 @@ impl RedisClusterStorageBuilder {
 
     /// Makes every operation that others act on — an append (what `stored()` waits for), a
     /// claim and a completion of a client's message, a reply, a join, a leave, a data write —
-    /// return only once `replicas` replicas of the master that wrote it hold it (`WAIT`), so
-    /// that a master killed afterwards and replaced by one of them loses none of it. Default:
-    /// none, Redis's asynchronous replication, where a failover can lose the last writes a
-    /// master acknowledged.
+    /// return only once `replicas` replicas of the master that wrote it hold it (`WAIT`, in one
+    /// pipeline with the write), so that a master killed afterwards and replaced by one of them
+    /// loses none of it. Default: none, Redis's asynchronous replication, where a failover can
+    /// lose the last writes a master acknowledged.
+    ///
+    /// These writes go over connections of their own (four): Redis reads nothing more from a
+    /// connection while a `WAIT` on it is unanswered, so reads, polls, signals and the other
+    /// writes never queue behind one. Reads, a poll's cursor and presence, lease renewals,
+    /// reaps and the epoch's copies do not wait: losing them in a failover costs a repeat (a
+    /// message counted unconfirmed again, a departure reported twice), not a message.
     ///
     /// If fewer replicas acknowledge within `timeout`, the operation fails with
     /// [`StorageError::Unavailable`] (a request answers 503; the write is on the master and
-    /// may survive, and a retry stores it once where it matters). So a master with fewer
-    /// replicas than asked — one is down, or a failover promoted its only one — refuses
-    /// writes until one is back: ask for no more replicas than each master can lose and keep.
-    /// Each acknowledged operation then costs a replica's round trip more; `docs/benchmarks.md`
-    /// measures it. Reads, a poll's cursor and presence, and lease renewals do not wait:
-    /// losing them costs a repeat the protocol absorbs.
+    /// may survive, and a retry stores it once where it matters). So while a master has fewer
+    /// replicas than asked — one is down, or a failover promoted its only one — each
+    /// acknowledged write to it waits out the timeout and fails, until a replica is back (set
+    /// Redis's `min-replicas-to-write` on the masters to refuse them at once instead). Each
+    /// acknowledged operation costs a replica's round trip more; `docs/benchmarks.md`
+    /// measures it.
     ///
     /// `timeout` must be shorter than the [response timeout](Self::response_timeout), which
     /// bounds the write and its `WAIT` together. `replicas` 0 turns acknowledgement off again.
@@ -165,6 +171,16 @@ impl RedisClusterStorageBuilder {
         };
         let client = builder().build().map_err(invalid)?;
         let conn = within(deadline, client.get_async_connection()).await?;
+        let acknowledging = match self.replica_acks {
+            Some(acks) => {
+                let mut conns = Vec::with_capacity(ACKNOWLEDGING_CONNECTIONS);
+                for _ in 0..ACKNOWLEDGING_CONNECTIONS {
+                    conns.push(within(deadline, client.get_async_connection()).await?);
+                }
+                Some(Acknowledging::new(acks, conns))
+            }
+            None => None,
+        };
         let (push_sender, pushes) = mpsc::unbounded_channel();
         let subscriber_client = builder()
             .use_protocol(ProtocolVersion::RESP3)
@@ -202,7 +218,7 @@ impl RedisClusterStorageBuilder {
                 received,
                 signals,
                 deadline,
-                replica_acks: self.replica_acks,
+                acknowledging,
                 payloads: Mutex::new((0..BUCKETS).map(|_| PayloadCache::default()).collect()),
                 _subscriber: AbortOnDrop(subscriber),
             }),

@@ -122,7 +122,7 @@ use super::parse::{
     parse_reap, parse_replies, parse_reply,
 };
 use super::payloads::{PayloadCache, share_payloads};
-use super::replicas::{ReplicaAcks, Replication, invoke_acked, write_acked};
+use super::replicas::{Acknowledging, Replication, invoke_acked, write_acked};
 use super::signals::{AbortOnDrop, json_string, signal_json};
 use super::{MEMBERS_PAGE, REAP_BATCH};
 use crate::hash::HashSet;
@@ -204,9 +204,10 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most one command may take, reconnecting included.
     deadline: Duration,
-    /// Replicas that must hold an acknowledged write before its operation returns; `None`:
-    /// Redis's asynchronous replication (see [`replicas`]).
-    replica_acks: Option<ReplicaAcks>,
+    /// Replicas that must hold an acknowledged write before its operation returns, and the
+    /// cluster connections such writes go over; `None`: Redis's asynchronous replication (see
+    /// [`replicas`]).
+    acknowledging: Option<Acknowledging<ClusterConnection>>,
     /// Per bucket, the payloads of the latest fan-outs stored there (see `PayloadCache`).
     payloads: Mutex<Vec<PayloadCache>>,
     /// The task reading the subscription; stops with the last handle.
@@ -218,7 +219,10 @@ impl fmt::Debug for RedisClusterStorage {
         f.debug_struct("RedisClusterStorage")
             .field("key_prefix", &self.inner.prefix)
             .field("deadline", &self.inner.deadline)
-            .field("replica_acks", &self.inner.replica_acks)
+            .field(
+                "replica_acks",
+                &self.inner.acknowledging.as_ref().map(|a| a.acks),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -276,7 +280,7 @@ impl RedisClusterStorage {
         let (reply, effects) = self
             .eval_deferred(bucket, script, replication, args)
             .await?;
-        self.apply(effects).await?;
+        self.apply(effects, replication).await?;
         Ok(reply)
     }
 
@@ -295,9 +299,10 @@ impl RedisClusterStorage {
         let prefix = bucket_prefix(&self.inner.prefix, bucket);
         // The bucket's epoch key routes the script to the bucket's slot.
         let key = format!("{prefix}epoch");
-        let acks = self
+        let acknowledging = self
             .inner
-            .replica_acks
+            .acknowledging
+            .as_ref()
             .filter(|_| replication == Replication::Acknowledged);
         let mut recovered = false;
         loop {
@@ -306,17 +311,20 @@ impl RedisClusterStorage {
             invocation.arg(&prefix).arg("-").arg("-");
             args(&mut invocation);
             invocation.arg(&self.inner.node);
-            let mut conn = self.inner.conn.clone();
             let run = async {
-                match acks {
-                    Some(acks) => {
+                match acknowledging {
+                    Some(acknowledging) => {
+                        let mut conn = acknowledging.connection();
                         let mut master = SlotMaster {
                             conn: &mut conn,
                             key: &key,
                         };
-                        invoke_acked(&mut master, &invocation, acks).await
+                        invoke_acked(&mut master, &invocation, acknowledging.acks).await
                     }
-                    None => invocation.invoke_async::<Value>(&mut conn).await,
+                    None => {
+                        let mut conn = self.inner.conn.clone();
+                        invocation.invoke_async::<Value>(&mut conn).await
+                    }
                 }
             };
             match tokio::time::timeout(self.inner.deadline, run).await {
@@ -339,7 +347,12 @@ impl RedisClusterStorage {
     /// Carries out what scripts deferred: room writes (their failure fails the operation,
     /// which may be retried: they are idempotent) and signals (a failure is only logged:
     /// signals are wakeups, waiters recheck anyway, and the write they announce is made).
-    async fn apply(&self, mut effects: Vec<Effect>) -> Result<(), StorageError> {
+    /// Room writes are acknowledged by replicas with `replication`, the deferring script's.
+    async fn apply(
+        &self,
+        mut effects: Vec<Effect>,
+        replication: Replication,
+    ) -> Result<(), StorageError> {
         if effects.is_empty() {
             return Ok(());
         }
@@ -352,10 +365,10 @@ impl RedisClusterStorage {
                     signals.push(self.spublish(format!("{}{channel}", self.inner.prefix), json));
                 }
                 Effect::RoomAdd { room, member } => {
-                    rooms.push(self.room_write("SADD", self.room_key(&room), member));
+                    rooms.push(self.room_write("SADD", self.room_key(&room), member, replication));
                 }
                 Effect::RoomRemove { room, member } => {
-                    rooms.push(self.room_write("SREM", self.room_key(&room), member));
+                    rooms.push(self.room_write("SREM", self.room_key(&room), member, replication));
                 }
             }
         }
@@ -369,25 +382,33 @@ impl RedisClusterStorage {
     }
 
     /// A room's `SADD` or `SREM`, deferred by a join, a leave or a reap: acknowledged by
-    /// replicas like the script that deferred it (a reap's too: it is rare and small).
+    /// replicas if the script that deferred it is.
     async fn room_write(
         &self,
         command: &str,
         key: String,
         member: String,
+        replication: Replication,
     ) -> Result<(), StorageError> {
-        let mut conn = self.inner.conn.clone();
         let mut cmd = redis::cmd(command);
         cmd.arg(&key).arg(member);
-        match self.inner.replica_acks {
-            Some(acks) => {
+        match self
+            .inner
+            .acknowledging
+            .as_ref()
+            .filter(|_| replication == Replication::Acknowledged)
+        {
+            Some(acknowledging) => {
+                let mut conn = acknowledging.connection();
                 let mut master = SlotMaster {
                     conn: &mut conn,
                     key: &key,
                 };
-                within(self.inner.deadline, write_acked(&mut master, cmd, acks)).await
+                let write = write_acked(&mut master, cmd, acknowledging.acks);
+                within(self.inner.deadline, write).await
             }
             None => {
+                let mut conn = self.inner.conn.clone();
                 within(self.inner.deadline, cmd.query_async::<i64>(&mut conn)).await?;
                 Ok(())
             }
@@ -590,7 +611,7 @@ impl RedisClusterStorage {
                 })
                 .await?;
             let more = parse_reap(&reply, departures)?;
-            if let Err(err) = self.apply(effects).await {
+            if let Err(err) = self.apply(effects, Replication::Asynchronous).await {
                 warn!(cause = %err, "a reaped client's room membership was not removed");
             }
             if !more {
@@ -725,7 +746,7 @@ impl Storage for RedisClusterStorage {
             }
         }
         // What was stored is announced, even if another bucket failed.
-        self.apply(effects).await?;
+        self.apply(effects, Replication::Acknowledged).await?;
         if let Some(err) = failure {
             return Err(err);
         }
