@@ -156,20 +156,24 @@ impl RedisClusterStorageBuilder {
             response: self.response_timeout,
         };
         let deadline = timeouts.connect + timeouts.response;
-        let builder = || {
+        let builder = |retries| {
             ClusterClientBuilder::new(self.urls.clone())
                 .connection_timeout(timeouts.connect)
                 .response_timeout(timeouts.response)
-                // Few, quick retries: a request should fail fast with 503 rather than wait out
-                // an outage; redirections during a failover are retried within the timeout.
-                .retries(3)
+                .retries(retries)
                 .min_retry_wait(20)
                 .max_retry_wait(500)
         };
         let invalid = |e: redis::RedisError| {
             StorageError::Unavailable(format!("invalid Redis Cluster settings: {e}"))
         };
-        let client = builder().build().map_err(invalid)?;
+        // Commands are never re-sent: the cluster client re-sends a request whose connection
+        // dropped before its answer, and a script that had run would run twice (an append
+        // without an origin would store its message twice). Such a request fails instead, as
+        // does one redirected after a failover or a slot migration (the client learns the new
+        // slots from it, so the next one goes right): a 503, whose retry by the client is
+        // stored or handled once.
+        let client = builder(0).build().map_err(invalid)?;
         let conn = within(deadline, client.get_async_connection()).await?;
         let acknowledging = match self.replica_acks {
             Some(acks) => {
@@ -182,7 +186,9 @@ impl RedisClusterStorageBuilder {
             None => None,
         };
         let (push_sender, pushes) = mpsc::unbounded_channel();
-        let subscriber_client = builder()
+        // The subscription's commands (`SSUBSCRIBE`, its probes) may be re-sent: they write
+        // nothing. A few quick retries, to follow a failover without an error.
+        let subscriber_client = builder(3)
             .use_protocol(ProtocolVersion::RESP3)
             .push_sender(push_sender)
             .build()
