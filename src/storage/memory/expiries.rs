@@ -21,6 +21,10 @@ use crate::id::UserId;
 /// Holes tolerated before packing is considered at all: packing a short run often is waste.
 const MIN_HOLES: usize = 64;
 
+/// Room a run keeps however little it holds (8 KiB): a shard that gets a message now and then
+/// does not reallocate each time.
+const MIN_ROOM: usize = 256;
+
 #[derive(Debug, Default)]
 pub(super) struct Expiries {
     /// Ascending by `(expiry, position)`; `None` is a hole. Its front is never a hole.
@@ -54,6 +58,7 @@ impl Expiries {
                         self.run.retain(|(_, _, user)| user.is_some());
                         self.holes = 0;
                     }
+                    self.shrink_if_sparse();
                 }
             }
             Err(_) => {
@@ -85,6 +90,7 @@ impl Expiries {
         if from_run {
             let (_, pos, user) = self.run.pop_front()?;
             self.drop_front_holes();
+            self.shrink_if_sparse();
             // The front is never a hole.
             user.map(|user| (pos, user))
         } else {
@@ -97,6 +103,16 @@ impl Expiries {
         while self.run.front().is_some_and(|(_, _, user)| user.is_none()) {
             self.run.pop_front();
             self.holes -= 1;
+        }
+    }
+
+    /// Gives back the room of a run that held far more than it holds now (a large fan-out,
+    /// delivered), keeping twice what it holds: growing again to the same size costs one more
+    /// reallocation, so the work stays proportional to what was removed.
+    fn shrink_if_sparse(&mut self) {
+        let keep = self.run.len().max(MIN_ROOM);
+        if self.run.capacity() > 4 * keep {
+            self.run.shrink_to(2 * keep);
         }
     }
 
@@ -152,6 +168,24 @@ mod tests {
         let left = drain(&mut e);
         assert_eq!(left, (0..n).step_by(2).collect::<Vec<_>>());
         assert_eq!(e.holes, 0);
+    }
+
+    #[test]
+    fn a_run_emptied_after_a_burst_gives_its_room_back() {
+        let mut e = Expiries::default();
+        for pos in 0..100_000 {
+            e.insert(1_000, pos, UserId::from("u"));
+        }
+        for pos in 0..100_000 {
+            e.remove(1_000, pos);
+        }
+        assert_eq!(e.len(), 0);
+        assert!(e.run.capacity() <= 4 * MIN_ROOM, "{}", e.run.capacity());
+        for pos in 0..1_000 {
+            e.insert(2_000, pos, UserId::from("u"));
+        }
+        assert_eq!(drain(&mut e).len(), 1_000);
+        assert!(e.run.capacity() <= 4 * MIN_ROOM, "{}", e.run.capacity());
     }
 
     #[test]
