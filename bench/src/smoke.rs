@@ -194,7 +194,7 @@ pub async fn run(opts: Opts) -> Result<()> {
     );
 
     for target in [Target::Simpleio, Target::HyperHold] {
-        let per = idle::per_poll(opts, target, 200).await?;
+        let per = idle::per_poll(opts, target, crate::servers::Http::Axum, 200).await?;
         eprintln!("smoke: idle {target:?}: {per:.0} bytes per waiting poll");
         ensure!(per.is_finite(), "idle {target:?}: no figure");
     }

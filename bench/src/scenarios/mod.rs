@@ -125,6 +125,11 @@ impl Drop for DataDir {
 impl Servers {
     /// Starts `target`'s processes, pinned to the server core.
     pub fn start(target: Target, opts: Opts) -> Result<Servers> {
+        Self::start_with(target, opts, &[])
+    }
+
+    /// [`start`](Self::start), with more arguments for the server (such as `--http http1`).
+    pub fn start_with(target: Target, opts: Opts, extra: &[String]) -> Result<Servers> {
         let core = opts.server_core;
         let mut data = None;
         let (redis, args) = match target {
@@ -169,6 +174,8 @@ impl Servers {
                 vec!["hyper-hold".into(), "--hold".into(), "120".into()],
             ),
         };
+        let mut args = args;
+        args.extend_from_slice(extra);
         let server = child::server(&args[0], &args, core, &[])?;
         Ok(Servers {
             server,

@@ -19,11 +19,11 @@ use simpleio::{
 };
 use tower::{BoxError, ServiceExt, service_fn};
 
-use super::{BoxFuture, Broadcast, Control, Mode, Tick};
+use super::{BoxFuture, Broadcast, Control, Http, Mode, Tick};
 
 /// Runs the server until the process is stopped; with `metrics`, with a Prometheus recorder
 /// installed first (never rendered: what is measured is what counting costs).
-pub async fn run(port: u16, storage: &str, metrics: bool) -> Result<()> {
+pub async fn run(port: u16, storage: &str, metrics: bool, http: Http) -> Result<()> {
     super::init_tracing();
     if metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -81,7 +81,7 @@ pub async fn run(port: u16, storage: &str, metrics: bool) -> Result<()> {
         tower::Layer::layer(&layer, app),
         |response| response.map(axum::body::Body::new),
     );
-    super::serve(port, service).await
+    super::serve(port, http, service).await
 }
 
 /// The `user` query parameter (or `x-user` header), taken as is: a benchmark identity as cheap
