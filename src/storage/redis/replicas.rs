@@ -24,6 +24,13 @@
 //!
 //! Other nodes may act on a write while its `WAIT` is out (a signal, a poll reading the log):
 //! the wait makes what the *writer* reports safe, not what others see meanwhile.
+//!
+//! A script that finds its work done and writes nothing (an append of a send its origin shows
+//! stored, a claim of a message already handled) is acknowledged too: on Redis 7.0, any command
+//! moves the connection's replication offset to the master's, so its `WAIT` covers the earlier
+//! write it found; Redis 7.2 moves it only after a write, so there such a `WAIT` may answer
+//! before the earlier write is on a replica (the write the first attempt made, if that
+//! attempt's own `WAIT` failed).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
