@@ -71,6 +71,7 @@
 //! | `REDIS_URL` | unset | use `RedisStorage` at this URL (feature `redis`), for several processes |
 //! | `DATABASE_URL` | unset | use `PostgresStorage` on this PostgreSQL (feature `postgres`), for several processes |
 //! | `REDIS_CLUSTER_URLS` | unset | use `RedisClusterStorage` on the cluster of these nodes, comma-separated (feature `redis-cluster`) |
+//! | `REDIS_REPLICA_ACKS` | 0 | with `REDIS_CLUSTER_URLS`: how many replicas must hold each acknowledged write before it returns (`replica_acks`, 500 ms timeout) |
 //! | `SIMPLEIO_DATA` | `simpleio-data` | without `REDIS_URL` or `DATABASE_URL`: the folder of the storage file (feature `durable`, on by default); `memory` keeps everything in memory instead |
 //! | `SIMPLEIO_NODE` | `chat-PORT` | this process's name, sent in an `x-simpleio-node` header on every response, so you can see which process answered |
 //! | `SIMPLEIO_HOLD_MS` | 25000 | how long a poll waits for a message |
@@ -286,10 +287,19 @@ async fn cluster_storage(builder: Builder, urls: String) -> Result<Builder, BoxE
     #[cfg(feature = "redis-cluster")]
     {
         let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_owned()).collect();
+        let acks: u32 = match std::env::var("REDIS_REPLICA_ACKS") {
+            Ok(n) => n
+                .parse()
+                .map_err(|_| format!("REDIS_REPLICA_ACKS is a number of replicas, not {n:?}"))?,
+            Err(_) => 0,
+        };
         // The cluster may still be forming (its start script): retry a while.
         let mut attempt = 0;
         let cluster = loop {
-            match simpleio::RedisClusterStorage::connect(urls.clone()).await {
+            let connecting = simpleio::RedisClusterStorage::builder(urls.clone())
+                .replica_acks(acks, Duration::from_millis(500))
+                .connect();
+            match connecting.await {
                 Ok(cluster) => break cluster,
                 Err(e) if attempt < 20 => {
                     attempt += 1;
@@ -299,7 +309,7 @@ async fn cluster_storage(builder: Builder, urls: String) -> Result<Builder, BoxE
                 Err(e) => return Err(e.into()),
             }
         };
-        tracing::info!("storage: Redis Cluster");
+        tracing::info!(replica_acks = acks, "storage: Redis Cluster");
         Ok(builder.storage(cluster))
     }
     #[cfg(not(feature = "redis-cluster"))]

@@ -538,6 +538,7 @@ impl Emitter {
         let namespace = self.io.namespace.clone();
         let origin = (self.io.origins.as_ref()).map(|o| o.next(&namespace, &event));
         let mut expectation = shared.hub.expect([]);
+        expectation.reserve(recipients.len());
         let mut not_stored = Vec::new();
         // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out, and a
         // long one lets other tasks have the thread every few milliseconds. Every chunk shares

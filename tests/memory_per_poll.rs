@@ -54,6 +54,7 @@ async fn a_waiting_poll_costs_simpleio_under_two_kilobytes_and_its_records_under
     let warm = service.ready().await.expect("ready");
     drop(warm.call(request(POLLS, None)).await.expect("answer"));
     let unknown = counting::live();
+    let unknown_blocks = counting::blocks();
     let mut handshakes = Vec::new();
     for i in 0..POLLS {
         let ready = service.ready().await.expect("ready");
@@ -73,6 +74,7 @@ async fn a_waiting_poll_costs_simpleio_under_two_kilobytes_and_its_records_under
     drop(handshakes);
     let known = counting::live();
     let records = (known - unknown) as f64 / POLLS as f64;
+    let record_blocks = (counting::blocks() - unknown_blocks) as f64 / POLLS as f64;
 
     // The requests are made before counting: the HTTP server allocates them, its part and not
     // simpleio's. simpleio frees a poll's headers once it has read them; that saving is not
@@ -83,6 +85,7 @@ async fn a_waiting_poll_costs_simpleio_under_two_kilobytes_and_its_records_under
     let request_bytes = (counting::live() - made) as f64 / POLLS as f64;
     let mut waiting = Vec::with_capacity(POLLS);
     let before = counting::live();
+    let before_blocks = counting::blocks();
     for request in requests.drain(..) {
         let ready = service.ready().await.expect("ready");
         let mut poll = Box::pin(ready.call(request));
@@ -93,13 +96,15 @@ async fn a_waiting_poll_costs_simpleio_under_two_kilobytes_and_its_records_under
     tokio::task::yield_now().await;
     assert_eq!(io.waiting_polls(), POLLS);
     let after = counting::live();
+    let poll_blocks = (counting::blocks() - before_blocks) as f64 / POLLS as f64;
     // What the request held is freed while the poll waits: add it back, so that the figure is
     // what simpleio itself keeps.
     let per_poll = (after - before) as f64 / POLLS as f64 + request_bytes;
     println!(
         "simpleio's own memory per waiting poll: {per_poll:.0} bytes (the request's {request_bytes:.0} \
          bytes, freed while it waits, not counted in its favour), beside {records:.0} bytes of \
-         storage records per connected user and client"
+         storage records per connected user and client; in {poll_blocks:.1} and {record_blocks:.1} \
+         live allocations"
     );
     assert!(
         per_poll < 2048.0,

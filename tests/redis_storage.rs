@@ -2761,3 +2761,111 @@ async fn reaping_a_client_in_thousands_of_rooms_runs_no_long_script() {
     assert!(storage.rooms(&tab).await.expect("rooms").is_empty());
     assert!(storage.reap().await.expect("reap").is_empty());
 }
+
+/// A primary with one replica (`--replicaof`): with `replica_acks(1, ..)`, an append returns
+/// once the replica holds it; with the replica frozen (SIGSTOP) it fails with `Unavailable`
+/// after the ack timeout, saying why, where a storage without acknowledgement stores it; once
+/// the replica goes on, acknowledged appends succeed again.
+#[tokio::test]
+async fn an_acknowledged_append_waits_for_the_replica_and_fails_without_it() {
+    let Some(primary) = RedisServer::start() else {
+        return;
+    };
+    let primary_port = primary.port();
+    let Some(mut replica) = RedisServer::start_with(|_| {
+        vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary_port.to_string(),
+        ]
+    }) else {
+        return;
+    };
+    let prefix = fresh_prefix();
+    let acked = RedisStorage::builder(primary.url())
+        .key_prefix(&prefix)
+        .replica_acks(1, Duration::from_millis(300))
+        .connect()
+        .await
+        .expect("connect");
+    let plain = node_on(&primary, &prefix).await;
+    // The replica's first sync takes a moment: until then, nothing is acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acked
+        .append(vec![message("ann", "first", LONG)], queue(1_000))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never acknowledged a write"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    replica.pause();
+    let started = std::time::Instant::now();
+    let refused = acked
+        .append(vec![message("ann", "unacknowledged", LONG)], queue(1_000))
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(StorageError::Unavailable(e)) if e.contains("0 of the 1 replicas")
+        ),
+        "an append its replica did not acknowledge: {refused:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "failed before the ack timeout"
+    );
+    plain
+        .append(vec![message("ann", "plain", LONG)], queue(1_000))
+        .await
+        .expect("without acknowledgement, the primary alone stores it");
+    // Reads do not queue behind the writes waiting for the replica: a fetch made while eight
+    // acknowledged appends wait answers at once.
+    let waiting: Vec<_> = (0..8)
+        .map(|i| {
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                acked
+                    .append(
+                        vec![message("ann", &format!("waiting{i}"), LONG)],
+                        queue(1_000),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let read = std::time::Instant::now();
+    acked
+        .fetch(request("ann", "tab1", None))
+        .await
+        .expect("a fetch with the replica frozen");
+    assert!(
+        read.elapsed() < Duration::from_millis(250),
+        "a fetch waited {:?} behind the acknowledged appends",
+        read.elapsed()
+    );
+    for append in waiting {
+        assert!(
+            append.await.expect("append task").is_err(),
+            "acknowledged without a replica"
+        );
+    }
+
+    replica.resume();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(err) = acked
+        .append(vec![message("ann", "again", LONG)], queue(1_000))
+        .await
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged appends did not come back with the replica: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -128,13 +128,27 @@ pub fn free_port() -> Result<u16> {
 /// Starts a fresh `redis-server` on a free port, on `core`, without persistence, and waits
 /// until it answers.
 pub fn redis(core: usize) -> Result<Child> {
+    redis_with(core, "redis", &[])
+}
+
+/// A `redis-server` with `extra` arguments after the usual ones, its log `NAME.log`.
+fn redis_with(core: usize, name: &str, extra: &[String]) -> Result<Child> {
     let port = free_port()?;
-    let log = work_dir()?.join("redis.log");
-    let args: Vec<String> = [
+    let log = work_dir()?.join(format!("{name}-{port}.log"));
+    let dir = work_dir()?;
+    let dir = dir
+        .to_str()
+        .context("the work folder's path is not UTF-8")?;
+    let mut args: Vec<String> = [
         "--port",
         &port.to_string(),
         "--bind",
         "127.0.0.1",
+        // A replica writes the snapshot it syncs from to its folder: not the caller's.
+        "--dir",
+        dir,
+        "--dbfilename",
+        &format!("dump-{port}.rdb"),
         "--save",
         "",
         "--appendonly",
@@ -143,6 +157,7 @@ pub fn redis(core: usize) -> Result<Child> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend_from_slice(extra);
     let child = command(core, &[], "redis-server", &args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log)?)
@@ -166,6 +181,117 @@ pub fn redis(core: usize) -> Result<Child> {
         child.addr,
         child.log_tail()
     )
+}
+
+/// Starts a Redis Cluster of `masters` masters, each with `replicas` replicas, every node on
+/// `core`, joined with `redis-cli --cluster create`; returns once every node says the cluster
+/// is ready and every master's replicas are online. The nodes' files go with the work folder's
+/// `cluster-PID-N` folder.
+pub fn redis_cluster(core: usize, masters: usize, replicas: usize) -> Result<Vec<Child>> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = work_dir()?.join(format!("cluster-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut nodes = Vec::new();
+    for i in 0..masters * (1 + replicas) {
+        let extra: Vec<String> = vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            dir.join(format!("nodes-{i}.conf")).display().to_string(),
+            // The bus port is the node's plus 10000 by default: maybe taken, or out of range.
+            "--cluster-port".into(),
+            free_port()?.to_string(),
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+        ];
+        nodes.push(redis_with(core, "redis-cluster", &extra)?);
+    }
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(nodes.iter().map(|n| n.addr.to_string()))
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .context("running redis-cli --cluster create (is redis-tools installed?)")?;
+    anyhow::ensure!(
+        created.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&created.stdout)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = nodes.iter().all(|node| {
+            let info = redis_command(node.addr, "CLUSTER INFO").unwrap_or_default();
+            let replication = redis_command(node.addr, "INFO replication").unwrap_or_default();
+            info.contains("cluster_state:ok")
+                && info.contains(&format!("cluster_known_nodes:{}", nodes.len()))
+                && (!replication.contains("role:master")
+                    || replication.contains(&format!("connected_slaves:{replicas}")))
+                && (replication.contains("role:master")
+                    || replication.contains("master_link_status:up"))
+        });
+        // A replica may say its link is up a second or so before it acknowledges writes.
+        if ready
+            && (replicas == 0
+                || nodes
+                    .iter()
+                    .all(|node| replicas_acknowledge(node.addr).unwrap_or(false)))
+        {
+            return Ok(nodes);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the Redis Cluster was not ready within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether a node is a replica, or a master whose replica acknowledges a write made on it
+/// (`WAIT 1`).
+fn replicas_acknowledge(addr: SocketAddr) -> Result<bool> {
+    use std::io::Write;
+    if !redis_command(addr, "INFO replication")?.contains("role:master") {
+        return Ok(true);
+    }
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    let mut answer = |line: &str| -> Result<String> {
+        writer.write_all(format!("{line}\r\n").as_bytes())?;
+        let mut reply = String::new();
+        reader.read_line(&mut reply)?;
+        Ok(reply.trim().to_owned())
+    };
+    // A key of one of this master's slots: the others answer MOVED.
+    for i in 0..64 {
+        if answer(&format!("SET simpleio-probe{{{i}}} 1"))? == "+OK" {
+            return Ok(answer("WAIT 1 300")? == ":1");
+        }
+    }
+    Ok(false)
+}
+
+/// One inline command to a Redis node; the reply's text (a bulk string's body).
+fn redis_command(addr: SocketAddr, line: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.write_all(format!("{line}\r\n").as_bytes())?;
+    let mut reader = BufReader::new(s);
+    let mut header = String::new();
+    reader.read_line(&mut header)?;
+    let len: usize = header
+        .trim()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .context("not a bulk string")?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn redis_ping(addr: SocketAddr) -> Result<()> {

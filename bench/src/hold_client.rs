@@ -1,5 +1,6 @@
-//! A virtual client of the `hyper-hold` server: `GET /hold` on one connection, again whenever it
-//! is answered. It only makes connections wait; it receives nothing.
+//! A virtual client of the `hyper-hold` server: `GET /hello` once, then `GET /hold` on the same
+//! connection, again whenever it is answered, as a simpleio client handshakes and then polls.
+//! It only makes connections wait; it receives nothing.
 
 use tokio::time::sleep;
 
@@ -23,6 +24,15 @@ pub async fn run(mut ctx: ClientCtx) -> ClientStats {
                 continue;
             }
         };
+        let hello = tokio::select! {
+            a = conn.get("/hello") => a,
+            _ = ctx.stop.changed() => break,
+        };
+        if let Err(e) = hello {
+            stats.on_error(&e);
+            sleep(RETRY_PAUSE).await;
+            continue;
+        }
         if permit.take().is_some() {
             // The request is sent right after this; the server counts it as waiting.
             ctx.progress

@@ -4,16 +4,16 @@
 //! ```text
 //! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
 //! simpleio-bench smoke
-//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
+//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N] [--port P] [--metrics] [--http axum|http1]
 //! simpleio-bench server socketioxide [--port P]
-//! simpleio-bench server hyper-hold [--port P] [--hold SECS]
+//! simpleio-bench server hyper-hold [--port P] [--hold SECS] [--http axum|http1]
 //! simpleio-bench server hyper-poll [--port P]
 //! ```
 //!
 //! `run` and `smoke` start every server as a child process of this executable, pinned to
 //! core 0 with `taskset -c 0`, and run the load generator — raw hyper HTTP/1.1 connections, one
 //! per virtual client, speaking simpleio's protocol or Engine.IO v4 — in this process, pinned to
-//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `room`, `redis`, `durable`,
+//! core 1. Scenarios: `broadcast`, `history`, `fanout`, `idle`, `room`, `redis`, `durable`, `cluster`,
 //! `callgrind`
 //! ([`scenarios`]).
 
@@ -34,14 +34,34 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+// The allocator of every process this executable runs (driver and servers alike), chosen at
+// build time: `--features mimalloc` or `--features jemalloc` (mimalloc if both, so that
+// `--all-features` builds); the system's (glibc) otherwise.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The name of the allocator this executable was built with, for the reports.
+pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else if cfg!(feature = "jemalloc") {
+    "jemalloc"
+} else {
+    "system (glibc)"
+};
+
 const USAGE: &str = "usage:
   simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
   simpleio-bench smoke
-  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/] [--port P] [--metrics]
+  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N] [--port P] [--metrics] [--http axum|http1]
   simpleio-bench server socketioxide [--port P]
-  simpleio-bench server hyper-hold [--port P] [--hold SECS]
+  simpleio-bench server hyper-hold [--port P] [--hold SECS] [--http axum|http1]
   simpleio-bench server hyper-poll [--port P]
-scenarios: broadcast, history, fanout, idle, room, redis, durable, callgrind
+scenarios: broadcast, history, fanout, idle, room, redis, durable, cluster, callgrind
 --seconds S: the durable scenario's long run on DurableStorage, S seconds (none without it)";
 
 fn main() {
@@ -154,8 +174,9 @@ fn server(flags: &mut Flags) -> Result<()> {
         "simpleio" => {
             let storage = flags.value("--storage")?.unwrap_or_else(|| "memory".into());
             let metrics = flags.switch("--metrics");
+            let http = servers::Http::parse(flags.value("--http")?.as_deref())?;
             flags.done()?;
-            runtime_multi()?.block_on(servers::simpleio::run(port, &storage, metrics))
+            runtime_multi()?.block_on(servers::simpleio::run(port, &storage, metrics, http))
         }
         "socketioxide" => {
             flags.done()?;
@@ -166,8 +187,13 @@ fn server(flags: &mut Flags) -> Result<()> {
                 .value("--hold")?
                 .map_or(Ok(25), |v| v.parse())
                 .context("--hold")?;
+            let http = servers::Http::parse(flags.value("--http")?.as_deref())?;
             flags.done()?;
-            runtime_multi()?.block_on(servers::hyper_hold::run(port, Duration::from_secs(hold)))
+            runtime_multi()?.block_on(servers::hyper_hold::run(
+                port,
+                Duration::from_secs(hold),
+                http,
+            ))
         }
         "hyper-poll" => {
             flags.done()?;

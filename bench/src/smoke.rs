@@ -85,7 +85,20 @@ pub async fn run(opts: Opts) -> Result<()> {
         }
     }
 
-    for target in [Target::Simpleio, Target::SimpleioDurable] {
+    let mut dm_targets = vec![Target::Simpleio, Target::SimpleioDurable];
+    if child::have("redis-server") && child::have("redis-cli") {
+        // The `cluster` scenario's heaviest case: three masters and replicas, writes
+        // acknowledged by them.
+        dm_targets.push(Target::SimpleioRedisCluster {
+            replicas: true,
+            acks: true,
+        });
+    } else if in_ci {
+        bail!("redis-server or redis-cli is missing (CI=true)");
+    } else {
+        eprintln!("smoke: SKIPPING the Redis Cluster case: redis-server or redis-cli is missing");
+    }
+    for target in dm_targets {
         let case = durable::DmCase {
             target,
             users: 20,
@@ -181,7 +194,7 @@ pub async fn run(opts: Opts) -> Result<()> {
     );
 
     for target in [Target::Simpleio, Target::HyperHold] {
-        let per = idle::per_poll(opts, target, 200).await?;
+        let per = idle::per_poll(opts, target, crate::servers::Http::Axum, 200).await?;
         eprintln!("smoke: idle {target:?}: {per:.0} bytes per waiting poll");
         ensure!(per.is_finite(), "idle {target:?}: no figure");
     }

@@ -78,7 +78,8 @@ else
     redis-cli -p "$REDIS_CLUSTER_PORT" cluster info | grep -q cluster_state:ok && break
     sleep 0.1
   done
-  storage=(REDIS_CLUSTER_URLS="$(IFS=,; echo "${urls[*]}")")
+  # Each acknowledged write waits for its master's replica (REDIS_REPLICA_ACKS=0 to turn off).
+  storage=(REDIS_CLUSTER_URLS="$(IFS=,; echo "${urls[*]}")" REDIS_REPLICA_ACKS="${REDIS_REPLICA_ACKS:-1}")
   where="a Redis Cluster on $REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5)) (3 masters, 3 replicas)"
 fi
 

@@ -6,7 +6,6 @@
 //! O(log n) per delivered message, whatever the number of recipients or of other senders. No
 //! sender re-reads the storage on every confirmation of any recipient.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -99,9 +98,9 @@ struct Slot {
 
 /// Waiting messages of one namespace (or one client in one namespace), in position order.
 /// Messages are usually tracked in the order they were appended, so they go at the back, and
-/// confirmations settle them from the front: each costs O(1), with one small allocation per
-/// user, not a tree node per message.
-type Queue = VecDeque<(Position, Slot)>;
+/// confirmations settle them from the front: each costs O(1), with no allocation for the first
+/// (and usually only) one of a user, not a tree node per message.
+type Queue = super::queue::Queue<Slot>;
 
 /// The queues of a user's messages, one per namespace. Nearly every user reads one namespace,
 /// so its queue lives in the record itself: a fan-out makes a queue for each recipient, and a
@@ -135,7 +134,7 @@ impl NsQueues {
 
     fn get_or_insert(&mut self, ns: &Arc<str>) -> &mut Queue {
         if self.first.is_none() {
-            return &mut self.first.insert((ns.clone(), Queue::new())).1;
+            return &mut self.first.insert((ns.clone(), Queue::default())).1;
         }
         if self.first.as_ref().is_some_and(|(n, _)| n == ns) {
             return &mut self.first.as_mut().expect("just checked").1;
@@ -143,7 +142,7 @@ impl NsQueues {
         let at = match self.rest.iter().position(|(n, _)| n == ns) {
             Some(at) => at,
             None => {
-                self.rest.push((ns.clone(), Queue::new()));
+                self.rest.push((ns.clone(), Queue::default()));
                 self.rest.len() - 1
             }
         };
@@ -241,10 +240,7 @@ impl Confirmations {
         // Positions are unique within a user's log, so one is taken only if two epochs gave
         // the same, or a send repeated by a handler run again was answered the first one's
         // (`NewMessage::origin`); the later send then learns its outcome from its rechecks.
-        let at = queue.partition_point(|(pos, _)| *pos < target.pos);
-        if queue.get(at).is_none_or(|(pos, _)| *pos != target.pos) {
-            queue.insert(at, (target.pos, slot));
-        }
+        queue.insert(target.pos, slot);
     }
 
     /// How many tracked messages wait, and the lowest position among them (the oldest: a
@@ -271,13 +267,7 @@ impl Confirmations {
     /// Stops waiting for `target` of `tracker` (its send ended or was dropped).
     pub(super) fn untrack(&mut self, tracker: &Arc<Tracker>, target: &DeliveryTarget) {
         let remove = |queue: &mut Queue| {
-            let at = queue.partition_point(|(pos, _)| *pos < target.pos);
-            let owned = queue.get(at).is_some_and(|(pos, slot)| {
-                *pos == target.pos && Arc::ptr_eq(&slot.tracker, tracker)
-            });
-            if owned {
-                queue.remove(at);
-            }
+            queue.remove_if(target.pos, |slot| Arc::ptr_eq(&slot.tracker, tracker));
         };
         match &target.client {
             None => {
@@ -348,7 +338,7 @@ impl Confirmations {
             .iter()
             .map(|(_, q)| q)
             .chain(self.clients.iter().flat_map(|side| side.targets.values()));
-        for (_, slot) in queues.flatten() {
+        for (_, slot) in queues.flat_map(|q| q.iter()) {
             slot.tracker.ask_recheck();
         }
     }
@@ -372,8 +362,8 @@ fn settle_front(queue: &mut Queue, cursor: Position, epoch: &Epoch) {
             other_epochs.push((pos, slot));
         }
     }
-    for kept in other_epochs.into_iter().rev() {
-        queue.push_front(kept);
+    for (pos, slot) in other_epochs.into_iter().rev() {
+        queue.push_front(pos, slot);
     }
 }
 

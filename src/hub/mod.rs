@@ -16,6 +16,7 @@
 
 mod confirm;
 mod mailbox;
+mod queue;
 mod replies;
 
 use std::hash::BuildHasher;
@@ -169,6 +170,7 @@ impl Hub {
             users: Vec::new(),
             tracker: Tracker::new(),
             targets: Vec::new(),
+            last: None,
         };
         expectation.expect(recipients);
         expectation
@@ -437,9 +439,21 @@ pub(crate) struct Expectation {
     tracker: Arc<Tracker>,
     /// Every tracked message, with the epoch it was appended in; the index is the tracker's.
     targets: Vec<(Epoch, DeliveryTarget)>,
+    /// The recipients last given to [`expect`](Self::expect) (from this index of `users`),
+    /// grouped by shard: [`track`](Self::track), given exactly their messages (the usual
+    /// case), groups them by these again instead of hashing every user once more.
+    last: Option<(usize, ByShard<usize, SHARDS>)>,
 }
 
 impl Expectation {
+    /// Makes room for `recipients` more recipients and their messages at once: a fan-out in
+    /// chunks would otherwise grow (and copy) its lists as each chunk comes.
+    pub(crate) fn reserve(&mut self, recipients: usize) {
+        self.users.reserve_exact(recipients);
+        self.targets.reserve_exact(recipients);
+        self.tracker.state().statuses.reserve_exact(recipients);
+    }
+
     /// Notes the confirmations of more recipients, before a message to them is appended (a
     /// fan-out in chunks expects each chunk's recipients just before it appends them).
     pub(crate) fn expect<'a>(&mut self, recipients: impl IntoIterator<Item = &'a Member>) {
@@ -447,9 +461,10 @@ impl Expectation {
         let first = self.users.len();
         self.users.extend(recipients.into_iter().cloned());
         let added = &self.users[first..];
-        for (shard, group) in self.hub.by_shard(added, |m| m.user()).groups() {
+        let grouped = ByShard::new(0..added.len(), |&i| self.hub.shard_of(added[i].user()));
+        for (shard, group) in grouped.groups() {
             let mut map = self.hub.shard(shard);
-            for &member in group {
+            for member in group.iter().map(|&i| &added[i]) {
                 let entry = match map.get_mut(member.user()) {
                     Some(entry) => entry,
                     None => map.entry(member.user().clone()).or_default(),
@@ -461,6 +476,7 @@ impl Expectation {
                 }
             }
         }
+        self.last = Some((first, grouped));
     }
 
     /// Waits for `targets`, appended in `epoch`, to be confirmed. Each recipient's user must be
@@ -474,10 +490,23 @@ impl Expectation {
                 .extend(std::iter::repeat_n(Status::Pending, targets.len()));
             state.pending += targets.len();
         }
-        let indexed = targets.iter().enumerate().map(|(i, t)| (first + i, t));
-        for (shard, group) in self.hub.by_shard(indexed, |(_, t)| &t.user).groups() {
+        // The same users in the same order: the same groups. A user id compares its pointer
+        // first, and each target's was cloned from its recipient's.
+        let last = self.last.take().filter(|(from, _)| {
+            let expected = &self.users[*from..];
+            expected.len() == targets.len()
+                && expected
+                    .iter()
+                    .zip(&targets)
+                    .all(|(m, t)| *m.user() == t.user)
+        });
+        let grouped = match last {
+            Some((_, grouped)) => grouped,
+            None => ByShard::new(0..targets.len(), |&i| self.hub.shard_of(&targets[i].user)),
+        };
+        for (shard, group) in grouped.groups() {
             let mut map = self.hub.shard(shard);
-            for &(index, target) in group {
+            for (index, target) in group.iter().map(|&i| (first + i, &targets[i])) {
                 let entry = match map.get_mut(&target.user) {
                     Some(entry) => entry,
                     None => map.entry(target.user.clone()).or_default(),
@@ -565,6 +594,7 @@ impl Drop for Expectation {
                 users: std::mem::take(&mut self.users),
                 tracker: self.tracker.clone(),
                 targets: std::mem::take(&mut self.targets),
+                last: None,
             };
             runtime.spawn(async move {
                 let chunks = rest

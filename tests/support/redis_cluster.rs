@@ -34,6 +34,16 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The nodes' cluster configuration files, outside their own directories (which go with
+    /// their process), so that a killed node restarted rejoins as the same node.
+    config_dir: std::path::PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.config_dir);
+    }
 }
 
 impl RedisCluster {
@@ -43,6 +53,13 @@ impl RedisCluster {
         if !redis_installed() {
             return None;
         }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let config_dir = std::env::temp_dir().join(format!(
+            "simpleio-redis-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&config_dir).expect("a directory for the cluster's files");
         let mut nodes = Vec::with_capacity(MASTERS * 2);
         for _ in 0..MASTERS * 2 {
             // The cluster bus needs a port of its own: by default the node's plus 10000, which
@@ -52,7 +69,10 @@ impl RedisCluster {
                     "--cluster-enabled".to_owned(),
                     "yes".to_owned(),
                     "--cluster-config-file".to_owned(),
-                    format!("nodes-{port}.conf"),
+                    config_dir
+                        .join(format!("nodes-{port}.conf"))
+                        .display()
+                        .to_string(),
                     "--cluster-port".to_owned(),
                     free_port().to_string(),
                     "--cluster-node-timeout".to_owned(),
@@ -83,7 +103,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout),
             String::from_utf8_lossy(&created.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, config_dir };
         cluster.wait_ready();
         Some(cluster)
     }
@@ -137,6 +157,43 @@ impl RedisCluster {
         }
     }
 
+    /// The port of the replica of the master on `port`.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let info = command(port, "INFO replication");
+        info.lines()
+            .filter(|l| l.starts_with("slave"))
+            .find_map(|l| {
+                l.split(',')
+                    .find_map(|kv| kv.strip_prefix("port="))
+                    .and_then(|p| p.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("the master on {port} has no replica: {info}"))
+    }
+
+    /// Freezes the node on `port` (SIGSTOP): it stays connected, but acknowledges nothing.
+    pub fn pause(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port() == port) {
+            node.pause();
+        }
+    }
+
+    /// Lets a paused node go on (SIGCONT).
+    pub fn resume(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port() == port) {
+            node.resume();
+        }
+    }
+
+    /// Starts the (killed) node on `port` again, in its directory: it reads its cluster
+    /// configuration there and rejoins, a former master as a replica of the one that
+    /// replaced it. Waits until every node is in sync again.
+    pub fn restart(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port() == port) {
+            node.restart();
+        }
+        self.wait_ready();
+    }
+
     /// Waits until every node says `cluster_state:ok` and knows all six nodes, and every
     /// replica is in sync with its master: before that, a command may be refused
     /// (`CLUSTERDOWN`) or sent to a node that does not own its slot, and a master's failure
@@ -153,7 +210,7 @@ impl RedisCluster {
                     && (replication.contains("role:master")
                         || replication.contains("master_link_status:up"))
             });
-            if ready {
+            if ready && self.replicas_acknowledge() {
                 return;
             }
             assert!(
@@ -162,6 +219,35 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether every master's replica acknowledges a write made on the master (`WAIT 1`):
+    /// for a second or so after the cluster says it is ready, a replica may not, and a
+    /// storage that waits for replicas would see its first writes refused.
+    fn replicas_acknowledge(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            let port = n.port();
+            if !command(port, "INFO replication").contains("role:master") {
+                return true;
+            }
+            let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut reader = BufReader::new(&stream);
+            let mut writer = &stream;
+            let mut answer = |line: &str| {
+                let mut reply = String::new();
+                (writer.write_all(format!("{line}\r\n").as_bytes()).is_ok()
+                    && reader.read_line(&mut reply).is_ok())
+                .then(|| reply.trim().to_owned())
+            };
+            // A key of one of this master's slots: the others answer MOVED.
+            let owned = (0..64).any(|i| {
+                answer(&format!("SET simpleio-probe{{{i}}} 1")).is_some_and(|r| r == "+OK")
+            });
+            owned && answer("WAIT 1 300").is_some_and(|r| r == ":1")
+        })
     }
 }
 

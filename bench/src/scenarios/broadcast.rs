@@ -37,6 +37,9 @@ impl Case {
         match self.target {
             Target::Simpleio => format!("simpleio {}", self.mode.as_str()),
             Target::SimpleioRedis => format!("simpleio+redis {}", self.mode.as_str()),
+            Target::SimpleioRedisCluster { .. } => {
+                format!("simpleio+redis-cluster {}", self.mode.as_str())
+            }
             Target::SimpleioDurable => format!("simpleio+durable {}", self.mode.as_str()),
             Target::Socketioxide => "socketioxide polling".to_owned(),
             Target::HyperHold => "hyper-hold".to_owned(),
@@ -207,7 +210,11 @@ async fn drive(
 fn kind_polls(target: Target) -> bool {
     matches!(
         target,
-        Target::Simpleio | Target::SimpleioRedis | Target::SimpleioDurable | Target::HyperPoll
+        Target::Simpleio
+            | Target::SimpleioRedis
+            | Target::SimpleioRedisCluster { .. }
+            | Target::SimpleioDurable
+            | Target::HyperPoll
     )
 }
 
@@ -215,7 +222,10 @@ fn kind_polls(target: Target) -> bool {
 fn confirms(target: Target) -> bool {
     matches!(
         target,
-        Target::Simpleio | Target::SimpleioRedis | Target::SimpleioDurable
+        Target::Simpleio
+            | Target::SimpleioRedis
+            | Target::SimpleioRedisCluster { .. }
+            | Target::SimpleioDurable
     )
 }
 

@@ -103,7 +103,7 @@ pub async fn measure_server(
     )?;
     let servers = Servers {
         server,
-        redis: None,
+        redis: Vec::new(),
         _data: None,
     };
     let addr = servers.addr();

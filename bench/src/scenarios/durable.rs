@@ -79,6 +79,9 @@ pub struct DmOutcome {
     pub peak_rss: u64,
     pub p50_us: u32,
     pub p99_us: u32,
+    /// Emit to `stored()`, at the server.
+    pub stored_p50_us: u32,
+    pub stored_p99_us: u32,
     /// On durable: commits during the load, the file's size at the end.
     pub commits: Option<u64>,
     pub file_bytes: Option<u64>,
@@ -208,6 +211,8 @@ async fn drive_dm(
         server_cpu_us: cpu1 - cpu0,
         redis_cpu_us: redis1 - redis0,
         peak_rss: servers.peak_rss()?,
+        stored_p50_us: dm.stored_p50_us,
+        stored_p99_us: dm.stored_p99_us,
         commits,
         file_bytes: s.file_bytes,
         samples,
@@ -215,11 +220,22 @@ async fn drive_dm(
     })
 }
 
-fn storage_name(target: Target) -> &'static str {
+pub fn storage_name(target: Target) -> &'static str {
     match target {
         Target::Simpleio => "memory",
         Target::SimpleioDurable => "durable",
         Target::SimpleioRedis => "redis",
+        Target::SimpleioRedisCluster {
+            replicas: false, ..
+        } => "redis cluster, 3 masters",
+        Target::SimpleioRedisCluster {
+            replicas: true,
+            acks: false,
+        } => "redis cluster, 3 masters + 3 replicas",
+        Target::SimpleioRedisCluster {
+            replicas: true,
+            acks: true,
+        } => "redis cluster, 3 + 3, replica acks",
         Target::Socketioxide | Target::HyperHold | Target::HyperPoll => "–",
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod broadcast;
 pub mod callgrind;
+pub mod cluster;
 pub mod durable;
 pub mod fanout;
 pub mod history;
@@ -31,6 +32,7 @@ pub const ALL: &[&str] = &[
     "room",
     "redis",
     "durable",
+    "cluster",
     "callgrind",
 ];
 
@@ -53,6 +55,7 @@ pub async fn run(name: &str, opts: Opts) -> Result<Vec<Table>> {
         "broadcast" => broadcast::broadcast(opts).await,
         "redis" => broadcast::redis(opts).await,
         "durable" => durable::run(opts).await,
+        "cluster" => cluster::run(opts).await,
         "history" => history::run(opts).await,
         "fanout" => fanout::run(opts, 10_000).await,
         "idle" => idle::run(opts, 10_000).await,
@@ -69,6 +72,9 @@ pub enum Target {
     Simpleio,
     /// simpleio on `RedisStorage`, with a fresh `redis-server` beside it.
     SimpleioRedis,
+    /// simpleio on `RedisClusterStorage`, on a fresh cluster of three masters, each with one
+    /// replica if `replicas`, with writes acknowledged by it (`replica_acks(1, ..)`) if `acks`.
+    SimpleioRedisCluster { replicas: bool, acks: bool },
     /// simpleio on `DurableStorage`, its file in a fresh folder removed afterwards.
     SimpleioDurable,
     /// socketioxide, polling transport.
@@ -79,11 +85,11 @@ pub enum Target {
     HyperPoll,
 }
 
-/// The processes of one measurement: the server, and Redis if it uses it. Stopped on drop,
-/// then the durable storage's folder is removed (fields drop in order).
+/// The processes of one measurement: the server, and the Redis servers it uses. Stopped on
+/// drop, then the durable storage's folder is removed (fields drop in order).
 pub struct Servers {
     pub server: Child,
-    pub redis: Option<Child>,
+    pub redis: Vec<Child>,
     /// Held for its drop only: the folder goes once the server is stopped.
     pub _data: Option<DataDir>,
 }
@@ -119,10 +125,15 @@ impl Drop for DataDir {
 impl Servers {
     /// Starts `target`'s processes, pinned to the server core.
     pub fn start(target: Target, opts: Opts) -> Result<Servers> {
+        Self::start_with(target, opts, &[])
+    }
+
+    /// [`start`](Self::start), with more arguments for the server (such as `--http http1`).
+    pub fn start_with(target: Target, opts: Opts, extra: &[String]) -> Result<Servers> {
         let core = opts.server_core;
         let mut data = None;
         let (redis, args) = match target {
-            Target::Simpleio => (None, vec!["simpleio".into()]),
+            Target::Simpleio => (Vec::new(), vec!["simpleio".into()]),
             Target::SimpleioDurable => {
                 let dir = DataDir::new()?;
                 let file = dir.file();
@@ -135,24 +146,36 @@ impl Servers {
                     format!("durable:{file}"),
                 ];
                 data = Some(dir);
-                (None, args)
+                (Vec::new(), args)
             }
             Target::SimpleioRedis => {
                 let redis = child::redis(core)?;
                 let url = format!("redis://{}/", redis.addr);
                 (
-                    Some(redis),
+                    vec![redis],
                     vec!["simpleio".into(), "--storage".into(), url],
                 )
             }
-            Target::Socketioxide => (None, vec!["socketioxide".into()]),
-            Target::HyperPoll => (None, vec!["hyper-poll".into()]),
+            Target::SimpleioRedisCluster { replicas, acks } => {
+                let nodes = child::redis_cluster(core, 3, usize::from(replicas))?;
+                let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+                let url = format!(
+                    "redis-cluster://{}?acks={}",
+                    addrs.join(","),
+                    u8::from(acks)
+                );
+                (nodes, vec!["simpleio".into(), "--storage".into(), url])
+            }
+            Target::Socketioxide => (Vec::new(), vec!["socketioxide".into()]),
+            Target::HyperPoll => (Vec::new(), vec!["hyper-poll".into()]),
             // Longer than any idle measurement, so no request is answered during it.
             Target::HyperHold => (
-                None,
+                Vec::new(),
                 vec!["hyper-hold".into(), "--hold".into(), "120".into()],
             ),
         };
+        let mut args = args;
+        args.extend_from_slice(extra);
         let server = child::server(&args[0], &args, core, &[])?;
         Ok(Servers {
             server,
@@ -165,13 +188,13 @@ impl Servers {
         self.server.addr
     }
 
-    /// CPU time of the server (and Redis), in µs: `(server, redis)`.
+    /// CPU time of the server and of all its Redis servers, in µs: `(server, redis)`.
     pub fn cpu_us(&self) -> Result<(u64, u64)> {
         let server = crate::proc::cpu_us(self.server.pid())?;
-        let redis = match &self.redis {
-            Some(r) => crate::proc::cpu_us(r.pid())?,
-            None => 0,
-        };
+        let mut redis = 0;
+        for r in &self.redis {
+            redis += crate::proc::cpu_us(r.pid())?;
+        }
         Ok((server, redis))
     }
 

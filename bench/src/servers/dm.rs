@@ -46,6 +46,12 @@ pub struct DmStats {
     pub running: bool,
     /// From the start until the last confirmation, µs; 0 while it runs.
     pub elapsed_us: u64,
+    /// How long an emit took until `stored()` resolved, µs: median and 99th percentile, once
+    /// the load has ended (0 while it runs).
+    #[serde(default)]
+    pub stored_p50_us: u32,
+    #[serde(default)]
+    pub stored_p99_us: u32,
 }
 
 #[derive(Default)]
@@ -58,6 +64,8 @@ struct Counters {
     send_errors: AtomicU64,
     elapsed_us: AtomicU64,
     first_error: std::sync::Mutex<Option<String>>,
+    /// Every emit's time to `stored()`, µs, each sender's added when it ends.
+    stored_us: std::sync::Mutex<Vec<u32>>,
 }
 
 #[derive(Clone)]
@@ -134,6 +142,7 @@ async fn sender(
     let slots = Arc::new(Semaphore::new(window));
     let mut confirmations = JoinSet::new();
     let mut seq = 1;
+    let mut stored_us = Vec::new();
     while Instant::now() < deadline {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
@@ -142,8 +151,10 @@ async fn sender(
             seq,
             ts: realtime_ns(),
         };
+        let emitted = Instant::now();
         match io.to_user(to.as_str()).emit("tick", &tick).stored().await {
             Ok(confirmation) => {
+                stored_us.push(u32::try_from(emitted.elapsed().as_micros()).unwrap_or(u32::MAX));
                 seq += 1;
                 c.sent.fetch_add(1, Ordering::Relaxed);
                 let c = c.clone();
@@ -171,11 +182,35 @@ async fn sender(
         }
     }
     while confirmations.join_next().await.is_some() {}
+    c.stored_us
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(stored_us);
 }
 
 async fn stats(State(ctl): State<DmCtl>) -> axum::Json<DmStats> {
     let c = &ctl.counters;
+    let running = c.running.load(Ordering::SeqCst);
+    let (stored_p50_us, stored_p99_us) = if running {
+        (0, 0)
+    } else {
+        let mut stored = c
+            .stored_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        stored.sort_unstable();
+        let at = |q: f64| {
+            stored
+                .get(((stored.len() as f64 * q) as usize).min(stored.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        (at(0.50), at(0.99))
+    };
     axum::Json(DmStats {
+        stored_p50_us,
+        stored_p99_us,
         sent: c.sent.load(Ordering::Relaxed),
         delivered: c.delivered.load(Ordering::Relaxed),
         not_delivered: c.not_delivered.load(Ordering::Relaxed),
@@ -185,7 +220,7 @@ async fn stats(State(ctl): State<DmCtl>) -> axum::Json<DmStats> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
-        running: c.running.load(Ordering::SeqCst),
+        running,
         elapsed_us: c.elapsed_us.load(Ordering::SeqCst),
     })
 }

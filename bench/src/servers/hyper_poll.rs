@@ -45,6 +45,7 @@ pub async fn run(port: u16) -> Result<()> {
     let control = super::control_routes(Arc::new(Sender { feed: feed.clone() }));
     super::serve(
         port,
+        super::Http::Axum,
         Front {
             feed,
             inner: control,

@@ -304,8 +304,39 @@ pub async fn bind(port: u16) -> Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves `app` the way every axum app is served (hyper-util's auto HTTP/1 + HTTP/2 server).
-pub async fn serve<S>(port: u16, app: S) -> Result<()>
+/// How a server speaks HTTP: the same for simpleio and the floor, so that what their memory
+/// per connection differs by is simpleio's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http {
+    /// `axum::serve`: hyper-util's automatic HTTP/1 + HTTP/2 builder (it reads the first bytes
+    /// to tell the version), with upgrades, as most axum applications are served.
+    #[default]
+    Axum,
+    /// hyper's HTTP/1 connection builder alone: no version detection, no upgrades.
+    Http1,
+}
+
+impl Http {
+    /// Parses `--http axum|http1`.
+    pub fn parse(value: Option<&str>) -> Result<Http> {
+        match value {
+            None | Some("axum") => Ok(Http::Axum),
+            Some("http1") => Ok(Http::Http1),
+            Some(other) => anyhow::bail!("--http is `axum` or `http1`, not {other:?}"),
+        }
+    }
+
+    /// The flag that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Http::Axum => "axum",
+            Http::Http1 => "http1",
+        }
+    }
+}
+
+/// Serves `app` on 127.0.0.1:`port` the way `http` says.
+pub async fn serve<S>(port: u16, http: Http, app: S) -> Result<()>
 where
     S: tower::Service<
             http::Request<axum::body::Body>,
@@ -318,7 +349,23 @@ where
     S::Future: Send,
 {
     let listener = bind(port).await?;
-    axum::serve(listener, axum::ServiceExt::into_make_service(app))
-        .await
-        .context("serving")
+    match http {
+        Http::Axum => axum::serve(listener, axum::ServiceExt::into_make_service(app))
+            .await
+            .context("serving"),
+        Http::Http1 => loop {
+            let (stream, _) = listener.accept().await.context("accepting")?;
+            let service = hyper_util::service::TowerToHyperService::new(
+                tower::ServiceExt::map_request(app.clone(), |req: http::Request<_>| {
+                    req.map(axum::body::Body::new)
+                }),
+            );
+            tokio::spawn(async move {
+                // A client that goes away mid-request is its business, not an error here.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        },
+    }
 }

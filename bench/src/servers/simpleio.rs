@@ -1,5 +1,7 @@
 //! `server simpleio`: an axum app with the simpleio layer, on `MemoryStorage`, `DurableStorage`
-//! (`--storage durable:PATH`, the file at `PATH`) or `RedisStorage`.
+//! (`--storage durable:PATH`, the file at `PATH`), `RedisStorage` (`--storage redis://..`) or
+//! `RedisClusterStorage` (`--storage redis-cluster://HOST:PORT,HOST:PORT?acks=N`, N replicas
+//! acknowledging each write).
 //!
 //! The user is the `user` query parameter or the `x-user` header (benchmark only: anyone can be
 //! anyone). Messages clients send are answered with `"ok"`; the benchmark only receives. Beside
@@ -17,11 +19,11 @@ use simpleio::{
 };
 use tower::{BoxError, ServiceExt, service_fn};
 
-use super::{BoxFuture, Broadcast, Control, Mode, Tick};
+use super::{BoxFuture, Broadcast, Control, Http, Mode, Tick};
 
 /// Runs the server until the process is stopped; with `metrics`, with a Prometheus recorder
 /// installed first (never rendered: what is measured is what counting costs).
-pub async fn run(port: u16, storage: &str, metrics: bool) -> Result<()> {
+pub async fn run(port: u16, storage: &str, metrics: bool, http: Http) -> Result<()> {
     super::init_tracing();
     if metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -38,13 +40,27 @@ pub async fn run(port: u16, storage: &str, metrics: bool) -> Result<()> {
             .with_context(|| format!("opening the durable storage at {path}"))?;
         durable = Some(store.clone());
         builder.storage(store)
+    } else if let Some(cluster) = storage.strip_prefix("redis-cluster://") {
+        // `redis-cluster://HOST:PORT,HOST:PORT?acks=N`: N replicas acknowledge each write.
+        let (nodes, acks) = cluster.split_once("?acks=").unwrap_or((cluster, "0"));
+        let acks: u32 = acks.parse().context("`acks` is a number")?;
+        let urls = nodes.split(',').map(|n| format!("redis://{n}/"));
+        let redis = simpleio::RedisClusterStorage::builder(urls)
+            .replica_acks(acks, std::time::Duration::from_millis(500))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the Redis Cluster at {nodes}"))?;
+        builder.storage(redis)
     } else if storage.starts_with("redis://") {
         let redis = simpleio::RedisStorage::connect(storage.to_owned())
             .await
             .with_context(|| format!("connecting to Redis at {storage}"))?;
         builder.storage(redis)
     } else {
-        anyhow::bail!("--storage is `memory`, `durable:PATH` or a redis:// URL, not {storage:?}");
+        anyhow::bail!(
+            "--storage is `memory`, `durable:PATH`, a redis:// URL or \
+             redis-cluster://HOST:PORT,..[?acks=N], not {storage:?}"
+        );
     };
     let (layer, io) = builder
         .identity(identity)
@@ -65,7 +81,7 @@ pub async fn run(port: u16, storage: &str, metrics: bool) -> Result<()> {
         tower::Layer::layer(&layer, app),
         |response| response.map(axum::body::Body::new),
     );
-    super::serve(port, service).await
+    super::serve(port, http, service).await
 }
 
 /// The `user` query parameter (or `x-user` header), taken as is: a benchmark identity as cheap

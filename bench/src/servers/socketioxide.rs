@@ -22,7 +22,7 @@ pub async fn run(port: u16) -> Result<()> {
         tower::Layer::layer(&layer, app),
         |response| response.map(axum::body::Body::new),
     );
-    super::serve(port, service).await
+    super::serve(port, super::Http::Axum, service).await
 }
 
 struct Sender {

@@ -32,6 +32,11 @@ impl Messages {
         self.entries.is_empty()
     }
 
+    /// The highest position held.
+    pub(super) fn newest(&self) -> Option<Position> {
+        self.entries.back().map(|e| e.message.pos)
+    }
+
     fn find(&self, pos: Position) -> Result<usize, usize> {
         self.entries.binary_search_by_key(&pos, |e| e.message.pos)
     }

@@ -13,6 +13,7 @@
 mod acks;
 mod clients;
 mod dedup;
+mod expiries;
 // Without a durable storage nothing reads the journal's changes: they are never recorded.
 #[cfg_attr(not(feature = "durable"), allow(dead_code))]
 pub(crate) mod journal;
@@ -23,7 +24,7 @@ mod origins;
 pub(crate) mod restore;
 mod rooms;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -34,6 +35,7 @@ use tokio::sync::broadcast;
 
 use self::acks::Acks;
 use self::dedup::Dedup;
+use self::expiries::Expiries;
 use self::journal::{Change, Changes, Journal};
 use self::log::{ClientRecord, Entry, PRESENCE_STEP, UserLog};
 use self::origins::Origins;
@@ -44,7 +46,7 @@ use super::{
     Position, QueueLimits, RecordedReply, ReplyLimits, ReplyOutcome, Signal, Storage, StorageError,
     StoredMessage, now_millis,
 };
-use crate::hash::{HashMap, HashSet, RandomState};
+use crate::hash::{HashMap, RandomState};
 use crate::id::{ClientId, UserId};
 use crate::sharded::ByShard;
 
@@ -106,9 +108,7 @@ struct Shard {
     last_pos: Position,
     logs: HashMap<UserId, UserLog>,
     /// Every message by expiry, so that the sweep finds the expired ones without a scan.
-    /// Positions are unique within a shard, so `(expiry, position)` is a key that compares
-    /// without looking at the user.
-    expiries: BTreeMap<(Millis, Position), UserId>,
+    expiries: Expiries,
     /// Every client record by the time its presence lapses, for `reap`.
     presence: BTreeSet<(Millis, UserId, ClientId)>,
     /// Every user with a polled client, by the latest time one of them lapses: `live_users`
@@ -299,13 +299,13 @@ impl Shard {
         }
         self.last_sweep = now;
         for _ in 0..SLICE {
-            let Some((&(expires_at, _), _)) = self.expiries.first_key_value() else {
+            let Some(expires_at) = self.expiries.first_expiry() else {
                 break;
             };
             if expires_at > now {
                 break;
             }
-            let Some(((_, pos), user)) = self.expiries.pop_first() else {
+            let Some((pos, user)) = self.expiries.pop_first() else {
                 break;
             };
             if let Some(log) = self.logs.get_mut(&user) {
@@ -453,7 +453,7 @@ impl Shard {
 /// a message for good, so the work is bounded by what was added before.
 fn make_room(
     log: &mut UserLog,
-    expiries: &mut BTreeMap<(Millis, Position), UserId>,
+    expiries: &mut Expiries,
     changes: &mut Changes,
     m: &NewMessage,
     limits: QueueLimits,
@@ -470,7 +470,7 @@ fn make_room(
                 return false;
             };
             log.remove(pos);
-            expiries.remove(&(expires_at, pos));
+            expiries.remove(expires_at, pos);
             changes.push(|| Change::Unmessage {
                 user: m.user.clone(),
                 pos,
@@ -482,7 +482,7 @@ fn make_room(
             return false;
         };
         log.remove(pos);
-        expiries.remove(&(expires_at, pos));
+        expiries.remove(expires_at, pos);
         changes.push(|| Change::Unmessage {
             user: m.user.clone(),
             pos,
@@ -506,15 +506,19 @@ impl Storage for MemoryStorage {
         let epoch_guard = self.epoch_guard();
         let epoch = epoch_guard.clone();
         let mut outcomes = vec![AppendOutcome::QueueFull; messages.len()];
-        // Sized once: grown as it fills, it was rehashed seven times per chunk of a fan-out.
-        let mut woken: HashSet<UserId> =
-            HashSet::with_capacity_and_hasher(messages.len(), RandomState::default());
+        // Each user once, without a set: see `woken_before` below.
+        let mut woken: Vec<UserId> = Vec::with_capacity(messages.len());
         let mut deepest = 0;
         let groups = self.by_shard(&messages, |m| &m.user);
         let mut messages: Vec<Option<NewMessage>> = messages.into_iter().map(Some).collect();
         for (shard, group) in groups.groups() {
             let mut shard = self.shard(shard);
             shard.maybe_sweep(now);
+            // Every message a shard holds has a position at most its `last_pos` (appends and
+            // restores both raise it), and each one appended by this call gets a higher one:
+            // a log whose newest message is above this mark got it from this call, and its
+            // user is among the woken already. A set of them cost a hash per recipient.
+            let woken_above = shard.last_pos;
             for &i in group {
                 let Some(m) = messages[i].take() else {
                     continue;
@@ -536,6 +540,7 @@ impl Storage for MemoryStorage {
                     Some(log) => log,
                     None => shard.logs.entry(m.user.clone()).or_default(),
                 };
+                let woken_before = log.messages.newest().is_some_and(|pos| pos > woken_above);
                 if !make_room(
                     log,
                     &mut shard.expiries,
@@ -550,7 +555,7 @@ impl Storage for MemoryStorage {
                 // Clock-based, and past anything given in this shard or to this user before.
                 let pos = (now * 1000).max(shard.last_pos + 1).max(log.last + 1);
                 shard.last_pos = pos;
-                shard.expiries.insert((m.expires_at, pos), m.user.clone());
+                shard.expiries.insert(m.expires_at, pos, m.user.clone());
                 shard.changes.push(|| Change::Message {
                     user: m.user.clone(),
                     pos,
@@ -586,13 +591,15 @@ impl Storage for MemoryStorage {
                         .origins
                         .remember(&m.user, origin, pos, m.expires_at, limits.per_user);
                 }
-                woken.insert(m.user);
+                if !woken_before {
+                    woken.push(m.user);
+                }
             }
         }
         drop(epoch_guard);
         if !woken.is_empty() {
             self.signal(Signal::Appended {
-                users: woken.into_iter().collect(),
+                users: woken.into(),
             });
         }
         Ok(Appended {
@@ -727,7 +734,7 @@ impl Storage for MemoryStorage {
             let trimmed = log.trimmable();
             log.remove_trimmed(&trimmed);
             for (pos, expires_at) in trimmed {
-                shard.expiries.remove(&(expires_at, pos));
+                shard.expiries.remove(expires_at, pos);
                 shard.changes.push(|| Change::Unmessage {
                     user: req.user.clone(),
                     pos,

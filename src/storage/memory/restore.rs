@@ -106,7 +106,7 @@ impl Shard {
                 ack,
             } => {
                 self.last_pos = self.last_pos.max(pos);
-                self.expiries.insert((expires_at, pos), user.clone());
+                self.expiries.insert(expires_at, pos, user.clone());
                 self.logs.entry(user).or_default().insert(Entry {
                     client,
                     sender,

@@ -25,7 +25,7 @@ pub(super) fn millis(d: Duration) -> u64 {
 }
 
 /// How long a client's keys outlive its presence (see [`REAP_GRACE`]), in ms.
-pub(super) fn reap_grace(presence_ttl: Duration) -> u64 {
+fn reap_grace(presence_ttl: Duration) -> u64 {
     millis(REAP_GRACE.max(presence_ttl.saturating_mul(2)))
 }
 
@@ -52,6 +52,40 @@ pub(super) fn dedup_args(inv: &mut ScriptInvocation<'_>, key: &DedupKey) {
     inv.arg(key.user.as_str())
         .arg(key.client.as_str())
         .arg(key.id.as_str());
+}
+
+/// A join's arguments: the room, the member, and how long the member's records live.
+pub(super) fn join_args(
+    inv: &mut ScriptInvocation<'_>,
+    room: &str,
+    member: &Member,
+    presence_ttl: Duration,
+) {
+    let (user, client) = member_args(member);
+    inv.arg(room)
+        .arg(user)
+        .arg(client)
+        .arg(millis(presence_ttl))
+        .arg(reap_grace(presence_ttl));
+}
+
+/// A data write's arguments: the member, the key, the value or its removal, and how long the
+/// member's records live.
+pub(super) fn set_data_args(
+    inv: &mut ScriptInvocation<'_>,
+    member: &Member,
+    key: &str,
+    value: Option<&str>,
+    presence_ttl: Duration,
+) {
+    let (user, client) = member_args(member);
+    inv.arg(user)
+        .arg(client)
+        .arg(key)
+        .arg(if value.is_some() { "1" } else { "0" })
+        .arg(value.unwrap_or(""))
+        .arg(millis(presence_ttl))
+        .arg(reap_grace(presence_ttl));
 }
 
 /// The user and client (`""` for a user) of a member, as the scripts take them.

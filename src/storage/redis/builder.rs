@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 
 use super::error::within;
 use super::payloads::PayloadCache;
+use super::replicas::{ACKNOWLEDGING_CONNECTIONS, Acknowledging, ReplicaAcks};
 use super::signals::{AbortOnDrop, Channels, SIGNAL_CAPACITY, run_subscriber, subscribe};
 use super::{Inner, RedisStorage};
 use crate::id::ClientId;
@@ -42,6 +43,7 @@ pub struct RedisStorageBuilder {
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    replica_acks: Option<ReplicaAcks>,
 }
 
 impl fmt::Debug for RedisStorageBuilder {
@@ -51,6 +53,7 @@ impl fmt::Debug for RedisStorageBuilder {
             .field("key_prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("replica_acks", &self.replica_acks)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +73,7 @@ impl RedisStorageBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            replica_acks: None,
         }
     }
 
@@ -94,12 +98,44 @@ impl RedisStorageBuilder {
         self
     }
 
+    /// Makes every operation that others act on — an append (what `stored()` waits for), a
+    /// claim and a completion of a client's message, a reply, a join, a leave, a data write —
+    /// return only once `replicas` replicas of the Redis primary hold it (`WAIT`, in one
+    /// pipeline with the write), so that a primary lost afterwards and replaced by one of them
+    /// loses none of it. Default: none, Redis's asynchronous replication. The same setting as
+    /// [`RedisClusterStorageBuilder::replica_acks`](super::RedisClusterStorageBuilder::replica_acks),
+    /// which says what waits, what does not, and what it costs; the guide's "Failover without
+    /// loss" more.
+    ///
+    /// The primary's address must move to the promoted replica and the old connections must
+    /// be closed on failover (managed Redis services do both): the storage reconnects only
+    /// when its connections drop.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn run() -> Result<(), simpleio::storage::StorageError> {
+    /// let storage = simpleio::RedisStorage::builder("redis://primary.example:6379/")
+    ///     .replica_acks(1, Duration::from_millis(200))
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = storage;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = ReplicaAcks::new(replicas, timeout);
+        self
+    }
+
     /// Connects the command connection and subscribes the pub/sub one.
     ///
     /// Fails with [`StorageError::Unavailable`] if the URL is invalid or Redis cannot be
     /// reached. Must be called within a Tokio runtime, which then runs the background task that
     /// forwards signals.
     pub async fn connect(self) -> Result<RedisStorage, StorageError> {
+        if let Some(acks) = self.replica_acks {
+            check_ack_timeout(acks, self.response_timeout)?;
+        }
         let timeouts = Timeouts {
             connect: self.connect_timeout,
             response: self.response_timeout,
@@ -117,9 +153,21 @@ impl RedisStorageBuilder {
             .set_max_delay(Duration::from_millis(500));
         let conn = within(
             deadline,
-            ConnectionManager::new_with_config(client.clone(), config),
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
         )
         .await?;
+        let acknowledging = match self.replica_acks {
+            Some(acks) => {
+                let mut conns = Vec::with_capacity(ACKNOWLEDGING_CONNECTIONS);
+                for _ in 0..ACKNOWLEDGING_CONNECTIONS {
+                    let connecting =
+                        ConnectionManager::new_with_config(client.clone(), config.clone());
+                    conns.push(within(deadline, connecting).await?);
+                }
+                Some(Acknowledging::new(acks, conns))
+            }
+            None => None,
+        };
         let channel = format!("{}signals", self.prefix);
         // This handle's id among the nodes sharing the prefix: random, so that a restarted
         // process is a new node and never gets the signals its previous life asked for.
@@ -149,6 +197,7 @@ impl RedisStorageBuilder {
                 received,
                 signals,
                 deadline,
+                acknowledging,
                 payloads: Mutex::new(PayloadCache::default()),
                 _subscriber: AbortOnDrop(subscriber),
             }),
@@ -156,9 +205,35 @@ impl RedisStorageBuilder {
     }
 }
 
+/// A replica acknowledgement's timeout must be shorter than the response timeout, which bounds
+/// the write and its `WAIT` together.
+pub(super) fn check_ack_timeout(acks: ReplicaAcks, response: Duration) -> Result<(), StorageError> {
+    if acks.timeout < response {
+        return Ok(());
+    }
+    Err(StorageError::Unavailable(format!(
+        "the replica acknowledgement timeout ({:?}) must be shorter than the response timeout \
+         ({response:?})",
+        acks.timeout
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_replica_wait_longer_than_the_response_timeout_is_refused() {
+        let refused = RedisStorage::builder("redis://127.0.0.1:1/")
+            .response_timeout(Duration::from_millis(500))
+            .replica_acks(1, Duration::from_millis(500))
+            .connect()
+            .await;
+        assert!(
+            matches!(&refused, Err(StorageError::Unavailable(e)) if e.contains("shorter than")),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn a_builder_does_not_print_its_password() {

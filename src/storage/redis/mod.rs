@@ -148,8 +148,9 @@
 //!
 //! Each script is a file of `scripts/`, run after the shared `scripts/prelude.lua` (see
 //! [`scripts`]). The Rust side builds their arguments ([`args`], [`entries`], [`payloads`]),
-//! decodes their replies ([`parse`], [`entries`]), and keeps the pub/sub connection
-//! ([`signals`]); the [`Storage`] methods below put the two together.
+//! decodes their replies ([`parse`], [`entries`]), keeps the pub/sub connection
+//! ([`signals`]) and, if asked, makes writes wait for replicas ([`replicas`]); the [`Storage`]
+//! methods below put them together.
 
 mod args;
 mod builder;
@@ -159,6 +160,7 @@ mod entries;
 mod error;
 mod parse;
 mod payloads;
+mod replicas;
 mod scripts;
 mod signals;
 
@@ -174,7 +176,9 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use self::args::{FetchArgs, MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
+use self::args::{
+    FetchArgs, MAX_EXACT, dedup_args, join_args, member_args, millis, sender_arg, set_data_args,
+};
 pub use self::builder::RedisStorageBuilder;
 #[cfg(feature = "redis-cluster")]
 pub use self::cluster::{RedisClusterStorage, RedisClusterStorageBuilder};
@@ -185,6 +189,7 @@ use self::parse::{
     parse_reap, parse_replies, parse_reply,
 };
 use self::payloads::{EntryBody, PayloadCache, SharedPayload, share_payloads};
+use self::replicas::{Acknowledging, Replication, invoke_acked};
 use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, EPOCH, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS,
     LIVE_USERS, MEMBERS, REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
@@ -286,6 +291,10 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most an operation may take, reconnecting included: connect + response timeouts.
     deadline: Duration,
+    /// Replicas that must hold an acknowledged write before its operation returns, and the
+    /// connections such writes go over; `None`: Redis's asynchronous replication (see
+    /// [`replicas`]).
+    acknowledging: Option<Acknowledging<ConnectionManager>>,
     /// The payloads of the latest fan-outs, so that their later chunks do not store them again.
     payloads: Mutex<PayloadCache>,
     /// The task reading the pub/sub connection; stops with the last handle.
@@ -337,9 +346,12 @@ impl RedisStorage {
     }
 
     /// Runs one of the [`scripts`] with the leading arguments they all take (see `PRELUDE`).
+    /// An [acknowledged](Replication::Acknowledged) script returns once replicas hold its
+    /// write, if the storage asks for that (see [`replicas`]).
     async fn eval<T: FromRedisValue>(
         &self,
         script: &Script,
+        replication: Replication,
         args: impl FnOnce(&mut ScriptInvocation<'_>),
     ) -> Result<T, StorageError> {
         let mut invocation = script.prepare_invoke();
@@ -350,8 +362,25 @@ impl RedisStorage {
         args(&mut invocation);
         // Last, whatever the script's own arguments: the prelude reads it as `ARGV[#ARGV]`.
         invocation.arg(&self.inner.node);
-        let mut conn = self.inner.conn.clone();
-        within(self.inner.deadline, invocation.invoke_async(&mut conn)).await
+        match self
+            .inner
+            .acknowledging
+            .as_ref()
+            .filter(|_| replication == Replication::Acknowledged)
+        {
+            Some(acknowledging) => {
+                let mut conn = acknowledging.connection();
+                let acked = async {
+                    let reply = invoke_acked(&mut conn, &invocation, acknowledging.acks).await?;
+                    T::from_redis_value(reply).map_err(redis::RedisError::from)
+                };
+                within(self.inner.deadline, acked).await
+            }
+            None => {
+                let mut conn = self.inner.conn.clone();
+                within(self.inner.deadline, invocation.invoke_async(&mut conn)).await
+            }
+        }
     }
 
     /// Runs the append script (see [`APPEND`]); an empty reply means a known payload is gone.
@@ -364,7 +393,7 @@ impl RedisStorage {
         bodies: &[EntryBody],
         payloads: &[SharedPayload],
     ) -> Result<Vec<String>, StorageError> {
-        self.eval(&APPEND, |inv| {
+        self.eval(&APPEND, Replication::Acknowledged, |inv| {
             inv.arg(limits.per_user.min(MAX_EXACT as usize))
                 .arg(limits.per_sender.min(MAX_EXACT as usize))
                 .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
@@ -398,7 +427,7 @@ impl RedisStorage {
 #[async_trait]
 impl Storage for RedisStorage {
     async fn epoch(&self) -> Result<Epoch, StorageError> {
-        let epoch: String = self.eval(&EPOCH, |_| {}).await?;
+        let epoch: String = self.eval(&EPOCH, Replication::Asynchronous, |_| {}).await?;
         Ok(Epoch::new(epoch))
     }
 
@@ -484,7 +513,11 @@ impl Storage for RedisStorage {
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         let args = FetchArgs::new(&request)?;
-        let reply: Vec<String> = self.eval(&FETCH, |inv| args.push(inv, &request)).await?;
+        let reply: Vec<String> = self
+            .eval(&FETCH, Replication::Asynchronous, |inv| {
+                args.push(inv, &request)
+            })
+            .await?;
         parse_fetch(reply, request.max_clients)
     }
 
@@ -494,7 +527,7 @@ impl Storage for RedisStorage {
         targets: &[DeliveryTarget],
     ) -> Result<Vec<DeliveryState>, StorageError> {
         let reply: Vec<String> = self
-            .eval(&DELIVERY, |inv| {
+            .eval(&DELIVERY, Replication::Asynchronous, |inv| {
                 inv.arg(epoch.as_str()).arg(targets.len());
                 for t in targets {
                     inv.arg(t.user.as_str())
@@ -516,7 +549,7 @@ impl Storage for RedisStorage {
         // PX 0 is an error in Redis; a zero lease means "gone at once" anyway.
         let lease = millis(limits.lease).max(1);
         let reply: Vec<String> = self
-            .eval(&CLAIM, |inv| {
+            .eval(&CLAIM, Replication::Acknowledged, |inv| {
                 dedup_args(inv, key);
                 inv.arg(lease)
                     .arg(limits.per_client.min(MAX_EXACT as usize))
@@ -535,7 +568,7 @@ impl Storage for RedisStorage {
         lease: Duration,
     ) -> Result<bool, StorageError> {
         let renewed: i64 = self
-            .eval(&RENEW, |inv| {
+            .eval(&RENEW, Replication::Asynchronous, |inv| {
                 dedup_args(inv, key);
                 inv.arg(millis(lease).max(1)).arg(owner.to_string());
             })
@@ -553,7 +586,7 @@ impl Storage for RedisStorage {
             user: key.user.clone(),
         })?;
         let _: i64 = self
-            .eval(&COMPLETE, |inv| {
+            .eval(&COMPLETE, Replication::Acknowledged, |inv| {
                 dedup_args(inv, key);
                 // 0 (or under a millisecond) forgets the record: Redis refuses `PX 0`.
                 inv.arg(outcome).arg(millis(ttl)).arg(signal.as_str());
@@ -569,7 +602,7 @@ impl Storage for RedisStorage {
         let mut cursor = String::from("0");
         loop {
             let mut page: Vec<String> = self
-                .eval(&LIVE_USERS, |inv| {
+                .eval(&LIVE_USERS, Replication::Asynchronous, |inv| {
                     inv.arg(cursor.as_str()).arg(MEMBERS_PAGE);
                 })
                 .await?;
@@ -586,7 +619,7 @@ impl Storage for RedisStorage {
 
     async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
         let clients: Vec<String> = self
-            .eval(&LIVE_CLIENTS, |inv| {
+            .eval(&LIVE_CLIENTS, Replication::Asynchronous, |inv| {
                 inv.arg(user.as_str());
             })
             .await?;
@@ -597,7 +630,7 @@ impl Storage for RedisStorage {
         let mut departures = Vec::new();
         loop {
             let reply: Vec<String> = match self
-                .eval(&REAP, |inv| {
+                .eval(&REAP, Replication::Asynchronous, |inv| {
                     inv.arg(REAP_BATCH);
                 })
                 .await
@@ -624,14 +657,9 @@ impl Storage for RedisStorage {
         member: &Member,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
-            .eval(&JOIN, |inv| {
-                inv.arg(room)
-                    .arg(user)
-                    .arg(client)
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
+            .eval(&JOIN, Replication::Acknowledged, |inv| {
+                join_args(inv, room, member, presence_ttl);
             })
             .await?;
         Ok(())
@@ -640,7 +668,7 @@ impl Storage for RedisStorage {
     async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
         let (user, client) = member_args(member);
         let _: i64 = self
-            .eval(&LEAVE, |inv| {
+            .eval(&LEAVE, Replication::Acknowledged, |inv| {
                 inv.arg(room).arg(user).arg(client);
             })
             .await?;
@@ -656,7 +684,7 @@ impl Storage for RedisStorage {
         let mut cursor = String::from("0");
         loop {
             let page: Vec<String> = self
-                .eval(&MEMBERS, |inv| {
+                .eval(&MEMBERS, Replication::Asynchronous, |inv| {
                     inv.arg(room).arg(cursor.as_str()).arg(MEMBERS_PAGE);
                 })
                 .await?;
@@ -670,7 +698,7 @@ impl Storage for RedisStorage {
     async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
         let (user, client) = member_args(member);
         let rooms: Vec<String> = self
-            .eval(&ROOMS, |inv| {
+            .eval(&ROOMS, Replication::Asynchronous, |inv| {
                 inv.arg(user).arg(client);
             })
             .await?;
@@ -684,16 +712,9 @@ impl Storage for RedisStorage {
         value: Option<&str>,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
-            .eval(&SET_DATA, |inv| {
-                inv.arg(user)
-                    .arg(client)
-                    .arg(key)
-                    .arg(if value.is_some() { "1" } else { "0" })
-                    .arg(value.unwrap_or(""))
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
+            .eval(&SET_DATA, Replication::Acknowledged, |inv| {
+                set_data_args(inv, member, key, value, presence_ttl);
             })
             .await?;
         Ok(())
@@ -701,7 +722,7 @@ impl Storage for RedisStorage {
 
     async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
         let (user, client) = member_args(member);
-        self.eval(&GET_DATA, |inv| {
+        self.eval(&GET_DATA, Replication::Asynchronous, |inv| {
             inv.arg(user).arg(client).arg(key);
         })
         .await
@@ -725,7 +746,7 @@ impl Storage for RedisStorage {
             .ok_or_else(|| corrupt("the form of a Replied signal"))?
             .to_owned();
         let outcome: String = self
-            .eval(&REPLY, |inv| {
+            .eval(&REPLY, Replication::Acknowledged, |inv| {
                 inv.arg(reply.user.as_str())
                     .arg(reply.client.as_str())
                     .arg(reply.pos.min(MAX_EXACT))
@@ -744,7 +765,7 @@ impl Storage for RedisStorage {
         targets: &[DeliveryTarget],
     ) -> Result<Vec<Vec<RecordedReply>>, StorageError> {
         let reply: Vec<String> = self
-            .eval(&REPLIES, |inv| {
+            .eval(&REPLIES, Replication::Asynchronous, |inv| {
                 inv.arg(epoch.as_str()).arg(targets.len());
                 for t in targets {
                     inv.arg(t.user.as_str()).arg(t.pos.min(MAX_EXACT));

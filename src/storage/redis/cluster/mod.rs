@@ -69,9 +69,11 @@
 //!   call: if one bucket's script fails, the call fails though the others stored their
 //!   messages (as any networked send can fail after storing; a send with an
 //!   [`origin`](crate::storage::NewMessage::origin) is then stored once when retried).
-//! * Redis replication is asynchronous: a failover can lose the last writes a master
-//!   acknowledged, and the epoch survives it. That is Redis's guarantee, the same as a single
-//!   server with a replica; a shard that comes back *empty* gives a new epoch.
+//! * Redis replication is asynchronous: by default a failover can lose the last writes a
+//!   master acknowledged, and the epoch survives it. That is Redis's guarantee, the same as a
+//!   single server with a replica; a shard that comes back *empty* gives a new epoch. With
+//!   [`replica_acks`](RedisClusterStorageBuilder::replica_acks), the writes others act on are
+//!   sent with a `WAIT` and return once replicas hold them (see [`replicas`]).
 //! * A script's signals are published right after it, not inside it, so two operations that
 //!   end at nearly the same time may have their signals arrive in the other order. The one
 //!   rule that order serves: a poll ended by a newer poll of the same client started while its
@@ -84,6 +86,7 @@ mod buckets;
 mod builder;
 mod effects;
 mod epoch;
+mod replicas;
 mod scripts;
 mod signals;
 
@@ -104,11 +107,14 @@ use tracing::warn;
 use self::buckets::{BUCKETS, bucket_of, bucket_prefix};
 pub use self::builder::RedisClusterStorageBuilder;
 use self::effects::{Effect, merge_signals, split_reply};
+use self::replicas::SlotMaster;
 use self::scripts::{
     APPEND, CLAIM, COMPLETE, DELIVERY, FETCH, GET_DATA, JOIN, LEAVE, LIVE_CLIENTS, LIVE_USERS,
     REAP, RENEW, REPLIES, REPLY, ROOMS, SET_DATA,
 };
-use super::args::{FetchArgs, MAX_EXACT, dedup_args, member_args, millis, reap_grace, sender_arg};
+use super::args::{
+    FetchArgs, MAX_EXACT, dedup_args, join_args, member_args, millis, sender_arg, set_data_args,
+};
 use super::entries::{data_size, payload_value};
 use super::error::{corrupt, storage_error, within};
 use super::parse::{
@@ -116,6 +122,7 @@ use super::parse::{
     parse_reap, parse_replies, parse_reply,
 };
 use super::payloads::{PayloadCache, share_payloads};
+use super::replicas::{Acknowledging, Replication, invoke_acked, write_acked};
 use super::signals::{AbortOnDrop, json_string, signal_json};
 use super::{MEMBERS_PAGE, REAP_BATCH};
 use crate::hash::HashSet;
@@ -156,7 +163,9 @@ const IN_FLIGHT: usize = 64;
 /// * **Not one atomic step across buckets:** if one bucket's script of an append fails, the
 ///   call fails after the others stored theirs (a send with an
 ///   [`origin`](crate::storage::NewMessage::origin) is stored once when retried). A failover
-///   may lose the last writes a master acknowledged, as Redis replication is asynchronous.
+///   may lose the last writes a master acknowledged, as Redis replication is asynchronous,
+///   unless they wait for replicas
+///   ([`replica_acks`](RedisClusterStorageBuilder::replica_acks)).
 ///
 /// The guide's "One Redis or a Redis Cluster" says when to move to a cluster and what it
 /// costs.
@@ -195,6 +204,10 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most one command may take, reconnecting included.
     deadline: Duration,
+    /// Replicas that must hold an acknowledged write before its operation returns, and the
+    /// cluster connections such writes go over; `None`: Redis's asynchronous replication (see
+    /// [`replicas`]).
+    acknowledging: Option<Acknowledging<ClusterConnection>>,
     /// Per bucket, the payloads of the latest fan-outs stored there (see `PayloadCache`).
     payloads: Mutex<Vec<PayloadCache>>,
     /// The task reading the subscription; stops with the last handle.
@@ -206,6 +219,10 @@ impl fmt::Debug for RedisClusterStorage {
         f.debug_struct("RedisClusterStorage")
             .field("key_prefix", &self.inner.prefix)
             .field("deadline", &self.inner.deadline)
+            .field(
+                "replica_acks",
+                &self.inner.acknowledging.as_ref().map(|a| a.acks),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -257,38 +274,60 @@ impl RedisClusterStorage {
         &self,
         bucket: usize,
         script: &Script,
+        replication: Replication,
         args: impl Fn(&mut ScriptInvocation<'_>),
     ) -> Result<T, StorageError> {
-        let (reply, effects) = self.eval_deferred(bucket, script, args).await?;
-        self.apply(effects).await?;
+        let (reply, effects) = self
+            .eval_deferred(bucket, script, replication, args)
+            .await?;
+        self.apply(effects, replication).await?;
         Ok(reply)
     }
 
     /// Runs one of the [`scripts`] in `bucket` with the leading arguments they all take (the
     /// bucket's prefix first), and returns its reply and what it deferred. A bucket with no
-    /// epoch (`NOEPOCH`: the script wrote nothing) gets one, and the script runs again.
+    /// epoch (`NOEPOCH`: the script wrote nothing) gets one, and the script runs again. An
+    /// [acknowledged](Replication::Acknowledged) script returns once replicas hold its write,
+    /// if the storage asks for that.
     async fn eval_deferred<T: FromRedisValue>(
         &self,
         bucket: usize,
         script: &Script,
+        replication: Replication,
         args: impl Fn(&mut ScriptInvocation<'_>),
     ) -> Result<(T, Vec<Effect>), StorageError> {
         let prefix = bucket_prefix(&self.inner.prefix, bucket);
+        // The bucket's epoch key routes the script to the bucket's slot.
+        let key = format!("{prefix}epoch");
+        let acknowledging = self
+            .inner
+            .acknowledging
+            .as_ref()
+            .filter(|_| replication == Replication::Acknowledged);
         let mut recovered = false;
         loop {
-            // The bucket's epoch key routes the script to the bucket's slot.
-            let mut invocation = script.key(format!("{prefix}epoch"));
+            let mut invocation = script.key(&key);
             // The single-server prelude's new-epoch arguments: unused here (see `scripts`).
             invocation.arg(&prefix).arg("-").arg("-");
             args(&mut invocation);
             invocation.arg(&self.inner.node);
-            let mut conn = self.inner.conn.clone();
-            match tokio::time::timeout(
-                self.inner.deadline,
-                invocation.invoke_async::<Value>(&mut conn),
-            )
-            .await
-            {
+            let run = async {
+                match acknowledging {
+                    Some(acknowledging) => {
+                        let mut conn = acknowledging.connection();
+                        let mut master = SlotMaster {
+                            conn: &mut conn,
+                            key: &key,
+                        };
+                        invoke_acked(&mut master, &invocation, acknowledging.acks).await
+                    }
+                    None => {
+                        let mut conn = self.inner.conn.clone();
+                        invocation.invoke_async::<Value>(&mut conn).await
+                    }
+                }
+            };
+            match tokio::time::timeout(self.inner.deadline, run).await {
                 Ok(Ok(reply)) => return split_reply(reply),
                 Ok(Err(err)) if err.code() == Some("NOEPOCH") && !recovered => {
                     recovered = true;
@@ -308,7 +347,12 @@ impl RedisClusterStorage {
     /// Carries out what scripts deferred: room writes (their failure fails the operation,
     /// which may be retried: they are idempotent) and signals (a failure is only logged:
     /// signals are wakeups, waiters recheck anyway, and the write they announce is made).
-    async fn apply(&self, mut effects: Vec<Effect>) -> Result<(), StorageError> {
+    /// Room writes are acknowledged by replicas with `replication`, the deferring script's.
+    async fn apply(
+        &self,
+        mut effects: Vec<Effect>,
+        replication: Replication,
+    ) -> Result<(), StorageError> {
         if effects.is_empty() {
             return Ok(());
         }
@@ -321,10 +365,10 @@ impl RedisClusterStorage {
                     signals.push(self.spublish(format!("{}{channel}", self.inner.prefix), json));
                 }
                 Effect::RoomAdd { room, member } => {
-                    rooms.push(self.room_write("SADD", self.room_key(&room), member));
+                    rooms.push(self.room_write("SADD", self.room_key(&room), member, replication));
                 }
                 Effect::RoomRemove { room, member } => {
-                    rooms.push(self.room_write("SREM", self.room_key(&room), member));
+                    rooms.push(self.room_write("SREM", self.room_key(&room), member, replication));
                 }
             }
         }
@@ -337,17 +381,38 @@ impl RedisClusterStorage {
         rooms.into_iter().collect()
     }
 
+    /// A room's `SADD` or `SREM`, deferred by a join, a leave or a reap: acknowledged by
+    /// replicas if the script that deferred it is.
     async fn room_write(
         &self,
         command: &str,
         key: String,
         member: String,
+        replication: Replication,
     ) -> Result<(), StorageError> {
-        let mut conn = self.inner.conn.clone();
         let mut cmd = redis::cmd(command);
-        cmd.arg(key).arg(member);
-        within(self.inner.deadline, cmd.query_async::<i64>(&mut conn)).await?;
-        Ok(())
+        cmd.arg(&key).arg(member);
+        match self
+            .inner
+            .acknowledging
+            .as_ref()
+            .filter(|_| replication == Replication::Acknowledged)
+        {
+            Some(acknowledging) => {
+                let mut conn = acknowledging.connection();
+                let mut master = SlotMaster {
+                    conn: &mut conn,
+                    key: &key,
+                };
+                let write = write_acked(&mut master, cmd, acknowledging.acks);
+                within(self.inner.deadline, write).await
+            }
+            None => {
+                let mut conn = self.inner.conn.clone();
+                within(self.inner.deadline, cmd.query_async::<i64>(&mut conn)).await?;
+                Ok(())
+            }
+        }
     }
 
     /// `SPUBLISH`: to the shard that owns the channel's slot, and its subscribers only.
@@ -403,7 +468,7 @@ impl RedisClusterStorage {
                 }
             }
             (reply, effects) = self
-                .eval_deferred(bucket, &APPEND, |inv| {
+                .eval_deferred(bucket, &APPEND, Replication::Acknowledged, |inv| {
                     inv.arg(limits.per_user.min(MAX_EXACT as usize))
                         .arg(limits.per_sender.min(MAX_EXACT as usize))
                         .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
@@ -479,7 +544,7 @@ impl RedisClusterStorage {
         }
         let runs = groups.into_iter().map(|(bucket, indexes)| async move {
             let reply: Vec<String> = self
-                .eval_in(bucket, script, |inv| {
+                .eval_in(bucket, script, Replication::Asynchronous, |inv| {
                     inv.arg(epoch.as_str()).arg(indexes.len());
                     for &i in &indexes {
                         per_target(inv, &targets[i]);
@@ -516,7 +581,7 @@ impl RedisClusterStorage {
         let mut cursor = String::from("0");
         loop {
             let mut page: Vec<String> = self
-                .eval_in(bucket, &LIVE_USERS, |inv| {
+                .eval_in(bucket, &LIVE_USERS, Replication::Asynchronous, |inv| {
                     inv.arg(cursor.as_str()).arg(MEMBERS_PAGE);
                 })
                 .await?;
@@ -541,12 +606,12 @@ impl RedisClusterStorage {
     ) -> Result<(), StorageError> {
         loop {
             let (reply, effects): (Vec<String>, _) = self
-                .eval_deferred(bucket, &REAP, |inv| {
+                .eval_deferred(bucket, &REAP, Replication::Asynchronous, |inv| {
                     inv.arg(REAP_BATCH);
                 })
                 .await?;
             let more = parse_reap(&reply, departures)?;
-            if let Err(err) = self.apply(effects).await {
+            if let Err(err) = self.apply(effects, Replication::Asynchronous).await {
                 warn!(cause = %err, "a reaped client's room membership was not removed");
             }
             if !more {
@@ -681,7 +746,7 @@ impl Storage for RedisClusterStorage {
             }
         }
         // What was stored is announced, even if another bucket failed.
-        self.apply(effects).await?;
+        self.apply(effects, Replication::Acknowledged).await?;
         if let Some(err) = failure {
             return Err(err);
         }
@@ -704,9 +769,12 @@ impl Storage for RedisClusterStorage {
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         let args = FetchArgs::new(&request)?;
         let reply: Vec<String> = self
-            .eval_in(bucket_of(request.user.as_str()), &FETCH, |inv| {
-                args.push(inv, &request)
-            })
+            .eval_in(
+                bucket_of(request.user.as_str()),
+                &FETCH,
+                Replication::Asynchronous,
+                |inv| args.push(inv, &request),
+            )
             .await?;
         parse_fetch(reply, request.max_clients)
     }
@@ -745,13 +813,18 @@ impl Storage for RedisClusterStorage {
     ) -> Result<Claim, StorageError> {
         let lease = millis(limits.lease).max(1);
         let reply: Vec<String> = self
-            .eval_in(bucket_of(key.user.as_str()), &CLAIM, |inv| {
-                dedup_args(inv, key);
-                inv.arg(lease)
-                    .arg(limits.per_client.min(MAX_EXACT as usize))
-                    .arg(limits.per_user.min(MAX_EXACT as usize))
-                    .arg(owner.to_string());
-            })
+            .eval_in(
+                bucket_of(key.user.as_str()),
+                &CLAIM,
+                Replication::Acknowledged,
+                |inv| {
+                    dedup_args(inv, key);
+                    inv.arg(lease)
+                        .arg(limits.per_client.min(MAX_EXACT as usize))
+                        .arg(limits.per_user.min(MAX_EXACT as usize))
+                        .arg(owner.to_string());
+                },
+            )
             .await?;
         parse_claim(reply)
     }
@@ -763,10 +836,15 @@ impl Storage for RedisClusterStorage {
         lease: Duration,
     ) -> Result<bool, StorageError> {
         let renewed: i64 = self
-            .eval_in(bucket_of(key.user.as_str()), &RENEW, |inv| {
-                dedup_args(inv, key);
-                inv.arg(millis(lease).max(1)).arg(owner.to_string());
-            })
+            .eval_in(
+                bucket_of(key.user.as_str()),
+                &RENEW,
+                Replication::Asynchronous,
+                |inv| {
+                    dedup_args(inv, key);
+                    inv.arg(millis(lease).max(1)).arg(owner.to_string());
+                },
+            )
             .await?;
         Ok(renewed == 1)
     }
@@ -781,10 +859,15 @@ impl Storage for RedisClusterStorage {
             user: key.user.clone(),
         })?;
         let _: i64 = self
-            .eval_in(bucket_of(key.user.as_str()), &COMPLETE, |inv| {
-                dedup_args(inv, key);
-                inv.arg(outcome).arg(millis(ttl)).arg(signal.as_str());
-            })
+            .eval_in(
+                bucket_of(key.user.as_str()),
+                &COMPLETE,
+                Replication::Acknowledged,
+                |inv| {
+                    dedup_args(inv, key);
+                    inv.arg(outcome).arg(millis(ttl)).arg(signal.as_str());
+                },
+            )
             .await?;
         Ok(())
     }
@@ -802,9 +885,14 @@ impl Storage for RedisClusterStorage {
 
     async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
         let clients: Vec<String> = self
-            .eval_in(bucket_of(user.as_str()), &LIVE_CLIENTS, |inv| {
-                inv.arg(user.as_str());
-            })
+            .eval_in(
+                bucket_of(user.as_str()),
+                &LIVE_CLIENTS,
+                Replication::Asynchronous,
+                |inv| {
+                    inv.arg(user.as_str());
+                },
+            )
             .await?;
         clients.into_iter().map(parse_client).collect()
     }
@@ -842,15 +930,15 @@ impl Storage for RedisClusterStorage {
         member: &Member,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
-            .eval_in(bucket_of(user), &JOIN, |inv| {
-                inv.arg(room)
-                    .arg(user)
-                    .arg(client)
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
-            })
+            .eval_in(
+                bucket_of(member.user().as_str()),
+                &JOIN,
+                Replication::Acknowledged,
+                |inv| {
+                    join_args(inv, room, member, presence_ttl);
+                },
+            )
             .await?;
         Ok(())
     }
@@ -858,7 +946,7 @@ impl Storage for RedisClusterStorage {
     async fn leave(&self, room: &str, member: &Member) -> Result<(), StorageError> {
         let (user, client) = member_args(member);
         let _: i64 = self
-            .eval_in(bucket_of(user), &LEAVE, |inv| {
+            .eval_in(bucket_of(user), &LEAVE, Replication::Acknowledged, |inv| {
                 inv.arg(room).arg(user).arg(client);
             })
             .await?;
@@ -888,7 +976,7 @@ impl Storage for RedisClusterStorage {
     async fn rooms(&self, member: &Member) -> Result<Vec<Arc<str>>, StorageError> {
         let (user, client) = member_args(member);
         let rooms: Vec<String> = self
-            .eval_in(bucket_of(user), &ROOMS, |inv| {
+            .eval_in(bucket_of(user), &ROOMS, Replication::Asynchronous, |inv| {
                 inv.arg(user).arg(client);
             })
             .await?;
@@ -902,26 +990,29 @@ impl Storage for RedisClusterStorage {
         value: Option<&str>,
         presence_ttl: Duration,
     ) -> Result<(), StorageError> {
-        let (user, client) = member_args(member);
         let _: i64 = self
-            .eval_in(bucket_of(user), &SET_DATA, |inv| {
-                inv.arg(user)
-                    .arg(client)
-                    .arg(key)
-                    .arg(if value.is_some() { "1" } else { "0" })
-                    .arg(value.unwrap_or(""))
-                    .arg(millis(presence_ttl))
-                    .arg(reap_grace(presence_ttl));
-            })
+            .eval_in(
+                bucket_of(member.user().as_str()),
+                &SET_DATA,
+                Replication::Acknowledged,
+                |inv| {
+                    set_data_args(inv, member, key, value, presence_ttl);
+                },
+            )
             .await?;
         Ok(())
     }
 
     async fn get_data(&self, member: &Member, key: &str) -> Result<Option<String>, StorageError> {
         let (user, client) = member_args(member);
-        self.eval_in(bucket_of(user), &GET_DATA, |inv| {
-            inv.arg(user).arg(client).arg(key);
-        })
+        self.eval_in(
+            bucket_of(user),
+            &GET_DATA,
+            Replication::Asynchronous,
+            |inv| {
+                inv.arg(user).arg(client).arg(key);
+            },
+        )
         .await
     }
 
@@ -942,15 +1033,20 @@ impl Storage for RedisClusterStorage {
             .ok_or_else(|| corrupt("the form of a Replied signal"))?
             .to_owned();
         let outcome: String = self
-            .eval_in(bucket_of(reply.user.as_str()), &REPLY, |inv| {
-                inv.arg(reply.user.as_str())
-                    .arg(reply.client.as_str())
-                    .arg(reply.pos.min(MAX_EXACT))
-                    .arg(reply.data.get())
-                    .arg(limits.per_message.min(MAX_EXACT as usize))
-                    .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
-                    .arg(tail.as_str());
-            })
+            .eval_in(
+                bucket_of(reply.user.as_str()),
+                &REPLY,
+                Replication::Acknowledged,
+                |inv| {
+                    inv.arg(reply.user.as_str())
+                        .arg(reply.client.as_str())
+                        .arg(reply.pos.min(MAX_EXACT))
+                        .arg(reply.data.get())
+                        .arg(limits.per_message.min(MAX_EXACT as usize))
+                        .arg(limits.bytes_per_user.min(MAX_EXACT as usize))
+                        .arg(tail.as_str());
+                },
+            )
             .await?;
         parse_reply(outcome)
     }
