@@ -63,7 +63,14 @@ impl PostgresStorage {
                         retry_after: Duration::from_millis((held_until - now as i64) as u64),
                     },
                 };
+                // A request that finds the message in progress waits for its completion, on
+                // this node: the completion's signal must come here.
+                let noted = match claim {
+                    Claim::InProgress { .. } => self.inner.routes.note(&tx, &[user], now).await?,
+                    _ => Vec::new(),
+                };
                 tx.commit().await?;
+                self.inner.routes.remember(noted, now);
                 return Ok(claim);
             }
             tx.exec(DEDUP_REMOVE, &[&user, &client, &id]).await?;

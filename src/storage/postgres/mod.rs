@@ -10,8 +10,9 @@
 //! `user_id` order, so two of them never wait for each other in a circle. The logic of an
 //! operation is Rust; its statements are prepared once per connection and those that do not
 //! depend on each other are pipelined: a fetch that confirms nothing new (the read after a
-//! wakeup) is three round trips, its reads, its writes with the read, and the commit; one that
-//! confirms adds a round trip for each of the watermarks, the trim and the signal.
+//! wakeup) is about five round trips: the transaction's start, its reads, its writes with the
+//! read, the watermarks and the commit; one that confirms adds a round trip for each of the
+//! trim and the signal.
 //!
 //! The tables (`sql/migrations/`): `interest` (which node needs which users' signals, see
 //! [`routes`]), `users` (per user: the last position, the queue's
@@ -98,8 +99,9 @@ use crate::id::{ClientId, UserId};
 ///   connections when the server is back, and the listening connection comes back by itself
 ///   and sends [`Signal::Resync`], since notifications may have been missed meanwhile.
 /// * **Losing the data** (a new database, a dropped schema) gives a new [`Epoch`] on the next
-///   connect: clients resync and senders of unconfirmed messages learn they were lost. A
-///   restart of PostgreSQL loses nothing committed.
+///   connect: clients resync and senders of unconfirmed messages learn they were lost. Nodes
+///   already running answer `503` until then (they do not make the tables again by
+///   themselves). A restart of PostgreSQL loses nothing committed.
 /// * **Time** is each node's clock, as for every storage: expiry and presence are in
 ///   milliseconds of the node that wrote them, so keep the nodes' clocks in sync (NTP).
 ///

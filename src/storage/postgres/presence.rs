@@ -23,6 +23,9 @@ const REAP_BATCH: i64 = 500;
 /// The most rows of each table one sweep removes (by users, for the tables counted per user).
 const SWEEP_BATCH: i64 = 2_000;
 
+/// The most one reap spends sweeping expired rows before it reaps; the rest is swept next time.
+const SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a long signal's row is kept: its listeners read it within milliseconds.
 const SIGNAL_BODY_TTL: u64 = 60_000;
 
@@ -51,7 +54,11 @@ impl PostgresStorage {
     }
 
     pub(super) async fn reap_now(&self) -> Result<Vec<Departure>, StorageError> {
-        within(self.inner.deadline, self.sweep()).await?;
+        // What the sweep leaves (an outage, its time budget) it takes next time; reaping goes
+        // on regardless, so departures are never held up by a backlog of expired rows.
+        if let Err(err) = self.sweep().await {
+            warn!(cause = %err, "sweeping expired rows stopped; will go on next time");
+        }
         let mut departures = Vec::new();
         loop {
             match within(self.inner.deadline, self.reap_batch(&mut departures)).await {
@@ -133,13 +140,14 @@ impl PostgresStorage {
         Ok(lapsed.len() as i64 >= REAP_BATCH)
     }
 
-    /// Removes a bounded batch of expired rows from each table that expires: what keeps the
-    /// tables bounded by what is live, whatever the history.
+    /// Removes expired rows from each table that expires, a bounded batch per statement and
+    /// transaction (so no transaction holds many users' locks for long), batch after batch
+    /// while they come back full, for at most [`SWEEP_BUDGET`] in all: what keeps the tables
+    /// bounded by what is live, whatever the rate of sends (a reap comes every quarter of the
+    /// presence TTL, so one batch per reap would fall behind above a few hundred rows a
+    /// second).
     async fn sweep(&self) -> Result<(), StorageError> {
-        let now = now_millis() as i64;
-        let old = now - SIGNAL_BODY_TTL as i64;
-        let mut conn = self.conn().await?;
-        let tx = Tx::begin(&mut conn).await?;
+        let started = std::time::Instant::now();
         for statement in [
             SWEEP_MESSAGES,
             SWEEP_ACKS,
@@ -147,11 +155,29 @@ impl PostgresStorage {
             SWEEP_PAYLOADS,
             SWEEP_DEDUP,
             SWEEP_INTEREST,
+            SWEEP_SIGNAL_BODIES,
         ] {
-            tx.exec(statement, &[&now, &SWEEP_BATCH]).await?;
+            loop {
+                let now = now_millis() as i64;
+                let before = if statement == SWEEP_SIGNAL_BODIES {
+                    now - SIGNAL_BODY_TTL as i64
+                } else {
+                    now
+                };
+                let batch = async {
+                    let mut conn = self.conn().await?;
+                    let tx = Tx::begin(&mut conn).await?;
+                    let removed = tx.exec(statement, &[&before, &SWEEP_BATCH]).await?;
+                    tx.commit().await?;
+                    Ok::<_, StorageError>(removed)
+                };
+                let removed = within(self.inner.deadline, batch).await?;
+                if removed < SWEEP_BATCH as u64 || started.elapsed() >= SWEEP_BUDGET {
+                    break;
+                }
+            }
         }
-        tx.exec(SWEEP_SIGNAL_BODIES, &[&old, &SWEEP_BATCH]).await?;
-        tx.commit().await
+        Ok(())
     }
 }
 
