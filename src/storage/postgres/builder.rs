@@ -123,8 +123,23 @@ impl PostgresStorageBuilder {
         }
         let mut config = Config::from_str(&self.url)
             .map_err(|e| StorageError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        // The server gives up on its side too: a statement or a lock wait past the response
+        // timeout, and a transaction left open past the whole deadline — its client timed out,
+        // or vanished behind a silent network — so that no row lock outlives the operation
+        // that took it. Options the URL gives come first.
+        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128);
+        let server_side = format!(
+            "-c search_path={schema} -c statement_timeout={response} -c lock_timeout={response} \
+             -c idle_in_transaction_session_timeout={deadline}",
+            response = ms(self.response_timeout),
+            deadline = ms(self.connect_timeout + self.response_timeout),
+        );
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {server_side}"),
+            _ => server_side,
+        };
         config
-            .options(format!("-c search_path={schema}"))
+            .options(options)
             .application_name("simpleio")
             .connect_timeout(self.connect_timeout)
             // A dead server behind a silent network is noticed by the OS, not only by timeouts.
