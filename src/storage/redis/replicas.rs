@@ -212,7 +212,8 @@ pub(super) async fn invoke_acked(
     }
 }
 
-/// A plain write acknowledged by `acks` replicas.
+/// A plain write acknowledged by `acks` replicas (the cluster's deferred room writes).
+#[cfg(feature = "redis-cluster")]
 pub(super) async fn write_acked(
     target: &mut impl WriteTarget,
     write: Cmd,
