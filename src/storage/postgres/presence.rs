@@ -137,7 +137,10 @@ impl PostgresStorage {
                 user_went_offline: last_of_user && !online.contains(user),
             });
         }
-        Ok(lapsed.len() as i64 >= REAP_BATCH)
+        // The batch is of clients, and several may be one user's: whether it was full cannot
+        // be told from the users. So the next batch runs whenever this one removed some, and
+        // the last finds none.
+        Ok(!removed.is_empty())
     }
 
     /// Removes expired rows from each table that expires, a bounded batch per statement and
