@@ -85,20 +85,26 @@ async fn sender(redis: &RedisServer) -> (SimpleIo, RedisStorage) {
     let storage = RedisStorage::connect(redis.url())
         .await
         .expect("connect to the test Redis");
-    let (_layer, io) = SimpleIoLayer::builder()
-        .storage(storage.clone())
-        .recheck_interval(Duration::from_secs(1))
-        .build();
-    (io, storage)
+    (io_on(storage.clone()), storage)
 }
 
-/// The storage's epoch, retried while Redis comes back.
-async fn epoch_eventually(storage: &RedisStorage) -> simpleio::storage::Epoch {
+/// A `SimpleIo` of the test process on `storage`, as another service of the application
+/// would send.
+fn io_on(storage: impl Storage) -> SimpleIo {
+    let (_layer, io) = SimpleIoLayer::builder()
+        .storage(storage)
+        .recheck_interval(Duration::from_secs(1))
+        .build();
+    io
+}
+
+/// The storage's epoch, retried while its server comes back.
+async fn epoch_eventually(storage: &impl Storage) -> simpleio::storage::Epoch {
     let deadline = Instant::now() + SOON;
     loop {
         match storage.epoch().await {
             Ok(epoch) => return epoch,
-            Err(e) if Instant::now() > deadline => panic!("Redis did not come back: {e}"),
+            Err(e) if Instant::now() > deadline => panic!("the storage did not come back: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -1117,22 +1123,7 @@ mod on_postgres {
         let storage = PostgresStorage::connect(server.url())
             .await
             .expect("connect to the test PostgreSQL");
-        let (_layer, io) = SimpleIoLayer::builder()
-            .storage(storage.clone())
-            .recheck_interval(Duration::from_secs(1))
-            .build();
-        (io, storage)
-    }
-
-    async fn epoch_eventually(storage: &PostgresStorage) -> simpleio::storage::Epoch {
-        let deadline = Instant::now() + SOON;
-        loop {
-            match storage.epoch().await {
-                Ok(epoch) => return epoch,
-                Err(e) if Instant::now() > deadline => panic!("PostgreSQL did not come back: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        (io_on(storage.clone()), storage)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
