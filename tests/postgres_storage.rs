@@ -1283,3 +1283,72 @@ async fn a_schema_dropped_under_a_running_node_comes_back_with_a_new_epoch() {
     );
     storage.reap().await.expect("reap after");
 }
+
+/// An append into a full queue evicts what it needs (here 150 expired messages) with a read
+/// of the queue's oldest per 64 evictions and one statement for them all, not a query and a
+/// delete each; what it stores and evicts is as before.
+#[tokio::test]
+async fn evictions_cost_a_read_per_64_and_one_statement() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let proxy = CountingProxy::start(server.port()).await;
+    let storage = PostgresStorage::builder(format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        proxy.port
+    ))
+    .schema(schema.as_str())
+    .pool_size(1)
+    .connect()
+    .await
+    .expect("connect through the proxy");
+    let limits = QueueLimits {
+        per_user: 200,
+        ..queue()
+    };
+    let round = std::sync::Mutex::new(0);
+    let user = || format!("full{}", *round.lock().expect("round"));
+    let fill = || async {
+        *round.lock().expect("round") += 1;
+        let old: Vec<NewMessage> = (0..200)
+            .map(|_| NewMessage {
+                expires_at: millis_after(Duration::from_millis(5)),
+                ..message(&user(), "old")
+            })
+            .collect();
+        storage.append(old, limits).await.expect("fill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let evicting = || async {
+        let new: Vec<NewMessage> = (0..150).map(|_| message(&user(), "new")).collect();
+        let appended = storage.append(new, limits).await.expect("append");
+        assert!(
+            appended
+                .outcomes
+                .iter()
+                .all(|o| matches!(o, AppendOutcome::Stored(_))),
+            "the expired messages were not evicted"
+        );
+        assert_eq!(appended.deepest, Some(200));
+    };
+    let traffic = proxy.measure(fill, evicting).await;
+    eprintln!("an append evicting 150 messages: {traffic:?}");
+    // Begin, the reads, a read of the oldest per 64 evictions (and one to start), the writes,
+    // the commit.
+    let reads = 150 / 64 + 2;
+    assert!(
+        traffic.round_trips <= 4 + reads && traffic.statements <= 20,
+        "evictions cost per eviction: {traffic:?}"
+    );
+    let read = storage
+        .fetch(request(&user(), "tab1", None))
+        .await
+        .expect("read");
+    assert_eq!(
+        read.messages.len(),
+        150,
+        "the queue holds the new messages only"
+    );
+    assert!(read.messages.iter().all(|m| &*m.event == "new"));
+}
