@@ -800,6 +800,8 @@ async fn one_off_users_are_forgotten_and_a_returning_user_starts_afresh() {
 /// the table each reap looks through, and forgotten; rows of users with anything left stay.
 #[tokio::test]
 async fn reaps_go_through_the_whole_table_for_rows_nothing_needs() {
+    // A position far past the clock's (which is near 1.8e15), below 2^53.
+    const AHEAD: u64 = 5_000_000_000_000_000;
     let Some(server) = PostgresServer::shared() else {
         return;
     };
@@ -809,6 +811,7 @@ async fn reaps_go_through_the_whole_table_for_rows_nothing_needs() {
     raw.batch_execute(&format!(
         "INSERT INTO \"{schema}\".users (user_id, last_pos) \
          SELECT 'old' || g, g FROM generate_series(1, 2500) AS g; \
+         INSERT INTO \"{schema}\".users (user_id, last_pos) VALUES ('ahead', {AHEAD}); \
          INSERT INTO \"{schema}\".watermarks (user_id, ns, wm) \
          SELECT 'old' || g, '/', g FROM generate_series(1, 2500) AS g"
     ))
@@ -837,12 +840,19 @@ async fn reaps_go_through_the_whole_table_for_rows_nothing_needs() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, ["online", "waiting"], "forgot too much or too little");
-    // Positions stay above every forgotten user's.
-    let sent = storage
-        .append(vec![message("old7", "again")], queue())
-        .await
-        .expect("append");
-    assert!(matches!(sent.outcomes[0], AppendOutcome::Stored(pos) if pos > 2500));
+    // Positions stay above every forgotten user's, even one given past the clock (a node
+    // whose clock ran ahead): a returning user's old cursor never covers a new message.
+    for user in ["old7", "someone_new"] {
+        let sent = storage
+            .append(vec![message(user, "again")], queue())
+            .await
+            .expect("append");
+        assert!(
+            matches!(sent.outcomes[0], AppendOutcome::Stored(pos) if pos > AHEAD),
+            "{user} got {:?}, not above {AHEAD}",
+            sent.outcomes[0]
+        );
+    }
 }
 
 /// Waits until `n` sessions of the test server wait for a lock.
