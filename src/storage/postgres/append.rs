@@ -1,24 +1,28 @@
 //! [`Storage::append`]: a chunk of messages to many users' logs, set-based.
 //!
 //! One round trip reads what the call needs of each of its users (their rows, locked in
-//! order; the origins and sender shares its messages name); the decisions are made here, in
-//! order, as the contract says; one more round trip writes every payload, message, ack record
-//! and origin with one statement each, and the one notification. Only a full queue costs more:
-//! a look at its oldest `EVICT_SCAN` messages for one to evict.
+//! order; the origins and sender shares its messages name; the other nodes interested in
+//! them); the decisions are made here, in order, as the contract says; one more round trip
+//! writes it all: the evictions, every payload, message, ack record and origin with one
+//! statement each, the notifications (one statement, whatever the number of nodes) and the
+//! node's interest. Only a full queue costs more: a read of its oldest `EVICT_SCAN` messages,
+//! then one more per `EVICT_SCAN` of them it evicts, never one per eviction.
 
 use std::sync::Arc;
 
-use futures_util::future::{try_join3, try_join5};
+use futures_util::future::{try_join, try_join5};
 
 use super::PostgresStorage;
 use super::error::col;
 use super::fetch::sql_pos;
+use super::routes::Routes;
+use super::signals::Outbox;
 use super::sql::{
     ENSURE_USERS, EPOCH, EVICT, FIND_ORIGINS, FIND_SENDERS, INSERT_ACKS, INSERT_MESSAGES,
-    INSERT_ORIGINS, INSERT_PAYLOADS, LOCK_USERS, OLDEST_OF_SENDER, OLDEST_OF_USER,
-    SET_LAST_POSITIONS,
+    INSERT_ORIGINS, INSERT_PAYLOADS, INTERESTED_NODES, LOCK_USERS, OLDEST_OF_SENDER,
+    OLDEST_OF_USER, SET_LAST_POSITIONS,
 };
-use super::tx::Tx;
+use super::tx::{Statement, Tx};
 use crate::hash::{HashMap, HashSet};
 use crate::storage::{
     AppendOutcome, Appended, Epoch, NewMessage, Position, QueueLimits, Signal, StorageError,
@@ -26,7 +30,7 @@ use crate::storage::{
 };
 
 /// How many of a full queue's oldest messages an append looks at for one to evict (expired or
-/// delivered), per eviction.
+/// delivered), per eviction: what it reads of them at a time.
 const EVICT_SCAN: i64 = 64;
 
 /// What the call knows of one user while it decides.
@@ -37,8 +41,34 @@ struct UserState {
     bytes: usize,
     acks: usize,
     origins: usize,
-    /// Positions evicted by this call (they are gone from the table already).
+    /// Positions this call evicts (removed with one statement when it writes).
     evicted: HashSet<i64>,
+    /// The queue's oldest messages, read once for all the evictions of the call.
+    oldest: Oldest,
+    /// The same of each sender's share, for those that are full.
+    oldest_of: HashMap<String, Oldest>,
+}
+
+/// A queue's (or a share's) oldest messages, as candidates for eviction: read `EVICT_SCAN` at
+/// a time, in order, and more only when fewer than that are left that this call did not
+/// evict, so that each eviction looks at the `EVICT_SCAN` oldest messages left, as
+/// `MemoryStorage`'s does, for a query per `EVICT_SCAN` evictions at most, not one each.
+#[derive(Default)]
+struct Oldest {
+    candidates: Vec<Candidate>,
+    /// Whether the last read came back full: the table may hold more after them.
+    more: bool,
+    read: bool,
+}
+
+/// A message an append may evict, as [`OLDEST_OF_USER`] or [`OLDEST_OF_SENDER`] reads it.
+struct Candidate {
+    pos: i64,
+    size: usize,
+    sender: Option<String>,
+    /// Expired or delivered: what may be evicted. Neither changes during the call, which
+    /// holds the user's lock.
+    evictable: bool,
 }
 
 /// What the call knows of one sender's share of one queue.
@@ -83,15 +113,28 @@ impl PostgresStorage {
 
         let mut conn = self.conn().await?;
         let tx = Tx::begin(&mut conn).await?;
-        tx.prepare(&[ENSURE_USERS, LOCK_USERS, EPOCH, FIND_ORIGINS, FIND_SENDERS])
-            .await?;
+        tx.prepare(&[
+            ENSURE_USERS,
+            LOCK_USERS,
+            EPOCH,
+            FIND_ORIGINS,
+            FIND_SENDERS,
+            INTERESTED_NODES,
+        ])
+        .await?;
         let now_sql = now as i64;
-        let (_, locked, epoch, origins, shares) = try_join5(
+        let routes = &self.inner.routes;
+        // The nodes to signal are read with the rest, for every user of the call: most of
+        // them get a message.
+        let (_, locked, epoch, origins, (shares, others)) = try_join5(
             tx.exec(ENSURE_USERS, &[&names]),
             tx.rows(LOCK_USERS, &[&names]),
             tx.rows(EPOCH, &[]),
             tx.rows(FIND_ORIGINS, &[&origin_users, &origin_keys, &now_sql]),
-            tx.rows(FIND_SENDERS, &[&share_users, &share_senders]),
+            try_join(
+                tx.rows(FIND_SENDERS, &[&share_users, &share_senders]),
+                routes.interested(&tx, &names, now),
+            ),
         )
         .await?;
         let epoch = match epoch.first() {
@@ -108,7 +151,7 @@ impl PostgresStorage {
                     bytes: col::<i64>(r, 3)?.max(0) as usize,
                     acks: col::<i32>(r, 4)?.max(0) as usize,
                     origins: col::<i32>(r, 5)?.max(0) as usize,
-                    evicted: HashSet::default(),
+                    ..UserState::default()
                 },
             );
         }
@@ -214,66 +257,82 @@ impl PostgresStorage {
             woken.push(user);
         }
 
-        if !rows.users.is_empty() {
-            tx.prepare(&[INSERT_PAYLOADS, INSERT_MESSAGES, SET_LAST_POSITIONS])
-                .await?;
-            let ids: Vec<i64> = payloads.iter().map(|p| p.0).collect();
-            let events: Vec<&str> = payloads.iter().map(|p| p.1).collect();
-            let datas: Vec<&str> = payloads.iter().map(|p| p.2).collect();
-            let until: Vec<i64> = payloads.iter().map(|p| p.3).collect();
-            let (last_users, last_positions): (Vec<&str>, Vec<i64>) = users
-                .iter()
-                .map(|(u, s)| (u.as_str(), sql_pos(s.last_pos)))
-                .unzip();
-            try_join3(
-                tx.exec(INSERT_PAYLOADS, &[&ids, &events, &datas, &until]),
-                tx.exec(
-                    INSERT_MESSAGES,
-                    &[
-                        &rows.users,
-                        &rows.positions,
-                        &rows.clients,
-                        &rows.namespaces,
-                        &rows.payloads,
-                        &rows.expiries,
-                        &rows.senders,
-                        &rows.sizes,
-                        &rows.acks,
-                    ],
-                ),
-                tx.exec(SET_LAST_POSITIONS, &[&last_users, &last_positions]),
-            )
-            .await?;
-            if !ack_rows.0.is_empty() {
-                tx.exec(
-                    INSERT_ACKS,
-                    &[&ack_rows.0, &ack_rows.1, &ack_rows.2, &ack_rows.3],
-                )
-                .await?;
-            }
-            if !origin_rows.0.is_empty() {
-                tx.exec(
-                    INSERT_ORIGINS,
-                    &[
-                        &origin_rows.0,
-                        &origin_rows.1,
-                        &origin_rows.2,
-                        &origin_rows.3,
-                    ],
-                )
-                .await?;
-            }
-            woken.sort_unstable();
-            woken.dedup();
+        // Everything it decided, in one round trip: the evictions, then the rows of what it
+        // stored (payloads, messages, last positions, ack records, origins), the
+        // notifications and the node's interest.
+        let (evicted_users, evicted_positions): (Vec<&str>, Vec<i64>) = users
+            .iter()
+            .flat_map(|(u, s)| s.evicted.iter().map(move |pos| (u.as_str(), *pos)))
+            .unzip();
+        let ids: Vec<i64> = payloads.iter().map(|p| p.0).collect();
+        let events: Vec<&str> = payloads.iter().map(|p| p.1).collect();
+        let datas: Vec<&str> = payloads.iter().map(|p| p.2).collect();
+        let until: Vec<i64> = payloads.iter().map(|p| p.3).collect();
+        let (last_users, last_positions): (Vec<&str>, Vec<i64>) = users
+            .iter()
+            .map(|(u, s)| (u.as_str(), sql_pos(s.last_pos)))
+            .unzip();
+        woken.sort_unstable();
+        woken.dedup();
+        let mut outbox = Outbox::new(now);
+        if !woken.is_empty() {
             let signal = Signal::Appended {
                 users: woken.iter().map(|u| (*u).into()).collect(),
             };
-            self.inner.routes.send(&tx, &signal, now).await?;
+            routes.address(&signal, &others, &mut outbox)?;
         }
         // The node waits for these users' confirmations and replies.
-        let noted = self.inner.routes.note(&tx, &woken, now).await?;
+        let stale = routes.stale(&woken, now);
+        let interest_until = Routes::interest_until(now);
+        let mut statements: Vec<Statement<'_>> = Vec::new();
+        if !evicted_users.is_empty() {
+            statements.push((EVICT, vec![&evicted_users, &evicted_positions]));
+        }
+        if !rows.users.is_empty() {
+            statements.push((INSERT_PAYLOADS, vec![&ids, &events, &datas, &until]));
+            statements.push((
+                INSERT_MESSAGES,
+                vec![
+                    &rows.users,
+                    &rows.positions,
+                    &rows.clients,
+                    &rows.namespaces,
+                    &rows.payloads,
+                    &rows.expiries,
+                    &rows.senders,
+                    &rows.sizes,
+                    &rows.acks,
+                ],
+            ));
+            statements.push((SET_LAST_POSITIONS, vec![&last_users, &last_positions]));
+        }
+        if !ack_rows.0.is_empty() {
+            statements.push((
+                INSERT_ACKS,
+                vec![&ack_rows.0, &ack_rows.1, &ack_rows.2, &ack_rows.3],
+            ));
+        }
+        if !origin_rows.0.is_empty() {
+            statements.push((
+                INSERT_ORIGINS,
+                vec![
+                    &origin_rows.0,
+                    &origin_rows.1,
+                    &origin_rows.2,
+                    &origin_rows.3,
+                ],
+            ));
+        }
+        statements.extend(outbox.statements());
+        if !stale.is_empty() {
+            statements.push(routes.note_statement(&stale, &interest_until));
+        }
+        if !statements.is_empty() {
+            tx.pipeline(&statements).await?;
+        }
+        drop(statements);
         tx.commit().await?;
-        self.inner.routes.remember(noted, now);
+        routes.remember(stale, now);
         Ok(Appended {
             epoch,
             outcomes,
@@ -282,7 +341,8 @@ impl PostgresStorage {
     }
 
     /// Evicts expired or delivered messages until `m` fits in its user's queue: the sender's
-    /// share first, among the sender's own, then the whole queue. Whether it fits.
+    /// share first, among the sender's own, then the whole queue. Whether it fits. The
+    /// evictions are noted in `state.evicted`, and removed when the call writes.
     #[allow(clippy::too_many_arguments)]
     async fn make_room(
         &self,
@@ -303,75 +363,100 @@ impl PostgresStorage {
                 {
                     break;
                 }
-                let candidates = tx
-                    .rows(OLDEST_OF_SENDER, &[&user, &key.1.as_str(), &EVICT_SCAN])
-                    .await?;
-                let Some(victim) = evictable(&candidates, state, now)? else {
+                let mut oldest = state.oldest_of.remove(&key.1).unwrap_or_default();
+                let victim = oldest
+                    .next_victim(tx, user, Some(&key.1), &state.evicted, now)
+                    .await;
+                state.oldest_of.insert(key.1.clone(), oldest);
+                let Some(victim) = victim? else {
                     return Ok(false);
                 };
-                self.evict(tx, user, victim, state, held).await?;
+                evict(user, victim, state, held);
             }
         }
         while state.queued >= limits.per_user || state.bytes + size > limits.bytes_per_user {
-            let candidates = tx.rows(OLDEST_OF_USER, &[&user, &EVICT_SCAN]).await?;
-            let Some(victim) = evictable(&candidates, state, now)? else {
+            let mut oldest = std::mem::take(&mut state.oldest);
+            let victim = oldest
+                .next_victim(tx, user, None, &state.evicted, now)
+                .await;
+            state.oldest = oldest;
+            let Some(victim) = victim? else {
                 return Ok(false);
             };
-            self.evict(tx, user, victim, state, held).await?;
+            evict(user, victim, state, held);
         }
         Ok(true)
     }
+}
 
-    async fn evict(
-        &self,
+/// A message to evict: its position, size and sender.
+type Victim = (i64, usize, Option<String>);
+
+/// Notes that the call evicts `victim` from `user`'s queue.
+fn evict(
+    user: &str,
+    (pos, size, sender): Victim,
+    state: &mut UserState,
+    held: &mut HashMap<(String, String), Share>,
+) {
+    state.evicted.insert(pos);
+    state.queued = state.queued.saturating_sub(1);
+    state.bytes = state.bytes.saturating_sub(size);
+    if let Some(sender) = sender
+        && let Some(share) = held.get_mut(&(user.to_owned(), sender))
+    {
+        share.count = share.count.saturating_sub(1);
+        share.bytes = share.bytes.saturating_sub(size);
+    }
+}
+
+impl Oldest {
+    /// The first evictable one of the `EVICT_SCAN` oldest messages not in `evicted` (of the
+    /// share of `sender`, if given), reading more of them if fewer are known.
+    async fn next_victim(
+        &mut self,
         tx: &Tx<'_>,
         user: &str,
-        victim: Victim,
-        state: &mut UserState,
-        held: &mut HashMap<(String, String), Share>,
-    ) -> Result<(), StorageError> {
-        tx.exec(EVICT, &[&user, &victim.pos]).await?;
-        state.evicted.insert(victim.pos);
-        state.queued = state.queued.saturating_sub(1);
-        state.bytes = state.bytes.saturating_sub(victim.size);
-        if let Some(sender) = victim.sender
-            && let Some(share) = held.get_mut(&(user.to_owned(), sender))
-        {
-            share.count = share.count.saturating_sub(1);
-            share.bytes = share.bytes.saturating_sub(victim.size);
+        sender: Option<&str>,
+        evicted: &HashSet<i64>,
+        now: u64,
+    ) -> Result<Option<Victim>, StorageError> {
+        let known = self
+            .candidates
+            .iter()
+            .filter(|c| !evicted.contains(&c.pos))
+            .count();
+        if !self.read || (self.more && known < EVICT_SCAN as usize) {
+            let after = self.candidates.last().map_or(0, |c| c.pos);
+            let rows = match sender {
+                Some(sender) => {
+                    tx.rows(OLDEST_OF_SENDER, &[&user, &sender, &EVICT_SCAN, &after])
+                        .await?
+                }
+                None => {
+                    tx.rows(OLDEST_OF_USER, &[&user, &EVICT_SCAN, &after])
+                        .await?
+                }
+            };
+            self.read = true;
+            self.more = rows.len() as i64 == EVICT_SCAN;
+            for r in &rows {
+                let expires_at: i64 = col(r, 1)?;
+                let delivered: Option<bool> = col(r, 6)?;
+                self.candidates.push(Candidate {
+                    pos: col(r, 0)?,
+                    size: col::<i32>(r, 4)?.max(0) as usize,
+                    sender: col(r, 5)?,
+                    evictable: expires_at <= now as i64 || delivered.unwrap_or(false),
+                });
+            }
         }
-        Ok(())
+        Ok(self
+            .candidates
+            .iter()
+            .filter(|c| !evicted.contains(&c.pos))
+            .take(EVICT_SCAN as usize)
+            .find(|c| c.evictable)
+            .map(|c| (c.pos, c.size, c.sender.clone())))
     }
-}
-
-/// A message an append removes to make room.
-struct Victim {
-    pos: i64,
-    size: usize,
-    sender: Option<String>,
-}
-
-/// The first of `candidates` (rows of [`OLDEST_OF_USER`] or [`OLDEST_OF_SENDER`]) that expired
-/// or was delivered, and that this call has not removed already.
-fn evictable(
-    candidates: &[tokio_postgres::Row],
-    state: &UserState,
-    now: u64,
-) -> Result<Option<Victim>, StorageError> {
-    for r in candidates {
-        let pos: i64 = col(r, 0)?;
-        if state.evicted.contains(&pos) {
-            continue;
-        }
-        let expires_at: i64 = col(r, 1)?;
-        let delivered: Option<bool> = col(r, 6)?;
-        if expires_at <= now as i64 || delivered.unwrap_or(false) {
-            return Ok(Some(Victim {
-                pos,
-                size: col::<i32>(r, 4)?.max(0) as usize,
-                sender: col(r, 5)?,
-            }));
-        }
-    }
-    Ok(None)
 }

@@ -194,6 +194,8 @@ impl PostgresStorageBuilder {
                 received,
                 signals,
                 deadline,
+                scan_from: std::sync::Mutex::new(String::new()),
+                remade_at: tokio::sync::Mutex::new(None),
                 _listener: AbortOnDrop(listener),
             }),
         })

@@ -46,6 +46,13 @@ impl<T> OrUnavailable<T> for Result<T, deadpool_postgres::PoolError> {
     }
 }
 
+/// Whether `err` says that the tables are not there (`undefined_table`, `invalid_schema_name`):
+/// the schema was dropped under a running node. Read from the message [`describe`] made,
+/// which ends with the SQLSTATE.
+pub(super) fn tables_missing(err: &StorageError) -> bool {
+    matches!(err, StorageError::Unavailable(m) if m.ends_with("(42P01)") || m.ends_with("(3F000)"))
+}
+
 /// The server's own message when there is one: `db error` alone says nothing.
 fn describe(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {

@@ -2,17 +2,19 @@
 
 use std::sync::Arc;
 
-use futures_util::future::{try_join, try_join4};
+use futures_util::future::{try_join, try_join5};
 use serde_json::value::RawValue;
 use tokio_postgres::Row;
 
 use super::PostgresStorage;
 use super::error::{col, corrupt};
+use super::routes::Routes;
+use super::signals::Outbox;
 use super::sql::{
-    EARLIEST_ADDRESSED, ENSURE_USER, LOCK_USER, RAISE_WATERMARKS, READ, SET_TRIMMED, TRIM,
-    UPSERT_CLIENT, USER_CLIENTS, USER_WATERMARKS,
+    EARLIEST_ADDRESSED, ENSURE_USER, INTERESTED_NODES, LOCK_USER, RAISE_WATERMARKS, READ,
+    SET_TRIMMED, TRIM, UPSERT_CLIENT, USER_CLIENTS, USER_WATERMARKS,
 };
-use super::tx::Tx;
+use super::tx::{Statement, Tx};
 use crate::hash::HashMap;
 use crate::storage::{
     Arrival, Epoch, FetchBatch, FetchRequest, Limit, Position, Signal, StorageError, StoredMessage,
@@ -68,11 +70,31 @@ pub(super) fn stored_message(row: &Row) -> Result<StoredMessage, StorageError> {
     })
 }
 
+/// `Ok(None)` without running `op` unless `wanted`: an optional statement in a pipeline.
+pub(super) async fn maybe<T>(
+    wanted: bool,
+    op: impl Future<Output = Result<T, StorageError>>,
+) -> Result<Option<T>, StorageError> {
+    if wanted { op.await.map(Some) } else { Ok(None) }
+}
+
 impl PostgresStorage {
+    /// Four round trips, whatever it confirms: the transaction's start; one that reads all it
+    /// decides from (the user's row, locked; their clients and watermarks; the nodes to
+    /// signal); one that writes all it decided, with the read (the client's record; the
+    /// watermarks, only those that rise; the trim; every notification; the node's interest);
+    /// the commit.
     pub(super) async fn fetch_now(&self, req: FetchRequest) -> Result<FetchBatch, StorageError> {
         let now = now_millis();
         let user = req.user.as_str();
         let client = req.client.as_str();
+        let users = [user];
+        // What is read only in case it is needed, so as not to cost a round trip of its own
+        // when it is: the nodes to signal (of an announcement or a confirmation), and where a
+        // client sending no cursor starts if it is new.
+        let may_signal = req.announce.is_some() || req.cursor.is_some();
+        let may_be_new = req.cursor.is_none();
+        let routes = &self.inner.routes;
         let mut conn = self.conn().await?;
         let tx = Tx::begin(&mut conn).await?;
         tx.prepare(&[
@@ -80,16 +102,20 @@ impl PostgresStorage {
             LOCK_USER,
             USER_CLIENTS,
             USER_WATERMARKS,
-            UPSERT_CLIENT,
-            READ,
+            INTERESTED_NODES,
+            EARLIEST_ADDRESSED,
         ])
         .await?;
         // The lock comes first in the pipeline: the reads after it see the user at rest.
-        let (_, locked, clients, watermarks) = try_join4(
+        let (_, locked, clients, watermarks, (others, earliest)) = try_join5(
             tx.exec(ENSURE_USER, &[&user]),
             tx.rows(LOCK_USER, &[&user]),
             tx.rows(USER_CLIENTS, &[&user]),
             tx.rows(USER_WATERMARKS, &[&user]),
+            try_join(
+                maybe(may_signal, routes.interested(&tx, &users, now)),
+                maybe(may_be_new, tx.rows(EARLIEST_ADDRESSED, &[&user, &client])),
+            ),
         )
         .await?;
         let row = UserRow::from_rows(&locked)?;
@@ -142,7 +168,12 @@ impl PostgresStorage {
                     .map(|ns| marks.get(&**ns).copied().unwrap_or(0))
                     .min()
                     .unwrap_or(0);
-                let earliest = tx.rows(EARLIEST_ADDRESSED, &[&user, &client]).await?;
+                // Read with the rest when the client sent no cursor; a cursor of another
+                // epoch (rare: after data was lost) costs its own round trip.
+                let earliest = match earliest {
+                    Some(rows) => rows,
+                    None => tx.rows(EARLIEST_ADDRESSED, &[&user, &client]).await?,
+                };
                 let earliest: Option<i64> = match earliest.first() {
                     Some(r) => col(r, 0)?,
                     None => None,
@@ -153,46 +184,25 @@ impl PostgresStorage {
             }
             _ => cursor,
         };
-        if let Some(upto) = confirmed
-            && req
+        // The watermarks this confirmation raises: none, most of the time, and then no
+        // statement is sent at all.
+        let rising: Vec<&str> = match confirmed {
+            Some(upto) => req
                 .namespaces
                 .iter()
-                .any(|ns| marks.get(&**ns).copied().unwrap_or(0) < upto)
+                .filter(|ns| marks.get(&***ns).copied().unwrap_or(0) < upto)
+                .map(|ns| &**ns)
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(upto) = confirmed
+            && !rising.is_empty()
         {
             advanced = Some(upto);
         }
-
-        let namespaces: Vec<&str> = req.namespaces.iter().map(|ns| &**ns).collect();
-        let seen_until = now.saturating_add(req.presence_ttl.as_millis() as u64) as i64;
-        let limit = req.limit as i64;
-        let (start_sql, cursor_sql, now_sql) = (sql_pos(start), sql_pos(cursor), now as i64);
-        let (_, rows) = try_join(
-            tx.exec(
-                UPSERT_CLIENT,
-                &[&user, &client, &cursor_sql, &namespaces, &seen_until],
-            ),
-            tx.rows(
-                READ,
-                &[&user, &start_sql, &now_sql, &namespaces, &client, &limit],
-            ),
-        )
-        .await?;
-        if let Some(upto) = confirmed {
-            let upto = sql_pos(upto);
-            tx.exec(RAISE_WATERMARKS, &[&user, &namespaces, &upto])
-                .await?;
-        }
-        let messages = rows
-            .iter()
-            .map(stored_message)
-            .collect::<Result<Vec<_>, _>>()?;
-        let cursor_out = match messages.last() {
-            Some(last) if messages.len() == req.limit => last.pos,
-            _ => start.max(head),
-        };
-        if advanced.is_some() {
-            // Delivered messages below every polled client's cursor can go: none of them
-            // reads below its cursor again.
+        // Delivered messages below every polled client's cursor can go: none of them reads
+        // below its cursor again.
+        let trim_to = advanced.and_then(|_| {
             let lowest = clients
                 .iter()
                 .filter(|c| c.polled && c.id != client)
@@ -200,19 +210,18 @@ impl PostgresStorage {
                 .chain(std::iter::once(cursor))
                 .min()
                 .unwrap_or(cursor);
-            if lowest > row.trimmed_to {
-                let (from, to) = (sql_pos(row.trimmed_to), sql_pos(lowest));
-                tx.exec(TRIM, &[&user, &from, &to]).await?;
-                tx.exec(SET_TRIMMED, &[&user, &to]).await?;
-            }
-        }
+            (lowest > row.trimmed_to).then_some(lowest)
+        });
+
+        let mut outbox = Outbox::new(now);
+        let others = others.unwrap_or_default();
         if let Some(poll) = req.announce {
             let signal = Signal::PollStarted {
                 user: req.user.clone(),
                 client: req.client.clone(),
                 poll,
             };
-            self.inner.routes.send(&tx, &signal, now).await?;
+            routes.address(&signal, &others, &mut outbox)?;
         }
         if let Some(cursor) = advanced {
             let signal = Signal::Confirmed {
@@ -222,12 +231,55 @@ impl PostgresStorage {
                 cursor,
                 namespaces: req.namespaces.clone().into(),
             };
-            self.inner.routes.send(&tx, &signal, now).await?;
+            routes.address(&signal, &others, &mut outbox)?;
         }
         // The node has a poll of this user: it needs their signals.
-        let noted = self.inner.routes.note(&tx, &[user], now).await?;
+        let stale = routes.stale(&users, now);
+        let until = Routes::interest_until(now);
+
+        let namespaces: Vec<&str> = req.namespaces.iter().map(|ns| &**ns).collect();
+        let seen_until = now.saturating_add(req.presence_ttl.as_millis() as u64) as i64;
+        let limit = req.limit as i64;
+        let (start_sql, cursor_sql, now_sql) = (sql_pos(start), sql_pos(cursor), now as i64);
+        let upto_sql = sql_pos(confirmed.unwrap_or(0));
+        let (from_sql, to_sql) = (sql_pos(row.trimmed_to), sql_pos(trim_to.unwrap_or(0)));
+        // In this order: the trim sees the client's cursor and the watermarks just written,
+        // and runs after the read, as it would in turn.
+        let mut statements: Vec<Statement<'_>> = vec![(
+            UPSERT_CLIENT,
+            vec![&user, &client, &cursor_sql, &namespaces, &seen_until],
+        )];
+        if !rising.is_empty() {
+            statements.push((RAISE_WATERMARKS, vec![&user, &rising, &upto_sql]));
+        }
+        let read_at = statements.len();
+        statements.push((
+            READ,
+            vec![&user, &start_sql, &now_sql, &namespaces, &client, &limit],
+        ));
+        if trim_to.is_some() {
+            statements.push((TRIM, vec![&user, &from_sql, &to_sql]));
+            statements.push((SET_TRIMMED, vec![&user, &to_sql]));
+        }
+        statements.extend(outbox.statements());
+        if !stale.is_empty() {
+            statements.push(routes.note_statement(&stale, &until));
+        }
+        let results = tx.pipeline(&statements).await?;
+        let rows = results
+            .get(read_at)
+            .ok_or_else(|| corrupt("a pipeline's answers"))?;
+        let messages = rows
+            .iter()
+            .map(stored_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(statements);
         tx.commit().await?;
-        self.inner.routes.remember(noted, now);
+        routes.remember(stale, now);
+        let cursor_out = match messages.last() {
+            Some(last) if messages.len() == req.limit => last.pos,
+            _ => start.max(head),
+        };
         Ok(FetchBatch {
             epoch,
             cursor: cursor_out,

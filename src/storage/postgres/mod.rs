@@ -9,10 +9,11 @@
 //! An operation on several users (an append of a fan-out's chunk, a reap) locks their rows in
 //! `user_id` order, so two of them never wait for each other in a circle. The logic of an
 //! operation is Rust; its statements are prepared once per connection and those that do not
-//! depend on each other are pipelined: a fetch that confirms nothing new (the read after a
-//! wakeup) is about five round trips: the transaction's start, its reads, its writes with the
-//! read, the watermarks and the commit; one that confirms adds a round trip for each of the
-//! trim and the signal.
+//! depend on each other are pipelined ([`tx::Tx::pipeline`]): a fetch is four round trips
+//! whatever it confirms (the transaction's start; its reads, with the nodes to signal; its
+//! writes with the read: the client's record, the watermarks only if one rises, the trim,
+//! every notification in one statement; the commit), and so is an append. `join` and
+//! `set_data` lock the user's row too, so a reap goes before or after them, never between.
 //!
 //! The tables (`sql/migrations/`): `interest` (which node needs which users' signals, see
 //! [`routes`]), `users` (per user: the last position, the queue's
@@ -29,7 +30,9 @@
 //! is one lookup per target; an append reads its users' counters, not their logs, and looks at
 //! no more than `EVICT_SCAN` of a full queue's oldest messages for one to evict. Expired rows
 //! go in bounded sweeps (`SWEEP_BATCH` rows of each table per [`Storage::reap`], which every
-//! node calls every quarter of the presence TTL), by indexes on their expiry.
+//! node calls every quarter of the presence TTL), by indexes on their expiry; the rows of a
+//! user nothing needs any more (`users`, `watermarks`) go after, in bounded batches (see
+//! [`presence`]), so that user ids never seen again leave nothing behind.
 //!
 //! **A fan-out is set-based.** An append inserts all of its messages, payloads, ack records
 //! and origins with one statement each (`unnest` of arrays), whatever its number of users, and
@@ -66,7 +69,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio::sync::broadcast;
 
 pub use self::builder::PostgresStorageBuilder;
-use self::error::{OrUnavailable, within};
+use self::error::{OrUnavailable, tables_missing, within};
 use self::routes::Routes;
 use self::signals::AbortOnDrop;
 use self::tx::Tx;
@@ -98,10 +101,11 @@ use crate::id::{ClientId, UserId};
 ///   `503`) within the connect plus response timeouts, never a hang; the pool makes new
 ///   connections when the server is back, and the listening connection comes back by itself
 ///   and sends [`Signal::Resync`], since notifications may have been missed meanwhile.
-/// * **Losing the data** (a new database, a dropped schema) gives a new [`Epoch`] on the next
-///   connect: clients resync and senders of unconfirmed messages learn they were lost. Nodes
-///   already running answer `503` until then (they do not make the tables again by
-///   themselves). A restart of PostgreSQL loses nothing committed.
+/// * **Losing the data** (a new database, a dropped schema) gives a new [`Epoch`]: clients
+///   resync and senders of unconfirmed messages learn they were lost. A running node that
+///   finds its tables gone answers that operation `503`, applies the migrations again (a new
+///   epoch) and tells every node to resync; its next operations work. A restart of
+///   PostgreSQL loses nothing committed.
 /// * **Time** is each node's clock, as for every storage: expiry and presence are in
 ///   milliseconds of the node that wrote them, so keep the nodes' clocks in sync (NTP).
 ///
@@ -138,6 +142,11 @@ struct Inner {
     signals: broadcast::Sender<Signal>,
     /// The most an operation may take, a new connection included.
     deadline: Duration,
+    /// Where this node's reaps go on looking through `users` for rows to forget.
+    scan_from: std::sync::Mutex<String>,
+    /// When this node last made the tables again after finding them gone: at most once a
+    /// second, however many operations fail meanwhile.
+    remade_at: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The task reading the listening connection; stops with the last handle.
     _listener: AbortOnDrop,
 }
@@ -187,12 +196,63 @@ impl PostgresStorage {
         self.inner.pool.get().await.or_unavailable()
     }
 
-    /// Runs `op` within the storage's deadline.
+    /// Runs `op` within the storage's deadline; if it found the tables gone, makes them again.
     async fn within<T>(
         &self,
         op: impl Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        within(self.inner.deadline, op).await
+        let result = within(self.inner.deadline, op).await;
+        if let Err(err) = &result {
+            self.remake_if_gone(err).await;
+        }
+        result
+    }
+
+    /// After `err`, if it says the tables are gone (the schema was dropped under this running
+    /// node), applies the migrations again, which makes the schema anew with a **new epoch**:
+    /// clients resync and senders of unconfirmed messages learn they were lost, as after a
+    /// restart on an empty database, rather than the node serving empty tables under the old
+    /// epoch. The operation that found them gone answers `503`; the next ones work. Every
+    /// subscriber here, and every node, is told to resync.
+    async fn remake_if_gone(&self, err: &StorageError) {
+        if !tables_missing(err) {
+            return;
+        }
+        let mut remade_at = self.inner.remade_at.lock().await;
+        if remade_at.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *remade_at = Some(std::time::Instant::now());
+        let schema = &self.inner.schema;
+        let remade = within(self.inner.deadline * 2, async {
+            let mut conn = self.conn().await?;
+            schema::migrate(&mut conn, schema).await
+        })
+        .await;
+        match remade {
+            Ok(()) => {
+                tracing::warn!(
+                    schema,
+                    "the tables were gone: made them again, with a new epoch"
+                );
+                // Interest rows and the forgetting scan's place went with the tables.
+                self.inner.routes.forget_noted();
+                *self
+                    .inner
+                    .scan_from
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = String::new();
+                let _ = self.inner.signals.send(Signal::Resync);
+                if let Err(err) =
+                    within(self.inner.deadline, self.publish_now(Signal::Resync)).await
+                {
+                    tracing::warn!(cause = %err, "could not tell the other nodes to resync");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(schema, cause = %err, "the tables are gone, and making them again failed")
+            }
+        }
     }
 
     async fn epoch_now(&self) -> Result<Epoch, StorageError> {
@@ -274,7 +334,11 @@ impl Storage for PostgresStorage {
 
     async fn reap(&self) -> Result<Vec<Departure>, StorageError> {
         // Not within one deadline: it runs bounded batches, each within its own.
-        self.reap_now().await
+        let result = self.reap_now().await;
+        if let Err(err) = &result {
+            self.remake_if_gone(err).await;
+        }
+        result
     }
 
     async fn join(

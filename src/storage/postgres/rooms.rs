@@ -10,8 +10,11 @@ use std::time::Duration;
 use super::PostgresStorage;
 use super::error::col;
 use super::presence::client_id;
-use super::sql::{GET_DATA, JOIN, LEAVE, MEMBERS, REMOVE_DATA, ROOMS_OF, SET_DATA, TOUCH_CLIENT};
-use super::tx::Tx;
+use super::sql::{
+    ENSURE_USER, GET_DATA, JOIN, LEAVE, LOCK_MEMBER, MEMBERS, REMOVE_DATA, ROOMS_OF, SET_DATA,
+    TOUCH_CLIENT,
+};
+use super::tx::{Statement, Tx};
 use crate::id::UserId;
 use crate::storage::{Member, StorageError, now_millis};
 
@@ -23,13 +26,29 @@ fn member_parts(member: &Member) -> (&str, &str) {
 }
 
 impl PostgresStorage {
-    /// Keeps a client not seen yet for `ttl`, as if it had polled (not live).
-    async fn touch(tx: &Tx<'_>, member: &Member, ttl: Duration) -> Result<(), StorageError> {
-        if let Member::Client(user, client) = member {
-            let until = now_millis().saturating_add(ttl.as_millis() as u64) as i64;
-            tx.exec(TOUCH_CLIENT, &[&user.as_str(), &client.as_str(), &until])
-                .await?;
-        }
+    /// Locks the member's user as a reap does, and keeps a client not seen yet for `ttl`, as
+    /// if it had polled (not live), then runs `write`: all in one round trip. A reap of the
+    /// user waits, or comes first and this sees what it left: a membership or data is never
+    /// written for a client record a reap is removing, nor removed with it unseen. A client's
+    /// user gets a row (its client record will be reaped, and the row forgotten with it); a
+    /// user's own membership or data makes none.
+    async fn locked_write(
+        tx: &Tx<'_>,
+        member: &Member,
+        ttl: Duration,
+        write: Statement<'_>,
+    ) -> Result<(), StorageError> {
+        let until = now_millis().saturating_add(ttl.as_millis() as u64) as i64;
+        let (user, client) = member_parts(member);
+        let statements: Vec<Statement<'_>> = match member {
+            Member::Client(..) => vec![
+                (ENSURE_USER, vec![&user]),
+                (TOUCH_CLIENT, vec![&user, &client, &until]),
+                write,
+            ],
+            Member::User(_) => vec![(LOCK_MEMBER, vec![&user]), write],
+        };
+        tx.pipeline(&statements).await?;
         Ok(())
     }
 
@@ -42,8 +61,13 @@ impl PostgresStorage {
         let (user, client) = member_parts(member);
         let mut conn = self.conn().await?;
         let tx = Tx::begin(&mut conn).await?;
-        Self::touch(&tx, member, presence_ttl).await?;
-        tx.exec(JOIN, &[&room, &user, &client]).await?;
+        Self::locked_write(
+            &tx,
+            member,
+            presence_ttl,
+            (JOIN, vec![&room, &user, &client]),
+        )
+        .await?;
         tx.commit().await
     }
 
@@ -94,11 +118,11 @@ impl PostgresStorage {
         let (user, client) = member_parts(member);
         let mut conn = self.conn().await?;
         let tx = Tx::begin(&mut conn).await?;
-        Self::touch(&tx, member, presence_ttl).await?;
-        match value {
-            Some(value) => tx.exec(SET_DATA, &[&user, &client, &key, &value]).await?,
-            None => tx.exec(REMOVE_DATA, &[&user, &client, &key]).await?,
+        let write: Statement<'_> = match &value {
+            Some(value) => (SET_DATA, vec![&user, &client, &key, value]),
+            None => (REMOVE_DATA, vec![&user, &client, &key]),
         };
+        Self::locked_write(&tx, member, presence_ttl, write).await?;
         tx.commit().await
     }
 

@@ -17,11 +17,13 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use tokio_postgres::Row;
+
 use super::error::col;
-use super::signals::notify;
+use super::signals::Outbox;
 use super::sql::{INTERESTED_NODES, NOTE_INTEREST};
-use super::tx::Tx;
-use crate::hash::HashMap;
+use super::tx::{Statement, Tx};
+use crate::hash::{HashMap, HashSet};
 use crate::storage::{Millis, Signal, StorageError};
 
 /// How long a node's interest in a user lasts after it last noted it.
@@ -57,6 +59,36 @@ impl Routes {
         }
     }
 
+    /// Of `users`, those whose interest row this node must write (it is not fresh), to note
+    /// with [`note_statement`](Self::note_statement) and [`remember`](Self::remember) once
+    /// the transaction committed.
+    pub(super) fn stale(&self, users: &[&str], now: Millis) -> Vec<String> {
+        let noted = self.noted.lock().unwrap_or_else(PoisonError::into_inner);
+        users
+            .iter()
+            .filter(|u| {
+                noted
+                    .get(**u)
+                    .is_none_or(|until| *until < now + INTEREST_TTL / 2)
+            })
+            .map(|u| (*u).to_owned())
+            .collect()
+    }
+
+    /// Until when interest noted at `now` lasts, as [`NOTE_INTEREST`] takes it.
+    pub(super) fn interest_until(now: Millis) -> i64 {
+        (now + INTEREST_TTL) as i64
+    }
+
+    /// The statement that notes this node's interest in `stale` users until `until`.
+    pub(super) fn note_statement<'a>(
+        &'a self,
+        stale: &'a Vec<String>,
+        until: &'a i64,
+    ) -> Statement<'a> {
+        (NOTE_INTEREST, vec![stale, &self.node, until])
+    }
+
     /// Notes this node's interest in `users` within `tx`, for those whose row is not fresh;
     /// returns them, to [`remember`](Self::remember) once `tx` committed.
     pub(super) async fn note(
@@ -65,24 +97,20 @@ impl Routes {
         users: &[&str],
         now: Millis,
     ) -> Result<Vec<String>, StorageError> {
-        let stale: Vec<String> = {
-            let noted = self.noted.lock().unwrap_or_else(PoisonError::into_inner);
-            users
-                .iter()
-                .filter(|u| {
-                    noted
-                        .get(**u)
-                        .is_none_or(|until| *until < now + INTEREST_TTL / 2)
-                })
-                .map(|u| (*u).to_owned())
-                .collect()
-        };
+        let stale = self.stale(users, now);
         if !stale.is_empty() {
-            let until = (now + INTEREST_TTL) as i64;
-            tx.exec(NOTE_INTEREST, &[&stale, &self.node, &until])
-                .await?;
+            let until = Self::interest_until(now);
+            tx.pipeline(&[self.note_statement(&stale, &until)]).await?;
         }
         Ok(stale)
+    }
+
+    /// Forgets which interest rows this node wrote: they are gone (the tables were made anew).
+    pub(super) fn forget_noted(&self) {
+        self.noted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Records that the interest rows of `users` were written at `now`.
@@ -99,41 +127,89 @@ impl Routes {
         }
     }
 
-    /// Publishes `signal` when `tx` commits, to the nodes that need it.
+    /// The other nodes interested in `users` now, each with the ones it needs (rows of
+    /// [`INTERESTED_NODES`]), for [`address`](Self::address).
+    pub(super) async fn interested(
+        &self,
+        tx: &Tx<'_>,
+        users: &[&str],
+        now: Millis,
+    ) -> Result<Vec<Row>, StorageError> {
+        let now = now as i64;
+        tx.rows(INTERESTED_NODES, &[&users, &now, &self.node]).await
+    }
+
+    /// The users a signal is about; `None` for what every node needs.
+    pub(super) fn users_of(signal: &Signal) -> Option<Vec<&str>> {
+        match signal {
+            Signal::Appended { users } => Some(users.iter().map(|u| u.as_str()).collect()),
+            Signal::Confirmed { user, .. }
+            | Signal::Completed { user }
+            | Signal::PollStarted { user, .. }
+            | Signal::Replied { user, .. } => Some(vec![user.as_str()]),
+            Signal::Volatile { .. } | Signal::Resync => None,
+        }
+    }
+
+    /// Adds `signal` to `outbox` for the nodes that need it: every node for what every node
+    /// needs; otherwise this node and the `others` ([`interested`](Self::interested) in its
+    /// users), an `Appended` to each with just its users.
+    pub(super) fn address(
+        &self,
+        signal: &Signal,
+        others: &[Row],
+        outbox: &mut Outbox,
+    ) -> Result<(), StorageError> {
+        if Self::users_of(signal).is_none() {
+            return outbox.push(self.all.clone(), signal);
+        }
+        // The users an `Appended` is about, by name, for each node's subset.
+        let woken: HashSet<&str> = match signal {
+            Signal::Appended { users } if !others.is_empty() => {
+                users.iter().map(|u| u.as_str()).collect()
+            }
+            _ => HashSet::default(),
+        };
+        for row in others {
+            let node: String = col(row, 0)?;
+            let channel = format!("{}{node}", self.prefix);
+            match signal {
+                Signal::Appended { .. } => {
+                    // Of the users it needs, those the signal is about (the rows may have been
+                    // read for more users than woke).
+                    let theirs: Vec<String> = col(row, 1)?;
+                    let subset: Vec<_> = theirs
+                        .into_iter()
+                        .filter(|u| woken.contains(u.as_str()))
+                        .map(Into::into)
+                        .collect();
+                    if !subset.is_empty() {
+                        let subset = Signal::Appended {
+                            users: subset.into(),
+                        };
+                        outbox.push(channel, &subset)?;
+                    }
+                }
+                _ => outbox.push(channel, signal)?,
+            }
+        }
+        outbox.push(self.own.clone(), signal)
+    }
+
+    /// Publishes `signal` when `tx` commits, to the nodes that need it: a round trip to find
+    /// them, one to notify them all.
     pub(super) async fn send(
         &self,
         tx: &Tx<'_>,
         signal: &Signal,
         now: Millis,
     ) -> Result<(), StorageError> {
-        let users: Vec<&str> = match signal {
-            Signal::Appended { users } => users.iter().map(|u| u.as_str()).collect(),
-            Signal::Confirmed { user, .. }
-            | Signal::Completed { user }
-            | Signal::PollStarted { user, .. }
-            | Signal::Replied { user, .. } => vec![user.as_str()],
-            Signal::Volatile { .. } | Signal::Resync => {
-                return notify(tx, &self.all, signal).await;
-            }
+        let others = match Self::users_of(signal) {
+            Some(users) => self.interested(tx, &users, now).await?,
+            None => Vec::new(),
         };
-        let now = now as i64;
-        let others = tx
-            .rows(INTERESTED_NODES, &[&users, &now, &self.node])
-            .await?;
-        for row in &others {
-            let node: String = col(row, 0)?;
-            let channel = format!("{}{node}", self.prefix);
-            match signal {
-                Signal::Appended { .. } => {
-                    let theirs: Vec<String> = col(row, 1)?;
-                    let subset = Signal::Appended {
-                        users: theirs.into_iter().map(Into::into).collect(),
-                    };
-                    notify(tx, &channel, &subset).await?;
-                }
-                _ => notify(tx, &channel, signal).await?,
-            }
-        }
-        notify(tx, &self.own, signal).await
+        let mut outbox = Outbox::new(now);
+        self.address(signal, &others, &mut outbox)?;
+        outbox.send(tx).await
     }
 }

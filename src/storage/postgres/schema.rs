@@ -16,6 +16,7 @@ use crate::storage::{Epoch, StorageError, now_millis};
 const MIGRATIONS: &[&str] = &[
     include_str!("sql/migrations/001_tables.sql"),
     include_str!("sql/migrations/002_interest.sql"),
+    include_str!("sql/migrations/003_forgetting.sql"),
 ];
 
 /// The schema version this crate needs: a database ahead of it was migrated by a newer version

@@ -2,7 +2,8 @@
 //! handle that forwards them to its subscribers, reconnecting by itself.
 //!
 //! A notification is sent with `pg_notify` inside the transaction of the operation that causes
-//! it, so PostgreSQL delivers it when (and only if) the transaction commits, in commit order.
+//! it, so PostgreSQL delivers it when (and only if) the transaction commits, in commit order;
+//! all those of a transaction go in one statement ([`Outbox`]), whatever the number of nodes.
 //! A payload is at most 8,000 bytes: a longer signal (an `Appended` naming thousands of users)
 //! is written to `signal_bodies` in the same transaction, and the notification carries `@` and
 //! the row's id; the listener reads the row back. Rows older than a minute are swept.
@@ -24,9 +25,9 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Notification};
 use tracing::warn;
 
 use super::error::{OrUnavailable, col, within};
-use super::sql::{NOTIFY, NOTIFY_LONG, SIGNAL_BODY};
-use super::tx::Tx;
-use crate::storage::{Signal, StorageError, now_millis};
+use super::sql::{NOTIFY_LONG, NOTIFY_MANY, SIGNAL_BODY};
+use super::tx::{Statement, Tx};
+use crate::storage::{Millis, Signal, StorageError};
 
 /// How many signals a slow subscriber may fall behind before it is told to resync (see
 /// `MemoryStorage`'s).
@@ -48,20 +49,59 @@ pub(super) fn signal_json(signal: &Signal) -> Result<String, StorageError> {
         .map_err(|e| StorageError::Corrupt(format!("cannot encode a signal: {e}")))
 }
 
-/// Publishes `signal` on `channel` when `tx` commits.
-pub(super) async fn notify(
-    tx: &Tx<'_>,
-    channel: &str,
-    signal: &Signal,
-) -> Result<(), StorageError> {
-    let json = signal_json(signal)?;
-    if json.len() <= LONGEST_PAYLOAD {
-        tx.rows(NOTIFY, &[&channel, &json]).await?;
-    } else {
-        let now = now_millis() as i64;
-        tx.rows(NOTIFY_LONG, &[&channel, &json, &now]).await?;
+/// The notifications of one transaction, sent when it commits: those short enough to be a
+/// notification go in one statement (`pg_notify` over arrays, whatever their number of
+/// channels), each longer one with its body's row.
+pub(super) struct Outbox {
+    channels: Vec<String>,
+    payloads: Vec<String>,
+    long: Vec<(String, String)>,
+    now: i64,
+}
+
+impl Outbox {
+    pub(super) fn new(now: Millis) -> Outbox {
+        Outbox {
+            channels: Vec::new(),
+            payloads: Vec::new(),
+            long: Vec::new(),
+            now: now as i64,
+        }
     }
-    Ok(())
+
+    /// Adds `signal` for `channel`.
+    pub(super) fn push(&mut self, channel: String, signal: &Signal) -> Result<(), StorageError> {
+        let json = signal_json(signal)?;
+        if json.len() <= LONGEST_PAYLOAD {
+            self.channels.push(channel);
+            self.payloads.push(json);
+        } else {
+            self.long.push((channel, json));
+        }
+        Ok(())
+    }
+
+    /// The statements that send them, to run in the transaction (on their own with
+    /// [`send`](Self::send), or in a pipeline with others).
+    pub(super) fn statements(&self) -> Vec<Statement<'_>> {
+        let mut statements: Vec<Statement<'_>> = Vec::new();
+        if !self.channels.is_empty() {
+            statements.push((NOTIFY_MANY, vec![&self.channels, &self.payloads]));
+        }
+        for (channel, json) in &self.long {
+            statements.push((NOTIFY_LONG, vec![channel, json, &self.now]));
+        }
+        statements
+    }
+
+    /// Sends them when `tx` commits: one round trip.
+    pub(super) async fn send(&self, tx: &Tx<'_>) -> Result<(), StorageError> {
+        let statements = self.statements();
+        if !statements.is_empty() {
+            tx.pipeline(&statements).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Aborts a task when dropped, so the listening task ends with the last storage handle.

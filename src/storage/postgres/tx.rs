@@ -1,6 +1,7 @@
 //! One transaction per storage operation, with prepared statements cached per connection.
 
 use deadpool_postgres::{Object, Transaction};
+use futures_util::future::try_join_all;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -9,6 +10,9 @@ use crate::storage::StorageError;
 
 /// The parameters of a statement, as the driver takes them.
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A statement and its parameters, for [`Tx::pipeline`].
+pub(super) type Statement<'a> = (&'static str, Vec<&'a (dyn ToSql + Sync)>);
 
 /// An open transaction. Dropped without [`commit`](Tx::commit), it rolls back: an operation
 /// that fails half-way (a bound refused it, the connection broke) leaves nothing behind.
@@ -41,6 +45,25 @@ impl<'a> Tx<'a> {
     ) -> Result<Vec<Row>, StorageError> {
         let statement = self.0.prepare_cached(sql).await.or_unavailable()?;
         self.0.query(&statement, params).await.or_unavailable()
+    }
+
+    /// Runs `statements` in one round trip, in order (each sees what the ones before it did),
+    /// and returns each one's rows. They are sent without waiting for each other's answers:
+    /// give only statements whose parameters do not depend on another's answer.
+    pub(super) async fn pipeline(
+        &self,
+        statements: &[Statement<'_>],
+    ) -> Result<Vec<Vec<Row>>, StorageError> {
+        let sqls: Vec<&str> = statements.iter().map(|(sql, _)| *sql).collect();
+        self.prepare(&sqls).await?;
+        // Polled in order (as `try_join` would, for a list this short), each sends its
+        // statement on its first poll: the server runs them in that order.
+        try_join_all(
+            statements
+                .iter()
+                .map(|(sql, params)| self.rows(sql, params.as_slice())),
+        )
+        .await
     }
 
     /// Runs `sql` and returns how many rows it changed.
