@@ -41,6 +41,27 @@ pub fn cpu_with_children_us(pid: u32) -> Result<u64> {
     Ok(ticks * 1_000_000 / clock_ticks_per_second())
 }
 
+/// How long the threads of process `pid` living now have waited, runnable, for a CPU (the
+/// second field of each `/proc/PID/task/TID/schedstat`), in microseconds: a process that waits
+/// long is short of CPU, whatever share of it it got.
+pub fn runqueue_wait_us(pid: u32) -> Result<u64> {
+    let mut ns = 0;
+    let tasks = format!("/proc/{pid}/task");
+    for entry in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+        let Ok(entry) = entry else { continue };
+        // A thread that ended since the listing is left out.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .context("unexpected schedstat format")?;
+    }
+    Ok(ns / 1000)
+}
+
 /// The parent of process `pid` (`/proc/PID/stat` field 4).
 pub fn parent_pid(pid: u32) -> Result<u32> {
     let fields = stat_fields(pid)?;

@@ -82,6 +82,8 @@ pub struct DmOutcome {
     pub store_cpu_us: u64,
     /// CPU of this process, the load generator, over the same span, µs.
     pub loadgen_cpu_us: u64,
+    /// How long the server's threads waited, runnable, for a CPU over the same span, µs.
+    pub server_wait_us: u64,
     /// Messages the clients received (each once), duplicates and out-of-order ones among them.
     pub received: u64,
     pub duplicates: u64,
@@ -126,6 +128,12 @@ impl DmOutcome {
     /// The share of its core the server used, from the start to the last confirmation.
     pub fn server_core(&self) -> f64 {
         self.server_cpu_us as f64 / (self.elapsed_secs * 1e6).max(1.0)
+    }
+
+    /// How long the server's threads waited for a CPU, as a share of the same time (over 100%
+    /// when several waited at once).
+    pub fn server_wait(&self) -> f64 {
+        self.server_wait_us as f64 / (self.elapsed_secs * 1e6).max(1.0)
     }
 
     /// The share of its core the load generator used over the same time.
@@ -214,6 +222,7 @@ async fn drive_dm(
     let commits0 = stats(addr).await?.commits;
     let (cpu0, store0) = servers.cpu_us()?;
     let loadgen0 = crate::proc::cpu_us(std::process::id())?;
+    let wait0 = crate::proc::runqueue_wait_us(servers.server.pid())?;
     let started = Instant::now();
     let _: serde_json::Value = call_json(
         addr,
@@ -251,6 +260,7 @@ async fn drive_dm(
     };
     let (cpu1, store1) = servers.cpu_us()?;
     let loadgen1 = crate::proc::cpu_us(std::process::id())?;
+    let wait1 = crate::proc::runqueue_wait_us(servers.server.pid())?;
     let s = stats(addr).await?;
     let commits = s.commits.zip(commits0).map(|(b, a)| b - a);
     let tables = table_sizes(servers).await?;
@@ -277,6 +287,7 @@ async fn drive_dm(
         server_cpu_us: cpu1 - cpu0,
         store_cpu_us: store1 - store0,
         loadgen_cpu_us: loadgen1 - loadgen0,
+        server_wait_us: wait1.saturating_sub(wait0),
         peak_rss: servers.peak_rss()?,
         stored_p50_us: dm.stored_p50_us,
         stored_p99_us: dm.stored_p99_us,
@@ -363,13 +374,14 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
             );
             let o = measure_dm(*case, opts, false).await?;
             eprintln!(
-                "    {:.0} msg/s confirmed, {:.2} µs/msg (store {:.2}), server core {:.0}%, \
-                 load generator core {:.0}%, sent {} delivered {} received {}, dup {}, \
+                "    {:.0} msg/s confirmed, {:.2} µs/msg (store {:.2}), server core {:.0}% \
+                 (waited for a CPU {:.0}%), load generator core {:.0}%, sent {} delivered {} received {}, dup {}, \
                  p50 {} µs, p99 {} µs{}{}{}",
                 o.rate(),
                 o.cpu_per_msg(),
                 o.store_cpu_per_msg(),
                 o.server_core() * 100.0,
+                o.server_wait() * 100.0,
                 o.loadgen_core() * 100.0,
                 o.sent,
                 o.delivered,
@@ -493,6 +505,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
             "CPU/msg",
             "store CPU/msg",
             "server core",
+            "server waits",
             "load gen. core",
             "peak RSS",
             "p50",
@@ -535,6 +548,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
                 "–".into()
             },
             format!("{:.0}%", 100.0 * m(&|o| o.server_core())),
+            format!("{:.0}%", 100.0 * m(&|o| o.server_wait())),
             format!("{:.0}%", 100.0 * m(&|o| o.loadgen_core())),
             report::mib(m(&|o| o.peak_rss as f64)),
             report::ms(m(&|o| o.p50_us as f64)),
@@ -573,7 +587,9 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
          the start to the last confirmation. CPU/msg: server (+ redis-server's or every \
          PostgreSQL process's) CPU over that time / confirmed messages; store CPU/msg is the \
          store's part. Server core, load gen. core: the CPU of the server process and of the \
-         load generator (this process, one thread) over that time, as a share of one core. \
+         load generator (this process, one thread) over that time, as a share of one core; \
+         server waits: how long its threads waited, runnable, for a CPU (`schedstat`), as a \
+         share of that time: high, the server was short of CPU whatever its share. \
          Latency: emit → the recipient's poll answer parsed. Lost: stored messages no client \
          received. File / tables size: the redb file, or PostgreSQL's tables \
          (`pg_total_relation_size`, summed), at the end.",
