@@ -506,14 +506,28 @@ impl Postgres {
     }
 }
 
-/// `pg_total_relation_size` (table, indexes and TOAST) of every table of `schema` on the
-/// PostgreSQL at `port` of 127.0.0.1, in bytes, largest first; with `psql`.
-pub fn postgres_table_sizes(port: u16, schema: &str) -> Result<Vec<(String, u64)>> {
+/// One table of PostgreSQL's, at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct TableSize {
+    pub name: String,
+    /// `pg_total_relation_size`: the table, its indexes and TOAST, in bytes.
+    pub bytes: u64,
+    /// Live and dead rows as PostgreSQL's statistics have them (`n_live_tup`, `n_dead_tup`:
+    /// estimates, updated within a second or so).
+    pub live: u64,
+    pub dead: u64,
+}
+
+/// Every table of `schema` on the PostgreSQL at `port` of 127.0.0.1, largest first; with
+/// `psql`.
+pub fn postgres_table_sizes(port: u16, schema: &str) -> Result<Vec<TableSize>> {
     let bin = postgres_bin().context("PostgreSQL is not installed")?;
     let query = format!(
-        "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'p') ORDER BY 2 DESC, 1"
+        "SELECT c.relname, pg_total_relation_size(c.oid), coalesce(s.n_live_tup, 0), \
+         coalesce(s.n_dead_tup, 0) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'p') ORDER BY 2 DESC, 1"
     );
     let out = Command::new(bin.join("psql"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -533,10 +547,17 @@ pub fn postgres_table_sizes(port: u16, schema: &str) -> Result<Vec<(String, u64)
         .lines()
         .filter(|l| !l.is_empty())
         .map(|line| {
-            let (name, bytes) = line
-                .split_once('\t')
-                .with_context(|| format!("psql said {line:?}"))?;
-            Ok((name.to_owned(), bytes.trim().parse().context("a size")?))
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [name, bytes, live, dead] = fields[..] else {
+                bail!("psql said {line:?}");
+            };
+            let number = |f: &str| f.trim().parse::<u64>().context("a number from psql");
+            Ok(TableSize {
+                name: name.to_owned(),
+                bytes: number(bytes)?,
+                live: number(live)?,
+                dead: number(dead)?,
+            })
         })
         .collect()
 }

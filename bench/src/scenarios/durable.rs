@@ -98,8 +98,8 @@ pub struct DmOutcome {
     /// On durable: commits during the load, the file's size at the end.
     pub commits: Option<u64>,
     pub file_bytes: Option<u64>,
-    /// On PostgreSQL: each table's `pg_total_relation_size` at the end, largest first.
-    pub tables: Vec<(String, u64)>,
+    /// On PostgreSQL: each table's size and rows at the end, largest first.
+    pub tables: Vec<child::TableSize>,
     pub samples: Vec<Sample>,
 }
 
@@ -143,7 +143,7 @@ impl DmOutcome {
 
     /// The tables' total size on PostgreSQL.
     pub fn tables_bytes(&self) -> Option<u64> {
-        (!self.tables.is_empty()).then(|| self.tables.iter().map(|(_, b)| b).sum())
+        (!self.tables.is_empty()).then(|| self.tables.iter().map(|t| t.bytes).sum())
     }
 
     /// Stored messages a client never received.
@@ -187,7 +187,7 @@ async fn dm_stats(addr: std::net::SocketAddr) -> Result<DmStats> {
 
 /// PostgreSQL's tables' sizes, on a blocking thread (`psql`): the load generator's one
 /// thread must not stop answering polls for it. Empty on the other storages.
-async fn table_sizes(servers: &Servers) -> Result<Vec<(String, u64)>> {
+async fn table_sizes(servers: &Servers) -> Result<Vec<child::TableSize>> {
     let Some(port) = servers.postgres.as_ref().map(|pg| pg.port) else {
         return Ok(Vec::new());
     };
@@ -202,7 +202,7 @@ const PG_SCHEMA: &str = "simpleio";
 /// What a sample reports as the store's size: the durable file's, or PostgreSQL's tables'.
 async fn store_bytes(servers: &Servers, s: &crate::servers::Stats) -> Result<u64> {
     if servers.postgres.is_some() {
-        Ok(table_sizes(servers).await?.iter().map(|(_, b)| b).sum())
+        Ok(table_sizes(servers).await?.iter().map(|t| t.bytes).sum())
     } else {
         Ok(s.file_bytes.unwrap_or(0))
     }
@@ -270,7 +270,7 @@ async fn drive_dm(
             store_bytes: if tables.is_empty() {
                 s.file_bytes.unwrap_or(0)
             } else {
-                tables.iter().map(|(_, b)| b).sum()
+                tables.iter().map(|t| t.bytes).sum()
             },
             commits: commits.unwrap_or(0),
             delivered: dm.delivered,
@@ -406,11 +406,11 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
     tables.extend(dm_tables(&dm, opts));
 
     if let Some(seconds) = opts.seconds {
-        for target in targets
-            .iter()
-            .copied()
-            .filter(|t| matches!(t, Target::SimpleioDurable | Target::SimpleioPostgres))
-        {
+        for target in targets.iter().copied().filter(|t| match t {
+            Target::SimpleioDurable => opts.long_durable,
+            Target::SimpleioPostgres => opts.long_postgres,
+            _ => false,
+        }) {
             let case = DmCase {
                 target,
                 users,
@@ -657,11 +657,19 @@ fn long_run_table(case: DmCase, o: &DmOutcome, seconds: u64) -> Table {
         String::new()
     } else {
         format!(
-            " Tables at the end (`pg_total_relation_size`): {}.",
+            " Tables at the end (`pg_total_relation_size`; live and dead rows): {}.",
             o.tables
                 .iter()
-                .filter(|(_, b)| *b > 0)
-                .map(|(name, b)| format!("{name} {}", report::kib(*b as f64)))
+                .filter(|t| t.live + t.dead > 0)
+                .map(|t| {
+                    format!(
+                        "{} {} ({} live, {} dead)",
+                        t.name,
+                        report::kib(t.bytes as f64),
+                        report::count(t.live),
+                        report::count(t.dead)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         )

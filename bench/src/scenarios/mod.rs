@@ -49,6 +49,9 @@ pub struct Opts {
     pub seconds: Option<u64>,
     /// `--dm-users`: the users of the `durable` scenario's direct messages.
     pub dm_users: usize,
+    /// `--long-on`: which storages the long runs are on (`durable`, `postgres`, or both).
+    pub long_durable: bool,
+    pub long_postgres: bool,
 }
 
 /// Runs scenario `name`.
