@@ -1,6 +1,7 @@
-//! Child processes of the driver — the servers (this same executable), `redis-server`, and
-//! `valgrind` around a server — pinned with `taskset`, and stopped when their handle drops
-//! (on success, on error and on panic) or when the driver dies (`PR_SET_PDEATHSIG`).
+//! Child processes of the driver — the servers (this same executable), `redis-server`,
+//! PostgreSQL, and `valgrind` around a server — pinned with `taskset`, and stopped when their
+//! handle drops (on success, on error and on panic) or when the driver dies
+//! (`PR_SET_PDEATHSIG`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -303,6 +304,278 @@ fn redis_ping(addr: SocketAddr) -> Result<()> {
     s.read_exact(&mut buf)?;
     anyhow::ensure!(&buf == b"+PONG\r\n", "unexpected answer");
     Ok(())
+}
+
+/// The folder of `initdb`, `postgres` and `psql`: Debian's `postgresql-15`
+/// (`/usr/lib/postgresql/15/bin`), or else the newest version there.
+pub fn postgres_bin() -> Option<PathBuf> {
+    let preferred = PathBuf::from("/usr/lib/postgresql/15/bin");
+    let complete = |bin: &std::path::Path| {
+        ["initdb", "postgres", "pg_isready", "psql"]
+            .iter()
+            .all(|p| bin.join(p).is_file())
+    };
+    if complete(&preferred) {
+        return Some(preferred);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            complete(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+/// A PostgreSQL of its own for one measurement: a new cluster (`initdb`) in a fresh folder of
+/// the work folder, its postmaster on a free port of 127.0.0.1, pinned to the server core.
+/// Dropped: a fast shutdown (SIGINT), then the folder is removed. Never the machine's own
+/// instance.
+pub struct Postgres {
+    /// The postmaster: `taskset` and `setpriv` exec in place, so the pid is its own.
+    postmaster: Option<Child>,
+    dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// `setpriv` arguments that run a program as `nobody` when the driver is root (PostgreSQL
+/// refuses to run as root), with a parent-death signal set again after the change of user,
+/// which clears it: SIGQUIT, PostgreSQL's immediate shutdown, if the driver dies.
+fn as_postgres_user() -> Vec<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Vec::new();
+    }
+    [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--pdeathsig=SIGQUIT",
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts a fresh PostgreSQL 15 on `core` with its default settings (so `fsync` and
+/// `synchronous_commit` on: a commit is on disk before it is answered, as `DurableStorage`'s
+/// are), and waits until it accepts connections.
+pub fn postgres(core: usize) -> Result<Postgres> {
+    let bin = postgres_bin().context("PostgreSQL is not installed (/usr/lib/postgresql/*/bin)")?;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = work_dir()?.join(format!("postgres-{}-{n}", std::process::id()));
+    // A folder left by a killed run of the same pid must not hand its data to this one.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let as_user = as_postgres_user();
+    if !as_user.is_empty() {
+        let status = Command::new("chown")
+            .arg("nobody:nogroup")
+            .arg(&dir)
+            .status()
+            .context("running chown")?;
+        anyhow::ensure!(status.success(), "cannot give {} to nobody", dir.display());
+    }
+    let data = dir.join("data");
+    let data_arg = data
+        .to_str()
+        .context("the work folder's path is not UTF-8")?;
+    let dir_arg = dir
+        .to_str()
+        .context("the work folder's path is not UTF-8")?;
+    let initdb = command(
+        core,
+        &as_user,
+        &bin.join("initdb").display().to_string(),
+        &[
+            "-D",
+            data_arg,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]
+        .map(String::from),
+    )
+    .stdin(Stdio::null())
+    .output()
+    .context("running initdb (is postgresql-15 installed?)")?;
+    anyhow::ensure!(
+        initdb.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&initdb.stderr)
+    );
+    let port = free_port()?;
+    let log = work_dir()?.join(format!("postgres-{port}.log"));
+    let args = [
+        "-D",
+        data_arg,
+        "-p",
+        &port.to_string(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        &format!("unix_socket_directories={dir_arg}"),
+    ]
+    .map(String::from);
+    let child = command(
+        core,
+        &as_user,
+        &bin.join("postgres").display().to_string(),
+        &args,
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
+    .spawn()
+    .context("starting postgres")?;
+    let server = Postgres {
+        postmaster: Some(Child {
+            name: "postgres".to_owned(),
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        }),
+        dir,
+        port,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let ready = Command::new(bin.join("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return Ok(server);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "postgres did not accept connections on port {port} within 30 s: {}",
+        server
+            .postmaster
+            .as_ref()
+            .map(Child::log_tail)
+            .unwrap_or_default()
+    )
+}
+
+impl Postgres {
+    /// The `postgres` database as the `postgres` superuser.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The postmaster's pid.
+    pub fn pid(&self) -> u32 {
+        self.postmaster.as_ref().map_or(0, Child::pid)
+    }
+
+    /// CPU time of every PostgreSQL process, in µs: the postmaster's own and that of its
+    /// children it has reaped (`cutime`, `cstime`: backends and autovacuum workers that
+    /// exited), plus each living child's (its backends, one per connection, and the
+    /// checkpointer, WAL writer and the rest). A child that exits between two readings moves
+    /// from the second sum to the first, so differences stay exact.
+    pub fn cpu_us(&self) -> Result<u64> {
+        let pid = self.pid();
+        let mut total = crate::proc::cpu_with_children_us(pid)?;
+        for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+            let Some(child) = entry
+                .ok()
+                .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if crate::proc::parent_pid(child).ok() == Some(pid) {
+                // Gone since it was listed: its time is in the postmaster's `cutime` by now.
+                total += crate::proc::cpu_us(child).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// One table of PostgreSQL's, at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct TableSize {
+    pub name: String,
+    /// `pg_total_relation_size`: the table, its indexes and TOAST, in bytes.
+    pub bytes: u64,
+    /// Live and dead rows as PostgreSQL's statistics have them (`n_live_tup`, `n_dead_tup`:
+    /// estimates, updated within a second or so).
+    pub live: u64,
+    pub dead: u64,
+}
+
+/// Every table of `schema` on the PostgreSQL at `port` of 127.0.0.1, largest first; with
+/// `psql`.
+pub fn postgres_table_sizes(port: u16, schema: &str) -> Result<Vec<TableSize>> {
+    let bin = postgres_bin().context("PostgreSQL is not installed")?;
+    let query = format!(
+        "SELECT c.relname, pg_total_relation_size(c.oid), coalesce(s.n_live_tup, 0), \
+         coalesce(s.n_dead_tup, 0) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'p') ORDER BY 2 DESC, 1"
+    );
+    let out = Command::new(bin.join("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-F", "\t",
+        ])
+        .args(["-c", &query])
+        .stdin(Stdio::null())
+        .output()
+        .context("running psql")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [name, bytes, live, dead] = fields[..] else {
+                bail!("psql said {line:?}");
+            };
+            let number = |f: &str| f.trim().parse::<u64>().context("a number from psql");
+            Ok(TableSize {
+                name: name.to_owned(),
+                bytes: number(bytes)?,
+                live: number(live)?,
+                dead: number(dead)?,
+            })
+        })
+        .collect()
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(postmaster) = self.postmaster.take() {
+            // A fast shutdown: sessions are cut, the postmaster waits for its children, so
+            // none is left behind when the folder goes.
+            // SAFETY: kill has no memory preconditions; the pid is our own child's.
+            unsafe {
+                libc::kill(postmaster.pid() as libc::pid_t, libc::SIGINT);
+            }
+            // Killed (SIGKILL) by its own drop if it has not exited by then.
+            let _ = postmaster.wait_exit(Duration::from_secs(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Whether `program` is on `PATH`.

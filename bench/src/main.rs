@@ -2,9 +2,9 @@
 //! long-polling) and a bare hyper floor, on one machine. See `bench/README.md`.
 //!
 //! ```text
-//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
+//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N]
 //! simpleio-bench smoke
-//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N] [--port P] [--metrics] [--http axum|http1]
+//! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N|postgres://..] [--port P] [--metrics] [--http axum|http1]
 //! simpleio-bench server socketioxide [--port P]
 //! simpleio-bench server hyper-hold [--port P] [--hold SECS] [--http axum|http1]
 //! simpleio-bench server hyper-poll [--port P]
@@ -55,14 +55,16 @@ pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
 };
 
 const USAGE: &str = "usage:
-  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S]
+  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N]
   simpleio-bench smoke
-  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N] [--port P] [--metrics] [--http axum|http1]
+  simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N|postgres://..] [--port P] [--metrics] [--http axum|http1]
   simpleio-bench server socketioxide [--port P]
   simpleio-bench server hyper-hold [--port P] [--hold SECS] [--http axum|http1]
   simpleio-bench server hyper-poll [--port P]
 scenarios: broadcast, history, fanout, idle, room, redis, durable, cluster, callgrind
---seconds S: the durable scenario's long run on DurableStorage, S seconds (none without it)";
+--seconds S: the durable scenario's long runs on DurableStorage and PostgresStorage, S seconds
+  each (none without it); --long-on durable or postgres for one of them only
+--dm-users N: the durable scenario's direct messages between N users (default 200)";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -96,9 +98,27 @@ fn real_main() -> Result<()> {
                 .map(|v| v.parse::<u64>())
                 .transpose()
                 .context("--seconds")?;
+            let dm_users = flags
+                .value("--dm-users")?
+                .map_or(Ok(scenarios::durable::USERS), |v| v.parse::<usize>())
+                .context("--dm-users")?;
+            anyhow::ensure!(dm_users >= 2, "--dm-users: 2 at least");
+            let long_on = flags
+                .value("--long-on")?
+                .unwrap_or_else(|| "durable,postgres".into());
+            let long_on: Vec<&str> = long_on.split(',').collect();
+            if let Some(other) = long_on
+                .iter()
+                .find(|s| !["durable", "postgres"].contains(s))
+            {
+                bail!("--long-on: durable, postgres or both, not {other:?}");
+            }
             flags.done()?;
             let mut opts = load_generator(quick, runs)?;
             opts.seconds = seconds;
+            opts.dm_users = dm_users;
+            opts.long_durable = long_on.contains(&"durable");
+            opts.long_postgres = long_on.contains(&"postgres");
             runtime_current()?.block_on(run(opts, &scenario, markdown))
         }
         "smoke" => {
@@ -128,6 +148,9 @@ fn load_generator(quick: bool, runs: usize) -> Result<scenarios::Opts> {
         runs: runs.max(1),
         server_core,
         seconds: None,
+        dm_users: scenarios::durable::USERS,
+        long_durable: true,
+        long_postgres: true,
     })
 }
 

@@ -30,6 +30,64 @@ pub fn cpu_us(pid: u32) -> Result<u64> {
     Ok(total * 1_000_000 / clock_ticks_per_second())
 }
 
+/// CPU time of process `pid` and of its children it has waited for (`/proc/PID/stat` fields
+/// 14–17: `utime`, `stime`, `cutime`, `cstime`), in microseconds.
+pub fn cpu_with_children_us(pid: u32) -> Result<u64> {
+    let fields = stat_fields(pid)?;
+    let mut ticks = 0;
+    for i in 11..=14 {
+        ticks += field(&fields, i)?;
+    }
+    Ok(ticks * 1_000_000 / clock_ticks_per_second())
+}
+
+/// How long the threads of process `pid` living now have waited, runnable, for a CPU (the
+/// second field of each `/proc/PID/task/TID/schedstat`), in microseconds: a process that waits
+/// long is short of CPU, whatever share of it it got.
+pub fn runqueue_wait_us(pid: u32) -> Result<u64> {
+    let mut ns = 0;
+    let tasks = format!("/proc/{pid}/task");
+    for entry in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+        let Ok(entry) = entry else { continue };
+        // A thread that ended since the listing is left out.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .context("unexpected schedstat format")?;
+    }
+    Ok(ns / 1000)
+}
+
+/// The parent of process `pid` (`/proc/PID/stat` field 4).
+pub fn parent_pid(pid: u32) -> Result<u32> {
+    let fields = stat_fields(pid)?;
+    Ok(field(&fields, 1)? as u32)
+}
+
+/// The fields of `/proc/PID/stat` from field 3 (the state) on.
+fn stat_fields(pid: u32) -> Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("unexpected /proc/PID/stat format")?;
+    Ok(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn field(fields: &[String], i: usize) -> Result<u64> {
+    fields
+        .get(i)
+        .context("short /proc/PID/stat")?
+        .parse::<u64>()
+        .context("non-numeric field in /proc/PID/stat")
+}
+
 fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

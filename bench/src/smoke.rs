@@ -98,6 +98,14 @@ pub async fn run(opts: Opts) -> Result<()> {
     } else {
         eprintln!("smoke: SKIPPING the Redis Cluster case: redis-server or redis-cli is missing");
     }
+    // A fresh PostgreSQL of its own: about two seconds for initdb and the start.
+    if child::postgres_bin().is_some() {
+        dm_targets.push(Target::SimpleioPostgres);
+    } else if in_ci {
+        bail!("PostgreSQL is missing (/usr/lib/postgresql/*/bin, CI=true)");
+    } else {
+        eprintln!("smoke: SKIPPING the PostgreSQL case: it is not installed");
+    }
     for target in dm_targets {
         let case = durable::DmCase {
             target,
@@ -136,6 +144,15 @@ pub async fn run(opts: Opts) -> Result<()> {
             ensure!(
                 o.commits.is_some_and(|n| n > 0),
                 "direct messages on durable: no commits"
+            );
+        }
+        if target == Target::SimpleioPostgres {
+            ensure!(
+                o.tables_bytes().is_some_and(|n| n > 0) && o.store_cpu_us > 0,
+                "direct messages on PostgreSQL: no tables ({:?}) or no CPU counted for its \
+                 processes ({} µs)",
+                o.tables,
+                o.store_cpu_us
             );
         }
     }

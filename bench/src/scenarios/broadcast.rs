@@ -37,6 +37,7 @@ impl Case {
         match self.target {
             Target::Simpleio => format!("simpleio {}", self.mode.as_str()),
             Target::SimpleioRedis => format!("simpleio+redis {}", self.mode.as_str()),
+            Target::SimpleioPostgres => format!("simpleio+postgres {}", self.mode.as_str()),
             Target::SimpleioRedisCluster { .. } => {
                 format!("simpleio+redis-cluster {}", self.mode.as_str())
             }
@@ -51,9 +52,10 @@ impl Case {
 /// What one measurement found.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
-    /// Server CPU (+ Redis CPU) during the send window, in µs.
+    /// Server CPU, and the external store's (redis-server's, PostgreSQL's), during the send
+    /// window, in µs.
     pub server_cpu_us: u64,
-    pub redis_cpu_us: u64,
+    pub store_cpu_us: u64,
     /// Ticks received by clients in the window (each client, each tick once).
     pub received: u64,
     /// Ticks the clients should have received: clients × ticks sent.
@@ -86,7 +88,7 @@ impl Outcome {
         if self.received == 0 {
             return f64::NAN;
         }
-        (self.server_cpu_us + self.redis_cpu_us) as f64 / self.received as f64
+        (self.server_cpu_us + self.store_cpu_us) as f64 / self.received as f64
     }
 }
 
@@ -154,7 +156,7 @@ async fn drive(
         );
     }
     let commits0 = stats(addr).await?.commits;
-    let (cpu0, redis0) = servers.cpu_us()?;
+    let (cpu0, store0) = servers.cpu_us()?;
     let window_start = tokio::time::Instant::now();
     let _: serde_json::Value = call_json(
         addr,
@@ -173,7 +175,7 @@ async fn drive(
         Mode::Volatile => Duration::from_secs(2),
     };
     fleet.wait_seen(s.sent.saturating_sub(1), drain).await;
-    let (cpu1, redis1) = servers.cpu_us()?;
+    let (cpu1, store1) = servers.cpu_us()?;
     let window_secs = window_start.elapsed().as_secs_f64();
     let commits1 = stats(addr).await?.commits;
     let peak_rss = servers.peak_rss()?;
@@ -193,7 +195,7 @@ async fn drive(
     );
     Ok(Outcome {
         server_cpu_us: cpu1 - cpu0,
-        redis_cpu_us: redis1 - redis0,
+        store_cpu_us: store1 - store0,
         peak_rss,
         sent: s.sent,
         delivered: s.delivered,
@@ -214,6 +216,7 @@ fn kind_polls(target: Target) -> bool {
             | Target::SimpleioRedis
             | Target::SimpleioRedisCluster { .. }
             | Target::SimpleioDurable
+            | Target::SimpleioPostgres
             | Target::HyperPoll
     )
 }
@@ -226,6 +229,7 @@ fn confirms(target: Target) -> bool {
             | Target::SimpleioRedis
             | Target::SimpleioRedisCluster { .. }
             | Target::SimpleioDurable
+            | Target::SimpleioPostgres
     )
 }
 
@@ -330,7 +334,7 @@ pub async fn redis(opts: Opts) -> Result<Vec<Table>> {
 #[derive(Debug, Clone, Copy)]
 pub struct Medians {
     pub cpu_per_msg: f64,
-    pub redis_cpu_share: f64,
+    pub store_cpu_share: f64,
     pub peak_rss: f64,
     pub p50_us: f64,
     pub p99_us: f64,
@@ -383,8 +387,8 @@ pub(super) async fn run_cases(cases: &[Case], opts: Opts) -> Result<Vec<(Case, M
             *case,
             Medians {
                 cpu_per_msg: m(&|o| o.cpu_per_msg()),
-                redis_cpu_share: m(&|o| {
-                    o.redis_cpu_us as f64 / (o.server_cpu_us + o.redis_cpu_us).max(1) as f64
+                store_cpu_share: m(&|o| {
+                    o.store_cpu_us as f64 / (o.server_cpu_us + o.store_cpu_us).max(1) as f64
                 }),
                 peak_rss: m(&|o| o.peak_rss as f64),
                 p50_us: m(&|o| o.p50_us as f64),
@@ -434,7 +438,7 @@ fn results_table(title: &str, results: &[(Case, Medians)], opts: Opts) -> Table 
             case.clients.to_string(),
             report::us(m.cpu_per_msg),
             if case.target == Target::SimpleioRedis {
-                format!("{:.0}%", m.redis_cpu_share * 100.0)
+                format!("{:.0}%", m.store_cpu_share * 100.0)
             } else {
                 "–".into()
             },

@@ -104,6 +104,7 @@ pub async fn measure_server(
     let servers = Servers {
         server,
         redis: Vec::new(),
+        postgres: None,
         _data: None,
     };
     let addr = servers.addr();

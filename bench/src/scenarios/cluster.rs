@@ -119,7 +119,7 @@ async fn measure_all(
 }
 
 fn redis_share(o: &DmOutcome) -> f64 {
-    o.redis_cpu_us as f64 / (o.server_cpu_us + o.redis_cpu_us).max(1) as f64
+    o.store_cpu_us as f64 / (o.server_cpu_us + o.store_cpu_us).max(1) as f64
 }
 
 fn table(results: &[(Target, Vec<DmOutcome>)], title: &str) -> Table {

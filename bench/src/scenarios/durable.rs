@@ -1,18 +1,25 @@
-//! `durable`: `DurableStorage` beside `MemoryStorage` and `RedisStorage`, in the same run.
+//! `durable`: `DurableStorage` beside `MemoryStorage`, `RedisStorage` and `PostgresStorage`, in
+//! the same run (Redis and PostgreSQL each a fresh server of the benchmark's own, pinned to the
+//! server core; skipped if not installed).
 //!
 //! 1. The `broadcast` measurement (confirmed, N = 200, 10/s): CPU per delivered message (with
-//!    redis-server's), peak RSS, latency, losses, duplicates; on durable also commits (each one
-//!    fsync) per second of the send window and the file's size at the end.
-//! 2. Confirmed direct messages as fast as they go: N users, user `u{i}` sending to
+//!    redis-server's or PostgreSQL's), peak RSS, latency, losses, duplicates; on durable also
+//!    commits (each one fsync) per second of the send window and the file's size at the end.
+//! 2. Confirmed direct messages as fast as they go: N users (`--dm-users`, 200 by default),
+//!    user `u{i}` sending to
 //!    `u{(i+1) % N}` through the server's own send path (`on_behalf_of(..).to_user(..).emit`,
 //!    [`crate::servers::dm`]), a window of W unconfirmed messages per sender, every recipient a
 //!    polling client of the load generator that confirms what it got with its next poll.
 //!    Confirmed messages per second (resolved delivered / time from the start to the last
 //!    confirmation), CPU per message, and on durable commits per second and messages per
-//!    commit. The ratio durable / memory is the figure to watch.
-//! 3. With `--seconds S`: the same direct-message load on durable for S seconds, the file's
-//!    size (and commits, throughput, RSS) sampled every 10 s: it should level off, as delivered
-//!    messages free their pages.
+//!    commit. The ratio durable / memory is the figure to watch. The storages take turns run
+//!    by run (memory, durable, redis, postgres, memory, …), so that a change in the machine's
+//!    load falls on all of them. The load generator's own CPU is reported beside the server's:
+//!    near 100% of its core, it, not the server, sets the pace.
+//! 3. With `--seconds S`: the same direct-message load on durable, then on PostgreSQL, for S
+//!    seconds each, the file's size (the tables' on PostgreSQL, `pg_total_relation_size`) and
+//!    commits, throughput, RSS sampled every 10 s: it should level off, as delivered messages
+//!    free their pages (or rows, once autovacuum has run).
 
 use std::time::Duration;
 
@@ -29,8 +36,8 @@ use crate::report::{self, Table, median, percentile};
 use crate::servers::Mode;
 use crate::servers::dm::DmStats;
 
-/// Clients of the broadcast measurement, and users of the direct-message one.
-const USERS: usize = 200;
+/// Clients of the broadcast measurement, and users of the direct-message one by default.
+pub const USERS: usize = 200;
 /// Unconfirmed direct messages per sender at most: enough that a poll answers several at once
 /// and the next emit never waits for the previous message's confirmation.
 pub const WINDOW: usize = 32;
@@ -51,7 +58,8 @@ pub struct DmCase {
 pub struct Sample {
     /// Since the load started, s.
     pub at_secs: f64,
-    pub file_bytes: u64,
+    /// The durable file's size, or PostgreSQL's tables' (`pg_total_relation_size`, summed).
+    pub store_bytes: u64,
     /// Cumulative, since the load started.
     pub commits: u64,
     pub delivered: u64,
@@ -68,9 +76,14 @@ pub struct DmOutcome {
     pub first_error: Option<String>,
     /// From the start until the last confirmation (server clock), s.
     pub elapsed_secs: f64,
-    /// CPU of the server and of redis-server over the same span (driver's readings), µs.
+    /// CPU of the server and of redis-server or PostgreSQL over the same span (driver's
+    /// readings), µs.
     pub server_cpu_us: u64,
-    pub redis_cpu_us: u64,
+    pub store_cpu_us: u64,
+    /// CPU of this process, the load generator, over the same span, µs.
+    pub loadgen_cpu_us: u64,
+    /// How long the server's threads waited, runnable, for a CPU over the same span, µs.
+    pub server_wait_us: u64,
     /// Messages the clients received (each once), duplicates and out-of-order ones among them.
     pub received: u64,
     pub duplicates: u64,
@@ -85,6 +98,8 @@ pub struct DmOutcome {
     /// On durable: commits during the load, the file's size at the end.
     pub commits: Option<u64>,
     pub file_bytes: Option<u64>,
+    /// On PostgreSQL: each table's size and rows at the end, largest first.
+    pub tables: Vec<child::TableSize>,
     pub samples: Vec<Sample>,
 }
 
@@ -94,12 +109,41 @@ impl DmOutcome {
         self.delivered as f64 / self.elapsed_secs.max(1e-9)
     }
 
-    /// (server + Redis) CPU µs per confirmed message.
+    /// (server + Redis or PostgreSQL) CPU µs per confirmed message.
     pub fn cpu_per_msg(&self) -> f64 {
         if self.delivered == 0 {
             return f64::NAN;
         }
-        (self.server_cpu_us + self.redis_cpu_us) as f64 / self.delivered as f64
+        (self.server_cpu_us + self.store_cpu_us) as f64 / self.delivered as f64
+    }
+
+    /// The store's (Redis's, PostgreSQL's) CPU µs per confirmed message.
+    pub fn store_cpu_per_msg(&self) -> f64 {
+        if self.delivered == 0 {
+            return f64::NAN;
+        }
+        self.store_cpu_us as f64 / self.delivered as f64
+    }
+
+    /// The share of its core the server used, from the start to the last confirmation.
+    pub fn server_core(&self) -> f64 {
+        self.server_cpu_us as f64 / (self.elapsed_secs * 1e6).max(1.0)
+    }
+
+    /// How long the server's threads waited for a CPU, as a share of the same time (over 100%
+    /// when several waited at once).
+    pub fn server_wait(&self) -> f64 {
+        self.server_wait_us as f64 / (self.elapsed_secs * 1e6).max(1.0)
+    }
+
+    /// The share of its core the load generator used over the same time.
+    pub fn loadgen_core(&self) -> f64 {
+        self.loadgen_cpu_us as f64 / (self.elapsed_secs * 1e6).max(1.0)
+    }
+
+    /// The tables' total size on PostgreSQL.
+    pub fn tables_bytes(&self) -> Option<u64> {
+        (!self.tables.is_empty()).then(|| self.tables.iter().map(|t| t.bytes).sum())
     }
 
     /// Stored messages a client never received.
@@ -141,6 +185,29 @@ async fn dm_stats(addr: std::net::SocketAddr) -> Result<DmStats> {
     call_json(addr, Method::GET, "/bench/dm/stats").await
 }
 
+/// PostgreSQL's tables' sizes, on a blocking thread (`psql`): the load generator's one
+/// thread must not stop answering polls for it. Empty on the other storages.
+async fn table_sizes(servers: &Servers) -> Result<Vec<child::TableSize>> {
+    let Some(port) = servers.postgres.as_ref().map(|pg| pg.port) else {
+        return Ok(Vec::new());
+    };
+    tokio::task::spawn_blocking(move || child::postgres_table_sizes(port, PG_SCHEMA))
+        .await
+        .context("the thread reading the tables' sizes")?
+}
+
+/// The schema `PostgresStorage` makes by default, which the server uses.
+const PG_SCHEMA: &str = "simpleio";
+
+/// What a sample reports as the store's size: the durable file's, or PostgreSQL's tables'.
+async fn store_bytes(servers: &Servers, s: &crate::servers::Stats) -> Result<u64> {
+    if servers.postgres.is_some() {
+        Ok(table_sizes(servers).await?.iter().map(|t| t.bytes).sum())
+    } else {
+        Ok(s.file_bytes.unwrap_or(0))
+    }
+}
+
 async fn drive_dm(
     case: DmCase,
     servers: &Servers,
@@ -153,7 +220,9 @@ async fn drive_dm(
         .await?;
     wait_polls(addr, case.users as u64, Duration::from_secs(10)).await?;
     let commits0 = stats(addr).await?.commits;
-    let (cpu0, redis0) = servers.cpu_us()?;
+    let (cpu0, store0) = servers.cpu_us()?;
+    let loadgen0 = crate::proc::cpu_us(std::process::id())?;
+    let wait0 = crate::proc::runqueue_wait_us(servers.server.pid())?;
     let started = Instant::now();
     let _: serde_json::Value = call_json(
         addr,
@@ -178,7 +247,7 @@ async fn drive_dm(
             let s = stats(addr).await?;
             samples.push(Sample {
                 at_secs: started.elapsed().as_secs_f64(),
-                file_bytes: s.file_bytes.unwrap_or(0),
+                store_bytes: store_bytes(servers, &s).await?,
                 commits: s.commits.zip(commits0).map_or(0, |(b, a)| b - a),
                 delivered: dm.delivered,
                 rss: servers.rss()?,
@@ -189,13 +258,20 @@ async fn drive_dm(
             "the direct messages did not end within {timeout:?}: {dm:?}"
         );
     };
-    let (cpu1, redis1) = servers.cpu_us()?;
+    let (cpu1, store1) = servers.cpu_us()?;
+    let loadgen1 = crate::proc::cpu_us(std::process::id())?;
+    let wait1 = crate::proc::runqueue_wait_us(servers.server.pid())?;
     let s = stats(addr).await?;
     let commits = s.commits.zip(commits0).map(|(b, a)| b - a);
+    let tables = table_sizes(servers).await?;
     if sample {
         samples.push(Sample {
             at_secs: started.elapsed().as_secs_f64(),
-            file_bytes: s.file_bytes.unwrap_or(0),
+            store_bytes: if tables.is_empty() {
+                s.file_bytes.unwrap_or(0)
+            } else {
+                tables.iter().map(|t| t.bytes).sum()
+            },
             commits: commits.unwrap_or(0),
             delivered: dm.delivered,
             rss: servers.rss()?,
@@ -209,12 +285,15 @@ async fn drive_dm(
         first_error: dm.first_error,
         elapsed_secs: dm.elapsed_us as f64 / 1e6,
         server_cpu_us: cpu1 - cpu0,
-        redis_cpu_us: redis1 - redis0,
+        store_cpu_us: store1 - store0,
+        loadgen_cpu_us: loadgen1 - loadgen0,
+        server_wait_us: wait1.saturating_sub(wait0),
         peak_rss: servers.peak_rss()?,
         stored_p50_us: dm.stored_p50_us,
         stored_p99_us: dm.stored_p99_us,
         commits,
         file_bytes: s.file_bytes,
+        tables,
         samples,
         ..DmOutcome::default()
     })
@@ -225,6 +304,7 @@ pub fn storage_name(target: Target) -> &'static str {
         Target::Simpleio => "memory",
         Target::SimpleioDurable => "durable",
         Target::SimpleioRedis => "redis",
+        Target::SimpleioPostgres => "postgres",
         Target::SimpleioRedisCluster {
             replicas: false, ..
         } => "redis cluster, 3 masters",
@@ -249,6 +329,11 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
     } else {
         eprintln!("  note: redis-server is not installed: no Redis column");
     }
+    if child::postgres_bin().is_some() {
+        targets.push(Target::SimpleioPostgres);
+    } else {
+        eprintln!("  note: PostgreSQL is not installed (/usr/lib/postgresql/*/bin): no column");
+    }
     let mut tables = Vec::new();
 
     let cases: Vec<Case> = targets
@@ -264,28 +349,40 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
     let results = broadcast::run_cases(&cases, opts).await?;
     tables.push(broadcast_table(&results, secs, opts));
 
-    let mut dm = Vec::new();
-    for &target in &targets {
-        let case = DmCase {
-            target,
-            users: USERS,
-            window: WINDOW,
-            secs: dm_secs,
-        };
-        let mut runs = Vec::new();
-        for run in 1..=opts.runs {
+    let users = opts.dm_users;
+    let mut dm: Vec<(DmCase, Vec<DmOutcome>)> = targets
+        .iter()
+        .map(|&target| {
+            let case = DmCase {
+                target,
+                users,
+                window: WINDOW,
+                secs: dm_secs,
+            };
+            (case, Vec::new())
+        })
+        .collect();
+    // Run by run, each storage in turn: the machine's load moves over minutes, and should
+    // fall on all of them alike.
+    for run in 1..=opts.runs {
+        for (case, runs) in &mut dm {
             eprintln!(
                 "  direct messages on {}, {} users, run {run}/{} ...",
-                storage_name(target),
+                storage_name(case.target),
                 case.users,
                 opts.runs
             );
-            let o = measure_dm(case, opts, false).await?;
+            let o = measure_dm(*case, opts, false).await?;
             eprintln!(
-                "    {:.0} msg/s confirmed, {:.2} µs/msg, sent {} delivered {} received {}, \
-                 dup {}, p50 {} µs, p99 {} µs{}{}",
+                "    {:.0} msg/s confirmed, {:.2} µs/msg (store {:.2}), server core {:.0}% \
+                 (waited for a CPU {:.0}%), load generator core {:.0}%, sent {} delivered {} received {}, dup {}, \
+                 p50 {} µs, p99 {} µs{}{}{}",
                 o.rate(),
                 o.cpu_per_msg(),
+                o.store_cpu_per_msg(),
+                o.server_core() * 100.0,
+                o.server_wait() * 100.0,
+                o.loadgen_core() * 100.0,
                 o.sent,
                 o.delivered,
                 o.received,
@@ -295,6 +392,9 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
                 o.commits
                     .map(|c| format!(", {:.0} commits/s", c as f64 / o.elapsed_secs))
                     .unwrap_or_default(),
+                o.tables_bytes()
+                    .map(|b| format!(", tables {} KiB", b / 1024))
+                    .unwrap_or_default(),
                 o.first_error
                     .as_ref()
                     .map(|e| format!(", {} send errors (first: {e})", o.send_errors))
@@ -302,22 +402,35 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
             );
             runs.push(o);
         }
-        dm.push((case, runs));
     }
     tables.extend(dm_tables(&dm, opts));
 
     if let Some(seconds) = opts.seconds {
-        let case = DmCase {
-            target: Target::SimpleioDurable,
-            users: USERS,
-            window: WINDOW,
-            secs: seconds as f64,
-        };
-        eprintln!("  long run: direct messages on durable for {seconds} s ...");
-        let o = measure_dm(case, opts, true).await?;
-        tables.push(long_run_table(&o, seconds));
+        for target in targets.iter().copied().filter(|t| match t {
+            Target::SimpleioDurable => opts.long_durable,
+            Target::SimpleioPostgres => opts.long_postgres,
+            _ => false,
+        }) {
+            let case = DmCase {
+                target,
+                users,
+                window: WINDOW,
+                secs: seconds as f64,
+            };
+            eprintln!(
+                "  long run: direct messages on {} for {seconds} s ...",
+                storage_name(target)
+            );
+            let o = measure_dm(case, opts, true).await?;
+            tables.push(long_run_table(case, &o, seconds));
+        }
     }
     Ok(tables)
+}
+
+/// Whether the target's store is a server of its own, whose CPU is counted with the server's.
+fn has_store_process(target: Target) -> bool {
+    matches!(target, Target::SimpleioRedis | Target::SimpleioPostgres)
 }
 
 fn broadcast_table(results: &[(Case, Medians)], secs: f64, opts: Opts) -> Table {
@@ -330,7 +443,7 @@ fn broadcast_table(results: &[(Case, Medians)], secs: f64, opts: Opts) -> Table 
         &[
             "storage",
             "CPU/msg",
-            "redis CPU",
+            "store CPU",
             "peak RSS",
             "p50",
             "p99",
@@ -346,8 +459,8 @@ fn broadcast_table(results: &[(Case, Medians)], secs: f64, opts: Opts) -> Table 
         table.row(vec![
             storage_name(case.target).to_owned(),
             report::us(m.cpu_per_msg),
-            if case.target == Target::SimpleioRedis {
-                format!("{:.0}%", m.redis_cpu_share * 100.0)
+            if has_store_process(case.target) {
+                format!("{:.0}%", m.store_cpu_share * 100.0)
             } else {
                 "–".into()
             },
@@ -370,42 +483,53 @@ fn broadcast_table(results: &[(Case, Medians)], secs: f64, opts: Opts) -> Table 
         ]);
     }
     table.note(
-        "CPU/msg: server CPU (+ redis-server's, whose share is shown) during the send window / \
-         ticks received. fsyncs/s: DurableStorage's committed transactions (one fsync each) per \
-         second of the send window. File size: the redb file at the end.",
+        "CPU/msg: server CPU (+ redis-server's or every PostgreSQL process's, whose share is \
+         shown as store CPU) during the send window / ticks received. fsyncs/s: \
+         DurableStorage's committed transactions (one fsync each) per second of the send \
+         window. File size: the redb file at the end.",
     );
     table
 }
 
 fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
+    let users = dm.first().map_or(USERS, |(c, _)| c.users);
     let mut table = Table::new(
         format!(
-            "durable: confirmed direct messages, {USERS} users each sending to the next, \
-             {WINDOW} unconfirmed per sender (median of {} run(s))",
+            "durable: confirmed direct messages, {users} users each sending to the next, \
+             {WINDOW} unconfirmed per sender (median of {} run(s), taken in turns)",
             opts.runs
         ),
         &[
             "storage",
             "confirmed msg/s",
             "CPU/msg",
-            "redis CPU",
+            "store CPU/msg",
+            "server core",
+            "server waits",
+            "load gen. core",
             "peak RSS",
             "p50",
             "p99",
             "lost",
             "dup",
             "delivered / sent",
+            "send errors",
             "fsyncs/s",
             "msgs per fsync",
-            "file size",
+            "file / tables size",
         ],
     );
     let mut rates = Vec::new();
     for (case, runs) in dm {
         let m = |f: &dyn Fn(&DmOutcome) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         let durable = case.target == Target::SimpleioDurable;
+        let postgres = case.target == Target::SimpleioPostgres;
         let rate = m(&|o| o.rate());
-        rates.push((case.target, rate));
+        rates.push((
+            case.target,
+            rate,
+            runs.iter().map(DmOutcome::rate).collect::<Vec<_>>(),
+        ));
         let commits_per_s = m(&|o| {
             o.commits
                 .map_or(f64::NAN, |c| c as f64 / o.elapsed_secs.max(1e-9))
@@ -418,17 +542,14 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
             storage_name(case.target).to_owned(),
             report::count(rate as u64),
             report::us(m(&|o| o.cpu_per_msg())),
-            if case.target == Target::SimpleioRedis {
-                format!(
-                    "{:.0}%",
-                    100.0
-                        * m(&|o| {
-                            o.redis_cpu_us as f64 / (o.server_cpu_us + o.redis_cpu_us).max(1) as f64
-                        })
-                )
+            if has_store_process(case.target) {
+                report::us(m(&|o| o.store_cpu_per_msg()))
             } else {
                 "–".into()
             },
+            format!("{:.0}%", 100.0 * m(&|o| o.server_core())),
+            format!("{:.0}%", 100.0 * m(&|o| o.server_wait())),
+            format!("{:.0}%", 100.0 * m(&|o| o.loadgen_core())),
             report::mib(m(&|o| o.peak_rss as f64)),
             report::ms(m(&|o| o.p50_us as f64)),
             report::ms(m(&|o| o.p99_us as f64)),
@@ -439,6 +560,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
                 report::count(m(&|o| o.delivered as f64) as u64),
                 report::count(m(&|o| o.sent as f64) as u64)
             ),
+            report::count(m(&|o| o.send_errors as f64) as u64),
             if durable {
                 format!("{commits_per_s:.0}")
             } else {
@@ -451,6 +573,8 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
             },
             if durable {
                 report::kib(m(&|o| o.file_bytes.map_or(f64::NAN, |b| b as f64)))
+            } else if postgres {
+                report::kib(m(&|o| o.tables_bytes().map_or(f64::NAN, |b| b as f64)))
             } else {
                 "–".into()
             },
@@ -460,39 +584,52 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
         "Each sender stores its messages one after another (`on_behalf_of(from).to_user(to).emit`, \
          `stored()` awaited) and awaits each confirmation in a task of its own; a recipient \
          confirms with its next poll. Confirmed msg/s: messages resolved delivered / time from \
-         the start to the last confirmation. CPU/msg: server (+ redis-server) CPU over that time \
-         / confirmed messages. Latency: emit → the recipient's poll answer parsed. Lost: stored \
-         messages no client received.",
+         the start to the last confirmation. CPU/msg: server (+ redis-server's or every \
+         PostgreSQL process's) CPU over that time / confirmed messages; store CPU/msg is the \
+         store's part. Server core, load gen. core: the CPU of the server process and of the \
+         load generator (this process, one thread) over that time, as a share of one core; \
+         server waits: how long its threads waited, runnable, for a CPU (`schedstat`), as a \
+         share of that time: high, the server was short of CPU whatever its share. \
+         Latency: emit → the recipient's poll answer parsed. Lost: stored messages no client \
+         received. File / tables size: the redb file, or PostgreSQL's tables \
+         (`pg_total_relation_size`, summed), at the end.",
     );
     let memory = rates
         .iter()
-        .find(|(t, _)| *t == Target::Simpleio)
-        .map(|(_, r)| *r);
+        .find(|(t, _, _)| *t == Target::Simpleio)
+        .map(|(_, r, _)| *r);
     let mut ratios = Table::new(
-        "durable: confirmed direct messages per second against memory",
-        &["storage", "confirmed msg/s", "× memory"],
+        format!("durable: confirmed direct messages per second against memory, {users} users"),
+        &["storage", "confirmed msg/s", "each run", "× memory"],
     );
-    for (target, rate) in &rates {
+    for (target, rate, each) in &rates {
         ratios.row(vec![
             storage_name(*target).to_owned(),
             report::count(*rate as u64),
+            each.iter()
+                .map(|r| report::count(*r as u64))
+                .collect::<Vec<_>>()
+                .join(" · "),
             memory.map_or("–".into(), |mem| report::ratio(*rate, mem)),
         ]);
     }
-    ratios.note("Target: durable ≥ ×0.50 memory.");
+    ratios.note("Target: durable ≥ ×0.50 memory. × memory: the medians' ratio.");
     vec![table, ratios]
 }
 
-fn long_run_table(o: &DmOutcome, seconds: u64) -> Table {
+fn long_run_table(case: DmCase, o: &DmOutcome, seconds: u64) -> Table {
+    let postgres = case.target == Target::SimpleioPostgres;
     let mut table = Table::new(
         format!(
-            "durable: {seconds} s of confirmed direct messages ({USERS} users, {WINDOW} \
+            "durable: {seconds} s of confirmed direct messages on {} ({} users, {WINDOW} \
              unconfirmed per sender), sampled every {} s",
+            storage_name(case.target),
+            case.users,
             SAMPLE_EVERY.as_secs()
         ),
         &[
             "t",
-            "file size",
+            if postgres { "tables size" } else { "file size" },
             "fsyncs/s",
             "confirmed msg/s",
             "confirmed so far",
@@ -504,18 +641,44 @@ fn long_run_table(o: &DmOutcome, seconds: u64) -> Table {
         let dt = (s.at_secs - prev.at_secs).max(1e-9);
         table.row(vec![
             format!("{:.0} s", s.at_secs),
-            report::kib(s.file_bytes as f64),
-            format!("{:.0}", (s.commits - prev.commits) as f64 / dt),
+            report::kib(s.store_bytes as f64),
+            if postgres {
+                "–".into()
+            } else {
+                format!("{:.0}", (s.commits - prev.commits) as f64 / dt)
+            },
             report::count(((s.delivered - prev.delivered) as f64 / dt) as u64),
             report::count(s.delivered),
             report::mib(s.rss as f64),
         ]);
         prev = *s;
     }
+    let tables = if o.tables.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " Tables at the end (`pg_total_relation_size`; live and dead rows): {}.",
+            o.tables
+                .iter()
+                .filter(|t| t.live + t.dead > 0)
+                .map(|t| {
+                    format!(
+                        "{} {} ({} live, {} dead)",
+                        t.name,
+                        report::kib(t.bytes as f64),
+                        report::count(t.live),
+                        report::count(t.dead)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     table.note(format!(
         "Rates are over each sample's interval; the last row is taken after the final \
          confirmations. Sent {}, delivered {}, not delivered {}, send errors {}; clients \
-         received {} ({} lost, {} duplicates).",
+         received {} ({} lost, {} duplicates). CPU/msg {} (store {}), server core {:.0}%, \
+         load generator core {:.0}%.{tables}",
         report::count(o.sent),
         report::count(o.delivered),
         report::count(o.not_delivered),
@@ -523,6 +686,10 @@ fn long_run_table(o: &DmOutcome, seconds: u64) -> Table {
         report::count(o.received),
         report::count(o.lost()),
         report::count(o.duplicates),
+        report::us(o.cpu_per_msg()),
+        report::us(o.store_cpu_per_msg()),
+        o.server_core() * 100.0,
+        o.loadgen_core() * 100.0,
     ));
     table
 }

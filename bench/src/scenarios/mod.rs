@@ -45,8 +45,13 @@ pub struct Opts {
     pub runs: usize,
     /// The core the servers (and Redis) run on.
     pub server_core: usize,
-    /// `--seconds`: the length of the `durable` scenario's long run (none without it).
+    /// `--seconds`: the length of the `durable` scenario's long runs (none without it).
     pub seconds: Option<u64>,
+    /// `--dm-users`: the users of the `durable` scenario's direct messages.
+    pub dm_users: usize,
+    /// `--long-on`: which storages the long runs are on (`durable`, `postgres`, or both).
+    pub long_durable: bool,
+    pub long_postgres: bool,
 }
 
 /// Runs scenario `name`.
@@ -77,6 +82,9 @@ pub enum Target {
     SimpleioRedisCluster { replicas: bool, acks: bool },
     /// simpleio on `DurableStorage`, its file in a fresh folder removed afterwards.
     SimpleioDurable,
+    /// simpleio on `PostgresStorage`, on a fresh PostgreSQL of its own
+    /// ([`child::postgres`]).
+    SimpleioPostgres,
     /// socketioxide, polling transport.
     Socketioxide,
     /// The bare hyper server that holds every request.
@@ -85,11 +93,12 @@ pub enum Target {
     HyperPoll,
 }
 
-/// The processes of one measurement: the server, and the Redis servers it uses. Stopped on
-/// drop, then the durable storage's folder is removed (fields drop in order).
+/// The processes of one measurement: the server, and the Redis servers or the PostgreSQL it
+/// uses. Stopped on drop, then the durable storage's folder is removed (fields drop in order).
 pub struct Servers {
     pub server: Child,
     pub redis: Vec<Child>,
+    pub postgres: Option<child::Postgres>,
     /// Held for its drop only: the folder goes once the server is stopped.
     pub _data: Option<DataDir>,
 }
@@ -132,6 +141,7 @@ impl Servers {
     pub fn start_with(target: Target, opts: Opts, extra: &[String]) -> Result<Servers> {
         let core = opts.server_core;
         let mut data = None;
+        let mut postgres = None;
         let (redis, args) = match target {
             Target::Simpleio => (Vec::new(), vec!["simpleio".into()]),
             Target::SimpleioDurable => {
@@ -155,6 +165,12 @@ impl Servers {
                     vec![redis],
                     vec!["simpleio".into(), "--storage".into(), url],
                 )
+            }
+            Target::SimpleioPostgres => {
+                let pg = child::postgres(core)?;
+                let args = vec!["simpleio".into(), "--storage".into(), pg.url()];
+                postgres = Some(pg);
+                (Vec::new(), args)
             }
             Target::SimpleioRedisCluster { replicas, acks } => {
                 let nodes = child::redis_cluster(core, 3, usize::from(replicas))?;
@@ -180,6 +196,7 @@ impl Servers {
         Ok(Servers {
             server,
             redis,
+            postgres,
             _data: data,
         })
     }
@@ -188,14 +205,18 @@ impl Servers {
         self.server.addr
     }
 
-    /// CPU time of the server and of all its Redis servers, in µs: `(server, redis)`.
+    /// CPU time of the server and of its store's processes (every Redis server, or every
+    /// PostgreSQL process), in µs: `(server, store)`.
     pub fn cpu_us(&self) -> Result<(u64, u64)> {
         let server = crate::proc::cpu_us(self.server.pid())?;
-        let mut redis = 0;
+        let mut store = 0;
         for r in &self.redis {
-            redis += crate::proc::cpu_us(r.pid())?;
+            store += crate::proc::cpu_us(r.pid())?;
         }
-        Ok((server, redis))
+        if let Some(pg) = &self.postgres {
+            store += pg.cpu_us()?;
+        }
+        Ok((server, store))
     }
 
     /// The server's peak RSS, in bytes.

@@ -1,7 +1,8 @@
 //! `server simpleio`: an axum app with the simpleio layer, on `MemoryStorage`, `DurableStorage`
-//! (`--storage durable:PATH`, the file at `PATH`), `RedisStorage` (`--storage redis://..`) or
+//! (`--storage durable:PATH`, the file at `PATH`), `RedisStorage` (`--storage redis://..`),
 //! `RedisClusterStorage` (`--storage redis-cluster://HOST:PORT,HOST:PORT?acks=N`, N replicas
-//! acknowledging each write).
+//! acknowledging each write) or `PostgresStorage` (`--storage postgres://..`, its default
+//! settings: schema `simpleio`, a pool of 16).
 //!
 //! The user is the `user` query parameter or the `x-user` header (benchmark only: anyone can be
 //! anyone). Messages clients send are answered with `"ok"`; the benchmark only receives. Beside
@@ -51,6 +52,11 @@ pub async fn run(port: u16, storage: &str, metrics: bool, http: Http) -> Result<
             .await
             .with_context(|| format!("connecting to the Redis Cluster at {nodes}"))?;
         builder.storage(redis)
+    } else if storage.starts_with("postgres://") {
+        let pg = simpleio::PostgresStorage::connect(storage.to_owned())
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {storage}"))?;
+        builder.storage(pg)
     } else if storage.starts_with("redis://") {
         let redis = simpleio::RedisStorage::connect(storage.to_owned())
             .await
@@ -58,8 +64,8 @@ pub async fn run(port: u16, storage: &str, metrics: bool, http: Http) -> Result<
         builder.storage(redis)
     } else {
         anyhow::bail!(
-            "--storage is `memory`, `durable:PATH`, a redis:// URL or \
-             redis-cluster://HOST:PORT,..[?acks=N], not {storage:?}"
+            "--storage is `memory`, `durable:PATH`, a redis:// URL, \
+             redis-cluster://HOST:PORT,..[?acks=N] or a postgres:// URL, not {storage:?}"
         );
     };
     let (layer, io) = builder
