@@ -832,10 +832,17 @@ async fn reaps_go_through_the_whole_table_for_rows_nothing_needs() {
     // A quiet client's cursor stays its user's own last position, not the forgotten users'
     // (its next fetch would otherwise confirm, writing and notifying, after every reap).
     let again = storage
-        .fetch(request("online", "tab1", Some((&online.epoch, online.cursor))))
+        .fetch(request(
+            "online",
+            "tab1",
+            Some((&online.epoch, online.cursor)),
+        ))
         .await
         .expect("a quiet poll");
-    assert_eq!(again.cursor, online.cursor, "the cursor moved with the forgotten");
+    assert_eq!(
+        again.cursor, online.cursor,
+        "the cursor moved with the forgotten"
+    );
     let left: Vec<String> = raw
         .query(
             &format!("SELECT user_id FROM \"{schema}\".users ORDER BY user_id"),
