@@ -252,3 +252,22 @@ async fn in_a_cluster_each_change_is_reported_once_by_one_node() {
     let as_text = |v: &[Presence]| sorted(v.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>());
     assert_eq!(as_text(&all), as_text(&expected));
 }
+
+/// The metrics' census of live clients asks the storage once per live user; when those asks
+/// hang (a networked store under load, every connection busy), clients that stopped polling
+/// are still reported gone on time: the census runs beside the reaper, not in its loop.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn a_census_that_hangs_does_not_hold_up_reaping() {
+    let storage = support::faulty::FaultyStorage::new();
+    storage.stall_live_clients();
+    let (builder, mut changes) = reporting(builder().storage(storage));
+    let server = TestServer::start(builder).await;
+    let wire = Wire::new(&server);
+    wire.tab("ann", "tab1").receive().await;
+    assert_eq!(next(&mut changes).await, connected("ann", "tab1"));
+    assert_eq!(next(&mut changes).await, online("ann"));
+    // ann stops polling: the census now hangs on her, and the reaper must go on regardless.
+    assert_eq!(next(&mut changes).await, disconnected("ann", "tab1"));
+    assert_eq!(next(&mut changes).await, offline("ann"));
+}

@@ -23,6 +23,7 @@ pub struct FaultyStorage {
     /// has read.
     pub read_done: Arc<AtomicBool>,
     lose_claim_answers: Arc<AtomicUsize>,
+    stall_live_clients: Arc<AtomicBool>,
 }
 
 impl FaultyStorage {
@@ -34,6 +35,11 @@ impl FaultyStorage {
     pub fn slow_down_next_fetch(&self) {
         self.read_done.store(false, Ordering::SeqCst);
         self.slow_next_fetch.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on `live_clients` never answers, as a store whose every connection is busy.
+    pub fn stall_live_clients(&self) {
+        self.stall_live_clients.store(true, Ordering::SeqCst);
     }
 
     /// The next `n` claims run, but answer `Unavailable`, as a reply that timed out.
@@ -119,6 +125,9 @@ impl Storage for FaultyStorage {
         self.inner.live_users().await
     }
     async fn live_clients(&self, user: &UserId) -> Result<Vec<ClientId>, StorageError> {
+        if self.stall_live_clients.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.live_clients(user).await
     }
     async fn reap(&self) -> Result<Vec<Departure>, StorageError> {

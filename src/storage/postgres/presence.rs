@@ -239,6 +239,10 @@ impl PostgresStorage {
     /// their last.
     async fn sweep(&self, emptied: &mut HashSet<String>) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
+        // One connection for every batch: under load each wait for the pool can take most of
+        // the budget, and a sweep that got a batch or two per reap fell behind the sends
+        // (expired payloads piled up at 300 messages a second, `docs/benchmarks.md`).
+        let mut conn = within(self.inner.deadline, self.conn()).await?;
         for statement in [
             SWEEP_MESSAGES,
             SWEEP_ACKS,
@@ -259,7 +263,6 @@ impl PostgresStorage {
                     now
                 };
                 let batch = async {
-                    let mut conn = self.conn().await?;
                     let tx = Tx::begin(&mut conn).await?;
                     let mut users = Vec::new();
                     let removed = if per_user {
