@@ -164,9 +164,26 @@ pub(crate) fn ensure_started(shared: &Arc<Shared>) {
     tokio::spawn(count(Arc::downgrade(shared)));
 }
 
-/// The reaper's period: a quarter of the presence TTL.
-fn reap_period(shared: &Shared) -> Duration {
-    (shared.config.presence_ttl / 4).max(Duration::from_millis(100))
+/// Runs `work` every quarter of the presence TTL (the reaper's period), a run at a time, until
+/// the layer is gone.
+async fn every_reap_period<F, Fut>(shared: Weak<Shared>, mut work: F)
+where
+    F: FnMut(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let every = match shared.upgrade() {
+        Some(shared) => (shared.config.presence_ttl / 4).max(Duration::from_millis(100)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        work(shared).await;
+    }
 }
 
 /// Hands presence changes to the application's handler, one at a time.
@@ -185,17 +202,7 @@ async fn report(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Presence>) {
 
 /// Every quarter of the presence TTL, removes clients that stopped polling and reports them.
 async fn reap(shared: Weak<Shared>) {
-    let every = match shared.upgrade() {
-        Some(shared) => reap_period(&shared),
-        None => return,
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
+    every_reap_period(shared, |shared| async move {
         match shared.storage.reap().await {
             Ok(departures) => {
                 for departure in departures {
@@ -205,7 +212,8 @@ async fn reap(shared: Weak<Shared>) {
             Err(e) => tracing::warn!(error = %e, "could not reap departed clients; will retry"),
         }
         shared.observe.presence_queue(shared.presence.depth());
-    }
+    })
+    .await;
 }
 
 /// The census of live users and clients for the metrics, at the reaper's period but in a task
@@ -214,17 +222,8 @@ async fn reap(shared: Weak<Shared>) {
 /// sweeps of expired rows for as long as it took (a minute and more at 200 users).
 #[cfg(feature = "metrics")]
 async fn count(shared: Weak<Shared>) {
-    let every = match shared.upgrade() {
-        Some(shared) => reap_period(&shared),
-        None => return,
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
+    every_reap_period(shared, |shared| async move {
         crate::observe::census(&*shared.storage, &shared.observe).await;
-    }
+    })
+    .await;
 }
