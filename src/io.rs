@@ -21,7 +21,8 @@ use crate::origin::Origins;
 use crate::shared::Shared;
 use crate::storage::{
     AppendOutcome, DEFAULT_NAMESPACE, DeliveryState, DeliveryTarget, Epoch, FANOUT_CHUNK, Member,
-    Millis, NewMessage, Position, QueueLimits, Signal, Storage, StorageError, millis_after,
+    Millis, NewMessage, Persisting, Position, QueueLimits, Signal, Storage, StorageError,
+    millis_after,
 };
 
 /// How long a fan-out works before it lets other tasks run: a send to a big room never holds
@@ -474,6 +475,9 @@ impl Emitter {
                 let stored = self
                     .store(event.into(), data, true)
                     .await
+                    .map_err(AckError::Send)?
+                    .persisted()
+                    .await
                     .map_err(AckError::Send)?;
                 let Stored {
                     expectation,
@@ -540,6 +544,7 @@ impl Emitter {
         let mut expectation = shared.hub.expect([]);
         expectation.reserve(recipients.len());
         let mut not_stored = Vec::new();
+        let mut persisting = Vec::new();
         // In chunks: no storage call holds a lock, or runs a script, for a whole fan-out, and a
         // long one lets other tasks have the thread every few milliseconds. Every chunk shares
         // the one payload (the same `Arc`), which a storage stores once.
@@ -571,11 +576,14 @@ impl Emitter {
                 bytes_per_user: shared.config.max_queue_bytes,
                 bytes_per_sender: shared.config.max_queue_bytes_per_sender,
             };
-            let appended = shared
+            let (appended, written) = shared
                 .storage
-                .append(messages, limits)
+                .append_ordered(messages, limits)
                 .await
                 .map_err(SendError::Storage)?;
+            if !written.is_done() {
+                persisting.push(written);
+            }
             shared.observe.queue_depth(appended.deepest);
             let mut targets = Vec::with_capacity(chunk.len());
             for (member, outcome) in chunk.iter().zip(appended.outcomes) {
@@ -599,6 +607,7 @@ impl Emitter {
             io: self.io,
             expectation,
             not_stored,
+            persisting,
             expires_at,
             replies,
         })
@@ -760,12 +769,32 @@ struct Stored {
     expectation: Expectation,
     /// Recipients it could not be stored for.
     not_stored: Vec<(Member, Failure)>,
+    /// The writes still to wait for before the message is stored: its chunks are ordered
+    /// (positioned) before they are safe on a storage that writes them later.
+    persisting: Vec<Persisting>,
     expires_at: Millis,
     /// For a send that asks for replies: the watch for them, made before the append.
     replies: Option<crate::hub::ReplyWatch>,
 }
 
 impl Stored {
+    /// Waits until every chunk is stored, not only ordered.
+    async fn persisted(mut self) -> Result<Stored, SendError> {
+        for written in std::mem::take(&mut self.persisting) {
+            written.wait().await.map_err(SendError::Storage)?;
+        }
+        Ok(self)
+    }
+
+    /// The stage after ordering: the writes to wait for, if any, then the confirmations.
+    fn next_stage(self) -> Stage {
+        if self.persisting.is_empty() {
+            Stage::Waiting(self.wait())
+        } else {
+            Stage::Persisting(Box::pin(self.persisted()))
+        }
+    }
+
     /// One receipt per recipient it was stored for.
     fn receipts(&self) -> Vec<Receipt> {
         self.expectation
@@ -841,8 +870,10 @@ pub struct Receipt {
 }
 
 enum Stage {
-    /// Appending to the storage.
+    /// Appending to the storage, until the message has its positions.
     Storing(BoxFuture<Result<Stored, SendError>>),
+    /// Ordered; waiting for the storage to have written it.
+    Persisting(BoxFuture<Result<Stored, SendError>>),
     /// Stored; waiting for confirmations.
     Waiting(BoxFuture<Result<Delivered, SendError>>),
     /// Resolved.
@@ -879,18 +910,65 @@ impl Sending {
     pub async fn stored(self) -> Result<Sending, SendError> {
         match self.stage {
             Stage::Storing(storing) => {
-                let stored = storing.await?;
-                if !stored.not_stored.is_empty() {
-                    // Said now, not after the others confirmed: a handler that acknowledges a
-                    // client's message only once it is stored must not acknowledge this one.
-                    return Err(SendError::QueueFull {
-                        stored: stored.expectation.targets().len(),
-                        failed: stored.not_stored.into_iter().map(|(m, _)| m).collect(),
-                    });
-                }
+                let stored = storing.await?.persisted().await?;
+                let stored = refused_unless_all(stored)?;
                 let receipts = stored.receipts();
                 Ok(Sending {
                     stage: Stage::Waiting(stored.wait()),
+                    receipts,
+                })
+            }
+            Stage::Persisting(persisting) => {
+                let stored = persisting.await?;
+                Ok(Sending {
+                    stage: Stage::Waiting(stored.wait()),
+                    receipts: self.receipts,
+                })
+            }
+            stage => Ok(Sending {
+                stage,
+                receipts: self.receipts,
+            }),
+        }
+    }
+
+    /// Waits until the message has its place in every recipient's order, not until it is
+    /// stored: a message this sender emits after this resolves comes after it for every
+    /// recipient they share. Gives back the future of its confirmation, which also waits for
+    /// the write.
+    ///
+    /// On `MemoryStorage`, Redis and PostgreSQL one write both orders and stores a message, so
+    /// this is [`stored`](Self::stored). On `DurableStorage` a message is ordered once it is in
+    /// memory, and stored once the fsync of the batch holding it is done: a sender that emits
+    /// a stream of messages can emit the next one meanwhile, and many share one fsync and one
+    /// poll's answer, where awaiting `stored()` for each would take one fsync per message.
+    /// Nobody reads the message before it is stored. If the write fails, the returned future
+    /// fails with [`SendError::Storage`]; a message emitted after it may still be stored, so a
+    /// sender that must not leave a gap awaits `stored()` instead.
+    ///
+    /// # Errors
+    ///
+    /// As [`stored`](Self::stored), except a failed write, which the returned future reports.
+    ///
+    /// ```no_run
+    /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
+    /// let mut confirmations = Vec::new();
+    /// for line in ["one", "two", "three"] {
+    ///     // In this order for bob, without waiting for a write per line.
+    ///     confirmations.push(io.to_user("bob").emit("line", &line).ordered().await?);
+    /// }
+    /// for confirmation in confirmations {
+    ///     confirmation.await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn ordered(self) -> Result<Sending, SendError> {
+        match self.stage {
+            Stage::Storing(storing) => {
+                let stored = refused_unless_all(storing.await?)?;
+                let receipts = stored.receipts();
+                Ok(Sending {
+                    stage: stored.next_stage(),
                     receipts,
                 })
             }
@@ -902,10 +980,24 @@ impl Sending {
     }
 }
 
+/// [`SendError::QueueFull`] if any recipient could not have the message: said at once, not
+/// after the others confirmed, so that a handler that acknowledges a client's message once it
+/// is stored does not acknowledge this one.
+fn refused_unless_all(stored: Stored) -> Result<Stored, SendError> {
+    if stored.not_stored.is_empty() {
+        return Ok(stored);
+    }
+    Err(SendError::QueueFull {
+        stored: stored.expectation.targets().len(),
+        failed: stored.not_stored.into_iter().map(|(m, _)| m).collect(),
+    })
+}
+
 impl Sending {
     /// One [`Receipt`] per recipient the message was stored for, to ask about it later from any
-    /// node with [`SimpleIo::delivery`]. Empty until the message is stored: after
-    /// [`stored`](Self::stored) resolved, or a [`wait`](Self::wait) that timed out after it was.
+    /// node with [`SimpleIo::delivery`]. Empty until the message has its positions: after
+    /// [`stored`](Self::stored) or [`ordered`](Self::ordered) resolved, or a
+    /// [`wait`](Self::wait) that timed out after it was stored.
     pub fn receipts(&self) -> &[Receipt] {
         &self.receipts
     }
@@ -915,6 +1007,7 @@ impl fmt::Debug for Sending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let stage = match self.stage {
             Stage::Storing(_) => "storing",
+            Stage::Persisting(_) => "persisting",
             Stage::Waiting(_) => "waiting",
             Stage::Done => "done",
         };
@@ -935,8 +1028,16 @@ impl Future for Sending {
                     Poll::Ready(Ok(stored)) => {
                         // Kept, so a sender whose wait timed out still has them.
                         self.receipts = stored.receipts();
-                        self.stage = Stage::Waiting(stored.wait());
+                        self.stage = stored.next_stage();
                     }
+                    Poll::Ready(Err(e)) => {
+                        self.stage = Stage::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                Stage::Persisting(persisting) => match persisting.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(stored)) => self.stage = Stage::Waiting(stored.wait()),
                     Poll::Ready(Err(e)) => {
                         self.stage = Stage::Done;
                         return Poll::Ready(Err(e));

@@ -547,6 +547,32 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
         matches!(refused, StorageError::Unavailable(_)),
         "a full disk is not `Unavailable` (503): {refused}"
     );
+    // An ordered append has its place at once; the refused write reaches it through its
+    // `Persisting`, and the message is gone with it (counted below: nothing but what was stored).
+    let mut failed_late = None;
+    for _ in 0..200 {
+        match s
+            .append_ordered(vec![message("gil", None, &line)], limits())
+            .await
+        {
+            Ok((_, written)) => match written.wait().await {
+                Ok(()) => stored += 1,
+                Err(e) => {
+                    failed_late = Some(e);
+                    break;
+                }
+            },
+            Err(e) => assert!(
+                matches!(e, StorageError::Unavailable(_)),
+                "an ordered append on a full disk failed otherwise: {e}"
+            ),
+        }
+    }
+    let failed_late = failed_late.expect("no ordered append learned of a refused write");
+    assert!(
+        matches!(failed_late, StorageError::Unavailable(_)),
+        "a refused write is not `Unavailable` (503): {failed_late}"
+    );
     // Over HTTP, with the disk still full: a new client's first poll must be written, and is
     // answered 503 with the spec's code, not an empty read.
     let app = support::server::TestServer::start(SimpleIoLayer::builder().storage(s.clone())).await;
@@ -606,6 +632,76 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
         }
     };
     assert_eq!(texts(&fetch(&s, "gil", "t", None).await).len(), stored + 2);
+}
+
+/// `Sending::ordered()`: a sender emits its next message once the last one has its place, not
+/// once it is written, so a stream of messages shares a few fsyncs (and polls) instead of
+/// taking one each, and its recipient still reads them in order, each once, each confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_sends_keep_their_order_and_share_commits() {
+    const SENT: u64 = 200;
+    let folder = Folder::new("ordered");
+    let s = DurableStorage::open(folder.file())
+        .await
+        .expect("a new file");
+    // A short hold: the last poll, which only confirms, answers soon.
+    let server = support::server::TestServer::start(
+        SimpleIoLayer::builder()
+            .storage(s.clone())
+            .hold_time(Duration::from_millis(300)),
+    )
+    .await;
+    let mut tab = support::wire::Wire::new(&server).tab("ann", "tab1");
+    tab.receive().await;
+
+    // The control: awaiting `stored()` for each message takes one commit each at least.
+    let before = s.commits();
+    for n in 0..10 {
+        let sending = server.io.to_user("bob").emit("n", &n);
+        drop(sending.stored().await.expect("stored"));
+    }
+    let one_by_one = s.commits() - before;
+    assert!(
+        one_by_one >= 10,
+        "10 messages each awaited to `stored()` took {one_by_one} commits, not one each"
+    );
+
+    let before = s.commits();
+    let mut confirmations = Vec::new();
+    for n in 0..SENT {
+        let sending = server.io.to_user("ann").emit("n", &n);
+        confirmations.push(sending.ordered().await.expect("ordered"));
+    }
+    let while_ordering = s.commits() - before;
+    let mut got = Vec::new();
+    while got.len() < SENT as usize {
+        let batch = tab.receive().await;
+        assert!(!batch.messages.is_empty(), "a poll answered with nothing");
+        got.extend(batch.messages);
+    }
+    // Confirms the last batch: every emit resolves delivered.
+    tab.receive().await;
+    for confirmation in confirmations {
+        tokio::time::timeout(Duration::from_secs(10), confirmation)
+            .await
+            .expect("confirmed in time")
+            .expect("delivered");
+    }
+    let numbers: Vec<u64> = got.iter().map(|m| m.data.as_u64().expect("n")).collect();
+    assert_eq!(
+        numbers,
+        (0..SENT).collect::<Vec<_>>(),
+        "not in order, or not each once"
+    );
+    assert!(
+        got.windows(2).all(|w| w[0].pos < w[1].pos),
+        "positions do not increase"
+    );
+    eprintln!("{SENT} ordered sends: {while_ordering} commits while they were ordered");
+    assert!(
+        while_ordering < SENT / 4,
+        "{SENT} ordered sends took {while_ordering} commits: they did not share them"
+    );
 }
 
 #[tokio::test]

@@ -87,6 +87,8 @@ pub struct ClientStats {
     pub out_of_order: u64,
     /// Messages the server sent again that the position rule dropped (simpleio; not an error).
     pub repeats: u64,
+    /// Polls answered (simpleio): messages per poll is what an answer's HTTP cost is shared by.
+    pub answers: u64,
     /// Failed requests (each followed by a reconnect).
     pub errors: u64,
     /// Epoch changes seen (simpleio: the storage lost its data).

@@ -2,7 +2,7 @@
 //! long-polling) and a bare hyper floor, on one machine. See `bench/README.md`.
 //!
 //! ```text
-//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N]
+//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N] [--dm-send stored|ordered]
 //! simpleio-bench smoke
 //! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N|postgres://..] [--port P] [--metrics] [--http axum|http1]
 //! simpleio-bench server socketioxide [--port P]
@@ -55,7 +55,7 @@ pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
 };
 
 const USAGE: &str = "usage:
-  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N]
+  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N] [--dm-send stored|ordered]
   simpleio-bench smoke
   simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N|postgres://..] [--port P] [--metrics] [--http axum|http1]
   simpleio-bench server socketioxide [--port P]
@@ -64,7 +64,8 @@ const USAGE: &str = "usage:
 scenarios: broadcast, history, fanout, idle, room, redis, durable, cluster, callgrind
 --seconds S: the durable scenario's long runs on DurableStorage and PostgresStorage, S seconds
   each (none without it); --long-on durable or postgres for one of them only
---dm-users N: the durable scenario's direct messages between N users (default 200)";
+--dm-users N: the durable scenario's direct messages between N users (default 200)
+--dm-send ordered: each sender awaits `ordered()`, not `stored()`, before its next message";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -103,6 +104,11 @@ fn real_main() -> Result<()> {
                 .map_or(Ok(scenarios::durable::USERS), |v| v.parse::<usize>())
                 .context("--dm-users")?;
             anyhow::ensure!(dm_users >= 2, "--dm-users: 2 at least");
+            let dm_send = match flags.value("--dm-send")?.as_deref() {
+                None | Some("stored") => servers::dm::Send::Stored,
+                Some("ordered") => servers::dm::Send::Ordered,
+                Some(other) => bail!("--dm-send: stored or ordered, not {other:?}"),
+            };
             let long_on = flags
                 .value("--long-on")?
                 .unwrap_or_else(|| "durable,postgres".into());
@@ -117,6 +123,7 @@ fn real_main() -> Result<()> {
             let mut opts = load_generator(quick, runs)?;
             opts.seconds = seconds;
             opts.dm_users = dm_users;
+            opts.dm_send = dm_send;
             opts.long_durable = long_on.contains(&"durable");
             opts.long_postgres = long_on.contains(&"postgres");
             runtime_current()?.block_on(run(opts, &scenario, markdown))
@@ -149,6 +156,7 @@ fn load_generator(quick: bool, runs: usize) -> Result<scenarios::Opts> {
         server_core,
         seconds: None,
         dm_users: scenarios::durable::USERS,
+        dm_send: servers::dm::Send::Stored,
         long_durable: true,
         long_postgres: true,
     })

@@ -79,6 +79,7 @@ pub async fn run(mut ctx: ClientCtx) -> ClientStats {
             };
             match answer {
                 Ok(answer) => {
+                    stats.answers += 1;
                     handle(answer, &mut position, &mut stats, &ctx);
                     if !connected {
                         connected = true;

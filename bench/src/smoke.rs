@@ -9,6 +9,7 @@ use anyhow::{Result, bail, ensure};
 use crate::child;
 use crate::scenarios::{Opts, Target, broadcast, callgrind, durable, fanout, history, idle, room};
 use crate::servers::Mode;
+use crate::servers::dm::Send;
 
 /// Runs the smoke test.
 pub async fn run(opts: Opts) -> Result<()> {
@@ -106,16 +107,24 @@ pub async fn run(opts: Opts) -> Result<()> {
     } else {
         eprintln!("smoke: SKIPPING the PostgreSQL case: it is not installed");
     }
-    for target in dm_targets {
+    // Each storage with senders awaiting `stored()`, and durable also with `ordered()`.
+    let dm_cases = dm_targets.into_iter().flat_map(|target| {
+        let ordered = (target == Target::SimpleioDurable).then_some(Send::Ordered);
+        std::iter::once(Send::Stored)
+            .chain(ordered)
+            .map(move |send| (target, send))
+    });
+    for (target, send) in dm_cases {
         let case = durable::DmCase {
             target,
             users: 20,
             window: 4,
             secs: 1.0,
+            send,
         };
         let o = durable::measure_dm(case, opts, false).await?;
         eprintln!(
-            "smoke: direct messages {target:?}: {:.0} msg/s, sent {}, delivered {}, received {}, \
+            "smoke: direct messages {target:?}, {send:?}: {:.0} msg/s, sent {}, delivered {}, received {}, \
              dup {}, commits {:?}",
             o.rate(),
             o.sent,

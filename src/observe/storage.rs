@@ -17,7 +17,7 @@ use super::names::{STORAGE_ERRORS, STORAGE_SECONDS};
 use crate::id::{ClientId, UserId};
 use crate::storage::{
     Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
-    FetchBatch, FetchRequest, Member, NewMessage, NewReply, QueueLimits, RecordedReply,
+    FetchBatch, FetchRequest, Member, NewMessage, NewReply, Persisting, QueueLimits, RecordedReply,
     ReplyLimits, ReplyOutcome, Signal, Storage, StorageError,
 };
 
@@ -148,6 +148,16 @@ impl Storage for Observed {
         limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
         self.call(1, (*self.inner).append(messages, limits)).await
+    }
+    // Timed to the messages' positions: the write after is the storage's own (its failure is
+    // logged there, and reaches the sender).
+    async fn append_ordered(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+    ) -> Result<(Appended, Persisting), StorageError> {
+        self.call(1, (*self.inner).append_ordered(messages, limits))
+            .await
     }
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         self.call(2, (*self.inner).fetch(request)).await

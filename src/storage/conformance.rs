@@ -48,6 +48,7 @@ macro_rules! storage_conformance_tests {
             epoch_is_stable,
             appended_messages_are_read_in_order,
             positions_keep_increasing_across_appends,
+            ordered_appends_keep_their_order_once_written,
             an_offline_user_reads_everything_unconfirmed,
             confirming_a_cursor_delivers_and_signals,
             a_cursor_beyond_the_log_confirms_nothing_later,
@@ -305,6 +306,32 @@ pub async fn appended_messages_are_read_in_order(s: &impl Storage) {
     assert_eq!(b.messages.iter().map(|m| m.pos).collect::<Vec<_>>(), pos);
     assert_eq!(b.messages[1].data.get(), "\"b\"");
     assert_eq!(b.cursor, pos[2], "the cursor is the last position read");
+}
+
+/// [`Storage::append_ordered`]: each call's positions come after the previous call's before
+/// either is written, and once every [`Persisting`] resolved, all are read,
+/// in that order.
+pub async fn ordered_appends_keep_their_order_once_written(s: &impl Storage) {
+    let mut written = Vec::new();
+    let mut order = Vec::new();
+    for event in ["a", "b", "c", "d"] {
+        let (appended, persisting) = s
+            .append_ordered(vec![message("ann", event, LONG)], queue(1000))
+            .await
+            .expect("append_ordered");
+        order.extend(positions(&appended.outcomes));
+        written.push(persisting);
+    }
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "each ordered append must come after the one before: {order:?}"
+    );
+    for persisting in written {
+        persisting.wait().await.expect("written");
+    }
+    let b = fetch(s, "ann", "tab1", None).await;
+    assert_eq!(events(&b), ["a", "b", "c", "d"]);
+    assert_eq!(b.messages.iter().map(|m| m.pos).collect::<Vec<_>>(), order);
 }
 
 /// Positions of one user keep increasing across separate appends, even after the log emptied.

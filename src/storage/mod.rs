@@ -76,6 +76,8 @@ pub use self::redis::{RedisStorage, RedisStorageBuilder};
 pub mod conformance;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -301,6 +303,47 @@ pub struct Appended {
     /// (what [`QueueLimits::per_user`] bounds), if the storage tells: what shows a queue
     /// nearing its bound before sends are refused.
     pub deepest: Option<usize>,
+}
+
+/// The second step of [`Storage::append_ordered`]: resolves once the messages it ordered are
+/// stored.
+#[must_use = "the messages are not known to be stored until it resolves"]
+pub struct Persisting(Option<Written>);
+
+/// The write a [`Persisting`] waits for.
+type Written = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
+
+impl Persisting {
+    /// Already stored: nothing to wait for.
+    pub fn done() -> Self {
+        Persisting(None)
+    }
+
+    /// Stored once `until` resolves.
+    pub fn new(until: impl Future<Output = Result<(), StorageError>> + Send + 'static) -> Self {
+        Persisting(Some(Box::pin(until)))
+    }
+
+    /// Whether there is nothing to wait for.
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Waits until the messages are stored.
+    pub async fn wait(self) -> Result<(), StorageError> {
+        match self.0 {
+            Some(until) => until.await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Persisting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Persisting")
+            .field(&if self.is_done() { "done" } else { "pending" })
+            .finish()
+    }
 }
 
 /// A client's request to read its user's log.
@@ -641,6 +684,27 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         limits: QueueLimits,
     ) -> Result<Appended, StorageError>;
 
+    /// [`append`](Self::append) in two steps: returns once the messages have their positions,
+    /// with a [`Persisting`] that resolves once they are stored as `append` returns them (or
+    /// fails as `append` would have).
+    ///
+    /// For a storage that orders messages well before they are safe, as `DurableStorage` does
+    /// (positions in memory at once, the file's fsync shared by a batch later): a sender can
+    /// append its next message meanwhile, after this one, and both share one write. Until the
+    /// `Persisting` resolves nobody reads the messages, and no signal names them. If it fails,
+    /// a message appended after these may still be stored: the sender learns of each from its
+    /// own `Persisting`.
+    ///
+    /// The default calls `append`, which stores the messages before it returns; a storage whose
+    /// one write both orders and stores them (Redis, PostgreSQL) keeps it.
+    async fn append_ordered(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+    ) -> Result<(Appended, Persisting), StorageError> {
+        Ok((self.append(messages, limits).await?, Persisting::done()))
+    }
+
     /// Confirms the client's cursor (see [`FetchRequest::cursor`]), publishing
     /// [`Signal::Confirmed`] with the confirmed position if it advanced the client's cursor or a
     /// watermark, records the client as seen, publishes the
@@ -783,6 +847,13 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
         limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
         (**self).append(messages, limits).await
+    }
+    async fn append_ordered(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+    ) -> Result<(Appended, Persisting), StorageError> {
+        (**self).append_ordered(messages, limits).await
     }
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
         (**self).fetch(request).await

@@ -85,6 +85,7 @@ async fn measure_all(
             users,
             window,
             secs,
+            send: crate::servers::dm::Send::Stored,
         };
         let mut runs = Vec::new();
         for run in 1..=opts.runs {

@@ -51,6 +51,8 @@ pub struct DmCase {
     pub users: usize,
     pub window: usize,
     pub secs: f64,
+    /// What a sender awaits before its next message.
+    pub send: crate::servers::dm::Send,
 }
 
 /// One sample of a long run.
@@ -86,6 +88,8 @@ pub struct DmOutcome {
     pub server_wait_us: u64,
     /// Messages the clients received (each once), duplicates and out-of-order ones among them.
     pub received: u64,
+    /// Polls the clients got answered.
+    pub answers: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     pub client_errors: u64,
@@ -146,6 +150,11 @@ impl DmOutcome {
         (!self.tables.is_empty()).then(|| self.tables.iter().map(|t| t.bytes).sum())
     }
 
+    /// Messages per answered poll: what each answer's HTTP cost is shared by.
+    pub fn per_poll(&self) -> f64 {
+        self.received as f64 / self.answers.max(1) as f64
+    }
+
     /// Stored messages a client never received.
     pub fn lost(&self) -> u64 {
         self.sent.saturating_sub(self.received)
@@ -170,6 +179,7 @@ pub async fn measure_dm(case: DmCase, opts: Opts, sample: bool) -> Result<DmOutc
     let mut latencies: Vec<u32> = Vec::new();
     for c in &all {
         out.received += c.received;
+        out.answers += c.answers;
         out.duplicates += c.duplicates;
         out.out_of_order += c.out_of_order;
         out.client_errors += c.errors;
@@ -228,8 +238,11 @@ async fn drive_dm(
         addr,
         Method::POST,
         &format!(
-            "/bench/dm/start?users={}&window={}&secs={}",
-            case.users, case.window, case.secs
+            "/bench/dm/start?users={}&window={}&secs={}&send={}",
+            case.users,
+            case.window,
+            case.secs,
+            case.send.as_str()
         ),
     )
     .await?;
@@ -358,6 +371,7 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
                 users,
                 window: WINDOW,
                 secs: dm_secs,
+                send: opts.dm_send,
             };
             (case, Vec::new())
         })
@@ -375,7 +389,7 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
             let o = measure_dm(*case, opts, false).await?;
             eprintln!(
                 "    {:.0} msg/s confirmed, {:.2} µs/msg (store {:.2}), server core {:.0}% \
-                 (waited for a CPU {:.0}%), load generator core {:.0}%, sent {} delivered {} received {}, dup {}, \
+                 (waited for a CPU {:.0}%), load generator core {:.0}%, {:.1} msgs per poll, sent {} delivered {} received {}, dup {}, \
                  p50 {} µs, p99 {} µs{}{}{}",
                 o.rate(),
                 o.cpu_per_msg(),
@@ -383,6 +397,7 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
                 o.server_core() * 100.0,
                 o.server_wait() * 100.0,
                 o.loadgen_core() * 100.0,
+                o.per_poll(),
                 o.sent,
                 o.delivered,
                 o.received,
@@ -416,6 +431,7 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
                 users,
                 window: WINDOW,
                 secs: seconds as f64,
+                send: opts.dm_send,
             };
             eprintln!(
                 "  long run: direct messages on {} for {seconds} s ...",
@@ -507,6 +523,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
             "server core",
             "server waits",
             "load gen. core",
+            "msgs per poll",
             "peak RSS",
             "p50",
             "p99",
@@ -550,6 +567,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
             format!("{:.0}%", 100.0 * m(&|o| o.server_core())),
             format!("{:.0}%", 100.0 * m(&|o| o.server_wait())),
             format!("{:.0}%", 100.0 * m(&|o| o.loadgen_core())),
+            format!("{:.1}", m(&|o| o.per_poll())),
             report::mib(m(&|o| o.peak_rss as f64)),
             report::ms(m(&|o| o.p50_us as f64)),
             report::ms(m(&|o| o.p99_us as f64)),
@@ -589,7 +607,8 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
          store's part. Server core, load gen. core: the CPU of the server process and of the \
          load generator (this process, one thread) over that time, as a share of one core; \
          server waits: how long its threads waited, runnable, for a CPU (`schedstat`), as a \
-         share of that time: high, the server was short of CPU whatever its share. \
+         share of that time: high, the server was short of CPU whatever its share. Msgs per \
+         poll: messages received / polls answered, what each answer's HTTP cost is shared by. \
          Latency: emit → the recipient's poll answer parsed. Lost: stored messages no client \
          received. File / tables size: the redb file, or PostgreSQL's tables \
          (`pg_total_relation_size`, summed), at the end.",

@@ -49,6 +49,8 @@ pub struct Opts {
     pub seconds: Option<u64>,
     /// `--dm-users`: the users of the `durable` scenario's direct messages.
     pub dm_users: usize,
+    /// `--dm-send`: what each sender of the direct messages awaits before its next message.
+    pub dm_send: crate::servers::dm::Send,
     /// `--long-on`: which storages the long runs are on (`durable`, `postgres`, or both).
     pub long_durable: bool,
     pub long_postgres: bool,

@@ -4,13 +4,14 @@
 //!
 //! | route | what it does |
 //! |---|---|
-//! | `POST /bench/dm/start?users=N&window=W&secs=S` | for `S` seconds, user `u{i}` sends to `u{(i+1) % N}`, `W` messages unconfirmed at most per sender; answers at once |
+//! | `POST /bench/dm/start?users=N&window=W&secs=S[&send=ordered]` | for `S` seconds, user `u{i}` sends to `u{(i+1) % N}`, `W` messages unconfirmed at most per sender; answers at once |
 //! | `GET /bench/dm/stats` | counters ([`DmStats`]), live while it runs |
 //!
 //! Each sender's messages are `io.on_behalf_of(from).to_user(to).emit("tick", ..)`, the path a
 //! handler relaying a user's message takes: stored one after another (so that its recipient
 //! gets them in order, numbered 1, 2, …), each confirmation awaited in a task of its own that
-//! frees its slot of the window. Every user receives from exactly one sender, so a sequence
+//! frees its slot of the window. With `send=ordered` a sender awaits `ordered()` instead of
+//! `stored()` before its next message: in order still, without a write between two. Every user receives from exactly one sender, so a sequence
 //! number seen twice by a client is a duplicate.
 
 use std::sync::Arc;
@@ -140,6 +141,30 @@ struct StartQuery {
     users: usize,
     window: usize,
     secs: f64,
+    /// `stored` (the default) or `ordered`: what a sender awaits before its next message.
+    #[serde(default)]
+    send: Send,
+}
+
+/// What a sender awaits before it emits its next message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Send {
+    /// `Sending::stored()`: each message written before the next is emitted.
+    #[default]
+    Stored,
+    /// `Sending::ordered()`: each message in its place before the next is emitted.
+    Ordered,
+}
+
+impl Send {
+    /// Its name in the start route's query.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Send::Stored => "stored",
+            Send::Ordered => "ordered",
+        }
+    }
 }
 
 /// The routes, to merge into the simpleio server's router.
@@ -177,6 +202,7 @@ async fn start(State(ctl): State<DmCtl>, Query(q): Query<StartQuery>) -> Respons
                 i,
                 q.users,
                 q.window,
+                q.send,
                 deadline,
                 ctl.counters.clone(),
             ));
@@ -195,6 +221,7 @@ async fn sender(
     i: usize,
     users: usize,
     window: usize,
+    send: Send,
     deadline: Instant,
     c: Arc<Counters>,
 ) {
@@ -212,13 +239,27 @@ async fn sender(
             ts: realtime_ns(),
         };
         let emitted = Instant::now();
-        match io.to_user(to.as_str()).emit("tick", &tick).stored().await {
+        let sending = io.to_user(to.as_str()).emit("tick", &tick);
+        let placed = match send {
+            Send::Stored => sending.stored().await,
+            Send::Ordered => sending.ordered().await,
+        };
+        match placed {
             Ok(confirmation) => {
-                c.stored.record(emitted.elapsed().as_micros() as u64);
                 seq += 1;
-                c.sent.fetch_add(1, Ordering::Relaxed);
                 let c = c.clone();
                 confirmations.spawn(async move {
+                    // Sent once stored: at once for `stored()`, after the write for `ordered()`.
+                    let confirmation = match confirmation.stored().await {
+                        Ok(confirmation) => confirmation,
+                        Err(_) => {
+                            c.not_delivered.fetch_add(1, Ordering::Relaxed);
+                            drop(slot);
+                            return;
+                        }
+                    };
+                    c.stored.record(emitted.elapsed().as_micros() as u64);
+                    c.sent.fetch_add(1, Ordering::Relaxed);
                     let counter = match confirmation.await {
                         Ok(_) => &c.delivered,
                         Err(_) => &c.not_delivered,

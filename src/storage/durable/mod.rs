@@ -18,7 +18,7 @@ use self::tables::PayloadIds;
 use self::writer::{Queue, Thread};
 use super::{
     Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
-    FetchBatch, FetchRequest, Member, MemoryStorage, NewMessage, NewReply, QueueLimits,
+    FetchBatch, FetchRequest, Member, MemoryStorage, NewMessage, NewReply, Persisting, QueueLimits,
     RecordedReply, ReplyLimits, ReplyOutcome, Signal, Storage, StorageError,
 };
 use crate::id::{ClientId, UserId};
@@ -182,6 +182,23 @@ impl Storage for DurableStorage {
         limits: QueueLimits,
     ) -> Result<Appended, StorageError> {
         self.durably(self.memory.append(messages, limits)).await
+    }
+
+    /// The messages have their positions once they are in memory; the batch that writes them is
+    /// shared with whatever else the next commit holds, the sender's own next messages too.
+    async fn append_ordered(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+    ) -> Result<(Appended, Persisting), StorageError> {
+        let queue = self.inner.queue.clone();
+        let generation = queue.generation();
+        let appended = self.memory.append(messages, limits).await?;
+        let batch = queue.latest();
+        Ok((
+            appended,
+            Persisting::new(async move { queue.settled(batch, generation).await }),
+        ))
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {

@@ -63,7 +63,7 @@ struct Pending {
 /// One batch's end, for the operations waiting for it: each waits for one batch, the latest
 /// that holds what it made or saw, and is woken once, when that batch is written (or failed).
 #[derive(Debug, Default)]
-struct Batch {
+pub(super) struct Batch {
     done: AtomicBool,
     notify: Notify,
 }
@@ -128,16 +128,28 @@ impl Queue {
     /// Waits until every change recorded so far is durable: whatever the operation that just
     /// ended made or saw is then on disk. An error if a write failed meanwhile.
     pub(super) async fn durable(&self, generation: u64) -> Result<(), StorageError> {
-        // Anything the operation made or saw was recorded before it ended: it is in the batch
-        // gathering now, or in the one being written, or written already.
-        let batch = {
-            let state = self.lock();
-            if state.open_changed {
-                Some(state.open.clone())
-            } else {
-                state.writing.clone()
-            }
-        };
+        self.settled(self.latest(), generation).await
+    }
+
+    /// The batch that holds every change recorded so far, if one is not written yet: anything
+    /// an operation that just ended made or saw is in the batch gathering now, or in the one
+    /// being written, or written already.
+    pub(super) fn latest(&self) -> Option<Arc<Batch>> {
+        let state = self.lock();
+        if state.open_changed {
+            Some(state.open.clone())
+        } else {
+            state.writing.clone()
+        }
+    }
+
+    /// Waits until `batch` (from [`Queue::latest`]) is written; an error if a write failed
+    /// since `generation` began.
+    pub(super) async fn settled(
+        &self,
+        batch: Option<Arc<Batch>>,
+        generation: u64,
+    ) -> Result<(), StorageError> {
         if let Some(batch) = batch {
             batch.wait().await;
         }
