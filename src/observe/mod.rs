@@ -295,32 +295,28 @@ pub(crate) fn settled(
 }
 
 /// Counts the live users and clients, storage-wide, into their gauges (with the `metrics`
-/// feature; nothing is asked of the storage without it). Run by each node's reaper.
+/// feature; without it nothing runs it). Run beside each node's reaper.
+#[cfg(feature = "metrics")]
 pub(crate) async fn census(storage: &dyn crate::Storage, observe: &Observe) {
-    #[cfg(feature = "metrics")]
-    {
-        let users = match storage.live_users().await {
-            Ok(users) => users,
-            Err(e) => {
-                tracing::debug!(error = %e, "could not count the live users");
-                return;
-            }
-        };
-        let mut clients = Some(0usize);
-        if users.len() <= CENSUS_MAX_USERS {
-            for user in &users {
-                match storage.live_clients(user).await {
-                    Ok(c) => clients = clients.map(|n| n + c.len()),
-                    Err(_) => clients = None,
-                }
-            }
-        } else {
-            clients = None;
+    let users = match storage.live_users().await {
+        Ok(users) => users,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not count the live users");
+            return;
         }
-        observe.census(users.len(), clients);
+    };
+    let mut clients = Some(0usize);
+    if users.len() <= CENSUS_MAX_USERS {
+        for user in &users {
+            match storage.live_clients(user).await {
+                Ok(c) => clients = clients.map(|n| n + c.len()),
+                Err(_) => clients = None,
+            }
+        }
+    } else {
+        clients = None;
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (storage, observe);
+    observe.census(users.len(), clients);
 }
 
 fn signal_index(signal: &Signal) -> usize {
