@@ -17,7 +17,8 @@ pub enum Waited {
     /// The time ran out first. The message goes on as before: await the [`Sending`] (or
     /// [`wait`](Sending::wait) again, or spawn it) for its outcome, or keep its
     /// [`receipts`](Sending::receipts) to ask about it later from any node. If the time ran out
-    /// before it was stored, the receipts are empty and storing goes on when it is polled again.
+    /// before the message had its positions, the receipts are empty and storing goes on when it
+    /// is polled again.
     Pending(Sending),
 }
 
@@ -62,7 +63,9 @@ impl Sending {
     /// polled: dropped before, it stored nothing. Dropped while storing (before
     /// [`stored`](Sending::stored) would resolve), the message is stored for some recipients
     /// or none: a send to one user or client is stored or not as a whole, a fan-out is stored in
-    /// chunks of recipients, and the chunks stored already stay. Dropped once stored, the message
+    /// chunks of recipients, and the chunks stored already stay. Dropped once
+    /// [`ordered`](Sending::ordered) but before it is written, it is written all the same (unless
+    /// the write fails, which nobody is then told). Dropped once stored, the message
     /// is delivered as usual and only its outcome is given up; its receipts, kept, still tell it
     /// ([`SimpleIo::delivery`](crate::SimpleIo::delivery)). `wait` never drops it.
     pub async fn wait(mut self, within: Duration) -> Waited {
