@@ -786,15 +786,6 @@ impl Stored {
         Ok(self)
     }
 
-    /// The stage after ordering: the writes to wait for, if any, then the confirmations.
-    fn next_stage(self) -> Stage {
-        if self.persisting.is_empty() {
-            Stage::Waiting(self.wait())
-        } else {
-            Stage::Persisting(Box::pin(self.persisted()))
-        }
-    }
-
     /// One receipt per recipient it was stored for.
     fn receipts(&self) -> Vec<Receipt> {
         self.expectation
@@ -893,8 +884,9 @@ impl Sending {
     ///
     /// As [`Emitter::emit`] before anything is stored: [`SendError::Serialize`],
     /// [`SendError::InvalidEvent`], [`SendError::TooLarge`], [`SendError::TooDeep`],
-    /// [`SendError::Storage`]; and [`SendError::QueueFull`] at once if any recipient's queue
-    /// (or the sender's share of it) is full, naming those recipients.
+    /// [`SendError::Storage`]; and [`SendError::QueueFull`] if any recipient's queue (or the
+    /// sender's share of it) is full, naming those recipients: once the message is stored for
+    /// the others, not after they confirmed it.
     ///
     /// ```no_run
     /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
@@ -919,10 +911,13 @@ impl Sending {
                 })
             }
             Stage::Persisting(persisting) => {
-                let stored = persisting.await?;
+                // Only a `Sending` polled past its ordering (a `wait` that timed out) can hold
+                // recipients it was not stored for here: `ordered()` refused those already.
+                let stored = refused_unless_all(persisting.await?)?;
+                let receipts = stored.receipts();
                 Ok(Sending {
                     stage: Stage::Waiting(stored.wait()),
-                    receipts: self.receipts,
+                    receipts,
                 })
             }
             stage => Ok(Sending {
@@ -942,13 +937,19 @@ impl Sending {
     /// memory, and stored once the fsync of the batch holding it is done: a sender that emits
     /// a stream of messages can emit the next one meanwhile, and many share one fsync and one
     /// poll's answer, where awaiting `stored()` for each would take one fsync per message.
-    /// Nobody reads the message before it is stored. If the write fails, the returned future
-    /// fails with [`SendError::Storage`]; a message emitted after it may still be stored, so a
-    /// sender that must not leave a gap awaits `stored()` instead.
+    /// Nobody reads the message before it is stored, and its [`receipts`](Self::receipts) come
+    /// once it is. If the write fails, the returned future fails with [`SendError::Storage`]; a
+    /// message emitted after it may still be stored, so a sender that must not leave a gap
+    /// awaits `stored()` instead.
+    ///
+    /// It saves the wait for messages to users and clients. Recipients read from the storage
+    /// first (a room's members, everyone, clients excepted by id) are read as any read is, once
+    /// what the storage holds of them is written.
     ///
     /// # Errors
     ///
-    /// As [`stored`](Self::stored), except a failed write, which the returned future reports.
+    /// As [`stored`](Self::stored) (a full queue too is told once the message is stored for the
+    /// others), except a failed write, which the returned future reports.
     ///
     /// ```no_run
     /// # async fn demo(io: simpleio::SimpleIo) -> Result<(), simpleio::SendError> {
@@ -965,17 +966,36 @@ impl Sending {
     pub async fn ordered(self) -> Result<Sending, SendError> {
         match self.stage {
             Stage::Storing(storing) => {
-                let stored = refused_unless_all(storing.await?)?;
-                let receipts = stored.receipts();
-                Ok(Sending {
-                    stage: stored.next_stage(),
-                    receipts,
-                })
+                let stored = storing.await?;
+                if !stored.not_stored.is_empty() {
+                    // Told once the others are stored, as `stored()` tells it.
+                    return refused_unless_all(stored.persisted().await?).map(Sending::ordered_as);
+                }
+                Ok(Sending::ordered_as(stored))
             }
             stage => Ok(Sending {
                 stage,
                 receipts: self.receipts,
             }),
+        }
+    }
+}
+
+impl Sending {
+    /// The future of a message once ordered: its writes to wait for, if any, then its
+    /// confirmations. Its receipts come once it is written: a receipt of a message whose write
+    /// then fails would tell a later confirmation of its recipient as its own.
+    fn ordered_as(stored: Stored) -> Sending {
+        if stored.persisting.is_empty() {
+            Sending {
+                receipts: stored.receipts(),
+                stage: Stage::Waiting(stored.wait()),
+            }
+        } else {
+            Sending {
+                receipts: Vec::new(),
+                stage: Stage::Persisting(Box::pin(stored.persisted())),
+            }
         }
     }
 }
@@ -1027,8 +1047,7 @@ impl Future for Sending {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(stored)) => {
                         // Kept, so a sender whose wait timed out still has them.
-                        self.receipts = stored.receipts();
-                        self.stage = stored.next_stage();
+                        *self = Sending::ordered_as(stored);
                     }
                     Poll::Ready(Err(e)) => {
                         self.stage = Stage::Done;
@@ -1037,7 +1056,10 @@ impl Future for Sending {
                 },
                 Stage::Persisting(persisting) => match persisting.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(stored)) => self.stage = Stage::Waiting(stored.wait()),
+                    Poll::Ready(Ok(stored)) => {
+                        self.receipts = stored.receipts();
+                        self.stage = Stage::Waiting(stored.wait());
+                    }
                     Poll::Ready(Err(e)) => {
                         self.stage = Stage::Done;
                         return Poll::Ready(Err(e));

@@ -191,14 +191,11 @@ impl Storage for DurableStorage {
         messages: Vec<NewMessage>,
         limits: QueueLimits,
     ) -> Result<(Appended, Persisting), StorageError> {
-        let queue = self.inner.queue.clone();
+        let queue = &self.inner.queue;
         let generation = queue.generation();
         let appended = self.memory.append(messages, limits).await?;
-        let batch = queue.latest();
-        Ok((
-            appended,
-            Persisting::new(async move { queue.settled(batch, generation).await }),
-        ))
+        let batch = queue.latest(generation)?;
+        Ok((appended, Persisting::new(writer::settled(batch))))
     }
 
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {

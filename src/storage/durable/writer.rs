@@ -62,29 +62,47 @@ struct Pending {
 
 /// One batch's end, for the operations waiting for it: each waits for one batch, the latest
 /// that holds what it made or saw, and is woken once, when that batch is written (or failed).
+/// The outcome is the batch's own: a later batch that fails does not undo it, so a wait that
+/// comes late still learns the truth.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     done: AtomicBool,
+    failed: AtomicBool,
     notify: Notify,
 }
 
 impl Batch {
-    async fn wait(&self) {
+    /// Waits for the batch's end; whether it was written.
+    async fn wait(&self) -> bool {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             // Registered before the check, so that an end in between is not missed.
             notified.as_mut().enable();
             if self.done.load(Ordering::Acquire) {
-                return;
+                return !self.failed.load(Ordering::Acquire);
             }
             notified.await;
         }
     }
 
-    fn finish(&self) {
+    /// Ends the batch, `written` or not (its changes failed to write, or were dropped).
+    fn finish(&self, written: bool) {
+        if !written {
+            self.failed.store(true, Ordering::Release);
+        }
         self.done.store(true, Ordering::Release);
         self.notify.notify_waiters();
+    }
+}
+
+/// Waits until `batch` (from [`Queue::latest`]) is written: an error if it was not.
+pub(super) async fn settled(batch: Option<Arc<Batch>>) -> Result<(), StorageError> {
+    match batch {
+        Some(batch) if !batch.wait().await => Err(StorageError::Unavailable(
+            "a write to the storage file failed; retry".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -128,31 +146,16 @@ impl Queue {
     /// Waits until every change recorded so far is durable: whatever the operation that just
     /// ended made or saw is then on disk. An error if a write failed meanwhile.
     pub(super) async fn durable(&self, generation: u64) -> Result<(), StorageError> {
-        self.settled(self.latest(), generation).await
+        settled(self.latest(generation)?).await
     }
 
-    /// The batch that holds every change recorded so far, if one is not written yet: anything
-    /// an operation that just ended made or saw is in the batch gathering now, or in the one
-    /// being written, or written already.
-    pub(super) fn latest(&self) -> Option<Arc<Batch>> {
+    /// For an operation that started in `generation` and just ended: the batch that holds
+    /// every change it made or saw, if that one is not written yet (it is the batch gathering
+    /// now, or the one being written, or it was written already). An error if the storage
+    /// cannot write, or if memory was rebuilt meanwhile: the operation may have made or seen
+    /// changes that are gone.
+    pub(super) fn latest(&self, generation: u64) -> Result<Option<Arc<Batch>>, StorageError> {
         let state = self.lock();
-        if state.open_changed {
-            Some(state.open.clone())
-        } else {
-            state.writing.clone()
-        }
-    }
-
-    /// Waits until `batch` (from [`Queue::latest`]) is written; an error if a write failed
-    /// since `generation` began.
-    pub(super) async fn settled(
-        &self,
-        batch: Option<Arc<Batch>>,
-        generation: u64,
-    ) -> Result<(), StorageError> {
-        if let Some(batch) = batch {
-            batch.wait().await;
-        }
         if self.broken.load(Ordering::SeqCst) {
             return Err(StorageError::Unavailable(
                 "the storage file cannot be written; see the log".into(),
@@ -163,11 +166,15 @@ impl Queue {
                 "a write to the storage file failed; retry".into(),
             ));
         }
-        Ok(())
+        Ok(if state.open_changed {
+            Some(state.open.clone())
+        } else {
+            state.writing.clone()
+        })
     }
 
-    /// Drops what is queued, and returns the batch its operations wait for (to finish once
-    /// they may wake: they then fail, by the generation or the broken flag).
+    /// Drops what is queued, and returns the batch its operations wait for (to finish, not
+    /// written, once they may wake).
     fn drop_pending(&self) -> Arc<Batch> {
         let mut state = self.lock();
         state.changes.clear();
@@ -234,9 +241,9 @@ impl Drop for Released {
             );
             self.0.broken.store(true, Ordering::SeqCst);
             let mut state = self.0.lock();
-            state.open.finish();
+            state.open.finish(false);
             if let Some(batch) = state.writing.take() {
-                batch.finish();
+                batch.finish(false);
             }
             // Later operations find a finished batch and the broken flag.
             state.open_changed = true;
@@ -250,7 +257,7 @@ impl Thread {
         while let Some(batch) = self.next_batch() {
             let (mut changes, mut signals) = std::mem::take(&mut self.spare);
             if changes.is_empty() {
-                self.done_writing(&batch);
+                self.done_writing(&batch, true);
                 self.publish(&mut signals);
                 self.spare = (changes, signals);
                 continue;
@@ -266,7 +273,7 @@ impl Thread {
             match written {
                 Ok(()) => {
                     self.queue.commits.fetch_add(1, Ordering::Relaxed);
-                    self.done_writing(&batch);
+                    self.done_writing(&batch, true);
                     self.publish(&mut signals);
                 }
                 Err(e) => {
@@ -277,7 +284,7 @@ impl Thread {
                          answer 503 and memory is rebuilt from the file"
                     );
                     self.recover();
-                    self.done_writing(&batch);
+                    self.done_writing(&batch, false);
                 }
             }
             // Emptied once the waiters are woken: dropping the changes is not on their path.
@@ -311,10 +318,11 @@ impl Thread {
         Some(batch)
     }
 
-    /// Ends `batch`: no operation starts waiting for it any more, and those waiting wake.
-    fn done_writing(&self, batch: &Batch) {
+    /// Ends `batch`, `written` or not: no operation starts waiting for it any more, and those
+    /// waiting wake.
+    fn done_writing(&self, batch: &Batch, written: bool) {
         self.queue.lock().writing = None;
-        batch.finish();
+        batch.finish(written);
     }
 
     fn publish(&self, signals: &mut Vec<Signal>) {
@@ -387,7 +395,7 @@ impl Thread {
                     });
                     self.db = Some(db);
                     if let Some(batch) = dropped {
-                        batch.finish();
+                        batch.finish(false);
                     }
                     let _ = self.signals.send(Signal::Resync);
                     tracing::warn!(
@@ -408,7 +416,7 @@ impl Thread {
                     }
                     queue.broken.store(true, Ordering::SeqCst);
                     queue.generation.fetch_add(1, Ordering::SeqCst);
-                    queue.drop_pending().finish();
+                    queue.drop_pending().finish(false);
                     if queue.lock().closed {
                         return;
                     }
