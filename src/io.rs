@@ -1000,9 +1000,9 @@ impl Sending {
     }
 }
 
-/// [`SendError::QueueFull`] if any recipient could not have the message: said at once, not
-/// after the others confirmed, so that a handler that acknowledges a client's message once it
-/// is stored does not acknowledge this one.
+/// [`SendError::QueueFull`] if any recipient could not have the message: said once the others
+/// have it stored, not after they confirmed it, so that a handler that acknowledges a client's
+/// message once it is stored does not acknowledge this one.
 fn refused_unless_all(stored: Stored) -> Result<Stored, SendError> {
     if stored.not_stored.is_empty() {
         return Ok(stored);
@@ -1015,9 +1015,9 @@ fn refused_unless_all(stored: Stored) -> Result<Stored, SendError> {
 
 impl Sending {
     /// One [`Receipt`] per recipient the message was stored for, to ask about it later from any
-    /// node with [`SimpleIo::delivery`]. Empty until the message has its positions: after
-    /// [`stored`](Self::stored) or [`ordered`](Self::ordered) resolved, or a
-    /// [`wait`](Self::wait) that timed out after it was stored.
+    /// node with [`SimpleIo::delivery`]. Empty until the message is stored: after
+    /// [`stored`](Self::stored) resolved (after [`ordered`](Self::ordered) only where one write
+    /// orders and stores it), or a [`wait`](Self::wait) that timed out after it was.
     pub fn receipts(&self) -> &[Receipt] {
         &self.receipts
     }
@@ -1046,7 +1046,8 @@ impl Future for Sending {
                 Stage::Storing(storing) => match storing.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(stored)) => {
-                        // Kept, so a sender whose wait timed out still has them.
+                        // Its receipts are kept once it is written, so a sender whose wait
+                        // timed out still has them.
                         *self = Sending::ordered_as(stored);
                     }
                     Poll::Ready(Err(e)) => {

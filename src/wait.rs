@@ -17,8 +17,7 @@ pub enum Waited {
     /// The time ran out first. The message goes on as before: await the [`Sending`] (or
     /// [`wait`](Sending::wait) again, or spawn it) for its outcome, or keep its
     /// [`receipts`](Sending::receipts) to ask about it later from any node. If the time ran out
-    /// before the message had its positions, the receipts are empty and storing goes on when it
-    /// is polled again.
+    /// before it was stored, the receipts are empty and storing goes on when it is polled again.
     Pending(Sending),
 }
 
