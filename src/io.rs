@@ -979,9 +979,7 @@ impl Sending {
             }),
         }
     }
-}
 
-impl Sending {
     /// The future of a message once ordered: its writes to wait for, if any, then its
     /// confirmations. Its receipts come once it is written: a receipt of a message whose write
     /// then fails would tell a later confirmation of its recipient as its own.

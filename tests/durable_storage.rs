@@ -34,6 +34,11 @@ impl Folder {
     fn file(&self) -> PathBuf {
         self.0.join("store.redb")
     }
+
+    /// The storage in this folder's file, made if there is none.
+    async fn open(&self) -> DurableStorage {
+        DurableStorage::open(self.file()).await.expect("a new file")
+    }
 }
 
 impl Drop for Folder {
@@ -127,9 +132,7 @@ async fn everything_confirmed_comes_back_after_a_reopen() {
         id: MessageId::new("m1").expect("an id"),
     };
     let (epoch, last, hal_cursor) = {
-        let s = DurableStorage::open(folder.file())
-            .await
-            .expect("a new file");
+        let s = folder.open().await;
         let epoch = s.epoch().await.expect("an epoch");
         // Bob reads and confirms two lines; a third stays unconfirmed.
         let first = s
@@ -298,9 +301,7 @@ async fn watermarks_come_back_after_their_clients_move_on_or_go() {
     let folder = Folder::new("watermarks");
     let ms = Duration::from_millis;
     let epoch = {
-        let s = DurableStorage::open(folder.file())
-            .await
-            .expect("a new file");
+        let s = folder.open().await;
         let epoch = s.epoch().await.expect("an epoch");
         s.append(
             vec![message_in("dee", "/a", "1"), message_in("dee", "/b", "2")],
@@ -373,9 +374,7 @@ async fn watermarks_come_back_after_their_clients_move_on_or_go() {
 #[tokio::test]
 async fn the_file_keeps_only_what_is_held() {
     let folder = Folder::new("bounded");
-    let s = DurableStorage::open(folder.file())
-        .await
-        .expect("a new file");
+    let s = folder.open().await;
     let epoch = s.epoch().await.expect("an epoch");
     let line = json(&format!(r#""{}""#, "y".repeat(500)));
     let mut cursor = None;
@@ -409,18 +408,14 @@ async fn the_file_keeps_only_what_is_held() {
 async fn a_missing_file_is_a_new_epoch() {
     let folder = Folder::new("missing");
     let first = {
-        let s = DurableStorage::open(folder.file())
-            .await
-            .expect("a new file");
+        let s = folder.open().await;
         s.append(vec![message("eve", None, &json("1"))], limits())
             .await
             .expect("stored");
         s.epoch().await.expect("an epoch")
     };
     std::fs::remove_file(folder.file()).expect("removed");
-    let s = DurableStorage::open(folder.file())
-        .await
-        .expect("a new file");
+    let s = folder.open().await;
     assert_ne!(s.epoch().await.expect("an epoch"), first);
     assert!(fetch(&s, "eve", "t", None).await.messages.is_empty());
 }
@@ -659,9 +654,7 @@ async fn a_full_disk_answers_unavailable_and_recovers() {
 async fn ordered_sends_keep_their_order_and_share_commits() {
     const SENT: u64 = 200;
     let folder = Folder::new("ordered");
-    let s = DurableStorage::open(folder.file())
-        .await
-        .expect("a new file");
+    let s = folder.open().await;
     // A short hold: the last poll, which only confirms, answers soon.
     let server = support::server::TestServer::start(
         SimpleIoLayer::builder()
@@ -739,9 +732,7 @@ async fn ordered_sends_keep_their_order_and_share_commits() {
 #[tokio::test]
 async fn an_ordered_append_is_written_when_its_persisting_resolves() {
     let folder = Folder::new("persisting");
-    let s = DurableStorage::open(folder.file())
-        .await
-        .expect("a new file");
+    let s = folder.open().await;
     for round in 0..20 {
         let before = s.commits();
         let (appended, written) = s
@@ -761,9 +752,7 @@ async fn an_ordered_append_is_written_when_its_persisting_resolves() {
 #[tokio::test]
 async fn concurrent_writes_share_commits() {
     let folder = Folder::new("group");
-    let s = DurableStorage::open(folder.file())
-        .await
-        .expect("a new file");
+    let s = folder.open().await;
     let before = s.commits();
     let line = json(r#""hi""#);
     // 500 appends at once, each to a user of its own, as 500 requests would.
@@ -788,9 +777,7 @@ async fn concurrent_writes_share_commits() {
 #[tokio::test]
 async fn a_file_in_use_is_refused_and_left_alone() {
     let folder = Folder::new("busy");
-    let s = DurableStorage::open(folder.file())
-        .await
-        .expect("a new file");
+    let s = folder.open().await;
     let epoch = s.epoch().await.expect("an epoch");
     let second = DurableStorage::open(folder.file()).await;
     assert!(
