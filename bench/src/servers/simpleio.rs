@@ -143,7 +143,8 @@ impl Broadcast for Sender {
 
     fn durable(&self) -> Option<(u64, u64)> {
         let store = self.durable.as_ref()?;
-        let bytes = std::fs::metadata(store.path()).map_or(0, |m| m.len());
+        let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let bytes = size(store.path()) + size(&store.log_path());
         Some((store.commits(), bytes))
     }
 }

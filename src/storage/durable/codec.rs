@@ -17,6 +17,11 @@ impl Writer {
         self
     }
 
+    pub(super) fn u32(&mut self, n: u32) -> &mut Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+
     pub(super) fn u8(&mut self, n: u8) -> &mut Self {
         self.0.push(n);
         self
@@ -66,8 +71,20 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    pub(super) fn u32(&mut self) -> Result<u32, StorageError> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes(
+            bytes.try_into().map_err(|_| self.corrupt())?,
+        ))
+    }
+
     pub(super) fn u8(&mut self) -> Result<u8, StorageError> {
         Ok(self.take(1)?[0])
+    }
+
+    /// How many bytes are left to read.
+    pub(super) fn remaining(&self) -> usize {
+        self.bytes.len()
     }
 
     pub(super) fn str(&mut self) -> Result<&'a str, StorageError> {

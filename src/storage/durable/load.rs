@@ -10,9 +10,10 @@ use serde_json::value::RawValue;
 
 use super::codec::{self, MessageRecord, Payload};
 use super::tables::{
-    ACKS, CLIENTS, CURSORS, DATA, DEDUP, FORMAT, MESSAGES, META, ORIGINS, Open, PAYLOADS, ROOMS,
-    WATERMARKS,
+    ACKS, CLIENTS, CURSORS, DATA, DEDUP, FORMAT, MESSAGES, META, ORIGINS, Open, PAYLOADS,
+    PayloadIds, ROOMS, WATERMARKS,
 };
+use super::{checkpoint, log};
 use crate::id::{ClientId, MessageId, UserId};
 use crate::storage::memory::journal::Change;
 use crate::storage::memory::restore::Restored;
@@ -46,6 +47,11 @@ pub(super) fn open(path: &Path) -> Result<(Database, Loaded), StorageError> {
                 );
                 std::fs::rename(path, &aside)
                     .map_err(|e| unavailable("moving the unreadable file aside", e))?;
+                let log = log::path_for(path);
+                if log.exists() {
+                    std::fs::rename(&log, log::path_for(&aside))
+                        .map_err(|e| unavailable("moving the unreadable log aside", e))?;
+                }
             }
         }
     }
@@ -83,11 +89,127 @@ fn open_existing(path: &Path) -> Result<(Database, Loaded), Unreadable> {
         }
         other => Unreadable::Damaged(other.to_string()),
     })?;
+    replay(&db, path, None).map_err(|e| match e {
+        StorageError::Unavailable(_) => Unreadable::Busy(e),
+        e => Unreadable::Damaged(e.to_string()),
+    })?;
     let loaded = read_all(&db).map_err(|e| Unreadable::Damaged(e.to_string()))?;
     if loaded.restored.epoch.is_none() {
         return Err(Unreadable::Damaged("it holds no epoch".into()));
     }
     Ok((db, loaded))
+}
+
+/// Reopens the file after a failed write, its log's frames up to frame `upto` (the last one
+/// synced: a later one may have been written whole, but its writer was told it failed)
+/// written into it, and reads it back.
+pub(super) fn reload(path: &Path, upto: u64) -> Result<(Database, Loaded), StorageError> {
+    let db = reopen(path).map_err(|e| unavailable("reopening the storage file", e))?;
+    replay(&db, path, Some(upto))?;
+    let loaded = read_all(&db)?;
+    Ok((db, loaded))
+}
+
+/// Writes the frames of the log after the file's last checkpoint (up to `upto`) into the file:
+/// a checkpoint, so that the file alone holds everything and the log starts again. A file that
+/// had no log yet is given one. A file whose log is gone lost what it held: damage.
+fn replay(db: &Database, path: &Path, upto: Option<u64>) -> Result<(), StorageError> {
+    let meta = read_meta(db)?;
+    let log_path = log::path_for(path);
+    let Some(tag) = meta.log_tag else {
+        // Format 2, written before the log existed: everything is in the file. It gets a log
+        // (made first, so that a file that records one always has it) and format 3, which a
+        // version that would not read the log refuses instead of serving the file without it.
+        log::create(&log_path).map_err(|e| unavailable("making the storage's log", e))?;
+        let write = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut t = Open::new(&txn);
+                let meta = t.meta()?;
+                meta.insert("log_tag", fastrand::u64(..).to_be_bytes().as_slice())?;
+                meta.insert("log_seq", 0u64.to_be_bytes().as_slice())?;
+                meta.insert("format", [FORMAT].as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        return write().map_err(|e| unavailable("writing the storage file", e));
+    };
+    let Some(frames) = log::read(&log_path, tag, meta.log_seq, upto)? else {
+        return Err(corrupt("no log beside it: it was deleted"));
+    };
+    if let Some(upto) = upto
+        && frames.last_seq != upto
+    {
+        // Frames that were confirmed are not in the log any more.
+        return Err(StorageError::Corrupt(format!(
+            "the storage's log ends at frame {}, not at {upto}, the last one written",
+            frames.last_seq
+        )));
+    }
+    if frames.frames == 0 {
+        return Ok(());
+    }
+    let mut payloads = PayloadIds::starting_at(meta.next_payload);
+    checkpoint::write(
+        db,
+        &frames.changes,
+        &mut payloads,
+        meta.last_pos,
+        frames.last_seq,
+    )
+    .map_err(|e| match e {
+        redb::Error::Corrupted(why) => StorageError::Corrupt(why),
+        e => unavailable("writing the log into the storage file", e),
+    })?;
+    tracing::info!(
+        path = %path.display(),
+        frames = frames.frames,
+        changes = frames.changes.len(),
+        "simpleio: the storage's log written into its file"
+    );
+    Ok(())
+}
+
+/// The numbers the `meta` table keeps.
+struct Meta {
+    last_pos: u64,
+    next_payload: u64,
+    log_tag: Option<u64>,
+    log_seq: u64,
+}
+
+fn read_meta(db: &Database) -> Result<Meta, StorageError> {
+    let r = |e: redb::Error| unavailable("reading the storage file", e);
+    let txn = db.begin_read().map_err(|e| r(e.into()))?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        // Made, but killed before its first commit: not a store.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Err(corrupt("no meta table")),
+        Err(e) => return Err(r(e.into())),
+    };
+    match meta.get("format").map_err(|e| r(e.into()))? {
+        Some(v) if v.value() == [FORMAT] || v.value() == [FORMAT - 1] => {}
+        Some(v) => return Err(corrupt(&format!("format {:?}, not {FORMAT}", v.value()))),
+        None => return Err(corrupt("no format")),
+    }
+    let number = |key: &str| -> Result<Option<u64>, StorageError> {
+        meta.get(key)
+            .map_err(|e| r(e.into()))?
+            .map(|v| {
+                v.value()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt("a damaged number"))
+            })
+            .transpose()
+    };
+    Ok(Meta {
+        last_pos: number("last_pos")?.unwrap_or(0),
+        next_payload: number("next_payload")?.unwrap_or(0),
+        log_tag: number("log_tag")?,
+        log_seq: number("log_seq")?.unwrap_or(0),
+    })
 }
 
 fn create(path: &Path) -> Result<(Database, Loaded), StorageError> {
@@ -96,6 +218,10 @@ fn create(path: &Path) -> Result<(Database, Loaded), StorageError> {
         .create(path)
         .map_err(|e| unavailable("making the storage file", e))?;
     let epoch = Epoch::random();
+    // The log first, so that a file that records one always has it. Any log left by a file of
+    // the same name is another file's: emptied.
+    log::create(&log::path_for(path)).map_err(|e| unavailable("making the storage's log", e))?;
+    let log_tag = fastrand::u64(..);
     let write = || -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
@@ -103,6 +229,9 @@ fn create(path: &Path) -> Result<(Database, Loaded), StorageError> {
             t.make_all()?;
             t.meta()?.insert("format", [FORMAT].as_slice())?;
             t.meta()?.insert("epoch", epoch.as_str().as_bytes())?;
+            t.meta()?
+                .insert("log_tag", log_tag.to_be_bytes().as_slice())?;
+            t.meta()?.insert("log_seq", 0u64.to_be_bytes().as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -118,6 +247,8 @@ fn create(path: &Path) -> Result<(Database, Loaded), StorageError> {
         Loaded {
             restored,
             next_payload: 0,
+            log_tag,
+            log_seq: 0,
         },
     ))
 }
@@ -137,6 +268,10 @@ pub(super) struct Loaded {
     pub(super) restored: Restored,
     /// The id the next shared payload gets.
     pub(super) next_payload: u64,
+    /// The tag of the file's log, and the last frame of it the file holds: the log is written
+    /// from its start, from the frame after.
+    pub(super) log_tag: u64,
+    pub(super) log_seq: u64,
 }
 
 /// Reads every record: what a restart (or a failed write) rebuilds memory from.
@@ -171,6 +306,7 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
         })
     };
     let next_payload = number("next_payload")?;
+    let (log_tag, log_seq) = (number("log_tag")?, number("log_seq")?);
     let mut restored = Restored {
         epoch,
         last_pos: number("last_pos")?,
@@ -334,6 +470,8 @@ pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
     Ok(Loaded {
         restored,
         next_payload,
+        log_tag,
+        log_seq,
     })
 }
 
@@ -374,7 +512,7 @@ mod tests {
         let txn = db.begin_write().expect("a transaction");
         txn.open_table(META)
             .expect("meta")
-            .insert("format", [FORMAT - 1].as_slice())
+            .insert("format", [1].as_slice())
             .expect("written");
         txn.commit().expect("committed");
         drop(db);
@@ -386,6 +524,58 @@ mod tests {
             .filter_map(Result::ok)
             .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
         assert!(aside, "the file of another format was not kept aside");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file of format 2, written before the log existed, keeps its records and epoch: it is
+    /// given a log and format 3 (which a version that ignores the log will not open).
+    #[test]
+    fn a_file_of_format_2_gets_a_log_and_keeps_its_records() {
+        let dir = std::env::temp_dir().join(format!(
+            "simpleio-format2-{}-{}",
+            std::process::id(),
+            crate::id::random_token(8)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let path = dir.join("store.redb");
+        let (db, first) = open(&path).expect("a new file");
+        let message = Change::Message {
+            user: UserId::from("ann"),
+            pos: 7,
+            client: None,
+            sender: None,
+            namespace: "/".into(),
+            event: "line".into(),
+            data: json("1").expect("JSON"),
+            expires_at: u64::MAX,
+            ack: false,
+        };
+        checkpoint::write(&db, &[message], &mut PayloadIds::default(), 0, 0).expect("written");
+        let txn = db.begin_write().expect("a transaction");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert("format", [2].as_slice()).expect("written");
+            meta.remove("log_tag").expect("removed");
+            meta.remove("log_seq").expect("removed");
+        }
+        txn.commit().expect("committed");
+        drop(db);
+        std::fs::remove_file(log::path_for(&path)).expect("no log");
+
+        let (db, second) = open(&path).expect("reopened");
+        assert_eq!(first.restored.epoch, second.restored.epoch);
+        assert_eq!(second.restored.last_pos, 7);
+        assert!(
+            matches!(
+                second.restored.changes.as_slice(),
+                [Change::Message { pos: 7, .. }]
+            ),
+            "{:?}",
+            second.restored.changes
+        );
+        assert!(log::path_for(&path).exists(), "no log was made");
+        let format = read_meta(&db).map(|m| m.log_tag.is_some()).expect("meta");
+        assert!(format, "no log tag");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

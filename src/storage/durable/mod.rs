@@ -1,7 +1,11 @@
-//! [`DurableStorage`]: everything in this process's memory, and in one file on its disk.
+//! [`DurableStorage`]: everything in this process's memory, and in a file (with its log) on its
+//! disk.
 
+mod changes;
+mod checkpoint;
 mod codec;
 mod load;
+mod log;
 mod tables;
 mod writer;
 
@@ -14,6 +18,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use self::load::Loaded;
+use self::log::Log;
 use self::tables::PayloadIds;
 use self::writer::{Queue, Thread};
 use super::{
@@ -23,7 +28,7 @@ use super::{
 };
 use crate::id::{ClientId, UserId};
 
-/// Storage in this process's memory and in one file on its disk: a restart, or a `SIGKILL`,
+/// Storage in this process's memory and in a file on its disk: a restart, or a `SIGKILL`,
 /// loses nothing that was confirmed stored (feature `durable`).
 ///
 /// For one process. Several processes share a storage such as `RedisStorage` instead.
@@ -33,19 +38,31 @@ use crate::id::{ClientId, UserId};
 /// Reads and the storage's rules are those of [`MemoryStorage`]: the state lives in memory and
 /// every operation costs what it does there. Each change to what must survive (messages,
 /// cursors and watermarks, client records and data, dedup records, room memberships) is also
-/// recorded, and a writer thread puts them in a [redb](https://docs.rs/redb) file: many
-/// requests' changes in one transaction and one fsync (*group commit*). An operation returns
-/// only once every change it made or saw is durable, and signals are published only after the
-/// changes behind them: so `Sending::stored()` resolving, an incoming message's ack, a
-/// confirmation, a client reading a message, all happen after the data is on disk.
+/// recorded, and a writer thread appends them to a log beside the file, `PATH.log`: many
+/// requests' changes in one frame and one fsync (*group commit*), a few KiB written in one
+/// place. An operation returns only once every change it made or saw is in the log, and
+/// signals are published only after the changes behind them: so `Sending::stored()`
+/// resolving, an incoming message's ack, a confirmation, a client reading a message, all
+/// happen after the data is on disk.
+///
+/// Every 4 MiB of log the thread writes what the log holds into the [redb](https://docs.rs/redb)
+/// file, in one transaction (a *checkpoint*), and starts the log again. What came and went in
+/// between is left out: a message delivered before the checkpoint is never written to the
+/// file's B-tree, only to the log. A start (or the rebuild after a failed write) first writes
+/// the log's frames into the file the same way, so the two files are one store: delete both,
+/// or neither.
 ///
 /// On start the file is read whole into memory. A missing file starts a new epoch; so does a
-/// file that cannot be read (it is moved aside with a loud log, never trusted, never a panic),
-/// and clients then resync, as the [`Epoch`](crate::storage::Epoch) rules require.
+/// file that cannot be read, or whose log is gone (it is moved aside with a loud log, never
+/// trusted, never a panic), and clients then resync, as the [`Epoch`](crate::storage::Epoch)
+/// rules require. A frame of the log torn by a crash was never confirmed to anyone: it is
+/// recognised by its checksum and not replayed.
 ///
 /// If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
-/// memory is rebuilt from the file (which holds exactly what was confirmed), and writing goes
-/// on once the disk takes writes again.
+/// memory is rebuilt from the files (which hold exactly what was confirmed), and writing goes
+/// on once the disk takes writes again; requests answer `503` until then. A checkpoint runs on
+/// the writer thread: while it commits (a few milliseconds under a load of direct messages,
+/// most of which it leaves out) the next frames wait.
 ///
 /// Presence (when each client last polled) is not written: it changes on every poll. After a
 /// restart every client is given its presence TTL afresh, so one that does not come back is
@@ -53,10 +70,12 @@ use crate::id::{ClientId, UserId};
 ///
 /// # Cost
 ///
-/// Memory as [`MemoryStorage`], plus the file: each message, client and record once, a fan-out's
-/// payload (from 256 bytes) once for all its recipients. The file's pages are reused as
-/// messages are delivered or expire, so its size follows what is held, not what was ever sent.
-/// One process opens a file at a time.
+/// Memory as [`MemoryStorage`], plus the changes logged since the last checkpoint (those of at
+/// most 4 MiB of log, a few times that in memory), plus the files: in the file each message, client and record once, a
+/// fan-out's payload (from 256 bytes) once for all its recipients. The file's pages are reused
+/// as messages are delivered or expire, so its size follows what is held, not what was ever
+/// sent; the log is written over from its start after each checkpoint. One process opens a
+/// file at a time.
 ///
 /// Cloning gives another handle to the same storage; the file is closed when the last one goes.
 ///
@@ -99,26 +118,39 @@ impl Drop for Inner {
 }
 
 impl DurableStorage {
-    /// Opens the storage kept in the file at `path`, making it if there is none (the folder
-    /// must exist). Reads the whole file into memory.
+    /// Opens the storage kept in the file at `path` and its log `PATH.log`, making them if
+    /// there are none (the folder must exist). Writes the log's frames into the file, then
+    /// reads the whole file into memory.
     ///
-    /// Fails if the file is open in another process or cannot be read for now (an I/O
-    /// error). A file that is not a store this version can read is moved aside to
-    /// `PATH.unreadable-MILLIS` and a new one is made, with a new epoch and an `error` log.
+    /// Fails if the file is open in another process or cannot be read or written for now (an
+    /// I/O error, a full disk). A file that is not a store this version can read, or whose log
+    /// is gone, is moved aside to `PATH.unreadable-MILLIS` (with its log, if any) and a new one
+    /// is made, with a new epoch and an `error` log.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
         let opened = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || load::open(&path))
-                .await
-                .map_err(|e| StorageError::Unavailable(format!("opening the storage: {e}")))??
+            tokio::task::spawn_blocking(move || {
+                let (db, loaded) = load::open(&path)?;
+                let log = Log::open(
+                    &log::path_for(&path),
+                    loaded.log_tag,
+                    loaded.log_seq.saturating_add(1),
+                )
+                .map_err(|e| StorageError::Unavailable(format!("opening the log: {e}")))?;
+                Ok::<_, StorageError>((db, loaded, log))
+            })
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("opening the storage: {e}")))??
         };
         let (
             db,
             Loaded {
                 restored,
                 next_payload,
+                ..
             },
+            log,
         ) = opened;
         let last_pos = restored.last_pos;
         let queue = Arc::new(Queue::new());
@@ -132,6 +164,8 @@ impl DurableStorage {
             payloads: PayloadIds::starting_at(next_payload),
             last_pos,
             spare: Default::default(),
+            log,
+            unwritten: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("simpleio-durable".into())
@@ -152,8 +186,15 @@ impl DurableStorage {
         &self.inner.path
     }
 
-    /// How many transactions (each one fsync) the storage has committed since it was opened:
-    /// with group commit, far fewer than the operations that changed something.
+    /// The log beside it, `PATH.log`: the changes since the last checkpoint. Part of the store,
+    /// as the file is.
+    pub fn log_path(&self) -> PathBuf {
+        log::path_for(&self.inner.path)
+    }
+
+    /// How many times the storage has synced its files since it was opened: a frame of the log
+    /// or a checkpoint, each one fsync. With group commit, far fewer than the operations that
+    /// changed something.
     pub fn commits(&self) -> u64 {
         self.inner.queue.commits()
     }

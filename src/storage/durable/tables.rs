@@ -3,7 +3,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `format`, `epoch`, `last_pos`, `next_payload` | bytes |
+//! | `meta` | `format`, `epoch`, `last_pos`, `next_payload`, `log_tag`, `log_seq` | bytes |
 //! | `messages` | position (8 bytes, big-endian), user | a message record ([`MessageRecord`]) |
 //! | `payloads` | payload id | the JSON payload shared by a fan-out's messages |
 //! | `payload_refs` | payload id | how many messages refer to it |
@@ -55,10 +55,12 @@ pub(super) const ORIGINS: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("origins");
 pub(super) const ACKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("acks");
 
-/// The file format this code writes; a file with another is not read. 2: cursors in a table of
-/// their own, watermarks vouched for by them, messages keyed by position first (1 kept cursors
-/// in client records, wrote every watermark, and keyed messages by user first).
-pub(super) const FORMAT: u8 = 2;
+/// The file format this code writes; a file with another is not read. 3: a write-ahead log
+/// beside the file (`log_tag`, `log_seq` in `meta`), which a version that does not read it must
+/// not open; a file of 2 is given a log when opened. 2: cursors in a table of their own,
+/// watermarks vouched for by them, messages keyed by position first (1 kept cursors in client
+/// records, wrote every watermark, and keyed messages by user first).
+pub(super) const FORMAT: u8 = 3;
 
 /// Payloads at least this long are stored once per fan-out, in `payloads`; shorter ones are
 /// cheaper inline than the lookup.
@@ -103,7 +105,7 @@ fn next(s: &str) -> String {
 /// The payload ids a writer gave the latest shared payloads: the later chunks of a fan-out
 /// refer to the payload its first chunk stored. Holding each `Arc` keeps its address from being
 /// reused by another payload while it is remembered.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct PayloadIds {
     recent: VecDeque<(Arc<RawValue>, u64)>,
     pub(super) next: u64,

@@ -1,0 +1,363 @@
+//! The write-ahead log in front of the redb file: each batch of changes is one frame appended
+//! to `PATH.log` and one `fdatasync`, a few KiB written in one place where a redb commit
+//! rewrites every B-tree page the batch touched. The frames are written into the redb file
+//! later, many batches at once, by a *checkpoint* ([`super::checkpoint`]), which leaves out
+//! what came and went in between (a message delivered since it was stored, a cursor moved
+//! again): most of a busy server's changes never reach the B-tree.
+//!
+//! A frame: `magic` (4 bytes), the body's length (4), its sequence number (8), the log's tag
+//! (8), a CRC-32 of all that and the body (4), then the body ([`super::changes`]). Frames are
+//! written one after another from the start of the file, each synced before the next is
+//! written, so only the last can be torn. After a checkpoint (whose transaction records the
+//! last sequence number it holds) the log is written from its start again, over the old
+//! frames. Reading stops at the first frame that is not the next one: a bad checksum (torn),
+//! another sequence number (an older cycle's frame, or zeros), or another tag (a log that
+//! belongs to another file).
+//!
+//! The file is grown in steps, with zeros, before frames are written into the new part: an
+//! `fdatasync` then writes the frame's pages alone, not the file's size as well.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::changes;
+use crate::storage::StorageError;
+use crate::storage::memory::journal::Change;
+
+/// Marks the start of a frame ("SIOL").
+const MAGIC: u32 = 0x5349_4f4c;
+/// magic, length, sequence number, tag, checksum.
+const HEADER: usize = 4 + 4 + 8 + 8 + 4;
+/// How much the file grows at a time.
+const GROW: u64 = 256 << 10;
+/// A log left larger than this by a checkpoint that could not be written for a while (a full
+/// disk) is cut back to it once one is.
+const KEEP: u64 = 16 << 20;
+
+/// The log's file, next to the redb file at `db`.
+pub(super) fn path_for(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// Makes an empty log at `path` (in place of any), durably: the file and its folder's entry
+/// are synced, so that a file that records a log never finds it missing after a crash.
+pub(super) fn create(path: &Path) -> std::io::Result<()> {
+    File::create(path)?.sync_all()?;
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // A folder opened for reading can be synced on Unix; elsewhere this is best effort.
+        if let Ok(folder) = File::open(folder) {
+            let _ = folder.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The log, being written.
+#[derive(Debug)]
+pub(super) struct Log {
+    file: File,
+    /// Where the next frame goes.
+    end: u64,
+    /// How long the file is: the bytes before are written (frames or zeros).
+    len: u64,
+    next_seq: u64,
+    tag: u64,
+    /// The frame being made: kept for the next one.
+    frame: Vec<u8>,
+}
+
+impl Log {
+    /// Opens (or makes) the log at `path` to write frames from its start, the first numbered
+    /// `next_seq`: whatever it held is in the redb file already.
+    pub(super) fn open(path: &Path, tag: u64, next_seq: u64) -> std::io::Result<Log> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Log {
+            file,
+            end: 0,
+            len,
+            next_seq,
+            tag,
+            frame: Vec::new(),
+        })
+    }
+
+    /// How many bytes of frames the log holds since the last checkpoint.
+    pub(super) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The sequence number of the last frame appended (or, before any, of the last one the
+    /// redb file holds).
+    pub(super) fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// Appends `changes` as one frame and syncs it: once this returns they survive a crash.
+    pub(super) fn append(&mut self, changes: &[Change]) -> std::io::Result<()> {
+        let frame = &mut self.frame;
+        frame.clear();
+        frame.resize(HEADER, 0);
+        changes::encode(changes, frame);
+        let body = frame.len() - HEADER;
+        let body = u32::try_from(body).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a batch of over 4 GiB")
+        })?;
+        frame[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        frame[4..8].copy_from_slice(&body.to_be_bytes());
+        frame[8..16].copy_from_slice(&self.next_seq.to_be_bytes());
+        frame[16..24].copy_from_slice(&self.tag.to_be_bytes());
+        let crc = checksum(&frame[..24], &frame[HEADER..]);
+        frame[24..28].copy_from_slice(&crc.to_be_bytes());
+
+        let need = self.end + frame.len() as u64;
+        if need > self.len {
+            let grown = need.max(self.len + GROW);
+            self.file.seek(SeekFrom::Start(self.len))?;
+            write_zeros(&mut self.file, grown - self.len)?;
+            self.len = grown;
+        }
+        let written = self
+            .file
+            .seek(SeekFrom::Start(self.end))
+            .and_then(|_| self.file.write_all(&self.frame))
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // The frame may be whole in the file although its writer is told it failed: its
+            // header is wiped, so that no later start replays it (written in place, this needs
+            // no free space).
+            let wiped = self
+                .file
+                .seek(SeekFrom::Start(self.end))
+                .and_then(|_| self.file.write_all(&[0; HEADER]))
+                .and_then(|()| self.file.sync_data());
+            if let Err(wipe) = wiped {
+                tracing::error!(
+                    error = %wipe,
+                    "simpleio: wiping a frame of the storage's log that failed to write failed: \
+                     a restart may replay it"
+                );
+            }
+            return Err(e);
+        }
+        self.end = need;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// After a checkpoint that holds every frame before `next_seq`: the next frame, numbered
+    /// so, goes at the start again.
+    pub(super) fn restart(&mut self, next_seq: u64) -> std::io::Result<()> {
+        self.end = 0;
+        self.next_seq = next_seq;
+        if self.len > KEEP {
+            self.file.set_len(KEEP)?;
+            self.len = KEEP;
+        }
+        Ok(())
+    }
+}
+
+fn checksum(header: &[u8], body: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header);
+    crc.update(body);
+    crc.finalize()
+}
+
+fn write_zeros(file: &mut File, mut n: u64) -> std::io::Result<()> {
+    let zeros = [0u8; 64 << 10];
+    while n > 0 {
+        let step = n.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..step])?;
+        n -= step as u64;
+    }
+    Ok(())
+}
+
+/// The frames of a log read back.
+#[derive(Debug, Default)]
+pub(super) struct Replay {
+    /// Their changes, in order.
+    pub(super) changes: Vec<Change>,
+    /// The sequence number of the last frame read: `after` if none.
+    pub(super) last_seq: u64,
+    /// How many frames.
+    pub(super) frames: u64,
+}
+
+/// Reads the frames of the log at `path` that follow frame `after` (the last one the redb
+/// file holds), up to frame `upto` if given. A missing log is `None`. After a checkpoint the
+/// log is written from its start again, so the frame after it is the first one in the file.
+///
+/// A frame that is not the next one ends the log; one that is, whose checksum holds, but whose
+/// body cannot be read is damage: an error, never skipped.
+pub(super) fn read(
+    path: &Path,
+    tag: u64,
+    after: u64,
+    upto: Option<u64>,
+) -> Result<Option<Replay>, StorageError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StorageError::Unavailable(format!(
+                "reading the storage's log: {e}"
+            )));
+        }
+    };
+    let mut replay = Replay {
+        last_seq: after,
+        ..Replay::default()
+    };
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER) {
+        let number = |range: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b[8 - range.len()..].copy_from_slice(&header[range]);
+            u64::from_be_bytes(b)
+        };
+        let (magic, len, seq, frame_tag, crc) = (
+            number(0..4),
+            number(4..8) as usize,
+            number(8..16),
+            number(16..24),
+            number(24..28),
+        );
+        let expected = replay.last_seq.saturating_add(1);
+        if magic != u64::from(MAGIC)
+            || frame_tag != tag
+            || seq != expected
+            || upto.is_some_and(|upto| seq > upto)
+        {
+            break;
+        }
+        let Some(body) = bytes.get(at + HEADER..at + HEADER + len) else {
+            break;
+        };
+        if u64::from(checksum(&header[..24], body)) != crc {
+            break;
+        }
+        changes::decode(body, &mut replay.changes)?;
+        replay.last_seq = seq;
+        replay.frames += 1;
+        at += HEADER + len;
+    }
+    Ok(Some(replay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::UserId;
+
+    fn dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "simpleio-log-{}-{}",
+            std::process::id(),
+            crate::id::random_token(8)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        dir
+    }
+
+    fn unmessage(user: &str, pos: u64) -> Change {
+        Change::Unmessage {
+            user: UserId::from(user),
+            pos,
+        }
+    }
+
+    fn positions(replay: &Replay) -> Vec<u64> {
+        replay
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Unmessage { pos, .. } => *pos,
+                other => panic!("not written: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_read_back_in_order_from_after_the_checkpoint() {
+        let path = dir().join("store.redb.log");
+        let mut log = Log::open(&path, 7, 1).expect("a log");
+        log.append(&[unmessage("a", 1), unmessage("a", 2)])
+            .expect("written");
+        log.append(&[unmessage("b", 3)]).expect("written");
+        let all = read(&path, 7, 0, None).expect("read").expect("a log");
+        assert_eq!((all.frames, all.last_seq), (2, 2));
+        assert_eq!(positions(&all), [1, 2, 3]);
+        // A file that holds frame 1 started the log again after it: frame 1 at the start is
+        // not the next one, so nothing here is read.
+        let rest = read(&path, 7, 1, None).expect("read").expect("a log");
+        assert_eq!((rest.frames, rest.last_seq), (0, 1));
+        // Up to frame 1 only (a frame written but not synced when a write failed).
+        let first = read(&path, 7, 0, Some(1)).expect("read").expect("a log");
+        assert_eq!(positions(&first), [1, 2]);
+        // Another file's log: nothing.
+        let other = read(&path, 8, 0, None).expect("read").expect("a log");
+        assert_eq!(other.frames, 0);
+        assert!(
+            read(&path.with_extension("gone"), 7, 0, None)
+                .expect("read")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn after_a_restart_the_older_cycles_frames_are_not_read() {
+        let path = dir().join("store.redb.log");
+        let mut log = Log::open(&path, 7, 1).expect("a log");
+        for pos in 1..=3 {
+            log.append(&[unmessage("a", pos)]).expect("written");
+        }
+        // Checkpointed up to frame 3; frame 4 goes over frame 1.
+        log.restart(4).expect("restarted");
+        log.append(&[unmessage("a", 4)]).expect("written");
+        let read_back = read(&path, 7, 3, None).expect("read").expect("a log");
+        assert_eq!(positions(&read_back), [4]);
+        assert_eq!(read_back.last_seq, 4);
+        // Checkpointed up to 4, nothing after: frame 2 behind it is not the next one.
+        let none = read(&path, 7, 4, None).expect("read").expect("a log");
+        assert_eq!((none.frames, none.last_seq), (0, 4));
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_not_read_and_a_damaged_body_is_an_error() {
+        let path = dir().join("store.redb.log");
+        let mut log = Log::open(&path, 7, 1).expect("a log");
+        log.append(&[unmessage("a", 1)]).expect("written");
+        let first_end = log.end();
+        log.append(&[unmessage("a", 2)]).expect("written");
+        let mut bytes = std::fs::read(&path).expect("the log");
+        // Torn: the second frame's last byte never made it.
+        let end = log.end() as usize;
+        bytes[end - 1] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("written");
+        let torn = read(&path, 7, 0, None).expect("read").expect("a log");
+        assert_eq!(positions(&torn), [1]);
+        // A frame whose checksum holds but whose body is not changes: damage, reported.
+        let mut frame = vec![0u8; HEADER];
+        frame.extend_from_slice(&[0xff, 0xff, 0xff]);
+        frame[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        frame[4..8].copy_from_slice(&3u32.to_be_bytes());
+        frame[8..16].copy_from_slice(&2u64.to_be_bytes());
+        frame[16..24].copy_from_slice(&7u64.to_be_bytes());
+        let crc = checksum(&frame[..24], &frame[HEADER..]);
+        frame[24..28].copy_from_slice(&crc.to_be_bytes());
+        bytes[first_end as usize..first_end as usize + frame.len()].copy_from_slice(&frame);
+        std::fs::write(&path, &bytes).expect("written");
+        assert!(read(&path, 7, 0, None).is_err());
+    }
+}
