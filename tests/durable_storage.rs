@@ -35,6 +35,14 @@ impl Folder {
         self.0.join("store.redb")
     }
 
+    /// Whether a file was moved aside here as unreadable.
+    fn holds_one_moved_aside(&self) -> bool {
+        std::fs::read_dir(&self.0)
+            .expect("the folder")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"))
+    }
+
     /// The storage in this folder's file, made if there is none.
     async fn open(&self) -> DurableStorage {
         DurableStorage::open(self.file()).await.expect("a new file")
@@ -484,10 +492,7 @@ async fn a_deleted_log_is_a_new_epoch() {
     let s = folder.open().await;
     assert_ne!(s.epoch().await.expect("an epoch"), first);
     assert!(fetch(&s, "ida", "t", None).await.messages.is_empty());
-    let aside = std::fs::read_dir(&folder.0)
-        .expect("the folder")
-        .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
+    let aside = folder.holds_one_moved_aside();
     assert!(aside, "the file without its log was not kept aside");
 }
 
@@ -862,10 +867,7 @@ async fn a_file_in_use_is_refused_and_left_alone() {
         matches!(second, Err(StorageError::Unavailable(_))),
         "a second opening of a file in use: {second:?}"
     );
-    let aside = std::fs::read_dir(&folder.0)
-        .expect("the folder")
-        .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
+    let aside = folder.holds_one_moved_aside();
     assert!(
         !aside,
         "a file in use was taken for damaged and moved aside"
