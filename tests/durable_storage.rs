@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use simpleio::storage::{
     AppendOutcome, Claim, DedupKey, DedupLimits, Epoch, FetchBatch, FetchRequest, NewMessage,
-    Position, QueueLimits, StorageError, now_millis,
+    Position, QueueLimits, Signal, StorageError, now_millis,
 };
 use simpleio::{ClientId, DurableStorage, Member, MessageId, SimpleIoLayer, Storage, UserId};
 
@@ -875,4 +875,57 @@ async fn a_file_in_use_is_refused_and_left_alone() {
     drop(s);
     let s = DurableStorage::open(folder.file()).await.expect("reopened");
     assert_eq!(s.epoch().await.expect("an epoch"), epoch);
+}
+
+/// Appends whose changes share a frame are told in one `Appended`, naming each user once:
+/// signals wait for their frame, and one each would reach the hub as a burst. Thirty thousand
+/// appends (more than the channel holds) made while the runtime's one thread is busy, so that
+/// nothing reads until they are all written, reach a subscriber on that thread whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn appends_that_share_a_frame_are_told_in_one_signal() {
+    const USERS: usize = 30_000;
+    let folder = Folder::new("burst");
+    let storage = folder.open().await;
+    let mut signals = storage.subscribe();
+    let reader = tokio::spawn(async move {
+        let mut named = std::collections::HashSet::new();
+        let mut appended = 0;
+        while named.len() < USERS {
+            match signals.recv().await {
+                Ok(Signal::Appended { users }) => {
+                    appended += 1;
+                    named.extend(users.iter().map(|u| u.as_str().to_owned()));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("after {} users: {e}", named.len())),
+            }
+        }
+        Ok(appended)
+    });
+    let appender = storage.clone();
+    tokio::spawn(async move {
+        let data = json("1");
+        for i in 0..USERS {
+            let to = format!("u{i}");
+            // Placed in memory at once; none waits for its write.
+            let (appended, _written) = appender
+                .append_ordered(vec![message(&to, None, &data)], limits())
+                .await
+                .expect("appended");
+            assert_eq!(appended.outcomes.len(), 1);
+        }
+        // Holds the runtime's thread until the writer has written them all: nothing reads.
+        std::thread::sleep(Duration::from_millis(500));
+    })
+    .await
+    .expect("the appending task");
+    let appended = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("every user named within 20 s")
+        .expect("the reading task")
+        .expect("no signal lost to an overflow");
+    assert!(
+        appended < USERS / 10,
+        "{appended} Appended signals for {USERS} appends: one per frame, not per append"
+    );
 }

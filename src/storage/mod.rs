@@ -562,7 +562,9 @@ pub struct RecordedReply {
 ///
 /// Signals are batched by the operation that causes them: one [`Signal::Appended`] per append
 /// call, however many users it reached, and one [`Signal::Volatile`] per volatile message,
-/// however many recipients it has. A confirmation carries the cursor it confirmed, so a sender
+/// however many recipients it has. A storage may merge the `Appended` of several calls into one
+/// (`DurableStorage` tells the appends of each write-ahead frame in one, as it publishes a
+/// frame's signals at once). A confirmation carries the cursor it confirmed, so a sender
 /// waiting for it learns its outcome from the signal alone, without asking the storage.
 ///
 /// Its serde form (externally tagged, so that the `RawValue` payload of `Volatile` round-trips)

@@ -6,6 +6,7 @@ mod checkpoint;
 mod codec;
 mod load;
 mod log;
+mod signals;
 mod tables;
 mod writer;
 
@@ -166,6 +167,7 @@ impl DurableStorage {
             spare: Default::default(),
             log,
             unwritten: Vec::new(),
+            named: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("simpleio-durable".into())

@@ -4,7 +4,8 @@
 //!
 //! Requests record their changes in a queue (in memory, under the lock that guards them) and
 //! then wait until the batch holding them is durable; signals wait in the same queue and are
-//! published only after the changes recorded before them are on disk. While the thread writes
+//! published only after the changes recorded before them are on disk, the batch's appends told
+//! in one signal (`signals.rs`). While the thread writes
 //! one batch the next one gathers, so the more requests arrive at once the more share an fsync.
 //!
 //! If a write fails (the disk is full, an I/O error), the thread rebuilds the in-memory state
@@ -23,7 +24,10 @@ use tokio::sync::{Notify, broadcast};
 use super::checkpoint;
 use super::load::{self, Loaded};
 use super::log::Log;
+use super::signals;
 use super::tables::PayloadIds;
+use crate::hash::HashSet;
+use crate::id::UserId;
 use crate::storage::memory::journal::{self, Change};
 use crate::storage::memory::restore::WeakMemory;
 use crate::storage::{Signal, StorageError};
@@ -248,6 +252,8 @@ pub(super) struct Thread {
     pub(super) log: Log,
     /// The changes of the log's frames since the last checkpoint: what the next one writes.
     pub(super) unwritten: Vec<Change>,
+    /// Scratch space for [`signals::coalesce`].
+    pub(super) named: HashSet<UserId>,
 }
 
 /// Releases every waiter if the thread ends by a panic: operations then fail with `503`
@@ -428,7 +434,8 @@ impl Thread {
         batch.finish(written);
     }
 
-    fn publish(&self, signals: &mut Vec<Signal>) {
+    fn publish(&mut self, signals: &mut Vec<Signal>) {
+        signals::coalesce(signals, &mut self.named);
         for signal in signals.drain(..) {
             // No subscriber yet is fine: nobody is waiting.
             let _ = self.signals.send(signal);
