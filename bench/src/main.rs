@@ -2,7 +2,7 @@
 //! long-polling) and a bare hyper floor, on one machine. See `bench/README.md`.
 //!
 //! ```text
-//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N] [--dm-send stored|ordered]
+//! simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N] [--dm-send stored|ordered] [--storages memory,durable[,redis][,postgres]]
 //! simpleio-bench smoke
 //! simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N|postgres://..] [--port P] [--metrics] [--http axum|http1]
 //! simpleio-bench server socketioxide [--port P]
@@ -55,7 +55,7 @@ pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
 };
 
 const USAGE: &str = "usage:
-  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N] [--dm-send stored|ordered]
+  simpleio-bench run [--scenario NAME|all] [--runs N] [--quick] [--markdown FILE] [--seconds S [--long-on durable,postgres]] [--dm-users N] [--dm-send stored|ordered] [--storages memory,durable[,redis][,postgres]]
   simpleio-bench smoke
   simpleio-bench server simpleio [--storage memory|durable:PATH|redis://HOST:PORT/|redis-cluster://HOST:PORT,..?acks=N|postgres://..] [--port P] [--metrics] [--http axum|http1]
   simpleio-bench server socketioxide [--port P]
@@ -65,7 +65,8 @@ scenarios: broadcast, history, fanout, idle, room, redis, durable, cluster, call
 --seconds S: the durable scenario's long runs on DurableStorage and PostgresStorage, S seconds
   each (none without it); --long-on durable or postgres for one of them only
 --dm-users N: the durable scenario's direct messages between N users (default 200)
---dm-send ordered: each sender awaits `ordered()`, not `stored()`, before its next message";
+--dm-send ordered: each sender awaits `ordered()`, not `stored()`, before its next message
+--storages: the durable scenario's storages (all four by default; memory and durable always)";
 
 fn main() {
     if let Err(e) = real_main() {
@@ -119,8 +120,24 @@ fn real_main() -> Result<()> {
             {
                 bail!("--long-on: durable, postgres or both, not {other:?}");
             }
+            let storages = flags
+                .value("--storages")?
+                .unwrap_or_else(|| "memory,durable,redis,postgres".into());
+            let storages: Vec<&str> = storages.split(',').collect();
+            if let Some(other) = storages
+                .iter()
+                .find(|s| !["memory", "durable", "redis", "postgres"].contains(s))
+            {
+                bail!("--storages: memory, durable, redis, postgres, not {other:?}");
+            }
+            anyhow::ensure!(
+                storages.contains(&"memory") && storages.contains(&"durable"),
+                "--storages: memory and durable always run (their ratio is the figure)"
+            );
             flags.done()?;
             let mut opts = load_generator(quick, runs)?;
+            opts.with_redis = storages.contains(&"redis");
+            opts.with_postgres = storages.contains(&"postgres");
             opts.seconds = seconds;
             opts.dm_users = dm_users;
             opts.dm_send = dm_send;
@@ -159,6 +176,8 @@ fn load_generator(quick: bool, runs: usize) -> Result<scenarios::Opts> {
         dm_send: servers::dm::Send::Stored,
         long_durable: true,
         long_postgres: true,
+        with_redis: true,
+        with_postgres: true,
     })
 }
 

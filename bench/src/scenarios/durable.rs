@@ -93,6 +93,9 @@ pub struct DmOutcome {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub client_errors: u64,
+    /// WARN events the server logged (a hub that fell behind the storage's signals, each a
+    /// re-read of everything waiting).
+    pub warn_events: u64,
     pub peak_rss: u64,
     pub p50_us: u32,
     pub p99_us: u32,
@@ -306,6 +309,7 @@ async fn drive_dm(
         stored_p99_us: dm.stored_p99_us,
         commits,
         file_bytes: s.file_bytes,
+        warn_events: s.warn_events,
         tables,
         samples,
         ..DmOutcome::default()
@@ -337,12 +341,16 @@ pub fn storage_name(target: Target) -> &'static str {
 pub async fn run(opts: Opts) -> Result<Vec<Table>> {
     let (secs, dm_secs) = if opts.quick { (5.0, 5.0) } else { (20.0, 10.0) };
     let mut targets = vec![Target::Simpleio, Target::SimpleioDurable];
-    if child::have("redis-server") {
+    if !opts.with_redis {
+        eprintln!("  note: --storages without redis: no Redis column");
+    } else if child::have("redis-server") {
         targets.push(Target::SimpleioRedis);
     } else {
         eprintln!("  note: redis-server is not installed: no Redis column");
     }
-    if child::postgres_bin().is_some() {
+    if !opts.with_postgres {
+        eprintln!("  note: --storages without postgres: no PostgreSQL column");
+    } else if child::postgres_bin().is_some() {
         targets.push(Target::SimpleioPostgres);
     } else {
         eprintln!("  note: PostgreSQL is not installed (/usr/lib/postgresql/*/bin): no column");
@@ -390,7 +398,7 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
             eprintln!(
                 "    {:.0} msg/s confirmed, {:.2} µs/msg (store {:.2}), server core {:.0}% \
                  (waited for a CPU {:.0}%), load generator core {:.0}%, {:.1} msgs per poll, sent {} delivered {} received {}, dup {}, \
-                 p50 {} µs, p99 {} µs{}{}{}",
+                 {} warnings, p50 {} µs, p99 {} µs{}{}{}",
                 o.rate(),
                 o.cpu_per_msg(),
                 o.store_cpu_per_msg(),
@@ -402,6 +410,7 @@ pub async fn run(opts: Opts) -> Result<Vec<Table>> {
                 o.delivered,
                 o.received,
                 o.duplicates,
+                o.warn_events,
                 o.p50_us,
                 o.p99_us,
                 o.commits
@@ -529,6 +538,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
             "p99",
             "lost",
             "dup",
+            "warnings (all runs)",
             "delivered / sent",
             "send errors",
             "fsyncs/s",
@@ -573,6 +583,7 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
             report::ms(m(&|o| o.p99_us as f64)),
             report::count(m(&|o| o.lost() as f64) as u64),
             report::count(m(&|o| o.duplicates as f64) as u64),
+            report::count(runs.iter().map(|o| o.warn_events).sum()),
             format!(
                 "{} / {}",
                 report::count(m(&|o| o.delivered as f64) as u64),
@@ -610,8 +621,10 @@ fn dm_tables(dm: &[(DmCase, Vec<DmOutcome>)], opts: Opts) -> Vec<Table> {
          share of that time: high, the server was short of CPU whatever its share. Msgs per \
          poll: messages received / polls answered, what each answer's HTTP cost is shared by. \
          Latency: emit → the recipient's poll answer parsed. Lost: stored messages no client \
-         received. File / tables size: the redb file, or PostgreSQL's tables \
-         (`pg_total_relation_size`, summed), at the end.",
+         received. Warnings: WARN events the server logged, summed over the runs; each is \
+         most likely a hub that fell behind the storage's signals, after which every waiting \
+         poll and send re-reads the storage. File / tables size: the redb file and its log, \
+         or PostgreSQL's tables (`pg_total_relation_size`, summed), at the end.",
     );
     let memory = rates
         .iter()

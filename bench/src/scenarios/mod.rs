@@ -54,6 +54,10 @@ pub struct Opts {
     /// `--long-on`: which storages the long runs are on (`durable`, `postgres`, or both).
     pub long_durable: bool,
     pub long_postgres: bool,
+    /// `--storages`: whether the `durable` scenario also measures Redis and PostgreSQL (memory
+    /// and durable it always does: the ratio between them is its figure).
+    pub with_redis: bool,
+    pub with_postgres: bool,
 }
 
 /// Runs scenario `name`.
