@@ -914,7 +914,8 @@ async fn appends_that_share_a_frame_are_told_in_one_signal() {
                 .expect("appended");
             assert_eq!(appended.outcomes.len(), 1);
         }
-        // Holds the runtime's thread until the writer has written them all: nothing reads.
+        // Holds the runtime's thread while the writer writes and publishes: nothing reads
+        // meanwhile (what it has not published by then is read after, within the timeout).
         std::thread::sleep(Duration::from_millis(500));
     })
     .await

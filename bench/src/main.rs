@@ -110,9 +110,9 @@ fn real_main() -> Result<()> {
                 Some("ordered") => servers::dm::Send::Ordered,
                 Some(other) => bail!("--dm-send: stored or ordered, not {other:?}"),
             };
-            let long_on = flags
-                .value("--long-on")?
-                .unwrap_or_else(|| "durable,postgres".into());
+            let long_on_given = flags.value("--long-on")?;
+            let long_on_explicit = long_on_given.is_some();
+            let long_on = long_on_given.unwrap_or_else(|| "durable,postgres".into());
             let long_on: Vec<&str> = long_on.split(',').collect();
             if let Some(other) = long_on
                 .iter()
@@ -133,6 +133,12 @@ fn real_main() -> Result<()> {
             anyhow::ensure!(
                 storages.contains(&"memory") && storages.contains(&"durable"),
                 "--storages: memory and durable always run (their ratio is the figure)"
+            );
+            anyhow::ensure!(
+                !(long_on_explicit
+                    && long_on.contains(&"postgres")
+                    && !storages.contains(&"postgres")),
+                "--long-on postgres, but --storages leaves PostgreSQL out"
             );
             flags.done()?;
             let mut opts = load_generator(quick, runs)?;

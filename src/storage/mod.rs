@@ -562,10 +562,11 @@ pub struct RecordedReply {
 ///
 /// Signals are batched by the operation that causes them: one [`Signal::Appended`] per append
 /// call, however many users it reached, and one [`Signal::Volatile`] per volatile message,
-/// however many recipients it has. A storage may merge the `Appended` of several calls into one
-/// (`DurableStorage` tells the appends of each write-ahead frame in one, as it publishes a
-/// frame's signals at once). A confirmation carries the cursor it confirmed, so a sender
-/// waiting for it learns its outcome from the signal alone, without asking the storage.
+/// however many recipients it has. A storage may merge the `Appended` of several calls
+/// (`DurableStorage` tells the appends of each write-ahead frame together, in signals of at most
+/// [`FANOUT_CHUNK`] users, as it publishes a frame's signals at once). A confirmation carries
+/// the cursor it confirmed, so a sender waiting for it learns its outcome from the signal alone,
+/// without asking the storage.
 ///
 /// Its serde form (externally tagged, so that the `RawValue` payload of `Volatile` round-trips)
 /// is what networked storages put on the wire.
@@ -662,7 +663,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     async fn epoch(&self) -> Result<Epoch, StorageError>;
 
     /// Appends each message to its user's log, atomically per user, and publishes one
-    /// [`Signal::Appended`] naming every user that got a message, in the same step.
+    /// [`Signal::Appended`] naming every user that got a message, in the same step (or shares
+    /// it with other appends made at the same time, as `DurableStorage` does for those written
+    /// in one frame).
     ///
     /// The messages of one fan-out share one payload: the same `data` `Arc` (and the same
     /// `event` and `namespace`). A storage should store that payload once, not once per

@@ -93,8 +93,8 @@ pub struct DmOutcome {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub client_errors: u64,
-    /// WARN events the server logged (a hub that fell behind the storage's signals, each a
-    /// re-read of everything waiting).
+    /// WARN events the server logged during the load (a hub that fell behind the storage's
+    /// signals, each a re-read of everything waiting).
     pub warn_events: u64,
     pub peak_rss: u64,
     pub p50_us: u32,
@@ -232,7 +232,8 @@ async fn drive_dm(
         .wait_connected(Duration::from_secs(30 + case.users as u64 / 100))
         .await?;
     wait_polls(addr, case.users as u64, Duration::from_secs(10)).await?;
-    let commits0 = stats(addr).await?.commits;
+    let before = stats(addr).await?;
+    let (commits0, warnings0) = (before.commits, before.warn_events);
     let (cpu0, store0) = servers.cpu_us()?;
     let loadgen0 = crate::proc::cpu_us(std::process::id())?;
     let wait0 = crate::proc::runqueue_wait_us(servers.server.pid())?;
@@ -309,7 +310,7 @@ async fn drive_dm(
         stored_p99_us: dm.stored_p99_us,
         commits,
         file_bytes: s.file_bytes,
-        warn_events: s.warn_events,
+        warn_events: s.warn_events.saturating_sub(warnings0),
         tables,
         samples,
         ..DmOutcome::default()

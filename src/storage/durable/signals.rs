@@ -7,20 +7,23 @@
 //! them is woken from there too, behind every task the same frame woke; a burst of thousands
 //! then overflows the channel, and an overflow makes every waiter re-read the storage
 //! (`Signal::Resync`). Once the frame is durable every change before each signal is, so the
-//! batch's appends can be told as one, naming each user once, in the place of the first.
+//! batch's appends can be told together, naming each user once, in the place of the first: in
+//! signals of [`FANOUT_CHUNK`] users at most, as an append call tells them, so that the hub's
+//! dispatch of one never holds a lock for a whole broadcast's recipients.
 
 use std::sync::Arc;
 
 use crate::hash::HashSet;
 use crate::id::UserId;
-use crate::storage::Signal;
+use crate::storage::{FANOUT_CHUNK, Signal};
 
 /// A set kept for the next batch up to this many users; one a large batch made larger is let
 /// go.
 const KEEP: usize = 4_096;
 
-/// Merges the `Appended` signals of `signals` into the first of them, each user named once;
-/// the other signals keep their order. `named` is scratch space, left empty.
+/// Merges the `Appended` signals of `signals` into signals of at most [`FANOUT_CHUNK`] users, in
+/// the place of the first, each user named once; the other signals keep their order. `named`
+/// is scratch space, left empty.
 pub(super) fn coalesce(signals: &mut Vec<Signal>, named: &mut HashSet<UserId>) {
     let appends = signals
         .iter()
@@ -45,9 +48,13 @@ pub(super) fn coalesce(signals: &mut Vec<Signal>, named: &mut HashSet<UserId>) {
     }
     signals.truncate(kept);
     if let Some(first) = first {
-        signals[first] = Signal::Appended {
-            users: Arc::from(users),
-        };
+        let mut chunks = users.chunks(FANOUT_CHUNK).map(|chunk| Signal::Appended {
+            users: Arc::from(chunk),
+        });
+        signals[first] = chunks.next().unwrap_or(Signal::Appended {
+            users: Arc::from(Vec::new()),
+        });
+        signals.splice(first + 1..first + 1, chunks);
     }
     named.clear();
     if named.capacity() > KEEP {
@@ -110,6 +117,41 @@ mod tests {
             "the other signals keep their order"
         );
         assert!(named.is_empty(), "the scratch set is left empty");
+    }
+
+    #[test]
+    fn a_broadcasts_users_are_told_a_chunk_per_signal() {
+        let users: Vec<String> = (0..FANOUT_CHUNK * 2 + 1).map(|i| format!("u{i}")).collect();
+        let mut signals: Vec<Signal> = users
+            .chunks(FANOUT_CHUNK / 2)
+            .map(|chunk| {
+                let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                appended(&chunk)
+            })
+            .collect();
+        signals.push(confirmed("x"));
+        let mut named = HashSet::default();
+        coalesce(&mut signals, &mut named);
+        let sizes: Vec<usize> = signals
+            .iter()
+            .map(|s| match s {
+                Signal::Appended { users } => users.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(
+            sizes,
+            [FANOUT_CHUNK, FANOUT_CHUNK, 1, 0],
+            "then the confirmation"
+        );
+        let told: Vec<&str> = signals
+            .iter()
+            .flat_map(|s| match s {
+                Signal::Appended { users } => users.iter().map(UserId::as_str).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(told, users, "each once, in order");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! Requests record their changes in a queue (in memory, under the lock that guards them) and
 //! then wait until the batch holding them is durable; signals wait in the same queue and are
 //! published only after the changes recorded before them are on disk, the batch's appends told
-//! in one signal (`signals.rs`). While the thread writes
-//! one batch the next one gathers, so the more requests arrive at once the more share an fsync.
+//! together (`signals.rs`). While the thread writes one batch the next one gathers, so the more
+//! requests arrive at once the more share an fsync.
 //!
 //! If a write fails (the disk is full, an I/O error), the thread rebuilds the in-memory state
 //! from the files, which hold exactly what was confirmed durable, and every request that might
