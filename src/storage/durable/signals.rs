@@ -1,5 +1,5 @@
-//! A batch's signals, made fewer before they are published: every [`Signal::Appended`] of the
-//! batch becomes one.
+//! A batch's signals, made fewer before they are published: the batch's [`Signal::Appended`]
+//! become one for every [`FANOUT_CHUNK`] users they name.
 //!
 //! Signals wait with the changes until their frame is on disk, so one frame publishes at once
 //! what many operations signalled: under a load of direct messages, one `Appended` per message.
