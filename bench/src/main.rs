@@ -110,26 +110,9 @@ fn real_main() -> Result<()> {
                 Some("ordered") => servers::dm::Send::Ordered,
                 Some(other) => bail!("--dm-send: stored or ordered, not {other:?}"),
             };
-            let long_on_given = flags.value("--long-on")?;
-            let long_on_explicit = long_on_given.is_some();
-            let long_on = long_on_given.unwrap_or_else(|| "durable,postgres".into());
-            let long_on: Vec<&str> = long_on.split(',').collect();
-            if let Some(other) = long_on
-                .iter()
-                .find(|s| !["durable", "postgres"].contains(s))
-            {
-                bail!("--long-on: durable, postgres or both, not {other:?}");
-            }
-            let storages = flags
-                .value("--storages")?
-                .unwrap_or_else(|| "memory,durable,redis,postgres".into());
-            let storages: Vec<&str> = storages.split(',').collect();
-            if let Some(other) = storages
-                .iter()
-                .find(|s| !["memory", "durable", "redis", "postgres"].contains(s))
-            {
-                bail!("--storages: memory, durable, redis, postgres, not {other:?}");
-            }
+            let long_on_explicit = flags.has("--long-on");
+            let long_on = flags.list("--long-on", &["durable", "postgres"])?;
+            let storages = flags.list("--storages", &["memory", "durable", "redis", "postgres"])?;
             anyhow::ensure!(
                 storages.contains(&"memory") && storages.contains(&"durable"),
                 "--storages: memory and durable always run (their ratio is the figure)"
@@ -309,6 +292,28 @@ impl Flags {
             .and_then(Option::take)
             .with_context(|| format!("{name} needs a value"))?;
         Ok(Some(v))
+    }
+
+    /// Whether flag `name` is given (with a value or not), without taking it.
+    fn has(&self, name: &str) -> bool {
+        self.args.iter().any(|a| a.as_deref() == Some(name))
+    }
+
+    /// A comma-separated list of names from `allowed`, `allowed` itself if the flag is absent.
+    fn list(&mut self, name: &str, allowed: &[&'static str]) -> Result<Vec<&'static str>> {
+        let Some(given) = self.value(name)? else {
+            return Ok(allowed.to_vec());
+        };
+        given
+            .split(',')
+            .map(|item| {
+                allowed
+                    .iter()
+                    .find(|a| **a == item)
+                    .copied()
+                    .with_context(|| format!("{name}: {}, not {item:?}", allowed.join(", ")))
+            })
+            .collect()
     }
 
     fn positional(&mut self) -> Option<String> {
