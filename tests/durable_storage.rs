@@ -476,6 +476,50 @@ async fn a_crash_keeps_what_the_log_holds_and_not_a_torn_frame() {
     assert_eq!(texts(&read), ["0", "1", "2", "3", "4"]);
 }
 
+/// A crash tears at most the last frame: a frame in the middle of the log that fails its
+/// checksum, with whole frames after it, was synced and then damaged. The storage comes back
+/// with a new epoch and the files moved aside, never with the frames before the damage alone
+/// under the old epoch (which would drop the later messages in silence).
+#[tokio::test]
+async fn a_damaged_frame_in_the_middle_of_the_log_is_a_new_epoch() {
+    let folder = Folder::new("mid-log");
+    let s = folder.open().await;
+    let epoch = s.epoch().await.expect("an epoch");
+    for i in 0..5 {
+        s.append(vec![message("ivy", None, &json(&i.to_string()))], limits())
+            .await
+            .expect("stored");
+    }
+    let copy = Folder::new("mid-log-copy");
+    std::fs::copy(folder.file(), copy.file()).expect("the file copied");
+    let log = copy.0.join("store.redb.log");
+    std::fs::copy(s.log_path(), &log).expect("the log copied");
+    drop(s);
+
+    let mut bytes = std::fs::read(&log).expect("the log");
+    let frames: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"SIOL")
+        .map(|(at, _)| at)
+        .collect();
+    assert!(frames.len() >= 5, "one frame per append: {frames:?}");
+    bytes[frames[2] + 30] ^= 0xff;
+    std::fs::write(&log, &bytes).expect("damaged");
+
+    let reopened = copy.open().await;
+    assert_ne!(
+        reopened.epoch().await.expect("an epoch"),
+        epoch,
+        "a log damaged in its middle was read as ending there, under the old epoch"
+    );
+    assert!(fetch(&reopened, "ivy", "t", None).await.messages.is_empty());
+    assert!(
+        copy.holds_one_moved_aside(),
+        "the damaged files were not kept aside"
+    );
+}
+
 /// The log is part of the store: a file whose log was deleted may have lost what only the log
 /// held, so it comes back as a new epoch, moved aside, never silently short.
 #[tokio::test]

@@ -14,6 +14,12 @@
 //! another sequence number (an older cycle's frame, or zeros), or another tag (a log that
 //! belongs to another file).
 //!
+//! Where reading stopped, only the last frame may have been torn: a later whole frame of this
+//! log and cycle (its tag, a higher sequence number, its checksum holding) means a frame that
+//! was synced is damaged, and the log is reported damaged instead of read as ending there,
+//! which would drop that frame and every one after it in silence. A damaged last frame looks
+//! like a torn one and cannot be told from it.
+//!
 //! The file is grown in steps, with zeros, before frames are written into the new part: an
 //! `fdatasync` then writes the frame's pages alone, not the file's size as well.
 
@@ -199,7 +205,8 @@ pub(super) struct Replay {
 /// log is written from its start again, so the frame after it is the first one in the file.
 ///
 /// A frame that is not the next one ends the log; one that is, whose checksum holds, but whose
-/// body cannot be read is damage: an error, never skipped.
+/// body cannot be read is damage: an error, never skipped. So is a whole frame after the end
+/// whose number follows the last one read ([`later_frame`]): the end was not a torn last frame.
 pub(super) fn read(
     path: &Path,
     tag: u64,
@@ -220,39 +227,65 @@ pub(super) fn read(
         ..Replay::default()
     };
     let mut at = 0;
-    while let Some(header) = bytes.get(at..at + HEADER) {
-        let number = |range: std::ops::Range<usize>| {
-            let mut b = [0u8; 8];
-            b[8 - range.len()..].copy_from_slice(&header[range]);
-            u64::from_be_bytes(b)
-        };
-        let (magic, len, seq, frame_tag, crc) = (
-            number(0..4),
-            number(4..8) as usize,
-            number(8..16),
-            number(16..24),
-            number(24..28),
-        );
-        let expected = replay.last_seq.saturating_add(1);
-        if magic != u64::from(MAGIC)
-            || frame_tag != tag
-            || seq != expected
-            || upto.is_some_and(|upto| seq > upto)
+    while let Some(frame) = whole_frame(&bytes, at, tag) {
+        if frame.seq != replay.last_seq.saturating_add(1)
+            || upto.is_some_and(|upto| frame.seq > upto)
         {
             break;
         }
-        let Some(body) = bytes.get(at + HEADER..at + HEADER + len) else {
-            break;
-        };
-        if u64::from(checksum(&header[..24], body)) != crc {
-            break;
-        }
-        changes::decode(body, &mut replay.changes)?;
-        replay.last_seq = seq;
+        changes::decode(frame.body, &mut replay.changes)?;
+        replay.last_seq = frame.seq;
         replay.frames += 1;
-        at += HEADER + len;
+        at += HEADER + frame.body.len();
+    }
+    if let Some(later) = later_frame(&bytes, at, tag, replay.last_seq, upto) {
+        return Err(StorageError::Corrupt(format!(
+            "frame {} of the storage's log is damaged: frame {later} after it is whole",
+            replay.last_seq + 1
+        )));
     }
     Ok(Some(replay))
+}
+
+/// A frame of a log whose magic, tag, length and checksum hold.
+struct Frame<'a> {
+    seq: u64,
+    body: &'a [u8],
+}
+
+/// The frame of the log tagged `tag` that starts at `at` in `bytes`, if one whole one does.
+fn whole_frame(bytes: &[u8], at: usize, tag: u64) -> Option<Frame<'_>> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let number = |range: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b[8 - range.len()..].copy_from_slice(&header[range]);
+        u64::from_be_bytes(b)
+    };
+    if number(0..4) != u64::from(MAGIC) || number(16..24) != tag {
+        return None;
+    }
+    let body_start = at + HEADER;
+    let body = bytes.get(body_start..body_start.checked_add(number(4..8) as usize)?)?;
+    (u64::from(checksum(&header[..24], body)) == number(24..28)).then(|| Frame {
+        seq: number(8..16),
+        body,
+    })
+}
+
+/// The number of a whole frame of this log at or after `from` that comes after frame `last`
+/// (and not after `upto`): one written after the frame at `from`, so that one was synced and
+/// is damaged, not torn. Older cycles' frames past the end have lower numbers, since numbers
+/// only grow. Found by looking for the magic at every offset, as a damaged frame's length
+/// cannot say where the next one starts: once per start, linear in the log's size.
+fn later_frame(bytes: &[u8], from: usize, tag: u64, last: u64, upto: Option<u64>) -> Option<u64> {
+    let magic = MAGIC.to_be_bytes();
+    let rest = bytes.get(from..)?;
+    rest.windows(magic.len())
+        .enumerate()
+        .filter(|(_, w)| *w == magic)
+        .filter_map(|(offset, _)| whole_frame(bytes, from + offset, tag))
+        .map(|frame| frame.seq)
+        .find(|&seq| seq > last && upto.is_none_or(|upto| seq <= upto))
 }
 
 #[cfg(test)]
@@ -298,10 +331,16 @@ mod tests {
         let all = read(&path, 7, 0, None).expect("read").expect("a log");
         assert_eq!((all.frames, all.last_seq), (2, 2));
         assert_eq!(positions(&all), [1, 2, 3]);
-        // A file that holds frame 1 started the log again after it: frame 1 at the start is
-        // not the next one, so nothing here is read.
-        let rest = read(&path, 7, 1, None).expect("read").expect("a log");
-        assert_eq!((rest.frames, rest.last_seq), (0, 1));
+        // A file that holds frame 1 started the log again after it, so frame 2 would be at
+        // the start: frame 1 there is not the next one. Frame 2 whole after it cannot have
+        // been written before that checkpoint: the log does not hold what the file says.
+        assert!(matches!(
+            read(&path, 7, 1, None),
+            Err(StorageError::Corrupt(_))
+        ));
+        // A file that holds both: nothing after them.
+        let rest = read(&path, 7, 2, None).expect("read").expect("a log");
+        assert_eq!((rest.frames, rest.last_seq), (0, 2));
         // Up to frame 1 only (a frame written but not synced when a write failed).
         let first = read(&path, 7, 0, Some(1)).expect("read").expect("a log");
         assert_eq!(positions(&first), [1, 2]);
@@ -359,5 +398,58 @@ mod tests {
         bytes[first_end as usize..first_end as usize + frame.len()].copy_from_slice(&frame);
         std::fs::write(&path, &bytes).expect("written");
         assert!(read(&path, 7, 0, None).is_err());
+    }
+
+    /// Three frames, the middle one damaged in its body, its length or its magic: the third
+    /// is whole, so the second was synced and is not torn. The log is damaged, not short.
+    #[test]
+    fn a_damaged_frame_followed_by_a_whole_one_is_an_error_not_the_end() {
+        let path = dir().join("store.redb.log");
+        let mut log = Log::open(&path, 7, 1).expect("a log");
+        log.append(&[unmessage("a", 1)]).expect("written");
+        let second = log.end() as usize;
+        log.append(&[unmessage("a", 2), unmessage("a", 3)])
+            .expect("written");
+        log.append(&[unmessage("a", 4)]).expect("written");
+        let whole = std::fs::read(&path).expect("the log");
+        for (what, offset) in [("body", HEADER + 2), ("length", 6), ("magic", 0)] {
+            let mut bytes = whole.clone();
+            bytes[second + offset] ^= 0x40;
+            std::fs::write(&path, &bytes).expect("written");
+            let read_back = read(&path, 7, 0, None);
+            let Err(StorageError::Corrupt(why)) = read_back else {
+                panic!("a damaged {what} was read as the log's end: {read_back:?}");
+            };
+            assert!(why.contains("frame 2"), "{what}: {why}");
+            // Read up to frame 1 only (after a failed write), the later frames are not asked
+            // for: nothing is damaged in what is read.
+            let first = read(&path, 7, 0, Some(1)).expect("read").expect("a log");
+            assert_eq!(positions(&first), [1], "{what}");
+        }
+        // The last frame damaged is a torn end: nothing whole follows it.
+        let mut bytes = whole.clone();
+        let last = log.end() as usize - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("written");
+        let torn = read(&path, 7, 0, None).expect("read").expect("a log");
+        assert_eq!(positions(&torn), [1, 2, 3]);
+    }
+
+    /// After a checkpoint the log starts again over older frames: they have lower numbers, so
+    /// a torn first frame of the new cycle is its end, not damage.
+    #[test]
+    fn older_cycles_frames_after_a_torn_frame_are_not_taken_for_damage() {
+        let path = dir().join("store.redb.log");
+        let mut log = Log::open(&path, 7, 1).expect("a log");
+        for pos in 1..=3 {
+            log.append(&[unmessage("a", pos)]).expect("written");
+        }
+        log.restart(4).expect("restarted");
+        log.append(&[unmessage("a", 4)]).expect("written");
+        let mut bytes = std::fs::read(&path).expect("the log");
+        bytes[HEADER] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("written");
+        let read_back = read(&path, 7, 3, None).expect("read").expect("a log");
+        assert_eq!((read_back.frames, read_back.last_seq), (0, 3));
     }
 }

@@ -57,7 +57,9 @@ use crate::id::{ClientId, UserId};
 /// file that cannot be read, or whose log is gone (it is moved aside with a loud log, never
 /// trusted, never a panic), and clients then resync, as the [`Epoch`](crate::storage::Epoch)
 /// rules require. A frame of the log torn by a crash was never confirmed to anyone: it is
-/// recognised by its checksum and not replayed.
+/// recognised by its checksum and not replayed. Only the last frame can be torn: one that
+/// fails its checksum with a whole frame after it was damaged after it was synced, and makes
+/// the log unreadable (a new epoch), never a log cut short in silence.
 ///
 /// If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
 /// memory is rebuilt from the files (which hold exactly what was confirmed), and writing goes
