@@ -176,7 +176,7 @@ pub async fn run(opts: Opts) -> Result<()> {
         "history: a window received nothing"
     );
 
-    let f = fanout::measure(opts, 200).await?;
+    let f = fanout::measure(opts, Target::Simpleio, 200).await?;
     eprintln!(
         "smoke: fanout to 200: stored {} µs, all answered {} µs, volatile {}/200",
         f.stored_us, f.all_answered_us, f.volatile_received

@@ -41,9 +41,9 @@ struct TickAnswer {
     stored_us: u64,
 }
 
-/// Measures one fan-out to `k` polls.
-pub async fn measure(opts: Opts, k: usize) -> Result<Outcome> {
-    let servers = Servers::start(Target::Simpleio, opts)?;
+/// Measures one fan-out to `k` polls on `target` (simpleio on memory or on durable).
+pub async fn measure(opts: Opts, target: Target, k: usize) -> Result<Outcome> {
+    let servers = Servers::start(target, opts)?;
     let addr = servers.addr();
     let fleet = Fleet::start(Kind::Simpleio, addr, k, 5);
     let result = async {
@@ -92,58 +92,53 @@ pub async fn measure(opts: Opts, k: usize) -> Result<Outcome> {
     result.with_context(|| format!("fan-out to {k}; server log: {}", servers.server.log_tail()))
 }
 
-/// The `fanout` scenario.
+/// The `fanout` scenario: on memory, then on durable storage.
 pub async fn run(opts: Opts, k: usize) -> Result<Vec<Table>> {
-    eprintln!("  fanout to {k} waiting polls ...");
-    let o = measure(opts, k).await?;
+    eprintln!("  fanout to {k} waiting polls (memory) ...");
+    let memory = measure(opts, Target::Simpleio, k).await?;
+    eprintln!("  fanout to {k} waiting polls (durable) ...");
+    let durable = measure(opts, Target::SimpleioDurable, k).await?;
     let mut table = Table::new(
         format!(
-            "fanout: one emit to {} waiting polls (simpleio, memory)",
+            "fanout: one emit to {} waiting polls (simpleio)",
             report::count(k as u64)
         ),
-        &["figure", "value"],
+        &["figure", "memory", "durable"],
     );
-    let rows = [
+    type Figure = fn(&Outcome) -> String;
+    let rows: [(&str, Figure); 9] = [
         (
             "confirmed: stored (server, `Sending::stored()`), the process's first fan-out",
-            report::ms(o.stored_us as f64),
+            |o| report::ms(o.stored_us as f64),
         ),
         (
             "confirmed: stored, a second fan-out to the same polls",
-            report::ms(o.stored_again_us as f64),
+            |o| report::ms(o.stored_again_us as f64),
         ),
-        (
-            "confirmed: every poll answered (load generator)",
-            report::ms(o.all_answered_us as f64),
-        ),
-        (
-            "confirmed: received / polls",
-            format!("{} / {}", o.confirmed_received, o.polls),
-        ),
-        (
-            "confirmed: emit resolved delivered (all confirmed)",
+        ("confirmed: every poll answered (load generator)", |o| {
+            report::ms(o.all_answered_us as f64)
+        }),
+        ("confirmed: received / polls", |o| {
+            format!("{} / {}", o.confirmed_received, o.polls)
+        }),
+        ("confirmed: emit resolved delivered (all confirmed)", |o| {
             if o.all_confirmed_us > 0 {
                 report::ms(o.all_confirmed_us as f64)
             } else {
                 "did not".into()
-            },
-        ),
-        (
-            "volatile: received / polls",
-            format!("{} / {}", o.volatile_received, o.polls),
-        ),
-        (
-            "volatile: last poll answered",
-            report::ms(o.volatile_us as f64),
-        ),
-        (
-            "lag/resync WARN events (simpleio target)",
-            o.warn_events.to_string(),
-        ),
-        ("server peak RSS", report::mib(o.peak_rss as f64)),
+            }
+        }),
+        ("volatile: received / polls", |o| {
+            format!("{} / {}", o.volatile_received, o.polls)
+        }),
+        ("volatile: last poll answered", |o| {
+            report::ms(o.volatile_us as f64)
+        }),
+        ("lag/resync WARN events", |o| o.warn_events.to_string()),
+        ("server peak RSS", |o| report::mib(o.peak_rss as f64)),
     ];
-    for (k, v) in rows {
-        table.row(vec![k.to_owned(), v]);
+    for (name, figure) in rows {
+        table.row(vec![name.to_owned(), figure(&memory), figure(&durable)]);
     }
     Ok(vec![table])
 }
