@@ -974,3 +974,54 @@ async fn appends_that_share_a_frame_are_told_in_one_signal() {
         "{appended} Appended signals for {USERS} appends: one per frame, not per append"
     );
 }
+
+/// Signals that no frame merges (here 30,000 announcements, twice what the channel holds) reach
+/// a subscriber that reads late, all of them: with the channel full the writer waits for room
+/// instead of overflowing it, which would make the hub resync. The runtime's one thread is held
+/// while the writer publishes, so nothing reads until the channel is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_subscriber_that_reads_late_loses_no_signal() {
+    const SIGNALS: u64 = 30_000;
+    let folder = Folder::new("late-reader");
+    let storage = folder.open().await;
+    let mut signals = storage.subscribe();
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < SIGNALS {
+            match signals.recv().await {
+                Ok(Signal::PollStarted { poll, .. }) => {
+                    if poll != seen {
+                        return Err(format!("poll {poll} came as number {seen}"));
+                    }
+                    seen += 1;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("after {seen} signals: {e}")),
+            }
+        }
+        Ok(seen)
+    });
+    let publisher = storage.clone();
+    tokio::spawn(async move {
+        for poll in 0..SIGNALS {
+            publisher
+                .publish(Signal::PollStarted {
+                    user: UserId::from("kim"),
+                    client: ClientId::new("tab").expect("a client id"),
+                    poll,
+                })
+                .await
+                .expect("published");
+        }
+        // Holds the runtime's thread while the writer publishes: nothing reads meanwhile.
+        std::thread::sleep(Duration::from_millis(500));
+    })
+    .await
+    .expect("the publishing task");
+    let seen = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("every signal read within 20 s")
+        .expect("the reading task")
+        .expect("no signal lost to an overflow");
+    assert_eq!(seen, SIGNALS);
+}

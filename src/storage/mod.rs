@@ -837,7 +837,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     async fn publish(&self, signal: Signal) -> Result<(), StorageError>;
 
     /// Signals from every node. Called once per process; the receiver may lag (the caller then
-    /// treats it as [`Signal::Resync`]).
+    /// treats it as [`Signal::Resync`]). A storage that publishes in bursts may hold signals
+    /// back for a while when the receiver is behind rather than make it lag
+    /// (`DurableStorage` does), but never stops answering for it.
     fn subscribe(&self) -> broadcast::Receiver<Signal>;
 }
 

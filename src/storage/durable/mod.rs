@@ -44,7 +44,9 @@ use crate::id::{ClientId, UserId};
 /// place. An operation returns only once every change it made or saw is in the log, and
 /// signals are published only after the changes behind them: so `Sending::stored()`
 /// resolving, an incoming message's ack, a confirmation, a client reading a message, all
-/// happen after the data is on disk.
+/// happen after the data is on disk. A frame's signals are published at once; when the
+/// channel is full, the writer waits for the hub to read rather than overflow it (a lag makes
+/// every waiting poll and send read again), for at most a second while nothing is read.
 ///
 /// Every 4 MiB of log the thread writes what the log holds into the [redb](https://docs.rs/redb)
 /// file, in one transaction (a *checkpoint*), and starts the log again. What came and went in
@@ -170,6 +172,7 @@ impl DurableStorage {
             log,
             unwritten: Vec::new(),
             named: Default::default(),
+            unread: false,
         };
         let thread = std::thread::Builder::new()
             .name("simpleio-durable".into())

@@ -28,6 +28,7 @@ use super::signals;
 use super::tables::PayloadIds;
 use crate::hash::HashSet;
 use crate::id::UserId;
+use crate::storage::memory::SIGNAL_CAPACITY;
 use crate::storage::memory::journal::{self, Change};
 use crate::storage::memory::restore::WeakMemory;
 use crate::storage::{Signal, StorageError};
@@ -48,6 +49,13 @@ const BUSY: usize = 1;
 /// A checkpoint is written once the log holds this much since the last one. It bounds the log,
 /// what a start replays, and the changes the thread keeps for the checkpoint.
 const CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// How long the thread waits for room in the signals' channel while no subscriber reads from it
+/// ([`Thread::make_room`]): past it, one that stopped reading is left to lag.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the thread looks whether the channel has room again.
+const ROOM_POLL: Duration = Duration::from_micros(100);
 
 /// The queue between the storage's operations and the writing thread.
 #[derive(Debug)]
@@ -254,6 +262,9 @@ pub(super) struct Thread {
     pub(super) unwritten: Vec<Change>,
     /// Scratch space for [`signals::coalesce`].
     pub(super) named: HashSet<UserId>,
+    /// A subscriber stopped reading with the channel full ([`Thread::make_room`]): the thread
+    /// does not wait for it again until the channel is half empty.
+    pub(super) unread: bool,
 }
 
 /// Releases every waiter if the thread ends by a panic: operations then fail with `503`
@@ -437,8 +448,48 @@ impl Thread {
     fn publish(&mut self, signals: &mut Vec<Signal>) {
         signals::coalesce(signals, &mut self.named);
         for signal in signals.drain(..) {
+            if self.signals.len() >= SIGNAL_CAPACITY {
+                self.make_room();
+            }
             // No subscriber yet is fine: nobody is waiting.
             let _ = self.signals.send(signal);
+        }
+    }
+
+    /// With the signals' channel full, waits until a subscriber has read one, rather than
+    /// overflow it: an overflow makes the hub resync, and every waiting poll and send read
+    /// again. A frame's signals come at once, and the hub's task, woken from this thread, runs
+    /// only once the tasks woken before it have, which are many while thousands of polls are
+    /// answered: 10,000 polls confirming a broadcast overflowed the channel 1 to 4 times per
+    /// run. Meanwhile the next frame gathers (and holds more).
+    ///
+    /// A subscriber that reads nothing for [`ROOM_WAIT`] is taken to have stopped: it lags,
+    /// and the thread waits for no one again until the channel is half empty.
+    fn make_room(&mut self) {
+        if self.unread {
+            if self.signals.len() > SIGNAL_CAPACITY / 2 {
+                return;
+            }
+            self.unread = false;
+        }
+        let mut queued = self.signals.len();
+        let mut since_read = Instant::now();
+        while queued >= SIGNAL_CAPACITY {
+            if since_read.elapsed() >= ROOM_WAIT {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    queued,
+                    "simpleio: a subscriber to the storage's signals reads none; it will lag"
+                );
+                self.unread = true;
+                return;
+            }
+            std::thread::sleep(ROOM_POLL);
+            let now = self.signals.len();
+            if now < queued {
+                since_read = Instant::now();
+            }
+            queued = now;
         }
     }
 

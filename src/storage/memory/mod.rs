@@ -51,11 +51,13 @@ use crate::id::{ClientId, UserId};
 use crate::sharded::ByShard;
 
 /// How many signals a slow subscriber may fall behind before it is told to resync. Signals are
-/// one per append call (on `DurableStorage`, one per log frame's appends), but two per poll (its announcement and its confirmation), and the hub
-/// reads them on the same threads as the polls: when 5,000 clients answer one broadcast and poll
-/// again at once, 10,000 come in a burst. A lag costs a resync (every waiter reads again), not a
-/// message, but it should not happen in normal operation. About 1.5 MB.
-const SIGNAL_CAPACITY: usize = 16_384;
+/// one per append call (on `DurableStorage`, one per log frame's appends), but two per poll
+/// (its announcement and its confirmation), and the hub reads them on the same threads as the
+/// polls: when 5,000 clients answer one broadcast and poll again at once, 10,000 come in a
+/// burst. A lag costs a resync (every waiter reads again), not a message, but it should not
+/// happen in normal operation (`DurableStorage`'s writer waits for room rather than overflow
+/// it). About 1.5 MB.
+pub(crate) const SIGNAL_CAPACITY: usize = 16_384;
 
 /// How many shards users are spread over.
 const SHARDS: usize = 32;
