@@ -447,12 +447,17 @@ impl Thread {
 
     fn publish(&mut self, signals: &mut Vec<Signal>) {
         signals::coalesce(signals, &mut self.named);
+        // The channel's length takes its lock: asked once per frame, and again only when the
+        // frame's signals would fill it.
+        let mut room = SIGNAL_CAPACITY.saturating_sub(self.signals.len());
         for signal in signals.drain(..) {
-            if self.signals.len() >= SIGNAL_CAPACITY {
+            if room == 0 {
                 self.make_room();
+                room = SIGNAL_CAPACITY.saturating_sub(self.signals.len()).max(1);
             }
             // No subscriber yet is fine: nobody is waiting.
             let _ = self.signals.send(signal);
+            room -= 1;
         }
     }
 
