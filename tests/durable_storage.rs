@@ -1013,8 +1013,9 @@ async fn a_subscriber_that_reads_late_loses_no_signal() {
                 .await
                 .expect("published");
         }
-        // Holds the runtime's thread while the writer publishes: nothing reads meanwhile.
-        std::thread::sleep(Duration::from_millis(500));
+        // Holds the runtime's thread while the writer publishes: nothing reads meanwhile
+        // (well within the second after which the writer stops waiting for a reader).
+        std::thread::sleep(Duration::from_millis(200));
     })
     .await
     .expect("the publishing task");

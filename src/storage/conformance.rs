@@ -1395,9 +1395,9 @@ pub async fn a_lagging_subscriber_is_told_and_storage_still_answers(s: &impl Sto
             published.expect("publish");
         }
     }
+    let (epoch, pos) = (last.0.expect("appended"), last.1);
     // Storage answers while the subscriber still reads nothing.
-    let answers = tokio::time::timeout(Duration::from_secs(10), async {
-        let (epoch, pos) = (last.0.clone().expect("appended"), last.1);
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
         let b = fetch_limit(s, "ann", "tab1", None, 10_000).await;
         assert_eq!(b.messages.len(), MESSAGES);
         fetch(s, "ann", "tab1", Some((&epoch, b.cursor))).await;
@@ -1405,12 +1405,12 @@ pub async fn a_lagging_subscriber_is_told_and_storage_still_answers(s: &impl Sto
             delivery(s, &epoch, "ann", None, pos).await,
             DeliveryState::Delivered
         );
+        b.cursor
     })
     .await;
-    assert!(
-        answers.is_ok(),
-        "storage stopped answering for a subscriber that reads nothing"
-    );
+    let Ok(cursor) = answered else {
+        panic!("storage stopped answering for a subscriber that reads nothing");
+    };
     let lagged = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match rx.recv().await {
@@ -1425,6 +1425,14 @@ pub async fn a_lagging_subscriber_is_told_and_storage_still_answers(s: &impl Sto
         lagged,
         Ok(true),
         "20,000 unread signals must overflow a bounded subscription"
+    );
+    // And once it lagged: a new message is stored and read after the ones read before.
+    let (_, after) = append_with_queue(s, vec![message("ann", "after", LONG)], 10_000).await;
+    let b = fetch(s, "ann", "tab1", Some((&epoch, cursor))).await;
+    assert_eq!(
+        b.messages.iter().map(|m| m.pos).collect::<Vec<_>>(),
+        after,
+        "after the lag"
     );
 }
 

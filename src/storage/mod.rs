@@ -838,8 +838,8 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Signals from every node. Called once per process; the receiver may lag (the caller then
     /// treats it as [`Signal::Resync`]). A storage that publishes in bursts may hold signals
-    /// back for a while when the receiver is behind rather than make it lag
-    /// (`DurableStorage` does), but never stops answering for it.
+    /// back while a receiver is behind rather than make it lag (`DurableStorage` does: its
+    /// writes wait meanwhile), but not for one that reads nothing (it gives up after a second).
     fn subscribe(&self) -> broadcast::Receiver<Signal>;
 }
 

@@ -14,11 +14,13 @@
 //! another sequence number (an older cycle's frame, or zeros), or another tag (a log that
 //! belongs to another file).
 //!
-//! Where reading stopped, only the last frame may have been torn: a later whole frame of this
-//! log and cycle (its tag, a higher sequence number, its checksum holding) means a frame that
-//! was synced is damaged, and the log is reported damaged instead of read as ending there,
-//! which would drop that frame and every one after it in silence. A damaged last frame looks
-//! like a torn one and cannot be told from it.
+//! Where reading stopped, only the last frame may have been torn: a whole frame of this log
+//! further on numbered two or more past the last one read means that the frame in between was
+//! synced and then damaged (its checksum, magic, tag or length), and the log is reported damaged
+//! instead of read as ending there, which would drop that frame and every one after it in
+//! silence. A whole frame numbered just one past it can be a frame whose write failed and whose
+//! header could not be wiped, its number then given to the next frame: not evidence. A damaged
+//! last frame looks like a torn one and cannot be told from it.
 //!
 //! The file is grown in steps, with zeros, before frames are written into the new part: an
 //! `fdatasync` then writes the frame's pages alone, not the file's size as well.
@@ -206,7 +208,8 @@ pub(super) struct Replay {
 ///
 /// A frame that is not the next one ends the log; one that is, whose checksum holds, but whose
 /// body cannot be read is damage: an error, never skipped. So is a whole frame after the end
-/// whose number follows the last one read ([`later_frame`]): the end was not a torn last frame.
+/// numbered two or more past the last one read ([`later_frame`]): the end was not a torn last
+/// frame.
 pub(super) fn read(
     path: &Path,
     tag: u64,
@@ -272,12 +275,21 @@ fn whole_frame(bytes: &[u8], at: usize, tag: u64) -> Option<Frame<'_>> {
     })
 }
 
-/// The number of a whole frame of this log at or after `from` that comes after frame `last`
-/// (and not after `upto`): one written after the frame at `from`, so that one was synced and
-/// is damaged, not torn. Older cycles' frames past the end have lower numbers, since numbers
-/// only grow. Found by looking for the magic at every offset, as a damaged frame's length
-/// cannot say where the next one starts: once per start, linear in the log's size.
+/// The number of a whole frame of this log at or after `from` numbered two or more past frame
+/// `last` (and not past `upto`): frame `last + 1` was then synced before it, and is damaged, not
+/// torn.
+///
+/// What else a log holds past its end has a lower number (an older cycle's frames: numbers
+/// only grow), or `last + 1` itself: a frame whose write failed and whose header could not be
+/// wiped, left whole where it was while the file was rebuilt and the log started again from
+/// its start with the same number. Found by looking for the magic at every offset, as a
+/// damaged frame's length cannot say where the next one starts: once per start, linear in the
+/// log's size.
 fn later_frame(bytes: &[u8], from: usize, tag: u64, last: u64, upto: Option<u64>) -> Option<u64> {
+    let past = last.saturating_add(2);
+    if upto.is_some_and(|upto| upto < past) {
+        return None;
+    }
     let magic = MAGIC.to_be_bytes();
     let rest = bytes.get(from..)?;
     rest.windows(magic.len())
@@ -285,7 +297,7 @@ fn later_frame(bytes: &[u8], from: usize, tag: u64, last: u64, upto: Option<u64>
         .filter(|(_, w)| *w == magic)
         .filter_map(|(offset, _)| whole_frame(bytes, from + offset, tag))
         .map(|frame| frame.seq)
-        .find(|&seq| seq > last && upto.is_none_or(|upto| seq <= upto))
+        .find(|&seq| seq >= past && upto.is_none_or(|upto| seq <= upto))
 }
 
 #[cfg(test)]
@@ -331,16 +343,11 @@ mod tests {
         let all = read(&path, 7, 0, None).expect("read").expect("a log");
         assert_eq!((all.frames, all.last_seq), (2, 2));
         assert_eq!(positions(&all), [1, 2, 3]);
-        // A file that holds frame 1 started the log again after it, so frame 2 would be at
-        // the start: frame 1 there is not the next one. Frame 2 whole after it cannot have
-        // been written before that checkpoint: the log does not hold what the file says.
-        assert!(matches!(
-            read(&path, 7, 1, None),
-            Err(StorageError::Corrupt(_))
-        ));
-        // A file that holds both: nothing after them.
-        let rest = read(&path, 7, 2, None).expect("read").expect("a log");
-        assert_eq!((rest.frames, rest.last_seq), (0, 2));
+        // A file that holds frame 1 started the log again after it: frame 1 at the start is
+        // not the next one, so nothing here is read (frame 2 after it, one past, is no
+        // evidence of damage: see the next test).
+        let rest = read(&path, 7, 1, None).expect("read").expect("a log");
+        assert_eq!((rest.frames, rest.last_seq), (0, 1));
         // Up to frame 1 only (a frame written but not synced when a write failed).
         let first = read(&path, 7, 0, Some(1)).expect("read").expect("a log");
         assert_eq!(positions(&first), [1, 2]);
@@ -433,6 +440,30 @@ mod tests {
         std::fs::write(&path, &bytes).expect("written");
         let torn = read(&path, 7, 0, None).expect("read").expect("a log");
         assert_eq!(positions(&torn), [1, 2, 3]);
+    }
+
+    /// A frame whose write failed and whose header could not be wiped stays whole where it
+    /// was; the file is rebuilt from the frames before it and the log starts again from its
+    /// start, the next frame taking the failed one's number. If that one is torn by a crash,
+    /// the log ends there: the stale frame further on is not taken for damage.
+    #[test]
+    fn a_failed_frames_number_given_again_is_not_taken_for_damage() {
+        let path = dir().join("store.redb.log");
+        let mut log = Log::open(&path, 7, 1).expect("a log");
+        for pos in 1..=3 {
+            log.append(&[unmessage("a", pos)]).expect("written");
+        }
+        // Frame 4 is whole in the file, but its writer was told it failed (its wipe failed
+        // too): the file is rebuilt up to frame 3, and the log starts again with number 4.
+        log.append(&[unmessage("a", 4)]).expect("written");
+        log.restart(4).expect("restarted");
+        log.append(&[unmessage("a", 40)]).expect("written");
+        let mut bytes = std::fs::read(&path).expect("the log");
+        // The new frame 4, at the start, torn.
+        bytes[HEADER] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("written");
+        let read_back = read(&path, 7, 3, None).expect("read").expect("a log");
+        assert_eq!((read_back.frames, read_back.last_seq), (0, 3));
     }
 
     /// After a checkpoint the log starts again over older frames: they have lower numbers, so

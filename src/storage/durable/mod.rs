@@ -45,8 +45,9 @@ use crate::id::{ClientId, UserId};
 /// signals are published only after the changes behind them: so `Sending::stored()`
 /// resolving, an incoming message's ack, a confirmation, a client reading a message, all
 /// happen after the data is on disk. A frame's signals are published at once; when the
-/// channel is full, the writer waits for the hub to read rather than overflow it (a lag makes
-/// every waiting poll and send read again), for at most a second while nothing is read.
+/// channel is full, the writer (and so every write) waits for the hub to read rather than
+/// overflow it (a lag makes every waiting poll and send read again), for at most a second
+/// while nothing is read.
 ///
 /// Every 4 MiB of log the thread writes what the log holds into the [redb](https://docs.rs/redb)
 /// file, in one transaction (a *checkpoint*), and starts the log again. What came and went in
@@ -60,8 +61,9 @@ use crate::id::{ClientId, UserId};
 /// trusted, never a panic), and clients then resync, as the [`Epoch`](crate::storage::Epoch)
 /// rules require. A frame of the log torn by a crash was never confirmed to anyone: it is
 /// recognised by its checksum and not replayed. Only the last frame can be torn: one that
-/// fails its checksum with a whole frame after it was damaged after it was synced, and makes
-/// the log unreadable (a new epoch), never a log cut short in silence.
+/// cannot be read (checksum, magic, length) with a whole frame numbered two or more past it
+/// further on was damaged after it was synced, and makes the log unreadable (a new epoch),
+/// never a log cut short in silence.
 ///
 /// If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
 /// memory is rebuilt from the files (which hold exactly what was confirmed), and writing goes
@@ -173,6 +175,7 @@ impl DurableStorage {
             unwritten: Vec::new(),
             named: Default::default(),
             unread: false,
+            abandoned: false,
         };
         let thread = std::thread::Builder::new()
             .name("simpleio-durable".into())

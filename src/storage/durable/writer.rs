@@ -54,7 +54,8 @@ const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// ([`Thread::make_room`]): past it, one that stopped reading is left to lag.
 const ROOM_WAIT: Duration = Duration::from_secs(1);
 
-/// How often the thread looks whether the channel has room again.
+/// How often the thread looks whether the channel has room again: tokio's broadcast channel
+/// tells no one when it is read, and this is short beside one fsync.
 const ROOM_POLL: Duration = Duration::from_micros(100);
 
 /// The queue between the storage's operations and the writing thread.
@@ -265,6 +266,11 @@ pub(super) struct Thread {
     /// A subscriber stopped reading with the channel full ([`Thread::make_room`]): the thread
     /// does not wait for it again until the channel is half empty.
     pub(super) unread: bool,
+    /// A failed write was not followed by reading the files back, as the storage closed or was
+    /// dropped first: memory may hold changes the log lacks (and the log frames the file
+    /// lacks), so nothing more is written, not even the closing checkpoint. The next start
+    /// replays the log as it is.
+    pub(super) abandoned: bool,
 }
 
 /// Releases every waiter if the thread ends by a panic: operations then fail with `503`
@@ -299,6 +305,15 @@ impl Thread {
                 break;
             };
             let (mut changes, mut signals) = std::mem::take(&mut self.spare);
+            if self.abandoned {
+                // The files were not read back after a failed write, and the storage is gone:
+                // nothing more is written, so that the file never claims frames it lacks.
+                changes.clear();
+                signals.clear();
+                self.done_writing(&batch, false);
+                self.spare = (changes, signals);
+                continue;
+            }
             if changes.is_empty() {
                 self.done_writing(&batch, true);
                 self.publish(&mut signals);
@@ -337,7 +352,7 @@ impl Thread {
         }
         // Closed: the file is left holding everything, so that the next start replays nothing
         // (if this fails, the next start writes the log into it).
-        if !self.unwritten.is_empty() {
+        if !self.unwritten.is_empty() && !self.abandoned {
             let _ = self.checkpoint();
         }
     }
@@ -452,8 +467,11 @@ impl Thread {
         let mut room = SIGNAL_CAPACITY.saturating_sub(self.signals.len());
         for signal in signals.drain(..) {
             if room == 0 {
-                self.make_room();
-                room = SIGNAL_CAPACITY.saturating_sub(self.signals.len()).max(1);
+                room = match self.make_room() {
+                    true => SIGNAL_CAPACITY.saturating_sub(self.signals.len()),
+                    // Left to lag: not asked again for this frame.
+                    false => usize::MAX,
+                };
             }
             // No subscriber yet is fine: nobody is waiting.
             let _ = self.signals.send(signal);
@@ -461,25 +479,31 @@ impl Thread {
         }
     }
 
-    /// With the signals' channel full, waits until a subscriber has read one, rather than
-    /// overflow it: an overflow makes the hub resync, and every waiting poll and send read
-    /// again. A frame's signals come at once, and the hub's task, woken from this thread, runs
-    /// only once the tasks woken before it have, which are many while thousands of polls are
-    /// answered: 10,000 polls confirming a broadcast overflowed the channel 1 to 4 times per
-    /// run. Meanwhile the next frame gathers (and holds more).
+    /// With the signals' channel full, waits until every subscriber has read its oldest signal,
+    /// rather than overflow it: an overflow makes the hub resync, and every waiting poll and
+    /// send read again. A frame's signals come at once, and the hub's task, woken from this
+    /// thread, runs only once the tasks woken before it have, which are many while thousands
+    /// of polls are answered: 10,000 polls confirming a broadcast overflowed the channel 1 to 4
+    /// times a run. Meanwhile the next frame gathers (and holds more). Whether there is room
+    /// again is looked at every [`ROOM_POLL`]: the channel tells no one when it is read.
     ///
     /// A subscriber that reads nothing for [`ROOM_WAIT`] is taken to have stopped: it lags,
-    /// and the thread waits for no one again until the channel is half empty.
-    fn make_room(&mut self) {
+    /// and the thread waits for no one again until the channel is half empty. Nor does it
+    /// wait once the storage is closing: the hub may run on the very thread that waits for
+    /// this one to end. Returns whether there is room.
+    fn make_room(&mut self) -> bool {
         if self.unread {
             if self.signals.len() > SIGNAL_CAPACITY / 2 {
-                return;
+                return false;
             }
             self.unread = false;
         }
         let mut queued = self.signals.len();
         let mut since_read = Instant::now();
         while queued >= SIGNAL_CAPACITY {
+            if self.queue.lock().closed {
+                return false;
+            }
             if since_read.elapsed() >= ROOM_WAIT {
                 tracing::warn!(
                     path = %self.path.display(),
@@ -487,7 +511,7 @@ impl Thread {
                     "simpleio: a subscriber to the storage's signals reads none; it will lag"
                 );
                 self.unread = true;
-                return;
+                return false;
             }
             std::thread::sleep(ROOM_POLL);
             let now = self.signals.len();
@@ -496,6 +520,7 @@ impl Thread {
             }
             queued = now;
         }
+        true
     }
 
     /// After a failed write: reopens the file and rebuilds memory from it, failing every
@@ -511,6 +536,7 @@ impl Thread {
         let mut logged = false;
         loop {
             let Some(memory) = self.memory.upgrade() else {
+                self.abandoned = true;
                 return;
             };
             let opened = load::reload(&self.path, self.log.last_seq());
@@ -568,6 +594,7 @@ impl Thread {
                         batch.finish(false);
                     }
                     if queue.lock().closed {
+                        self.abandoned = true;
                         return;
                     }
                     drop(memory);

@@ -58,6 +58,9 @@ use crate::sharded::ByShard;
 /// happen in normal operation (`DurableStorage`'s writer waits for room rather than overflow
 /// it). About 1.5 MB.
 pub(crate) const SIGNAL_CAPACITY: usize = 16_384;
+// tokio's channel rounds its capacity up to a power of two: `DurableStorage`'s writer counts on
+// this one being exact.
+const _: () = assert!(SIGNAL_CAPACITY.is_power_of_two());
 
 /// How many shards users are spread over.
 const SHARDS: usize = 32;
