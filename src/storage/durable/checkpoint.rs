@@ -8,8 +8,9 @@
 //! written once per checkpoint rather than once per batch.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
-use redb::Database;
+use redb::{Database, WriteTransaction};
 
 use super::tables::{self, Open, PayloadIds};
 use crate::hash::RandomState;
@@ -28,45 +29,116 @@ pub(super) fn write(
     last_pos: Position,
     log_seq: u64,
 ) -> Result<Position, redb::Error> {
-    let before = payloads.clone();
-    let written = write_all(db, changes, payloads, last_pos, log_seq);
+    let mut checkpoint = Checkpoint::begin(db, changes, payloads, last_pos)?;
+    let written = checkpoint
+        .step(changes, payloads, None)
+        .and_then(|_| checkpoint.commit(payloads, log_seq));
     if written.is_err() {
-        *payloads = before;
+        checkpoint.abort(payloads);
     }
     written
 }
 
-fn write_all(
-    db: &Database,
-    changes: &[Change],
-    payloads: &mut PayloadIds,
-    mut last_pos: Position,
-    log_seq: u64,
-) -> Result<Position, redb::Error> {
-    let skip = left_out(changes);
-    let next_payload = payloads.next;
-    let txn = db.begin_write()?;
-    {
-        let mut t = Open::new(&txn);
-        for (change, skip) in changes.iter().zip(skip) {
+/// A checkpoint being written a slice at a time, so that the writer can write frames in
+/// between: one redb transaction, open until [`Checkpoint::commit`]. Until then the file is as
+/// it was, and a crash leaves it so (the log still holds every frame). Changes recorded after
+/// it began are written too, so that it holds every frame when it commits.
+pub(super) struct Checkpoint {
+    txn: Option<WriteTransaction>,
+    /// Which of the changes there were when it began are left out ([`left_out`]); those
+    /// recorded after are all written.
+    skip: Vec<bool>,
+    /// How many changes are written so far.
+    applied: usize,
+    last_pos: Position,
+    payloads_before: PayloadIds,
+}
+
+impl Checkpoint {
+    /// Begins a checkpoint of `changes` (and of those recorded after them, in later steps).
+    pub(super) fn begin(
+        db: &Database,
+        changes: &[Change],
+        payloads: &PayloadIds,
+        last_pos: Position,
+    ) -> Result<Checkpoint, redb::Error> {
+        Ok(Checkpoint {
+            txn: Some(db.begin_write()?),
+            skip: left_out(changes),
+            applied: 0,
+            last_pos,
+            payloads_before: payloads.clone(),
+        })
+    }
+
+    /// Writes the next of `changes` (the same list, perhaps grown since) until `budget` has
+    /// passed, or all of them without one; whether all are written.
+    pub(super) fn step(
+        &mut self,
+        changes: &[Change],
+        payloads: &mut PayloadIds,
+        budget: Option<Duration>,
+    ) -> Result<bool, redb::Error> {
+        let Some(txn) = &self.txn else {
+            return Ok(true);
+        };
+        let started = Instant::now();
+        let mut t = Open::new(txn);
+        while let Some(change) = changes.get(self.applied) {
             // A position handed out is never handed out again, even that of a message left out.
             if let Change::Message { pos, .. } = change {
-                last_pos = last_pos.max(*pos);
+                self.last_pos = self.last_pos.max(*pos);
             }
-            if !skip {
+            if !self.skip.get(self.applied).copied().unwrap_or(false) {
                 tables::apply(&mut t, change, payloads)?;
             }
+            self.applied += 1;
+            // The clock is read every few changes: each takes about a microsecond.
+            if self.applied.is_multiple_of(STEP_CHECK)
+                && budget.is_some_and(|budget| started.elapsed() >= budget)
+            {
+                break;
+            }
         }
-        let meta = t.meta()?;
-        meta.insert("last_pos", last_pos.to_be_bytes().as_slice())?;
-        meta.insert("log_seq", log_seq.to_be_bytes().as_slice())?;
-        if payloads.next != next_payload {
-            meta.insert("next_payload", payloads.next.to_be_bytes().as_slice())?;
-        }
+        Ok(self.applied >= changes.len())
     }
-    txn.commit()?;
-    Ok(last_pos)
+
+    /// Commits what was written, recording frame `log_seq` as the last it holds: every change
+    /// must be written ([`Checkpoint::step`] returned `true` for all of them). Returns the
+    /// highest position the file records.
+    pub(super) fn commit(
+        &mut self,
+        payloads: &PayloadIds,
+        log_seq: u64,
+    ) -> Result<Position, redb::Error> {
+        let Some(txn) = self.txn.take() else {
+            return Ok(self.last_pos);
+        };
+        {
+            let mut t = Open::new(&txn);
+            let meta = t.meta()?;
+            meta.insert("last_pos", self.last_pos.to_be_bytes().as_slice())?;
+            meta.insert("log_seq", log_seq.to_be_bytes().as_slice())?;
+            if payloads.next != self.payloads_before.next {
+                meta.insert("next_payload", payloads.next.to_be_bytes().as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(self.last_pos)
+    }
+
+    /// Gives the checkpoint up: the file is left as it was, and `payloads` as they were when
+    /// it began.
+    pub(super) fn abort(mut self, payloads: &mut PayloadIds) {
+        if let Some(txn) = self.txn.take() {
+            let _ = txn.abort();
+        }
+        *payloads = self.payloads_before;
+    }
 }
+
+/// How many changes a step writes between two looks at the clock.
+const STEP_CHECK: usize = 64;
 
 /// Which of `changes` need not be written: a message and its removal both, a cursor that a
 /// later one (or the client's removal) replaces. One pass from the end, each change looked up

@@ -50,9 +50,12 @@ use crate::id::{ClientId, UserId};
 /// while nothing is read.
 ///
 /// Every 4 MiB of log the thread writes what the log holds into the [redb](https://docs.rs/redb)
-/// file, in one transaction (a *checkpoint*), and starts the log again. What came and went in
-/// between is left out: a message delivered before the checkpoint is never written to the
-/// file's B-tree, only to the log. A start (or the rebuild after a failed write) first writes
+/// file, in one transaction (a *checkpoint*), and starts the log again. It writes 2 ms at a
+/// time between frames, with the frames written meanwhile in the same transaction, and
+/// commits once it has caught up (at once if the log reaches 8 MiB first): until then the
+/// file is as it was, and the log holds everything. What came and went in between is left
+/// out: a message delivered before the checkpoint is never written to the file's B-tree, only
+/// to the log. A start (or the rebuild after a failed write) first writes
 /// the log's frames into the file the same way, so the two files are one store: delete both,
 /// or neither.
 ///
@@ -67,9 +70,7 @@ use crate::id::{ClientId, UserId};
 ///
 /// If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
 /// memory is rebuilt from the files (which hold exactly what was confirmed), and writing goes
-/// on once the disk takes writes again; requests answer `503` until then. A checkpoint runs on
-/// the writer thread: while it commits (a few milliseconds under a load of direct messages,
-/// most of which it leaves out) the next frames wait.
+/// on once the disk takes writes again; requests answer `503` until then.
 ///
 /// Presence (when each client last polled) is not written: it changes on every poll. After a
 /// restart every client is given its presence TTL afresh, so one that does not come back is
@@ -77,8 +78,9 @@ use crate::id::{ClientId, UserId};
 ///
 /// # Cost
 ///
-/// Memory as [`MemoryStorage`], plus the changes logged since the last checkpoint (those of at
-/// most 4 MiB of log, a few times that in memory), plus the files: in the file each message, client and record once, a
+/// Memory as [`MemoryStorage`], plus the changes logged since the last checkpoint (those of
+/// 4 MiB of log, at most 8 MiB while one is written, a few times that in memory), plus the
+/// files: in the file each message, client and record once, a
 /// fan-out's payload (from 256 bytes) once for all its recipients. The file's pages are reused
 /// as messages are delivered or expire, so its size follows what is held, not what was ever
 /// sent; the log is written over from its start after each checkpoint. One process opens a
@@ -175,6 +177,7 @@ impl DurableStorage {
             unwritten: Vec::new(),
             named: Default::default(),
             unread: false,
+            checkpointing: None,
             abandoned: false,
         };
         let thread = std::thread::Builder::new()
