@@ -30,13 +30,11 @@ pub(super) fn write(
     log_seq: u64,
 ) -> Result<Position, redb::Error> {
     let mut checkpoint = Checkpoint::begin(db, changes, payloads, last_pos)?;
-    let written = checkpoint
-        .step(changes, payloads, None)
-        .and_then(|_| checkpoint.commit(payloads, log_seq));
-    if written.is_err() {
+    if let Err(e) = checkpoint.step(changes, payloads, None) {
         checkpoint.abort(payloads);
+        return Err(e);
     }
-    written
+    checkpoint.commit(payloads, log_seq)
 }
 
 /// A checkpoint being written a slice at a time, so that the writer can write frames in
@@ -44,9 +42,10 @@ pub(super) fn write(
 /// it was, and a crash leaves it so (the log still holds every frame). Changes recorded after
 /// it began are written too, so that it holds every frame when it commits.
 pub(super) struct Checkpoint {
-    txn: Option<WriteTransaction>,
-    /// Which of the changes there were when it began are left out ([`left_out`]); those
-    /// recorded after are all written.
+    txn: WriteTransaction,
+    /// Which changes are left out ([`left_out`]), found a stretch at a time: those there were
+    /// when it began, then each time it has written all it knew of, those recorded since. A
+    /// pair split between two stretches (a message and its removal) is written both.
     skip: Vec<bool>,
     /// How many changes are written so far.
     applied: usize,
@@ -63,7 +62,7 @@ impl Checkpoint {
         last_pos: Position,
     ) -> Result<Checkpoint, redb::Error> {
         Ok(Checkpoint {
-            txn: Some(db.begin_write()?),
+            txn: db.begin_write()?,
             skip: left_out(changes),
             applied: 0,
             last_pos,
@@ -79,12 +78,15 @@ impl Checkpoint {
         payloads: &mut PayloadIds,
         budget: Option<Duration>,
     ) -> Result<bool, redb::Error> {
-        let Some(txn) = &self.txn else {
-            return Ok(true);
-        };
         let started = Instant::now();
-        let mut t = Open::new(txn);
+        let mut t = Open::new(&self.txn);
         while let Some(change) = changes.get(self.applied) {
+            if self.applied == self.skip.len() {
+                // What came and went since the last stretch is left out too: under a load that
+                // keeps the checkpoint from catching up, the rest is written at once.
+                let more = left_out(&changes[self.applied..]);
+                self.skip.extend(more);
+            }
             // A position handed out is never handed out again, even that of a message left out.
             if let Change::Message { pos, .. } = change {
                 self.last_pos = self.last_pos.max(*pos);
@@ -105,34 +107,50 @@ impl Checkpoint {
 
     /// Commits what was written, recording frame `log_seq` as the last it holds: every change
     /// must be written ([`Checkpoint::step`] returned `true` for all of them). Returns the
-    /// highest position the file records.
+    /// highest position the file records; on an error nothing was written, and `payloads` are
+    /// as they were when it began.
     pub(super) fn commit(
-        &mut self,
-        payloads: &PayloadIds,
+        self,
+        payloads: &mut PayloadIds,
         log_seq: u64,
     ) -> Result<Position, redb::Error> {
-        let Some(txn) = self.txn.take() else {
-            return Ok(self.last_pos);
-        };
+        let Checkpoint {
+            txn,
+            last_pos,
+            payloads_before,
+            ..
+        } = self;
+        let written = Self::finish(txn, payloads, &payloads_before, last_pos, log_seq);
+        if written.is_err() {
+            *payloads = payloads_before;
+        }
+        written
+    }
+
+    fn finish(
+        txn: WriteTransaction,
+        payloads: &PayloadIds,
+        payloads_before: &PayloadIds,
+        last_pos: Position,
+        log_seq: u64,
+    ) -> Result<Position, redb::Error> {
         {
             let mut t = Open::new(&txn);
             let meta = t.meta()?;
-            meta.insert("last_pos", self.last_pos.to_be_bytes().as_slice())?;
+            meta.insert("last_pos", last_pos.to_be_bytes().as_slice())?;
             meta.insert("log_seq", log_seq.to_be_bytes().as_slice())?;
-            if payloads.next != self.payloads_before.next {
+            if payloads.next != payloads_before.next {
                 meta.insert("next_payload", payloads.next.to_be_bytes().as_slice())?;
             }
         }
         txn.commit()?;
-        Ok(self.last_pos)
+        Ok(last_pos)
     }
 
     /// Gives the checkpoint up: the file is left as it was, and `payloads` as they were when
     /// it began.
-    pub(super) fn abort(mut self, payloads: &mut PayloadIds) {
-        if let Some(txn) = self.txn.take() {
-            let _ = txn.abort();
-        }
+    pub(super) fn abort(self, payloads: &mut PayloadIds) {
+        let _ = self.txn.abort();
         *payloads = self.payloads_before;
     }
 }
@@ -254,5 +272,96 @@ mod tests {
                 false, // the new client's cursor
             ]
         );
+    }
+
+    /// Written in slices, with more changes recorded between them, a checkpoint leaves the file
+    /// as one written at once does: the same records, shared payloads and positions. Messages
+    /// and their removals fall on both sides of where it began, and of each later stretch;
+    /// some remove messages an earlier checkpoint wrote.
+    #[test]
+    fn a_checkpoint_written_in_slices_writes_what_one_written_at_once_does() {
+        let dir = std::env::temp_dir().join(format!(
+            "simpleio-slices-{}-{}",
+            std::process::id(),
+            crate::id::random_token(8)
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let shared: Arc<RawValue> = RawValue::from_string(format!("\"{}\"", "s".repeat(300)))
+            .expect("json")
+            .into();
+        let small: Arc<RawValue> = RawValue::from_string("1".into()).expect("json").into();
+        let unmessage = |user: &str, pos| Change::Unmessage {
+            user: UserId::from(user),
+            pos,
+        };
+        // Written by both files' first checkpoint.
+        let earlier: Vec<Change> = (1..=20)
+            .map(|pos| message(&format!("u{}", pos % 4), pos, &shared))
+            .collect();
+        // Then: new messages (a fan-out's payload among them), removals of earlier and new
+        // ones, cursors moved, a client gone.
+        let mut changes = Vec::new();
+        for pos in 21..=140u64 {
+            let user = format!("u{}", pos % 4);
+            let data = if pos % 3 == 0 { &shared } else { &small };
+            changes.push(message(&user, pos, data));
+            if pos % 2 == 0 {
+                changes.push(unmessage(&user, pos - 9));
+            }
+            if pos % 5 == 0 {
+                changes.push(cursor(&user, "tab-0001", pos));
+            }
+            if pos == 100 {
+                changes.push(Change::Unclient {
+                    user: UserId::from("u0"),
+                    client: ClientId::new("tab-0001").expect("an id"),
+                });
+            }
+        }
+        let open = |name: &str| {
+            let (db, loaded) = super::super::load::open(&dir.join(name)).expect("a new file");
+            let mut payloads = PayloadIds::starting_at(loaded.next_payload);
+            let last_pos = write(&db, &earlier, &mut payloads, 0, 1).expect("written");
+            (db, payloads, last_pos)
+        };
+
+        let (at_once, mut at_once_ids, last_pos) = open("at-once.redb");
+        let at_once_pos =
+            write(&at_once, &changes, &mut at_once_ids, last_pos, 2).expect("written");
+
+        let (sliced, mut sliced_ids, last_pos) = open("sliced.redb");
+        let mut checkpoint =
+            Checkpoint::begin(&sliced, &changes[..37], &sliced_ids, last_pos).expect("begun");
+        // No time at all: a few changes per step, the list growing between them.
+        let (mut steps, mut unfinished) = (0, 0);
+        for end in (37..changes.len()).step_by(23).chain([changes.len()]) {
+            loop {
+                steps += 1;
+                let done = checkpoint
+                    .step(&changes[..end], &mut sliced_ids, Some(Duration::ZERO))
+                    .expect("a step");
+                if done {
+                    break;
+                }
+                unfinished += 1;
+            }
+        }
+        assert!(
+            steps > 8 && unfinished > 0,
+            "{steps} steps, {unfinished} cut short: not sliced"
+        );
+        let sliced_pos = checkpoint.commit(&mut sliced_ids, 2).expect("committed");
+
+        let read = |db: &Database| {
+            let loaded = super::super::load::read_all(db).expect("read back");
+            (
+                format!("{:?}", loaded.restored.changes),
+                loaded.next_payload,
+                loaded.log_seq,
+            )
+        };
+        assert_eq!(sliced_pos, at_once_pos);
+        assert_eq!(read(&sliced), read(&at_once));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -53,9 +53,11 @@ use crate::id::{ClientId, UserId};
 /// file, in one transaction (a *checkpoint*), and starts the log again. It writes 2 ms at a
 /// time between frames, with the frames written meanwhile in the same transaction, and
 /// commits once it has caught up (at once if the log reaches 8 MiB first): until then the
-/// file is as it was, and the log holds everything. What came and went in between is left
-/// out: a message delivered before the checkpoint is never written to the file's B-tree, only
-/// to the log. A start (or the rebuild after a failed write) first writes
+/// file is as it was, and the log holds everything. Frames still wait for its first slice
+/// (which finds what to leave out), its commit, and a finish at 8 MiB. What came and went in
+/// between is left out: a message delivered before the checkpoint is never written to the
+/// file's B-tree, only to the log (unless it was stored while one was being written and
+/// delivered after that one had written it). A start (or the rebuild after a failed write) first writes
 /// the log's frames into the file the same way, so the two files are one store: delete both,
 /// or neither.
 ///
@@ -79,8 +81,8 @@ use crate::id::{ClientId, UserId};
 /// # Cost
 ///
 /// Memory as [`MemoryStorage`], plus the changes logged since the last checkpoint (those of
-/// 4 MiB of log, at most 8 MiB while one is written, a few times that in memory), plus the
-/// files: in the file each message, client and record once, a
+/// 4 MiB of log, at most 8 MiB and a frame while one is written, a few times that in memory),
+/// plus the files: in the file each message, client and record once, a
 /// fan-out's payload (from 256 bytes) once for all its recipients. The file's pages are reused
 /// as messages are delivered or expire, so its size follows what is held, not what was ever
 /// sent; the log is written over from its start after each checkpoint. One process opens a

@@ -430,8 +430,10 @@ impl Thread {
         if !checkpoint.step(&self.unwritten, &mut self.payloads, budget)? {
             return Ok(());
         }
-        let last_pos = checkpoint.commit(&self.payloads, self.log.last_seq())?;
-        self.checkpointing = None;
+        let Some(checkpoint) = self.checkpointing.take() else {
+            return Ok(());
+        };
+        let last_pos = checkpoint.commit(&mut self.payloads, self.log.last_seq())?;
         self.queue.commits.fetch_add(1, Ordering::Relaxed);
         self.last_pos = last_pos;
         self.unwritten.clear();
