@@ -43,6 +43,21 @@ impl Folder {
             .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"))
     }
 
+    /// What a crash of `s` (whose file is in this folder) would leave now: a copy of its files
+    /// in a folder `name` of its own. The log is copied before the file, so that a checkpoint
+    /// committing in between finds the file newer than the log (as its own order of writes
+    /// makes it), never older.
+    fn crash_copy(&self, s: &DurableStorage, name: &str) -> Folder {
+        let copy = Folder::new(name);
+        std::fs::copy(s.log_path(), copy.log()).expect("the log copied");
+        std::fs::copy(self.file(), copy.file()).expect("the file copied");
+        copy
+    }
+
+    fn log(&self) -> PathBuf {
+        self.0.join("store.redb.log")
+    }
+
     /// The storage in this folder's file, made if there is none.
     async fn open(&self) -> DurableStorage {
         DurableStorage::open(self.file()).await.expect("a new file")
@@ -443,17 +458,11 @@ async fn a_crash_keeps_what_the_log_holds_and_not_a_torn_frame() {
             .await
             .expect("stored");
     }
-    let snapshot = |name: &str| {
-        let copy = Folder::new(name);
-        std::fs::copy(folder.file(), copy.file()).expect("the file copied");
-        std::fs::copy(s.log_path(), copy.0.join("store.redb.log")).expect("the log copied");
-        copy
-    };
-    let crashed = snapshot("crash-copy");
+    let crashed = folder.crash_copy(&s, "crash-copy");
     s.append(vec![message("hal", None, &json("5"))], limits())
         .await
         .expect("stored");
-    let torn = snapshot("crash-torn");
+    let torn = folder.crash_copy(&s, "crash-torn");
     drop(s);
 
     let reopened = crashed.open().await;
@@ -462,7 +471,7 @@ async fn a_crash_keeps_what_the_log_holds_and_not_a_torn_frame() {
     assert_eq!(texts(&read), ["0", "1", "2", "3", "4"]);
 
     // The last frame is the last "SIOL" in the log: a byte of its body flipped.
-    let log = torn.0.join("store.redb.log");
+    let log = torn.log();
     let mut bytes = std::fs::read(&log).expect("the log");
     let last = bytes
         .windows(4)
@@ -490,10 +499,8 @@ async fn a_damaged_frame_in_the_middle_of_the_log_is_a_new_epoch() {
             .await
             .expect("stored");
     }
-    let copy = Folder::new("mid-log-copy");
-    std::fs::copy(folder.file(), copy.file()).expect("the file copied");
-    let log = copy.0.join("store.redb.log");
-    std::fs::copy(s.log_path(), &log).expect("the log copied");
+    let copy = folder.crash_copy(&s, "mid-log-copy");
+    let log = copy.log();
     drop(s);
 
     let mut bytes = std::fs::read(&log).expect("the log");
@@ -1030,9 +1037,8 @@ async fn a_subscriber_that_reads_late_loses_no_signal() {
 /// A checkpoint is written a slice at a time, between frames, and holds the frames written
 /// meanwhile too. Four writers store 3,200 messages of 4 KB (13 MB of log: several checkpoints,
 /// frames written while each is under way) while copies of the files are taken, as a crash
-/// would leave them: each copy holds every message stored before it was taken, in order, under
-/// the same epoch. The log is copied before the file, so that a checkpoint committing in
-/// between finds the file newer than the log (as its own order of writes makes it), not older.
+/// would leave them (`Folder::crash_copy`): each copy holds every message stored before it was
+/// taken, in order, under the same epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_taken_while_checkpoints_are_written_hold_every_stored_message() {
     const WRITERS: usize = 4;
@@ -1063,9 +1069,7 @@ async fn copies_taken_while_checkpoints_are_written_hold_every_stored_message() 
             .iter()
             .map(|n| n.load(std::sync::atomic::Ordering::SeqCst))
             .collect();
-        let copy = Folder::new(&format!("slices-copy-{}", copies.len()));
-        std::fs::copy(s.log_path(), copy.0.join("store.redb.log")).expect("the log copied");
-        std::fs::copy(folder.file(), copy.file()).expect("the file copied");
+        let copy = folder.crash_copy(&s, &format!("slices-copy-{}", copies.len()));
         copies.push((copy, before));
     }
     for w in writers {

@@ -280,12 +280,7 @@ mod tests {
     /// some remove messages an earlier checkpoint wrote.
     #[test]
     fn a_checkpoint_written_in_slices_writes_what_one_written_at_once_does() {
-        let dir = std::env::temp_dir().join(format!(
-            "simpleio-slices-{}-{}",
-            std::process::id(),
-            crate::id::random_token(8)
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let dir = super::super::test_folder("slices");
         let shared: Arc<RawValue> = RawValue::from_string(format!("\"{}\"", "s".repeat(300)))
             .expect("json")
             .into();

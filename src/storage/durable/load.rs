@@ -501,12 +501,7 @@ mod tests {
     /// aside, and the storage starts a new epoch.
     #[test]
     fn a_file_of_another_format_is_moved_aside() {
-        let dir = std::env::temp_dir().join(format!(
-            "simpleio-format-{}-{}",
-            std::process::id(),
-            crate::id::random_token(8)
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let dir = super::super::test_folder("format");
         let path = dir.join("store.redb");
         let (db, first) = open(&path).expect("a new file");
         let txn = db.begin_write().expect("a transaction");
@@ -531,12 +526,7 @@ mod tests {
     /// given a log and format 3 (which a version that ignores the log will not open).
     #[test]
     fn a_file_of_format_2_gets_a_log_and_keeps_its_records() {
-        let dir = std::env::temp_dir().join(format!(
-            "simpleio-format2-{}-{}",
-            std::process::id(),
-            crate::id::random_token(8)
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let dir = super::super::test_folder("format2");
         let path = dir.join("store.redb");
         let (db, first) = open(&path).expect("a new file");
         let message = Change::Message {

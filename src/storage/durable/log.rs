@@ -306,13 +306,7 @@ mod tests {
     use crate::id::UserId;
 
     fn dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "simpleio-log-{}-{}",
-            std::process::id(),
-            crate::id::random_token(8)
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
-        dir
+        super::super::test_folder("log")
     }
 
     fn unmessage(user: &str, pos: u64) -> Change {

@@ -368,18 +368,24 @@ impl Storage for DurableStorage {
     }
 }
 
+/// A folder of its own under the system's temporary folder, for a test of this module's parts.
+#[cfg(test)]
+fn test_folder(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "simpleio-{name}-{}-{}",
+        std::process::id(),
+        crate::id::random_token(8)
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     async fn fresh() -> DurableStorage {
-        let dir = std::env::temp_dir().join(format!(
-            "simpleio-durable-{}-{}",
-            std::process::id(),
-            crate::id::random_token(8)
-        ));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
-        DurableStorage::open(dir.join("store.redb"))
+        DurableStorage::open(test_folder("durable").join("store.redb"))
             .await
             .expect("a new storage file")
     }
