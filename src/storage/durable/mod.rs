@@ -9,6 +9,8 @@ mod log;
 mod signals;
 mod tables;
 mod writer;
+#[cfg(test)]
+mod writer_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,7 +23,7 @@ use tokio::sync::broadcast;
 use self::load::Loaded;
 use self::log::Log;
 use self::tables::PayloadIds;
-use self::writer::{Queue, Thread};
+use self::writer::{Queue, Thread, Tuning};
 use super::{
     Appended, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget, Departure, Epoch,
     FetchBatch, FetchRequest, Member, MemoryStorage, NewMessage, NewReply, Persisting, QueueLimits,
@@ -138,7 +140,11 @@ impl DurableStorage {
     /// is gone, is moved aside to `PATH.unreadable-MILLIS` (with its log, if any) and a new one
     /// is made, with a new epoch and an `error` log.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_tuned(path.as_ref().to_path_buf(), Tuning::default()).await
+    }
+
+    /// [`DurableStorage::open`], its writer checkpointing as `tuning` says.
+    async fn open_tuned(path: PathBuf, tuning: Tuning) -> Result<Self, StorageError> {
         let opened = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
@@ -176,6 +182,7 @@ impl DurableStorage {
             last_pos,
             spare: Default::default(),
             log,
+            tuning,
             unwritten: Vec::new(),
             named: Default::default(),
             unread: false,

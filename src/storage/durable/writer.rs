@@ -66,6 +66,47 @@ const ROOM_WAIT: Duration = Duration::from_secs(1);
 /// tells no one when it is read, and this is short beside one fsync.
 const ROOM_POLL: Duration = Duration::from_micros(100);
 
+/// When the thread checkpoints, and how long at a time: the constants above, except in tests
+/// that make a checkpoint fall behind the log the way a load that never lets the thread idle
+/// does.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tuning {
+    /// A checkpoint begins once the log holds this much ([`CHECKPOINT_BYTES`]); one in
+    /// progress is finished at once at twice this.
+    pub(super) checkpoint_bytes: u64,
+    /// How long a checkpoint writes at a time ([`CHECKPOINT_SLICE`]).
+    pub(super) slice: Duration,
+    /// Whether a checkpoint goes on while nothing else is queued.
+    pub(super) idle_steps: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            checkpoint_bytes: CHECKPOINT_BYTES,
+            slice: CHECKPOINT_SLICE,
+            idle_steps: true,
+        }
+    }
+}
+
+/// What the unit tests make the thread do, and see of it: faults a disk would cause, at the
+/// moments a test needs them.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct Probe {
+    /// The next frame fails before anything is written, as on a full disk.
+    pub(super) fail_next_frame: AtomicBool,
+    /// The thread locks this before it writes each frame: a test that holds it holds the
+    /// thread there, with the frame's batch taken.
+    pub(super) gate: Mutex<()>,
+    /// Whether a checkpoint was being written when the thread last looked.
+    pub(super) checkpointing: AtomicBool,
+    /// Checkpoints in progress that were finished at once because the log reached twice its
+    /// size.
+    pub(super) forced: AtomicU64,
+}
+
 /// The queue between the storage's operations and the writing thread.
 #[derive(Debug)]
 pub(super) struct Queue {
@@ -77,6 +118,8 @@ pub(super) struct Queue {
     /// Set while the file cannot be written or read back: every operation fails.
     broken: AtomicBool,
     commits: AtomicU64,
+    #[cfg(test)]
+    pub(super) probe: Probe,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +207,8 @@ impl Queue {
             generation: AtomicU64::new(0),
             broken: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            #[cfg(test)]
+            probe: Probe::default(),
         }
     }
 
@@ -273,6 +318,7 @@ pub(super) struct Thread {
     /// The lists the thread swaps with the queue's for each batch (see [`Pending`]).
     pub(super) spare: (Vec<Change>, Vec<Signal>),
     pub(super) log: Log,
+    pub(super) tuning: Tuning,
     /// The changes of the log's frames since the last checkpoint: what the next one writes.
     pub(super) unwritten: Vec<Change>,
     /// Scratch space for [`signals::coalesce`].
@@ -316,9 +362,17 @@ impl Thread {
         let _released = Released(self.queue.clone());
         let mut started = Instant::now();
         loop {
-            if self.checkpointing.is_some() && self.queue.nothing_waiting() {
+            #[cfg(test)]
+            self.queue
+                .probe
+                .checkpointing
+                .store(self.checkpointing.is_some(), Ordering::SeqCst);
+            if self.tuning.idle_steps
+                && self.checkpointing.is_some()
+                && self.queue.nothing_waiting()
+            {
                 // Idle: the checkpoint goes on.
-                if self.checkpoint_step(Some(CHECKPOINT_SLICE)).is_err() {
+                if self.checkpoint_step(Some(self.tuning.slice)).is_err() {
                     self.recover();
                 }
                 continue;
@@ -344,16 +398,20 @@ impl Thread {
                 continue;
             }
             started = Instant::now();
-            match self.log.append(&changes) {
+            match self.write_frame(&changes) {
                 Ok(()) => {
                     self.queue.commits.fetch_add(1, Ordering::Relaxed);
                     self.done_writing(&batch, true);
                     self.publish(&mut signals);
                     // Kept for the checkpoint; the buffer stays with the batch lists.
                     self.unwritten.append(&mut changes);
-                    if self.checkpointing.is_some() || self.log.end() >= CHECKPOINT_BYTES {
-                        let budget =
-                            (self.log.end() < 2 * CHECKPOINT_BYTES).then_some(CHECKPOINT_SLICE);
+                    let size = self.tuning.checkpoint_bytes;
+                    if self.checkpointing.is_some() || self.log.end() >= size {
+                        let budget = (self.log.end() < 2 * size).then_some(self.tuning.slice);
+                        #[cfg(test)]
+                        if budget.is_none() && self.checkpointing.is_some() {
+                            self.queue.probe.forced.fetch_add(1, Ordering::SeqCst);
+                        }
                         if self.checkpoint_step(budget).is_err() {
                             // Memory is rebuilt from the files: the redb file may or may not
                             // hold the failed transaction, and only it knows.
@@ -386,6 +444,19 @@ impl Thread {
         } else if !self.unwritten.is_empty() || self.checkpointing.is_some() {
             let _ = self.checkpoint_step(None);
         }
+    }
+
+    /// Appends `changes` to the log as one frame, synced.
+    fn write_frame(&mut self, changes: &[Change]) -> std::io::Result<()> {
+        #[cfg(test)]
+        {
+            let probe = &self.queue.probe;
+            let _held = probe.gate.lock().unwrap_or_else(|p| p.into_inner());
+            if probe.fail_next_frame.swap(false, Ordering::SeqCst) {
+                return Err(std::io::Error::other("a failed write the test asked for"));
+            }
+        }
+        self.log.append(changes)
     }
 
     /// Writes the changes kept since the last checkpoint into the redb file for about `budget`
