@@ -55,13 +55,12 @@ use crate::id::{ClientId, UserId};
 /// file, in one transaction (a *checkpoint*), and starts the log again. It writes 2 ms at a
 /// time between frames, with the frames written meanwhile in the same transaction, and
 /// commits once it has caught up (at once if the log reaches 8 MiB first): until then the
-/// file is as it was, and the log holds everything. Frames still wait for its first slice
-/// (which finds what to leave out), its commit, and a finish at 8 MiB. What came and went in
-/// between is left out: a message delivered before the checkpoint is never written to the
-/// file's B-tree, only to the log (unless it was stored while one was being written and
-/// delivered after that one had written it). A start (or the rebuild after a failed write) first writes
-/// the log's frames into the file the same way, so the two files are one store: delete both,
-/// or neither.
+/// file is as it was, and the log holds everything. Frames still wait for its commit, and for
+/// a finish at 8 MiB. What came and went in between is left out (found 2 ms at a time too): a
+/// message delivered before the checkpoint is never written to the file's B-tree, only to the
+/// log (unless it was stored while one was being written and delivered after that one had
+/// written it). A start (or the rebuild after a failed write) first writes the log's frames
+/// into the file the same way, so the two files are one store: delete both, or neither.
 ///
 /// On start the file is read whole into memory. A missing file starts a new epoch; so does a
 /// file that cannot be read, or whose log is gone (it is moved aside with a loud log, never
@@ -70,7 +69,8 @@ use crate::id::{ClientId, UserId};
 /// recognised by its checksum and not replayed. Only the last frame can be torn: one that
 /// cannot be read (checksum, magic, length) with a whole frame numbered two or more past it
 /// further on was damaged after it was synced, and makes the log unreadable (a new epoch),
-/// never a log cut short in silence.
+/// never a log cut short in silence. A last frame damaged after it was synced looks torn, as
+/// in any write-ahead log: nothing after it says it was whole.
 ///
 /// If a write fails (a full disk, an I/O error), the requests waiting for it answer `503`,
 /// memory is rebuilt from the files (which hold exactly what was confirmed), and writing goes

@@ -491,7 +491,7 @@ impl Thread {
                 Some(db) => db,
                 None => load::reopen(&self.path)?,
             };
-            let begun = Checkpoint::begin(&db, &self.unwritten, &self.payloads, self.last_pos);
+            let begun = Checkpoint::begin(&db, &self.payloads, self.last_pos);
             self.db = Some(db);
             self.checkpointing = Some(begun?);
         }
