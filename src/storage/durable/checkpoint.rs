@@ -91,7 +91,7 @@ impl Checkpoint {
                 let finder = self
                     .finding
                     .get_or_insert_with(|| Finder::new(self.applied, changes.len()));
-                if !finder.look(changes, &out_of_time) {
+                if !finder.look(changes, out_of_time) {
                     return Ok(false);
                 }
                 if let Some(found) = self.finding.take() {
