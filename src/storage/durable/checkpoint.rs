@@ -114,6 +114,12 @@ impl Checkpoint {
         Ok(self.applied >= changes.len())
     }
 
+    /// How many of the changes are written (or left out) so far.
+    #[cfg(test)]
+    pub(super) fn applied(&self) -> usize {
+        self.applied
+    }
+
     /// Commits what was written, recording frame `log_seq` as the last it holds: every change
     /// must be written ([`Checkpoint::step`] returned `true` for all of them). Returns the
     /// highest position the file records; on an error nothing was written, and `payloads` are

@@ -57,9 +57,10 @@ use crate::id::{ClientId, UserId};
 /// commits once it has caught up (at once if the log reaches 8 MiB first): until then the
 /// file is as it was, and the log holds everything. Frames still wait for its commit, and for
 /// a finish at 8 MiB. What came and went in between is left out (found 2 ms at a time too): a
-/// message delivered before the checkpoint is never written to the file's B-tree, only to the
-/// log (unless it was stored while one was being written and delivered after that one had
-/// written it). A start (or the rebuild after a failed write) first writes the log's frames
+/// message delivered before the checkpoint began is never written to the file's B-tree, only
+/// to the log. (Those there were when it began are one stretch, and each batch of changes it
+/// takes after catching up another: a message and its removal in two stretches are both
+/// written.) A start (or the rebuild after a failed write) first writes the log's frames
 /// into the file the same way, so the two files are one store: delete both, or neither.
 ///
 /// On start the file is read whole into memory. A missing file starts a new epoch; so does a

@@ -97,14 +97,22 @@ impl Default for Tuning {
 pub(super) struct Probe {
     /// The next frame fails before anything is written, as on a full disk.
     pub(super) fail_next_frame: AtomicBool,
+    /// The next frame written while a checkpoint is partly written fails so.
+    pub(super) fail_mid_checkpoint: AtomicBool,
     /// The thread locks this before it writes each frame: a test that holds it holds the
     /// thread there, with the frame's batch taken.
     pub(super) gate: Mutex<()>,
-    /// Whether a checkpoint was being written when the thread last looked.
-    pub(super) checkpointing: AtomicBool,
-    /// Checkpoints in progress that were finished at once because the log reached twice its
-    /// size.
+    /// Set once the thread is at the gate, with a batch taken.
+    pub(super) at_gate: AtomicBool,
+    /// How many changes the checkpoint being written had written when the thread last looked
+    /// (before its last frame), if one was being written.
+    pub(super) applied: Mutex<Option<usize>>,
+    /// Checkpoints finished at once because the log reached twice its size, and how many of
+    /// those had written changes before.
     pub(super) forced: AtomicU64,
+    pub(super) forced_partly_written: AtomicU64,
+    /// Batches dropped unwritten after a failed write whose files were not read back.
+    pub(super) abandoned: AtomicU64,
 }
 
 /// The queue between the storage's operations and the writing thread.
@@ -363,10 +371,15 @@ impl Thread {
         let mut started = Instant::now();
         loop {
             #[cfg(test)]
-            self.queue
-                .probe
-                .checkpointing
-                .store(self.checkpointing.is_some(), Ordering::SeqCst);
+            {
+                let applied = self.checkpointing.as_ref().map(Checkpoint::applied);
+                *self
+                    .queue
+                    .probe
+                    .applied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = applied;
+            }
             if self.tuning.idle_steps
                 && self.checkpointing.is_some()
                 && self.queue.nothing_waiting()
@@ -387,6 +400,8 @@ impl Thread {
                 // nothing more is written, so that the file never claims frames it lacks.
                 changes.clear();
                 signals.clear();
+                #[cfg(test)]
+                self.queue.probe.abandoned.fetch_add(1, Ordering::SeqCst);
                 self.done_writing(&batch, false);
                 self.spare = (changes, signals);
                 continue;
@@ -409,8 +424,14 @@ impl Thread {
                     if self.checkpointing.is_some() || self.log.end() >= size {
                         let budget = (self.log.end() < 2 * size).then_some(self.tuning.slice);
                         #[cfg(test)]
-                        if budget.is_none() && self.checkpointing.is_some() {
-                            self.queue.probe.forced.fetch_add(1, Ordering::SeqCst);
+                        if let Some(checkpoint) = &self.checkpointing
+                            && budget.is_none()
+                        {
+                            let probe = &self.queue.probe;
+                            probe.forced.fetch_add(1, Ordering::SeqCst);
+                            if checkpoint.applied() > 0 {
+                                probe.forced_partly_written.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
                         if self.checkpoint_step(budget).is_err() {
                             // Memory is rebuilt from the files: the redb file may or may not
@@ -451,8 +472,11 @@ impl Thread {
         #[cfg(test)]
         {
             let probe = &self.queue.probe;
+            probe.at_gate.store(true, Ordering::SeqCst);
             let _held = probe.gate.lock().unwrap_or_else(|p| p.into_inner());
-            if probe.fail_next_frame.swap(false, Ordering::SeqCst) {
+            let mid_checkpoint = self.checkpointing.as_ref().is_some_and(|c| c.applied() > 0)
+                && probe.fail_mid_checkpoint.swap(false, Ordering::SeqCst);
+            if probe.fail_next_frame.swap(false, Ordering::SeqCst) || mid_checkpoint {
                 return Err(std::io::Error::other("a failed write the test asked for"));
             }
         }

@@ -19,9 +19,9 @@ use crate::storage::{
     now_millis,
 };
 
-/// A checkpoint from 64 KiB of log, 64 changes after each frame and none while the writer
-/// idles: with every append larger than that, it falls behind as it does under a load that
-/// never lets the writer idle, and is finished at once at 128 KiB.
+/// A checkpoint from 64 KiB of log, 64 changes looked at or written after each frame and none
+/// while the writer idles: a load that adds more than that per frame makes it fall behind, as
+/// a load that never lets the writer idle does, until it is finished at once at 128 KiB.
 fn falling_behind() -> Tuning {
     Tuning {
         checkpoint_bytes: 64 << 10,
@@ -53,26 +53,22 @@ fn message(user: &str, text: &str) -> NewMessage {
     }
 }
 
-/// Reads `user`'s log as `client`, confirming `cursor` first: the texts read.
-async fn read(
-    s: &DurableStorage,
-    user: &str,
-    client: &str,
-    cursor: Option<(Epoch, Position)>,
-) -> Vec<String> {
-    let batch = s
-        .fetch(FetchRequest {
-            user: UserId::from(user),
-            client: ClientId::new(client).expect("a client id"),
-            cursor,
-            namespaces: vec!["/".into()],
-            limit: 100_000,
-            presence_ttl: Duration::from_secs(60),
-            announce: None,
-            max_clients: 64,
-        })
-        .await
-        .expect("a fetch");
+fn request(user: &str, client: &str, cursor: Option<(Epoch, Position)>) -> FetchRequest {
+    FetchRequest {
+        user: UserId::from(user),
+        client: ClientId::new(client).expect("a client id"),
+        cursor,
+        namespaces: vec!["/".into()],
+        limit: 100_000,
+        presence_ttl: Duration::from_secs(60),
+        announce: None,
+        max_clients: 64,
+    }
+}
+
+/// Reads `user`'s log as `client`: the texts read.
+async fn read(s: &DurableStorage, user: &str, client: &str) -> Vec<String> {
+    let batch = s.fetch(request(user, client, None)).await.expect("a fetch");
     batch
         .messages
         .iter()
@@ -89,26 +85,47 @@ struct Held(BTreeMap<String, Vec<(Position, String)>>);
 impl Held {
     /// One append of `count` messages spread over the users, in one frame.
     async fn append(&mut self, s: &DurableStorage, round: usize, count: usize) {
+        self.try_round(s, None, round, count).await.expect("stored");
+    }
+
+    /// `count` messages spread over the users in one append, then (with the epoch) one user's
+    /// client confirms all it holds, which removes them: two frames. What fails is not held.
+    /// The users delivered to take turns, among the first half of them.
+    async fn try_round(
+        &mut self,
+        s: &DurableStorage,
+        epoch: Option<&Epoch>,
+        round: usize,
+        count: usize,
+    ) -> Result<(), StorageError> {
         let texts: Vec<(String, String)> = (0..count)
             .map(|i| (format!("u{}", i % USERS), format!("r{round}-{i}")))
             .collect();
         let batch = texts.iter().map(|(u, t)| message(u, t)).collect();
-        let appended = s.append(batch, limits()).await.expect("stored");
+        let appended = s.append(batch, limits()).await?;
         for ((user, text), outcome) in texts.into_iter().zip(appended.outcomes) {
             let AppendOutcome::Stored(pos) = outcome else {
                 panic!("not stored: {outcome:?}");
             };
             self.0.entry(user).or_default().push((pos, text));
         }
-    }
-
-    /// `user`'s one client confirms all it holds: delivered, so removed.
-    async fn deliver(&mut self, s: &DurableStorage, epoch: &Epoch, user: &str) {
-        let Some(last) = self.0.get(user).and_then(|m| m.last()).map(|(pos, _)| *pos) else {
-            return;
+        let Some(epoch) = epoch else {
+            return Ok(());
         };
-        read(s, user, "tab", Some((epoch.clone(), last))).await;
-        self.0.remove(user);
+        // Half the users are never delivered to: what the file lacks of theirs shows.
+        let user = format!("u{}", round % (USERS / 2));
+        let Some(last) = self
+            .0
+            .get(&user)
+            .and_then(|m| m.last())
+            .map(|(pos, _)| *pos)
+        else {
+            return Ok(());
+        };
+        s.fetch(request(&user, "tab", Some((epoch.clone(), last))))
+            .await?;
+        self.0.remove(&user);
+        Ok(())
     }
 
     /// Fails unless each user's one client, reading from the cursor recorded for it (or, for a
@@ -122,7 +139,7 @@ impl Held {
                 .get(&user)
                 .map(|m| m.iter().map(|(_, t)| t.as_str()).collect())
                 .unwrap_or_default();
-            let got = read(s, &user, "tab", None).await;
+            let got = read(s, &user, "tab").await;
             assert_eq!(got, expected, "{what}: {user} reads other messages");
         }
     }
@@ -138,9 +155,10 @@ fn crash_copy(file: &Path, name: &str) -> PathBuf {
     copy
 }
 
-/// Waits until the writer is idle after the last operation (it then updates the probe).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(20)).await;
+/// How many changes the checkpoint being written had written before the writer's last frame.
+fn partly_written(s: &DurableStorage) -> usize {
+    let applied = *s.inner.queue.probe.applied.lock().expect("the probe");
+    applied.unwrap_or(0)
 }
 
 #[tokio::test]
@@ -149,27 +167,31 @@ async fn a_checkpoint_that_falls_behind_is_finished_at_twice_its_size_and_loses_
     let s = DurableStorage::open_tuned(file.clone(), falling_behind())
         .await
         .expect("a new file");
+    let probe = &s.inner.queue.probe;
     let epoch = s.epoch().await.expect("an epoch");
     let mut held = Held::default();
     let mut copies = Vec::new();
-    for round in 0..40 {
-        // About 20 KiB and 200 changes a frame, 64 written after each: behind from the first
-        // checkpoint on. Half of each user's messages are delivered while one is being
-        // written, some of them written into it already, some not.
-        held.append(&s, round, 200).await;
-        held.deliver(&s, &epoch, &format!("u{}", round % USERS))
-            .await;
-        if round % 6 == 5 {
+    // Light rounds (about 25 changes) until a checkpoint has written some of its changes, then
+    // heavy ones (about 450) until it is finished at once: a checkpoint partly written, then
+    // forced, with messages stored and delivered on both sides of where each stretch began.
+    let mut round = 0;
+    while probe.forced_partly_written.load(Ordering::SeqCst) < 2 {
+        assert!(
+            round < 400,
+            "no partly written checkpoint was forced in {round} rounds"
+        );
+        let count = if partly_written(&s) > 0 { 400 } else { 20 };
+        held.try_round(&s, Some(&epoch), round, count)
+            .await
+            .expect("stored");
+        if round % 7 == 6 {
             copies.push((crash_copy(&file, "forced-copy"), held.clone()));
         }
+        round += 1;
     }
-    let forced = s.inner.queue.probe.forced.load(Ordering::SeqCst);
-    assert!(
-        forced >= 2,
-        "{forced} checkpoints were finished at twice their size"
-    );
     held.check(&s, "before closing").await;
     drop(s);
+    assert!(copies.len() >= 2, "{} copies taken", copies.len());
     for (copy, held) in &copies {
         let reopened = DurableStorage::open(copy).await.expect("the copy");
         assert_eq!(reopened.epoch().await.expect("an epoch"), epoch);
@@ -190,46 +212,39 @@ async fn a_frame_that_fails_while_a_checkpoint_is_written_gives_it_up_and_loses_
     let probe = &s.inner.queue.probe;
     let epoch = s.epoch().await.expect("an epoch");
     let mut held = Held::default();
+    // The first frame written once a checkpoint has written some of its changes fails.
+    probe.fail_mid_checkpoint.store(true, Ordering::SeqCst);
     let mut round = 0;
-    loop {
-        held.append(&s, round, 200).await;
-        held.deliver(&s, &epoch, &format!("u{}", round % USERS))
-            .await;
+    let refused = loop {
+        assert!(round < 400, "no frame failed in {round} rounds");
+        let tried = held.try_round(&s, Some(&epoch), round, 20).await;
         round += 1;
-        settle().await;
-        if probe.checkpointing.load(Ordering::SeqCst) {
-            break;
+        if let Err(refused) = tried {
+            break refused;
         }
-        assert!(round < 20, "no checkpoint was begun in {round} rounds");
-    }
-
-    probe.fail_next_frame.store(true, Ordering::SeqCst);
-    let refused = s
-        .append(vec![message("u0", "lost")], limits())
-        .await
-        .expect_err("the failed frame was reported stored");
+    };
     assert!(
         matches!(refused, StorageError::Unavailable(_)),
         "a failed frame is not `Unavailable` (503): {refused}"
     );
-    settle().await;
-    assert!(
-        !probe.checkpointing.load(Ordering::SeqCst),
-        "the checkpoint being written was not given up"
-    );
+    assert!(!probe.fail_mid_checkpoint.load(Ordering::SeqCst));
+    // Memory was rebuilt from the files before the failure was told.
     held.check(&s, "rebuilt from the files").await;
 
     // Writing goes on, and later checkpoints are begun, fall behind and are finished.
     let forced_before = probe.forced.load(Ordering::SeqCst);
-    for more in 0..20 {
-        held.append(&s, round + more, 200).await;
-        held.deliver(&s, &epoch, &format!("u{}", more % USERS))
-            .await;
+    let mut more = 0;
+    while probe.forced.load(Ordering::SeqCst) == forced_before {
+        assert!(
+            more < 400,
+            "no checkpoint was finished in {more} rounds after the failed frame"
+        );
+        let count = if partly_written(&s) > 0 { 400 } else { 20 };
+        held.try_round(&s, Some(&epoch), round + more, count)
+            .await
+            .expect("stored");
+        more += 1;
     }
-    assert!(
-        probe.forced.load(Ordering::SeqCst) > forced_before,
-        "no checkpoint was finished after the failed frame"
-    );
     held.check(&s, "after writing again").await;
     drop(s);
     let reopened = DurableStorage::open(&file).await.expect("the file");
@@ -247,18 +262,28 @@ async fn a_failed_frame_of_a_storage_dropped_meanwhile_is_not_followed_by_any_wr
     let s = DurableStorage::open(&file).await.expect("a new file");
     let epoch = s.epoch().await.expect("an epoch");
     let mut held = Held::default();
-    held.append(&s, 0, 20).await;
-    held.deliver(&s, &epoch, "u1").await;
+    held.try_round(&s, Some(&epoch), 1, 20)
+        .await
+        .expect("stored");
 
     // The writer is held before its next frame, which is to fail; another batch queues behind.
     let queue = s.inner.queue.clone();
     let probe = &queue.probe;
     let gate = probe.gate.lock().expect("the gate");
+    probe.at_gate.store(false, Ordering::SeqCst);
     probe.fail_next_frame.store(true, Ordering::SeqCst);
     let (_, first) = s
         .append_ordered(vec![message("u0", "failed")], limits())
         .await
         .expect("ordered");
+    let since = Instant::now();
+    while !probe.at_gate.load(Ordering::SeqCst) {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the writer took nothing"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let (_, second) = s
         .append_ordered(vec![message("u2", "after")], limits())
         .await
@@ -283,11 +308,16 @@ async fn a_failed_frame_of_a_storage_dropped_meanwhile_is_not_followed_by_any_wr
         .wait()
         .await
         .expect_err("a batch after the failed one was written");
+    assert_eq!(
+        probe.abandoned.load(Ordering::SeqCst),
+        1,
+        "the batch after the failed one was not dropped unwritten"
+    );
     let reopened = DurableStorage::open(&file).await.expect("the file");
     assert_eq!(reopened.epoch().await.expect("an epoch"), epoch);
     held.check(&reopened, "reopened").await;
     // And it writes: what it holds and is given now comes back after another reopen.
-    held.append(&reopened, 1, 20).await;
+    held.append(&reopened, 2, 20).await;
     drop(reopened);
     let again = DurableStorage::open(&file).await.expect("the file");
     held.check(&again, "reopened again").await;
