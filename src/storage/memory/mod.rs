@@ -20,6 +20,7 @@ pub(crate) mod journal;
 mod log;
 mod messages;
 mod origins;
+mod publish;
 #[cfg(feature = "durable")]
 pub(crate) mod restore;
 mod rooms;
@@ -39,6 +40,7 @@ use self::expiries::Expiries;
 use self::journal::{Change, Changes, Journal};
 use self::log::{ClientRecord, Entry, PRESENCE_STEP, UserLog};
 use self::origins::Origins;
+use self::publish::Publisher;
 use self::rooms::Rooms;
 use super::{
     AppendOutcome, Appended, Arrival, Claim, DedupKey, DedupLimits, DeliveryState, DeliveryTarget,
@@ -55,8 +57,9 @@ use crate::sharded::ByShard;
 /// (its announcement and its confirmation), and the hub reads them on the same threads as the
 /// polls: when 5,000 clients answer one broadcast and poll again at once, 10,000 come in a
 /// burst. A lag costs a resync (every waiter reads again), not a message, but it should not
-/// happen in normal operation (`DurableStorage`'s writer waits for room rather than overflow
-/// it). About 1.5 MB.
+/// happen in normal operation: past half of it, appends' users are gathered and told together
+/// (`publish.rs`), and `DurableStorage`'s writer waits for room rather than overflow it. About
+/// 1.5 MB.
 pub(crate) const SIGNAL_CAPACITY: usize = 16_384;
 // tokio's channel rounds its capacity up to a power of two: `DurableStorage`'s writer counts on
 // this one being exact.
@@ -101,7 +104,7 @@ struct Shared {
     /// Rooms span users, so they have a lock of their own.
     rooms: Mutex<Rooms>,
     /// Signals to every subscriber; in one process "every node" is just this channel.
-    signals: broadcast::Sender<Signal>,
+    signals: Arc<Publisher>,
     /// Where changes and signals go first, if a durable storage is built on this one.
     journal: Option<Arc<dyn Journal>>,
 }
@@ -202,7 +205,7 @@ impl MemoryStorage {
     }
 
     fn with_journal(epoch: Epoch, journal: Option<Arc<dyn Journal>>) -> Self {
-        let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        let signals = Arc::new(Publisher::new());
         MemoryStorage {
             shared: Arc::new(Shared {
                 epoch: RwLock::new(epoch),
@@ -218,7 +221,7 @@ impl MemoryStorage {
     /// The channel signals are published on: a journal publishes them there once durable.
     #[cfg(feature = "durable")]
     pub(crate) fn signal_sender(&self) -> broadcast::Sender<Signal> {
-        self.shared.signals.clone()
+        self.shared.signals.sender().clone()
     }
 
     /// Forgets everything and takes a new epoch, as a store that lost its data would.
@@ -281,10 +284,7 @@ impl MemoryStorage {
     fn signal(&self, signal: Signal) {
         match &self.shared.journal {
             Some(journal) => journal.signal(signal),
-            // No subscriber yet is fine: nobody is waiting.
-            None => {
-                let _ = self.shared.signals.send(signal);
-            }
+            None => self.shared.signals.publish(signal),
         }
     }
 }
@@ -1052,7 +1052,7 @@ impl Storage for MemoryStorage {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
-        self.shared.signals.subscribe()
+        self.shared.signals.sender().subscribe()
     }
 }
 

@@ -1,0 +1,291 @@
+//! Publishing the storage's signals, without a burst of appends overflowing the channel.
+//!
+//! Each append call signals the users it appended to. Thousands of senders emitting at once
+//! each run several appends before the hub's task runs once (it reads on the same threads, and
+//! yields every 128 signals): 2,000 senders with 32 messages each in flight made 64,000 signals
+//! at the start of a run, four times what the channel holds, and every overflow makes each
+//! waiting poll and send read the storage again (`Signal::Resync`). So once the channel is half
+//! full, the users of further appends are gathered instead, each once, and a task tells them
+//! every millisecond while the burst goes on, in signals of [`FANOUT_CHUNK`] users, as many as
+//! the channel has room for: a few signals for the whole burst (the rest once it has room, or
+//! after [`ROOM_WAIT`] with nobody reading). Appends are hints to re-read a user's log, so one
+//! told later, or together with others, is still right; every other signal goes out at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use super::SIGNAL_CAPACITY;
+use crate::hash::HashSet;
+use crate::id::UserId;
+use crate::storage::{FANOUT_CHUNK, Signal};
+
+/// From this many unread signals, appends' users are gathered.
+const GATHER_FROM: usize = SIGNAL_CAPACITY / 2;
+
+/// The gathered users are told in signals that keep the channel below this: at once, unless a
+/// burst filled it further meanwhile. The gathering is what keeps it from overflowing, not the
+/// wait, which only makes the users' polls wake later.
+const TELL_BELOW: usize = SIGNAL_CAPACITY * 3 / 4;
+
+/// How long the users wait for room while no subscriber reads: past it, one that stopped
+/// reading is left to lag.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
+/// How long the task gathers between two tellings, and how often it looks whether the channel
+/// has room (it tells no one when it is read). A burst's users wait this much longer, and are
+/// told in about one signal per [`FANOUT_CHUNK`] of them per this time.
+const ROOM_POLL: Duration = Duration::from_millis(1);
+
+/// The storage's signal channel, and the users gathered while it is too full.
+#[derive(Debug)]
+pub(super) struct Publisher {
+    sender: broadcast::Sender<Signal>,
+    gathered: Mutex<HashSet<UserId>>,
+    /// Set while users are gathered (and a task will tell them): every append's users are then
+    /// gathered too, so that none is told before those gathered before it.
+    gathering: AtomicBool,
+}
+
+impl Publisher {
+    pub(super) fn new() -> Self {
+        let (sender, _) = broadcast::channel(SIGNAL_CAPACITY);
+        Publisher {
+            sender,
+            gathered: Mutex::default(),
+            gathering: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn sender(&self) -> &broadcast::Sender<Signal> {
+        &self.sender
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashSet<UserId>> {
+        self.gathered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `signal`; an append's users are gathered instead while the channel is half
+    /// full.
+    pub(super) fn publish(self: &Arc<Self>, signal: Signal) {
+        if let Signal::Appended { users } = &signal {
+            // The channel's length takes its lock: asked only for appends.
+            if (self.gathering.load(Ordering::Acquire) || self.sender.len() >= GATHER_FROM)
+                && self.gather(users)
+            {
+                return;
+            }
+        }
+        // No subscriber yet is fine: nobody is waiting.
+        let _ = self.sender.send(signal);
+    }
+
+    /// Adds `users` to those gathered, starting the task that tells them if none is running.
+    /// False outside a runtime, where there is no task to tell them: the caller publishes.
+    fn gather(self: &Arc<Self>, users: &[UserId]) -> bool {
+        let mut gathered = self.lock();
+        if !self.gathering.load(Ordering::Acquire) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return false;
+            };
+            self.gathering.store(true, Ordering::Release);
+            runtime.spawn(tell(Telling {
+                publisher: self.clone(),
+                done: false,
+            }));
+        }
+        gathered.extend(users.iter().cloned());
+        true
+    }
+
+    /// Publishes up to `room` signals of [`FANOUT_CHUNK`] of the users gathered, if any; once
+    /// there are none, stops gathering. Whether there were any.
+    fn tell_gathered(&self, room: usize) -> bool {
+        let users: Vec<UserId> = {
+            let mut gathered = self.lock();
+            if gathered.is_empty() {
+                self.gathering.store(false, Ordering::Release);
+                return false;
+            }
+            let told = room.saturating_mul(FANOUT_CHUNK).max(1);
+            let users: Vec<UserId> = if told >= gathered.len() {
+                gathered.drain().collect()
+            } else {
+                let users: Vec<UserId> = gathered.iter().take(told).cloned().collect();
+                for user in &users {
+                    gathered.remove(user);
+                }
+                users
+            };
+            if gathered.is_empty() && gathered.capacity() > KEEP {
+                *gathered = HashSet::default();
+            }
+            users
+        };
+        for chunk in users.chunks(FANOUT_CHUNK) {
+            let _ = self.sender.send(Signal::Appended {
+                users: Arc::from(chunk),
+            });
+        }
+        true
+    }
+
+    /// Waits until the channel holds fewer than [`TELL_BELOW`] signals, or until no subscriber
+    /// has read one for [`ROOM_WAIT`]; how many signals may be published then.
+    async fn room(&self) -> usize {
+        let mut queued = self.sender.len();
+        let mut since_read = Instant::now();
+        while queued >= TELL_BELOW {
+            if since_read.elapsed() >= ROOM_WAIT {
+                // A subscriber that stopped reading is left to lag.
+                return usize::MAX;
+            }
+            tokio::time::sleep(ROOM_POLL).await;
+            let now = self.sender.len();
+            if now < queued {
+                since_read = Instant::now();
+            }
+            queued = now;
+        }
+        TELL_BELOW - queued
+    }
+}
+
+/// The gathered set is kept between bursts up to this many users.
+const KEEP: usize = 4_096;
+
+/// The task that tells the gathered users. Dropped before it is done (its runtime shut down),
+/// it tells them at once: no user is left gathered, and gathering stops.
+struct Telling {
+    publisher: Arc<Publisher>,
+    done: bool,
+}
+
+impl Drop for Telling {
+    fn drop(&mut self) {
+        if !self.done {
+            while self.publisher.tell_gathered(usize::MAX) {}
+        }
+    }
+}
+
+/// Tells the users gathered, every [`ROOM_POLL`] while appends come, until one passes with
+/// none gathered: the burst is over, and appends are published at once again.
+async fn tell(mut telling: Telling) {
+    loop {
+        tokio::time::sleep(ROOM_POLL).await;
+        let room = telling.publisher.room().await;
+        if !telling.publisher.tell_gathered(room) {
+            telling.done = true;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 50,000 appends to as many users (three times what the channel holds) before the
+    /// subscriber reads one: it never lags, and learns of every user, in far fewer signals.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_appends_is_told_without_a_lag() {
+        const USERS: usize = 50_000;
+        let publisher = Arc::new(Publisher::new());
+        let mut rx = publisher.sender().subscribe();
+        for i in 0..USERS {
+            publisher.publish(Signal::Appended {
+                users: Arc::from([UserId::from(format!("u{i}").as_str())]),
+            });
+        }
+        // Other signals are not held back.
+        publisher.publish(Signal::Resync);
+        let mut told = HashSet::default();
+        let mut signals = 0;
+        let mut resync = false;
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while told.len() < USERS || !resync {
+                match rx.recv().await {
+                    Ok(Signal::Appended { users }) => told.extend(users.iter().cloned()),
+                    Ok(Signal::Resync) => resync = true,
+                    Ok(other) => panic!("a signal never published: {other:?}"),
+                    Err(e) => panic!("the subscriber lagged: {e}"),
+                }
+                signals += 1;
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{} of {USERS} users told", told.len());
+        // Those past half the channel in about one signal per chunk (and per telling).
+        assert!(
+            signals < GATHER_FROM + 2_000,
+            "{signals} signals for {USERS} appends"
+        );
+        // Once the burst is told, gathering stops: the next append is published at once.
+        let since = Instant::now();
+        while publisher.gathering.load(Ordering::Acquire) {
+            assert!(since.elapsed() < Duration::from_secs(5), "still gathering");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        publisher.publish(Signal::Appended {
+            users: Arc::from([UserId::from("late")]),
+        });
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Signal::Appended { users }) if *users == [UserId::from("late")]
+        ));
+    }
+
+    /// With the channel three quarters full and nobody reading, the gathered users wait for
+    /// room, then are told anyway once the wait is over: a subscriber that stopped reading
+    /// holds nothing back for longer.
+    #[tokio::test]
+    async fn gathered_users_wait_for_room_while_nobody_reads_then_are_told() {
+        const USERS: usize = 1_000;
+        let publisher = Arc::new(Publisher::new());
+        let mut rx = publisher.sender().subscribe();
+        for _ in 0..TELL_BELOW {
+            publisher.publish(Signal::Resync);
+        }
+        for i in 0..USERS {
+            publisher.publish(Signal::Appended {
+                users: Arc::from([UserId::from(format!("u{i}").as_str())]),
+            });
+        }
+        assert_eq!(
+            rx.len(),
+            TELL_BELOW,
+            "appends published past half the channel"
+        );
+        let since = Instant::now();
+        while publisher.gathering.load(Ordering::Acquire) {
+            assert!(since.elapsed() < 5 * ROOM_WAIT, "still gathering");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(since.elapsed() >= ROOM_WAIT / 2, "told before the wait");
+        let mut told = 0;
+        while let Ok(signal) = rx.try_recv() {
+            if let Signal::Appended { users } = signal {
+                told += users.len();
+            }
+        }
+        assert_eq!(told, USERS);
+    }
+
+    /// Outside a runtime nothing is gathered: nothing could tell it.
+    #[test]
+    fn outside_a_runtime_every_signal_is_published_at_once() {
+        let publisher = Arc::new(Publisher::new());
+        let mut rx = publisher.sender().subscribe();
+        for i in 0..GATHER_FROM + 10 {
+            publisher.publish(Signal::Appended {
+                users: Arc::from([UserId::from(format!("u{i}").as_str())]),
+            });
+        }
+        assert!(!publisher.gathering.load(Ordering::Acquire));
+        assert_eq!(rx.len(), GATHER_FROM + 10);
+        assert!(rx.try_recv().is_ok());
+    }
+}
