@@ -85,18 +85,28 @@ impl Publisher {
     /// Adds `users` to those gathered, starting the task that tells them if none is running.
     /// False outside a runtime, where there is no task to tell them: the caller publishes.
     fn gather(self: &Arc<Self>, users: &[UserId]) -> bool {
-        let mut gathered = self.lock();
-        if !self.gathering.load(Ordering::Acquire) {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return false;
+        let start = {
+            let mut gathered = self.lock();
+            let start = if self.gathering.load(Ordering::Acquire) {
+                None
+            } else {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return false;
+                };
+                self.gathering.store(true, Ordering::Release);
+                Some(runtime)
             };
-            self.gathering.store(true, Ordering::Release);
+            gathered.extend(users.iter().cloned());
+            start
+        };
+        // Spawned once the lock is released: a runtime that is shutting down drops the task at
+        // once, and the task tells what is gathered when dropped.
+        if let Some(runtime) = start {
             runtime.spawn(tell(Telling {
                 publisher: self.clone(),
                 done: false,
             }));
         }
-        gathered.extend(users.iter().cloned());
         true
     }
 
