@@ -664,8 +664,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Appends each message to its user's log, atomically per user, and publishes one
     /// [`Signal::Appended`] naming every user that got a message, in the same step (or shares
-    /// it with other appends made at the same time, as `DurableStorage` does for those written
-    /// in one frame).
+    /// it with other appends made at the same time: `DurableStorage` does for those written in
+    /// one frame, and `MemoryStorage` for those of a burst that fills half its channel, a
+    /// millisecond at a time).
     ///
     /// The messages of one fan-out share one payload: the same `data` `Arc` (and the same
     /// `event` and `namespace`). A storage should store that payload once, not once per

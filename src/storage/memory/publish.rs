@@ -12,7 +12,7 @@
 //! told later, or together with others, is still right; every other signal goes out at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -47,6 +47,10 @@ pub(super) struct Publisher {
     /// Set while users are gathered (and a task will tell them): every append's users are then
     /// gathered too, so that none is told before those gathered before it.
     gathering: AtomicBool,
+    /// Set when a subscriber read nothing for [`ROOM_WAIT`] (one that stopped, or one whose
+    /// reader has not started yet keeps the channel full for good): nothing is gathered until
+    /// the channel is below half again, so that it lags alone and the others hear at once.
+    unread: AtomicBool,
 }
 
 impl Publisher {
@@ -56,6 +60,7 @@ impl Publisher {
             sender,
             gathered: Mutex::default(),
             gathering: AtomicBool::new(false),
+            unread: AtomicBool::new(false),
         }
     }
 
@@ -71,10 +76,15 @@ impl Publisher {
     /// full.
     pub(super) fn publish(self: &Arc<Self>, signal: Signal) {
         if let Signal::Appended { users } = &signal {
-            // The channel's length takes its lock: asked only for appends.
-            if (self.gathering.load(Ordering::Acquire) || self.sender.len() >= GATHER_FROM)
-                && self.gather(users)
-            {
+            let gather = self.gathering.load(Ordering::Acquire) || {
+                // The channel's length takes its lock: asked only for appends.
+                let full = self.sender.len() >= GATHER_FROM;
+                if !full && self.unread.load(Ordering::Relaxed) {
+                    self.unread.store(false, Ordering::Relaxed);
+                }
+                full && !self.unread.load(Ordering::Relaxed)
+            };
+            if gather && self.gather(users) {
                 return;
             }
         }
@@ -103,7 +113,7 @@ impl Publisher {
         // once, and the task tells what is gathered when dropped.
         if let Some(runtime) = start {
             runtime.spawn(tell(Telling {
-                publisher: self.clone(),
+                publisher: Arc::downgrade(self),
                 done: false,
             }));
         }
@@ -142,41 +152,51 @@ impl Publisher {
         true
     }
 
-    /// Waits until the channel holds fewer than [`TELL_BELOW`] signals, or until no subscriber
-    /// has read one for [`ROOM_WAIT`]; how many signals may be published then.
-    async fn room(&self) -> usize {
-        let mut queued = self.sender.len();
-        let mut since_read = Instant::now();
-        while queued >= TELL_BELOW {
-            if since_read.elapsed() >= ROOM_WAIT {
-                // A subscriber that stopped reading is left to lag.
-                return usize::MAX;
-            }
-            tokio::time::sleep(ROOM_POLL).await;
-            let now = self.sender.len();
-            if now < queued {
-                since_read = Instant::now();
-            }
-            queued = now;
-        }
-        TELL_BELOW - queued
+    /// Tells every user gathered and stops gathering: a subscriber read nothing for
+    /// [`ROOM_WAIT`], and is left to lag.
+    fn tell_all_unread(&self) {
+        self.unread.store(true, Ordering::Relaxed);
+        tracing::debug!(
+            "simpleio: a subscriber to the storage's signals reads none; appends are no              longer gathered for it"
+        );
+        while self.tell_gathered(usize::MAX) {}
     }
+}
+
+/// How many signals may be published once the channel holds fewer than [`TELL_BELOW`]; `None`
+/// once no subscriber has read one for [`ROOM_WAIT`] (or the storage is gone).
+async fn room(publisher: &Weak<Publisher>) -> Option<usize> {
+    let mut queued = publisher.upgrade()?.sender.len();
+    let mut since_read = Instant::now();
+    while queued >= TELL_BELOW {
+        if since_read.elapsed() >= ROOM_WAIT {
+            return None;
+        }
+        tokio::time::sleep(ROOM_POLL).await;
+        let now = publisher.upgrade()?.sender.len();
+        if now < queued {
+            since_read = Instant::now();
+        }
+        queued = now;
+    }
+    Some(TELL_BELOW - queued)
 }
 
 /// The gathered set is kept between bursts up to this many users.
 const KEEP: usize = 4_096;
 
 /// The task that tells the gathered users. Dropped before it is done (its runtime shut down),
-/// it tells them at once: no user is left gathered, and gathering stops.
+/// it tells them at once: no user is left gathered, and gathering stops. It holds the
+/// publisher weakly, so that a storage dropped meanwhile closes its channel at once.
 struct Telling {
-    publisher: Arc<Publisher>,
+    publisher: Weak<Publisher>,
     done: bool,
 }
 
 impl Drop for Telling {
     fn drop(&mut self) {
-        if !self.done {
-            while self.publisher.tell_gathered(usize::MAX) {}
+        if let Some(publisher) = self.publisher.upgrade().filter(|_| !self.done) {
+            while publisher.tell_gathered(usize::MAX) {}
         }
     }
 }
@@ -186,8 +206,17 @@ impl Drop for Telling {
 async fn tell(mut telling: Telling) {
     loop {
         tokio::time::sleep(ROOM_POLL).await;
-        let room = telling.publisher.room().await;
-        if !telling.publisher.tell_gathered(room) {
+        let room = room(&telling.publisher).await;
+        let Some(publisher) = telling.publisher.upgrade() else {
+            telling.done = true;
+            return;
+        };
+        let Some(room) = room else {
+            publisher.tell_all_unread();
+            telling.done = true;
+            return;
+        };
+        if !publisher.tell_gathered(room) {
             telling.done = true;
             return;
         }
@@ -228,9 +257,10 @@ mod tests {
         })
         .await;
         assert!(read.is_ok(), "{} of {USERS} users told", told.len());
-        // Those past half the channel in about one signal per chunk (and per telling).
+        // Those past half the channel in about one signal per chunk and per telling (one a
+        // millisecond, so how many depends on how long the loop above took).
         assert!(
-            signals < GATHER_FROM + 2_000,
+            signals < SIGNAL_CAPACITY,
             "{signals} signals for {USERS} appends"
         );
         // Once the burst is told, gathering stops: the next append is published at once.
@@ -282,6 +312,43 @@ mod tests {
             }
         }
         assert_eq!(told, USERS);
+    }
+
+    /// A subscriber that never reads (a second layer whose reader has not started) keeps the
+    /// channel full for good: once it has read nothing for the wait, appends are no longer
+    /// gathered, and reach the others at once again.
+    #[tokio::test]
+    async fn a_subscriber_that_never_reads_holds_back_nothing_after_the_wait() {
+        let publisher = Arc::new(Publisher::new());
+        let _idle = publisher.sender().subscribe();
+        let mut rx = publisher.sender().subscribe();
+        for _ in 0..TELL_BELOW {
+            publisher.publish(Signal::Resync);
+        }
+        for i in 0..1_000 {
+            publisher.publish(Signal::Appended {
+                users: Arc::from([UserId::from(format!("u{i}").as_str())]),
+            });
+        }
+        let since = Instant::now();
+        while publisher.gathering.load(Ordering::Acquire) {
+            assert!(since.elapsed() < 5 * ROOM_WAIT, "still gathering");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(since.elapsed() >= ROOM_WAIT / 2, "told before the wait");
+        while rx.try_recv().is_ok() {}
+        assert!(publisher.sender().len() >= GATHER_FROM, "the idle one read");
+        publisher.publish(Signal::Appended {
+            users: Arc::from([UserId::from("late")]),
+        });
+        assert!(
+            matches!(
+                rx.try_recv(),
+                Ok(Signal::Appended { users }) if *users == [UserId::from("late")]
+            ),
+            "an append was held back for a subscriber that reads nothing"
+        );
+        assert!(!publisher.gathering.load(Ordering::Acquire));
     }
 
     /// Outside a runtime nothing is gathered: nothing could tell it.
