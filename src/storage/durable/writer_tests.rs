@@ -155,33 +155,46 @@ fn crash_copy(file: &Path, name: &str) -> PathBuf {
     copy
 }
 
-/// How many changes the checkpoint being written had written before the writer's last frame.
-fn partly_written(s: &DurableStorage) -> usize {
+/// A new storage in a folder `name` of its own, checkpointing [`falling_behind`].
+async fn falling_behind_in(name: &str) -> (PathBuf, DurableStorage) {
+    let file = test_folder(name).join("store.redb");
+    let s = DurableStorage::open_tuned(file.clone(), falling_behind())
+        .await
+        .expect("a new file");
+    (file, s)
+}
+
+/// How many messages the next round appends: 20 (about 25 changes) until a checkpoint has
+/// written some of its changes, then 400 (about 450 changes), more than it writes after each
+/// frame, until it is finished at once.
+fn next_round(s: &DurableStorage) -> usize {
     let applied = *s.inner.queue.probe.applied.lock().expect("the probe");
-    applied.unwrap_or(0)
+    if applied.unwrap_or(0) > 0 { 400 } else { 20 }
+}
+
+/// Fails unless the storage at `file`, reopened, is of `epoch` and reads what `held` holds.
+async fn reopened_holds(file: &Path, epoch: &Epoch, held: &Held, what: &str) {
+    let reopened = DurableStorage::open(file).await.expect("the file");
+    assert_eq!(&reopened.epoch().await.expect("an epoch"), epoch, "{what}");
+    held.check(&reopened, what).await;
 }
 
 #[tokio::test]
 async fn a_checkpoint_that_falls_behind_is_finished_at_twice_its_size_and_loses_nothing() {
-    let file = test_folder("forced").join("store.redb");
-    let s = DurableStorage::open_tuned(file.clone(), falling_behind())
-        .await
-        .expect("a new file");
+    let (file, s) = falling_behind_in("forced").await;
     let probe = &s.inner.queue.probe;
     let epoch = s.epoch().await.expect("an epoch");
     let mut held = Held::default();
     let mut copies = Vec::new();
-    // Light rounds (about 25 changes) until a checkpoint has written some of its changes, then
-    // heavy ones (about 450) until it is finished at once: a checkpoint partly written, then
-    // forced, with messages stored and delivered on both sides of where each stretch began.
+    // A checkpoint partly written, then forced, with messages stored and delivered on both
+    // sides of where each stretch began.
     let mut round = 0;
     while probe.forced_partly_written.load(Ordering::SeqCst) < 2 {
         assert!(
             round < 400,
             "no partly written checkpoint was forced in {round} rounds"
         );
-        let count = if partly_written(&s) > 0 { 400 } else { 20 };
-        held.try_round(&s, Some(&epoch), round, count)
+        held.try_round(&s, Some(&epoch), round, next_round(&s))
             .await
             .expect("stored");
         if round % 7 == 6 {
@@ -193,22 +206,14 @@ async fn a_checkpoint_that_falls_behind_is_finished_at_twice_its_size_and_loses_
     drop(s);
     assert!(copies.len() >= 2, "{} copies taken", copies.len());
     for (copy, held) in &copies {
-        let reopened = DurableStorage::open(copy).await.expect("the copy");
-        assert_eq!(reopened.epoch().await.expect("an epoch"), epoch);
-        held.check(&reopened, &format!("copy {}", copy.display()))
-            .await;
+        reopened_holds(copy, &epoch, held, &format!("copy {}", copy.display())).await;
     }
-    let reopened = DurableStorage::open(&file).await.expect("the file");
-    assert_eq!(reopened.epoch().await.expect("an epoch"), epoch);
-    held.check(&reopened, "reopened").await;
+    reopened_holds(&file, &epoch, &held, "reopened").await;
 }
 
 #[tokio::test]
 async fn a_frame_that_fails_while_a_checkpoint_is_written_gives_it_up_and_loses_nothing() {
-    let file = test_folder("failed-frame").join("store.redb");
-    let s = DurableStorage::open_tuned(file.clone(), falling_behind())
-        .await
-        .expect("a new file");
+    let (file, s) = falling_behind_in("failed-frame").await;
     let probe = &s.inner.queue.probe;
     let epoch = s.epoch().await.expect("an epoch");
     let mut held = Held::default();
@@ -239,17 +244,14 @@ async fn a_frame_that_fails_while_a_checkpoint_is_written_gives_it_up_and_loses_
             more < 400,
             "no checkpoint was finished in {more} rounds after the failed frame"
         );
-        let count = if partly_written(&s) > 0 { 400 } else { 20 };
-        held.try_round(&s, Some(&epoch), round + more, count)
+        held.try_round(&s, Some(&epoch), round + more, next_round(&s))
             .await
             .expect("stored");
         more += 1;
     }
     held.check(&s, "after writing again").await;
     drop(s);
-    let reopened = DurableStorage::open(&file).await.expect("the file");
-    assert_eq!(reopened.epoch().await.expect("an epoch"), epoch);
-    held.check(&reopened, "reopened").await;
+    reopened_holds(&file, &epoch, &held, "reopened").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
