@@ -25,6 +25,10 @@ use crate::storage::{FANOUT_CHUNK, Signal};
 /// From this many unread signals, appends' users are gathered.
 const GATHER_FROM: usize = SIGNAL_CAPACITY / 2;
 
+/// An append to this many users or more is published at once until the channel is three
+/// quarters full ([`Publisher::publish`]).
+const LARGE: usize = FANOUT_CHUNK / 2;
+
 /// The gathered users are told in signals that keep the channel below this: at once, unless a
 /// burst filled it further meanwhile. The gathering is what keeps it from overflowing, not the
 /// wait, which only makes the users' polls wake later.
@@ -43,7 +47,7 @@ const ROOM_POLL: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub(super) struct Publisher {
     sender: broadcast::Sender<Signal>,
-    gathered: Mutex<HashSet<UserId>>,
+    gathered: Mutex<Gathered>,
     /// Set while users are gathered (and a task will tell them): every append's users are then
     /// gathered too, so that none is told before those gathered before it.
     gathering: AtomicBool,
@@ -68,23 +72,27 @@ impl Publisher {
         &self.sender
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashSet<UserId>> {
+    fn lock(&self) -> MutexGuard<'_, Gathered> {
         self.gathered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes `signal`; an append's users are gathered instead while the channel is half
-    /// full.
+    /// full. An append to [`LARGE`] users or more (a fan-out's chunk) is one signal worth its
+    /// place, and is gathered only once the channel is three quarters full: gathering it would
+    /// cost a set insert per recipient on the emit's path, and merge nothing.
     pub(super) fn publish(self: &Arc<Self>, signal: Signal) {
         if let Signal::Appended { users } = &signal {
-            let gather = self.gathering.load(Ordering::Acquire) || {
+            let large = users.len() >= LARGE;
+            let gather = (!large && self.gathering.load(Ordering::Acquire)) || {
                 // The channel's length takes its lock: asked only for appends.
-                let full = self.sender.len() >= GATHER_FROM;
-                if !full && self.unread.load(Ordering::Relaxed) {
+                let queued = self.sender.len();
+                if queued < GATHER_FROM && self.unread.load(Ordering::Relaxed) {
                     self.unread.store(false, Ordering::Relaxed);
                 }
-                full && !self.unread.load(Ordering::Relaxed)
+                let from = if large { TELL_BELOW } else { GATHER_FROM };
+                queued >= from && !self.unread.load(Ordering::Relaxed)
             };
-            if gather && self.gather(users) {
+            if gather && self.gather(users.clone()) {
                 return;
             }
         }
@@ -94,7 +102,7 @@ impl Publisher {
 
     /// Adds `users` to those gathered, starting the task that tells them if none is running.
     /// False outside a runtime, where there is no task to tell them: the caller publishes.
-    fn gather(self: &Arc<Self>, users: &[UserId]) -> bool {
+    fn gather(self: &Arc<Self>, users: Arc<[UserId]>) -> bool {
         let start = {
             let mut gathered = self.lock();
             let start = if self.gathering.load(Ordering::Acquire) {
@@ -106,7 +114,7 @@ impl Publisher {
                 self.gathering.store(true, Ordering::Release);
                 Some(runtime)
             };
-            gathered.extend(users.iter().cloned());
+            gathered.add(users);
             start
         };
         // Spawned once the lock is released: a runtime that is shutting down drops the task at
@@ -120,34 +128,27 @@ impl Publisher {
         true
     }
 
-    /// Publishes up to `room` signals of [`FANOUT_CHUNK`] of the users gathered, if any; once
-    /// there are none, stops gathering. Whether there were any.
+    /// Publishes up to `room` signals of the users gathered ([`merged`]), if any; once there
+    /// are none, stops gathering. Whether there were any.
     fn tell_gathered(&self, room: usize) -> bool {
-        let users: Vec<UserId> = {
+        let lists = {
             let mut gathered = self.lock();
-            if gathered.is_empty() {
+            if gathered.lists.is_empty() {
                 self.gathering.store(false, Ordering::Release);
                 return false;
             }
-            let told = room.saturating_mul(FANOUT_CHUNK).max(1);
-            let users: Vec<UserId> = if told >= gathered.len() {
-                gathered.drain().collect()
-            } else {
-                let users: Vec<UserId> = gathered.iter().take(told).cloned().collect();
-                for user in &users {
-                    gathered.remove(user);
-                }
-                users
-            };
-            if gathered.is_empty() && gathered.capacity() > KEEP {
-                *gathered = HashSet::default();
-            }
-            users
+            std::mem::take(&mut *gathered).lists
         };
-        for chunk in users.chunks(FANOUT_CHUNK) {
-            let _ = self.sender.send(Signal::Appended {
-                users: Arc::from(chunk),
-            });
+        let mut lists = merged(lists, false);
+        let later = lists.split_off(room.max(1).min(lists.len()));
+        if !later.is_empty() {
+            let mut gathered = self.lock();
+            for list in later {
+                gathered.add(list);
+            }
+        }
+        for users in lists {
+            let _ = self.sender.send(Signal::Appended { users });
         }
         true
     }
@@ -157,7 +158,8 @@ impl Publisher {
     fn tell_all_unread(&self) {
         self.unread.store(true, Ordering::Relaxed);
         tracing::debug!(
-            "simpleio: a subscriber to the storage's signals reads none; appends are no              longer gathered for it"
+            "simpleio: a subscriber to the storage's signals reads none; appends are not \
+             gathered for it"
         );
         while self.tell_gathered(usize::MAX) {}
     }
@@ -182,8 +184,49 @@ async fn room(publisher: &Weak<Publisher>) -> Option<usize> {
     Some(TELL_BELOW - queued)
 }
 
-/// The gathered set is kept between bursts up to this many users.
-const KEEP: usize = 4_096;
+/// What is gathered: the appends' lists of users, as they came (taking one costs no more
+/// than its `Arc`), merged when told, or once they hold twice as many users as after the last
+/// merge, so that a long wait holds each user about once.
+#[derive(Debug, Default)]
+struct Gathered {
+    lists: Vec<Arc<[UserId]>>,
+    users: usize,
+    merged_at: usize,
+}
+
+/// The gathered lists are merged in place once they hold this many users, and twice as many as
+/// after the last merge.
+const MERGE_FROM: usize = 65_536;
+
+impl Gathered {
+    fn add(&mut self, users: Arc<[UserId]>) {
+        self.users += users.len();
+        self.lists.push(users);
+        if self.users >= MERGE_FROM.max(2 * self.merged_at) {
+            self.lists = merged(std::mem::take(&mut self.lists), true);
+            self.users = self.lists.iter().map(|l| l.len()).sum();
+            self.merged_at = self.users;
+        }
+    }
+}
+
+/// Gathered lists as the lists of signals: one of [`LARGE`] users or more as it is (a fan-out's
+/// chunk, a signal already), unless `all`; the users of the others each once, in chunks of
+/// [`FANOUT_CHUNK`].
+fn merged(lists: Vec<Arc<[UserId]>>, all: bool) -> Vec<Arc<[UserId]>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::default();
+    let mut users = Vec::new();
+    for list in lists {
+        if list.len() >= LARGE && !all {
+            out.push(list);
+        } else {
+            users.extend(list.iter().filter(|u| seen.insert((*u).clone())).cloned());
+        }
+    }
+    out.extend(users.chunks(FANOUT_CHUNK).map(Arc::from));
+    out
+}
 
 /// The task that tells the gathered users. Dropped before it is done (its runtime shut down),
 /// it tells them at once: no user is left gathered, and gathering stops. It holds the
@@ -349,6 +392,60 @@ mod tests {
             "an append was held back for a subscriber that reads nothing"
         );
         assert!(!publisher.gathering.load(Ordering::Acquire));
+    }
+
+    /// A fan-out's chunks go out at once while the channel is under three quarters full, even
+    /// while smaller appends are gathered.
+    #[tokio::test]
+    async fn a_fan_outs_chunks_are_not_gathered_below_three_quarters() {
+        let publisher = Arc::new(Publisher::new());
+        let mut rx = publisher.sender().subscribe();
+        for i in 0..GATHER_FROM {
+            publisher.publish(Signal::Appended {
+                users: Arc::from([UserId::from(format!("u{i}").as_str())]),
+            });
+        }
+        publisher.publish(Signal::Appended {
+            users: Arc::from([UserId::from("small")]),
+        });
+        let chunk: Arc<[UserId]> = (0..FANOUT_CHUNK)
+            .map(|i| UserId::from(format!("f{i}").as_str()))
+            .collect();
+        publisher.publish(Signal::Appended {
+            users: chunk.clone(),
+        });
+        assert!(publisher.gathering.load(Ordering::Acquire));
+        assert_eq!(rx.len(), GATHER_FROM + 1, "the chunk was held back");
+        for _ in 0..GATHER_FROM {
+            rx.try_recv().expect("a signal");
+        }
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Signal::Appended { users }) if Arc::ptr_eq(&users, &chunk)
+        ));
+    }
+
+    /// A fan-out's chunks are told as they came; small appends' users once each, together.
+    #[test]
+    fn gathered_lists_merge_small_appends_and_keep_chunks() {
+        let chunk = |name: &str| -> Arc<[UserId]> {
+            (0..FANOUT_CHUNK)
+                .map(|i| UserId::from(format!("{name}{i}").as_str()))
+                .collect()
+        };
+        let users =
+            |names: &[&str]| -> Arc<[UserId]> { names.iter().map(|n| UserId::from(*n)).collect() };
+        let (a, b) = (chunk("a"), chunk("a"));
+        let lists = vec![a.clone(), users(&["x"]), users(&["x", "y"]), b.clone()];
+        let told = merged(lists.clone(), false);
+        assert_eq!(told.len(), 3);
+        assert!(Arc::ptr_eq(&told[0], &a) && Arc::ptr_eq(&told[1], &b));
+        assert_eq!(&*told[2], &*users(&["x", "y"]));
+        // Merged in place, the chunks too: each user once.
+        let all = merged(lists, true);
+        let count: usize = all.iter().map(|l| l.len()).sum();
+        assert_eq!(count, FANOUT_CHUNK + 2);
+        assert!(all.iter().all(|l| l.len() <= FANOUT_CHUNK));
     }
 
     /// Outside a runtime nothing is gathered: nothing could tell it.
