@@ -5,11 +5,12 @@
 //! yields every 128 signals): 2,000 senders with 32 messages each in flight made 64,000 signals
 //! at the start of a run, four times what the channel holds, and every overflow makes each
 //! waiting poll and send read the storage again (`Signal::Resync`). So once the channel is half
-//! full, the users of further appends are gathered instead, each once, and a task tells them
-//! every millisecond while the burst goes on, in signals of [`FANOUT_CHUNK`] users, as many as
-//! the channel has room for: a few signals for the whole burst (the rest once it has room, or
-//! after [`ROOM_WAIT`] with nobody reading). Appends are hints to re-read a user's log, so one
-//! told later, or together with others, is still right; every other signal goes out at once.
+//! full, further appends are gathered instead (a fan-out's chunks only past three quarters),
+//! and a task tells them every millisecond while the burst goes on: the small appends' users
+//! each once, in signals of [`FANOUT_CHUNK`] users, as many as the channel has room for. A few
+//! signals for the whole burst; the rest once it has room, or after [`ROOM_WAIT`] with nobody
+//! reading. Appends are hints to re-read a user's log, so one told later, or together with
+//! others, is still right; every other signal goes out at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -43,7 +44,7 @@ const ROOM_WAIT: Duration = Duration::from_secs(1);
 /// told in about one signal per [`FANOUT_CHUNK`] of them per this time.
 const ROOM_POLL: Duration = Duration::from_millis(1);
 
-/// The storage's signal channel, and the users gathered while it is too full.
+/// The storage's signal channel, and the appends gathered while it is too full.
 #[derive(Debug)]
 pub(super) struct Publisher {
     sender: broadcast::Sender<Signal>,
