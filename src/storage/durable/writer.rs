@@ -115,6 +115,44 @@ pub(super) struct Probe {
     pub(super) abandoned: AtomicU64,
 }
 
+#[cfg(test)]
+impl Thread {
+    /// Before each batch: how far the checkpoint being written has got.
+    fn probe_looks(&self) {
+        let applied = self.checkpointing.as_ref().map(Checkpoint::applied);
+        *self
+            .queue
+            .probe
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = applied;
+    }
+
+    /// A checkpoint is finished at once.
+    fn probe_forces(&self) {
+        if let Some(checkpoint) = &self.checkpointing {
+            let probe = &self.queue.probe;
+            probe.forced.fetch_add(1, Ordering::SeqCst);
+            if checkpoint.applied() > 0 {
+                probe.forced_partly_written.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Before a frame is written: waits at the gate, then fails it if the test asked for it.
+    fn probe_writes(&self) -> std::io::Result<()> {
+        let probe = &self.queue.probe;
+        probe.at_gate.store(true, Ordering::SeqCst);
+        let _held = probe.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mid_checkpoint = self.checkpointing.as_ref().is_some_and(|c| c.applied() > 0)
+            && probe.fail_mid_checkpoint.swap(false, Ordering::SeqCst);
+        if probe.fail_next_frame.swap(false, Ordering::SeqCst) || mid_checkpoint {
+            return Err(std::io::Error::other("a failed write the test asked for"));
+        }
+        Ok(())
+    }
+}
+
 /// The queue between the storage's operations and the writing thread.
 #[derive(Debug)]
 pub(super) struct Queue {
@@ -371,15 +409,7 @@ impl Thread {
         let mut started = Instant::now();
         loop {
             #[cfg(test)]
-            {
-                let applied = self.checkpointing.as_ref().map(Checkpoint::applied);
-                *self
-                    .queue
-                    .probe
-                    .applied
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = applied;
-            }
+            self.probe_looks();
             if self.tuning.idle_steps
                 && self.checkpointing.is_some()
                 && self.queue.nothing_waiting()
@@ -424,14 +454,8 @@ impl Thread {
                     if self.checkpointing.is_some() || self.log.end() >= size {
                         let budget = (self.log.end() < 2 * size).then_some(self.tuning.slice);
                         #[cfg(test)]
-                        if let Some(checkpoint) = &self.checkpointing
-                            && budget.is_none()
-                        {
-                            let probe = &self.queue.probe;
-                            probe.forced.fetch_add(1, Ordering::SeqCst);
-                            if checkpoint.applied() > 0 {
-                                probe.forced_partly_written.fetch_add(1, Ordering::SeqCst);
-                            }
+                        if budget.is_none() {
+                            self.probe_forces();
                         }
                         if self.checkpoint_step(budget).is_err() {
                             // Memory is rebuilt from the files: the redb file may or may not
@@ -470,16 +494,7 @@ impl Thread {
     /// Appends `changes` to the log as one frame, synced.
     fn write_frame(&mut self, changes: &[Change]) -> std::io::Result<()> {
         #[cfg(test)]
-        {
-            let probe = &self.queue.probe;
-            probe.at_gate.store(true, Ordering::SeqCst);
-            let _held = probe.gate.lock().unwrap_or_else(|p| p.into_inner());
-            let mid_checkpoint = self.checkpointing.as_ref().is_some_and(|c| c.applied() > 0)
-                && probe.fail_mid_checkpoint.swap(false, Ordering::SeqCst);
-            if probe.fail_next_frame.swap(false, Ordering::SeqCst) || mid_checkpoint {
-                return Err(std::io::Error::other("a failed write the test asked for"));
-            }
-        }
+        self.probe_writes()?;
         self.log.append(changes)
     }
 
