@@ -6,12 +6,14 @@
 //! at the start of a run, four times what the channel holds, and every overflow makes each
 //! waiting poll and send read the storage again (`Signal::Resync`). So once the channel is half
 //! full, further appends are gathered instead (a fan-out's chunks only past three quarters),
-//! and a task tells them every millisecond while the burst goes on: the small appends' users
-//! each once, in signals of [`FANOUT_CHUNK`] users, as many as the channel has room for. A few
+//! and a task tells them every millisecond while the burst goes on, in the order they came:
+//! the small appends' users each once, in signals of [`FANOUT_CHUNK`] users, as many as the
+//! channel has room for, the rest kept for the next telling in front of newer ones. A few
 //! signals for the whole burst; the rest once it has room, or after [`ROOM_WAIT`] with nobody
 //! reading. Appends are hints to re-read a user's log, so one told later, or together with
 //! others, is still right; every other signal goes out at once.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -49,8 +51,11 @@ const ROOM_POLL: Duration = Duration::from_millis(1);
 pub(super) struct Publisher {
     sender: broadcast::Sender<Signal>,
     gathered: Mutex<Gathered>,
-    /// Set while users are gathered (and a task will tell them): every append's users are then
-    /// gathered too, so that none is told before those gathered before it.
+    /// Set while users are gathered (and a task will tell them): every small append's users
+    /// are then gathered too, behind those gathered before them, and told in that order, so
+    /// that none waits behind appends that came after it. A fan-out's chunk is gathered only
+    /// past three quarters ([`Publisher::publish`]): below, it goes out at once, ahead of the
+    /// small appends gathered.
     gathering: AtomicBool,
     /// Set when a subscriber read nothing for [`ROOM_WAIT`] (one that stopped, or one whose
     /// reader has not started yet keeps the channel full for good): nothing is gathered until
@@ -129,26 +134,26 @@ impl Publisher {
         true
     }
 
-    /// Publishes up to `room` signals of the users gathered ([`merged`]), if any; once there
-    /// are none, stops gathering. Whether there were any.
+    /// Publishes up to `room` signals of the users gathered, the oldest first ([`told`]); once
+    /// there are none, stops gathering. Whether there were any. The work is what it tells, not
+    /// what stays gathered: with little room and a long backlog, each telling takes the front
+    /// of it and puts the rest back in front of what came meanwhile, as it was.
     fn tell_gathered(&self, room: usize) -> bool {
-        let lists = {
+        let (mut lists, users) = {
             let mut gathered = self.lock();
             if gathered.lists.is_empty() {
+                gathered.merged_at = 0;
                 self.gathering.store(false, Ordering::Release);
                 return false;
             }
-            std::mem::take(&mut *gathered).lists
+            let users = std::mem::take(&mut gathered.users);
+            (std::mem::take(&mut gathered.lists), users)
         };
-        let mut lists = merged(lists, false);
-        let later = lists.split_off(room.max(1).min(lists.len()));
-        if !later.is_empty() {
-            let mut gathered = self.lock();
-            for list in later {
-                gathered.add(list);
-            }
+        let (signals, taken) = told(&mut lists, room.max(1));
+        if !lists.is_empty() {
+            self.lock().put_back(lists, users - taken);
         }
-        for users in lists {
+        for users in signals {
             let _ = self.sender.send(Signal::Appended { users });
         }
         true
@@ -190,7 +195,7 @@ async fn room(publisher: &Weak<Publisher>) -> Option<usize> {
 /// merge, so that a long wait holds each user about once.
 #[derive(Debug, Default)]
 struct Gathered {
-    lists: Vec<Arc<[UserId]>>,
+    lists: VecDeque<Arc<[UserId]>>,
     users: usize,
     merged_at: usize,
 }
@@ -202,31 +207,69 @@ const MERGE_FROM: usize = 65_536;
 impl Gathered {
     fn add(&mut self, users: Arc<[UserId]>) {
         self.users += users.len();
-        self.lists.push(users);
+        self.lists.push_back(users);
         if self.users >= MERGE_FROM.max(2 * self.merged_at) {
-            self.lists = merged(std::mem::take(&mut self.lists), true);
+            self.lists = merged(std::mem::take(&mut self.lists));
             self.users = self.lists.iter().map(|l| l.len()).sum();
             self.merged_at = self.users;
         }
     }
+
+    /// Puts back `lists`, holding `users`, taken off the front and not told: in front of what
+    /// was gathered meanwhile, as they were (merged already, or small).
+    fn put_back(&mut self, mut lists: VecDeque<Arc<[UserId]>>, users: usize) {
+        lists.append(&mut self.lists);
+        self.lists = lists;
+        self.users += users;
+    }
 }
 
-/// Gathered lists as the lists of signals: one of [`LARGE`] users or more as it is (a fan-out's
-/// chunk, a signal already), unless `all`; the users of the others each once, in chunks of
+/// Gathered lists merged in place: their users each once, at their first place, in lists of
 /// [`FANOUT_CHUNK`].
-fn merged(lists: Vec<Arc<[UserId]>>, all: bool) -> Vec<Arc<[UserId]>> {
-    let mut out = Vec::new();
+fn merged(lists: VecDeque<Arc<[UserId]>>) -> VecDeque<Arc<[UserId]>> {
     let mut seen = HashSet::default();
-    let mut users = Vec::new();
-    for list in lists {
-        if list.len() >= LARGE && !all {
-            out.push(list);
+    let users: Vec<UserId> = lists
+        .iter()
+        .flat_map(|list| list.iter())
+        .filter(|u| seen.insert((*u).clone()))
+        .cloned()
+        .collect();
+    users.chunks(FANOUT_CHUNK).map(Arc::from).collect()
+}
+
+/// Up to `room` signals (at least one) from the front of the gathered lists, in the order they
+/// came, and how many users were taken off them: a list of [`LARGE`] users or more (a
+/// fan-out's chunk, a signal already) as it is; the users of the smaller ones between two such
+/// each once, in lists of [`FANOUT_CHUNK`]. What is left stays in `lists`, untouched.
+fn told(lists: &mut VecDeque<Arc<[UserId]>>, room: usize) -> (Vec<Arc<[UserId]>>, usize) {
+    let mut signals: Vec<Arc<[UserId]>> = Vec::new();
+    let mut small: Vec<UserId> = Vec::new();
+    let mut seen = HashSet::default();
+    let mut taken = 0;
+    // The small users not sent yet make one signal more.
+    while signals.len() + usize::from(!small.is_empty()) < room {
+        let Some(list) = lists.pop_front() else {
+            break;
+        };
+        if list.len() >= LARGE {
+            // Room for both: the loop's test counted the small users' signal.
+            if !small.is_empty() {
+                signals.push(Arc::from(std::mem::take(&mut small)));
+            }
+            taken += list.len();
+            signals.push(list);
         } else {
-            users.extend(list.iter().filter(|u| seen.insert((*u).clone())).cloned());
+            taken += list.len();
+            small.extend(list.iter().filter(|u| seen.insert((*u).clone())).cloned());
+            if small.len() >= FANOUT_CHUNK {
+                signals.push(small.drain(..FANOUT_CHUNK).collect());
+            }
         }
     }
-    out.extend(users.chunks(FANOUT_CHUNK).map(Arc::from));
-    out
+    if !small.is_empty() {
+        signals.push(Arc::from(small));
+    }
+    (signals, taken)
 }
 
 /// The task that tells the gathered users. Dropped before it is done (its runtime shut down),
@@ -426,27 +469,130 @@ mod tests {
         ));
     }
 
-    /// A fan-out's chunks are told as they came; small appends' users once each, together.
+    fn names(names: &[&str]) -> Arc<[UserId]> {
+        names.iter().map(|n| UserId::from(*n)).collect()
+    }
+
+    fn chunk(prefix: &str) -> Arc<[UserId]> {
+        (0..FANOUT_CHUNK)
+            .map(|i| UserId::from(format!("{prefix}{i}").as_str()))
+            .collect()
+    }
+
+    /// Told in the order they came: a fan-out's chunks as they are, the small appends' users
+    /// between two chunks together, each user once; with little room, the front only, the rest
+    /// left as it was.
     #[test]
-    fn gathered_lists_merge_small_appends_and_keep_chunks() {
-        let chunk = |name: &str| -> Arc<[UserId]> {
-            (0..FANOUT_CHUNK)
-                .map(|i| UserId::from(format!("{name}{i}").as_str()))
-                .collect()
-        };
-        let users =
-            |names: &[&str]| -> Arc<[UserId]> { names.iter().map(|n| UserId::from(*n)).collect() };
-        let (a, b) = (chunk("a"), chunk("a"));
-        let lists = vec![a.clone(), users(&["x"]), users(&["x", "y"]), b.clone()];
-        let told = merged(lists.clone(), false);
-        assert_eq!(told.len(), 3);
-        assert!(Arc::ptr_eq(&told[0], &a) && Arc::ptr_eq(&told[1], &b));
-        assert_eq!(&*told[2], &*users(&["x", "y"]));
-        // Merged in place, the chunks too: each user once.
-        let all = merged(lists, true);
-        let count: usize = all.iter().map(|l| l.len()).sum();
-        assert_eq!(count, FANOUT_CHUNK + 2);
+    fn gathered_lists_are_told_in_order_chunks_as_they_are() {
+        let (a, b) = (chunk("a"), chunk("b"));
+        let gathered = [
+            names(&["x"]),
+            a.clone(),
+            names(&["x", "y"]),
+            b.clone(),
+            names(&["z"]),
+        ];
+        let mut lists: VecDeque<_> = gathered.iter().cloned().collect();
+        let (signals, taken) = told(&mut lists, usize::MAX);
+        assert_eq!(signals.len(), 5);
+        assert_eq!(&*signals[0], &*names(&["x"]));
+        assert!(Arc::ptr_eq(&signals[1], &a) && Arc::ptr_eq(&signals[3], &b));
+        assert_eq!(&*signals[2], &*names(&["y"]), "x was told already");
+        assert_eq!(&*signals[4], &*names(&["z"]));
+        assert_eq!(taken, 2 * FANOUT_CHUNK + 4);
+        assert!(lists.is_empty());
+
+        let mut lists: VecDeque<_> = gathered.iter().cloned().collect();
+        let (signals, taken) = told(&mut lists, 2);
+        assert_eq!(signals.len(), 2);
+        assert!(Arc::ptr_eq(&signals[1], &a));
+        assert_eq!(taken, FANOUT_CHUNK + 1);
+        assert_eq!(lists.len(), 3);
+        assert!(
+            Arc::ptr_eq(&lists[0], &gathered[2]),
+            "the rest is left as it was"
+        );
+    }
+
+    /// Merged in place, the chunks too: each user once, at its first place.
+    #[test]
+    fn merging_keeps_each_user_once_in_order() {
+        let lists = VecDeque::from([chunk("a"), names(&["x"]), chunk("a"), names(&["x", "y"])]);
+        let all = merged(lists);
+        let users: Vec<&UserId> = all.iter().flat_map(|l| l.iter()).collect();
+        assert_eq!(users.len(), FANOUT_CHUNK + 2);
         assert!(all.iter().all(|l| l.len() <= FANOUT_CHUNK));
+        assert_eq!(users[FANOUT_CHUNK].as_str(), "x");
+        assert_eq!(users[FANOUT_CHUNK + 1].as_str(), "y");
+    }
+
+    /// A small append gathered while fan-out chunks keep coming, with room for one signal per
+    /// telling, is told at the first: the chunks gathered after it wait behind it.
+    #[test]
+    fn a_small_append_is_not_held_behind_later_chunks() {
+        let publisher = Arc::new(Publisher::new());
+        let mut rx = publisher.sender().subscribe();
+        publisher.gathering.store(true, Ordering::Release);
+        publisher.lock().add(names(&["x"]));
+        publisher.lock().add(chunk("c0-"));
+        assert!(publisher.tell_gathered(1));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Signal::Appended { users }) if *users == *names(&["x"])
+        ));
+        // Each chunk in turn, the oldest first, while newer ones come.
+        for round in 1..10 {
+            publisher.lock().add(chunk(&format!("c{round}-")));
+            assert!(publisher.tell_gathered(1));
+            let Ok(Signal::Appended { users }) = rx.try_recv() else {
+                panic!("nothing told in round {round}");
+            };
+            assert_eq!(users[0].as_str(), format!("c{}-0", round - 1));
+        }
+    }
+
+    /// What a telling had no room for goes back in front of what was gathered meanwhile.
+    #[test]
+    fn the_rest_goes_back_in_front_of_what_came_meanwhile() {
+        let mut gathered = Gathered::default();
+        gathered.add(names(&["new"]));
+        gathered.put_back(
+            VecDeque::from([chunk("a"), names(&["x", "y"])]),
+            FANOUT_CHUNK + 2,
+        );
+        let users: Vec<&str> = gathered
+            .lists
+            .iter()
+            .flat_map(|l| l.iter().map(UserId::as_str))
+            .collect();
+        assert_eq!(users[0], "a0");
+        assert_eq!(&users[FANOUT_CHUNK..], ["x", "y", "new"]);
+        assert_eq!(gathered.users, FANOUT_CHUNK + 3);
+    }
+
+    /// Telling a few of a large backlog takes them off its front and merges nothing again:
+    /// the rest was merged when it was gathered, and is put back as it was.
+    #[test]
+    fn telling_a_few_leaves_the_rest_as_it_was() {
+        const USERS: usize = 200_000;
+        let publisher = Arc::new(Publisher::new());
+        let _rx = publisher.sender().subscribe();
+        publisher.gathering.store(true, Ordering::Release);
+        for i in 0..USERS {
+            publisher
+                .lock()
+                .add(Arc::from([UserId::from(format!("u{i}").as_str())]));
+        }
+        let (lists, merged_at) = {
+            let g = publisher.lock();
+            (g.lists.len(), g.merged_at)
+        };
+        assert!(merged_at > 0, "merged while gathered");
+        assert!(publisher.tell_gathered(1));
+        let g = publisher.lock();
+        assert_eq!(g.merged_at, merged_at, "merged again when told");
+        assert_eq!(g.lists.len(), lists - 1);
+        assert_eq!(g.users, g.lists.iter().map(|l| l.len()).sum::<usize>());
     }
 
     /// Outside a runtime nothing is gathered: nothing could tell it.
