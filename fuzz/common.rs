@@ -914,7 +914,6 @@ fn build() -> (Service, SimpleIo) {
         .max_polls(3)
         .max_presence_queue(4)
         .message_ttl(MESSAGE_TTL)
-        .dedup_window(Duration::from_secs(5))
         .handler_lease(Duration::from_millis(500))
         .pending_wait(Duration::from_millis(5))
         .presence_ttl(Duration::from_millis(400))

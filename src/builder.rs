@@ -192,7 +192,8 @@ impl Builder {
     }
 
     /// How long a client message id is remembered, so that a retry is not handled twice
-    /// (default 10 minutes).
+    /// (default 10 minutes, also the least: clients resend an unanswered message for up to 9
+    /// minutes, spec §4; [`try_build`](Self::try_build) refuses a shorter window).
     pub fn dedup_window(mut self, window: Duration) -> Self {
         self.config.dedup_window = window;
         self
@@ -208,7 +209,8 @@ impl Builder {
     }
 
     /// How long a retried `POST` waits for the original request to finish the same message
-    /// before acknowledging it as `pending` (default 5 s).
+    /// before acknowledging it as `pending` (default 5 s, at most 20 s: clients give a `POST`
+    /// 30 s, spec §4; [`try_build`](Self::try_build) refuses a longer wait).
     pub fn pending_wait(mut self, wait: Duration) -> Self {
         self.config.pending_wait = wait;
         self

@@ -40,6 +40,16 @@ pub(crate) struct Config {
 /// 30 s (Heroku's router does), and a cut poll looks like a network failure to the client.
 pub(crate) const MAX_HOLD: Duration = Duration::from_secs(29);
 
+/// The shortest dedup window: a client resends an unanswered message for up to 9 minutes after
+/// it first sent it, each attempt given 30 s (spec §4), so its id must be remembered for longer.
+/// A shorter window would have a spec-following client's late resend handled twice.
+pub(crate) const MIN_DEDUP_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// The longest pending wait: a client gives a `POST` 30 s (spec §4), and a resend of a message
+/// still being handled must be answered `pending` within it, with time to spare for the rest of
+/// the request.
+pub(crate) const MAX_PENDING_WAIT: Duration = Duration::from_secs(20);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -87,6 +97,16 @@ pub enum BuildError {
         "the hold time must be between 1 ms and 29 s, below the 30 s at which proxies cut requests (got {0:?})"
     )]
     Hold(Duration),
+    /// The dedup window is shorter than the time a client keeps resending a message.
+    #[error(
+        "the dedup window must be at least 10 minutes: clients resend an unanswered message for up to 9 minutes, and a resend past the window would be handled twice (got {0:?})"
+    )]
+    DedupWindow(Duration),
+    /// The pending wait is zero or longer than a client waits for a `POST`'s answer.
+    #[error(
+        "the pending wait must be between 1 ms and 20 s: clients give a POST 30 s, and a resend must be answered `pending` within it (got {0:?})"
+    )]
+    PendingWait(Duration),
     /// A limit is zero.
     #[error("the limit `{0}` must be at least 1")]
     ZeroLimit(&'static str),
@@ -169,6 +189,12 @@ impl Config {
         if self.body_timeout.is_zero() {
             return Err(BuildError::ZeroLimit("body_timeout"));
         }
+        if self.dedup_window < MIN_DEDUP_WINDOW {
+            return Err(BuildError::DedupWindow(self.dedup_window));
+        }
+        if self.pending_wait.is_zero() || self.pending_wait > MAX_PENDING_WAIT {
+            return Err(BuildError::PendingWait(self.pending_wait));
+        }
         if self.presence_ttl <= self.hold {
             return Err(BuildError::PresenceTtl {
                 presence: self.presence_ttl,
@@ -186,6 +212,33 @@ mod tests {
     #[test]
     fn the_defaults_are_valid() {
         assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    /// A window shorter than a client's resends, or a pending wait past its timeout, would
+    /// have a spec-following client's message handled twice, or resent for nothing.
+    #[test]
+    fn a_dedup_window_and_pending_wait_outside_the_clients_timing_are_refused() {
+        let window = |dedup_window| Config {
+            dedup_window,
+            ..Config::default()
+        };
+        assert_eq!(window(MIN_DEDUP_WINDOW).validate(), Ok(()));
+        assert_eq!(
+            window(Duration::from_secs(9 * 60)).validate(),
+            Err(BuildError::DedupWindow(Duration::from_secs(9 * 60)))
+        );
+        let wait = |pending_wait| Config {
+            pending_wait,
+            ..Config::default()
+        };
+        assert_eq!(wait(MAX_PENDING_WAIT).validate(), Ok(()));
+        assert_eq!(wait(Duration::from_millis(1)).validate(), Ok(()));
+        for refused in [Duration::ZERO, Duration::from_secs(21)] {
+            assert_eq!(
+                wait(refused).validate(),
+                Err(BuildError::PendingWait(refused))
+            );
+        }
     }
 
     #[test]
