@@ -353,22 +353,45 @@ async fn a_batch_over_the_servers_limit_is_split() {
 #[tokio::test]
 async fn a_message_the_server_refuses_fails_alone() {
     let seen = Seen::default();
-    let server = TestServer::start(recording_server(&seen).max_event_len(4)).await;
+    let server = TestServer::start(recording_server(&seen).max_data_depth(2)).await;
     let (client, _events) = connect(&server, "ann");
 
     let (refused, fine) = timeout(SOON, async {
-        tokio::join!(client.emit("too-long", &1), client.emit("ok", &2))
+        tokio::join!(client.emit("deep", &json!([[[1]]])), client.emit("ok", &2))
     })
     .await
     .expect("both settled");
     match refused {
         Err(EmitError::Rejected { status, code, .. }) => {
-            assert_eq!((status, code.as_str()), (400, "invalid_field"));
+            assert_eq!((status, code.as_str()), (400, "data_too_deep"));
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
     assert_eq!(fine.expect("a reply"), json!({"echo": 2}));
     assert_eq!(lock(&seen).as_slice(), [("ok".to_owned(), json!(2))]);
+    client.close().await;
+}
+
+/// Event names are checked against the server's limit once its handshake told it, not the
+/// builder's: a longer one than the builder's default is sent, one past the server's fails at
+/// once.
+#[tokio::test]
+async fn event_names_are_checked_against_the_servers_limit() {
+    let seen = Seen::default();
+    let server = TestServer::start(recording_server(&seen).max_event_len(200)).await;
+    let (client, mut events) = connect(&server, "ann");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+
+    let long = "e".repeat(150);
+    let reply = timeout(SOON, client.emit(long.as_str(), &1)).await;
+    assert_eq!(reply.expect("acked").expect("a reply"), json!({"echo": 1}));
+    let too_long = "e".repeat(201);
+    let refused = timeout(SOON, client.emit(too_long.as_str(), &2)).await;
+    assert!(
+        matches!(refused, Ok(Err(EmitError::InvalidEvent { max: 200 }))),
+        "{refused:?}"
+    );
+    assert_eq!(lock(&seen).as_slice(), [(long, json!(1))]);
     client.close().await;
 }
 

@@ -281,8 +281,9 @@ impl ClientBuilder {
         self
     }
 
-    /// The longest event name [`emit`](Client::emit) accepts, in bytes (default 128, the
-    /// server's default limit). Longer names fail at once instead of at the server.
+    /// The longest event name [`emit`](Client::emit) accepts, in bytes, until the server's
+    /// handshake tells its own limit, which then takes its place (default 128, the server's
+    /// default limit). Longer names fail at once instead of at the server.
     ///
     /// ```
     /// let builder = simpleio::client::Client::builder("http://127.0.0.1:3000/simpleio").max_event_len(64);
@@ -391,11 +392,13 @@ impl ClientBuilder {
             retry_window: self.retry_window,
             max_response: self.max_response,
         });
+        let server_max_event_len = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let transport = super::Transport {
             http,
             headers: self.headers,
             config: config.clone(),
             server_max_messages: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+            server_max_event_len: server_max_event_len.clone(),
             current_id: Arc::new(std::sync::Mutex::new(Arc::from(config.client_id.as_str()))),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -416,6 +419,7 @@ impl ClientBuilder {
                 config,
                 counter: AtomicU64::new(0),
                 max_event_len: self.max_event_len,
+                server_max_event_len,
                 outbox: outbox_tx,
                 stop: stop_tx,
                 tasks: Mutex::new(vec![receiving, sending]),

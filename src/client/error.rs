@@ -145,8 +145,9 @@ pub enum EmitError {
         /// Why the last attempt failed.
         last: ConnectionError,
     },
-    /// The event name is empty or longer than the limit (see
-    /// [`ClientBuilder::max_event_len`](super::ClientBuilder::max_event_len)). Nothing was sent.
+    /// The event name is empty or longer than the limit: the server's, once its handshake
+    /// told it, else [`ClientBuilder::max_event_len`](super::ClientBuilder::max_event_len).
+    /// Nothing was sent.
     #[error("the event name must be 1 to {max} bytes")]
     InvalidEvent {
         /// The limit in bytes.

@@ -200,7 +200,10 @@ struct Inner {
     config: Arc<Config>,
     /// The last message id's number; ids are `{client_id}-{counter}`, unique for the client.
     counter: AtomicU64,
+    /// The longest event name until the server's handshake tells its own.
     max_event_len: usize,
+    /// The server's, once told (0 before), shared with the receive loop.
+    server_max_event_len: Arc<std::sync::atomic::AtomicUsize>,
     outbox: mpsc::Sender<Outgoing>,
     /// `true` tells both loops to stop. Dropping it (the last handle went away) does too.
     stop: watch::Sender<bool>,
@@ -356,7 +359,14 @@ impl Client {
     /// ```
     pub fn emit<T: Serialize + ?Sized>(&self, event: impl Into<String>, data: &T) -> Emitting {
         let event = event.into();
-        let max = self.inner.max_event_len;
+        let max = match self
+            .inner
+            .server_max_event_len
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => self.inner.max_event_len,
+            told => told,
+        };
         let prepared = if event.is_empty() || event.len() > max {
             Err(EmitError::InvalidEvent { max })
         } else if let Err(reason) = check_namespace(&self.namespace) {
@@ -517,6 +527,9 @@ pub(crate) struct Transport {
     /// The most messages per `POST` the server's handshake allows (spec §6; `usize::MAX` until
     /// one said, lowered by a `413 too_many_messages`): the send loop keeps to it.
     server_max_messages: Arc<std::sync::atomic::AtomicUsize>,
+    /// The longest event name the server's handshake allows (spec §6; 0 until one said):
+    /// [`Client::emit`] checks names against it.
+    server_max_event_len: Arc<std::sync::atomic::AtomicUsize>,
     /// The client id polls go out with: the configured one, until a poll is taken over by
     /// another instance with the same id (spec §3 step 6) and the receive loop takes a new one.
     current_id: Arc<std::sync::Mutex<Arc<str>>>,

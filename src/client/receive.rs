@@ -109,6 +109,11 @@ pub(crate) async fn run(
                         .server_max_messages
                         .store(most.max(1), std::sync::atomic::Ordering::Relaxed);
                 }
+                if let Some(longest) = body.limits.as_ref().and_then(|l| l.max_event_len) {
+                    transport
+                        .server_max_event_len
+                        .store(longest.max(1), std::sync::atomic::Ordering::Relaxed);
+                }
                 // Another instance polls with this id: take a new one, keeping the cursor, or
                 // the two end each other's polls without end (spec §3 step 6).
                 if body.taken_over {

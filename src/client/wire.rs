@@ -31,6 +31,7 @@ pub(crate) struct PollBody {
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireLimits {
     pub(crate) max_messages: Option<usize>,
+    pub(crate) max_event_len: Option<usize>,
 }
 
 /// A stored message in a [`PollBody`].
