@@ -15,7 +15,7 @@ use http_body_util::Full;
 /// application that serves it itself (another path, a CDN, a bundle of its own).
 ///
 /// Its API is `client/README.md`; it speaks the protocol of the [`spec`](crate::spec) and is
-/// about 2.3 kB min+gzip.
+/// about 2.4 kB min+gzip.
 ///
 /// ```
 /// use axum::{Router, http::header, routing::get};

@@ -10,8 +10,10 @@ import { gzipSync } from "node:zlib";
 
 // Bytes, min+gzip, of each bundle, everything included: 2 KiB for protocol v1, 128 more for
 // v1.1's Retry-After, handshake limits, POST timeout and body_unreadable rule, then 2,400 for
-// once/onAny/offAny, per-emit timeouts, the re-poll after a cut hold and server -> client acks.
-const BUDGET = 2400;
+// once/onAny/offAny, per-emit timeouts, the re-poll after a cut hold and server -> client acks,
+// then 2,432 for §8's send rules: a missing ack waits 250 ms, and `duplicate_id`, 405, 415 and
+// other refusals fail the batch unsplit.
+const BUDGET = 2432;
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = join(root, "dist");
 const fresh = await mkdtemp(join(tmpdir(), "simpleio-build-"));

@@ -1,6 +1,6 @@
 // simpleio browser client: reliable realtime messaging over HTTP long-polling.
 //
-// This file implements docs/spec.md (client protocol v1.1) and nothing else; read the two side by
+// This file implements docs/spec.md (client protocol v1.2) and nothing else; read the two side by
 // side. It has no dependencies: `fetch`, `AbortController`, `URL` and `crypto.getRandomValues`
 // are in every current browser and in Node 20+. The readable source is what people audit; the
 // minifier does the squeezing, so prefer clarity over clever short code here. (Concessions to
@@ -351,24 +351,34 @@ export function SimpleIO(url, options) {
         const { acks } = await request(body);
         attempts = 0;
         limit = maxBatch;
-        for (const ack of acks) {
-          const m = batch.find((m) => m.id == ack.id);
-          if (!m) continue;
+        for (const m of batch) {
+          const ack = acks.find((a) => a.id == m.id);
           // `pending`: not handled yet (an earlier POST with this id is still being handled,
-          // or one before it in the batch is). Keep the message (same id) and ask again after
-          // the server's `retry_after_ms` (250 ms from a server that does not say).
-          if (ack.pending) wait = ack.retry_after_ms || 250;
+          // or one before it in the batch is); no ack at all is the same. Keep the message
+          // (same id) and ask again after the longest of the server's `retry_after_ms`, 250 ms
+          // where it does not say (spec §8).
+          if (!ack || ack.pending) wait = Math.max(wait, ack?.retry_after_ms || 250);
           else if (ack.error) settle(m, fail(ack.error.code, ack.error.message));
           else settle(m, 0, ack.reply);
         }
       } catch (err) {
         if (closed) break;
         const status = err.status;
+        // 400 and 413 are about this batch's content; another refusal (405, 415, 404 from a
+        // wrong URL, ...) is a bug that splitting would only meet once per message (spec §8).
+        // `duplicate_id` is never split either (the halves would carry one id with two
+        // contents, spec §5): it fails the messages sharing an id, which from this client,
+        // whose ids never repeat, can only be a bug too: the whole batch fails.
+        const content = (status == 400 || status == 413) && err.code != "duplicate_id";
+        if (refused(status) && !unauthorized(status) && !content) {
+          for (const m of batch) settle(m, err);
+          continue;
+        }
         // `body_unreadable`: the upload broke on the way; sent again, it goes through.
-        if (refused(status) && !unauthorized(status) && err.code != "body_unreadable") {
-          // This request will never succeed as it is (spec §5: 400, 405, 413, 415). Split the
-          // batch until the culprit is alone, then fail that one message: the others must not
-          // be dropped with it.
+        if (content && err.code != "body_unreadable") {
+          // This request will never succeed as it is (spec §5: 400, 413). Split the batch
+          // until the culprit is alone, then fail that one message: the others must not be
+          // dropped with it.
           if (batch.length > 1) {
             limit = batch.length >> 1;
             if (err.code == "too_many_messages") maxBatch = limit;

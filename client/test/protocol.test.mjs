@@ -341,3 +341,63 @@ test("body_unreadable is sent again as it is, not split or failed (spec v1.1 §5
   assert.deepEqual(replies, [1, 2]);
   assert.deepEqual(bodies, [2, 2], "the same batch, whole, twice");
 });
+
+// Spec §5: `duplicate_id` is never split. This client's ids never repeat, so a batch with none
+// shared is failed whole, in one request, rather than split or sent again without end.
+test("duplicate_id is never split, and fails a batch that shares no id at once", async (t) => {
+  const s = scripted([]);
+  let posts = 0;
+  const fetch = (url, init) => {
+    if (init.method == "POST") {
+      posts++;
+      const body = { error: { code: "duplicate_id", message: "an id twice" } };
+      return Promise.resolve(Response.json(body, { status: 400 }));
+    }
+    return s.fetch(url, init);
+  };
+  const io = new SimpleIO(URL_, { fetch, backoffBase: 10 });
+  t.after(() => io.close());
+  const results = await Promise.allSettled([1, 2, 3].map((n) => io.emit("e", n)));
+  assert.ok(results.every((r) => r.status == "rejected" && r.reason.code == "duplicate_id"));
+  assert.equal(posts, 1, "one POST, not split");
+});
+
+// Spec §8: a message a 200 answers without an ack is kept and asked for again after 250 ms, not
+// resent at once.
+test("a message without an ack is sent again after 250 ms", async (t) => {
+  const s = scripted([]);
+  const times = [];
+  const fetch = (url, init) => {
+    if (init.method == "POST") {
+      times.push(Date.now());
+      if (times.length == 1) return Promise.resolve(Response.json({ acks: [] }));
+    }
+    return s.fetch(url, init);
+  };
+  const io = new SimpleIO(URL_, { fetch, backoffBase: 10 });
+  t.after(() => io.close());
+  assert.equal(await io.emit("e", "once"), "once");
+  assert.equal(times.length, 2);
+  assert.ok(times[1] - times[0] >= 240, `sent again after ${times[1] - times[0]} ms`);
+});
+
+// Spec §8: 405, 415 and other 4xx but 400/413 fail the batch whole, in one request: splitting
+// would meet the same refusal once per message.
+test("a 404 or 405 on a POST fails the whole batch in one request", async (t) => {
+  for (const status of [404, 405, 415]) {
+    const s = scripted([]);
+    let posts = 0;
+    const fetch = (url, init) => {
+      if (init.method == "POST") {
+        posts++;
+        return Promise.resolve(Response.json({ error: { code: "nope", message: "no" } }, { status }));
+      }
+      return s.fetch(url, init);
+    };
+    const io = new SimpleIO(URL_, { fetch, backoffBase: 10 });
+    t.after(() => io.close());
+    const results = await Promise.allSettled([1, 2, 3, 4].map((n) => io.emit("e", n)));
+    assert.ok(results.every((r) => r.status == "rejected" && r.reason.status == status), `${status}`);
+    assert.equal(posts, 1, `${status}: one POST`);
+  }
+});
