@@ -157,9 +157,10 @@ impl PollQuery<'_> {
         let cursor = match (q.cursor, q.epoch) {
             (None, None) => None,
             (Some(c), Some(e)) => {
-                let pos = c
-                    .parse::<Position>()
-                    .ok()
+                // Digits only: `parse` would also take a leading `+`, which the spec does not.
+                let pos = Some(&*c)
+                    .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|c| c.parse::<Position>().ok())
                     .filter(|pos| *pos <= MAX_POSITION)
                     .ok_or_else(|| {
                         ProtocolError::InvalidQuery(format!(
@@ -693,6 +694,13 @@ mod tests {
         assert_eq!(p.cursor, Some((Epoch::new("e1"), 42)));
         assert!(PollQuery::parse(Some("client=tab1&cursor=42")).is_err());
         assert!(PollQuery::parse(Some("client=tab1&cursor=-1&epoch=e1")).is_err());
+        // Digits only, as the spec says: no sign, nothing empty.
+        for cursor in ["%2B5", "", "4%202"] {
+            let query = format!("client=tab1&cursor={cursor}&epoch=e1");
+            assert!(PollQuery::parse(Some(&query)).is_err(), "{query}");
+        }
+        let p = PollQuery::parse(Some("client=tab1&cursor=007&epoch=e1")).expect("valid");
+        assert_eq!(p.cursor, Some((Epoch::new("e1"), 7)));
     }
 
     #[test]
