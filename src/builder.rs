@@ -430,7 +430,8 @@ impl Builder {
             .storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
         let observe = Observe::new(&self.config);
-        let storage: Arc<dyn Storage> = Arc::new(Observed::new(storage, observe.tally.clone()));
+        let observed = Arc::new(Observed::new(storage, observe.tally.clone()));
+        let storage: Arc<dyn Storage> = observed.clone();
         let mut namespaces = HashMap::default();
         namespaces.insert(
             Arc::from(DEFAULT_NAMESPACE),
@@ -455,6 +456,7 @@ impl Builder {
         let shared = Arc::new(Shared {
             config: self.config,
             storage,
+            observed,
             identity: self.identity.unwrap_or_else(|| Box::new(reject_all)),
             namespaces,
             on_presence: self.on_presence,

@@ -100,8 +100,8 @@ pub(crate) async fn respond(
     let mut next_recheck = Instant::now() + config.recheck;
     loop {
         let batch = shared
-            .storage
-            .fetch(FetchRequest {
+            .observed
+            .fetch_inline(FetchRequest {
                 user: user.clone(),
                 client: client.clone(),
                 cursor: cursor.clone(),

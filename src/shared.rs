@@ -12,11 +12,15 @@ use crate::namespace::NamespaceEntry;
 use crate::observe::Observe;
 use crate::presence::{OnPresence, PresenceQueue};
 use crate::protocol::Limits;
+use crate::observe::Observed;
 use crate::storage::Storage;
 
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) storage: Arc<dyn Storage>,
+    /// The same storage as its own type: a poll's read, the hot path, calls it without the
+    /// box a call through the trait object costs ([`Observed::fetch_inline`]).
+    pub(crate) observed: Arc<Observed>,
     pub(crate) identity: Box<dyn Identify>,
     /// Every namespace, the default `/` included.
     pub(crate) namespaces: HashMap<Arc<str>, NamespaceEntry>,

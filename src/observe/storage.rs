@@ -71,6 +71,15 @@ impl Observed {
         Observed { inner, ops, tally }
     }
 
+    /// [`Storage::fetch`], as a future of its own type rather than a box: a poll awaits it
+    /// inline, once or twice per request (the inner storage's call is still boxed).
+    pub(crate) async fn fetch_inline(
+        &self,
+        request: FetchRequest,
+    ) -> Result<FetchBatch, StorageError> {
+        self.call(2, (*self.inner).fetch(request)).await
+    }
+
     /// Runs one call of operation `index` in a span, timing it and counting its failure.
     async fn call<T>(
         &self,
@@ -160,7 +169,7 @@ impl Storage for Observed {
             .await
     }
     async fn fetch(&self, request: FetchRequest) -> Result<FetchBatch, StorageError> {
-        self.call(2, (*self.inner).fetch(request)).await
+        self.fetch_inline(request).await
     }
     async fn delivery(
         &self,
