@@ -51,7 +51,7 @@ async fn run(s: &dyn Storage, rounds: usize) -> Result<usize, Box<dyn std::error
             user: users[i].clone(),
             client: clients[i].clone(),
             cursor,
-            namespaces: vec!["/".into()],
+            namespaces: Arc::from(["/".into()]),
             limit: 100,
             presence_ttl: Duration::from_secs(60),
             announce: None,

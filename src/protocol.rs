@@ -107,8 +107,9 @@ impl<'a> PollQuery<'a> {
 pub(crate) struct Poll {
     pub(crate) client: ClientId,
     pub(crate) cursor: Option<(Epoch, Position)>,
-    /// The namespaces to read, at least one, without repeats.
-    pub(crate) namespaces: Vec<Arc<str>>,
+    /// The namespaces to read, at least one, without repeats; shared by each read of the poll
+    /// and what it announces.
+    pub(crate) namespaces: Arc<[Arc<str>]>,
 }
 
 /// Up to this many namespaces in a poll are told apart by a scan, beyond by a set.
@@ -205,7 +206,7 @@ impl PollQuery<'_> {
         Ok(Poll {
             client,
             cursor,
-            namespaces,
+            namespaces: namespaces.into(),
         })
     }
 }
@@ -680,7 +681,7 @@ mod tests {
     #[test]
     fn poll_query_decodes_escapes_ignores_unknown_fields_and_refuses_repeats() {
         let p = PollQuery::parse(Some("client=tab1&ns=%2Fchat,/&later=1")).expect("valid");
-        assert_eq!(p.namespaces, [Arc::from("/chat"), Arc::from("/")]);
+        assert_eq!(*p.namespaces, [Arc::from("/chat"), Arc::from("/")]);
         assert!(PollQuery::parse(Some("client=tab1&client=tab2")).is_err());
         assert!(
             PollQuery::parse(Some("cursor=1&epoch=e")).is_err(),
@@ -706,9 +707,9 @@ mod tests {
     #[test]
     fn poll_query_lists_namespaces_defaulting_to_the_root() {
         let p = PollQuery::parse(Some("client=tab1")).expect("valid");
-        assert_eq!(p.namespaces, [Arc::from("/")]);
+        assert_eq!(*p.namespaces, [Arc::from("/")]);
         let p = PollQuery::parse(Some("client=tab1&ns=/chat,/,/chat")).expect("valid");
-        assert_eq!(p.namespaces, [Arc::from("/chat"), Arc::from("/")]);
+        assert_eq!(*p.namespaces, [Arc::from("/chat"), Arc::from("/")]);
         assert!(PollQuery::parse(Some("client=tab1&ns=chat")).is_err());
         assert!(PollQuery::parse(Some("client=tab1&ns=/a,,/b")).is_err());
     }

@@ -10,9 +10,9 @@ use crate::hub::Hub;
 use crate::identity::Identify;
 use crate::namespace::NamespaceEntry;
 use crate::observe::Observe;
+use crate::observe::Observed;
 use crate::presence::{OnPresence, PresenceQueue};
 use crate::protocol::Limits;
-use crate::observe::Observed;
 use crate::storage::Storage;
 
 pub(crate) struct Shared {

@@ -117,7 +117,7 @@ async fn fetch(
         user: UserId::from(user),
         client: ClientId::new(client).expect("a client id"),
         cursor,
-        namespaces: vec!["/".into()],
+        namespaces: Arc::from(["/".into()]),
         limit: 1_000,
         presence_ttl: Duration::from_secs(60),
         announce: None,

@@ -86,7 +86,7 @@ async fn what_a_dedup_record_and_a_client_id_cost() {
                     user: UserId::from("carol"),
                     client: ClientId::new(format!("k2J8mW0qZr5t{i:06}")).expect("id"),
                     cursor: None,
-                    namespaces,
+                    namespaces: namespaces.into(),
                     limit: 100,
                     presence_ttl: Duration::from_secs(60),
                     announce: None,

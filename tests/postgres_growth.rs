@@ -113,7 +113,7 @@ fn request(user: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequest {
         user: UserId::from(user),
         client: ClientId::new("tab1").expect("client id"),
         cursor: cursor.map(|(e, p)| (e.clone(), p)),
-        namespaces: vec!["/".into()],
+        namespaces: Arc::from(["/".into()]),
         limit: 100,
         presence_ttl: Duration::from_secs(60),
         announce: None,

@@ -77,7 +77,7 @@ fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequ
         user: UserId::from(user),
         client: ClientId::new(client).expect("client id"),
         cursor: cursor.map(|(e, p)| (e.clone(), p)),
-        namespaces: vec!["/".into()],
+        namespaces: Arc::from(["/".into()]),
         limit: 10_000,
         presence_ttl: Duration::from_secs(60),
         announce: None,

@@ -68,7 +68,7 @@ fn read_from(user: &str, cursor: Option<(&simpleio::storage::Epoch, u64)>) -> Fe
         user: UserId::from(user),
         client: ClientId::new("reader").expect("client id"),
         cursor: cursor.map(|(e, p)| (e.clone(), p)),
-        namespaces: vec!["/".into()],
+        namespaces: Arc::from(["/".into()]),
         limit: 500,
         presence_ttl: Duration::from_secs(60),
         announce: None,

@@ -92,7 +92,7 @@ fn request(user: &str, client: &str, cursor: Option<(&Epoch, u64)>) -> FetchRequ
         user: UserId::from(user),
         client: ClientId::new(client).expect("client id"),
         cursor: cursor.map(|(e, p)| (e.clone(), p)),
-        namespaces: vec!["/".into()],
+        namespaces: Arc::from(["/".into()]),
         limit: 100,
         presence_ttl: Duration::from_secs(60),
         announce: None,
@@ -855,7 +855,7 @@ async fn messages_keep_their_namespace_through_redis() {
         .expect("append");
     let batch = storage
         .fetch(FetchRequest {
-            namespaces: vec!["/a:b 2".into(), "/".into()],
+            namespaces: Arc::from(["/a:b 2".into(), "/".into()]),
             ..request("ann", "tab1", None)
         })
         .await
@@ -865,7 +865,7 @@ async fn messages_keep_their_namespace_through_redis() {
     let pos: Vec<u64> = a.outcomes.iter().copied().map(stored).collect();
     storage
         .fetch(FetchRequest {
-            namespaces: vec!["/a:b 2".into()],
+            namespaces: Arc::from(["/a:b 2".into()]),
             ..request("ann", "tab1", Some((&a.epoch, pos[1])))
         })
         .await
@@ -958,7 +958,7 @@ async fn signals_built_in_scripts_decode_exactly_whatever_the_ids() {
 
     let pos: Vec<u64> = a.outcomes.iter().copied().map(stored).collect();
     let read = FetchRequest {
-        namespaces: vec![ns.clone(), "/".into()],
+        namespaces: Arc::from([ns.clone(), "/".into()]),
         ..request(odd, "tab1", None)
     };
     storage.fetch(read.clone()).await.expect("fetch");

@@ -21,7 +21,7 @@ const VOLATILE_CAPACITY: usize = 64;
 pub(crate) struct PollInfo {
     pub(crate) client: ClientId,
     pub(crate) poll: u64,
-    pub(crate) namespaces: Vec<Arc<str>>,
+    pub(crate) namespaces: Arc<[Arc<str>]>,
 }
 
 /// What came since the last look.
@@ -131,7 +131,7 @@ mod tests {
         Mailbox::new(Some(PollInfo {
             client: ClientId::new(client).expect("id"),
             poll,
-            namespaces: vec!["/".into()],
+            namespaces: Arc::from([Arc::<str>::from("/")]),
         }))
     }
 

@@ -173,7 +173,7 @@ fn in_namespace(mut m: NewMessage, ns: &str) -> NewMessage {
     m
 }
 
-fn namespaces(list: &[&str]) -> Vec<Arc<str>> {
+fn namespaces(list: &[&str]) -> Arc<[Arc<str>]> {
     list.iter().map(|ns| Arc::from(*ns)).collect()
 }
 

@@ -362,7 +362,7 @@ pub struct FetchRequest {
     /// if one lies at or below the watermark — and that start is recorded as the client's cursor.
     pub cursor: Option<(Epoch, Position)>,
     /// The namespaces the client reads (at least one); recorded, replacing the previous list.
-    pub namespaces: Vec<Arc<str>>,
+    pub namespaces: Arc<[Arc<str>]>,
     /// Read at most this many messages.
     pub limit: usize,
     /// Record the client as seen, for this long ([`Storage::live_users`]).

@@ -58,7 +58,7 @@ fn request(user: &str, client: &str, cursor: Option<(Epoch, Position)>) -> Fetch
         user: UserId::from(user),
         client: ClientId::new(client).expect("a client id"),
         cursor,
-        namespaces: vec!["/".into()],
+        namespaces: Arc::from([Arc::<str>::from("/")]),
         limit: 100_000,
         presence_ttl: Duration::from_secs(60),
         announce: None,

@@ -80,7 +80,7 @@ pub(super) struct ClientRecord {
     /// It fetched at least once. A record made only by `join` or `set_data` is not live, and
     /// its arrival is still to be reported.
     pub(super) polled: bool,
-    pub(super) namespaces: Vec<Arc<str>>,
+    pub(super) namespaces: Arc<[Arc<str>]>,
     /// Data attached to the client, by key; made with the first.
     pub(super) data: Option<Box<HashMap<String, String>>>,
 }

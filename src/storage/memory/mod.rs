@@ -401,7 +401,7 @@ impl Shard {
             if let Some(record) = &record {
                 // What it vouched for goes with it: its watermarks are written as they stand.
                 if record.vouched > 0 {
-                    for ns in &record.namespaces {
+                    for ns in record.namespaces.iter() {
                         self.changes.push(|| Change::Watermark {
                             user: user.clone(),
                             namespace: ns.clone(),
@@ -648,9 +648,9 @@ impl Storage for MemoryStorage {
         // as they stand before it vouches for others (see `Change::Cursor`).
         if let Some(record) = log.clients.get(&req.client)
             && record.vouched > 0
-            && record.namespaces != req.namespaces
+            && *record.namespaces != *req.namespaces
         {
-            for ns in &record.namespaces {
+            for ns in record.namespaces.iter() {
                 shard.changes.push(|| Change::Watermark {
                     user: req.user.clone(),
                     namespace: ns.clone(),
@@ -685,7 +685,7 @@ impl Storage for MemoryStorage {
         };
         client_changed |= !record.polled;
         record.polled = true;
-        if record.namespaces != req.namespaces {
+        if *record.namespaces != *req.namespaces {
             record.namespaces = req.namespaces.clone();
             record.vouched = 0;
             client_changed = true;
@@ -695,7 +695,7 @@ impl Storage for MemoryStorage {
                 user: req.user.clone(),
                 client: req.client.clone(),
                 polled: true,
-                namespaces: record.namespaces.clone(),
+                namespaces: record.namespaces.to_vec(),
                 presence_ttl: req.presence_ttl.as_millis() as Millis,
             });
         }
@@ -726,7 +726,7 @@ impl Storage for MemoryStorage {
             shard.online.insert((record.seen_until, req.user.clone()));
         }
         if let Some(upto) = confirmed {
-            for ns in &req.namespaces {
+            for ns in req.namespaces.iter() {
                 // Journaled by the client's `Change::Cursor`, which vouches for it.
                 if log.raise_watermark(ns, upto) {
                     advanced = Some(upto);
@@ -761,7 +761,7 @@ impl Storage for MemoryStorage {
                 user: req.user,
                 client: req.client,
                 cursor,
-                namespaces: req.namespaces.into(),
+                namespaces: req.namespaces,
             });
         }
         Ok(FetchBatch {

@@ -144,7 +144,7 @@ impl Shard {
                         seen_until,
                         indexed_until: seen_until,
                         polled,
-                        namespaces,
+                        namespaces: namespaces.into(),
                         ..ClientRecord::default()
                     },
                 );
@@ -167,7 +167,7 @@ impl Shard {
                 record.vouched = vouched;
                 // The watermarks of its namespaces are at least what it vouched for.
                 let namespaces = record.namespaces.clone();
-                for ns in &namespaces {
+                for ns in namespaces.iter() {
                     log.raise_watermark(ns, vouched);
                 }
                 // The log's last position bounds confirmations; its messages may all have been

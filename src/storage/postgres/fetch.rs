@@ -229,7 +229,7 @@ impl PostgresStorage {
                 user: req.user.clone(),
                 client: req.client.clone(),
                 cursor,
-                namespaces: req.namespaces.clone().into(),
+                namespaces: req.namespaces.clone(),
             };
             routes.address(&signal, &others, &mut outbox)?;
         }

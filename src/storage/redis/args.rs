@@ -146,7 +146,7 @@ impl FetchArgs {
             .arg(self.namespaces.as_str())
             .arg(request.max_clients.min(MAX_EXACT as usize))
             .arg(request.namespaces.len());
-        for ns in &request.namespaces {
+        for ns in request.namespaces.iter() {
             inv.arg(&**ns);
         }
     }
