@@ -176,3 +176,26 @@ async fn everyone_except_a_user_leaves_out_every_client_of_that_user() {
     let delivered = finish(sending, "the broadcast").await.expect("delivered");
     assert_eq!(delivered.recipients, [Member::from("bob")]);
 }
+
+/// A send to more recipients than one chunk lets go of its registrations in a task. A runtime
+/// that shuts down before that task ran drops it; dropping it must let go of them there and
+/// then (it once spawned another such task from its drop, and so on until the stack overflowed
+/// and the process aborted).
+#[test]
+fn a_runtime_shut_down_while_a_large_send_is_let_go_of_exits_cleanly() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let (_layer, io) = SimpleIoLayer::builder().build();
+        let users: Vec<String> = (0..1_000).map(|i| format!("u{i}")).collect();
+        io.recipients(users)
+            .emit("news", &1)
+            .stored()
+            .await
+            .expect("stored");
+        // The send is dropped here: its task is spawned and never runs.
+    });
+    drop(runtime);
+}

@@ -166,6 +166,7 @@ impl Hub {
     ) -> Expectation {
         self.ensure_started();
         let mut expectation = Expectation {
+            in_task: false,
             hub: self.clone(),
             users: Vec::new(),
             tracker: Tracker::new(),
@@ -443,6 +444,9 @@ pub(crate) struct Expectation {
     /// grouped by shard: [`track`](Self::track), given exactly their messages (the usual
     /// case), groups them by these again instead of hashing every user once more.
     last: Option<(usize, ByShard<usize, SHARDS>)>,
+    /// It is the rest of a large send being let go of in a task: dropped (the task was, by a
+    /// runtime shutting down), it lets go of what is left at once, rather than spawn again.
+    in_task: bool,
 }
 
 impl Expectation {
@@ -586,38 +590,33 @@ impl Drop for Expectation {
         let statuses = self.tracker.state().statuses.clone();
         // A large fan-out's registrations are let go of in a task, a chunk at a time, so that
         // the end of a send to a big room does not hold the thread that drops it.
-        if self.users.len() > FANOUT_CHUNK
+        if !self.in_task
+            && self.users.len() > FANOUT_CHUNK
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let rest = Expectation {
+            let mut rest = Expectation {
                 hub: self.hub.clone(),
                 users: std::mem::take(&mut self.users),
                 tracker: self.tracker.clone(),
                 targets: std::mem::take(&mut self.targets),
                 last: None,
+                in_task: true,
             };
             runtime.spawn(async move {
-                let chunks = rest
-                    .users
-                    .len()
-                    .max(rest.targets.len())
-                    .div_ceil(FANOUT_CHUNK);
-                for chunk in 0..chunks {
-                    let range = |len: usize| {
-                        (chunk * FANOUT_CHUNK).min(len)..((chunk + 1) * FANOUT_CHUNK).min(len)
-                    };
-                    let targets = range(rest.targets.len());
+                // From the end, each chunk taken off the lists once let go of: dropped between
+                // two, `rest` lets go of exactly what is left.
+                while !rest.users.is_empty() || !rest.targets.is_empty() {
+                    let users = rest.users.len().saturating_sub(FANOUT_CHUNK);
+                    let targets = rest.targets.len().saturating_sub(FANOUT_CHUNK);
                     rest.release(
-                        &rest.targets[targets.clone()],
-                        &statuses[targets],
-                        &rest.users[range(rest.users.len())],
+                        &rest.targets[targets..],
+                        &statuses[targets..rest.targets.len()],
+                        &rest.users[users..],
                     );
+                    rest.users.truncate(users);
+                    rest.targets.truncate(targets);
                     tokio::task::yield_now().await;
                 }
-                // `rest` now drops with nothing left to release: its lists were released.
-                let mut rest = rest;
-                rest.users.clear();
-                rest.targets.clear();
             });
             return;
         }
