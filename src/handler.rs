@@ -194,9 +194,10 @@ pub(crate) fn null() -> Box<RawValue> {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct HandlerError {
-    /// Stable, for programs.
+    /// Stable, for programs; an ack carries at most 64 bytes of it.
     pub code: String,
-    /// For people.
+    /// For people; an ack carries at most 1,024 bytes of it (cut, ending in `…`), as it is
+    /// kept for the dedup window and may quote what the client sent.
     pub message: String,
 }
 

@@ -493,8 +493,8 @@ async fn call_handler(
             if let Some(chosen) = e.downcast_ref::<HandlerError>() {
                 tracing::debug!(?user, %client, ?event, error = %chosen, "the handler refused a message");
                 AckOutcome::Error(ErrorBody {
-                    code: chosen.code.clone(),
-                    message: chosen.message.clone(),
+                    code: cut(&chosen.code, MAX_ERROR_CODE),
+                    message: cut(&chosen.message, MAX_ERROR_MESSAGE),
                 })
             } else {
                 tracing::error!(?user, %client, ?event, error = %e, "the handler failed");
@@ -566,9 +566,46 @@ fn decode_stored(stored: &str) -> AckOutcome {
     })
 }
 
+/// The longest error code an ack carries, in bytes: codes are for programs, and short.
+const MAX_ERROR_CODE: usize = 64;
+
+/// The longest error message an ack carries, in bytes. A handler's message may quote what the
+/// client sent (`invalid_data` quotes the value that did not fit), and the ack is kept for the
+/// dedup window: unbounded, a client could make the server keep any amount of its own text.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `text`, cut to at most `max` bytes on a character boundary, ending in `…` if it was cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let ellipsis = '…';
+    let mut end = max - ellipsis.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = text[..end].to_owned();
+    cut.push(ellipsis);
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_texts_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("short", 64), "short");
+        let long = "é".repeat(100);
+        let out = cut(&long, 64);
+        assert!(out.len() <= 64, "{}", out.len());
+        assert!(out.ends_with('…'));
+        assert!(out.starts_with("éé"));
+        assert_eq!(
+            cut(&"a".repeat(2000), MAX_ERROR_MESSAGE).len(),
+            MAX_ERROR_MESSAGE
+        );
+    }
 
     #[test]
     fn syntax_errors_and_shape_errors_are_told_apart() {

@@ -162,6 +162,25 @@ struct Recipient {
     name: String,
 }
 
+/// `invalid_data` quotes the value that did not fit, and the ack is kept for the dedup window:
+/// its message is cut to 1 KiB, so a client cannot make the server keep its text, however long.
+#[tokio::test]
+async fn an_error_ack_quoting_a_huge_value_is_cut_to_a_kilobyte() {
+    let events = Events::new().on("count", |Data(n): Data<u32>| async move { n.to_string() });
+    let server = TestServer::start(builder().handler(events)).await;
+    let tab = Wire::new(&server).tab("ann", "c1");
+    let huge = "A".repeat(500_000);
+
+    let acks = tab.send(json!([message("m1", "count", json!(huge))])).await;
+    assert_eq!(error_code(&acks[0]), "invalid_data");
+    let first = error_message(&acks[0]).to_owned();
+    assert!(first.len() <= 1024, "an ack message of {} bytes", first.len());
+    assert!(first.starts_with("invalid data: invalid type: string \"AAA"), "{first}");
+    // The resend gets the recorded outcome: the same, cut.
+    let again = tab.send(json!([message("m1", "count", json!(huge))])).await;
+    assert_eq!(error_message(&again[0]), first);
+}
+
 #[tokio::test]
 async fn a_payload_that_does_not_fit_is_refused_with_invalid_data_naming_the_field() {
     let ran = Counter::default();
