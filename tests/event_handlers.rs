@@ -174,8 +174,15 @@ async fn an_error_ack_quoting_a_huge_value_is_cut_to_a_kilobyte() {
     let acks = tab.send(json!([message("m1", "count", json!(huge))])).await;
     assert_eq!(error_code(&acks[0]), "invalid_data");
     let first = error_message(&acks[0]).to_owned();
-    assert!(first.len() <= 1024, "an ack message of {} bytes", first.len());
-    assert!(first.starts_with("invalid data: invalid type: string \"AAA"), "{first}");
+    assert!(
+        first.len() <= 1024,
+        "an ack message of {} bytes",
+        first.len()
+    );
+    assert!(
+        first.starts_with("invalid data: invalid type: string \"AAA"),
+        "{first}"
+    );
     // The resend gets the recorded outcome: the same, cut.
     let again = tab.send(json!([message("m1", "count", json!(huge))])).await;
     assert_eq!(error_message(&again[0]), first);

@@ -399,4 +399,51 @@ mod tests {
     }
 
     crate::storage_conformance_tests!(fresh);
+
+    /// `reap` journals a lapsed client's removal and its leaving its rooms in separate frames.
+    /// The files as a crash between the two leaves them (the removal synced, the leaving not):
+    /// reopened, the room does not list a client that no longer exists, which nothing would
+    /// reap again.
+    #[tokio::test]
+    async fn a_reaped_client_does_not_come_back_in_its_rooms_when_its_leaving_was_lost() {
+        let file = test_folder("ghost").join("store.redb");
+        let (user, client) = (
+            UserId::from("ann"),
+            ClientId::new("tab-0001").expect("an id"),
+        );
+        let member = Member::Client(user.clone(), client.clone());
+        let storage = DurableStorage::open(&file).await.expect("a new file");
+        storage
+            .join("room", &member, Duration::from_millis(50))
+            .await
+            .expect("joined");
+        storage
+            .join(
+                "room",
+                &Member::User(user.clone()),
+                Duration::from_millis(50),
+            )
+            .await
+            .expect("joined");
+        drop(storage);
+        let (db, loaded) = load::open(&file).expect("the file");
+        drop(db);
+        let mut log =
+            Log::open(&log::path_for(&file), loaded.log_tag, loaded.log_seq + 1).expect("its log");
+        log.append(&[crate::storage::memory::journal::Change::Unclient {
+            user: user.clone(),
+            client,
+        }])
+        .expect("a frame");
+        drop(log);
+        for _ in 0..2 {
+            let storage = DurableStorage::open(&file).await.expect("the file");
+            assert_eq!(
+                storage.members("room").await.expect("members"),
+                vec![Member::User(user.clone())],
+                "the reaped client came back"
+            );
+            drop(storage);
+        }
+    }
 }

@@ -59,9 +59,10 @@ impl MemoryStorage {
             *epoch = e;
         }
         let now = now_millis();
+        let mut joins = Vec::new();
         for change in restored.changes {
             match change {
-                Change::Join { room, member } => rooms.join(&room, &member),
+                Change::Join { room, member } => joins.push((room, member)),
                 change => {
                     let user = match &change {
                         Change::Message { user, .. }
@@ -76,6 +77,21 @@ impl MemoryStorage {
                     let index = self.shard_of(user);
                     shards[index].restore(change, now);
                 }
+            }
+        }
+        // A client's memberships only with the client: `reap` journals a lapsed client's
+        // removal and its leaving its rooms in steps, and a crash between the two (or a write
+        // that failed) would otherwise bring back a member nothing reaps any more.
+        for (room, member) in joins {
+            let known = match &member {
+                Member::User(_) => true,
+                Member::Client(user, client) => shards[self.shard_of(user)]
+                    .logs
+                    .get(user)
+                    .is_some_and(|log| log.clients.contains_key(client)),
+            };
+            if known {
+                rooms.join(&room, &member);
             }
         }
         for shard in shards.iter_mut() {
