@@ -779,7 +779,9 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     async fn reap(&self) -> Result<Vec<Departure>, StorageError>;
 
     /// Adds `member` to `room` (idempotent). A client not yet seen is kept for `presence_ttl`,
-    /// as if it had polled, so that a client joining before its first poll stays a member.
+    /// as if it had polled, so that a client joining before its first poll stays a member. A
+    /// storage may bound the client records of one user (memory and durable keep at most 1,024):
+    /// past it, a client not yet seen is refused with [`Limit::ClientsPerUser`].
     async fn join(
         &self,
         room: &str,
@@ -800,7 +802,8 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 
     /// Sets (`Some`) or removes (`None`) the data `key` of `member`, as JSON text. A client's data
     /// lives while it is live, a user's until their last client is reaped; setting data on a
-    /// client not yet seen keeps it for `presence_ttl`, as if it had polled.
+    /// client not yet seen keeps it for `presence_ttl`, as if it had polled (refused past the
+    /// storage's bound on a user's client records, as for [`join`](Self::join)).
     async fn set_data(
         &self,
         member: &Member,

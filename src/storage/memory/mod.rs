@@ -68,6 +68,11 @@ const _: () = assert!(SIGNAL_CAPACITY.is_power_of_two());
 /// How many shards users are spread over.
 const SHARDS: usize = 32;
 
+/// The most client records of one user, polled or not: [`Storage::join`] and
+/// [`Storage::set_data`] for a new client past it fail with [`Limit::ClientsPerUser`]. Far above
+/// the clients that may poll at once (64 by default), which a fetch refuses past its own bound.
+pub(crate) const MAX_CLIENT_RECORDS: usize = 1_024;
+
 /// How often, at most, a write also sweeps expired state out of its shard.
 const SWEEP_EVERY: Millis = 1_000;
 
@@ -332,17 +337,23 @@ impl Shard {
     }
 
     /// The record of `client`, made (not live, not yet polled) if there is none, so that what is
-    /// attached to a client before its first poll lives as long as it does.
+    /// attached to a client before its first poll lives as long as it does. Refused for a new
+    /// client past [`MAX_CLIENT_RECORDS`] of the user: the client id is the one a `POST` named,
+    /// and a handler that joins or sets data for its sender would otherwise make a record for
+    /// every id a client cares to send.
     fn touch_unpolled(
         &mut self,
         user: &UserId,
         client: &ClientId,
         ttl: Duration,
-    ) -> &mut ClientRecord {
-        let known = self
-            .logs
-            .get(user)
-            .is_some_and(|log| log.clients.contains_key(client));
+    ) -> Result<&mut ClientRecord, StorageError> {
+        let records = self.logs.get(user).map(|log| &log.clients);
+        let known = records.is_some_and(|clients| clients.contains_key(client));
+        if !known && records.is_some_and(|clients| clients.len() >= MAX_CLIENT_RECORDS) {
+            return Err(StorageError::Limit(Limit::ClientsPerUser(
+                MAX_CLIENT_RECORDS,
+            )));
+        }
         let seen_until = now_millis().saturating_add(ttl.as_millis() as Millis);
         if !known {
             self.presence
@@ -358,11 +369,11 @@ impl Shard {
                 presence_ttl: ttl.as_millis() as Millis,
             });
         }
-        log.clients.get_or_insert_with(client, || ClientRecord {
+        Ok(log.clients.get_or_insert_with(client, || ClientRecord {
             seen_until,
             indexed_until: seen_until,
             ..ClientRecord::default()
-        })
+        }))
     }
 
     /// Reaps up to a slice of clients whose presence lapsed by `now`; whether more may be left.
@@ -938,7 +949,7 @@ impl Storage for MemoryStorage {
         let _epoch = self.epoch_guard();
         if let Member::Client(user, client) = member {
             self.shard_for(user)
-                .touch_unpolled(user, client, presence_ttl);
+                .touch_unpolled(user, client, presence_ttl)?;
         }
         self.rooms().join(room, member);
         Ok(())
@@ -969,8 +980,10 @@ impl Storage for MemoryStorage {
         let shard = &mut *guard;
         let bag = match member {
             Member::User(user) => shard.user_data.entry(user.clone()).or_default(),
-            Member::Client(user, client) => (shard.touch_unpolled(user, client, presence_ttl).data)
-                .get_or_insert_with(Box::default),
+            Member::Client(user, client) => {
+                (shard.touch_unpolled(user, client, presence_ttl)?.data)
+                    .get_or_insert_with(Box::default)
+            }
         };
         match value {
             Some(v) => {
@@ -1065,4 +1078,56 @@ mod tests {
     }
 
     crate::storage_conformance_tests!(fresh);
+
+    /// A `POST` names its client id, and a handler that joins or sets data for its sender makes
+    /// a record for it: a user's records are bounded, and past the bound a new client's join and
+    /// data are refused, a known client's still taken.
+    #[tokio::test]
+    async fn a_users_client_records_are_bounded() {
+        let storage = MemoryStorage::new();
+        let ttl = Duration::from_secs(60);
+        let user = UserId::from("ann");
+        let client =
+            |i: usize| Member::Client(user.clone(), ClientId::new(format!("c{i}")).expect("an id"));
+        for i in 0..MAX_CLIENT_RECORDS {
+            storage
+                .join("lobby", &client(i), ttl)
+                .await
+                .expect("joined");
+        }
+        let refused = storage
+            .join("lobby", &client(MAX_CLIENT_RECORDS), ttl)
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(StorageError::Limit(Limit::ClientsPerUser(
+                    MAX_CLIENT_RECORDS
+                )))
+            ),
+            "{refused:?}"
+        );
+        let refused = storage
+            .set_data(&client(MAX_CLIENT_RECORDS), "k", Some("1"), ttl)
+            .await;
+        assert!(
+            matches!(refused, Err(StorageError::Limit(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            storage.members("lobby").await.expect("members").len(),
+            MAX_CLIENT_RECORDS
+        );
+        storage
+            .join("other", &client(0), ttl)
+            .await
+            .expect("a known client");
+        storage
+            .set_data(&client(1), "k", Some("1"), ttl)
+            .await
+            .expect("a known client");
+        // Another user is not held back by ann's records.
+        let bob = Member::Client(UserId::from("bob"), ClientId::new("c0").expect("an id"));
+        storage.join("lobby", &bob, ttl).await.expect("joined");
+    }
 }
