@@ -93,7 +93,10 @@ fn open_existing(path: &Path) -> Result<(Database, Loaded), Unreadable> {
         StorageError::Unavailable(_) => Unreadable::Busy(e),
         e => Unreadable::Damaged(e.to_string()),
     })?;
-    let loaded = read_all(&db).map_err(|e| Unreadable::Damaged(e.to_string()))?;
+    let loaded = read_all(&db).map_err(|e| match e {
+        StorageError::Unavailable(_) => Unreadable::Busy(e),
+        e => Unreadable::Damaged(e.to_string()),
+    })?;
     if loaded.restored.epoch.is_none() {
         return Err(Unreadable::Damaged("it holds no epoch".into()));
     }
@@ -180,7 +183,7 @@ struct Meta {
 }
 
 fn read_meta(db: &Database) -> Result<Meta, StorageError> {
-    let r = |e: redb::Error| unavailable("reading the storage file", e);
+    let r = read_error;
     let txn = db.begin_read().map_err(|e| r(e.into()))?;
     let meta = match txn.open_table(META) {
         Ok(meta) => meta,
@@ -257,6 +260,22 @@ fn aside_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".unreadable-{}", crate::storage::now_millis()));
     PathBuf::from(name)
+}
+
+/// What a failed read of the file means: an I/O error may pass (the file is then kept, and an
+/// open fails for now rather than move it aside); anything else redb says of it is damage.
+fn read_error(e: redb::Error) -> StorageError {
+    match e {
+        redb::Error::Io(io)
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            unavailable("reading the storage file", io)
+        }
+        other => StorageError::Corrupt(format!("the storage file cannot be read: {other}")),
+    }
 }
 
 fn corrupt(what: &str) -> StorageError {
@@ -496,6 +515,23 @@ fn member(user: &str, client: &str) -> Result<Member, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transient I/O error keeps the file (the open fails for now); damage moves it aside.
+    #[test]
+    fn an_io_error_while_reading_is_not_damage() {
+        let io = |kind| redb::Error::Io(std::io::Error::new(kind, "failed"));
+        assert!(matches!(
+            read_error(io(std::io::ErrorKind::Other)),
+            StorageError::Unavailable(_)
+        ));
+        for damage in [
+            io(std::io::ErrorKind::UnexpectedEof),
+            io(std::io::ErrorKind::InvalidData),
+            redb::Error::Corrupted("a bad page".into()),
+        ] {
+            assert!(matches!(read_error(damage), StorageError::Corrupt(_)));
+        }
+    }
 
     /// A file of another format (an older version's) is not read as this one: it is moved
     /// aside, and the storage starts a new epoch.
