@@ -328,6 +328,11 @@ impl Queue {
 impl journal::Journal for Queue {
     fn record(&self, changes: &mut Vec<Change>) {
         let mut state = self.lock();
+        // With no writer left, nothing would write them, and they would pile up for good.
+        if self.broken.load(Ordering::SeqCst) {
+            changes.clear();
+            return;
+        }
         state.changes.append(changes);
         state.open_changed = true;
         let wake = state.idle;
@@ -342,6 +347,9 @@ impl journal::Journal for Queue {
 
     fn signal(&self, signal: Signal) {
         let mut state = self.lock();
+        if self.broken.load(Ordering::SeqCst) {
+            return;
+        }
         state.signals.push(signal);
         let wake = state.idle;
         drop(state);
@@ -397,8 +405,11 @@ impl Drop for Released {
             if let Some(batch) = state.writing.take() {
                 batch.finish(false);
             }
-            // Later operations find a finished batch and the broken flag.
+            // Later operations find a finished batch and the broken flag; what was queued for
+            // the writer is let go of, as what comes later is (`record`, `signal`).
             state.open_changed = true;
+            state.changes = Vec::new();
+            state.signals = Vec::new();
         }
     }
 }
@@ -756,5 +767,47 @@ impl Thread {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ClientId;
+    use crate::storage::memory::journal::Journal;
+
+    /// Once the writer thread panicked, operations fail with 503: what they record and signal
+    /// is let go of, as nothing will write it, instead of piling up for good.
+    #[test]
+    fn after_the_writer_panicked_nothing_piles_up_for_it() {
+        let change = || Change::Unclient {
+            user: UserId::from("ann"),
+            client: ClientId::new("tab").expect("an id"),
+        };
+        let queue = Arc::new(Queue::new());
+        queue.record(&mut vec![change()]);
+        let writer = queue.clone();
+        let panicked = std::thread::spawn(move || {
+            let _released = Released(writer);
+            panic!("the writer fails");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(queue.broken.load(Ordering::SeqCst));
+        for _ in 0..1_000 {
+            queue.record(&mut vec![change()]);
+            queue.signal(Signal::Resync);
+        }
+        let state = queue.lock();
+        assert!(
+            state.changes.is_empty(),
+            "{} changes queued",
+            state.changes.len()
+        );
+        assert!(
+            state.signals.is_empty(),
+            "{} signals queued",
+            state.signals.len()
+        );
     }
 }
