@@ -292,7 +292,19 @@ async fn handle_once(
             Claim::Acquired => break,
             Claim::Done(stored) => return Ok(Handled::Done(decode_stored(&stored))),
             Claim::InProgress { retry_after } => match &watch {
-                None => watch = Some(shared.hub.watch(user, None)),
+                // Bounded as polls are, per user and node (with them): each resend of an id in
+                // progress would otherwise hold a mailbox for the pending wait. Past it, the
+                // resend is told to ask again.
+                None => match shared
+                    .hub
+                    .watch_bounded(user, None, config.max_polls_per_user)
+                {
+                    Some(watching) => watch = Some(watching),
+                    None => {
+                        let asked = retry_after.min(Duration::from_secs(1));
+                        return Ok(Handled::Pending(asked.max(MIN_RETRY_AFTER)));
+                    }
+                },
                 // Another request is handling this id now. Wait for it to complete, or for its
                 // lease to end (its request died: this one takes over), within the pending
                 // wait; then tell the client when to ask again.

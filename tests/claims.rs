@@ -144,6 +144,45 @@ async fn a_claim_held_longer_than_the_pending_wait_answers_pending_with_when_to_
     assert_eq!(seen(&handled), ["m1", "m2"]);
 }
 
+/// A resend of an id in progress waits for it in a mailbox of the hub's, bounded as the user's
+/// polls are: with the user's one slot taken by a waiting poll, the resend does not wait but is
+/// told at once to ask again soon (not after the pending wait, told the lease's rest).
+#[tokio::test]
+async fn a_resend_finding_the_users_waits_all_taken_is_told_to_ask_again_at_once() {
+    let storage = MemoryStorage::new();
+    let handled = Seen::default();
+    let server = TestServer::start(
+        SimpleIoLayer::builder()
+            .hold_time(Duration::from_secs(5))
+            .storage(storage.clone())
+            .max_polls_per_user(1)
+            .pending_wait(Duration::from_secs(3))
+            .handler(service_fn(recording(&handled))),
+    )
+    .await;
+    let limits = DedupLimits {
+        lease: Duration::from_secs(10),
+        per_client: 100,
+        per_user: 100,
+    };
+    storage.claim(&key("m1"), 99, limits).await.expect("claim");
+    let wire = Wire::new(&server);
+    let mut other = wire.tab("ann", "tab2");
+    other.receive().await;
+    let waiting = tokio::spawn(async move { other.receive().await });
+    support::wire::eventually("the poll waits", || server.io.waiting_polls() == 1).await;
+
+    let acks = wire
+        .tab("ann", "tab1")
+        .send(json!([{"id": "m1", "event": "e"}]))
+        .await;
+    assert_eq!(acks[0]["pending"], json!(true), "{acks:?}");
+    let wait = acks[0]["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(wait <= 1_000, "told to ask again in {wait} ms");
+    assert!(seen(&handled).is_empty());
+    waiting.abort();
+}
+
 #[tokio::test]
 async fn a_handler_slower_than_its_lease_is_not_run_twice() {
     let calls = Arc::new(AtomicUsize::new(0));

@@ -128,7 +128,9 @@ impl Hub {
     }
 
     /// Subscribes a request of `user` to news of its user (a poll also to its announcements and
-    /// volatile messages); dropping the watch unsubscribes.
+    /// volatile messages); dropping the watch unsubscribes. Without a bound: for tests; requests
+    /// use [`watch_bounded`](Self::watch_bounded).
+    #[cfg(test)]
     pub(crate) fn watch(self: &Arc<Self>, user: &UserId, poll: Option<PollInfo>) -> Watch {
         self.watch_bounded(user, poll, usize::MAX)
             .unwrap_or_else(|| unreachable!("no bound"))
