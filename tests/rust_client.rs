@@ -395,6 +395,48 @@ async fn event_names_are_checked_against_the_servers_limit() {
     client.close().await;
 }
 
+/// Spec §8: a message answered `pending` round after round is given up once its retry window
+/// has passed, as one that is never answered is: past the server's dedup window a resend could
+/// be handled twice.
+#[tokio::test]
+async fn a_message_still_pending_past_the_retry_window_fails() {
+    let server = TestServer::start(
+        SimpleIoLayer::builder()
+            .hold_time(Duration::from_millis(500))
+            .handler_lease(Duration::from_millis(300))
+            .pending_wait(Duration::from_millis(100))
+            .handler(service_fn(|_m: Incoming| async {
+                // Longer than the test: the first request of the message is still handling it.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, tower::BoxError>(Reply::json(&json!("done"))?)
+            })),
+    )
+    .await;
+    let (client, mut events) = Client::builder(server.url())
+        .header("x-user", "ann")
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .retry_window(Duration::from_millis(800))
+        .connect()
+        .expect("the client starts");
+    next_where(&mut events, |e| matches!(e, Event::Connected)).await;
+    // The same message, sent first by another request under the client's id: its first id.
+    let tab = support::wire::Wire::new(&server).tab("ann", client.id());
+    let first = format!("{}-1", client.id());
+    let holder =
+        tokio::spawn(async move { tab.send(json!([{"id": first, "event": "slow"}])).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let outcome = timeout(SOON, client.emit("slow", &1))
+        .await
+        .expect("settled");
+    assert!(
+        matches!(outcome, Err(EmitError::StillPending { after }) if after >= Duration::from_millis(800)),
+        "{outcome:?}"
+    );
+    holder.abort();
+    client.close().await;
+}
+
 #[tokio::test]
 async fn a_refused_sign_in_is_reported() {
     let seen = Seen::default();

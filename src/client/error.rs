@@ -145,6 +145,16 @@ pub enum EmitError {
         /// Why the last attempt failed.
         last: ConnectionError,
     },
+    /// The server still answered `pending` (another request of it is being handled) when the
+    /// retry window ended (see
+    /// [`ClientBuilder::retry_window`](super::ClientBuilder::retry_window)): the handler may
+    /// or may not finish it, and past the server's dedup window a resend could be handled
+    /// twice, so the client stops asking (spec §8).
+    #[error("still pending after {after:?}: the server had not finished handling it")]
+    StillPending {
+        /// How long the client tried.
+        after: Duration,
+    },
     /// The event name is empty or longer than the limit: the server's, once its handshake
     /// told it, else [`ClientBuilder::max_event_len`](super::ClientBuilder::max_event_len).
     /// Nothing was sent.

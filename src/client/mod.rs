@@ -341,7 +341,8 @@ impl Client {
     ///
     /// [`EmitError::Ack`] if the handler failed (final); [`EmitError::Rejected`] if the server
     /// refused the message as invalid or too large; [`EmitError::Unacknowledged`] if the server
-    /// could not be reached within the retry window; [`EmitError::Closed`] if the client was
+    /// could not be reached within the retry window, [`EmitError::StillPending`] if it was
+    /// still handling the message then; [`EmitError::Closed`] if the client was
     /// closed first; [`EmitError::InvalidEvent`], [`EmitError::InvalidNamespace`] or
     /// [`EmitError::Serialize`] before sending.
     ///

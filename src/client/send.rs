@@ -157,6 +157,10 @@ pub(crate) async fn run(
                     .max()
                     .map(std::time::Duration::from_millis);
                 let pending = settle(&mut queue, n, acks.acks);
+                // Asked again every round, but not past the retry window (spec §8).
+                give_up_overdue(&mut queue, pending, config.retry_window, |after| {
+                    EmitError::StillPending { after }
+                });
                 if pending > 0 {
                     tracing::debug!(
                         pending,
@@ -182,7 +186,12 @@ pub(crate) async fn run(
                         tracing::debug!(%error, ?delay, messages = n, "sending failed again; retrying");
                     }
                     healthy = false;
-                    give_up_overdue(&mut queue, n, config.retry_window, &error);
+                    give_up_overdue(&mut queue, n, config.retry_window, |after| {
+                        EmitError::Unacknowledged {
+                            after,
+                            last: error.clone(),
+                        }
+                    });
                     Some(delay)
                 }
                 Next::Split => {
@@ -290,11 +299,12 @@ fn settle(queue: &mut VecDeque<Outgoing>, n: usize, acks: Vec<WireAck>) -> usize
 
 /// Fails those of the first `n` messages that were first sent longer than `window` ago: past
 /// the server's dedup window a resend could be handled twice, so the spec says to stop.
+/// `failure` makes each one's error from how long it was tried.
 fn give_up_overdue(
     queue: &mut VecDeque<Outgoing>,
     n: usize,
     window: std::time::Duration,
-    last: &ConnectionError,
+    failure: impl Fn(std::time::Duration) -> EmitError,
 ) {
     let batch: Vec<Outgoing> = queue.drain(..n).collect();
     let mut kept = Vec::new();
@@ -302,10 +312,7 @@ fn give_up_overdue(
         let elapsed = message.first_try.map(|t| t.elapsed()).unwrap_or_default();
         if elapsed >= window {
             tracing::warn!(id = %message.id, ?elapsed, "giving up on a message the server never acknowledged");
-            message.resolve(Err(EmitError::Unacknowledged {
-                after: elapsed,
-                last: last.clone(),
-            }));
+            message.resolve(Err(failure(elapsed)));
         } else {
             kept.push(message);
         }
@@ -429,7 +436,10 @@ mod tests {
         tokio::time::advance(window).await;
         queue.push_back(new);
         queue[1].first_try = Some(Instant::now());
-        give_up_overdue(&mut queue, 2, window, &rejected(401));
+        give_up_overdue(&mut queue, 2, window, |after| EmitError::Unacknowledged {
+            after,
+            last: rejected(401),
+        });
         assert_eq!(queue.len(), 1);
         assert!(matches!(
             old_reply.try_recv(),
