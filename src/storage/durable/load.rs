@@ -295,7 +295,7 @@ pub(super) struct Loaded {
 
 /// Reads every record: what a restart (or a failed write) rebuilds memory from.
 pub(super) fn read_all(db: &Database) -> Result<Loaded, StorageError> {
-    let r = |e: redb::Error| unavailable("reading the storage file", e);
+    let r = read_error;
     let txn = db.begin_read().map_err(|e| r(e.into()))?;
     let meta = txn.open_table(META).map_err(|e| r(e.into()))?;
     let get = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
@@ -555,6 +555,29 @@ mod tests {
             .filter_map(Result::ok)
             .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
         assert!(aside, "the file of another format was not kept aside");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file redb reads but finds damaged while the whole of it is read (here: a table
+    /// missing) is moved aside, as at opening: the storage starts a new epoch rather than
+    /// failing every start.
+    #[test]
+    fn a_file_damaged_past_its_opening_is_moved_aside() {
+        let dir = super::super::test_folder("damaged");
+        let path = dir.join("store.redb");
+        let (db, first) = open(&path).expect("a new file");
+        let txn = db.begin_write().expect("a transaction");
+        txn.delete_table(ORIGINS).expect("deleted");
+        txn.commit().expect("committed");
+        drop(db);
+
+        let (_db, second) = open(&path).expect("a new file in its place");
+        assert_ne!(first.restored.epoch, second.restored.epoch);
+        let aside = std::fs::read_dir(&dir)
+            .expect("the folder")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
+        assert!(aside, "the damaged file was not kept aside");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
