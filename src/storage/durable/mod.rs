@@ -436,13 +436,30 @@ mod tests {
         }])
         .expect("a frame");
         drop(log);
-        for _ in 0..2 {
+        for round in 0..3 {
             let storage = DurableStorage::open(&file).await.expect("the file");
             assert_eq!(
                 storage.members("room").await.expect("members"),
                 vec![Member::User(user.clone())],
-                "the reaped client came back"
+                "the reaped client came back ({round})"
             );
+            if round == 0 {
+                // The same client id polls again: its old membership must not come back with
+                // its new record.
+                storage
+                    .fetch(FetchRequest {
+                        user: user.clone(),
+                        client: ClientId::new("tab-0001").expect("an id"),
+                        cursor: None,
+                        namespaces: Arc::from([Arc::<str>::from("/")]),
+                        limit: 100,
+                        presence_ttl: Duration::from_secs(60),
+                        announce: None,
+                        max_clients: 64,
+                    })
+                    .await
+                    .expect("a poll");
+            }
             drop(storage);
         }
     }

@@ -81,7 +81,10 @@ impl MemoryStorage {
         }
         // A client's memberships only with the client: `reap` journals a lapsed client's
         // removal and its leaving its rooms in steps, and a crash between the two (or a write
-        // that failed) would otherwise bring back a member nothing reaps any more.
+        // that failed) would otherwise bring back a member nothing reaps any more. Its leaving
+        // is journaled now (below), or the record would come back with the client's id, should
+        // it poll again.
+        let mut lost = Vec::new();
         for (room, member) in joins {
             let known = match &member {
                 Member::User(_) => true,
@@ -92,6 +95,8 @@ impl MemoryStorage {
             };
             if known {
                 rooms.join(&room, &member);
+            } else {
+                lost.push((room, member));
             }
         }
         for shard in shards.iter_mut() {
@@ -101,8 +106,12 @@ impl MemoryStorage {
             shard.acks.changes.set_recording(true);
         }
         rooms.changes.set_recording(true);
+        for (room, member) in lost {
+            rooms.changes.push(|| Change::Leave { room, member });
+        }
         under_lock();
-        // Nothing replayed is journaled again: the guards drop with empty change lists.
+        // Nothing replayed is journaled again: the guards drop with empty change lists, but for
+        // the lost memberships left above.
     }
 }
 
