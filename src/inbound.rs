@@ -143,7 +143,8 @@ where
     let mut refused: Vec<(Arc<str>, ErrorBody)> = Vec::new();
     for ns in &namespaces {
         if let Err(rejection) = authorize(shared, parts, &user, ns).await? {
-            refused.push((ns.clone(), rejection.ack_error()));
+            let error = rejection.ack_error();
+            refused.push((ns.clone(), error_body(&error.code, &error.message)));
         }
     }
 
@@ -504,10 +505,7 @@ async fn call_handler(
         Err(e) => {
             if let Some(chosen) = e.downcast_ref::<HandlerError>() {
                 tracing::debug!(?user, %client, ?event, error = %chosen, "the handler refused a message");
-                AckOutcome::Error(ErrorBody {
-                    code: cut(&chosen.code, MAX_ERROR_CODE),
-                    message: cut(&chosen.message, MAX_ERROR_MESSAGE),
-                })
+                AckOutcome::Error(error_body(&chosen.code, &chosen.message))
             } else {
                 tracing::error!(?user, %client, ?event, error = %e, "the handler failed");
                 AckOutcome::Error(ErrorBody {
@@ -585,6 +583,15 @@ const MAX_ERROR_CODE: usize = 64;
 /// client sent (`invalid_data` quotes the value that did not fit), and the ack is kept for the
 /// dedup window: unbounded, a client could make the server keep any amount of its own text.
 const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// An ack's error from the application's code and message (a handler's error, a namespace's
+/// rejection), within the spec's bounds (§6).
+fn error_body(code: &str, message: &str) -> ErrorBody {
+    ErrorBody {
+        code: cut(code, MAX_ERROR_CODE),
+        message: cut(message, MAX_ERROR_MESSAGE),
+    }
+}
 
 /// `text`, cut to at most `max` bytes on a character boundary, ending in `…` if it was cut.
 fn cut(text: &str, max: usize) -> String {
