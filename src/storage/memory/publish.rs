@@ -191,8 +191,9 @@ async fn room(publisher: &Weak<Publisher>) -> Option<usize> {
 }
 
 /// What is gathered: the appends' lists of users, as they came (taking one costs no more
-/// than its `Arc`), merged when told, or once they hold twice as many users as after the last
-/// merge, so that a long wait holds each user about once.
+/// than its `Arc`), in the order they came; each user told once per telling ([`told`]), and the
+/// lists merged in place once they hold twice as many users as after the last merge, so that a
+/// long wait holds each user about once.
 #[derive(Debug, Default)]
 struct Gathered {
     lists: VecDeque<Arc<[UserId]>>,
