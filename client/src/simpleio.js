@@ -340,8 +340,10 @@ export function SimpleIO(url, options) {
       }
       // A message goes out, and out again, under the client id it was first sent with: the
       // server tells messages apart by client id and message id (spec §4).
+      // A message not sent yet goes out under the current id only, never under one a take-over
+      // left to another instance (spec §3 step 6).
       const c = (outbox[0].c ??= id);
-      const batch = outbox.slice(0, limit).filter((m) => (m.c ??= c) == c);
+      const batch = outbox.slice(0, limit).filter((m) => (m.c ?? id) == c && (m.c = c));
       if (!batch.length) break;
       for (const m of batch) m.t ??= now;
       let wait = 0;

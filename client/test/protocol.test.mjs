@@ -401,3 +401,47 @@ test("a 404 or 405 on a POST fails the whole batch in one request", async (t) =>
     assert.equal(posts, 1, `${status}: one POST`);
   }
 });
+
+// Spec §3 step 6: after a take-over, a message sent under the old id is resent under it, alone;
+// one not sent yet goes out under the new id, never under the one another instance now polls.
+test("after a take-over, new messages go out under the new id, apart from resends", async (t) => {
+  const posts = [];
+  let answerPoll;
+  const gets = [
+    Response.json({ epoch: "e", cursor: 0, messages: [], volatile: [] }),
+    new Promise((resolve) => (answerPoll = resolve)),
+  ];
+  const fetch = (url, init) => {
+    if (init.method == "POST") {
+      const body = JSON.parse(init.body);
+      posts.push(body);
+      // The first is left pending: it stays at the front, under the first id.
+      const acks = body.messages.map((m) =>
+        posts.length == 1 ? { id: m.id, pending: true, retry_after_ms: 300 } : { id: m.id, reply: m.data },
+      );
+      return Promise.resolve(Response.json({ acks }));
+    }
+    const next = gets.shift();
+    if (next) return Promise.resolve(next);
+    return new Promise((_, reject) =>
+      init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))),
+    );
+  };
+  const io = new SimpleIO(URL_, { fetch });
+  t.after(() => io.close());
+  const old = io.id;
+  const first = io.emit("e", 1);
+  await until("the first POST", () => posts.length == 1);
+  answerPoll(Response.json({ epoch: "e", cursor: 0, messages: [], volatile: [], taken_over: true }));
+  await until("a new id", () => io.id != old);
+  const second = io.emit("e", 2);
+  assert.deepEqual(await Promise.all([first, second]), [1, 2]);
+  assert.deepEqual(
+    posts.map((p) => [p.client, p.messages.map((m) => m.data)]),
+    [
+      [old, [1]],
+      [old, [1]],
+      [io.id, [2]],
+    ],
+  );
+});

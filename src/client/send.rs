@@ -122,17 +122,7 @@ pub(crate) async fn run(
             .server_max_messages
             .load(std::sync::atomic::Ordering::Relaxed);
         let n = queue.len().min(limit).min(allowed);
-        // One client id per POST: the first message's (once sent, always the same), and the
-        // messages after it that were sent with it or not yet sent at all.
-        let client: Arc<str> = queue
-            .front()
-            .and_then(|m| m.sent_as.clone())
-            .unwrap_or_else(|| transport.current_id());
-        let n = queue
-            .iter()
-            .take(n)
-            .take_while(|m| m.sent_as.as_ref().is_none_or(|c| *c == client))
-            .count();
+        let (client, n) = next_batch(&queue, n, transport.current_id());
         let now = Instant::now();
         for message in queue.iter_mut().take(n) {
             message.first_try.get_or_insert(now);
@@ -297,6 +287,23 @@ fn settle(queue: &mut VecDeque<Outgoing>, n: usize, acks: Vec<WireAck>) -> usize
     stayed
 }
 
+/// The client id of the next `POST` and how many of the first `n` messages go in it: the first
+/// message's id (once sent, always the same), and the messages after it sent with it. One not
+/// sent yet goes out under the `current` id only, never under one a take-over left to another
+/// instance (spec §3 step 6).
+fn next_batch(queue: &VecDeque<Outgoing>, n: usize, current: Arc<str>) -> (Arc<str>, usize) {
+    let client = queue
+        .front()
+        .and_then(|m| m.sent_as.clone())
+        .unwrap_or_else(|| current.clone());
+    let n = queue
+        .iter()
+        .take(n)
+        .take_while(|m| *m.sent_as.as_ref().unwrap_or(&current) == client)
+        .count();
+    (client, n)
+}
+
 /// Fails those of the first `n` messages that were first sent longer than `window` ago: past
 /// the server's dedup window a resend could be handled twice, so the spec says to stop.
 /// `failure` makes each one's error from how long it was tried.
@@ -362,6 +369,24 @@ mod tests {
             sent_as: None,
         };
         (message, replied)
+    }
+
+    /// After a take-over, the messages sent under the old id go out under it, alone: the ones
+    /// not sent yet wait for the next `POST`, under the new id.
+    #[test]
+    fn messages_not_sent_yet_go_out_under_the_current_id() {
+        let (old, _r1) = outgoing("a-1");
+        let (fresh, _r2) = outgoing("b-1");
+        let mut queue = VecDeque::from([old, fresh]);
+        queue[0].sent_as = Some(Arc::from("a"));
+        assert_eq!(next_batch(&queue, 2, Arc::from("b")), (Arc::from("a"), 1));
+        queue.pop_front();
+        assert_eq!(next_batch(&queue, 1, Arc::from("b")), (Arc::from("b"), 1));
+        // Without a take-over, both go together.
+        let (first, _r3) = outgoing("a-2");
+        queue.push_front(first);
+        queue[0].sent_as = Some(Arc::from("b"));
+        assert_eq!(next_batch(&queue, 2, Arc::from("b")), (Arc::from("b"), 2));
     }
 
     fn rejected(status: u16) -> ConnectionError {

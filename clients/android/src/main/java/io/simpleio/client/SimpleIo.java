@@ -302,14 +302,16 @@ public final class SimpleIo extends Namespace {
                 }
                 if (outbox.isEmpty()) continue;
                 // One client id per POST: the first message's (once sent, always the same), and
-                // the messages after it sent with it or not sent yet (§3 step 6).
+                // the messages after it sent with it; one not sent yet only under the current id,
+                // never under one a take-over left to another instance (§3 step 6).
                 Outgoing first = outbox.peekFirst();
-                sender = first.clientId != null ? first.clientId : clientId;
+                String current = clientId;
+                sender = first.clientId != null ? first.clientId : current;
                 int size = Math.min(Math.min(limit, cap), limits.maxMessages);
                 long body = 40 + sender.length();
                 for (Outgoing m : outbox) {
                     if (batch.size() >= size) break;
-                    if (m.clientId != null && !m.clientId.equals(sender)) break;
+                    if (!(m.clientId != null ? m.clientId : current).equals(sender)) break;
                     if (!batch.isEmpty() && body + m.bytes + 1 > limits.maxBody) break;
                     body += m.bytes + 1;
                     batch.add(m);
