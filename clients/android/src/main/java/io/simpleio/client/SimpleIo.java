@@ -674,7 +674,9 @@ public final class SimpleIo extends Namespace {
 
     /** Spec §5: {@code min(max, base * 2^attempts) * random(0.5, 1.0)}, a Retry-After a floor. */
     private long backoff(int attempts, SimpleIoException failure) {
-        long delay = refused(failure.status())
+        // A refusal waits the longest backoff; `body_unreadable` (an upload that broke) is
+        // retried as a network error is (§5).
+        long delay = refused(failure.status()) && !"body_unreadable".equals(failure.code())
                 ? backoffMax
                 : Math.min(backoffMax, backoffBase << Math.min(attempts, 30));
         long jittered = (long) (delay * (0.5 + RANDOM.nextDouble() / 2));
