@@ -548,14 +548,7 @@ mod tests {
         txn.commit().expect("committed");
         drop(db);
 
-        let (_db, second) = open(&path).expect("a new file in its place");
-        assert_ne!(first.restored.epoch, second.restored.epoch);
-        let aside = std::fs::read_dir(&dir)
-            .expect("the folder")
-            .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
-        assert!(aside, "the file of another format was not kept aside");
-        let _ = std::fs::remove_dir_all(&dir);
+        reopens_moved_aside(&dir, &path, &first);
     }
 
     /// A file redb reads but finds damaged while the whole of it is read (here: a table
@@ -571,14 +564,20 @@ mod tests {
         txn.commit().expect("committed");
         drop(db);
 
-        let (_db, second) = open(&path).expect("a new file in its place");
+        reopens_moved_aside(&dir, &path, &first);
+    }
+
+    /// Opens the file at `path` (in `dir`) again: it must come back new, with an epoch other
+    /// than `first`'s, the old file kept aside beside it.
+    fn reopens_moved_aside(dir: &Path, path: &Path, first: &Loaded) {
+        let (_db, second) = open(path).expect("a new file in its place");
         assert_ne!(first.restored.epoch, second.restored.epoch);
-        let aside = std::fs::read_dir(&dir)
+        let aside = std::fs::read_dir(dir)
             .expect("the folder")
             .filter_map(Result::ok)
             .any(|e| e.file_name().to_string_lossy().contains(".unreadable-"));
-        assert!(aside, "the damaged file was not kept aside");
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(aside, "the unreadable file was not kept aside");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// A file of format 2, written before the log existed, keeps its records and epoch: it is
