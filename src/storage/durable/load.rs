@@ -77,14 +77,7 @@ fn open_existing(path: &Path) -> Result<(Database, Loaded), Unreadable> {
             "the storage file is open in another process",
             e,
         )),
-        // redb reports a file that is not one of its own as invalid data, and a cut one
-        // as an unexpected end: damage. Other I/O errors may pass.
-        redb::DatabaseError::Storage(redb::StorageError::Io(io))
-            if !matches!(
-                io.kind(),
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-            ) =>
-        {
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) if may_pass(&io) => {
             Unreadable::Busy(unavailable("reading the storage file", io))
         }
         other => Unreadable::Damaged(other.to_string()),
@@ -262,18 +255,20 @@ fn aside_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whether an I/O error of redb's may pass: a file that is not one of its own it reports as
+/// invalid data, and a cut one as an unexpected end, which are damage.
+fn may_pass(io: &std::io::Error) -> bool {
+    !matches!(
+        io.kind(),
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+    )
+}
+
 /// What a failed read of the file means: an I/O error may pass (the file is then kept, and an
 /// open fails for now rather than move it aside); anything else redb says of it is damage.
 fn read_error(e: redb::Error) -> StorageError {
     match e {
-        redb::Error::Io(io)
-            if !matches!(
-                io.kind(),
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-            ) =>
-        {
-            unavailable("reading the storage file", io)
-        }
+        redb::Error::Io(io) if may_pass(&io) => unavailable("reading the storage file", io),
         other => StorageError::Corrupt(format!("the storage file cannot be read: {other}")),
     }
 }
